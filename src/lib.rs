@@ -1,0 +1,93 @@
+//! # lighthouse-lease
+//!
+//! Lease proxies from shared pools across a horizontally scaled crawler fleet, so
+//! that no proxy is ever used by more workers than its `max_concurrency` allows and
+//! no capacity leaks when a worker dies.
+//!
+//! This is a Rust take on the Python `lighthouse` proxy manager: same vocabulary
+//! ([`ProxyManager`], [`ProxyManager::acquire_proxy`], [`ProxyManager::release_proxy`],
+//! [`ProxyManager::cleanup_expired_leases`], [`ProxyFilters`], [`Proxy`] with
+//! `max_concurrency`, [`ProxyStatus`], [`InMemoryStorage`], the [`IStorage`]
+//! interface), made idiomatic and safe under concurrency:
+//!
+//! - **Acquire is one atomic storage step** ([`Storage::acquire`]): reclaim the
+//!   pool's expired leases, pick a proxy, count the lease, record it.
+//! - **Release is idempotent** and says what it found ([`ReleaseOutcome`]).
+//! - **Selection is indexed**: acquire and release stay O(log n) up to 100,000
+//!   proxies per pool in [`InMemoryStorage`].
+//!
+//! ## Quick start
+//!
+//! ```
+//! use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool, Storage};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> lighthouse_lease::Result<()> {
+//! let manager = ProxyManager::new(InMemoryStorage::new());
+//! let storage = manager.storage();
+//! let pool = storage.create_pool(ProxyPool::new("latam-residential")?).await?;
+//! storage
+//!     .add_proxy(Proxy::builder(pool.id, "1.1.1.1", 8080).country("AR").max_concurrency(2).build()?)
+//!     .await?;
+//! storage.ensure_consumer("worker-1").await?;
+//!
+//! let options = AcquireOptions::new()
+//!     .consumer("worker-1")
+//!     .duration_seconds(300)
+//!     .filters(ProxyFilters::new().country("AR"));
+//! match manager.acquire_proxy("latam-residential", options).await? {
+//!     Some(lease) => {
+//!         println!("Leased proxy {} ({})", lease.proxy_id, lease.proxy_url());
+//!         manager.release_proxy(&lease).await?;
+//!     }
+//!     None => println!("No proxy available"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Storages
+//!
+//! - [`InMemoryStorage`]: embedded default for scripts, tests and single processes.
+//! - Any type implementing [`Storage`] (alias [`IStorage`]); the conformance suite in
+//!   `testkit` (feature `testkit`) checks an adapter against the contract.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod error;
+pub mod filters;
+pub mod health;
+pub mod hooks;
+pub mod lease;
+pub mod manager;
+pub mod memory;
+pub mod names;
+pub mod pool;
+pub mod proxy;
+pub mod retry;
+pub mod selector;
+pub mod stats;
+pub mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub mod consumer;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use consumer::Consumer;
+pub use error::{Error, Result};
+pub use filters::ProxyFilters;
+pub use health::HealthCheckResult;
+pub use hooks::{LeaseEvent, LeaseEventKind, LeaseEventOutcome};
+pub use lease::{Lease, LeaseStatus, ReleaseOutcome};
+pub use manager::{AcquireOptions, LeaseGuard, ProxyManager, ProxyManagerBuilder};
+pub use memory::InMemoryStorage;
+pub use pool::ProxyPool;
+pub use proxy::{Proxy, ProxyBuilder, ProxyCredentials, ProxyEndpoint, ProxyProtocol, ProxyStatus};
+pub use retry::RetryPolicy;
+pub use selector::SelectorStrategy;
+pub use stats::PoolStats;
+pub use storage::{AcquireRequest, Storage};
+/// The original's name for [`Storage`].
+pub use storage::Storage as IStorage;

@@ -1,0 +1,481 @@
+//! [`ProxyManager`]: the facade crawler workers call.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+
+use crate::error::Result;
+use crate::filters::ProxyFilters;
+use crate::hooks::{Hook, LeaseEvent, LeaseEventKind, LeaseEventOutcome};
+use crate::lease::{Lease, ReleaseOutcome};
+use crate::retry::RetryPolicy;
+use crate::selector::SelectorStrategy;
+use crate::storage::{AcquireRequest, Storage};
+
+/// What to ask for in an acquire; every field has a default.
+///
+/// ```
+/// use std::time::Duration;
+/// use lighthouse_lease::{AcquireOptions, ProxyFilters, SelectorStrategy};
+///
+/// let options = AcquireOptions::new()
+///     .consumer("worker-1")
+///     .duration(Duration::from_secs(120))
+///     .filters(ProxyFilters::new().country("AR"))
+///     .selector(SelectorStrategy::RoundRobin);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[must_use]
+pub struct AcquireOptions {
+    /// Consumer name; `None` is [`ProxyManager::DEFAULT_CONSUMER_NAME`].
+    pub consumer: Option<String>,
+    /// Lease length; `None` is the manager's default (300 s unless configured).
+    pub duration: Option<Duration>,
+    /// Which proxies qualify (default: all).
+    pub filters: ProxyFilters,
+    /// How to pick; `None` is the manager's default ([`SelectorStrategy::default`] unless configured).
+    pub selector: Option<SelectorStrategy>,
+}
+
+impl AcquireOptions {
+    /// All defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Acquire as this consumer.
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+    /// Lease length.
+    pub fn duration(mut self, d: Duration) -> Self {
+        self.duration = Some(d);
+        self
+    }
+    /// Lease length in seconds, like the original's `duration_seconds`.
+    pub fn duration_seconds(self, secs: u64) -> Self {
+        self.duration(Duration::from_secs(secs))
+    }
+    /// Filters.
+    pub fn filters(mut self, filters: ProxyFilters) -> Self {
+        self.filters = filters;
+        self
+    }
+    /// Selector.
+    pub fn selector(mut self, selector: SelectorStrategy) -> Self {
+        self.selector = Some(selector);
+        self
+    }
+}
+
+#[derive(Clone)]
+struct Config {
+    auto_register_consumers: bool,
+    default_duration: Duration,
+    default_selector: SelectorStrategy,
+    hooks: Vec<Hook>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("auto_register_consumers", &self.auto_register_consumers)
+            .field("default_duration", &self.default_duration)
+            .field("default_selector", &self.default_selector)
+            .field("hooks", &self.hooks.len())
+            .finish()
+    }
+}
+
+/// The high-level API for leasing and releasing proxies.
+///
+/// The manager holds no lease state: everything lives in its [`Storage`], so any
+/// number of managers (in one process, or on many hosts sharing a Redis) can
+/// lease from the same pools. Cloning is cheap and shares the storage.
+///
+/// ```
+/// use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyManager, ProxyPool, Storage};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> lighthouse_lease::Result<()> {
+/// let manager = ProxyManager::new(InMemoryStorage::new());
+/// let pool = manager.storage().create_pool(ProxyPool::new("latam-residential")?).await?;
+/// manager
+///     .storage()
+///     .add_proxy(Proxy::builder(pool.id, "1.1.1.1", 8080).max_concurrency(2).build()?)
+///     .await?;
+///
+/// let options = AcquireOptions::new().consumer("worker-1").duration_seconds(300);
+/// if let Some(lease) = manager.acquire_proxy("latam-residential", options).await? {
+///     println!("leased {} via {}", lease.proxy_id, lease.proxy_url());
+///     manager.release_proxy(&lease).await?;
+/// } else {
+///     println!("no proxy available");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct ProxyManager<S> {
+    storage: Arc<S>,
+    config: Arc<Config>,
+}
+
+impl<S> Clone for ProxyManager<S> {
+    fn clone(&self) -> Self {
+        ProxyManager {
+            storage: Arc::clone(&self.storage),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for ProxyManager<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyManager")
+            .field("storage", &self.storage)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Configures a [`ProxyManager`]; see [`ProxyManager::builder`].
+#[must_use]
+pub struct ProxyManagerBuilder<S> {
+    storage: Arc<S>,
+    config: Config,
+}
+
+impl<S: Storage> ProxyManagerBuilder<S> {
+    /// Register unknown named consumers on their first acquire instead of failing
+    /// with [`crate::Error::ConsumerNotFound`] (default: off; the default consumer is
+    /// always registered).
+    pub fn auto_register_consumers(mut self, yes: bool) -> Self {
+        self.config.auto_register_consumers = yes;
+        self
+    }
+    /// Lease length when [`AcquireOptions::duration`] is unset (default 300 s).
+    pub fn default_duration(mut self, d: Duration) -> Self {
+        self.config.default_duration = d;
+        self
+    }
+    /// Selector when [`AcquireOptions::selector`] is unset.
+    pub fn default_selector(mut self, s: SelectorStrategy) -> Self {
+        self.config.default_selector = s;
+        self
+    }
+    /// Calls `hook` after every acquire and release. With at least one hook the
+    /// manager reads the pool's stats after each call to put them in the event.
+    pub fn hook(mut self, hook: impl Fn(&LeaseEvent) + Send + Sync + 'static) -> Self {
+        self.config.hooks.push(Arc::new(hook));
+        self
+    }
+    /// The manager.
+    pub fn build(self) -> ProxyManager<S> {
+        ProxyManager {
+            storage: self.storage,
+            config: Arc::new(self.config),
+        }
+    }
+}
+
+impl<S: Storage> ProxyManager<S> {
+    /// The consumer used when an acquire names none. It is registered automatically.
+    pub const DEFAULT_CONSUMER_NAME: &'static str = "default";
+    /// Lease length when none is given: 300 s, like the original.
+    pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(300);
+
+    /// A manager with default settings.
+    pub fn new(storage: S) -> Self {
+        Self::builder(storage).build()
+    }
+
+    /// A manager over a storage shared with others.
+    pub fn from_arc(storage: Arc<S>) -> Self {
+        Self::builder_from_arc(storage).build()
+    }
+
+    /// Starts configuring a manager.
+    pub fn builder(storage: S) -> ProxyManagerBuilder<S> {
+        Self::builder_from_arc(Arc::new(storage))
+    }
+
+    /// Starts configuring a manager over a shared storage.
+    pub fn builder_from_arc(storage: Arc<S>) -> ProxyManagerBuilder<S> {
+        ProxyManagerBuilder {
+            storage,
+            config: Config {
+                auto_register_consumers: false,
+                default_duration: Self::DEFAULT_LEASE_DURATION,
+                default_selector: SelectorStrategy::default(),
+                hooks: Vec::new(),
+            },
+        }
+    }
+
+    /// The storage, for administration (pools, proxies, consumers, stats).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage as a shared handle.
+    pub fn storage_arc(&self) -> Arc<S> {
+        Arc::clone(&self.storage)
+    }
+
+    fn request(&self, pool_name: &str, options: &AcquireOptions) -> Result<AcquireRequest> {
+        let (consumer, register) = match &options.consumer {
+            Some(name) => (name.clone(), self.config.auto_register_consumers),
+            None => (Self::DEFAULT_CONSUMER_NAME.to_string(), true),
+        };
+        let request = AcquireRequest {
+            pool_name: pool_name.to_string(),
+            consumer_name: consumer,
+            duration: options.duration.unwrap_or(self.config.default_duration),
+            filters: options.filters.clone(),
+            selector: options.selector.unwrap_or(self.config.default_selector),
+            register_consumer: register,
+        };
+        request.validate()?;
+        Ok(request)
+    }
+
+    /// Leases a proxy from a pool.
+    ///
+    /// In one atomic storage step it reclaims the pool's expired leases, picks an
+    /// available proxy that matches the filters and records the lease.
+    ///
+    /// - `Ok(Some(lease))`: the lease, with the proxy's connection details.
+    /// - `Ok(None)`: every matching proxy is full, or none matches.
+    /// - `Err`: bad input (names, duration, filters), an unknown pool, an unknown
+    ///   named consumer (unless built with
+    ///   [`ProxyManagerBuilder::auto_register_consumers`]), or a storage failure.
+    ///   Nothing is written on error.
+    pub async fn acquire_proxy(
+        &self,
+        pool_name: &str,
+        options: AcquireOptions,
+    ) -> Result<Option<Lease>> {
+        let request = self.request(pool_name, &options)?;
+        self.acquire_request(&request).await
+    }
+
+    async fn acquire_request(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
+        let started = Instant::now();
+        let result = self.storage.acquire(request).await;
+        if !self.config.hooks.is_empty() {
+            let outcome = match &result {
+                Ok(Some(_)) => LeaseEventOutcome::Acquired,
+                Ok(None) => LeaseEventOutcome::Exhausted,
+                Err(e) => LeaseEventOutcome::Failed(e.to_string()),
+            };
+            let lease = result.as_ref().ok().and_then(Option::as_ref);
+            self.emit(LeaseEvent {
+                kind: LeaseEventKind::Acquire,
+                pool: request.pool_name.clone(),
+                consumer: request.consumer_name.clone(),
+                outcome,
+                elapsed: started.elapsed(),
+                lease_id: lease.map(|l| l.id),
+                proxy_id: lease.map(|l| l.proxy_id),
+                pool_stats: None,
+            })
+            .await;
+        }
+        result
+    }
+
+    async fn emit(&self, mut event: LeaseEvent) {
+        event.pool_stats = self.storage.pool_stats(&event.pool).await.ok();
+        for hook in &self.config.hooks {
+            hook(&event);
+        }
+    }
+
+    /// Like [`ProxyManager::acquire_proxy`], but tries again with exponential
+    /// backoff while no proxy is free or the storage fails (bad input fails at
+    /// once). Returns `Ok(None)` or the last error when the attempts run out.
+    ///
+    /// Waiting uses tokio's timer, so tests can run it under paused time.
+    pub async fn acquire_proxy_with_retry(
+        &self,
+        pool_name: &str,
+        options: AcquireOptions,
+        retry: &RetryPolicy,
+    ) -> Result<Option<Lease>> {
+        retry.validate()?;
+        let request = self.request(pool_name, &options)?;
+        let mut attempt = 1;
+        loop {
+            let result = self.acquire_request(&request).await;
+            let again = match &result {
+                Ok(Some(_)) => false,
+                Ok(None) => true,
+                Err(e) => e.is_retryable(),
+            };
+            if !again || attempt >= retry.max_attempts {
+                return result;
+            }
+            tokio::time::sleep(retry.wait(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Gives a lease back. Idempotent: the slot is freed at most once, and the
+    /// outcome says what happened ([`ReleaseOutcome::Released`] only the first time
+    /// for a live lease; `AlreadyReleased`, `Expired` or `NotFound` otherwise).
+    pub async fn release_proxy(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let started = Instant::now();
+        let result = self.storage.release(lease).await;
+        if !self.config.hooks.is_empty() {
+            let outcome = match &result {
+                Ok(o) => LeaseEventOutcome::Released(*o),
+                Err(e) => LeaseEventOutcome::Failed(e.to_string()),
+            };
+            self.emit(LeaseEvent {
+                kind: LeaseEventKind::Release,
+                pool: lease.pool_name.clone(),
+                consumer: lease.consumer_name.clone(),
+                outcome,
+                elapsed: started.elapsed(),
+                lease_id: Some(lease.id),
+                proxy_id: Some(lease.proxy_id),
+                pool_stats: None,
+            })
+            .await;
+        }
+        result
+    }
+
+    /// Gives back the slots of every expired lease in every pool; returns how many.
+    /// Acquire already reclaims its pool's expired leases, so this is for
+    /// background jobs (the sweeper) and for keeping stats exact.
+    pub async fn cleanup_expired_leases(&self) -> Result<u64> {
+        self.storage.cleanup_expired_leases().await
+    }
+
+    /// Acquires a lease wrapped in a [`LeaseGuard`] that releases it when dropped.
+    pub async fn acquire_guard(
+        &self,
+        pool_name: &str,
+        options: AcquireOptions,
+    ) -> Result<Option<LeaseGuard<S>>> {
+        Ok(self
+            .acquire_proxy(pool_name, options)
+            .await?
+            .map(|lease| LeaseGuard {
+                manager: self.clone(),
+                lease: Some(lease),
+            }))
+    }
+
+    /// Runs `work` with a leased proxy and releases the lease on every exit path:
+    /// when `work` returns, when it panics (the panic goes on after the release),
+    /// and when the returned future is dropped (the release is then spawned on the
+    /// current tokio runtime).
+    ///
+    /// Returns `Ok(None)` without calling `work` when no proxy is free. If the
+    /// release itself fails, `work`'s value is still returned; the failure reaches
+    /// the hooks and the lease lapses at its expiry.
+    ///
+    /// ```
+    /// # use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyManager, ProxyPool, Storage};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> lighthouse_lease::Result<()> {
+    /// # let manager = ProxyManager::new(InMemoryStorage::new());
+    /// # let pool = manager.storage().create_pool(ProxyPool::new("latam-residential")?).await?;
+    /// # manager.storage().add_proxy(Proxy::builder(pool.id, "1.1.1.1", 8080).build()?).await?;
+    /// let status = manager
+    ///     .with_lease("latam-residential", AcquireOptions::new(), |lease| async move {
+    ///         // fetch a page through lease.proxy_url() ...
+    ///         200
+    ///     })
+    ///     .await?;
+    /// assert_eq!(status, Some(200));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn with_lease<F, Fut, T>(
+        &self,
+        pool_name: &str,
+        options: AcquireOptions,
+        work: F,
+    ) -> Result<Option<T>>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let Some(guard) = self.acquire_guard(pool_name, options).await? else {
+            return Ok(None);
+        };
+        let outcome = AssertUnwindSafe(work(guard.lease().clone()))
+            .catch_unwind()
+            .await;
+        // A failed release was already reported to the hooks; the lease lapses.
+        let _ = guard.release().await;
+        match outcome {
+            Ok(value) => Ok(Some(value)),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// A lease that is released when the guard is dropped.
+///
+/// Prefer [`LeaseGuard::release`], which reports the outcome. On drop, the release
+/// is spawned on the current tokio runtime; outside a runtime it cannot run, and
+/// the lease lapses at its expiry.
+#[must_use = "dropping the guard releases the lease at once"]
+pub struct LeaseGuard<S: Storage> {
+    manager: ProxyManager<S>,
+    lease: Option<Lease>,
+}
+
+impl<S: Storage> std::fmt::Debug for LeaseGuard<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseGuard")
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl<S: Storage> LeaseGuard<S> {
+    /// The lease.
+    pub fn lease(&self) -> &Lease {
+        // Only `release` and `into_lease`, which consume the guard, take it out.
+        self.lease
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a live guard always holds its lease"))
+    }
+
+    /// Releases now and reports the outcome.
+    pub async fn release(mut self) -> Result<ReleaseOutcome> {
+        match self.lease.take() {
+            Some(lease) => self.manager.release_proxy(&lease).await,
+            None => Ok(ReleaseOutcome::AlreadyReleased),
+        }
+    }
+
+    /// Disarms the guard and hands the lease over (for example to another process);
+    /// whoever holds it must release it.
+    pub fn into_lease(mut self) -> Lease {
+        self.lease
+            .take()
+            .unwrap_or_else(|| unreachable!("a live guard always holds its lease"))
+    }
+}
+
+impl<S: Storage> Drop for LeaseGuard<S> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let manager = self.manager.clone();
+                handle.spawn(async move {
+                    let _ = manager.release_proxy(&lease).await;
+                });
+            }
+        }
+    }
+}

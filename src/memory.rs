@@ -1,0 +1,729 @@
+//! [`InMemoryStorage`]: the embedded, indexed default storage.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::clock::{Clock, SystemClock};
+use crate::consumer::Consumer;
+use crate::error::{Error, Result};
+use crate::filters::{FilterAttribute, ProxyFilters};
+use crate::health::HealthCheckResult;
+use crate::lease::{Lease, LeaseStatus, ReleaseOutcome};
+use crate::names::{validate_consumer_name, validate_pool_name};
+use crate::pool::ProxyPool;
+use crate::proxy::{Proxy, ProxyStatus};
+use crate::selector::SelectorStrategy;
+use crate::stats::PoolStats;
+use crate::storage::{AcquireRequest, Storage, DEFAULT_RECORD_GRACE};
+
+/// A thread-safe storage that keeps everything in this process.
+///
+/// It is the default for scripts, tests and single-process crawlers. Several
+/// managers in one process may share it (wrap it in an `Arc`, or clone the manager);
+/// for several processes or hosts use the Redis storage.
+///
+/// # Cost
+///
+/// Selection never scans the pool. Each pool keeps, for every indexed value
+/// (the whole pool, and each country, source, city, ISP and ASN), the set of
+/// *available* proxies (active with a free slot) three ways: by insertion order
+/// (first available, round robin), by live lease count (least used) and as a dense
+/// array (random). An acquire picks the smallest index that the filter's exact-match
+/// constraints allow and walks it in the selector's order until a proxy passes the
+/// rest of the filter. With no filter, or a filter of exact-match attributes, the
+/// first candidate matches, so acquire and release cost O(log n) in the pool size.
+/// Filters that an index cannot answer (a radius, `any_of`, `none_of`) walk the
+/// chosen index until the first match, and scan it when nothing matches.
+///
+/// # Time
+///
+/// Expiry follows a [`Clock`], the system clock by default; tests inject a
+/// [`crate::clock::ManualClock`] and move time forward instead of sleeping.
+///
+/// ```
+/// use lighthouse_lease::{InMemoryStorage, ProxyManager};
+/// use lighthouse_lease::clock::ManualClock;
+///
+/// let clock = ManualClock::new();
+/// let manager = ProxyManager::new(InMemoryStorage::with_clock(clock.clone()));
+/// ```
+#[derive(Debug)]
+pub struct InMemoryStorage {
+    state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+    grace: chrono::Duration,
+}
+
+impl Default for InMemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryStorage {
+    /// An empty storage on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock)
+    }
+
+    /// An empty storage on the given clock.
+    pub fn with_clock(clock: impl Clock) -> Self {
+        InMemoryStorage {
+            state: Mutex::new(State::default()),
+            clock: Arc::new(clock),
+            grace: to_chrono(DEFAULT_RECORD_GRACE),
+        }
+    }
+
+    /// How long finished lease records are kept after their expiry (default
+    /// [`DEFAULT_RECORD_GRACE`]).
+    #[must_use]
+    pub fn with_record_grace(mut self, grace: Duration) -> Self {
+        self.grace = to_chrono(grace);
+        self
+    }
+
+    /// Seeds the random selector, for reproducible runs.
+    #[must_use]
+    pub fn with_seed(self, seed: u64) -> Self {
+        self.lock().rng = fastrand::Rng::with_seed(seed);
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // No method panics half-way through a change, so a poisoned lock still
+        // guards consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[derive(Debug)]
+struct State {
+    pools: HashMap<String, PoolState>,
+    pool_names: HashMap<Uuid, String>,
+    proxy_pools: HashMap<Uuid, String>,
+    consumers: HashMap<String, Consumer>,
+    rng: fastrand::Rng,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            pools: HashMap::new(),
+            pool_names: HashMap::new(),
+            proxy_pools: HashMap::new(),
+            consumers: HashMap::new(),
+            rng: fastrand::Rng::new(),
+        }
+    }
+}
+
+/// An index key: `None` is the whole pool.
+type IndexKey = Option<(FilterAttribute, String)>;
+
+/// Available proxies (by insertion sequence number), three ways.
+#[derive(Debug, Default)]
+struct AvailIndex {
+    by_seq: BTreeSet<u64>,
+    by_load: BTreeSet<(u32, u64)>,
+    dense: Vec<u64>,
+    dense_pos: HashMap<u64, usize>,
+}
+
+impl AvailIndex {
+    fn insert(&mut self, seq: u64, load: u32) {
+        self.by_seq.insert(seq);
+        self.by_load.insert((load, seq));
+        self.dense_pos.insert(seq, self.dense.len());
+        self.dense.push(seq);
+    }
+
+    fn remove(&mut self, seq: u64, load: u32) {
+        self.by_seq.remove(&seq);
+        self.by_load.remove(&(load, seq));
+        if let Some(pos) = self.dense_pos.remove(&seq) {
+            self.dense.swap_remove(pos);
+            if let Some(&moved) = self.dense.get(pos) {
+                self.dense_pos.insert(moved, pos);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.dense.len()
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    proxy: Proxy,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    pool: ProxyPool,
+    next_seq: u64,
+    proxies: HashMap<Uuid, Entry>,
+    by_seq: BTreeMap<u64, Uuid>,
+    indexes: HashMap<IndexKey, AvailIndex>,
+    leases: HashMap<Uuid, Lease>,
+    live: BTreeSet<(DateTime<Utc>, Uuid)>,
+    finished: BTreeSet<(DateTime<Utc>, Uuid)>,
+    rr_cursor: Option<u64>,
+    stats: PoolStats,
+}
+
+fn index_keys(proxy: &Proxy) -> impl Iterator<Item = IndexKey> + '_ {
+    std::iter::once(None).chain(
+        FilterAttribute::ALL
+            .into_iter()
+            .filter_map(|a| a.value_of(proxy).map(|v| Some((a, v)))),
+    )
+}
+
+impl PoolState {
+    fn new(pool: ProxyPool) -> Self {
+        PoolState {
+            pool,
+            next_seq: 0,
+            proxies: HashMap::new(),
+            by_seq: BTreeMap::new(),
+            indexes: HashMap::new(),
+            leases: HashMap::new(),
+            live: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            rr_cursor: None,
+            stats: PoolStats::default(),
+        }
+    }
+
+    /// Adds (`sign` = 1) or removes (`sign` = -1) a proxy's share of the counters
+    /// and its index entries. Every change to a proxy goes `account(-1)`, change,
+    /// `account(1)`.
+    fn account(&mut self, id: Uuid, add: bool) {
+        let Some(entry) = self.proxies.get(&id) else {
+            return;
+        };
+        let p = &entry.proxy;
+        let seq = entry.seq;
+        let step = |v: &mut u64, yes: bool, by: u64| {
+            if yes {
+                if add {
+                    *v += by;
+                } else {
+                    *v = v.saturating_sub(by);
+                }
+            }
+        };
+        step(&mut self.stats.total_proxies, true, 1);
+        step(&mut self.stats.active_proxies, p.status == ProxyStatus::Active, 1);
+        step(&mut self.stats.available_proxies, p.is_available(), 1);
+        step(&mut self.stats.leased_proxies, p.current_leases > 0, 1);
+        step(&mut self.stats.total_leases, true, u64::from(p.current_leases));
+        if p.is_available() {
+            let load = p.current_leases;
+            for key in index_keys(p) {
+                if add {
+                    self.indexes.entry(key).or_default().insert(seq, load);
+                } else if let Some(idx) = self.indexes.get_mut(&key) {
+                    idx.remove(seq, load);
+                    if idx.len() == 0 {
+                        self.indexes.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn change_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) {
+        self.account(id, false);
+        if let Some(e) = self.proxies.get_mut(&id) {
+            f(&mut e.proxy);
+        }
+        self.account(id, true);
+    }
+
+    fn insert_proxy(&mut self, mut proxy: Proxy) {
+        proxy.current_leases = 0;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let id = proxy.id;
+        self.by_seq.insert(seq, id);
+        self.proxies.insert(id, Entry { proxy, seq });
+        self.account(id, true);
+    }
+
+    /// Expires every live lease whose time has come; returns how many.
+    fn reclaim(&mut self, now: DateTime<Utc>, grace: chrono::Duration) -> u64 {
+        let mut n = 0;
+        while let Some(&(at, id)) = self.live.first() {
+            if at > now {
+                break;
+            }
+            self.live.pop_first();
+            self.finish(id, LeaseStatus::Expired, now, grace);
+            n += 1;
+        }
+        self.purge(now);
+        n
+    }
+
+    /// Ends a live lease: gives its slot back and schedules the record's removal.
+    fn finish(&mut self, id: Uuid, status: LeaseStatus, now: DateTime<Utc>, grace: chrono::Duration) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        if lease.status != LeaseStatus::Active {
+            return;
+        }
+        lease.status = status;
+        if status == LeaseStatus::Released {
+            lease.released_at = Some(now);
+        }
+        let (proxy_id, expires_at) = (lease.proxy_id, lease.expires_at);
+        self.live.remove(&(expires_at, id));
+        self.finished.insert((expires_at.max(now) + grace, id));
+        self.change_proxy(proxy_id, |p| p.current_leases = p.current_leases.saturating_sub(1));
+    }
+
+    fn purge(&mut self, now: DateTime<Utc>) {
+        while let Some(&(at, id)) = self.finished.first() {
+            if at > now {
+                break;
+            }
+            self.finished.pop_first();
+            self.leases.remove(&id);
+        }
+    }
+
+    fn proxy_by_seq(&self, seq: u64) -> Option<&Proxy> {
+        self.by_seq
+            .get(&seq)
+            .and_then(|id| self.proxies.get(id))
+            .map(|e| &e.proxy)
+    }
+
+    /// Picks an available proxy that matches, without scanning the pool when an
+    /// index answers the filter.
+    fn select(
+        &mut self,
+        filters: &ProxyFilters,
+        selector: SelectorStrategy,
+        rng: &mut fastrand::Rng,
+    ) -> Option<Uuid> {
+        let mut best: Option<&AvailIndex> = self.indexes.get(&None);
+        for (attr, value) in filters.required_attributes() {
+            match self.indexes.get(&Some((attr, value))) {
+                None => return None, // no available proxy has this value
+                Some(idx) => {
+                    if best.is_none_or(|b| idx.len() < b.len()) {
+                        best = Some(idx);
+                    }
+                }
+            }
+        }
+        let idx = best?;
+        let check_all = !filters.is_empty();
+        let ok = |seq: &u64| {
+            !check_all || self.proxy_by_seq(*seq).is_some_and(|p| filters.matches(p))
+        };
+        let seq = match selector {
+            SelectorStrategy::FirstAvailable => idx.by_seq.iter().copied().find(|s| ok(s)),
+            SelectorStrategy::LeastUsed => idx.by_load.iter().map(|(_, s)| *s).find(|s| ok(s)),
+            SelectorStrategy::RoundRobin => {
+                let start = self.rr_cursor.map_or(0, |c| c.saturating_add(1));
+                idx.by_seq
+                    .range(start..)
+                    .chain(idx.by_seq.range(..start))
+                    .copied()
+                    .find(|s| ok(s))
+            }
+            SelectorStrategy::Random => {
+                let n = idx.dense.len();
+                if n == 0 {
+                    None
+                } else {
+                    let start = rng.usize(0..n);
+                    idx.dense[start..]
+                        .iter()
+                        .chain(&idx.dense[..start])
+                        .copied()
+                        .find(|s| ok(s))
+                }
+            }
+        }?;
+        if selector == SelectorStrategy::RoundRobin {
+            self.rr_cursor = Some(seq);
+        }
+        self.by_seq.get(&seq).copied()
+    }
+}
+
+impl State {
+    fn pool(&self, name: &str) -> Result<&PoolState> {
+        self.pools.get(name).ok_or_else(|| Error::PoolNotFound {
+            name: name.to_string(),
+        })
+    }
+
+    fn pool_mut(&mut self, name: &str) -> Result<&mut PoolState> {
+        self.pools.get_mut(name).ok_or_else(|| Error::PoolNotFound {
+            name: name.to_string(),
+        })
+    }
+
+    fn pool_name_of_proxy(&self, id: Uuid) -> Result<String> {
+        self.proxy_pools
+            .get(&id)
+            .cloned()
+            .ok_or(Error::ProxyNotFound { id })
+    }
+
+    /// Validates a proxy for insertion and returns its pool's name.
+    fn check_new_proxy(&self, proxy: &mut Proxy) -> Result<String> {
+        proxy.normalize()?;
+        if self.proxy_pools.contains_key(&proxy.id) {
+            return Err(Error::ProxyAlreadyExists { id: proxy.id });
+        }
+        self.pool_names.get(&proxy.pool_id).cloned().ok_or_else(|| {
+            Error::invalid_proxy("pool_id", format!("no pool has id {}", proxy.pool_id))
+        })
+    }
+
+    fn proxy_snapshot(&self, id: Uuid) -> Result<Proxy> {
+        let name = self.pool_name_of_proxy(id)?;
+        self.pool(&name)?
+            .proxies
+            .get(&id)
+            .map(|e| e.proxy.clone())
+            .ok_or(Error::ProxyNotFound { id })
+    }
+
+    fn change_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) -> Result<Proxy> {
+        let name = self.pool_name_of_proxy(id)?;
+        self.pool_mut(&name)?.change_proxy(id, f);
+        self.proxy_snapshot(id)
+    }
+}
+
+impl Storage for InMemoryStorage {
+    async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
+        pool.validate()?;
+        let mut st = self.lock();
+        if st.pools.contains_key(&pool.name) {
+            return Err(Error::PoolAlreadyExists { name: pool.name });
+        }
+        if st.pool_names.contains_key(&pool.id) {
+            return Err(Error::InvalidArgument(format!(
+                "another pool already has id {}",
+                pool.id
+            )));
+        }
+        st.pool_names.insert(pool.id, pool.name.clone());
+        st.pools
+            .insert(pool.name.clone(), PoolState::new(pool.clone()));
+        Ok(pool)
+    }
+
+    async fn get_pool(&self, name: &str) -> Result<Option<ProxyPool>> {
+        validate_pool_name(name)?;
+        Ok(self.lock().pools.get(name).map(|p| p.pool.clone()))
+    }
+
+    async fn list_pools(&self) -> Result<Vec<ProxyPool>> {
+        let st = self.lock();
+        let mut pools: Vec<_> = st.pools.values().map(|p| p.pool.clone()).collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pools)
+    }
+
+    async fn update_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
+        pool.validate()?;
+        let mut st = self.lock();
+        let ps = st.pool_mut(&pool.name)?;
+        if ps.pool.id != pool.id {
+            return Err(Error::InvalidArgument(format!(
+                "pool {:?} has id {}, not {}",
+                pool.name, ps.pool.id, pool.id
+            )));
+        }
+        ps.pool.description = pool.description;
+        Ok(ps.pool.clone())
+    }
+
+    async fn remove_pool(&self, name: &str) -> Result<bool> {
+        validate_pool_name(name)?;
+        let mut st = self.lock();
+        let Some(ps) = st.pools.remove(name) else {
+            return Ok(false);
+        };
+        st.pool_names.remove(&ps.pool.id);
+        for id in ps.proxies.keys() {
+            st.proxy_pools.remove(id);
+        }
+        Ok(true)
+    }
+
+    async fn add_proxy(&self, mut proxy: Proxy) -> Result<Proxy> {
+        let mut st = self.lock();
+        let name = st.check_new_proxy(&mut proxy)?;
+        st.proxy_pools.insert(proxy.id, name.clone());
+        st.pool_mut(&name)?.insert_proxy(proxy.clone());
+        proxy.current_leases = 0;
+        Ok(proxy)
+    }
+
+    async fn add_proxies(&self, mut proxies: Vec<Proxy>) -> Result<Vec<Proxy>> {
+        let mut st = self.lock();
+        let mut names = Vec::with_capacity(proxies.len());
+        let mut seen = HashSet::with_capacity(proxies.len());
+        for (i, proxy) in proxies.iter_mut().enumerate() {
+            let name = st.check_new_proxy(proxy).map_err(|e| match e {
+                Error::InvalidProxy { field, reason } => Error::InvalidProxy {
+                    field,
+                    reason: format!("proxy #{i} ({}:{}): {reason}", proxy.host, proxy.port),
+                },
+                other => other,
+            })?;
+            if !seen.insert(proxy.id) {
+                return Err(Error::ProxyAlreadyExists { id: proxy.id });
+            }
+            proxy.current_leases = 0;
+            names.push(name);
+        }
+        for (proxy, name) in proxies.iter().zip(names) {
+            st.proxy_pools.insert(proxy.id, name.clone());
+            st.pool_mut(&name)?.insert_proxy(proxy.clone());
+        }
+        Ok(proxies)
+    }
+
+    async fn update_proxy(&self, mut proxy: Proxy) -> Result<Proxy> {
+        proxy.normalize()?;
+        let mut st = self.lock();
+        let current = st.proxy_snapshot(proxy.id)?;
+        if current.pool_id != proxy.pool_id {
+            return Err(Error::invalid_proxy(
+                "pool_id",
+                "a proxy cannot move to another pool (remove it and add it there)",
+            ));
+        }
+        st.change_proxy(proxy.id, move |p| {
+            proxy.current_leases = p.current_leases;
+            *p = proxy;
+        })
+    }
+
+    async fn set_proxy_status(&self, proxy_id: Uuid, status: ProxyStatus) -> Result<Proxy> {
+        self.lock().change_proxy(proxy_id, |p| p.status = status)
+    }
+
+    async fn remove_proxy(&self, proxy_id: Uuid) -> Result<bool> {
+        let mut st = self.lock();
+        let Ok(name) = st.pool_name_of_proxy(proxy_id) else {
+            return Ok(false);
+        };
+        st.proxy_pools.remove(&proxy_id);
+        let ps = st.pool_mut(&name)?;
+        ps.account(proxy_id, false);
+        if let Some(e) = ps.proxies.remove(&proxy_id) {
+            ps.by_seq.remove(&e.seq);
+        }
+        let gone: Vec<(Uuid, DateTime<Utc>)> = ps
+            .leases
+            .values()
+            .filter(|l| l.proxy_id == proxy_id)
+            .map(|l| (l.id, l.expires_at))
+            .collect();
+        for (id, _) in &gone {
+            ps.leases.remove(id);
+        }
+        ps.live.retain(|(_, id)| !gone.iter().any(|(g, _)| g == id));
+        ps.finished.retain(|(_, id)| !gone.iter().any(|(g, _)| g == id));
+        Ok(true)
+    }
+
+    async fn get_proxy(&self, proxy_id: Uuid) -> Result<Option<Proxy>> {
+        match self.lock().proxy_snapshot(proxy_id) {
+            Ok(p) => Ok(Some(p)),
+            Err(Error::ProxyNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_proxies(&self, pool_name: &str) -> Result<Vec<Proxy>> {
+        validate_pool_name(pool_name)?;
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let ps = st.pool_mut(pool_name)?;
+        ps.reclaim(now, self.grace);
+        Ok(ps
+            .by_seq
+            .values()
+            .filter_map(|id| ps.proxies.get(id))
+            .map(|e| e.proxy.clone())
+            .collect())
+    }
+
+    async fn ensure_consumer(&self, name: &str) -> Result<Consumer> {
+        validate_consumer_name(name)?;
+        let mut st = self.lock();
+        if let Some(c) = st.consumers.get(name) {
+            return Ok(c.clone());
+        }
+        let c = Consumer::new(name)?;
+        st.consumers.insert(name.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn get_consumer(&self, name: &str) -> Result<Option<Consumer>> {
+        validate_consumer_name(name)?;
+        Ok(self.lock().consumers.get(name).cloned())
+    }
+
+    async fn list_consumers(&self) -> Result<Vec<Consumer>> {
+        let st = self.lock();
+        let mut all: Vec<_> = st.consumers.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
+        request.validate()?;
+        let duration = to_chrono(request.duration);
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if !st.pools.contains_key(&request.pool_name) {
+            return Err(Error::PoolNotFound {
+                name: request.pool_name.clone(),
+            });
+        }
+        let consumer = match st.consumers.get(&request.consumer_name) {
+            Some(c) => c.clone(),
+            None if request.register_consumer => {
+                let c = Consumer::new(request.consumer_name.clone())?;
+                st.consumers.insert(c.name.clone(), c.clone());
+                c
+            }
+            None => {
+                return Err(Error::ConsumerNotFound {
+                    name: request.consumer_name.clone(),
+                })
+            }
+        };
+        let Some(ps) = st.pools.get_mut(&request.pool_name) else {
+            return Err(Error::PoolNotFound {
+                name: request.pool_name.clone(),
+            });
+        };
+        ps.reclaim(now, self.grace);
+        let Some(proxy_id) = ps.select(&request.filters, request.selector, &mut st.rng) else {
+            return Ok(None);
+        };
+        ps.change_proxy(proxy_id, |p| p.current_leases += 1);
+        let Some(entry) = ps.proxies.get(&proxy_id) else {
+            return Err(Error::backend("selected proxy vanished", None));
+        };
+        let lease = Lease {
+            id: Uuid::new_v4(),
+            proxy_id,
+            consumer_id: consumer.id,
+            consumer_name: consumer.name,
+            pool_id: ps.pool.id,
+            pool_name: ps.pool.name.clone(),
+            status: LeaseStatus::Active,
+            acquired_at: now,
+            expires_at: now + duration,
+            released_at: None,
+            proxy: entry.proxy.endpoint(),
+        };
+        ps.live.insert((lease.expires_at, lease.id));
+        ps.leases.insert(lease.id, lease.clone());
+        Ok(Some(lease))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let Some(ps) = st.pools.get_mut(&lease.pool_name) else {
+            return Ok(ReleaseOutcome::NotFound);
+        };
+        ps.purge(now);
+        let Some(record) = ps.leases.get(&lease.id) else {
+            return Ok(ReleaseOutcome::NotFound);
+        };
+        Ok(match record.status {
+            LeaseStatus::Released => ReleaseOutcome::AlreadyReleased,
+            LeaseStatus::Expired => ReleaseOutcome::Expired,
+            LeaseStatus::Active if record.expires_at <= now => {
+                ps.finish(lease.id, LeaseStatus::Expired, now, self.grace);
+                ReleaseOutcome::Expired
+            }
+            LeaseStatus::Active => {
+                ps.finish(lease.id, LeaseStatus::Released, now, self.grace);
+                ReleaseOutcome::Released
+            }
+        })
+    }
+
+    async fn get_lease(&self, pool_name: &str, lease_id: Uuid) -> Result<Option<Lease>> {
+        validate_pool_name(pool_name)?;
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let ps = st.pool_mut(pool_name)?;
+        ps.reclaim(now, self.grace);
+        Ok(ps.leases.get(&lease_id).cloned())
+    }
+
+    async fn list_leases(&self, pool_name: &str) -> Result<Vec<Lease>> {
+        validate_pool_name(pool_name)?;
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let ps = st.pool_mut(pool_name)?;
+        ps.reclaim(now, self.grace);
+        let mut out: Vec<Lease> = ps
+            .live
+            .iter()
+            .filter_map(|(_, id)| ps.leases.get(id).cloned())
+            .collect();
+        out.sort_by_key(|l| (l.acquired_at, l.id));
+        Ok(out)
+    }
+
+    async fn cleanup_expired_leases(&self) -> Result<u64> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        Ok(st
+            .pools
+            .values_mut()
+            .map(|ps| ps.reclaim(now, self.grace))
+            .sum())
+    }
+
+    async fn pool_stats(&self, pool_name: &str) -> Result<PoolStats> {
+        validate_pool_name(pool_name)?;
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let ps = st.pool_mut(pool_name)?;
+        ps.reclaim(now, self.grace);
+        Ok(ps.stats)
+    }
+
+    async fn apply_health_check(&self, result: &HealthCheckResult) -> Result<Proxy> {
+        let (status, at) = (result.status, result.checked_at);
+        self.lock().change_proxy(result.proxy_id, |p| {
+            p.status = status;
+            p.checked_at = Some(at);
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! The storage seam: every state change of the product goes through [`Storage`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::consumer::Consumer;
+use crate::error::{Error, Result};
+use crate::filters::ProxyFilters;
+use crate::health::HealthCheckResult;
+use crate::lease::{Lease, ReleaseOutcome};
+use crate::names::{validate_consumer_name, validate_pool_name};
+use crate::pool::ProxyPool;
+use crate::proxy::{Proxy, ProxyStatus};
+use crate::selector::SelectorStrategy;
+use crate::stats::PoolStats;
+
+/// Longest lease accepted: 7 days. Longer jobs should renew their lease instead.
+pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest lease accepted: 1 ms (storages keep time in milliseconds).
+pub const MIN_LEASE_DURATION: Duration = Duration::from_millis(1);
+/// How long a finished (released or expired) lease record is kept after its
+/// expiry, so that a late release is told `AlreadyReleased` or `Expired` rather
+/// than `NotFound`.
+pub const DEFAULT_RECORD_GRACE: Duration = Duration::from_secs(600);
+
+/// Checks a lease duration: at least [`MIN_LEASE_DURATION`], at most [`MAX_LEASE_DURATION`].
+pub fn validate_lease_duration(duration: Duration) -> Result<()> {
+    if duration < MIN_LEASE_DURATION {
+        return Err(Error::InvalidDuration {
+            duration,
+            reason: "a lease must last at least 1 ms".into(),
+        });
+    }
+    if duration > MAX_LEASE_DURATION {
+        return Err(Error::InvalidDuration {
+            duration,
+            reason: format!(
+                "longer than the maximum of {} s",
+                MAX_LEASE_DURATION.as_secs()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// One atomic acquire, as the manager hands it to a storage.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AcquireRequest {
+    /// Pool to lease from; it must exist.
+    pub pool_name: String,
+    /// Who holds the lease.
+    pub consumer_name: String,
+    /// Lease length.
+    pub duration: Duration,
+    /// Which proxies qualify.
+    pub filters: ProxyFilters,
+    /// How to pick among them.
+    pub selector: SelectorStrategy,
+    /// Register the consumer if it is unknown, instead of failing with
+    /// [`Error::ConsumerNotFound`].
+    pub register_consumer: bool,
+}
+
+impl AcquireRequest {
+    /// A request with no filters, the default selector, and no consumer registration.
+    pub fn new(
+        pool_name: impl Into<String>,
+        consumer_name: impl Into<String>,
+        duration: Duration,
+    ) -> Self {
+        AcquireRequest {
+            pool_name: pool_name.into(),
+            consumer_name: consumer_name.into(),
+            duration,
+            filters: ProxyFilters::default(),
+            selector: SelectorStrategy::default(),
+            register_consumer: false,
+        }
+    }
+
+    /// Sets the filters.
+    #[must_use]
+    pub fn with_filters(mut self, filters: ProxyFilters) -> Self {
+        self.filters = filters;
+        self
+    }
+
+    /// Sets the selector.
+    #[must_use]
+    pub fn with_selector(mut self, selector: SelectorStrategy) -> Self {
+        self.selector = selector;
+        self
+    }
+
+    /// Registers the consumer when it is unknown.
+    #[must_use]
+    pub fn registering_consumer(mut self, yes: bool) -> Self {
+        self.register_consumer = yes;
+        self
+    }
+
+    /// Checks names, duration and filters. Storages call it before touching state.
+    pub fn validate(&self) -> Result<()> {
+        validate_pool_name(&self.pool_name)?;
+        validate_consumer_name(&self.consumer_name)?;
+        validate_lease_duration(self.duration)?;
+        self.filters.validate()
+    }
+}
+
+/// Where pools, proxies, consumers and leases live (the original's `IStorage`).
+///
+/// Every method is one atomic step: it either fails and changes nothing, or does
+/// all it says. In particular [`Storage::acquire`] reclaims the pool's expired
+/// leases, selects a proxy, counts the lease and records it in one step, so that a
+/// distributed storage can do it in one round trip and no two callers anywhere can
+/// both take a proxy's last slot.
+///
+/// Implementations must pass the conformance suite in `lighthouse_lease::testkit`
+/// (feature `testkit`).
+///
+/// The methods return `Send` futures so a manager can be used from any tokio task.
+pub trait Storage: Send + Sync + 'static {
+    /// Creates a pool. Fails with [`Error::PoolAlreadyExists`] if the name is taken.
+    fn create_pool(&self, pool: ProxyPool) -> impl Future<Output = Result<ProxyPool>> + Send;
+
+    /// The pool with this name, if any.
+    fn get_pool(&self, name: &str) -> impl Future<Output = Result<Option<ProxyPool>>> + Send;
+
+    /// Every pool, sorted by name.
+    fn list_pools(&self) -> impl Future<Output = Result<Vec<ProxyPool>>> + Send;
+
+    /// Updates a pool's description (pools are found by name; names never change).
+    fn update_pool(&self, pool: ProxyPool) -> impl Future<Output = Result<ProxyPool>> + Send;
+
+    /// Removes a pool with its proxies and leases. Returns whether it existed.
+    /// Releasing one of its leases afterwards reports [`ReleaseOutcome::NotFound`].
+    fn remove_pool(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Adds a proxy to the pool named by its `pool_id`, with `current_leases` 0.
+    fn add_proxy(&self, proxy: Proxy) -> impl Future<Output = Result<Proxy>> + Send;
+
+    /// Adds many proxies at once: all of them, or none if any is invalid.
+    fn add_proxies(&self, proxies: Vec<Proxy>) -> impl Future<Output = Result<Vec<Proxy>>> + Send;
+
+    /// Replaces a proxy's fields (not its pool, not its lease count). Lowering
+    /// `max_concurrency` below the live leases keeps them; the proxy is full until
+    /// enough are released.
+    fn update_proxy(&self, proxy: Proxy) -> impl Future<Output = Result<Proxy>> + Send;
+
+    /// Sets a proxy's status. Live leases stay; only `active` proxies get new ones.
+    fn set_proxy_status(
+        &self,
+        proxy_id: Uuid,
+        status: ProxyStatus,
+    ) -> impl Future<Output = Result<Proxy>> + Send;
+
+    /// Removes a proxy and its leases. Returns whether it existed.
+    fn remove_proxy(&self, proxy_id: Uuid) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The proxy with this id, if any.
+    fn get_proxy(&self, proxy_id: Uuid) -> impl Future<Output = Result<Option<Proxy>>> + Send;
+
+    /// Every proxy of a pool, in the order they were added.
+    fn list_proxies(&self, pool_name: &str) -> impl Future<Output = Result<Vec<Proxy>>> + Send;
+
+    /// The consumer with this name, created if it does not exist yet.
+    fn ensure_consumer(&self, name: &str) -> impl Future<Output = Result<Consumer>> + Send;
+
+    /// The consumer with this name, if any.
+    fn get_consumer(&self, name: &str) -> impl Future<Output = Result<Option<Consumer>>> + Send;
+
+    /// Every consumer, sorted by name.
+    fn list_consumers(&self) -> impl Future<Output = Result<Vec<Consumer>>> + Send;
+
+    /// Atomically reclaims the pool's expired leases, selects an available proxy
+    /// that matches, counts the lease against its `max_concurrency` and records it.
+    /// `Ok(None)` when no matching proxy has a free slot.
+    fn acquire(&self, request: &AcquireRequest)
+        -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Releases a lease, at most once; see [`ReleaseOutcome`].
+    fn release(&self, lease: &Lease) -> impl Future<Output = Result<ReleaseOutcome>> + Send;
+
+    /// A lease record (live, or finished within the record grace period).
+    fn get_lease(
+        &self,
+        pool_name: &str,
+        lease_id: Uuid,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// The live leases of a pool, oldest first.
+    fn list_leases(&self, pool_name: &str) -> impl Future<Output = Result<Vec<Lease>>> + Send;
+
+    /// Gives back the slots of every expired lease in every pool. Returns how many
+    /// leases it expired.
+    fn cleanup_expired_leases(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Occupancy of a pool.
+    fn pool_stats(&self, pool_name: &str) -> impl Future<Output = Result<PoolStats>> + Send;
+
+    /// Applies a health check: sets the proxy's status and `checked_at`.
+    fn apply_health_check(
+        &self,
+        result: &HealthCheckResult,
+    ) -> impl Future<Output = Result<Proxy>> + Send;
+}

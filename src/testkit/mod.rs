@@ -1,0 +1,137 @@
+//! The storage conformance suite (feature `testkit`).
+//!
+//! Every [`crate::Storage`] must behave the same way; this suite is the contract.
+//! [`crate::InMemoryStorage`] runs it, the Redis storage runs it, and a third-party
+//! adapter can run it too: implement [`Harness`] and invoke
+//! [`conformance_suite!`](crate::conformance_suite) in a test file.
+//!
+//! ```ignore
+//! use std::time::Duration;
+//! use lighthouse_lease::clock::ManualClock;
+//! use lighthouse_lease::testkit::Harness;
+//! use lighthouse_lease::InMemoryStorage;
+//!
+//! struct MemoryHarness(ManualClock);
+//!
+//! impl Harness for MemoryHarness {
+//!     type Storage = InMemoryStorage;
+//!     async fn storage(&self) -> InMemoryStorage {
+//!         InMemoryStorage::with_clock(self.0.clone())
+//!     }
+//!     async fn advance(&self, _: &InMemoryStorage, by: Duration) {
+//!         self.0.advance(by);
+//!     }
+//! }
+//!
+//! // One #[test] per case, in this module:
+//! lighthouse_lease::conformance_suite!(MemoryHarness(ManualClock::new()));
+//! ```
+//!
+//! The harness gives each case a fresh, isolated storage and a way to make time
+//! pass: storages with an injectable clock move it; storages whose time is
+//! elsewhere (Redis uses its own `TIME`) sleep, so their harness should keep
+//! [`Harness::short_lease`] short.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::storage::Storage;
+
+pub mod cases;
+
+/// What the suite needs from an adapter's test setup.
+pub trait Harness: Send + Sync + 'static {
+    /// The storage under test.
+    type Storage: Storage;
+
+    /// A fresh, empty storage, isolated from every other case (cases run in parallel).
+    fn storage(&self) -> impl Future<Output = Self::Storage> + Send;
+
+    /// Makes `by` pass for `storage`: move its clock, or sleep.
+    fn advance(&self, storage: &Self::Storage, by: Duration) -> impl Future<Output = ()> + Send;
+
+    /// The lease length expiry cases use; they then advance a little past it.
+    fn short_lease(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+#[doc(hidden)]
+pub fn __run<F: Future<Output = ()>>(future: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a tokio runtime for the conformance suite: {e}"));
+    runtime.block_on(future);
+}
+
+/// Generates one `#[test]` per conformance case in the current module.
+///
+/// `$harness` is an expression (it may use `.await`) that builds a [`Harness`]; it
+/// is evaluated once per case.
+///
+/// ```ignore
+/// lighthouse_lease::conformance_suite!(MyHarness::new().await);
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        $crate::conformance_suite!(@cases $harness;
+            consumer_round_trip,
+            default_consumer_is_registered,
+            unknown_named_consumer_is_an_error,
+            auto_registered_consumer,
+            unknown_pool_is_an_error,
+            lease_carries_connection_details,
+            filter_by_country,
+            filter_by_source,
+            filter_by_city,
+            filter_by_isp,
+            filter_by_asn,
+            filter_by_exact_location,
+            filter_by_radius,
+            filter_any_of,
+            filter_all_of,
+            filter_none_of,
+            filter_without_match_returns_none,
+            max_concurrency_never_exceeded,
+            max_concurrency_never_exceeded_under_contention,
+            unlimited_concurrency,
+            release_cycle,
+            double_release_frees_once,
+            release_of_unknown_lease_is_not_found,
+            expiry_and_cleanup_count,
+            acquire_reclaims_expired_leases,
+            release_after_expiry_reports_expired_and_frees_once,
+            non_active_proxies_never_leased,
+            health_result_applied,
+            pool_stats_are_exact,
+            selector_first_available_order,
+            selector_least_used_order,
+            selector_round_robin_order,
+            selector_random_spreads_and_respects_capacity,
+            list_and_get_leases,
+            update_proxy_keeps_leases_and_reindexes,
+            remove_proxy_and_pool,
+            bad_pool_name_is_rejected,
+            bad_consumer_name_is_rejected,
+            bad_duration_is_rejected,
+            bad_filters_are_rejected,
+            bad_proxy_fields_are_rejected,
+            bulk_add_is_all_or_nothing,
+            duplicate_pool_is_rejected,
+        );
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testkit::__run(async {
+                    let harness = $harness;
+                    $crate::testkit::cases::$case(&harness).await;
+                });
+            }
+        )*
+    };
+}

@@ -65,6 +65,8 @@ pub mod memory;
 pub mod names;
 pub mod pool;
 pub mod proxy;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod retry;
 pub mod selector;
 pub mod stats;

@@ -1,0 +1,1 @@
+//! `RedisStorage`: the production storage (feature `redis`). Work in progress.

@@ -21,23 +21,27 @@ use lighthouse_lease::{
 
 const SIZES: [usize; 3] = [32, 1_000, 100_000];
 const COUNTRIES: [&str; 16] = [
-    "AR", "BR", "CL", "CO", "PE", "MX", "UY", "PY", "BO", "EC", "VE", "CR", "PA", "GT", "HN",
-    "SV",
+    "AR", "BR", "CL", "CO", "PE", "MX", "UY", "PY", "BO", "EC", "VE", "CR", "PA", "GT", "HN", "SV",
 ];
 
 fn now<T>(f: impl std::future::Future<Output = T>) -> T {
     // InMemoryStorage never waits, so its futures are ready at once.
-    f.now_or_never().expect("in-memory futures complete immediately")
+    f.now_or_never()
+        .expect("in-memory futures complete immediately")
 }
 
 fn proxies(pool: &ProxyPool, n: usize) -> Vec<Proxy> {
     (0..n)
         .map(|i| {
-            Proxy::builder(pool.id, format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255), 8080)
-                .max_concurrency(2)
-                .country(COUNTRIES[i % COUNTRIES.len()])
-                .build()
-                .expect("valid proxy")
+            Proxy::builder(
+                pool.id,
+                format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                8080,
+            )
+            .max_concurrency(2)
+            .country(COUNTRIES[i % COUNTRIES.len()])
+            .build()
+            .expect("valid proxy")
         })
         .collect()
 }
@@ -90,28 +94,40 @@ fn bench(c: &mut Criterion) {
     for n in SIZES {
         let m = manager(n);
         for (name, f) in &filters {
-            let options = AcquireOptions::new().consumer("worker-1").filters(f.clone());
-            group.bench_with_input(BenchmarkId::new(format!("indexed/{name}"), n), &n, |b, _| {
-                b.iter(|| {
-                    let lease = now(m.acquire_proxy("bench", options.clone()))
-                        .unwrap()
-                        .expect("a free proxy");
-                    black_box(now(m.release_proxy(&lease)).unwrap());
-                })
-            });
+            let options = AcquireOptions::new()
+                .consumer("worker-1")
+                .filters(f.clone());
+            group.bench_with_input(
+                BenchmarkId::new(format!("indexed/{name}"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        let lease = now(m.acquire_proxy("bench", options.clone()))
+                            .unwrap()
+                            .expect("a free proxy");
+                        black_box(now(m.release_proxy(&lease)).unwrap());
+                    })
+                },
+            );
         }
         let pool = ProxyPool::new("bench").unwrap();
-        let mut base = ScanBaseline { proxies: proxies(&pool, n) };
+        let mut base = ScanBaseline {
+            proxies: proxies(&pool, n),
+        };
         for i in (0..n).step_by(2) {
             base.proxies[i].current_leases = 1;
         }
         for (name, f) in &filters {
-            group.bench_with_input(BenchmarkId::new(format!("scan_baseline/{name}"), n), &n, |b, _| {
-                b.iter(|| {
-                    let i = base.acquire(f).expect("a free proxy");
-                    base.release(black_box(i));
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("scan_baseline/{name}"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        let i = base.acquire(f).expect("a free proxy");
+                        base.release(black_box(i));
+                    })
+                },
+            );
         }
     }
     group.finish();

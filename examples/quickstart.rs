@@ -52,7 +52,9 @@ async fn run<S: Storage>(manager: &ProxyManager<S>) -> Result<(), Box<dyn std::e
             .build()?,
     ];
     for p in storage.add_proxies(proxies).await? {
-        let limit = p.max_concurrency.map_or("unlimited".to_string(), |m| m.to_string());
+        let limit = p
+            .max_concurrency
+            .map_or("unlimited".to_string(), |m| m.to_string());
         println!("  added {} (max_concurrency {limit})", p.url());
     }
     storage.ensure_consumer("worker-1").await?;
@@ -80,8 +82,14 @@ async fn run<S: Storage>(manager: &ProxyManager<S>) -> Result<(), Box<dyn std::e
 
     // 3. With filters: an Argentinian oxylabs proxy, then anything near Santiago.
     let filters = ProxyFilters::new().country("AR").source("oxylabs");
-    if let Some(lease) = manager.acquire_proxy(POOL, worker().filters(filters)).await? {
-        println!("leased with country=AR source=oxylabs -> {}", lease.proxy_url());
+    if let Some(lease) = manager
+        .acquire_proxy(POOL, worker().filters(filters))
+        .await?
+    {
+        println!(
+            "leased with country=AR source=oxylabs -> {}",
+            lease.proxy_url()
+        );
         held.push(lease);
     }
     let near_santiago = ProxyFilters::new().near(-33.45, -70.66, 50.0);
@@ -107,7 +115,11 @@ async fn run<S: Storage>(manager: &ProxyManager<S>) -> Result<(), Box<dyn std::e
 
     // 5. Release: the first release frees a slot, a second one changes nothing.
     let first = held.remove(0);
-    println!("release lease {} -> {}", first.id, manager.release_proxy(&first).await?);
+    println!(
+        "release lease {} -> {}",
+        first.id,
+        manager.release_proxy(&first).await?
+    );
     println!("release again -> {}", manager.release_proxy(&first).await?);
     for lease in &held {
         manager.release_proxy(lease).await?;

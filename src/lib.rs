@@ -90,6 +90,6 @@ pub use proxy::{Proxy, ProxyBuilder, ProxyCredentials, ProxyEndpoint, ProxyProto
 pub use retry::RetryPolicy;
 pub use selector::SelectorStrategy;
 pub use stats::PoolStats;
-pub use storage::{AcquireRequest, Storage};
 /// The original's name for [`Storage`].
 pub use storage::Storage as IStorage;
+pub use storage::{AcquireRequest, Storage};

@@ -107,6 +107,7 @@ impl std::fmt::Debug for Config {
 ///     .storage()
 ///     .add_proxy(Proxy::builder(pool.id, "1.1.1.1", 8080).max_concurrency(2).build()?)
 ///     .await?;
+/// manager.storage().ensure_consumer("worker-1").await?; // named consumers must exist
 ///
 /// let options = AcquireOptions::new().consumer("worker-1").duration_seconds(300);
 /// if let Some(lease) = manager.acquire_proxy("latam-residential", options).await? {

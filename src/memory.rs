@@ -225,10 +225,18 @@ impl PoolState {
             }
         };
         step(&mut self.stats.total_proxies, true, 1);
-        step(&mut self.stats.active_proxies, p.status == ProxyStatus::Active, 1);
+        step(
+            &mut self.stats.active_proxies,
+            p.status == ProxyStatus::Active,
+            1,
+        );
         step(&mut self.stats.available_proxies, p.is_available(), 1);
         step(&mut self.stats.leased_proxies, p.current_leases > 0, 1);
-        step(&mut self.stats.total_leases, true, u64::from(p.current_leases));
+        step(
+            &mut self.stats.total_leases,
+            true,
+            u64::from(p.current_leases),
+        );
         if p.is_available() {
             let load = p.current_leases;
             for key in index_keys(p) {
@@ -278,7 +286,13 @@ impl PoolState {
     }
 
     /// Ends a live lease: gives its slot back and schedules the record's removal.
-    fn finish(&mut self, id: Uuid, status: LeaseStatus, now: DateTime<Utc>, grace: chrono::Duration) {
+    fn finish(
+        &mut self,
+        id: Uuid,
+        status: LeaseStatus,
+        now: DateTime<Utc>,
+        grace: chrono::Duration,
+    ) {
         let Some(lease) = self.leases.get_mut(&id) else {
             return;
         };
@@ -292,7 +306,9 @@ impl PoolState {
         let (proxy_id, expires_at) = (lease.proxy_id, lease.expires_at);
         self.live.remove(&(expires_at, id));
         self.finished.insert((expires_at.max(now) + grace, id));
-        self.change_proxy(proxy_id, |p| p.current_leases = p.current_leases.saturating_sub(1));
+        self.change_proxy(proxy_id, |p| {
+            p.current_leases = p.current_leases.saturating_sub(1)
+        });
     }
 
     fn purge(&mut self, now: DateTime<Utc>) {
@@ -333,9 +349,8 @@ impl PoolState {
         }
         let idx = best?;
         let check_all = !filters.is_empty();
-        let ok = |seq: &u64| {
-            !check_all || self.proxy_by_seq(*seq).is_some_and(|p| filters.matches(p))
-        };
+        let ok =
+            |seq: &u64| !check_all || self.proxy_by_seq(*seq).is_some_and(|p| filters.matches(p));
         let seq = match selector {
             SelectorStrategy::FirstAvailable => idx.by_seq.iter().copied().find(|s| ok(s)),
             SelectorStrategy::LeastUsed => idx.by_load.iter().map(|(_, s)| *s).find(|s| ok(s)),
@@ -548,7 +563,8 @@ impl Storage for InMemoryStorage {
             ps.leases.remove(id);
         }
         ps.live.retain(|(_, id)| !gone.iter().any(|(g, _)| g == id));
-        ps.finished.retain(|(_, id)| !gone.iter().any(|(g, _)| g == id));
+        ps.finished
+            .retain(|(_, id)| !gone.iter().any(|(g, _)| g == id));
         Ok(true)
     }
 

@@ -38,7 +38,9 @@ pub fn validate_pool_name(name: &str) -> Result<()> {
         return Err(fail("it is empty"));
     }
     if name.len() > MAX_POOL_NAME_LEN {
-        return Err(fail(&format!("it is longer than {MAX_POOL_NAME_LEN} bytes")));
+        return Err(fail(&format!(
+            "it is longer than {MAX_POOL_NAME_LEN} bytes"
+        )));
     }
     if let Some(c) = name
         .chars()

@@ -179,8 +179,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Atomically reclaims the pool's expired leases, selects an available proxy
     /// that matches, counts the lease against its `max_concurrency` and records it.
     /// `Ok(None)` when no matching proxy has a free slot.
-    fn acquire(&self, request: &AcquireRequest)
-        -> impl Future<Output = Result<Option<Lease>>> + Send;
+    fn acquire(
+        &self,
+        request: &AcquireRequest,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
     /// Releases a lease, at most once; see [`ReleaseOutcome`].
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<ReleaseOutcome>> + Send;

@@ -38,7 +38,11 @@ async fn setup<H: Harness>(h: &H) -> (ProxyManager<H::Storage>, ProxyPool) {
 }
 
 fn proxy(pool: &ProxyPool, last_octet: u8) -> ProxyBuilder {
-    Proxy::builder(pool.id, format!("10.0.0.{last_octet}"), 8000 + u16::from(last_octet))
+    Proxy::builder(
+        pool.id,
+        format!("10.0.0.{last_octet}"),
+        8000 + u16::from(last_octet),
+    )
 }
 
 async fn add<S: Storage>(m: &ProxyManager<S>, b: ProxyBuilder) -> Proxy {
@@ -109,8 +113,15 @@ pub async fn unknown_named_consumer_is_an_error<H: Harness>(h: &H) {
         .acquire_proxy(POOL, AcquireOptions::new().consumer("ghost"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ConsumerNotFound { ref name } if name == "ghost"), "{err:?}");
-    assert_eq!(leases_of(&m, p.id).await, 0, "a failed acquire must not count a lease");
+    assert!(
+        matches!(err, Error::ConsumerNotFound { ref name } if name == "ghost"),
+        "{err:?}"
+    );
+    assert_eq!(
+        leases_of(&m, p.id).await,
+        0,
+        "a failed acquire must not count a lease"
+    );
     assert_eq!(m.storage().get_consumer("ghost").await.unwrap(), None);
     assert!(m.storage().list_leases(POOL).await.unwrap().is_empty());
 }
@@ -118,7 +129,10 @@ pub async fn unknown_named_consumer_is_an_error<H: Harness>(h: &H) {
 /// A manager built with `auto_register_consumers` registers unknown consumers.
 pub async fn auto_registered_consumer<H: Harness>(h: &H) {
     let storage = h.storage().await;
-    let pool = storage.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    let pool = storage
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
     storage
         .add_proxy(proxy(&pool, 1).build().unwrap())
         .await
@@ -134,10 +148,19 @@ pub async fn auto_registered_consumer<H: Harness>(h: &H) {
 /// Acquiring from a pool that does not exist is an error that writes nothing.
 pub async fn unknown_pool_is_an_error<H: Harness>(h: &H) {
     let (m, _) = setup(h).await;
-    let err = m.acquire_proxy("no-such-pool", AcquireOptions::new()).await.unwrap_err();
-    assert!(matches!(err, Error::PoolNotFound { ref name } if name == "no-such-pool"), "{err:?}");
-    assert_eq!(m.storage().get_consumer("default").await.unwrap(), None,
-        "a failed acquire must not register the default consumer");
+    let err = m
+        .acquire_proxy("no-such-pool", AcquireOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::PoolNotFound { ref name } if name == "no-such-pool"),
+        "{err:?}"
+    );
+    assert_eq!(
+        m.storage().get_consumer("default").await.unwrap(),
+        None,
+        "a failed acquire must not register the default consumer"
+    );
     let err = m.storage().pool_stats("no-such-pool").await.unwrap_err();
     assert!(matches!(err, Error::PoolNotFound { .. }), "{err:?}");
 }
@@ -161,8 +184,14 @@ pub async fn lease_carries_connection_details<H: Harness>(h: &H) {
     assert_eq!(lease.status, LeaseStatus::Active);
     assert_eq!(lease.released_at, None);
     assert_eq!(lease.proxy, p.endpoint());
-    assert_eq!(lease.proxy_url(), "socks5://user:p%40ss%3Aword@[2001:db8::7]:1080");
-    assert!(lease.acquired_at > before, "acquired_at should be about now");
+    assert_eq!(
+        lease.proxy_url(),
+        "socks5://user:p%40ss%3Aword@[2001:db8::7]:1080"
+    );
+    assert!(
+        lease.acquired_at > before,
+        "acquired_at should be about now"
+    );
     assert_eq!(
         (lease.expires_at - lease.acquired_at).num_milliseconds(),
         300_000
@@ -183,39 +212,75 @@ async fn filter_case<H: Harness>(
     let want = add(&m, tweak_match(proxy(&pool, 9).max_concurrency(2))).await;
     for selector in SelectorStrategy::ALL {
         let lease = take_some(&m, as_worker().filters(filters.clone()).selector(selector)).await;
-        assert_eq!(lease.proxy_id, want.id, "{selector} picked a proxy that does not match {filters:?}");
+        assert_eq!(
+            lease.proxy_id, want.id,
+            "{selector} picked a proxy that does not match {filters:?}"
+        );
         m.release_proxy(&lease).await.unwrap();
     }
     let a = take_some(&m, as_worker().filters(filters.clone())).await;
     let b = take_some(&m, as_worker().filters(filters.clone())).await;
     assert_eq!((a.proxy_id, b.proxy_id), (want.id, want.id));
-    assert_eq!(take(&m, as_worker().filters(filters.clone())).await, None,
-        "the only matching proxy is full: acquire must return None, not another proxy");
+    assert_eq!(
+        take(&m, as_worker().filters(filters.clone())).await,
+        None,
+        "the only matching proxy is full: acquire must return None, not another proxy"
+    );
 }
 
 /// `country` matches exactly (ignoring case).
 pub async fn filter_by_country<H: Harness>(h: &H) {
-    filter_case(h, |b| b.country("AR"), |b| b.country("BR"), ProxyFilters::new().country("ar")).await;
+    filter_case(
+        h,
+        |b| b.country("AR"),
+        |b| b.country("BR"),
+        ProxyFilters::new().country("ar"),
+    )
+    .await;
 }
 
 /// `source` matches exactly.
 pub async fn filter_by_source<H: Harness>(h: &H) {
-    filter_case(h, |b| b.source("oxylabs"), |b| b.source("brightdata"), ProxyFilters::new().source("oxylabs")).await;
+    filter_case(
+        h,
+        |b| b.source("oxylabs"),
+        |b| b.source("brightdata"),
+        ProxyFilters::new().source("oxylabs"),
+    )
+    .await;
 }
 
 /// `city` matches exactly.
 pub async fn filter_by_city<H: Harness>(h: &H) {
-    filter_case(h, |b| b.city("Córdoba"), |b| b.city("Rosario"), ProxyFilters::new().city("Córdoba")).await;
+    filter_case(
+        h,
+        |b| b.city("Córdoba"),
+        |b| b.city("Rosario"),
+        ProxyFilters::new().city("Córdoba"),
+    )
+    .await;
 }
 
 /// `isp` matches exactly.
 pub async fn filter_by_isp<H: Harness>(h: &H) {
-    filter_case(h, |b| b.isp("Telecom Argentina"), |b| b.isp("Claro"), ProxyFilters::new().isp("Telecom Argentina")).await;
+    filter_case(
+        h,
+        |b| b.isp("Telecom Argentina"),
+        |b| b.isp("Claro"),
+        ProxyFilters::new().isp("Telecom Argentina"),
+    )
+    .await;
 }
 
 /// `asn` matches exactly.
 pub async fn filter_by_asn<H: Harness>(h: &H) {
-    filter_case(h, |b| b.asn(7303), |b| b.asn(10318), ProxyFilters::new().asn(7303)).await;
+    filter_case(
+        h,
+        |b| b.asn(7303),
+        |b| b.asn(10318),
+        ProxyFilters::new().asn(7303),
+    )
+    .await;
 }
 
 /// Latitude and longitude without a radius match that exact point.
@@ -243,8 +308,20 @@ pub async fn filter_by_radius<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
     add(&m, proxy(&pool, 1).location(-33.4489, -70.6693)).await;
     add(&m, proxy(&pool, 2)).await; // no location: never matches a location filter
-    assert_eq!(take(&m, as_worker().filters(ProxyFilters::new().near(-34.6, -58.4, 1000.0))).await, None);
-    assert!(take(&m, as_worker().filters(ProxyFilters::new().near(-34.6, -58.4, 1200.0))).await.is_some());
+    assert_eq!(
+        take(
+            &m,
+            as_worker().filters(ProxyFilters::new().near(-34.6, -58.4, 1000.0))
+        )
+        .await,
+        None
+    );
+    assert!(take(
+        &m,
+        as_worker().filters(ProxyFilters::new().near(-34.6, -58.4, 1200.0))
+    )
+    .await
+    .is_some());
 }
 
 /// `any_of` matches when at least one alternative does.
@@ -253,10 +330,22 @@ pub async fn filter_any_of<H: Harness>(h: &H) {
     let br = add(&m, proxy(&pool, 1).country("BR")).await;
     let cl = add(&m, proxy(&pool, 2).country("CL")).await;
     let ar = add(&m, proxy(&pool, 3).country("AR")).await;
-    let f = ProxyFilters::new().any_of([ProxyFilters::new().country("AR"), ProxyFilters::new().country("CL")]);
+    let f = ProxyFilters::new().any_of([
+        ProxyFilters::new().country("AR"),
+        ProxyFilters::new().country("CL"),
+    ]);
     let mut got = HashSet::new();
     for _ in 0..2 {
-        got.insert(take_some(&m, as_worker().filters(f.clone()).selector(SelectorStrategy::LeastUsed)).await.proxy_id);
+        got.insert(
+            take_some(
+                &m,
+                as_worker()
+                    .filters(f.clone())
+                    .selector(SelectorStrategy::LeastUsed),
+            )
+            .await
+            .proxy_id,
+        );
     }
     assert_eq!(got, HashSet::from([cl.id, ar.id]));
     assert!(!got.contains(&br.id));
@@ -264,22 +353,49 @@ pub async fn filter_any_of<H: Harness>(h: &H) {
 
 /// `all_of` requires every sub-filter.
 pub async fn filter_all_of<H: Harness>(h: &H) {
-    let f = ProxyFilters::new().all_of([ProxyFilters::new().country("AR"), ProxyFilters::new().source("oxylabs")]);
-    filter_case(h, |b| b.country("AR").source("oxylabs"), |b| b.country("AR").source("iproyal"), f).await;
+    let f = ProxyFilters::new().all_of([
+        ProxyFilters::new().country("AR"),
+        ProxyFilters::new().source("oxylabs"),
+    ]);
+    filter_case(
+        h,
+        |b| b.country("AR").source("oxylabs"),
+        |b| b.country("AR").source("iproyal"),
+        f,
+    )
+    .await;
 }
 
 /// `none_of` excludes every proxy that matches a sub-filter.
 pub async fn filter_none_of<H: Harness>(h: &H) {
-    let f = ProxyFilters::new().country("AR").none_of([ProxyFilters::new().isp("Claro"), ProxyFilters::new().asn(1)]);
-    filter_case(h, |b| b.country("AR").isp("Telecom"), |b| b.country("AR").isp("Claro"), f).await;
+    let f = ProxyFilters::new()
+        .country("AR")
+        .none_of([ProxyFilters::new().isp("Claro"), ProxyFilters::new().asn(1)]);
+    filter_case(
+        h,
+        |b| b.country("AR").isp("Telecom"),
+        |b| b.country("AR").isp("Claro"),
+        f,
+    )
+    .await;
 }
 
 /// A filter that no proxy matches gives `Ok(None)` and writes nothing.
 pub async fn filter_without_match_returns_none<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
     let p = add(&m, proxy(&pool, 1).country("AR")).await;
-    assert_eq!(take(&m, as_worker().filters(ProxyFilters::new().country("US"))).await, None);
-    assert_eq!(take(&m, as_worker().filters(ProxyFilters::new().country("AR").source("x"))).await, None);
+    assert_eq!(
+        take(&m, as_worker().filters(ProxyFilters::new().country("US"))).await,
+        None
+    );
+    assert_eq!(
+        take(
+            &m,
+            as_worker().filters(ProxyFilters::new().country("AR").source("x"))
+        )
+        .await,
+        None
+    );
     assert_eq!(leases_of(&m, p.id).await, 0);
 }
 
@@ -292,7 +408,11 @@ pub async fn max_concurrency_never_exceeded<H: Harness>(h: &H) {
     assert_eq!((a.proxy_id, b.proxy_id), (p.id, p.id));
     assert_ne!(a.id, b.id);
     for selector in SelectorStrategy::ALL {
-        assert_eq!(take(&m, as_worker().selector(selector)).await, None, "{selector} over-leased");
+        assert_eq!(
+            take(&m, as_worker().selector(selector)).await,
+            None,
+            "{selector} over-leased"
+        );
     }
     assert_eq!(leases_of(&m, p.id).await, 2);
 }
@@ -303,7 +423,10 @@ pub async fn max_concurrency_never_exceeded_under_contention<H: Harness>(h: &H) 
     let mut max = HashMap::new();
     for i in 1..=6u8 {
         let limit = u32::from(i % 3 + 1);
-        max.insert(add(&m, proxy(&pool, i).max_concurrency(limit)).await.id, limit);
+        max.insert(
+            add(&m, proxy(&pool, i).max_concurrency(limit)).await.id,
+            limit,
+        );
     }
     let capacity: u32 = max.values().sum();
     let holders: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
@@ -321,11 +444,20 @@ pub async fn max_concurrency_never_exceeded_under_contention<H: Harness>(h: &H) 
                         let mut hs = holders.lock().unwrap();
                         let n = hs.entry(lease.proxy_id).or_default();
                         *n += 1;
-                        assert!(*n <= max[&lease.proxy_id], "proxy {} has {} holders, max {}", lease.proxy_id, n, max[&lease.proxy_id]);
+                        assert!(
+                            *n <= max[&lease.proxy_id],
+                            "proxy {} has {} holders, max {}",
+                            lease.proxy_id,
+                            n,
+                            max[&lease.proxy_id]
+                        );
                     }
                     tokio::task::yield_now().await;
                     *holders.lock().unwrap().get_mut(&lease.proxy_id).unwrap() -= 1;
-                    assert_eq!(m.release_proxy(&lease).await.unwrap(), ReleaseOutcome::Released);
+                    assert_eq!(
+                        m.release_proxy(&lease).await.unwrap(),
+                        ReleaseOutcome::Released
+                    );
                 }
             }
             got
@@ -342,7 +474,10 @@ pub async fn max_concurrency_never_exceeded_under_contention<H: Harness>(h: &H) 
     let mut held = Vec::new();
     while let Some(l) = take(&m, as_worker()).await {
         held.push(l);
-        assert!(held.len() as u32 <= capacity, "more leases than total capacity");
+        assert!(
+            held.len() as u32 <= capacity,
+            "more leases than total capacity"
+        );
     }
     assert_eq!(held.len() as u32, capacity);
 }
@@ -365,9 +500,17 @@ pub async fn release_cycle<H: Harness>(h: &H) {
     for _ in 0..3 {
         let lease = take_some(&m, as_worker()).await;
         assert_eq!(take(&m, as_worker()).await, None);
-        assert_eq!(m.release_proxy(&lease).await.unwrap(), ReleaseOutcome::Released);
+        assert_eq!(
+            m.release_proxy(&lease).await.unwrap(),
+            ReleaseOutcome::Released
+        );
         assert_eq!(leases_of(&m, p.id).await, 0);
-        let rec = m.storage().get_lease(POOL, lease.id).await.unwrap().expect("record kept after release");
+        let rec = m
+            .storage()
+            .get_lease(POOL, lease.id)
+            .await
+            .unwrap()
+            .expect("record kept after release");
         assert_eq!(rec.status, LeaseStatus::Released);
         assert!(rec.released_at.is_some());
     }
@@ -382,9 +525,16 @@ pub async fn double_release_frees_once<H: Harness>(h: &H) {
     let _b = take_some(&m, as_worker()).await;
     assert_eq!(m.release_proxy(&a).await.unwrap(), ReleaseOutcome::Released);
     for _ in 0..3 {
-        assert_eq!(m.release_proxy(&a).await.unwrap(), ReleaseOutcome::AlreadyReleased);
+        assert_eq!(
+            m.release_proxy(&a).await.unwrap(),
+            ReleaseOutcome::AlreadyReleased
+        );
     }
-    assert_eq!(leases_of(&m, p.id).await, 1, "a repeated release must not free b's slot");
+    assert_eq!(
+        leases_of(&m, p.id).await,
+        1,
+        "a repeated release must not free b's slot"
+    );
     let _c = take_some(&m, as_worker()).await;
     assert_eq!(take(&m, as_worker()).await, None);
 }
@@ -396,10 +546,16 @@ pub async fn release_of_unknown_lease_is_not_found<H: Harness>(h: &H) {
     let real = take_some(&m, as_worker()).await;
     let mut forged = real.clone();
     forged.id = Uuid::new_v4();
-    assert_eq!(m.release_proxy(&forged).await.unwrap(), ReleaseOutcome::NotFound);
+    assert_eq!(
+        m.release_proxy(&forged).await.unwrap(),
+        ReleaseOutcome::NotFound
+    );
     let mut elsewhere = real.clone();
     elsewhere.pool_name = "other-pool".into();
-    assert_eq!(m.release_proxy(&elsewhere).await.unwrap(), ReleaseOutcome::NotFound);
+    assert_eq!(
+        m.release_proxy(&elsewhere).await.unwrap(),
+        ReleaseOutcome::NotFound
+    );
     assert_eq!(leases_of(&m, p.id).await, 1);
 }
 
@@ -413,10 +569,18 @@ pub async fn expiry_and_cleanup_count<H: Harness>(h: &H) {
     }
     let long = take(&m, as_worker().duration(Duration::from_secs(3600))).await;
     assert_eq!(long, None, "proxy is full");
-    assert_eq!(m.cleanup_expired_leases().await.unwrap(), 0, "nothing has expired yet");
+    assert_eq!(
+        m.cleanup_expired_leases().await.unwrap(),
+        0,
+        "nothing has expired yet"
+    );
     h.advance(m.storage(), short + short / 2).await;
     assert_eq!(m.cleanup_expired_leases().await.unwrap(), 3);
-    assert_eq!(m.cleanup_expired_leases().await.unwrap(), 0, "cleanup counts each lease once");
+    assert_eq!(
+        m.cleanup_expired_leases().await.unwrap(),
+        0,
+        "cleanup counts each lease once"
+    );
     assert_eq!(leases_of(&m, p.id).await, 0);
     assert!(m.storage().list_leases(POOL).await.unwrap().is_empty());
     assert_eq!(stats(&m).await.total_leases, 0);
@@ -433,10 +597,22 @@ pub async fn acquire_reclaims_expired_leases<H: Harness>(h: &H) {
     let new = take_some(&m, as_worker()).await;
     assert_eq!(new.proxy_id, p.id);
     assert_eq!(leases_of(&m, p.id).await, 1);
-    let rec = m.storage().get_lease(POOL, old.id).await.unwrap().expect("expired record kept for the grace period");
+    let rec = m
+        .storage()
+        .get_lease(POOL, old.id)
+        .await
+        .unwrap()
+        .expect("expired record kept for the grace period");
     assert_eq!(rec.status, LeaseStatus::Expired);
-    assert_eq!(m.release_proxy(&old).await.unwrap(), ReleaseOutcome::Expired);
-    assert_eq!(leases_of(&m, p.id).await, 1, "releasing the lost lease must not free the new holder's slot");
+    assert_eq!(
+        m.release_proxy(&old).await.unwrap(),
+        ReleaseOutcome::Expired
+    );
+    assert_eq!(
+        leases_of(&m, p.id).await,
+        1,
+        "releasing the lost lease must not free the new holder's slot"
+    );
 }
 
 /// Releasing an expired lease says `Expired` and frees its slot once only.
@@ -447,10 +623,20 @@ pub async fn release_after_expiry_reports_expired_and_frees_once<H: Harness>(h: 
     let lost = take_some(&m, as_worker().duration(short)).await;
     let _kept = take_some(&m, as_worker().duration(Duration::from_secs(3600))).await;
     h.advance(m.storage(), short + short / 2).await;
-    assert_eq!(m.release_proxy(&lost).await.unwrap(), ReleaseOutcome::Expired);
+    assert_eq!(
+        m.release_proxy(&lost).await.unwrap(),
+        ReleaseOutcome::Expired
+    );
     assert_eq!(leases_of(&m, p.id).await, 1);
-    assert_eq!(m.release_proxy(&lost).await.unwrap(), ReleaseOutcome::Expired);
-    assert_eq!(m.cleanup_expired_leases().await.unwrap(), 0, "already reclaimed by the release");
+    assert_eq!(
+        m.release_proxy(&lost).await.unwrap(),
+        ReleaseOutcome::Expired
+    );
+    assert_eq!(
+        m.cleanup_expired_leases().await.unwrap(),
+        0,
+        "already reclaimed by the release"
+    );
     assert_eq!(leases_of(&m, p.id).await, 1);
 }
 
@@ -458,37 +644,89 @@ pub async fn release_after_expiry_reports_expired_and_frees_once<H: Harness>(h: 
 pub async fn non_active_proxies_never_leased<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
     let mut ids = Vec::new();
-    for (i, st) in [ProxyStatus::Inactive, ProxyStatus::Slow, ProxyStatus::Banned].into_iter().enumerate() {
-        ids.push(add(&m, proxy(&pool, i as u8 + 1).status(st).country("AR")).await.id);
+    for (i, st) in [
+        ProxyStatus::Inactive,
+        ProxyStatus::Slow,
+        ProxyStatus::Banned,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ids.push(
+            add(&m, proxy(&pool, i as u8 + 1).status(st).country("AR"))
+                .await
+                .id,
+        );
     }
     for selector in SelectorStrategy::ALL {
-        assert_eq!(take(&m, as_worker().selector(selector)).await, None, "{selector}");
-        assert_eq!(take(&m, as_worker().selector(selector).filters(ProxyFilters::new().country("AR"))).await, None);
+        assert_eq!(
+            take(&m, as_worker().selector(selector)).await,
+            None,
+            "{selector}"
+        );
+        assert_eq!(
+            take(
+                &m,
+                as_worker()
+                    .selector(selector)
+                    .filters(ProxyFilters::new().country("AR"))
+            )
+            .await,
+            None
+        );
     }
-    let active = m.storage().set_proxy_status(ids[2], ProxyStatus::Active).await.unwrap();
+    let active = m
+        .storage()
+        .set_proxy_status(ids[2], ProxyStatus::Active)
+        .await
+        .unwrap();
     assert_eq!(active.status, ProxyStatus::Active);
     let lease = take_some(&m, as_worker()).await;
     assert_eq!(lease.proxy_id, ids[2]);
-    m.storage().set_proxy_status(ids[2], ProxyStatus::Banned).await.unwrap();
+    m.storage()
+        .set_proxy_status(ids[2], ProxyStatus::Banned)
+        .await
+        .unwrap();
     assert_eq!(take(&m, as_worker()).await, None);
-    assert_eq!(leases_of(&m, ids[2]).await, 1, "a status change keeps live leases");
-    assert_eq!(m.release_proxy(&lease).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(
+        leases_of(&m, ids[2]).await,
+        1,
+        "a status change keeps live leases"
+    );
+    assert_eq!(
+        m.release_proxy(&lease).await.unwrap(),
+        ReleaseOutcome::Released
+    );
 }
 
 /// A health-check result sets status and `checked_at`.
 pub async fn health_result_applied<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
     let p = add(&m, proxy(&pool, 1)).await;
-    let at = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().to_utc();
-    let r = HealthCheckResult::new(p.id, ProxyStatus::Slow).with_latency(Duration::from_millis(2500)).checked_at(at);
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+        .unwrap()
+        .to_utc();
+    let r = HealthCheckResult::new(p.id, ProxyStatus::Slow)
+        .with_latency(Duration::from_millis(2500))
+        .checked_at(at);
     let got = m.storage().apply_health_check(&r).await.unwrap();
     assert_eq!((got.status, got.checked_at), (ProxyStatus::Slow, Some(at)));
     let stored = m.storage().get_proxy(p.id).await.unwrap().unwrap();
-    assert_eq!((stored.status, stored.checked_at), (ProxyStatus::Slow, Some(at)));
+    assert_eq!(
+        (stored.status, stored.checked_at),
+        (ProxyStatus::Slow, Some(at))
+    );
     assert_eq!(take(&m, as_worker()).await, None);
-    m.storage().apply_health_check(&HealthCheckResult::new(p.id, ProxyStatus::Active)).await.unwrap();
+    m.storage()
+        .apply_health_check(&HealthCheckResult::new(p.id, ProxyStatus::Active))
+        .await
+        .unwrap();
     assert!(take(&m, as_worker()).await.is_some());
-    let err = m.storage().apply_health_check(&HealthCheckResult::new(Uuid::new_v4(), ProxyStatus::Active)).await.unwrap_err();
+    let err = m
+        .storage()
+        .apply_health_check(&HealthCheckResult::new(Uuid::new_v4(), ProxyStatus::Active))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ProxyNotFound { .. }), "{err:?}");
 }
 
@@ -500,14 +738,41 @@ pub async fn pool_stats_are_exact<H: Harness>(h: &H) {
     add(&m, proxy(&pool, 2).max_concurrency(2)).await;
     add(&m, proxy(&pool, 3)).await;
     add(&m, proxy(&pool, 4).status(ProxyStatus::Banned)).await;
-    assert_eq!(stats(&m).await, PoolStats { total_proxies: 4, active_proxies: 3, available_proxies: 3, leased_proxies: 0, total_leases: 0 });
+    assert_eq!(
+        stats(&m).await,
+        PoolStats {
+            total_proxies: 4,
+            active_proxies: 3,
+            available_proxies: 3,
+            leased_proxies: 0,
+            total_leases: 0
+        }
+    );
     let l1 = take_some(&m, as_worker().selector(SelectorStrategy::FirstAvailable)).await;
     assert_eq!(l1.proxy_id, a.id);
     let _l2 = take_some(&m, as_worker().selector(SelectorStrategy::FirstAvailable)).await;
     let _l3 = take_some(&m, as_worker().selector(SelectorStrategy::FirstAvailable)).await;
-    assert_eq!(stats(&m).await, PoolStats { total_proxies: 4, active_proxies: 3, available_proxies: 1, leased_proxies: 2, total_leases: 3 });
+    assert_eq!(
+        stats(&m).await,
+        PoolStats {
+            total_proxies: 4,
+            active_proxies: 3,
+            available_proxies: 1,
+            leased_proxies: 2,
+            total_leases: 3
+        }
+    );
     m.release_proxy(&l1).await.unwrap();
-    assert_eq!(stats(&m).await, PoolStats { total_proxies: 4, active_proxies: 3, available_proxies: 2, leased_proxies: 1, total_leases: 2 });
+    assert_eq!(
+        stats(&m).await,
+        PoolStats {
+            total_proxies: 4,
+            active_proxies: 3,
+            available_proxies: 2,
+            leased_proxies: 1,
+            total_leases: 2
+        }
+    );
 }
 
 async fn three<H: Harness>(h: &H, max: Option<u32>) -> (ProxyManager<H::Storage>, Vec<Uuid>) {
@@ -515,7 +780,10 @@ async fn three<H: Harness>(h: &H, max: Option<u32>) -> (ProxyManager<H::Storage>
     let mut ids = Vec::new();
     for i in 1..=3 {
         let b = proxy(&pool, i);
-        let b = match max { Some(n) => b.max_concurrency(n), None => b };
+        let b = match max {
+            Some(n) => b.max_concurrency(n),
+            None => b,
+        };
         ids.push(add(&m, b).await.id);
     }
     (m, ids)
@@ -560,7 +828,10 @@ pub async fn selector_round_robin_order<H: Harness>(h: &H) {
         got.push(l.proxy_id);
         m.release_proxy(&l).await.unwrap();
     }
-    assert_eq!(got, vec![ids[0], ids[1], ids[2], ids[0], ids[1], ids[2], ids[0]]);
+    assert_eq!(
+        got,
+        vec![ids[0], ids[1], ids[2], ids[0], ids[1], ids[2], ids[0]]
+    );
     // A full proxy is skipped in turn.
     let hold = take_some(&m, o()).await; // ids[1]
     assert_eq!(hold.proxy_id, ids[1]);
@@ -568,7 +839,11 @@ pub async fn selector_round_robin_order<H: Harness>(h: &H) {
     assert_eq!(next.proxy_id, ids[2]);
     m.release_proxy(&next).await.unwrap();
     assert_eq!(take_some(&m, o()).await.proxy_id, ids[0]);
-    assert_eq!(take_some(&m, o()).await.proxy_id, ids[2], "ids[1] is still held");
+    assert_eq!(
+        take_some(&m, o()).await.proxy_id,
+        ids[2],
+        "ids[1] is still held"
+    );
 }
 
 /// `random` reaches every available proxy and never a full one.
@@ -601,14 +876,34 @@ pub async fn list_and_get_leases<H: Harness>(h: &H) {
     add(&m, proxy(&pool, 1)).await;
     let a = take_some(&m, as_worker()).await;
     let b = take_some(&m, as_worker()).await;
-    let listed: HashSet<Uuid> = m.storage().list_leases(POOL).await.unwrap().into_iter().map(|l| l.id).collect();
+    let listed: HashSet<Uuid> = m
+        .storage()
+        .list_leases(POOL)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
     assert_eq!(listed, HashSet::from([a.id, b.id]));
     let got = m.storage().get_lease(POOL, a.id).await.unwrap();
-    assert_eq!(got.as_ref().map(|l| (&l.id, &l.proxy, l.status)), Some((&a.id, &a.proxy, LeaseStatus::Active)));
+    assert_eq!(
+        got.as_ref().map(|l| (&l.id, &l.proxy, l.status)),
+        Some((&a.id, &a.proxy, LeaseStatus::Active))
+    );
     m.release_proxy(&a).await.unwrap();
-    let listed: Vec<Uuid> = m.storage().list_leases(POOL).await.unwrap().into_iter().map(|l| l.id).collect();
+    let listed: Vec<Uuid> = m
+        .storage()
+        .list_leases(POOL)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
     assert_eq!(listed, vec![b.id]);
-    assert_eq!(m.storage().get_lease(POOL, Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(
+        m.storage().get_lease(POOL, Uuid::new_v4()).await.unwrap(),
+        None
+    );
 }
 
 /// Updating a proxy keeps its leases and moves it between filter indexes.
@@ -624,18 +919,39 @@ pub async fn update_proxy_keeps_leases_and_reindexes<H: Harness>(h: &H) {
     let updated = m.storage().update_proxy(changed).await.unwrap();
     assert_eq!(updated.current_leases, 2);
     assert_eq!(updated.country.as_deref(), Some("CL"));
-    assert_eq!(take(&m, as_worker().filters(ProxyFilters::new().country("AR"))).await, None);
-    assert_eq!(take(&m, as_worker()).await, None, "max lowered to the live count: full");
+    assert_eq!(
+        take(&m, as_worker().filters(ProxyFilters::new().country("AR"))).await,
+        None
+    );
+    assert_eq!(
+        take(&m, as_worker()).await,
+        None,
+        "max lowered to the live count: full"
+    );
     let mut wider = updated.clone();
     wider.max_concurrency = None;
     m.storage().update_proxy(wider).await.unwrap();
-    assert_eq!(take_some(&m, as_worker().filters(ProxyFilters::new().country("CL"))).await.proxy_id, p.id);
+    assert_eq!(
+        take_some(&m, as_worker().filters(ProxyFilters::new().country("CL")))
+            .await
+            .proxy_id,
+        p.id
+    );
     let mut moved = updated.clone();
     moved.pool_id = Uuid::new_v4();
-    assert!(matches!(m.storage().update_proxy(moved).await, Err(Error::InvalidProxy { field: "pool_id", .. })));
+    assert!(matches!(
+        m.storage().update_proxy(moved).await,
+        Err(Error::InvalidProxy {
+            field: "pool_id",
+            ..
+        })
+    ));
     let mut ghost = updated;
     ghost.id = Uuid::new_v4();
-    assert!(matches!(m.storage().update_proxy(ghost).await, Err(Error::ProxyNotFound { .. })));
+    assert!(matches!(
+        m.storage().update_proxy(ghost).await,
+        Err(Error::ProxyNotFound { .. })
+    ));
 }
 
 /// Removing a proxy or a pool removes their leases too.
@@ -648,16 +964,25 @@ pub async fn remove_proxy_and_pool<H: Harness>(h: &H) {
     assert!(m.storage().remove_proxy(p.id).await.unwrap());
     assert!(!m.storage().remove_proxy(p.id).await.unwrap());
     assert_eq!(m.storage().get_proxy(p.id).await.unwrap(), None);
-    assert_eq!(m.release_proxy(&lease).await.unwrap(), ReleaseOutcome::NotFound);
+    assert_eq!(
+        m.release_proxy(&lease).await.unwrap(),
+        ReleaseOutcome::NotFound
+    );
     assert_eq!(stats(&m).await.total_proxies, 1);
     assert_eq!(take_some(&m, as_worker()).await.proxy_id, q.id);
     assert!(m.storage().remove_pool(POOL).await.unwrap());
     assert!(!m.storage().remove_pool(POOL).await.unwrap());
     assert_eq!(m.storage().get_pool(POOL).await.unwrap(), None);
     assert_eq!(m.storage().get_proxy(q.id).await.unwrap(), None);
-    assert!(matches!(m.acquire_proxy(POOL, as_worker()).await, Err(Error::PoolNotFound { .. })));
+    assert!(matches!(
+        m.acquire_proxy(POOL, as_worker()).await,
+        Err(Error::PoolNotFound { .. })
+    ));
     // The name can be used again.
-    m.storage().create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    m.storage()
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
     assert!(m.storage().list_proxies(POOL).await.unwrap().is_empty());
 }
 
@@ -665,12 +990,43 @@ pub async fn remove_proxy_and_pool<H: Harness>(h: &H) {
 pub async fn bad_pool_name_is_rejected<H: Harness>(h: &H) {
     let (m, _) = setup(h).await;
     let long = "p".repeat(65);
-    for bad in ["", "a{b}", "a:b", "a b", "pool\n", long.as_str(), "pöol", "{latam}"] {
-        assert!(matches!(ProxyPool::new(bad), Err(Error::InvalidName { kind: "pool", .. })), "{bad:?}");
-        let forged = ProxyPool { id: Uuid::new_v4(), name: bad.to_string(), description: None };
-        assert!(matches!(m.storage().create_pool(forged).await, Err(Error::InvalidName { .. })), "{bad:?}");
-        let err = m.acquire_proxy(bad, AcquireOptions::new()).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidName { kind: "pool", .. }), "{bad:?}: {err:?}");
+    for bad in [
+        "",
+        "a{b}",
+        "a:b",
+        "a b",
+        "pool\n",
+        long.as_str(),
+        "pöol",
+        "{latam}",
+    ] {
+        assert!(
+            matches!(
+                ProxyPool::new(bad),
+                Err(Error::InvalidName { kind: "pool", .. })
+            ),
+            "{bad:?}"
+        );
+        let forged = ProxyPool {
+            id: Uuid::new_v4(),
+            name: bad.to_string(),
+            description: None,
+        };
+        assert!(
+            matches!(
+                m.storage().create_pool(forged).await,
+                Err(Error::InvalidName { .. })
+            ),
+            "{bad:?}"
+        );
+        let err = m
+            .acquire_proxy(bad, AcquireOptions::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidName { kind: "pool", .. }),
+            "{bad:?}: {err:?}"
+        );
     }
     assert_eq!(m.storage().list_pools().await.unwrap().len(), 1);
     assert_eq!(m.storage().get_consumer("default").await.unwrap(), None);
@@ -682,9 +1038,24 @@ pub async fn bad_consumer_name_is_rejected<H: Harness>(h: &H) {
     let p = add(&m, proxy(&pool, 1)).await;
     let long = "c".repeat(129);
     for bad in ["", " worker", "worker\t", "a\u{0}b", long.as_str()] {
-        let err = m.acquire_proxy(POOL, AcquireOptions::new().consumer(bad)).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidName { kind: "consumer", .. }), "{bad:?}: {err:?}");
-        assert!(matches!(m.storage().ensure_consumer(bad).await, Err(Error::InvalidName { .. })));
+        let err = m
+            .acquire_proxy(POOL, AcquireOptions::new().consumer(bad))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidName {
+                    kind: "consumer",
+                    ..
+                }
+            ),
+            "{bad:?}: {err:?}"
+        );
+        assert!(matches!(
+            m.storage().ensure_consumer(bad).await,
+            Err(Error::InvalidName { .. })
+        ));
     }
     assert_eq!(leases_of(&m, p.id).await, 0);
     assert_eq!(m.storage().list_consumers().await.unwrap().len(), 1);
@@ -694,11 +1065,25 @@ pub async fn bad_consumer_name_is_rejected<H: Harness>(h: &H) {
 pub async fn bad_duration_is_rejected<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
     let p = add(&m, proxy(&pool, 1)).await;
-    for d in [Duration::ZERO, Duration::from_micros(999), Duration::from_secs(8 * 24 * 3600), Duration::MAX] {
-        let err = m.acquire_proxy(POOL, as_worker().duration(d)).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidDuration { .. }), "{d:?}: {err:?}");
+    for d in [
+        Duration::ZERO,
+        Duration::from_micros(999),
+        Duration::from_secs(8 * 24 * 3600),
+        Duration::MAX,
+    ] {
+        let err = m
+            .acquire_proxy(POOL, as_worker().duration(d))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidDuration { .. }),
+            "{d:?}: {err:?}"
+        );
         let req = AcquireRequest::new(POOL, "worker-1", d);
-        assert!(matches!(m.storage().acquire(&req).await, Err(Error::InvalidDuration { .. })));
+        assert!(matches!(
+            m.storage().acquire(&req).await,
+            Err(Error::InvalidDuration { .. })
+        ));
     }
     assert_eq!(leases_of(&m, p.id).await, 0);
 }
@@ -707,9 +1092,18 @@ pub async fn bad_duration_is_rejected<H: Harness>(h: &H) {
 pub async fn bad_filters_are_rejected<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
     let p = add(&m, proxy(&pool, 1).location(0.0, 0.0)).await;
-    let lat_only = ProxyFilters { latitude: Some(1.0), ..Default::default() };
-    let lon_only = ProxyFilters { longitude: Some(1.0), ..Default::default() };
-    let radius_only = ProxyFilters { radius_km: Some(5.0), ..Default::default() };
+    let lat_only = ProxyFilters {
+        latitude: Some(1.0),
+        ..Default::default()
+    };
+    let lon_only = ProxyFilters {
+        longitude: Some(1.0),
+        ..Default::default()
+    };
+    let radius_only = ProxyFilters {
+        radius_km: Some(5.0),
+        ..Default::default()
+    };
     let mut deep = ProxyFilters::new().country("AR");
     for _ in 0..6 {
         deep = ProxyFilters::new().all_of([deep]);
@@ -724,15 +1118,24 @@ pub async fn bad_filters_are_rejected<H: Harness>(h: &H) {
         ProxyFilters::new().at(91.0, 0.0),
         ProxyFilters::new().at(0.0, -180.5),
         ProxyFilters::new().country(""),
-        ProxyFilters::new().any_of([ProxyFilters { latitude: Some(1.0), ..Default::default() }]),
+        ProxyFilters::new().any_of([ProxyFilters {
+            latitude: Some(1.0),
+            ..Default::default()
+        }]),
         deep,
         ProxyFilters::new().any_of(vec![ProxyFilters::new().asn(1); 70]),
     ];
     for f in bad {
-        let err = m.acquire_proxy(POOL, as_worker().filters(f.clone())).await.unwrap_err();
+        let err = m
+            .acquire_proxy(POOL, as_worker().filters(f.clone()))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidFilter(_)), "{f:?}: {err:?}");
         let req = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(1)).with_filters(f);
-        assert!(matches!(m.storage().acquire(&req).await, Err(Error::InvalidFilter(_))));
+        assert!(matches!(
+            m.storage().acquire(&req).await,
+            Err(Error::InvalidFilter(_))
+        ));
     }
     assert_eq!(leases_of(&m, p.id).await, 0);
 }
@@ -754,26 +1157,70 @@ pub async fn bad_proxy_fields_are_rejected<H: Harness>(h: &H) {
         ("host", corrupt(&good, |p| p.host = "bad host".into())),
         ("host", corrupt(&good, |p| p.host = "-bad.example".into())),
         ("host", corrupt(&good, |p| p.host = "1::2::3".into())),
-        ("max_concurrency", corrupt(&good, |p| p.max_concurrency = Some(0))),
-        ("latitude", corrupt(&good, |p| { p.latitude = Some(95.0); p.longitude = Some(0.0) })),
-        ("longitude", corrupt(&good, |p| { p.latitude = Some(0.0); p.longitude = Some(181.0) })),
+        (
+            "max_concurrency",
+            corrupt(&good, |p| p.max_concurrency = Some(0)),
+        ),
+        (
+            "latitude",
+            corrupt(&good, |p| {
+                p.latitude = Some(95.0);
+                p.longitude = Some(0.0)
+            }),
+        ),
+        (
+            "longitude",
+            corrupt(&good, |p| {
+                p.latitude = Some(0.0);
+                p.longitude = Some(181.0)
+            }),
+        ),
         ("longitude", corrupt(&good, |p| p.latitude = Some(1.0))),
         ("latitude", corrupt(&good, |p| p.longitude = Some(1.0))),
-        ("country", corrupt(&good, |p| p.country = Some(String::new()))),
+        (
+            "country",
+            corrupt(&good, |p| p.country = Some(String::new())),
+        ),
         ("city", corrupt(&good, |p| p.city = Some("x".repeat(300)))),
-        ("credentials", corrupt(&good, |p| p.credentials = Some(crate::proxy::ProxyCredentials::new("", "pw")))),
+        (
+            "credentials",
+            corrupt(&good, |p| {
+                p.credentials = Some(crate::proxy::ProxyCredentials::new("", "pw"))
+            }),
+        ),
         ("pool_id", corrupt(&good, |p| p.pool_id = Uuid::new_v4())),
     ];
     for (field, bad) in cases {
         let err = m.storage().add_proxy(bad.clone()).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidProxy { field: f, .. } if f == field), "want {field}: {err:?}");
+        assert!(
+            matches!(err, Error::InvalidProxy { field: f, .. } if f == field),
+            "want {field}: {err:?}"
+        );
         assert_eq!(m.storage().get_proxy(bad.id).await.unwrap(), None);
     }
-    assert!(matches!(Proxy::builder(pool.id, "h.example", 0).build(), Err(Error::InvalidProxy { field: "port", .. })));
-    assert!(matches!("ftp".parse::<ProxyProtocol>(), Err(Error::InvalidProxy { field: "protocol", .. })));
-    assert!(matches!("dead".parse::<ProxyStatus>(), Err(Error::InvalidProxy { field: "status", .. })));
+    assert!(matches!(
+        Proxy::builder(pool.id, "h.example", 0).build(),
+        Err(Error::InvalidProxy { field: "port", .. })
+    ));
+    assert!(matches!(
+        "ftp".parse::<ProxyProtocol>(),
+        Err(Error::InvalidProxy {
+            field: "protocol",
+            ..
+        })
+    ));
+    assert!(matches!(
+        "dead".parse::<ProxyStatus>(),
+        Err(Error::InvalidProxy {
+            field: "status",
+            ..
+        })
+    ));
     let added = m.storage().add_proxy(good.clone()).await.unwrap();
-    assert!(matches!(m.storage().add_proxy(added).await, Err(Error::ProxyAlreadyExists { .. })));
+    assert!(matches!(
+        m.storage().add_proxy(added).await,
+        Err(Error::ProxyAlreadyExists { .. })
+    ));
     assert_eq!(stats(&m).await.total_proxies, 1);
 }
 
@@ -783,25 +1230,52 @@ pub async fn bulk_add_is_all_or_nothing<H: Harness>(h: &H) {
     let mut batch: Vec<Proxy> = (1..=5).map(|i| proxy(&pool, i).build().unwrap()).collect();
     batch[3].port = 0;
     let err = m.storage().add_proxies(batch.clone()).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidProxy { field: "port", .. }), "{err:?}");
-    assert!(m.storage().list_proxies(POOL).await.unwrap().is_empty(), "nothing from a bad batch is stored");
+    assert!(
+        matches!(err, Error::InvalidProxy { field: "port", .. }),
+        "{err:?}"
+    );
+    assert!(
+        m.storage().list_proxies(POOL).await.unwrap().is_empty(),
+        "nothing from a bad batch is stored"
+    );
     let mut dup = batch.clone();
     dup[3].port = 8080;
     dup[4].id = dup[0].id;
-    assert!(matches!(m.storage().add_proxies(dup).await, Err(Error::ProxyAlreadyExists { .. })));
+    assert!(matches!(
+        m.storage().add_proxies(dup).await,
+        Err(Error::ProxyAlreadyExists { .. })
+    ));
     assert!(m.storage().list_proxies(POOL).await.unwrap().is_empty());
     batch[3].port = 8080;
     let added = m.storage().add_proxies(batch.clone()).await.unwrap();
     assert_eq!(added.len(), 5);
-    let listed: Vec<Uuid> = m.storage().list_proxies(POOL).await.unwrap().into_iter().map(|p| p.id).collect();
-    assert_eq!(listed, batch.iter().map(|p| p.id).collect::<Vec<_>>(), "listed in insertion order");
+    let listed: Vec<Uuid> = m
+        .storage()
+        .list_proxies(POOL)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(
+        listed,
+        batch.iter().map(|p| p.id).collect::<Vec<_>>(),
+        "listed in insertion order"
+    );
 }
 
 /// A pool name can only be used once.
 pub async fn duplicate_pool_is_rejected<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
-    let err = m.storage().create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap_err();
-    assert!(matches!(err, Error::PoolAlreadyExists { ref name } if name == POOL), "{err:?}");
+    let err = m
+        .storage()
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::PoolAlreadyExists { ref name } if name == POOL),
+        "{err:?}"
+    );
     let pools = m.storage().list_pools().await.unwrap();
     assert_eq!(pools, vec![pool]);
 }

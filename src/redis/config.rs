@@ -1,0 +1,168 @@
+//! [`RedisConfig`]: where the Redis storage connects and how it behaves.
+
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::storage::DEFAULT_RECORD_GRACE;
+
+use super::keys::validate_namespace;
+
+/// Settings of a [`crate::redis::RedisStorage`].
+///
+/// ```
+/// use std::time::Duration;
+/// use lighthouse_lease::redis::RedisConfig;
+///
+/// let config = RedisConfig::from_url("redis://10.0.0.5:6379/0")
+///     .namespace("crawler")
+///     .pool_size(32)
+///     .response_timeout(Duration::from_secs(2));
+/// assert_eq!(config.url(), "redis://10.0.0.5:6379/0");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+    pub(crate) pool_size: usize,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) response_timeout: Option<Duration>,
+    pub(crate) wait_timeout: Option<Duration>,
+    pub(crate) record_grace: Duration,
+    pub(crate) reclaim_batch: u32,
+    pub(crate) cleanup_batch: u32,
+}
+
+impl RedisConfig {
+    /// The URL used when `REDIS_URL` is not set.
+    pub const DEFAULT_URL: &'static str = "redis://127.0.0.1:6379";
+    /// The default key namespace.
+    pub const DEFAULT_NAMESPACE: &'static str = "lighthouse";
+    /// Connections kept by default.
+    pub const DEFAULT_POOL_SIZE: usize = 16;
+    /// Expired leases an acquire reclaims per script call by default.
+    pub const DEFAULT_RECLAIM_BATCH: u32 = 64;
+    /// Expired leases a cleanup script call handles by default.
+    pub const DEFAULT_CLEANUP_BATCH: u32 = 500;
+
+    /// Settings for this URL (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` with TLS when redis-rs is built with it), with the defaults:
+    /// namespace `lighthouse`, 16 connections, connect timeout 5 s, response
+    /// timeout 5 s, pool wait timeout 5 s.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            namespace: Self::DEFAULT_NAMESPACE.to_string(),
+            pool_size: Self::DEFAULT_POOL_SIZE,
+            connect_timeout: Some(Duration::from_secs(5)),
+            response_timeout: Some(Duration::from_secs(5)),
+            wait_timeout: Some(Duration::from_secs(5)),
+            record_grace: DEFAULT_RECORD_GRACE,
+            reclaim_batch: Self::DEFAULT_RECLAIM_BATCH,
+            cleanup_batch: Self::DEFAULT_CLEANUP_BATCH,
+        }
+    }
+
+    /// Settings from the environment: the URL in `REDIS_URL`, else
+    /// [`RedisConfig::DEFAULT_URL`]; the namespace in `LIGHTHOUSE_NAMESPACE`, else
+    /// `lighthouse`.
+    pub fn from_env() -> Self {
+        let url = std::env::var("REDIS_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| Self::DEFAULT_URL.to_string());
+        let config = Self::from_url(url);
+        match std::env::var("LIGHTHOUSE_NAMESPACE") {
+            Ok(ns) if !ns.trim().is_empty() => config.namespace(ns),
+            _ => config,
+        }
+    }
+
+    /// Every key starts with `<namespace>:`; managers that share state must use
+    /// the same one. Checked when the storage is built (see
+    /// [`crate::redis::validate_namespace`]).
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Most connections kept open (each is multiplexed).
+    #[must_use]
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long connecting may take (`None`: no limit).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.connect_timeout = timeout.into();
+        self
+    }
+
+    /// How long one command or script may take to answer (`None`: no limit).
+    #[must_use]
+    pub fn response_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.response_timeout = timeout.into();
+        self
+    }
+
+    /// How long to wait for a free connection (`None`: no limit).
+    #[must_use]
+    pub fn wait_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.wait_timeout = timeout.into();
+        self
+    }
+
+    /// How long finished lease records are kept after their expiry (default
+    /// [`DEFAULT_RECORD_GRACE`]).
+    #[must_use]
+    pub fn record_grace(mut self, grace: Duration) -> Self {
+        self.record_grace = grace;
+        self
+    }
+
+    /// Expired leases one acquire reclaims before selecting (at least 1). When
+    /// more are due and nothing is free, the acquire runs cleanup batches first.
+    #[must_use]
+    pub fn reclaim_batch(mut self, n: u32) -> Self {
+        self.reclaim_batch = n.clamp(1, 100_000);
+        self
+    }
+
+    /// Expired leases one cleanup script call handles (at least 1); cleanup
+    /// loops, so this bounds how long each call holds Redis.
+    #[must_use]
+    pub fn cleanup_batch(mut self, n: u32) -> Self {
+        self.cleanup_batch = n.clamp(1, 100_000);
+        self
+    }
+
+    /// The Redis URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The key namespace.
+    pub fn get_namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_namespace(&self.namespace)?;
+        if self.pool_size == 0 {
+            return Err(crate::error::Error::InvalidArgument(
+                "Redis pool size must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for RedisConfig {
+    /// [`RedisConfig::from_env`].
+    fn default() -> Self {
+        Self::from_env()
+    }
+}

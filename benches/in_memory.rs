@@ -59,13 +59,15 @@ fn manager(n: usize) -> ProxyManager<InMemoryStorage> {
 }
 
 /// The original's way: look at every proxy, keep the available matching ones,
-/// pick the least used.
+/// pick the least used, and record the lease (so both sides do the same
+/// bookkeeping and differ only in how they select).
 struct ScanBaseline {
     proxies: Vec<Proxy>,
+    leases: std::collections::HashMap<uuid::Uuid, usize>,
 }
 
 impl ScanBaseline {
-    fn acquire(&mut self, filters: &ProxyFilters) -> Option<usize> {
+    fn acquire(&mut self, filters: &ProxyFilters) -> Option<uuid::Uuid> {
         let pick = self
             .proxies
             .iter()
@@ -74,10 +76,14 @@ impl ScanBaseline {
             .min_by_key(|(_, p)| p.current_leases)
             .map(|(i, _)| i)?;
         self.proxies[pick].current_leases += 1;
-        Some(pick)
+        let id = uuid::Uuid::new_v4();
+        self.leases.insert(id, pick);
+        Some(id)
     }
-    fn release(&mut self, i: usize) {
-        self.proxies[i].current_leases -= 1;
+    fn release(&mut self, id: uuid::Uuid) {
+        if let Some(i) = self.leases.remove(&id) {
+            self.proxies[i].current_leases -= 1;
+        }
     }
 }
 
@@ -113,6 +119,7 @@ fn bench(c: &mut Criterion) {
         let pool = ProxyPool::new("bench").unwrap();
         let mut base = ScanBaseline {
             proxies: proxies(&pool, n),
+            leases: Default::default(),
         };
         for i in (0..n).step_by(2) {
             base.proxies[i].current_leases = 1;

@@ -126,8 +126,8 @@ impl Default for State {
     }
 }
 
-/// An index key: `None` is the whole pool.
-type IndexKey = Option<(FilterAttribute, String)>;
+/// Position of an index in `PoolState::indexes`; 0 is the whole pool.
+type IndexId = usize;
 
 /// Available proxies (by insertion sequence number), three ways.
 #[derive(Debug, Default)]
@@ -166,6 +166,8 @@ impl AvailIndex {
 struct Entry {
     proxy: Proxy,
     seq: u64,
+    /// The indexes this proxy belongs to while available (interned attribute values).
+    keys: Vec<IndexId>,
 }
 
 #[derive(Debug)]
@@ -174,20 +176,14 @@ struct PoolState {
     next_seq: u64,
     proxies: HashMap<Uuid, Entry>,
     by_seq: BTreeMap<u64, Uuid>,
-    indexes: HashMap<IndexKey, AvailIndex>,
+    /// Attribute value -> index id, so hot paths never hash or allocate strings.
+    index_ids: HashMap<(FilterAttribute, String), IndexId>,
+    indexes: Vec<AvailIndex>,
     leases: HashMap<Uuid, Lease>,
     live: BTreeSet<(DateTime<Utc>, Uuid)>,
     finished: BTreeSet<(DateTime<Utc>, Uuid)>,
     rr_cursor: Option<u64>,
     stats: PoolStats,
-}
-
-fn index_keys(proxy: &Proxy) -> impl Iterator<Item = IndexKey> + '_ {
-    std::iter::once(None).chain(
-        FilterAttribute::ALL
-            .into_iter()
-            .filter_map(|a| a.value_of(proxy).map(|v| Some((a, v)))),
-    )
 }
 
 impl PoolState {
@@ -197,7 +193,8 @@ impl PoolState {
             next_seq: 0,
             proxies: HashMap::new(),
             by_seq: BTreeMap::new(),
-            indexes: HashMap::new(),
+            index_ids: HashMap::new(),
+            indexes: vec![AvailIndex::default()],
             leases: HashMap::new(),
             live: BTreeSet::new(),
             finished: BTreeSet::new(),
@@ -206,15 +203,13 @@ impl PoolState {
         }
     }
 
-    /// Adds (`sign` = 1) or removes (`sign` = -1) a proxy's share of the counters
-    /// and its index entries. Every change to a proxy goes `account(-1)`, change,
-    /// `account(1)`.
-    fn account(&mut self, id: Uuid, add: bool) {
+    /// Adds (`add`) or removes a proxy's share of the counters and, when
+    /// `indexes`, its index entries. Every change to a proxy goes remove, change, add.
+    fn account(&mut self, id: Uuid, add: bool, indexes: bool) {
         let Some(entry) = self.proxies.get(&id) else {
             return;
         };
         let p = &entry.proxy;
-        let seq = entry.seq;
         let step = |v: &mut u64, yes: bool, by: u64| {
             if yes {
                 if add {
@@ -237,27 +232,83 @@ impl PoolState {
             true,
             u64::from(p.current_leases),
         );
-        if p.is_available() {
-            let load = p.current_leases;
-            for key in index_keys(p) {
-                if add {
-                    self.indexes.entry(key).or_default().insert(seq, load);
-                } else if let Some(idx) = self.indexes.get_mut(&key) {
-                    idx.remove(seq, load);
-                    if idx.len() == 0 {
-                        self.indexes.remove(&key);
+        if indexes && p.is_available() {
+            let (seq, load) = (entry.seq, p.current_leases);
+            for &key in &entry.keys {
+                if let Some(idx) = self.indexes.get_mut(key) {
+                    if add {
+                        idx.insert(seq, load);
+                    } else {
+                        idx.remove(seq, load);
                     }
                 }
             }
         }
     }
 
-    fn change_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) {
-        self.account(id, false);
-        if let Some(e) = self.proxies.get_mut(&id) {
-            f(&mut e.proxy);
+    /// The index ids a proxy belongs to, creating indexes for new values.
+    fn intern(&mut self, proxy: &Proxy) -> Vec<IndexId> {
+        let mut keys = vec![0];
+        for attr in FilterAttribute::ALL {
+            if let Some(value) = attr.value_of(proxy) {
+                let next = self.indexes.len();
+                let id = *self.index_ids.entry((attr, value)).or_insert(next);
+                if id == next {
+                    self.indexes.push(AvailIndex::default());
+                }
+                keys.push(id);
+            }
         }
-        self.account(id, true);
+        keys
+    }
+
+    /// Changes a proxy's lease count or status (not its attributes). When the
+    /// proxy stays available, only its place in the by-load order moves.
+    fn change_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) {
+        let Some(e) = self.proxies.get(&id) else {
+            return;
+        };
+        let (was_available, old_load) = (e.proxy.is_available(), e.proxy.current_leases);
+        self.account(id, false, false);
+        let Some(e) = self.proxies.get_mut(&id) else {
+            return;
+        };
+        f(&mut e.proxy);
+        let (now_available, new_load, seq) =
+            (e.proxy.is_available(), e.proxy.current_leases, e.seq);
+        self.account(id, true, false);
+        let Some(e) = self.proxies.get(&id) else {
+            return;
+        };
+        for &key in &e.keys {
+            let Some(idx) = self.indexes.get_mut(key) else {
+                continue;
+            };
+            match (was_available, now_available) {
+                (true, true) if old_load != new_load => {
+                    idx.by_load.remove(&(old_load, seq));
+                    idx.by_load.insert((new_load, seq));
+                }
+                (true, false) => idx.remove(seq, old_load),
+                (false, true) => idx.insert(seq, new_load),
+                _ => {}
+            }
+        }
+    }
+
+    /// Replaces a proxy's fields, moving it between attribute indexes.
+    fn replace_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) {
+        self.account(id, false, true);
+        let Some(e) = self.proxies.get_mut(&id) else {
+            return;
+        };
+        f(&mut e.proxy);
+        let proxy = e.proxy.clone();
+        let keys = self.intern(&proxy);
+        if let Some(e) = self.proxies.get_mut(&id) {
+            e.keys = keys;
+        }
+        self.account(id, true, true);
     }
 
     fn insert_proxy(&mut self, mut proxy: Proxy) {
@@ -265,9 +316,10 @@ impl PoolState {
         let seq = self.next_seq;
         self.next_seq += 1;
         let id = proxy.id;
+        let keys = self.intern(&proxy);
         self.by_seq.insert(seq, id);
-        self.proxies.insert(id, Entry { proxy, seq });
-        self.account(id, true);
+        self.proxies.insert(id, Entry { proxy, seq, keys });
+        self.account(id, true, true);
     }
 
     /// Expires every live lease whose time has come; returns how many.
@@ -305,7 +357,13 @@ impl PoolState {
         }
         let (proxy_id, expires_at) = (lease.proxy_id, lease.expires_at);
         self.live.remove(&(expires_at, id));
-        self.finished.insert((expires_at.max(now) + grace, id));
+        // Kept for `grace` after it finished: released now, or expired at its expiry.
+        let finished_at = if status == LeaseStatus::Released {
+            now
+        } else {
+            expires_at
+        };
+        self.finished.insert((finished_at + grace, id));
         self.change_proxy(proxy_id, |p| {
             p.current_leases = p.current_leases.saturating_sub(1)
         });
@@ -336,10 +394,14 @@ impl PoolState {
         selector: SelectorStrategy,
         rng: &mut fastrand::Rng,
     ) -> Option<Uuid> {
-        let mut best: Option<&AvailIndex> = self.indexes.get(&None);
-        for (attr, value) in filters.required_attributes() {
-            match self.indexes.get(&Some((attr, value))) {
-                None => return None, // no available proxy has this value
+        let mut best: Option<&AvailIndex> = self.indexes.first();
+        for key in filters.required_attributes() {
+            match self
+                .index_ids
+                .get(&key)
+                .and_then(|&id| self.indexes.get(id))
+            {
+                None => return None, // no proxy has this value
                 Some(idx) => {
                     if best.is_none_or(|b| idx.len() < b.len()) {
                         best = Some(idx);
@@ -532,10 +594,13 @@ impl Storage for InMemoryStorage {
                 "a proxy cannot move to another pool (remove it and add it there)",
             ));
         }
-        st.change_proxy(proxy.id, move |p| {
+        let name = st.pool_name_of_proxy(proxy.id)?;
+        let id = proxy.id;
+        st.pool_mut(&name)?.replace_proxy(id, move |p| {
             proxy.current_leases = p.current_leases;
             *p = proxy;
-        })
+        });
+        st.proxy_snapshot(id)
     }
 
     async fn set_proxy_status(&self, proxy_id: Uuid, status: ProxyStatus) -> Result<Proxy> {
@@ -549,7 +614,7 @@ impl Storage for InMemoryStorage {
         };
         st.proxy_pools.remove(&proxy_id);
         let ps = st.pool_mut(&name)?;
-        ps.account(proxy_id, false);
+        ps.account(proxy_id, false, true);
         if let Some(e) = ps.proxies.remove(&proxy_id) {
             ps.by_seq.remove(&e.seq);
         }

@@ -20,10 +20,11 @@ use crate::stats::PoolStats;
 pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Shortest lease accepted: 1 ms (storages keep time in milliseconds).
 pub const MIN_LEASE_DURATION: Duration = Duration::from_millis(1);
-/// How long a finished (released or expired) lease record is kept after its
-/// expiry, so that a late release is told `AlreadyReleased` or `Expired` rather
-/// than `NotFound`.
-pub const DEFAULT_RECORD_GRACE: Duration = Duration::from_secs(600);
+/// How long a lease record is kept after the lease finished (when it was released,
+/// or when it expired), so that a late or repeated release is told
+/// `AlreadyReleased` or `Expired` rather than `NotFound`. Finished records cost
+/// memory in proportion to the lease rate times this grace.
+pub const DEFAULT_RECORD_GRACE: Duration = Duration::from_secs(60);
 
 /// Checks a lease duration: at least [`MIN_LEASE_DURATION`], at most [`MAX_LEASE_DURATION`].
 pub fn validate_lease_duration(duration: Duration) -> Result<()> {

@@ -323,3 +323,12 @@ async fn default_duration_is_300_seconds_and_configurable() {
         "managers over one storage share its state"
     );
 }
+
+#[test]
+fn manager_futures_are_send_so_they_run_on_any_tokio_task() {
+    fn assert_send<T: Send>(_: &T) {}
+    let m = ProxyManager::new(InMemoryStorage::new());
+    assert_send(&m.acquire_proxy(POOL, AcquireOptions::new()));
+    assert_send(&m.cleanup_expired_leases());
+    assert_send(&m.with_lease(POOL, AcquireOptions::new(), |_| async {}));
+}

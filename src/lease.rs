@@ -77,6 +77,37 @@ impl Lease {
     pub fn proxy_url(&self) -> String {
         self.proxy.url()
     }
+
+    /// A compact MessagePack form of the lease, to hand it to another process (a
+    /// dispatcher leases, a worker uses and releases). It holds the proxy's
+    /// credentials: treat it as a secret.
+    ///
+    /// ```
+    /// # use lighthouse_lease::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<()> {
+    /// # let m = ProxyManager::new(InMemoryStorage::new());
+    /// # let pool = m.storage().create_pool(ProxyPool::new("p")?).await?;
+    /// # m.storage().add_proxy(Proxy::builder(pool.id, "1.1.1.1", 80).build()?).await?;
+    /// let lease = m.acquire_proxy("p", AcquireOptions::new()).await?.expect("free proxy");
+    /// let bytes = lease.to_msgpack()?;          // dispatcher: send these bytes
+    /// let received = Lease::from_msgpack(&bytes)?; // worker: use, then release
+    /// assert_eq!(received, lease);
+    /// assert_eq!(m.release_proxy(&received).await?, ReleaseOutcome::Released);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn to_msgpack(&self) -> crate::Result<Vec<u8>> {
+        rmp_serde::to_vec(self)
+            .map_err(|e| crate::Error::InvalidArgument(format!("cannot encode lease: {e}")))
+    }
+
+    /// Reads a lease written by [`Lease::to_msgpack`]. Fails with
+    /// [`crate::Error::InvalidArgument`] on bytes that are not such a lease.
+    pub fn from_msgpack(bytes: &[u8]) -> crate::Result<Lease> {
+        rmp_serde::from_slice(bytes)
+            .map_err(|e| crate::Error::InvalidArgument(format!("not a MessagePack lease: {e}")))
+    }
 }
 
 /// What [`crate::ProxyManager::release_proxy`] found. Releasing is idempotent: only

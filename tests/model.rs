@@ -203,3 +203,37 @@ fn error_messages_are_one_clear_line() {
         "invalid filters: radius_km must be a finite number > 0, got -1"
     );
 }
+
+#[test]
+fn lease_hands_over_as_compact_msgpack() {
+    let lease = Lease {
+        id: Uuid::new_v4(),
+        proxy_id: Uuid::new_v4(),
+        consumer_id: Uuid::new_v4(),
+        consumer_name: "dispatcher".into(),
+        pool_id: Uuid::new_v4(),
+        pool_name: "latam-residential".into(),
+        status: LeaseStatus::Active,
+        acquired_at: chrono::Utc::now(),
+        expires_at: chrono::Utc::now(),
+        released_at: None,
+        proxy: ProxyEndpoint {
+            host: "2001:db8::1".into(),
+            port: 1080,
+            protocol: ProxyProtocol::Socks5,
+            credentials: Some(lighthouse_lease::ProxyCredentials::new("u", "p@ss")),
+        },
+    };
+    let bytes = lease.to_msgpack().unwrap();
+    assert_eq!(Lease::from_msgpack(&bytes).unwrap(), lease);
+    let json = serde_json::to_vec(&lease).unwrap();
+    assert!(
+        bytes.len() * 2 < json.len(),
+        "msgpack {} bytes vs json {}",
+        bytes.len(),
+        json.len()
+    );
+    let err = Lease::from_msgpack(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(Lease::from_msgpack(b"not a lease").is_err());
+}

@@ -54,6 +54,8 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod filters;

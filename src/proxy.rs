@@ -195,6 +195,26 @@ impl ProxyEndpoint {
         url.push_str(&self.port.to_string());
         url
     }
+
+    /// The URL with the password replaced by `***`, for logs and listings.
+    ///
+    /// ```
+    /// # use lighthouse_lease::{ProxyCredentials, ProxyEndpoint, ProxyProtocol};
+    /// let ep = ProxyEndpoint {
+    ///     host: "10.0.0.1".into(),
+    ///     port: 8080,
+    ///     protocol: ProxyProtocol::Http,
+    ///     credentials: Some(ProxyCredentials::new("me", "secret")),
+    /// };
+    /// assert_eq!(ep.redacted_url(), "http://me:***@10.0.0.1:8080");
+    /// ```
+    pub fn redacted_url(&self) -> String {
+        let mut shown = self.clone();
+        if let Some(c) = &mut shown.credentials {
+            c.password = "***".into();
+        }
+        shown.url().replace("%2A%2A%2A@", "***@")
+    }
 }
 
 /// One proxy in a pool.
@@ -505,6 +525,12 @@ impl ProxyBuilder {
         self.proxy.longitude = Some(longitude);
         self
     }
+    /// The proxy as set so far, not yet validated (callers validate later).
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
+    pub(crate) fn build_unchecked(self) -> Proxy {
+        self.proxy
+    }
+
     /// Normalizes and validates, see [`Proxy::normalize`].
     pub fn build(self) -> Result<Proxy> {
         let mut proxy = self.proxy;

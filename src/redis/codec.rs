@@ -14,10 +14,7 @@ use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyCredentials, ProxyEndpoint, ProxyProtocol, ProxyStatus};
 
 pub(crate) fn corrupt(what: impl Into<String>) -> Error {
-    Error::backend(
-        format!("corrupted Redis state: {}", what.into()),
-        None,
-    )
+    Error::backend(format!("corrupted Redis state: {}", what.into()), None)
 }
 
 /// The settable fields of a proxy as (field, value) pairs, as the proxy scripts
@@ -91,7 +88,8 @@ fn parse_opt<T: std::str::FromStr>(
 }
 
 pub(crate) fn ms_to_time(ms: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt(format!("time {ms} ms is out of range")))
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| corrupt(format!("time {ms} ms is out of range")))
 }
 
 /// A proxy from its hash (`HGETALL <ns>:{<pool>}:proxy:<id>`).
@@ -104,7 +102,10 @@ pub(crate) fn proxy_from_hash(h: &HashMap<String, String>) -> Result<Proxy> {
         .parse()
         .map_err(|_| corrupt("proxy status"))?;
     let credentials = match (h.get("username"), h.get("password")) {
-        (Some(u), p) => Some(ProxyCredentials::new(u.clone(), p.cloned().unwrap_or_default())),
+        (Some(u), p) => Some(ProxyCredentials::new(
+            u.clone(),
+            p.cloned().unwrap_or_default(),
+        )),
         (None, _) => None,
     };
     let checked_at = match h.get("checked_at") {
@@ -247,7 +248,11 @@ fn write_filter(f: &ProxyFilters, out: &mut String) {
             let _ = write!(out, "{v}");
         }
     }
-    for (k, list) in [("any_of", &f.any_of), ("all_of", &f.all_of), ("none_of", &f.none_of)] {
+    for (k, list) in [
+        ("any_of", &f.any_of),
+        ("all_of", &f.all_of),
+        ("none_of", &f.none_of),
+    ] {
         if !list.is_empty() {
             key(out, k);
             out.push('[');

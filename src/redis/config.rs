@@ -38,16 +38,17 @@ impl RedisConfig {
     pub const DEFAULT_URL: &'static str = "redis://127.0.0.1:6379";
     /// The default key namespace.
     pub const DEFAULT_NAMESPACE: &'static str = "lighthouse";
-    /// Connections kept by default.
-    pub const DEFAULT_POOL_SIZE: usize = 16;
+    /// Connections kept by default (each is multiplexed: it carries any number
+    /// of concurrent calls).
+    pub const DEFAULT_POOL_SIZE: usize = 4;
     /// Expired leases an acquire reclaims per script call by default.
     pub const DEFAULT_RECLAIM_BATCH: u32 = 64;
     /// Expired leases a cleanup script call handles by default.
-    pub const DEFAULT_CLEANUP_BATCH: u32 = 500;
+    pub const DEFAULT_CLEANUP_BATCH: u32 = 200;
 
     /// Settings for this URL (`redis://[user:password@]host:port[/db]`, or
     /// `rediss://` with TLS when redis-rs is built with it), with the defaults:
-    /// namespace `lighthouse`, 16 connections, connect timeout 5 s, response
+    /// namespace `lighthouse`, 4 connections, connect timeout 5 s, response
     /// timeout 5 s, pool wait timeout 5 s.
     pub fn from_url(url: impl Into<String>) -> Self {
         RedisConfig {
@@ -87,7 +88,8 @@ impl RedisConfig {
         self
     }
 
-    /// Most connections kept open (each is multiplexed).
+    /// How many connections to keep open (at least 1). Each is multiplexed, so
+    /// calls never wait for a free one; calls are spread over them round-robin.
     #[must_use]
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;

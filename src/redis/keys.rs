@@ -150,7 +150,11 @@ impl PoolKeys {
 
 /// The index tag of an attribute value: `<attribute>=<percent-encoded value>`.
 pub(crate) fn tag(attr: FilterAttribute, value: &str) -> String {
-    format!("{}={}", attr.as_str(), utf8_percent_encode(value, TAG_VALUE))
+    format!(
+        "{}={}",
+        attr.as_str(),
+        utf8_percent_encode(value, TAG_VALUE)
+    )
 }
 
 /// The index tags of a proxy, space-separated (the scripts store them in the
@@ -170,15 +174,24 @@ mod tests {
     #[test]
     fn tags_are_encoded() {
         assert_eq!(tag(FilterAttribute::City, "Córdoba"), "city=C%C3%B3rdoba");
-        assert_eq!(tag(FilterAttribute::Isp, "a b{c}:d%"), "isp=a%20b%7Bc%7D%3Ad%25");
-        assert_ne!(tag(FilterAttribute::Isp, "a%20b"), tag(FilterAttribute::Isp, "a b"));
+        assert_eq!(
+            tag(FilterAttribute::Isp, "a b{c}:d%"),
+            "isp=a%20b%7Bc%7D%3Ad%25"
+        );
+        assert_ne!(
+            tag(FilterAttribute::Isp, "a%20b"),
+            tag(FilterAttribute::Isp, "a b")
+        );
     }
 
     #[test]
     fn pool_keys_carry_the_hash_tag() {
         let k = Keys::new("lighthouse").pool("latam-residential");
         assert_eq!(k.meta(), "lighthouse:{latam-residential}:meta");
-        assert_eq!(k.avail_seq("all"), "lighthouse:{latam-residential}:avail:seq:all");
+        assert_eq!(
+            k.avail_seq("all"),
+            "lighthouse:{latam-residential}:avail:seq:all"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Lua scripts, one per state-changing operation (files in `lua/`).
 //!
-//! Each script is `lua/_lib.lua` (shared helpers) followed by the operation's
-//! file, joined at compile time: scripts are never built from input. They are
+//! Each script is `lua/_lib.lua` (shared helpers; plus `lua/_lib_proxy.lua` for
+//! the two scripts that write proxy fields) followed by the operation's file,
+//! joined at compile time: scripts are never built from input. They are
 //! invoked by SHA1 (`EVALSHA`) through [`redis::Script`], whose
 //! `ScriptInvocation::invoke_async` answers a `NOSCRIPT` error (Redis restarted,
 //! `SCRIPT FLUSH`, a failover to a replica that never saw the script) by sending
@@ -23,6 +24,18 @@ macro_rules! lua_script {
             ))
         });
     };
+    ($(#[$doc:meta])* $name:ident, $file:literal, with proxy helpers) => {
+        $(#[$doc])*
+        pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("../../lua/_lib.lua"),
+                "\n",
+                include_str!("../../lua/_lib_proxy.lua"),
+                "\n",
+                include_str!(concat!("../../lua/", $file))
+            ))
+        });
+    };
 }
 
 lua_script!(
@@ -39,11 +52,11 @@ lua_script!(
 );
 lua_script!(
     /// Add proxies to one pool, all or none.
-    PROXY_ADD, "proxy_add.lua"
+    PROXY_ADD, "proxy_add.lua", with proxy helpers
 );
 lua_script!(
     /// Replace a proxy's fields and re-index it.
-    PROXY_UPDATE, "proxy_update.lua"
+    PROXY_UPDATE, "proxy_update.lua", with proxy helpers
 );
 lua_script!(
     /// Set a proxy's status (and `checked_at` for a health result).

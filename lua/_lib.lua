@@ -1,0 +1,265 @@
+-- _lib.lua: helpers shared by every lighthouse-lease script.
+--
+-- This file is not a script of its own: src/redis/scripts.rs prepends it, at
+-- compile time, to each operation's file (concat! of include_str!), so every
+-- script carries the same helpers. Keep it small: Lua defines every helper on
+-- every call (helpers only the proxy-writing scripts need are in _lib_proxy.lua). Nothing here reads input or writes state by
+-- itself.
+--
+-- Key layout (src/redis/keys.rs is the reference; the scripts only append these
+-- suffixes to the pool prefix `<ns>:{<pool>}:` they receive and check):
+--   meta                 hash   pool id, name, description, counters, cursors
+--   proxies              zset   every proxy id, scored by insertion sequence
+--   leases               zset   live leases `<lease-id>:<proxy-seq>`, scored by expiry ms
+--   tags                 set    every index tag ever used in the pool
+--   proxy:<id>           hash   one proxy
+--   lease:<id>           hash   one lease record (TTL expiry + grace)
+--   avail:seq:<tag>      zset   available proxies of an index, by insertion sequence
+--   avail:load:<tag>     zset   same members, by leases * 2^32 + sequence
+--   avail:geo            geo    available proxies with a location (|lat| <= 85.05112878)
+--   avail:polar          zset   available proxies with a location outside GEO's range
+-- `<tag>` is `all` or `<attribute>=<percent-encoded value>`.
+
+local LOAD_SHIFT = 4294967296 -- 2^32: load score = leases * 2^32 + seq
+local GEO_MAX_LAT = 85.05112878
+local EARTH_RADIUS_KM = 6371.0088
+local MAX_U32 = 4294967295
+
+-- Redis time in ms, read once per script.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function fail(msg)
+  return redis.error_reply('ERR lighthouse: ' .. msg)
+end
+
+local function fmt_int(n)
+  return string.format('%.0f', n)
+end
+
+-- A float with enough digits to read back the same double.
+local function fmt_num(x)
+  return string.format('%.17g', x)
+end
+
+local function is_uuid(s)
+  return type(s) == 'string' and #s == 36
+    and string.match(s, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
+end
+
+-- An integer in [lo, hi] written in decimal, or nil.
+local function int_in(s, lo, hi)
+  if type(s) ~= 'string' or not string.match(s, '^%-?%d+$') or #s > 16 then
+    return nil
+  end
+  local n = tonumber(s)
+  if n == nil or n < lo or n > hi then
+    return nil
+  end
+  return n
+end
+
+-- A finite number in [lo, hi], or nil.
+local function num_in(s, lo, hi)
+  if type(s) ~= 'string' or #s > 64 then
+    return nil
+  end
+  local n = tonumber(s)
+  if n == nil or n ~= n or n < lo or n > hi then
+    return nil
+  end
+  return n
+end
+
+-- Printable text of 1..max bytes without control characters.
+local function is_text(s, max)
+  return type(s) == 'string' and #s >= 1 and #s <= max and not string.find(s, '%c')
+end
+
+local function is_tag(s)
+  return type(s) == 'string' and #s <= 1024
+    and (s == 'all' or string.match(s, '^[a-z]+=[A-Za-z0-9._%%%-]+$') ~= nil)
+end
+
+-- Checks the pool prefix `<ns>:{<pool>}:` against the keys it must have built.
+local function check_prefix(prefix, key, suffix)
+  return type(prefix) == 'string' and #prefix >= 5 and #prefix <= 200
+    and string.sub(prefix, -1) == ':' and key == prefix .. suffix
+end
+
+local PROXY_STATUS = { active = true, inactive = true, slow = true, banned = true }
+
+-- What the counters and indexes need to know about a proxy: the first 7 values
+-- of `HMGET <proxy> unpack(SNAPSHOT_FIELDS)`.
+local SNAPSHOT_FIELDS = { 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
+  'latitude', 'longitude' }
+
+local function snapshot_of(v)
+  if not v[4] then
+    return nil
+  end
+  local s = {
+    status = v[1],
+    max = tonumber(v[2] or ''),
+    leases = tonumber(v[3] or '0') or 0,
+    seq = tonumber(v[4]),
+    tags = v[5] or '',
+    lat = v[6] or nil,
+    lon = v[7] or nil,
+  }
+  s.active = s.status == 'active'
+  s.available = s.active and (s.max == nil or s.leases < s.max)
+  return s
+end
+
+local function snapshot(prefix, id)
+  return snapshot_of(redis.call('HMGET', prefix .. 'proxy:' .. id, unpack(SNAPSHOT_FIELDS)))
+end
+
+local function with_leases(s, leases)
+  return {
+    status = s.status, max = s.max, leases = leases, seq = s.seq, tags = s.tags,
+    lat = s.lat, lon = s.lon, active = s.active,
+    available = s.active and (s.max == nil or leases < s.max),
+  }
+end
+
+local function each_tag(tags, f)
+  f('all')
+  for tag in string.gmatch(tags, '%S+') do f(tag) end
+end
+
+local function load_score(s)
+  return fmt_int(s.leases * LOAD_SHIFT + s.seq)
+end
+
+local function index_add(prefix, id, s)
+  local load = load_score(s)
+  each_tag(s.tags, function(tag)
+    redis.call('ZADD', prefix .. 'avail:seq:' .. tag, s.seq, id)
+    redis.call('ZADD', prefix .. 'avail:load:' .. tag, load, id)
+  end)
+  if s.lat then
+    if math.abs(tonumber(s.lat)) <= GEO_MAX_LAT then
+      redis.call('GEOADD', prefix .. 'avail:geo', s.lon, s.lat, id)
+    else
+      redis.call('ZADD', prefix .. 'avail:polar', s.seq, id)
+    end
+  end
+end
+
+local function index_remove(prefix, id, s)
+  each_tag(s.tags, function(tag)
+    redis.call('ZREM', prefix .. 'avail:seq:' .. tag, id)
+    redis.call('ZREM', prefix .. 'avail:load:' .. tag, id)
+  end)
+  if s.lat then
+    redis.call('ZREM', prefix .. 'avail:geo', id)
+    redis.call('ZREM', prefix .. 'avail:polar', id)
+  end
+end
+
+local function b(x) if x then return 1 else return 0 end end
+
+local COUNTERS = { 'total_proxies', 'active_proxies', 'available_proxies', 'leased_proxies',
+  'total_leases' }
+
+local function counter_parts(s)
+  if not s then return { 0, 0, 0, 0, 0 } end
+  return { 1, b(s.active), b(s.available), b(s.leases > 0), s.leases }
+end
+
+-- Moves a proxy from state `old` to state `new` (either may be nil: added,
+-- removed) in the pool counters and the availability indexes.
+local function account(prefix, id, old, new)
+  local meta = prefix .. 'meta'
+  local p0, p1 = counter_parts(old), counter_parts(new)
+  for i = 1, 5 do
+    if p1[i] ~= p0[i] then redis.call('HINCRBY', meta, COUNTERS[i], p1[i] - p0[i]) end
+  end
+  local was = old and old.available
+  local is = new and new.available
+  if was and is then
+    if old.tags ~= new.tags or old.lat ~= new.lat or old.lon ~= new.lon then
+      index_remove(prefix, id, old)
+      index_add(prefix, id, new)
+    elseif old.leases ~= new.leases then
+      local load = load_score(new)
+      redis.call('ZADD', prefix .. 'avail:load:all', load, id)
+      for tag in string.gmatch(new.tags, '%S+') do
+        redis.call('ZADD', prefix .. 'avail:load:' .. tag, load, id)
+      end
+    end
+  elseif was then
+    index_remove(prefix, id, old)
+  elseif is then
+    index_add(prefix, id, new)
+  end
+end
+
+-- Gives one slot back to a proxy whose snapshot is `s`.
+local function give_back(prefix, id, s)
+  if s.leases <= 0 then
+    return false
+  end
+  redis.call('HINCRBY', prefix .. 'proxy:' .. id, 'current_leases', -1)
+  account(prefix, id, s, with_leases(s, s.leases - 1))
+  return true
+end
+
+-- The proxy id with this insertion sequence, if it still exists.
+local function proxy_by_seq(prefix, seq)
+  local r = redis.call('ZRANGEBYSCORE', prefix .. 'proxies', seq, seq, 'LIMIT', 0, 1)
+  return r[1]
+end
+
+-- Ends a live lease found in the `leases` set (already removed from it): marks
+-- the record (if still there) with `status` and gives the slot back to its proxy
+-- (if that proxy still exists). Returns true when a slot was given back.
+local function finish_lease(prefix, member, status, now, grace)
+  local lease_id, seq = string.match(member, '^([^:]+):(%d+)$')
+  if not lease_id then
+    return false
+  end
+  local rec = prefix .. 'lease:' .. lease_id
+  if redis.call('HGET', rec, 'status') == 'active' then
+    if status == 'released' then
+      redis.call('HSET', rec, 'status', 'released', 'released_at_ms', fmt_int(now))
+    else
+      redis.call('HSET', rec, 'status', status)
+      local expires = tonumber(redis.call('HGET', rec, 'expires_at_ms') or '0') or 0
+      local keep = math.max(expires, now) + grace
+      redis.call('PEXPIREAT', rec, fmt_int(keep))
+    end
+  end
+  local id = proxy_by_seq(prefix, tonumber(seq))
+  if not id then
+    return false
+  end
+  local old = snapshot(prefix, id)
+  if not old then
+    return false
+  end
+  return give_back(prefix, id, old)
+end
+
+-- Expires up to `limit` leases of the pool whose expiry is <= now. Returns how
+-- many gave a slot back, and whether expired leases remain.
+local function reclaim(prefix, now, limit, grace)
+  local live = prefix .. 'leases'
+  local due = redis.call('ZRANGEBYSCORE', live, '-inf', now, 'LIMIT', 0, limit)
+  local n = 0
+  for _, member in ipairs(due) do
+    redis.call('ZREM', live, member)
+    if finish_lease(prefix, member, 'expired', now, grace) then
+      n = n + 1
+    end
+  end
+  local more = false
+  if #due >= limit then
+    more = redis.call('ZCOUNT', live, '-inf', now) > 0
+  end
+  return n, more
+end

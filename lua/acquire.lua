@@ -1,0 +1,320 @@
+-- acquire.lua: reclaim the pool's expired leases, pick an available proxy that
+-- matches the filter, count the lease against its max_concurrency and record it,
+-- in one atomic step.
+--
+-- KEYS[1]  <ns>:{<pool>}:meta      pool hash (must exist, not being removed)
+-- KEYS[2]  <ns>:{<pool>}:leases    live leases by expiry ms
+-- KEYS[3]  <ns>:{<pool>}:lease:<lease-id>   the new lease record (must not exist)
+-- ARGV[1]  pool prefix `<ns>:{<pool>}:` (KEYS must be built from it)
+-- ARGV[2]  lease id (uuid)                ARGV[3]  consumer id (uuid)
+-- ARGV[4]  consumer name (1..128 bytes)   ARGV[5]  duration ms (1..604800000)
+-- ARGV[6]  selector: first_available | least_used | round_robin | random
+-- ARGV[7]  filter as JSON (ProxyFilters' field names), or '' for none
+-- ARGV[8]  random integer 0..2^31 (random selector start)
+-- ARGV[9]  most expired leases to reclaim in this call (1..100000)
+-- ARGV[10] record grace ms (how long a finished record is kept after expiry)
+-- ARGV[11] number n of required index tags, then ARGV[12..11+n] the tags
+--          (`<attribute>=<percent-encoded value>`: every match must have them)
+--
+-- Reply: {'OK', proxy_id, pool_id, acquired_at_ms, expires_at_ms, host, port,
+--         protocol, has_credentials '0'|'1', username, password}
+--     or {'NONE'}            no available proxy matches
+--     or {'RETRY'}           none found, but more expired leases wait for reclaim:
+--                            run cleanup.lua on the pool and call again
+--     or {'POOL_NOT_FOUND'}
+-- Errors (nothing written): bad arguments, lease record already exists.
+--
+-- Cost: O(r log n) to reclaim r <= ARGV[9] expired leases, plus the selection:
+-- O(t + log n) with no filter or a filter of exact-match attributes (the first
+-- candidate of the smallest index matches), O(k log n) for a point or radius
+-- filter with k available proxies in the circle (GEOSEARCH, up to 1,000; past
+-- that, like the next case); other filters (any_of, none_of) walk the smallest
+-- index in batches of 32 until the first match.
+
+local now = now_ms()
+local prefix = ARGV[1]
+if not check_prefix(prefix, KEYS[1], 'meta') or KEYS[2] ~= prefix .. 'leases'
+  or KEYS[3] ~= prefix .. 'lease:' .. tostring(ARGV[2]) then
+  return fail('keys do not match the pool prefix')
+end
+local lease_id, consumer_id, consumer = ARGV[2], ARGV[3], ARGV[4]
+if not is_uuid(lease_id) or not is_uuid(consumer_id) then return fail('bad lease or consumer id') end
+if not is_text(consumer, 128) then return fail('bad consumer name') end
+local duration = int_in(ARGV[5], 1, 604800000)
+if not duration then return fail('bad duration') end
+local selector = ARGV[6]
+local SELECTORS = { first_available = true, least_used = true, round_robin = true, random = true }
+if not SELECTORS[selector] then return fail('bad selector') end
+local filter = nil
+if ARGV[7] ~= '' then
+  local ok, decoded = pcall(cjson.decode, ARGV[7])
+  if not ok or type(decoded) ~= 'table' then return fail('bad filter JSON') end
+  filter = decoded
+end
+local rnd = int_in(ARGV[8], 0, 2147483648)
+local reclaim_limit = int_in(ARGV[9], 1, 100000)
+local grace = int_in(ARGV[10], 0, 315360000000)
+local ntags = int_in(ARGV[11], 0, 64)
+if not rnd or not reclaim_limit or not grace or not ntags then return fail('bad numeric argument') end
+local tags = {}
+for i = 1, ntags do
+  local tag = ARGV[11 + i]
+  if not is_tag(tag) or tag == 'all' then return fail('bad tag') end
+  tags[i] = tag
+end
+
+-- The filter's shape: every field of the right type, nesting bounded.
+local TEXT = { country = true, source = true, city = true, isp = true }
+local NUM = { asn = true, latitude = true, longitude = true, radius_km = true }
+local LIST = { any_of = true, all_of = true, none_of = true }
+local nodes = 0
+local function check_filter(f, depth)
+  nodes = nodes + 1
+  if depth > 5 or nodes > 64 or type(f) ~= 'table' then return false end
+  for k, v in pairs(f) do
+    if TEXT[k] then
+      if type(v) ~= 'string' then return false end
+    elseif NUM[k] then
+      if type(v) ~= 'number' then return false end
+    elseif LIST[k] then
+      if type(v) ~= 'table' then return false end
+      for _, sub in ipairs(v) do
+        if not check_filter(sub, depth + 1) then return false end
+      end
+    else
+      return false
+    end
+  end
+  return true
+end
+if filter and not check_filter(filter, 0) then return fail('bad filter') end
+
+local meta = redis.call('HMGET', KEYS[1], 'id', 'removing', 'rr_cursor')
+local pool_id = meta[1]
+if not pool_id or meta[2] then
+  return { 'POOL_NOT_FOUND' }
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return fail('lease id already used') end
+
+-- ---------------------------------------------------------------- reclaim
+local _, more = reclaim(prefix, now, reclaim_limit, grace)
+
+-- ---------------------------------------------------------------- matching
+local function haversine_km(lat1, lon1, lat2, lon2)
+  local r = math.pi / 180
+  local p1, p2 = lat1 * r, lat2 * r
+  local dp, dl = (lat2 - lat1) * r, (lon2 - lon1) * r
+  local sp, sl = math.sin(dp / 2), math.sin(dl / 2)
+  local a = sp * sp + math.cos(p1) * math.cos(p2) * sl * sl
+  return 2 * EARTH_RADIUS_KM * math.asin(math.min(math.sqrt(a), 1))
+end
+
+-- Port of ProxyFilters::matches.
+local function matches(f, p)
+  if f.country ~= nil and (p.country == nil or string.upper(p.country) ~= string.upper(f.country)) then
+    return false
+  end
+  if f.source ~= nil and p.source ~= f.source then return false end
+  if f.city ~= nil and p.city ~= f.city then return false end
+  if f.isp ~= nil and p.isp ~= f.isp then return false end
+  if f.asn ~= nil and p.asn ~= f.asn then return false end
+  if f.latitude ~= nil and f.longitude ~= nil then
+    if p.lat == nil or p.lon == nil then return false end
+    if f.radius_km ~= nil then
+      if haversine_km(f.latitude, f.longitude, p.lat, p.lon) > f.radius_km then return false end
+    elseif math.abs(p.lat - f.latitude) > 1e-9 or math.abs(p.lon - f.longitude) > 1e-9 then
+      return false
+    end
+  end
+  if f.any_of ~= nil and #f.any_of > 0 then
+    local any = false
+    for _, sub in ipairs(f.any_of) do
+      if matches(sub, p) then any = true; break end
+    end
+    if not any then return false end
+  end
+  if f.all_of ~= nil then
+    for _, sub in ipairs(f.all_of) do
+      if not matches(sub, p) then return false end
+    end
+  end
+  if f.none_of ~= nil then
+    for _, sub in ipairs(f.none_of) do
+      if matches(sub, p) then return false end
+    end
+  end
+  return true
+end
+
+local function attrs(id)
+  local v = redis.call('HMGET', prefix .. 'proxy:' .. id,
+    'country', 'source', 'city', 'isp', 'asn', 'latitude', 'longitude', 'seq', 'current_leases')
+  return {
+    country = v[1] or nil, source = v[2] or nil, city = v[3] or nil, isp = v[4] or nil,
+    asn = tonumber(v[5] or ''), lat = tonumber(v[6] or ''), lon = tonumber(v[7] or ''),
+    seq = tonumber(v[8] or ''), leases = tonumber(v[9] or '0') or 0,
+  }
+end
+
+local function ok(id)
+  return filter == nil or matches(filter, attrs(id))
+end
+
+-- ---------------------------------------------------------------- selection
+local cursor = tonumber(meta[3] or '')
+local BATCH = 32
+
+-- Without a filter the first candidate always matches: fetch just one.
+local FIRST_BATCH = 4
+if filter == nil then FIRST_BATCH = 1 end
+
+-- Walks `key` by rank from `start` to the end; returns the first match.
+local function walk_rank(key, start, stop)
+  local i = start
+  local batch = FIRST_BATCH
+  while stop == nil or i <= stop do
+    local last = i + batch - 1
+    batch = BATCH
+    if stop ~= nil and last > stop then last = stop end
+    local ids = redis.call('ZRANGE', key, i, last)
+    for _, id in ipairs(ids) do
+      if ok(id) then return id end
+    end
+    if #ids < last - i + 1 then return nil end
+    i = last + 1
+  end
+  return nil
+end
+
+-- Walks `key` by score from `min` to `max` (Redis score syntax); first match.
+local function walk_score(key, min, max)
+  local offset = 0
+  local batch = FIRST_BATCH
+  while true do
+    local ids = redis.call('ZRANGEBYSCORE', key, min, max, 'LIMIT', offset, batch)
+    for _, id in ipairs(ids) do
+      if ok(id) then return id end
+    end
+    if #ids < batch then return nil end
+    offset = offset + batch
+    batch = BATCH
+  end
+end
+
+local function select_from_index(tag)
+  local seq_key = prefix .. 'avail:seq:' .. tag
+  if selector == 'first_available' then
+    return walk_rank(seq_key, 0, nil)
+  elseif selector == 'least_used' then
+    return walk_rank(prefix .. 'avail:load:' .. tag, 0, nil)
+  elseif selector == 'round_robin' then
+    local c = cursor or -1
+    return walk_score(seq_key, '(' .. fmt_int(c), '+inf') or walk_score(seq_key, '-inf', fmt_int(c))
+  else
+    local n = redis.call('ZCARD', seq_key)
+    if n == 0 then return nil end
+    local start = rnd % n
+    return walk_rank(seq_key, start, n - 1) or (start > 0 and walk_rank(seq_key, 0, start - 1)) or nil
+  end
+end
+
+-- Point and radius filters: the available proxies in the circle, when there are
+-- at most GEO_LIMIT of them (else nil: the caller walks an index instead).
+local GEO_LIMIT = 1000
+local function geo_candidates()
+  if filter == nil or filter.latitude == nil or filter.longitude == nil then return nil end
+  if math.abs(filter.latitude) > GEO_MAX_LAT then return nil end
+  -- Redis' earth radius is 0.03% larger than EARTH_RADIUS_KM: search wider, then
+  -- check exactly with matches().
+  local r = (filter.radius_km or 0) * 1.001 + 0.01
+  local found = redis.call('GEOSEARCH', prefix .. 'avail:geo', 'FROMLONLAT',
+    fmt_num(filter.longitude), fmt_num(filter.latitude), 'BYRADIUS', fmt_num(r), 'km',
+    'ASC', 'COUNT', GEO_LIMIT)
+  if #found >= GEO_LIMIT then return nil end
+  local polar = redis.call('ZRANGE', prefix .. 'avail:polar', 0, GEO_LIMIT)
+  if #found + #polar >= GEO_LIMIT then return nil end
+  for _, id in ipairs(polar) do found[#found + 1] = id end
+  return found
+end
+
+local function select_from_candidates(ids)
+  local best, best_key, matched = nil, nil, {}
+  for _, id in ipairs(ids) do
+    local p = attrs(id)
+    if p.seq ~= nil and matches(filter, p) then
+      local key
+      if selector == 'first_available' then
+        key = p.seq
+      elseif selector == 'least_used' then
+        key = p.leases * LOAD_SHIFT + p.seq
+      elseif selector == 'round_robin' then
+        key = p.seq
+        if cursor ~= nil and p.seq <= cursor then key = p.seq + 9007199254740992 end
+      else
+        matched[#matched + 1] = id
+      end
+      if key ~= nil and (best_key == nil or key < best_key) then
+        best, best_key = id, key
+      end
+    end
+  end
+  if selector == 'random' and #matched > 0 then
+    best = matched[(rnd % #matched) + 1]
+  end
+  return best
+end
+
+local function select_proxy()
+  -- The smallest index every match must be in; an empty one means no match.
+  local base, base_n = 'all', nil
+  for _, tag in ipairs(tags) do
+    local n = redis.call('ZCARD', prefix .. 'avail:seq:' .. tag)
+    if n == 0 then return nil end
+    if base_n == nil or n < base_n then base, base_n = tag, n end
+  end
+  if base_n == nil or base_n > BATCH then
+    local cands = geo_candidates()
+    if cands ~= nil then return select_from_candidates(cands) end
+  end
+  return select_from_index(base)
+end
+
+local id = select_proxy()
+if not id then
+  if more then return { 'RETRY' } end
+  return { 'NONE' }
+end
+
+-- ---------------------------------------------------------------- take it
+local pkey = prefix .. 'proxy:' .. id
+local ep = redis.call('HMGET', pkey, 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
+  'latitude', 'longitude', 'host', 'port', 'protocol', 'username', 'password')
+local old = snapshot_of(ep)
+if not old or not old.available then
+  return fail('index out of sync: proxy ' .. id .. ' is not available')
+end
+redis.call('HINCRBY', pkey, 'current_leases', 1)
+account(prefix, id, old, with_leases(old, old.leases + 1))
+if selector == 'round_robin' then
+  redis.call('HSET', KEYS[1], 'rr_cursor', fmt_int(old.seq))
+end
+local expires = now + duration
+local record = {
+  'id', lease_id, 'pool_id', pool_id, 'proxy_id', id, 'proxy_seq', fmt_int(old.seq),
+  'consumer_id', consumer_id, 'consumer', consumer, 'status', 'active',
+  'acquired_at_ms', fmt_int(now), 'expires_at_ms', fmt_int(expires),
+  'host', ep[8], 'port', ep[9], 'protocol', ep[10],
+}
+local has_cred = '0'
+if ep[11] then
+  has_cred = '1'
+  record[#record + 1] = 'username'
+  record[#record + 1] = ep[11]
+  record[#record + 1] = 'password'
+  record[#record + 1] = ep[12] or ''
+end
+redis.call('HSET', KEYS[3], unpack(record))
+redis.call('PEXPIREAT', KEYS[3], fmt_int(expires + grace))
+redis.call('ZADD', KEYS[2], fmt_int(expires), lease_id .. ':' .. fmt_int(old.seq))
+return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[8], ep[9], ep[10], has_cred,
+  ep[11] or '', ep[12] or '' }

@@ -1,0 +1,684 @@
+//! The `lighthouse` ops CLI (feature `cli`): pools, proxies, consumers, leases,
+//! stats, import and a load generator.
+//!
+//! The binary is a thin wrapper around [`main`]; every command is a function of
+//! [`run`], generic over the [`Storage`], so it can be tested in process.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::filters::ProxyFilters;
+use crate::lease::Lease;
+use crate::manager::{AcquireOptions, ProxyManager};
+use crate::pool::ProxyPool;
+use crate::proxy::{Proxy, ProxyProtocol, ProxyStatus};
+use crate::selector::SelectorStrategy;
+use crate::stats::PoolStats;
+use crate::storage::Storage;
+
+pub mod bench;
+pub mod import;
+
+/// `lighthouse`: manage proxy pools and leases in Redis.
+#[derive(Debug, Parser)]
+#[command(name = "lighthouse", version, about, long_about = None)]
+pub struct Cli {
+    /// Redis URL (`redis://` or `rediss://`).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub redis_url: String,
+    /// Key namespace.
+    #[arg(
+        long,
+        env = "LIGHTHOUSE_NAMESPACE",
+        default_value = "lighthouse",
+        global = true
+    )]
+    pub namespace: String,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A top-level command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, show and delete pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Add, import, list, change and remove proxies.
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+    /// Register and list consumers.
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
+    /// Lease a proxy and print the lease with the proxy URL.
+    Acquire(AcquireArgs),
+    /// Release a lease.
+    Release {
+        /// The lease id.
+        lease: Uuid,
+        /// The lease's pool (looked up in every pool when omitted).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// List a pool's live leases.
+    Leases {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+    },
+    /// Show occupancy of one pool or of all.
+    Stats {
+        /// Only this pool.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Reclaim expired leases in every pool, once.
+    Sweep,
+    /// Acquire/release load generator: cycles/s and latency percentiles.
+    Bench(bench::BenchArgs),
+}
+
+/// `lighthouse pool ...`
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool.
+    Create {
+        /// Pool name: ASCII letters, digits, '-', '_', '.'.
+        name: String,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List pools.
+    List,
+    /// Show a pool with its stats.
+    Show {
+        /// Pool name.
+        name: String,
+    },
+    /// Delete a pool with its proxies and leases.
+    Delete {
+        /// Pool name.
+        name: String,
+    },
+}
+
+/// `lighthouse proxy ...`
+#[derive(Debug, Subcommand)]
+pub enum ProxyCommand {
+    /// Add one proxy.
+    Add(ProxyArgs),
+    /// Import proxies from a CSV, JSON or JSON Lines file: all of them, or none if
+    /// any record is invalid (unless --skip-invalid).
+    Import {
+        /// Pool to add them to.
+        #[arg(long)]
+        pool: String,
+        /// The file.
+        file: PathBuf,
+        /// File format (default: from the extension).
+        #[arg(long, value_enum)]
+        format: Option<import::ImportFormat>,
+        /// Import the valid records and report the invalid ones, instead of
+        /// importing nothing.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+    /// List a pool's proxies.
+    List {
+        /// Pool name.
+        #[arg(long)]
+        pool: String,
+    },
+    /// Change a proxy's status.
+    SetStatus {
+        /// Proxy id.
+        id: Uuid,
+        /// active, inactive, slow or banned.
+        status: ProxyStatus,
+    },
+    /// Remove a proxy and its leases.
+    Remove {
+        /// Proxy id.
+        id: Uuid,
+    },
+}
+
+/// Fields of `lighthouse proxy add`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Pool to add it to.
+    #[arg(long)]
+    pub pool: String,
+    /// IP address or host name.
+    #[arg(long)]
+    pub host: String,
+    /// TCP port.
+    #[arg(long)]
+    pub port: u16,
+    /// Protocol.
+    #[arg(long, default_value = "http")]
+    pub protocol: ProxyProtocol,
+    /// User name.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Password.
+    #[arg(long, requires = "username")]
+    pub password: Option<String>,
+    /// Most concurrent leases (default unlimited).
+    #[arg(long)]
+    pub max_concurrency: Option<u32>,
+    /// Status.
+    #[arg(long, default_value = "active")]
+    pub status: ProxyStatus,
+    /// Provider.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Country code.
+    #[arg(long)]
+    pub country: Option<String>,
+    /// City.
+    #[arg(long)]
+    pub city: Option<String>,
+    /// ISP.
+    #[arg(long)]
+    pub isp: Option<String>,
+    /// ASN.
+    #[arg(long)]
+    pub asn: Option<u32>,
+    /// Latitude (with --longitude).
+    #[arg(long, requires = "longitude", allow_hyphen_values = true)]
+    pub latitude: Option<f64>,
+    /// Longitude (with --latitude).
+    #[arg(long, requires = "latitude", allow_hyphen_values = true)]
+    pub longitude: Option<f64>,
+}
+
+/// `lighthouse consumer ...`
+#[derive(Debug, Subcommand)]
+pub enum ConsumerCommand {
+    /// Register a consumer (no-op if it exists).
+    Add {
+        /// Consumer name.
+        name: String,
+    },
+    /// List consumers.
+    List,
+}
+
+/// Arguments of `lighthouse acquire`.
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    /// Pool to lease from.
+    #[arg(long)]
+    pub pool: String,
+    /// Consumer (registered on first use); default "default".
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// Lease length in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub duration: u64,
+    /// How to pick a proxy.
+    #[arg(long, default_value = "least_used")]
+    pub selector: SelectorStrategy,
+    /// Only this country.
+    #[arg(long)]
+    pub country: Option<String>,
+    /// Only this provider.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only this city.
+    #[arg(long)]
+    pub city: Option<String>,
+    /// Only this ISP.
+    #[arg(long)]
+    pub isp: Option<String>,
+    /// Only this ASN.
+    #[arg(long)]
+    pub asn: Option<u32>,
+    /// Near this latitude (with --longitude and --radius-km).
+    #[arg(long, allow_hyphen_values = true)]
+    pub latitude: Option<f64>,
+    /// Near this longitude.
+    #[arg(long, allow_hyphen_values = true)]
+    pub longitude: Option<f64>,
+    /// Radius around the point, in km.
+    #[arg(long)]
+    pub radius_km: Option<f64>,
+}
+
+/// Runs the CLI: parses arguments and the environment, connects to Redis, runs
+/// the command, prints the result. Errors are one line on stderr and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        let storage = crate::redis::RedisStorage::new(
+            crate::redis::RedisConfig::from_url(cli.redis_url.clone())
+                .namespace(cli.namespace.clone()),
+        )?;
+        let mut out = std::io::stdout().lock();
+        run(&cli, &manager(storage), &mut out).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::backend(format!("cannot write output: {e}"), Some(Box::new(e)))
+}
+
+struct Printer<'a, W: Write> {
+    json: bool,
+    out: &'a mut W,
+}
+
+impl<W: Write> Printer<'_, W> {
+    fn print<T: Serialize>(
+        &mut self,
+        value: &T,
+        human: impl FnOnce(&mut W) -> std::io::Result<()>,
+    ) -> Result<()> {
+        if self.json {
+            let text = serde_json::to_string(value)
+                .map_err(|e| Error::InvalidArgument(format!("cannot encode JSON: {e}")))?;
+            writeln!(self.out, "{text}").map_err(io)
+        } else {
+            human(self.out).map_err(io)
+        }
+    }
+}
+
+fn limit(p: &Proxy) -> String {
+    p.max_concurrency
+        .map_or_else(|| "unlimited".into(), |m| m.to_string())
+}
+
+fn proxy_line(p: &Proxy) -> String {
+    let mut attrs = Vec::new();
+    for (k, v) in [
+        ("country", &p.country),
+        ("source", &p.source),
+        ("city", &p.city),
+        ("isp", &p.isp),
+    ] {
+        if let Some(v) = v {
+            attrs.push(format!("{k}={v}"));
+        }
+    }
+    if let Some(a) = p.asn {
+        attrs.push(format!("asn={a}"));
+    }
+    format!(
+        "{}  {:<8} {}/{:<9} {}  {}",
+        p.id,
+        p.status,
+        p.current_leases,
+        limit(p),
+        p.endpoint().redacted_url(),
+        attrs.join(" ")
+    )
+}
+
+fn lease_line(l: &Lease) -> String {
+    format!(
+        "{}  proxy {}  {}  consumer {}  expires {}",
+        l.id,
+        l.proxy_id,
+        l.proxy.redacted_url(),
+        l.consumer_name,
+        l.expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}
+
+fn stats_line(name: &str, s: &PoolStats) -> String {
+    format!(
+        "{name}: {} proxies, {} active, {} available, {} leased, {} leases",
+        s.total_proxies, s.active_proxies, s.available_proxies, s.leased_proxies, s.total_leases
+    )
+}
+
+async fn pool_id<S: Storage>(storage: &S, name: &str) -> Result<Uuid> {
+    storage
+        .get_pool(name)
+        .await?
+        .map(|p| p.id)
+        .ok_or_else(|| Error::PoolNotFound {
+            name: name.to_string(),
+        })
+}
+
+/// The manager the CLI uses: consumers named on the command line are registered
+/// on first use.
+pub fn manager<S: Storage>(storage: S) -> ProxyManager<S> {
+    ProxyManager::builder(storage)
+        .auto_register_consumers(true)
+        .build()
+}
+
+/// Runs one parsed command through a manager, writing to `out`.
+pub async fn run<S: Storage, W: Write>(
+    cli: &Cli,
+    manager: &ProxyManager<S>,
+    out: &mut W,
+) -> Result<()> {
+    let s = manager.storage();
+    let mut p = Printer {
+        json: cli.json,
+        out,
+    };
+    match &cli.command {
+        Command::Pool(PoolCommand::Create { name, description }) => {
+            let mut pool = ProxyPool::new(name.clone())?;
+            pool.description = description.clone();
+            let pool = s.create_pool(pool).await?;
+            p.print(&pool, |w| {
+                writeln!(w, "created pool {} ({})", pool.name, pool.id)
+            })
+        }
+        Command::Pool(PoolCommand::List) => {
+            let pools = s.list_pools().await?;
+            p.print(&pools, |w| {
+                for pool in &pools {
+                    writeln!(
+                        w,
+                        "{}  {}  {}",
+                        pool.name,
+                        pool.id,
+                        pool.description.as_deref().unwrap_or("")
+                    )?;
+                }
+                Ok(())
+            })
+        }
+        Command::Pool(PoolCommand::Show { name }) => {
+            let pool = s
+                .get_pool(name)
+                .await?
+                .ok_or_else(|| Error::PoolNotFound { name: name.clone() })?;
+            let stats = s.pool_stats(name).await?;
+            #[derive(Serialize)]
+            struct Show<'a> {
+                pool: &'a ProxyPool,
+                stats: &'a PoolStats,
+            }
+            p.print(
+                &Show {
+                    pool: &pool,
+                    stats: &stats,
+                },
+                |w| {
+                    writeln!(w, "pool {} ({})", pool.name, pool.id)?;
+                    if let Some(d) = &pool.description {
+                        writeln!(w, "  {d}")?;
+                    }
+                    writeln!(w, "  {}", stats_line(&pool.name, &stats))
+                },
+            )
+        }
+        Command::Pool(PoolCommand::Delete { name }) => {
+            if !s.remove_pool(name).await? {
+                return Err(Error::PoolNotFound { name: name.clone() });
+            }
+            p.print(&serde_json::json!({ "deleted": name }), |w| {
+                writeln!(w, "deleted pool {name}")
+            })
+        }
+        Command::Proxy(ProxyCommand::Add(a)) => {
+            let pool_id = pool_id(s, &a.pool).await?;
+            let mut b = Proxy::builder(pool_id, a.host.clone(), a.port)
+                .protocol(a.protocol)
+                .status(a.status);
+            if let Some(u) = &a.username {
+                b = b.credentials(u.clone(), a.password.clone().unwrap_or_default());
+            }
+            if let Some(m) = a.max_concurrency {
+                b = b.max_concurrency(m);
+            }
+            if let Some(v) = &a.source {
+                b = b.source(v.clone());
+            }
+            if let Some(v) = &a.country {
+                b = b.country(v.clone());
+            }
+            if let Some(v) = &a.city {
+                b = b.city(v.clone());
+            }
+            if let Some(v) = &a.isp {
+                b = b.isp(v.clone());
+            }
+            if let Some(v) = a.asn {
+                b = b.asn(v);
+            }
+            if let (Some(lat), Some(lon)) = (a.latitude, a.longitude) {
+                b = b.location(lat, lon);
+            }
+            let proxy = s.add_proxy(b.build()?).await?;
+            p.print(&proxy, |w| writeln!(w, "added {}", proxy_line(&proxy)))
+        }
+        Command::Proxy(ProxyCommand::Import {
+            pool,
+            file,
+            format,
+            skip_invalid,
+        }) => {
+            let pool_id = pool_id(s, pool).await?;
+            let format = format
+                .or_else(|| import::ImportFormat::from_path(file))
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "cannot tell the format of {}: name it with --format csv|json|jsonl",
+                        file.display()
+                    ))
+                })?;
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Error::InvalidArgument(format!("cannot read {}: {e}", file.display()))
+            })?;
+            let parsed = import::parse(&text, format, pool_id);
+            if !parsed.errors.is_empty() && !skip_invalid {
+                let more = parsed.errors.len() - 1;
+                let tail = if more > 0 {
+                    format!(" (and {more} more invalid records)")
+                } else {
+                    String::new()
+                };
+                return Err(Error::InvalidArgument(format!(
+                    "{}: {}{tail}; nothing was imported (use --skip-invalid to import the valid records)",
+                    file.display(),
+                    parsed.errors[0]
+                )));
+            }
+            let added = if parsed.proxies.is_empty() {
+                Vec::new()
+            } else {
+                s.add_proxies(parsed.proxies).await?
+            };
+            #[derive(Serialize)]
+            struct Imported<'a> {
+                imported: usize,
+                skipped: &'a [String],
+            }
+            p.print(
+                &Imported {
+                    imported: added.len(),
+                    skipped: &parsed.errors,
+                },
+                |w| {
+                    writeln!(w, "imported {} proxies into {pool}", added.len())?;
+                    for e in &parsed.errors {
+                        writeln!(w, "skipped {e}")?;
+                    }
+                    Ok(())
+                },
+            )
+        }
+        Command::Proxy(ProxyCommand::List { pool }) => {
+            let proxies = s.list_proxies(pool).await?;
+            p.print(&proxies, |w| {
+                for proxy in &proxies {
+                    writeln!(w, "{}", proxy_line(proxy))?;
+                }
+                Ok(())
+            })
+        }
+        Command::Proxy(ProxyCommand::SetStatus { id, status }) => {
+            let proxy = s.set_proxy_status(*id, *status).await?;
+            p.print(&proxy, |w| writeln!(w, "{}", proxy_line(&proxy)))
+        }
+        Command::Proxy(ProxyCommand::Remove { id }) => {
+            if !s.remove_proxy(*id).await? {
+                return Err(Error::ProxyNotFound { id: *id });
+            }
+            p.print(&serde_json::json!({ "removed": id }), |w| {
+                writeln!(w, "removed proxy {id}")
+            })
+        }
+        Command::Consumer(ConsumerCommand::Add { name }) => {
+            let c = s.ensure_consumer(name).await?;
+            p.print(&c, |w| writeln!(w, "consumer {} ({})", c.name, c.id))
+        }
+        Command::Consumer(ConsumerCommand::List) => {
+            let all = s.list_consumers().await?;
+            p.print(&all, |w| {
+                for c in &all {
+                    writeln!(w, "{}  {}", c.name, c.id)?;
+                }
+                Ok(())
+            })
+        }
+        Command::Acquire(a) => {
+            let mut filters = ProxyFilters {
+                country: a.country.clone(),
+                source: a.source.clone(),
+                city: a.city.clone(),
+                isp: a.isp.clone(),
+                asn: a.asn,
+                latitude: a.latitude,
+                longitude: a.longitude,
+                radius_km: a.radius_km,
+                ..ProxyFilters::default()
+            };
+            filters.validate()?;
+            let mut options = AcquireOptions::new()
+                .duration(Duration::from_secs(a.duration))
+                .selector(a.selector)
+                .filters(std::mem::take(&mut filters));
+            if let Some(c) = &a.consumer {
+                options = options.consumer(c.clone());
+            }
+            match manager.acquire_proxy(&a.pool, options).await? {
+                Some(lease) => {
+                    #[derive(Serialize)]
+                    struct Acquired<'a> {
+                        #[serde(flatten)]
+                        lease: &'a Lease,
+                        proxy_url: String,
+                    }
+                    p.print(&Acquired { lease: &lease, proxy_url: lease.proxy_url() }, |w| {
+                        writeln!(w, "lease {}", lease.id)?;
+                        writeln!(w, "proxy {}", lease.proxy_url())?;
+                        writeln!(w, "expires {}", lease.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    })
+                }
+                None => Err(Error::InvalidArgument(format!(
+                    "no proxy available in pool {:?} (every matching proxy is full, or none matches)",
+                    a.pool
+                ))),
+            }
+        }
+        Command::Release { lease, pool } => {
+            let pools = match pool {
+                Some(p) => vec![p.clone()],
+                None => s.list_pools().await?.into_iter().map(|p| p.name).collect(),
+            };
+            let mut found = None;
+            for name in &pools {
+                if let Some(l) = s.get_lease(name, *lease).await? {
+                    found = Some(l);
+                    break;
+                }
+            }
+            let Some(record) = found else {
+                return Err(Error::InvalidArgument(format!(
+                    "no lease {lease} in {}",
+                    if pool.is_some() {
+                        "that pool"
+                    } else {
+                        "any pool"
+                    }
+                )));
+            };
+            let outcome = manager.release_proxy(&record).await?;
+            p.print(
+                &serde_json::json!({ "lease": lease, "outcome": outcome }),
+                |w| writeln!(w, "{lease}: {outcome}"),
+            )
+        }
+        Command::Leases { pool } => {
+            let leases = s.list_leases(pool).await?;
+            p.print(&leases, |w| {
+                for l in &leases {
+                    writeln!(w, "{}", lease_line(l))?;
+                }
+                Ok(())
+            })
+        }
+        Command::Stats { pool } => {
+            let names = match pool {
+                Some(p) => vec![p.clone()],
+                None => s.list_pools().await?.into_iter().map(|p| p.name).collect(),
+            };
+            let mut all = std::collections::BTreeMap::new();
+            for name in names {
+                let st = s.pool_stats(&name).await?;
+                all.insert(name, st);
+            }
+            p.print(&all, |w| {
+                for (name, st) in &all {
+                    writeln!(w, "{}", stats_line(name, st))?;
+                }
+                Ok(())
+            })
+        }
+        Command::Sweep => {
+            let n = manager.cleanup_expired_leases().await?;
+            p.print(&serde_json::json!({ "reclaimed": n }), |w| {
+                writeln!(w, "reclaimed {n} expired leases")
+            })
+        }
+        Command::Bench(args) => {
+            let report = bench::run(manager, args, !cli.json).await?;
+            p.print(&report, |w| report.write_human(w))
+        }
+    }
+}

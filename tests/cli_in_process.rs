@@ -1,0 +1,240 @@
+//! The CLI's commands, run in process on InMemoryStorage (the spawned-binary tests
+//! against Redis are in cli.rs): output, JSON, import errors.
+
+use clap::Parser;
+use lighthouse_lease::cli::{manager, run, Cli};
+use lighthouse_lease::{InMemoryStorage, ProxyManager, Storage};
+
+struct Shell {
+    m: ProxyManager<InMemoryStorage>,
+    dir: std::path::PathBuf,
+}
+
+impl Shell {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("lighthouse-cli-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Shell {
+            m: manager(InMemoryStorage::new()),
+            dir,
+        }
+    }
+    async fn sh(&self, line: &str) -> Result<String, String> {
+        let args = std::iter::once("lighthouse").chain(line.split_whitespace());
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        run(&cli, &self.m, &mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+#[tokio::test]
+async fn pool_proxy_acquire_release_round_trip() {
+    let sh = Shell::new();
+    assert!(sh
+        .sh("pool create latam-residential --description LATAM")
+        .await
+        .unwrap()
+        .starts_with("created pool latam-residential"));
+    let out = sh.sh("proxy add --pool latam-residential --host 1.1.1.1 --port 8080 --max-concurrency 1 --country ar --username me --password secret").await.unwrap();
+    assert!(out.contains("http://me:***@1.1.1.1:8080"), "{out}");
+    assert!(out.contains("country=AR"), "{out}");
+    let out = sh
+        .sh("acquire --pool latam-residential --consumer worker-1 --country AR")
+        .await
+        .unwrap();
+    assert!(out.contains("proxy http://me:secret@1.1.1.1:8080"), "{out}");
+    let lease_id = out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("lease ")
+        .to_string();
+    let err = sh.sh("acquire --pool latam-residential").await.unwrap_err();
+    assert!(err.contains("no proxy available"), "{err}");
+    let leases = sh.sh("leases --pool latam-residential").await.unwrap();
+    assert!(
+        leases.contains(&lease_id) && leases.contains("worker-1"),
+        "{leases}"
+    );
+    assert_eq!(
+        sh.sh(&format!("release {lease_id}")).await.unwrap().trim(),
+        format!("{lease_id}: released")
+    );
+    assert_eq!(
+        sh.sh(&format!("release {lease_id} --pool latam-residential"))
+            .await
+            .unwrap()
+            .trim(),
+        format!("{lease_id}: already_released")
+    );
+    let stats = sh.sh("stats").await.unwrap();
+    assert_eq!(
+        stats.trim(),
+        "latam-residential: 1 proxies, 1 active, 1 available, 0 leased, 0 leases"
+    );
+}
+
+#[tokio::test]
+async fn json_output_is_machine_readable() {
+    let sh = Shell::new();
+    sh.sh("pool create p1").await.unwrap();
+    sh.sh("proxy add --pool p1 --host 10.0.0.1 --port 3128")
+        .await
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&sh.sh("acquire --pool p1 --json").await.unwrap()).unwrap();
+    assert_eq!(v["proxy_url"], "http://10.0.0.1:3128");
+    assert_eq!(v["status"], "active");
+    let v: serde_json::Value =
+        serde_json::from_str(&sh.sh("--json stats --pool p1").await.unwrap()).unwrap();
+    assert_eq!(v["p1"]["total_leases"], 1);
+    let v: serde_json::Value =
+        serde_json::from_str(&sh.sh("--json proxy list --pool p1").await.unwrap()).unwrap();
+    assert_eq!(v[0]["current_leases"], 1);
+}
+
+#[tokio::test]
+async fn import_reads_csv_json_and_jsonl() {
+    let sh = Shell::new();
+    sh.sh("pool create p1").await.unwrap();
+    let csv = sh.file("a.csv", "host,port,protocol,max_concurrency,country,latitude,longitude\n1.1.1.1,8080,http,2,AR,-34.6,-58.4\n2.2.2.2,1080,socks5,,CL,,\n");
+    assert_eq!(
+        sh.sh(&format!("proxy import --pool p1 {csv}"))
+            .await
+            .unwrap()
+            .trim(),
+        "imported 2 proxies into p1"
+    );
+    let json = sh.file(
+        "b.json",
+        r#"[{"host":"3.3.3.3","port":80,"username":"u","password":"p"}]"#,
+    );
+    assert!(sh
+        .sh(&format!("proxy import --pool p1 {json}"))
+        .await
+        .unwrap()
+        .contains("imported 1"));
+    let jsonl = sh.file("c.jsonl", "{\"host\":\"4.4.4.4\",\"port\":81}\n\n{\"host\":\"5.5.5.5\",\"port\":82,\"status\":\"banned\"}\n");
+    assert!(sh
+        .sh(&format!("proxy import --pool p1 {jsonl}"))
+        .await
+        .unwrap()
+        .contains("imported 2"));
+    let proxies = sh.m.storage().list_proxies("p1").await.unwrap();
+    assert_eq!(proxies.len(), 5);
+    assert_eq!(proxies[0].max_concurrency, Some(2));
+    assert_eq!(proxies[0].latitude, Some(-34.6));
+    assert_eq!(proxies[1].max_concurrency, None);
+    assert_eq!(proxies[1].url(), "socks5://2.2.2.2:1080");
+}
+
+#[tokio::test]
+async fn a_bad_import_names_the_line_and_imports_nothing() {
+    let sh = Shell::new();
+    sh.sh("pool create p1").await.unwrap();
+    let csv = sh.file(
+        "bad.csv",
+        "host,port\n1.1.1.1,8080\n2.2.2.2,70000\nbad host,80\n",
+    );
+    let err = sh
+        .sh(&format!("proxy import --pool p1 {csv}"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("line 3: invalid proxy field `port`: 70000 is not in 1..=65535"),
+        "{err}"
+    );
+    assert!(
+        err.contains("and 1 more invalid records") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    assert!(sh.m.storage().list_proxies("p1").await.unwrap().is_empty());
+
+    let out = sh
+        .sh(&format!("proxy import --pool p1 {csv} --skip-invalid"))
+        .await
+        .unwrap();
+    assert!(out.contains("imported 1 proxies"), "{out}");
+    assert!(
+        out.contains("skipped line 4: invalid proxy field `host`"),
+        "{out}"
+    );
+
+    let json = sh.file(
+        "bad.json",
+        r#"[{"host":"1.1.1.1","port":1},{"host":"1.1.1.2","port":2,"colour":"red"}]"#,
+    );
+    let err = sh
+        .sh(&format!("proxy import --pool p1 {json}"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("record 2: unknown field `colour`"), "{err}");
+    let broken = sh.file("broken.json", "[{\"host\": \"1.1.1.1\",\n \"port\": }]");
+    let err = sh
+        .sh(&format!("proxy import --pool p1 {broken}"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("line 2: not a JSON array"), "{err}");
+    let unknown = sh.file("proxies.txt", "x");
+    let err = sh
+        .sh(&format!("proxy import --pool p1 {unknown}"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("--format csv|json|jsonl"), "{err}");
+    assert_eq!(sh.m.storage().list_proxies("p1").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn errors_are_one_clear_line() {
+    let sh = Shell::new();
+    for (cmd, want) in [
+        ("pool create bad{name}", "invalid pool name"),
+        ("pool show nope", "pool \"nope\" does not exist"),
+        ("pool delete nope", "does not exist"),
+        ("proxy list --pool nope", "does not exist"),
+        (
+            "proxy remove 00000000-0000-0000-0000-000000000000",
+            "proxy 00000000-0000-0000-0000-000000000000 does not exist",
+        ),
+        (
+            "acquire --pool nope --radius-km 5",
+            "radius_km is set without latitude",
+        ),
+        ("release 00000000-0000-0000-0000-000000000001", "no lease"),
+    ] {
+        let err = sh.sh(cmd).await.unwrap_err();
+        assert!(err.contains(want), "{cmd}: {err}");
+        assert_eq!(err.lines().count(), 1, "{cmd}: {err}");
+    }
+    assert!(sh
+        .sh("proxy add --pool p --host h --port 99999")
+        .await
+        .unwrap_err()
+        .contains("99999"));
+}
+
+#[tokio::test]
+async fn bench_reports_cycles_and_percentiles_and_cleans_up() {
+    let sh = Shell::new();
+    let out = sh
+        .sh("bench --concurrency 4 --duration 0.3 --proxies 50 --json")
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["cycles"].as_u64().unwrap() > 0);
+    assert!(v["cycles_per_sec"].as_f64().unwrap() > 0.0);
+    let lat = v["latency_us"].as_array().unwrap();
+    assert!(lat[0].as_u64() <= lat[3].as_u64());
+    assert!(
+        sh.m.storage().list_pools().await.unwrap().is_empty(),
+        "the temporary pool is removed"
+    );
+}

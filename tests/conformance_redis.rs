@@ -1,0 +1,509 @@
+#![cfg(feature = "redis")]
+//! The storage conformance suite, run on `RedisStorage` against a real Redis
+//! (see `tests/support` for which one). Redis keeps its own time, so `advance`
+//! sleeps and the short lease is short.
+
+mod support;
+
+use std::time::Duration;
+
+use lighthouse_lease::redis::RedisStorage;
+use lighthouse_lease::testkit::Harness;
+
+struct RedisHarness;
+
+impl RedisHarness {
+    async fn new() -> Self {
+        RedisHarness
+    }
+}
+
+impl Harness for RedisHarness {
+    type Storage = RedisStorage;
+
+    async fn storage(&self) -> RedisStorage {
+        support::storage()
+    }
+
+    async fn advance(&self, _: &RedisStorage, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+
+    fn short_lease(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+}
+
+lighthouse_lease::conformance_suite!(RedisHarness::new().await);
+
+/// Behaviour specific to the Redis storage: script recovery, the key schema as
+/// ops see it in `redis-cli`, bounded batches, and the GEO index.
+mod redis_specific {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use lighthouse_lease::redis::RedisStorage;
+    use lighthouse_lease::{
+        AcquireRequest, InMemoryStorage, Proxy, ProxyFilters, ProxyPool, ReleaseOutcome,
+        SelectorStrategy, Storage,
+    };
+
+    use super::support;
+
+    const POOL: &str = "latam-residential";
+
+    async fn raw() -> redis::aio::MultiplexedConnection {
+        redis::Client::open(support::redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    async fn setup(
+        config: lighthouse_lease::redis::RedisConfig,
+    ) -> (RedisStorage, ProxyPool, String) {
+        let ns = config.get_namespace().to_string();
+        let s = RedisStorage::new(config).unwrap();
+        let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+        s.ensure_consumer("worker-1").await.unwrap();
+        (s, pool, ns)
+    }
+
+    fn req() -> AcquireRequest {
+        AcquireRequest::new(POOL, "worker-1", Duration::from_secs(60))
+    }
+
+    async fn keys_of(ns: &str) -> Vec<String> {
+        let mut c = raw().await;
+        let mut out: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{ns}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            out.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn scripts_recover_after_script_flush() {
+        if !support::owns_server() {
+            eprintln!("skipped: SCRIPT FLUSH only on a server the tests started");
+            return;
+        }
+        let (s, pool, _) = setup(support::test_config()).await;
+        s.add_proxy(
+            Proxy::builder(pool.id, "10.0.0.1", 8001)
+                .max_concurrency(1)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let lease = s.acquire(&req()).await.unwrap().unwrap();
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut raw().await)
+            .await
+            .unwrap();
+        assert_eq!(s.release(&lease).await.unwrap(), ReleaseOutcome::Released);
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut raw().await)
+            .await
+            .unwrap();
+        assert!(
+            s.acquire(&req()).await.unwrap().is_some(),
+            "acquire after SCRIPT FLUSH"
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_cli_view_of_a_proxy_and_a_lease() {
+        let (s, pool, ns) = setup(support::test_config()).await;
+        let p = s
+            .add_proxy(
+                Proxy::builder(pool.id, "10.0.0.7", 8007)
+                    .max_concurrency(2)
+                    .country("ar")
+                    .city("Córdoba")
+                    .credentials("user", "secret")
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let lease = s.acquire(&req()).await.unwrap().unwrap();
+        let mut c = raw().await;
+        let prefix = format!("{ns}:{{{POOL}}}:");
+        let proxy: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{prefix}proxy:{}", p.id))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        for (k, v) in [
+            ("host", "10.0.0.7"),
+            ("port", "8007"),
+            ("protocol", "http"),
+            ("status", "active"),
+            ("max_concurrency", "2"),
+            ("current_leases", "1"),
+            ("country", "AR"),
+            ("city", "Córdoba"),
+        ] {
+            assert_eq!(
+                proxy.get(k).map(String::as_str),
+                Some(v),
+                "proxy field {k}: {proxy:?}"
+            );
+        }
+        let record: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{prefix}lease:{}", lease.id))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        for (k, v) in [
+            ("status", "active"),
+            ("consumer", "worker-1"),
+            ("host", "10.0.0.7"),
+            ("port", "8007"),
+        ] {
+            assert_eq!(
+                record.get(k).map(String::as_str),
+                Some(v),
+                "lease field {k}: {record:?}"
+            );
+        }
+        assert_eq!(record.get("proxy_id"), Some(&p.id.to_string()));
+        assert_eq!(
+            record.get("expires_at_ms"),
+            Some(&lease.expires_at.timestamp_millis().to_string())
+        );
+        // The record outlives the lease by the grace period.
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}lease:{}", lease.id))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let grace = lighthouse_lease::storage::DEFAULT_RECORD_GRACE.as_millis() as i64;
+        assert!(
+            ttl > grace + 50_000 && ttl <= grace + 60_000,
+            "record TTL {ttl} ms: lease 60 s + grace {grace} ms"
+        );
+        let live: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(format!("{prefix}leases"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(live.len(), 1);
+        assert!(live[0].0.starts_with(&lease.id.to_string()));
+        assert_eq!(live[0].1 as i64, lease.expires_at.timestamp_millis());
+        let meta: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{prefix}meta"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(meta.get("total_leases").map(String::as_str), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn every_pool_key_carries_the_hash_tag_and_values_are_encoded() {
+        let (s, pool, ns) = setup(support::test_config()).await;
+        let nasty = "a{b}:c d%20é";
+        s.add_proxy(
+            Proxy::builder(pool.id, "10.0.0.1", 8001)
+                .city(nasty)
+                .isp("x}")
+                .location(-34.6, -58.4)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let lease = s
+            .acquire(&req().with_filters(ProxyFilters::new().city(nasty)))
+            .await
+            .unwrap()
+            .expect("the proxy matches its own city");
+        s.release(&lease).await.unwrap();
+        let registries =
+            ["pools", "pool-ids", "proxy-pool", "consumers"].map(|k| format!("{ns}:{k}"));
+        let tag = format!("{ns}:{{{POOL}}}:");
+        for key in keys_of(&ns).await {
+            if registries.contains(&key) {
+                continue;
+            }
+            assert!(key.starts_with(&tag), "{key} lacks the pool's hash tag");
+            let rest = &key[tag.len()..];
+            assert!(!rest.contains(['{', '}', ' ']), "{key}: raw input in a key");
+        }
+        assert!(keys_of(&ns)
+            .await
+            .contains(&format!("{tag}avail:seq:city=a%7Bb%7D%3Ac%20d%2520%C3%A9")));
+    }
+
+    #[tokio::test]
+    async fn cleanup_works_in_bounded_batches() {
+        let (s, pool, _) = setup(support::test_config().cleanup_batch(100).reclaim_batch(10)).await;
+        let p = s
+            .add_proxy(Proxy::builder(pool.id, "10.0.0.1", 8001).build().unwrap())
+            .await
+            .unwrap();
+        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_millis(200));
+        for _ in 0..350 {
+            s.acquire(&short).await.unwrap().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(s.cleanup_expired_leases().await.unwrap(), 350);
+        assert_eq!(s.cleanup_expired_leases().await.unwrap(), 0);
+        assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);
+        assert_eq!(s.pool_stats(POOL).await.unwrap().total_leases, 0);
+        assert!(s.list_leases(POOL).await.unwrap().is_empty());
+    }
+
+    /// SLOWLOG shows cleanup as many short script calls, never one long one.
+    #[tokio::test]
+    async fn slowlog_shows_cleanup_in_bounded_batches() {
+        if !support::owns_server() {
+            eprintln!("skipped: CONFIG SET only on a server the tests started");
+            return;
+        }
+        let (s, pool, ns) = setup(support::test_config().cleanup_batch(200)).await;
+        s.add_proxy(Proxy::builder(pool.id, "10.0.0.1", 8001).build().unwrap())
+            .await
+            .unwrap();
+        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(2));
+        let mut tasks = Vec::new();
+        let s = std::sync::Arc::new(s);
+        for _ in 0..8 {
+            let s = s.clone();
+            let short = short.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..250 {
+                    s.acquire(&short).await.unwrap().unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let mut c = raw().await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-max-len")
+            .arg(10_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(100)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        // Every script call over 100 µs is logged: each cleanup batch of 200 is.
+        let expired = s.cleanup_expired_leases().await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(10_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(expired, 2000);
+        let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(10_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let meta = format!("{ns}:{{{POOL}}}:meta");
+        let mut calls = Vec::new();
+        for entry in log {
+            let redis::Value::Array(fields) = entry else {
+                continue;
+            };
+            let (Some(redis::Value::Int(micros)), Some(redis::Value::Array(args))) =
+                (fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| match a {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                })
+                .collect();
+            // cleanup.lua is the script called with 2 keys: meta and leases.
+            if args.first().map(String::as_str) == Some("EVALSHA")
+                && args.get(2).map(String::as_str) == Some("2")
+                && args.get(3) == Some(&meta)
+            {
+                calls.push(*micros);
+            }
+        }
+        calls.sort_unstable();
+        eprintln!(
+            "cleanup of 2000 leases: {} script calls, slowest {} µs",
+            calls.len(),
+            calls.last().copied().unwrap_or(0)
+        );
+        assert!(
+            calls.len() >= 10,
+            "2000 leases in batches of 200 take at least 10 calls, got {}",
+            calls.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn acquire_on_a_full_pool_reclaims_a_large_backlog() {
+        // More expired leases than one acquire reclaims: it must still find the slot.
+        let (s, pool, _) = setup(support::test_config().reclaim_batch(5)).await;
+        for i in 0..30u8 {
+            s.add_proxy(
+                Proxy::builder(pool.id, format!("10.0.0.{i}"), 8000)
+                    .max_concurrency(1)
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_millis(200));
+        for _ in 0..30 {
+            s.acquire(&short).await.unwrap().unwrap();
+        }
+        assert!(s.acquire(&req()).await.unwrap().is_none());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let filtered =
+            req().with_filters(ProxyFilters::new().none_of([ProxyFilters::new().city("nowhere")]));
+        for _ in 0..30 {
+            assert!(s.acquire(&filtered).await.unwrap().is_some());
+        }
+        assert!(s.acquire(&req()).await.unwrap().is_none());
+        assert_eq!(s.pool_stats(POOL).await.unwrap().total_leases, 30);
+    }
+
+    #[tokio::test]
+    async fn removing_a_large_pool_leaves_no_key_behind() {
+        let (s, pool, ns) = setup(support::test_config()).await;
+        let batch: Vec<Proxy> = (0..2500u32)
+            .map(|i| {
+                Proxy::builder(pool.id, format!("10.0.{}.{}", i / 256, i % 256), 8000)
+                    .country(["AR", "BR", "CL"][i as usize % 3])
+                    .location(-34.0 + f64::from(i % 50) / 10.0, -58.0)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let ids: Vec<_> = batch.iter().map(|p| p.id).collect();
+        s.add_proxies(batch).await.unwrap();
+        let _held = s.acquire(&req()).await.unwrap().unwrap();
+        assert!(s.remove_pool(POOL).await.unwrap());
+        assert_eq!(s.get_proxy(ids[0]).await.unwrap(), None);
+        let left: Vec<String> = keys_of(&ns)
+            .await
+            .into_iter()
+            .filter(|k| !k.ends_with(":consumers"))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "left behind: {:?}",
+            &left[..left.len().min(10)]
+        );
+    }
+
+    /// The GEO path (used when the smallest index has more than a batch of
+    /// proxies) picks what the in-memory storage picks.
+    #[tokio::test]
+    async fn radius_selection_matches_the_in_memory_storage() {
+        let (s, pool, _) = setup(support::test_config()).await;
+        let mem = InMemoryStorage::new();
+        let mpool = mem.create_pool(pool.clone()).await.unwrap();
+        mem.ensure_consumer("worker-1").await.unwrap();
+        let mut proxies = Vec::new();
+        for i in 0..200u32 {
+            let lat = -40.0 + f64::from(i % 20) * 0.5;
+            let lon = -60.0 + f64::from(i / 20) * 0.5;
+            let b = Proxy::builder(mpool.id, format!("10.1.{}.{}", i / 256, i % 256), 8000)
+                .location(lat, lon)
+                .max_concurrency(1 + i % 3);
+            proxies.push(b.build().unwrap());
+        }
+        // One proxy beyond GEO's latitude range.
+        proxies.push(
+            Proxy::builder(mpool.id, "10.9.9.9", 8000)
+                .location(89.9, 0.0)
+                .build()
+                .unwrap(),
+        );
+        s.add_proxies(proxies.clone()).await.unwrap();
+        mem.add_proxies(proxies).await.unwrap();
+        let near = ProxyFilters::new().near(-37.0, -58.0, 120.0);
+        for selector in [
+            SelectorStrategy::FirstAvailable,
+            SelectorStrategy::LeastUsed,
+            SelectorStrategy::RoundRobin,
+        ] {
+            let r = req().with_filters(near.clone()).with_selector(selector);
+            let mut got = (Vec::new(), Vec::new());
+            loop {
+                let a = s.acquire(&r).await.unwrap();
+                let b = mem.acquire(&r).await.unwrap();
+                assert_eq!(
+                    a.as_ref().map(|l| l.proxy_id),
+                    b.as_ref().map(|l| l.proxy_id),
+                    "{selector}"
+                );
+                match (a, b) {
+                    (Some(a), Some(b)) => {
+                        got.0.push(a);
+                        got.1.push(b);
+                    }
+                    _ => break,
+                }
+            }
+            assert!(
+                got.0.len() > 10,
+                "{selector}: the circle holds several proxies"
+            );
+            for l in got.0 {
+                assert_eq!(s.release(&l).await.unwrap(), ReleaseOutcome::Released);
+            }
+            for l in got.1 {
+                mem.release(&l).await.unwrap();
+            }
+        }
+        let polar = ProxyFilters::new().near(89.5, 10.0, 100.0);
+        let l = s
+            .acquire(&req().with_filters(polar))
+            .await
+            .unwrap()
+            .expect("polar proxy");
+        assert_eq!(l.proxy.host, "10.9.9.9");
+    }
+}

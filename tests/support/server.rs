@@ -1,0 +1,215 @@
+//! A private `redis-server` for tests: spawned from PATH on a free loopback
+//! port, without persistence, and killed when dropped (or, for a server shared
+//! through a `static`, when the test process exits: a small watchdog shell
+//! process kills it once the test binary is gone, since statics are never dropped).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process owned by the tests.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    watchdog: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Spawns `redis-server` from PATH; `Err` says why it could not.
+    pub fn spawn() -> Result<RedisServer, String> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port().map_err(|e| format!("no free loopback port: {e}"))?;
+            match Self::spawn_on(port) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn spawn_on(port: u16) -> Result<RedisServer, String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--protected-mode", "yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run redis-server from PATH: {e}"))?;
+        let mut server = RedisServer {
+            child,
+            watchdog: None,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if ping(port) {
+                break;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!("redis-server on port {port} exited: {status}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("redis-server on port {port} did not answer PING"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.watchdog = spawn_watchdog(server.child.id());
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    #[allow(dead_code)]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(w) = &mut self.watchdog {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Whether a Redis answers `PING` on this loopback port.
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Kills the server when this test process is gone.
+fn spawn_watchdog(server_pid: u32) -> Option<Child> {
+    let me = std::process::id();
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill {server_pid} 2>/dev/null"
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// A Redis in a Docker container (the testcontainers route, done with the
+/// `docker` CLI so the tests need no extra crate). Removed on drop; `--rm` and
+/// a watchdog remove it when the test process dies.
+#[derive(Debug)]
+pub struct DockerRedis {
+    id: String,
+    port: u16,
+    watchdog: Option<Child>,
+}
+
+impl DockerRedis {
+    /// Starts `redis:7-alpine` on a random loopback port; `Err` says why not.
+    pub fn start() -> Result<DockerRedis, String> {
+        let out = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--rm",
+                "-p",
+                "127.0.0.1::6379",
+                "redis:7-alpine",
+            ])
+            .args(["redis-server", "--save", "", "--appendonly", "no"])
+            .output()
+            .map_err(|e| format!("cannot run docker: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "docker run failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port_out = Command::new("docker")
+            .args(["port", &id, "6379/tcp"])
+            .output()
+            .map_err(|e| format!("cannot run docker port: {e}"))?;
+        let mapping = String::from_utf8_lossy(&port_out.stdout).to_string();
+        let port = mapping
+            .lines()
+            .filter_map(|l| l.rsplit(':').next())
+            .find_map(|p| p.trim().parse::<u16>().ok());
+        let me = std::process::id();
+        let watchdog = Command::new("sh")
+            .args([
+                "-c",
+                &format!("while kill -0 {me} 2>/dev/null; do sleep 1; done; docker rm -f {id} >/dev/null 2>&1"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        let mut c = DockerRedis {
+            id,
+            port: 0,
+            watchdog,
+        };
+        let Some(port) = port else {
+            return Err(format!("cannot read the container's port from {mapping:?}"));
+        };
+        c.port = port;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ping(port) {
+            if Instant::now() > deadline {
+                return Err("the Redis container did not answer PING".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(c)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for DockerRedis {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(w) = &mut self.watchdog {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}

@@ -22,7 +22,8 @@
 --     or {'RETRY'}           none found, but more expired leases wait for reclaim:
 --                            run cleanup.lua on the pool and call again
 --     or {'POOL_NOT_FOUND'}
--- Errors (nothing written): bad arguments, lease record already exists.
+-- Errors (nothing written): bad arguments. (Lease ids are random v4 UUIDs made by
+-- the client, so the record key is new.)
 --
 -- Cost: O(r log n) to reclaim r <= ARGV[9] expired leases, plus the selection:
 -- O(t + log n) with no filter or a filter of exact-match attributes (the first
@@ -94,7 +95,6 @@ local pool_id = meta[1]
 if not pool_id or meta[2] then
   return { 'POOL_NOT_FOUND' }
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return fail('lease id already used') end
 
 -- ---------------------------------------------------------------- reclaim
 local _, more = reclaim(prefix, now, reclaim_limit, grace)
@@ -296,13 +296,13 @@ end
 redis.call('HINCRBY', pkey, 'current_leases', 1)
 account(prefix, id, old, with_leases(old, old.leases + 1))
 if selector == 'round_robin' then
-  redis.call('HSET', KEYS[1], 'rr_cursor', fmt_int(old.seq))
+  redis.call('HSET', KEYS[1], 'rr_cursor', old.seq)
 end
 local expires = now + duration
 local record = {
   'id', lease_id, 'pool_id', pool_id, 'proxy_id', id, 'proxy_seq', fmt_int(old.seq),
   'consumer_id', consumer_id, 'consumer', consumer, 'status', 'active',
-  'acquired_at_ms', fmt_int(now), 'expires_at_ms', fmt_int(expires),
+  'acquired_at_ms', now, 'expires_at_ms', expires,
   'host', ep[8], 'port', ep[9], 'protocol', ep[10],
 }
 local has_cred = '0'
@@ -314,7 +314,7 @@ if ep[11] then
   record[#record + 1] = ep[12] or ''
 end
 redis.call('HSET', KEYS[3], unpack(record))
-redis.call('PEXPIREAT', KEYS[3], fmt_int(expires + grace))
-redis.call('ZADD', KEYS[2], fmt_int(expires), lease_id .. ':' .. fmt_int(old.seq))
+redis.call('PEXPIREAT', KEYS[3], expires + grace)
+redis.call('ZADD', KEYS[2], expires, lease_id .. ':' .. fmt_int(old.seq))
 return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[8], ep[9], ep[10], has_cred,
   ep[11] or '', ep[12] or '' }

@@ -39,9 +39,9 @@ if status == 'expired' then return 'expired' end
 local expires = tonumber(rec[5] or '0') or 0
 if expires <= now then
   redis.call('HSET', KEYS[3], 'status', 'expired')
-  redis.call('PEXPIREAT', KEYS[3], fmt_int(math.max(expires, now) + grace))
+  redis.call('PEXPIREAT', KEYS[3], math.max(expires, now) + grace)
 else
-  redis.call('HSET', KEYS[3], 'status', 'released', 'released_at_ms', fmt_int(now))
+  redis.call('HSET', KEYS[3], 'status', 'released', 'released_at_ms', now)
 end
 -- Only a lease still in the live set holds a slot (reclaim may have taken it out).
 if redis.call('ZREM', KEYS[2], ARGV[2] .. ':' .. rec[3]) == 1 then

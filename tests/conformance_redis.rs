@@ -265,11 +265,16 @@ mod redis_specific {
             .add_proxy(Proxy::builder(pool.id, "10.0.0.1", 8001).build().unwrap())
             .await
             .unwrap();
-        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_millis(200));
+        // Long enough that no lease expires (and is reclaimed by a later acquire)
+        // before all 350 are taken, even on a slow, busy machine.
+        let lease = Duration::from_millis(2500);
+        let short = AcquireRequest::new(POOL, "worker-1", lease);
+        let started = std::time::Instant::now();
         for _ in 0..350 {
             s.acquire(&short).await.unwrap().unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(started.elapsed() < lease, "acquires too slow for this test");
+        tokio::time::sleep(lease.saturating_sub(started.elapsed()) + Duration::from_millis(200)).await;
         assert_eq!(s.cleanup_expired_leases().await.unwrap(), 350);
         assert_eq!(s.cleanup_expired_leases().await.unwrap(), 0);
         assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);

@@ -11,7 +11,11 @@
 --   meta                 hash   pool id, name, description, counters, cursors
 --   proxies              zset   every proxy id, scored by insertion sequence
 --   leases               zset   live leases `<lease-id>:<proxy-seq>`, scored by expiry ms
+--   holders              zset   the same live leases `<lease-id>`, scored by proxy sequence
+--                               (ZCOUNT holders s s = a proxy's live leases, for audits)
 --   tags                 set    every index tag ever used in the pool
+--   active               set    proxies whose status is active (stats)
+--   leased               set    proxies with at least one live lease (stats)
 --   proxy:<id>           hash   one proxy
 --   lease:<id>           hash   one lease record (TTL expiry + grace)
 --   avail:seq:<tag>      zset   available proxies of an index, by insertion sequence
@@ -175,21 +179,22 @@ end
 
 local function b(x) if x then return 1 else return 0 end end
 
-local COUNTERS = { 'total_proxies', 'active_proxies', 'available_proxies', 'leased_proxies',
-  'total_leases' }
-
-local function counter_parts(s)
-  if not s then return { 0, 0, 0, 0, 0 } end
-  return { 1, b(s.active), b(s.available), b(s.leases > 0), s.leases }
-end
-
 -- Moves a proxy from state `old` to state `new` (either may be nil: added,
--- removed) in the pool counters and the availability indexes.
+-- removed) in the membership sets the pool's stats are counted from (`active`,
+-- `leased`) and in the availability indexes. Stats are set sizes, never
+-- counters, so they cannot drift from the proxies.
 local function account(prefix, id, old, new)
-  local meta = prefix .. 'meta'
-  local p0, p1 = counter_parts(old), counter_parts(new)
-  for i = 1, 5 do
-    if p1[i] ~= p0[i] then redis.call('HINCRBY', meta, COUNTERS[i], p1[i] - p0[i]) end
+  local was_active, is_active = old and old.active, new and new.active
+  if was_active and not is_active then
+    redis.call('SREM', prefix .. 'active', id)
+  elseif is_active and not was_active then
+    redis.call('SADD', prefix .. 'active', id)
+  end
+  local was_leased, is_leased = old and old.leases > 0, new and new.leases > 0
+  if was_leased and not is_leased then
+    redis.call('SREM', prefix .. 'leased', id)
+  elseif is_leased and not was_leased then
+    redis.call('SADD', prefix .. 'leased', id)
   end
   local was = old and old.available
   local is = new and new.available
@@ -235,6 +240,7 @@ local function finish_lease(prefix, member, status, now, grace)
   if not lease_id then
     return false
   end
+  redis.call('ZREM', prefix .. 'holders', lease_id)
   local rec = prefix .. 'lease:' .. lease_id
   if redis.call('HGET', rec, 'status') == 'active' then
     if status == 'released' then

@@ -279,20 +279,31 @@ local function select_proxy()
   return select_from_index(base)
 end
 
-local id = select_proxy()
-if not id then
-  if more then return { 'RETRY' } end
-  return { 'NONE' }
+-- The indexes list only available proxies; a proxy hash edited by hand can
+-- disagree. Such a stale entry is dropped (the audit rebuilds it fully) and the
+-- selection runs again, a few times at most.
+local id, pkey, ep, old
+for _ = 1, 4 do
+  id = select_proxy()
+  if not id then
+    if more then return { 'RETRY' } end
+    return { 'NONE' }
+  end
+  pkey = prefix .. 'proxy:' .. id
+  ep = redis.call('HMGET', pkey, 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
+    'latitude', 'longitude', 'host', 'port', 'protocol', 'username', 'password')
+  old = snapshot_of(ep)
+  if old and old.available then break end
+  if old then
+    index_remove(prefix, id, old)
+  else
+    index_remove(prefix, id, { tags = '', lat = nil })
+  end
+  old = nil
 end
+if not old then return { 'NONE' } end
 
 -- ---------------------------------------------------------------- take it
-local pkey = prefix .. 'proxy:' .. id
-local ep = redis.call('HMGET', pkey, 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
-  'latitude', 'longitude', 'host', 'port', 'protocol', 'username', 'password')
-local old = snapshot_of(ep)
-if not old or not old.available then
-  return fail('index out of sync: proxy ' .. id .. ' is not available')
-end
 redis.call('HINCRBY', pkey, 'current_leases', 1)
 account(prefix, id, old, with_leases(old, old.leases + 1))
 if selector == 'round_robin' then
@@ -316,5 +327,6 @@ end
 redis.call('HSET', KEYS[3], unpack(record))
 redis.call('PEXPIREAT', KEYS[3], expires + grace)
 redis.call('ZADD', KEYS[2], expires, lease_id .. ':' .. fmt_int(old.seq))
+redis.call('ZADD', prefix .. 'holders', old.seq, lease_id)
 return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[8], ep[9], ep[10], has_cred,
   ep[11] or '', ep[12] or '' }

@@ -25,8 +25,6 @@ if ARGV[4] == '1' and (type(ARGV[5]) ~= 'string' or #ARGV[5] > 1024) then
   return fail('bad description')
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'id', ARGV[2], 'name', name, 'next_seq', 0,
-  'total_proxies', 0, 'active_proxies', 0, 'available_proxies', 0,
-  'leased_proxies', 0, 'total_leases', 0)
+redis.call('HSET', KEYS[1], 'id', ARGV[2], 'name', name, 'next_seq', 0)
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'description', ARGV[5]) end
 return 1

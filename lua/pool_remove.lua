@@ -53,7 +53,10 @@ if budget > 0 then
   local live = redis.call('ZRANGE', KEYS[3], 0, budget - 1)
   for _, member in ipairs(live) do
     local lease_id = string.match(member, '^([^:]+):')
-    if lease_id then redis.call('DEL', prefix .. 'lease:' .. lease_id) end
+    if lease_id then
+      redis.call('DEL', prefix .. 'lease:' .. lease_id)
+      redis.call('ZREM', prefix .. 'holders', lease_id)
+    end
     redis.call('ZREM', KEYS[3], member)
   end
   budget = budget - #live
@@ -66,7 +69,9 @@ if budget > 0 then
   budget = budget - #tags
 end
 if budget > 0 then
-  redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], prefix .. 'tags', prefix .. 'avail:seq:all',
+  redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], prefix .. 'tags', prefix .. 'holders',
+    prefix .. 'active', prefix .. 'leased',
+    prefix .. 'avail:seq:all',
     prefix .. 'avail:load:all', prefix .. 'avail:geo', prefix .. 'avail:polar')
   out[1] = 'DONE'
 end

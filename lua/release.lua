@@ -45,6 +45,7 @@ else
 end
 -- Only a lease still in the live set holds a slot (reclaim may have taken it out).
 if redis.call('ZREM', KEYS[2], ARGV[2] .. ':' .. rec[3]) == 1 then
+  redis.call('ZREM', prefix .. 'holders', ARGV[2])
   give_back(prefix, rec[2], proxy)
 end
 if expires <= now then return 'expired' end

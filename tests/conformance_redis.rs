@@ -219,7 +219,24 @@ mod redis_specific {
             .query_async(&mut c)
             .await
             .unwrap();
-        assert_eq!(meta.get("total_leases").map(String::as_str), Some("1"));
+        assert_eq!(meta.get("name").map(String::as_str), Some(POOL));
+        // Stats are set sizes: `ZCARD holders` is the pool's live lease count.
+        let holders: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(format!("{prefix}holders"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(holders.len(), 1);
+        assert_eq!(holders[0].0, lease.id.to_string());
+        let leased: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{prefix}leased"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(leased, vec![lease.proxy_id.to_string()]);
     }
 
     #[tokio::test]
@@ -274,7 +291,8 @@ mod redis_specific {
             s.acquire(&short).await.unwrap().unwrap();
         }
         assert!(started.elapsed() < lease, "acquires too slow for this test");
-        tokio::time::sleep(lease.saturating_sub(started.elapsed()) + Duration::from_millis(200)).await;
+        tokio::time::sleep(lease.saturating_sub(started.elapsed()) + Duration::from_millis(200))
+            .await;
         assert_eq!(s.cleanup_expired_leases().await.unwrap(), 350);
         assert_eq!(s.cleanup_expired_leases().await.unwrap(), 0);
         assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);

@@ -141,8 +141,22 @@ impl PoolKeys {
         format!("{}lease:{}", self.prefix, id)
     }
 
+    /// Live lease ids scored by their proxy's sequence (a proxy's live leases).
+    pub(crate) fn holders(&self) -> String {
+        format!("{}holders", self.prefix)
+    }
+
+    /// Proxies whose status is active.
+    pub(crate) fn active(&self) -> String {
+        format!("{}active", self.prefix)
+    }
+
+    /// Proxies with at least one live lease.
+    pub(crate) fn leased(&self) -> String {
+        format!("{}leased", self.prefix)
+    }
+
     /// Available proxies of an index by insertion sequence (`tag` from [`tag`], or `all`).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn avail_seq(&self, tag: &str) -> String {
         format!("{}avail:seq:{}", self.prefix, tag)
     }

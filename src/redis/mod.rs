@@ -68,9 +68,11 @@ mod codec;
 mod config;
 mod conn;
 mod keys;
+mod maintenance;
 mod scripts;
 mod storage;
 
 pub use config::RedisConfig;
 pub use keys::{validate_namespace, MAX_NAMESPACE_LEN};
+pub use maintenance::{CleanupBatch, CounterFix};
 pub use storage::RedisStorage;

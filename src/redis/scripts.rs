@@ -78,9 +78,13 @@ lua_script!(
     /// Remove a pool in bounded batches.
     POOL_REMOVE, "pool_remove.lua"
 );
+lua_script!(
+    /// Compare proxies' lease counters with their live leases and repair drift.
+    AUDIT, "audit.lua"
+);
 
 /// Every script, for [`crate::redis::RedisStorage::load_scripts`].
-pub(crate) fn all() -> [&'static Script; 10] {
+pub(crate) fn all() -> [&'static Script; 11] {
     [
         &ACQUIRE,
         &RELEASE,
@@ -92,5 +96,6 @@ pub(crate) fn all() -> [&'static Script; 10] {
         &POOL_CREATE,
         &POOL_UPDATE,
         &POOL_REMOVE,
+        &AUDIT,
     ]
 }

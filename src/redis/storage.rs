@@ -40,9 +40,9 @@ const MAX_TAGS: usize = 64;
 /// See the [module docs](crate::redis) for the key schema, costs and guarantees.
 pub struct RedisStorage {
     conns: Connections,
-    keys: Keys,
-    config: RedisConfig,
-    grace_ms: u64,
+    pub(super) keys: Keys,
+    pub(super) config: RedisConfig,
+    pub(super) grace_ms: u64,
     /// Consumer name → id. Consumers are never removed, so a cached id stays right.
     consumers: Mutex<HashMap<String, Uuid>>,
 }
@@ -63,7 +63,7 @@ where
     move |e| Error::backend(format!("Redis: {what}: {e}"), Some(Box::new(e)))
 }
 
-fn redis_err(what: &'static str) -> impl FnOnce(RedisError) -> Error {
+pub(super) fn redis_err(what: &'static str) -> impl FnOnce(RedisError) -> Error {
     backend(what)
 }
 
@@ -145,7 +145,7 @@ impl RedisStorage {
         Ok(())
     }
 
-    async fn conn(&self) -> Result<Connection<'_>> {
+    pub(super) async fn conn(&self) -> Result<Connection<'_>> {
         self.conns.get().await
     }
 
@@ -979,37 +979,40 @@ impl Storage for RedisStorage {
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
         self.reclaim_pool(&mut conn, &pk).await?;
-        let v: Vec<Option<String>> = redis::cmd("HMGET")
+        // Every figure is the size of a set the scripts keep, read in one
+        // MULTI/EXEC (one slot), so the stats are a consistent snapshot.
+        let ((id, removing), total, active, available, leased, leases): (
+            (Option<String>, Option<String>),
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+        ) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
             .arg(pk.meta())
-            .arg(&[
-                "id",
-                "removing",
-                "total_proxies",
-                "active_proxies",
-                "available_proxies",
-                "leased_proxies",
-                "total_leases",
-            ])
+            .arg("id")
+            .arg("removing")
+            .zcard(pk.proxies())
+            .scard(pk.active())
+            .zcard(pk.avail_seq("all"))
+            .scard(pk.leased())
+            .zcard(pk.holders())
             .query_async(&mut conn)
             .await
-            .map_err(redis_err("cannot read the pool counters"))?;
-        if v.first().is_none_or(Option::is_none) || v.get(1).is_some_and(Option::is_some) {
+            .map_err(redis_err("cannot read the pool stats"))?;
+        if id.is_none() || removing.is_some() {
             return Err(Error::PoolNotFound {
                 name: pool_name.to_string(),
             });
         }
-        let n = |i: usize| -> Result<u64> {
-            let raw = v.get(i).cloned().flatten().unwrap_or_else(|| "0".into());
-            raw.parse::<i64>()
-                .map(|x| u64::try_from(x).unwrap_or(0))
-                .map_err(|_| corrupt(format!("pool counter {raw:?}")))
-        };
         Ok(PoolStats {
-            total_proxies: n(2)?,
-            active_proxies: n(3)?,
-            available_proxies: n(4)?,
-            leased_proxies: n(5)?,
-            total_leases: n(6)?,
+            total_proxies: total,
+            active_proxies: active,
+            available_proxies: available,
+            leased_proxies: leased,
+            total_leases: leases,
         })
     }
 

@@ -1,0 +1,169 @@
+#![cfg(feature = "redis")]
+//! RedisStorage maintenance: the pool registry, bounded cleanup batches, and the
+//! counter audit that finds and repairs drift between `current_leases` and the
+//! live lease records.
+
+mod support;
+
+use std::time::Duration;
+
+use lighthouse_lease::redis::RedisStorage;
+use lighthouse_lease::{AcquireRequest, Proxy, ProxyPool, Storage};
+
+const POOL: &str = "latam-residential";
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(support::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn setup(max: u32) -> (RedisStorage, Proxy) {
+    let s = support::storage();
+    let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    s.ensure_consumer("w").await.unwrap();
+    let p = s
+        .add_proxy(
+            Proxy::builder(pool.id, "10.0.0.1", 80)
+                .max_concurrency(max)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    (s, p)
+}
+
+fn req(d: Duration) -> AcquireRequest {
+    AcquireRequest::new(POOL, "w", d)
+}
+
+async fn set_counter(s: &RedisStorage, p: &Proxy, value: i64) {
+    let key = format!("{}:{{{POOL}}}:proxy:{}", s.config().get_namespace(), p.id);
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("current_leases")
+        .arg(value)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn audit_repairs_an_inflated_counter_and_frees_the_leaked_slots() {
+    let (s, p) = setup(3).await;
+    for _ in 0..2 {
+        s.acquire(&req(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        s.audit_pool(POOL, 100).await.unwrap().is_empty(),
+        "no drift yet"
+    );
+    set_counter(&s, &p, 3).await; // someone "fixed" it by hand: the proxy looks full
+    assert_eq!(
+        s.acquire(&req(Duration::from_secs(60))).await.unwrap(),
+        None
+    );
+    let fixes = s.audit_pool(POOL, 100).await.unwrap();
+    assert_eq!(fixes.len(), 1);
+    assert_eq!(
+        (fixes[0].proxy_id, fixes[0].recorded, fixes[0].actual),
+        (p.id, 3, 2)
+    );
+    assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 2);
+    // Exactly the one real free slot is usable again.
+    assert!(s
+        .acquire(&req(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        s.acquire(&req(Duration::from_secs(60))).await.unwrap(),
+        None
+    );
+    assert!(
+        s.audit_pool(POOL, 100).await.unwrap().is_empty(),
+        "repaired once"
+    );
+}
+
+#[tokio::test]
+async fn audit_repairs_a_deflated_counter_so_the_limit_holds_again() {
+    let (s, p) = setup(3).await;
+    for _ in 0..2 {
+        s.acquire(&req(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    set_counter(&s, &p, 0).await; // too low: the proxy would be over-leased
+    let fixes = s.audit_pool(POOL, 1).await.unwrap();
+    assert_eq!((fixes[0].recorded, fixes[0].actual), (0, 2));
+    assert!(s
+        .acquire(&req(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        s.acquire(&req(Duration::from_secs(60))).await.unwrap(),
+        None,
+        "max 3 holds"
+    );
+    assert_eq!(s.pool_stats(POOL).await.unwrap().total_leases, 3);
+}
+
+#[tokio::test]
+async fn audit_walks_large_pools_in_batches() {
+    let s = support::storage();
+    let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    s.ensure_consumer("w").await.unwrap();
+    let proxies: Vec<Proxy> = (0..250)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.0.{}.{}", i / 200, i % 200), 80)
+                .max_concurrency(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let proxies = s.add_proxies(proxies).await.unwrap();
+    for p in [&proxies[0], &proxies[120], &proxies[249]] {
+        set_counter(&s, p, 1).await;
+    }
+    let fixes = s.audit_pool(POOL, 50).await.unwrap();
+    let ids: Vec<_> = fixes.iter().map(|f| f.proxy_id).collect();
+    assert_eq!(ids, vec![proxies[0].id, proxies[120].id, proxies[249].id]);
+    assert_eq!(s.pool_stats(POOL).await.unwrap().available_proxies, 250);
+}
+
+#[tokio::test]
+async fn cleanup_batches_are_bounded_and_count_each_lease_once() {
+    let (s, p) = setup(100).await;
+    for _ in 0..30 {
+        s.acquire(&req(Duration::from_millis(200)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(s.pool_names().await.unwrap(), vec![POOL.to_string()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut total = 0;
+    let mut calls = 0;
+    loop {
+        let b = s.cleanup_batch(POOL, 8).await.unwrap();
+        assert!(b.reclaimed <= 8);
+        total += b.reclaimed;
+        calls += 1;
+        if !b.more {
+            break;
+        }
+    }
+    assert_eq!((total, calls), (30, 4));
+    assert_eq!(s.cleanup_batch(POOL, 8).await.unwrap().reclaimed, 0);
+    assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);
+    assert!(s.cleanup_batch(POOL, 0).await.is_err());
+}

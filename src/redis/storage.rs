@@ -981,14 +981,8 @@ impl Storage for RedisStorage {
         self.reclaim_pool(&mut conn, &pk).await?;
         // Every figure is the size of a set the scripts keep, read in one
         // MULTI/EXEC (one slot), so the stats are a consistent snapshot.
-        let ((id, removing), total, active, available, leased, leases): (
-            (Option<String>, Option<String>),
-            u64,
-            u64,
-            u64,
-            u64,
-            u64,
-        ) = redis::pipe()
+        type Snapshot = ((Option<String>, Option<String>), u64, u64, u64, u64, u64);
+        let ((id, removing), total, active, available, leased, leases): Snapshot = redis::pipe()
             .atomic()
             .cmd("HMGET")
             .arg(pk.meta())

@@ -73,6 +73,8 @@ pub mod retry;
 pub mod selector;
 pub mod stats;
 pub mod storage;
+#[cfg(feature = "cli")]
+pub mod sweeper;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

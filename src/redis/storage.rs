@@ -979,35 +979,7 @@ impl Storage for RedisStorage {
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
         self.reclaim_pool(&mut conn, &pk).await?;
-        // Every figure is the size of a set the scripts keep, read in one
-        // MULTI/EXEC (one slot), so the stats are a consistent snapshot.
-        type Snapshot = ((Option<String>, Option<String>), u64, u64, u64, u64, u64);
-        let ((id, removing), total, active, available, leased, leases): Snapshot = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(pk.meta())
-            .arg("id")
-            .arg("removing")
-            .zcard(pk.proxies())
-            .scard(pk.active())
-            .zcard(pk.avail_seq("all"))
-            .scard(pk.leased())
-            .zcard(pk.holders())
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cannot read the pool stats"))?;
-        if id.is_none() || removing.is_some() {
-            return Err(Error::PoolNotFound {
-                name: pool_name.to_string(),
-            });
-        }
-        Ok(PoolStats {
-            total_proxies: total,
-            active_proxies: active,
-            available_proxies: available,
-            leased_proxies: leased,
-            total_leases: leases,
-        })
+        self.read_stats(&mut conn, &pk, pool_name).await
     }
 
     async fn apply_health_check(&self, result: &HealthCheckResult) -> Result<Proxy> {
@@ -1053,4 +1025,53 @@ fn lease_from_acquire(
                 .then(|| crate::proxy::ProxyCredentials::new(user.clone(), pass.clone())),
         },
     })
+}
+
+impl RedisStorage {
+    /// A pool's stats as they are now, without reclaiming its expired leases first
+    /// (those still count): one MULTI/EXEC of set sizes. [`Storage::pool_stats`]
+    /// reclaims first.
+    pub async fn pool_stats_snapshot(&self, pool_name: &str) -> Result<PoolStats> {
+        validate_pool_name(pool_name)?;
+        let pk = self.keys.pool(pool_name);
+        let mut conn = self.conn().await?;
+        self.read_stats(&mut conn, &pk, pool_name).await
+    }
+
+    async fn read_stats(
+        &self,
+        conn: &mut Connection<'_>,
+        pk: &PoolKeys,
+        pool_name: &str,
+    ) -> Result<PoolStats> {
+        // Every figure is the size of a set the scripts keep, read in one
+        // MULTI/EXEC (one slot), so the stats are a consistent snapshot.
+        type Snapshot = ((Option<String>, Option<String>), u64, u64, u64, u64, u64);
+        let ((id, removing), total, active, available, leased, leases): Snapshot = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(pk.meta())
+            .arg("id")
+            .arg("removing")
+            .zcard(pk.proxies())
+            .scard(pk.active())
+            .zcard(pk.avail_seq("all"))
+            .scard(pk.leased())
+            .zcard(pk.holders())
+            .query_async(conn)
+            .await
+            .map_err(redis_err("cannot read the pool stats"))?;
+        if id.is_none() || removing.is_some() {
+            return Err(Error::PoolNotFound {
+                name: pool_name.to_string(),
+            });
+        }
+        Ok(PoolStats {
+            total_proxies: total,
+            active_proxies: active,
+            available_proxies: available,
+            leased_proxies: leased,
+            total_leases: leases,
+        })
+    }
 }

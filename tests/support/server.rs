@@ -30,7 +30,9 @@ impl RedisServer {
         Err(last)
     }
 
-    fn spawn_on(port: u16) -> Result<RedisServer, String> {
+    /// Spawns `redis-server` on this port (to restart one on the port it had).
+    #[allow(dead_code)]
+    pub fn spawn_on(port: u16) -> Result<RedisServer, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])

@@ -1,0 +1,200 @@
+//! Command line of `lighthouse-sweeper`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info};
+
+use super::{Sweeper, SweeperConfig};
+use crate::redis::{RedisConfig, RedisStorage};
+
+/// `lighthouse-sweeper`: gives back the capacity of expired leases in every pool.
+#[derive(Debug, Parser)]
+#[command(name = "lighthouse-sweeper", version, about, long_about = None)]
+pub struct SweeperArgs {
+    /// Redis URL (`redis://` or `rediss://`).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Key namespace.
+    #[arg(long, env = "LIGHTHOUSE_NAMESPACE", default_value = "lighthouse")]
+    pub namespace: String,
+    /// Pause between sweeps, e.g. `1s`, `500ms`, `2m`.
+    #[arg(long, env = "LIGHTHOUSE_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Leases per cleanup call (one Redis script call).
+    #[arg(long, env = "LIGHTHOUSE_SWEEP_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// Pause between lease-counter audits; `0s` turns them off.
+    #[arg(long, env = "LIGHTHOUSE_AUDIT_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub audit_interval: Duration,
+    /// Address for `/metrics` and `/healthz`; `off` to serve nothing.
+    #[arg(long, env = "LIGHTHOUSE_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: String,
+    /// Log format.
+    #[arg(long, env = "LIGHTHOUSE_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+    /// Sweep once and exit (no metrics endpoint).
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Parses `250ms`, `1s`, `1.5s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 1s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !(secs.is_finite() && (0.0..=86_400.0).contains(&secs)) {
+        return Err(format!("{s:?} is out of range (0 to 24h)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT; exit code 0 on a clean stop.
+pub fn main() -> ExitCode {
+    let args = SweeperArgs::parse();
+    init_logs(&args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: SweeperArgs) -> ExitCode {
+    let config = RedisConfig::from_url(args.redis_url.clone())
+        .namespace(args.namespace.clone())
+        .response_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2));
+    let storage = match RedisStorage::new(config) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "bad configuration");
+            return ExitCode::from(2);
+        }
+    };
+    let sweeper = Sweeper::new(
+        storage,
+        SweeperConfig {
+            interval: args.interval,
+            batch_size: args.batch_size,
+            audit_interval: (!args.audit_interval.is_zero()).then_some(args.audit_interval),
+            ..SweeperConfig::default()
+        },
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if args.once {
+        return match sweeper.sweep_once(&rx).await {
+            Ok(r) => {
+                info!(pools = r.pools, reclaimed = r.reclaimed, "swept once");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "sweep failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let http = if args.metrics_addr != "off" {
+        let addr: SocketAddr = match args.metrics_addr.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                error!(addr = %args.metrics_addr, error = %e, "bad --metrics-addr");
+                return ExitCode::from(2);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(%addr, error = %e, "cannot listen for /metrics");
+                return ExitCode::FAILURE;
+            }
+        };
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        info!(addr = %local, "serving /metrics and /healthz");
+        Some(tokio::spawn(super::http::serve(
+            listener,
+            sweeper.metrics(),
+            rx.clone(),
+        )))
+    } else {
+        None
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received: finishing the current batch");
+        let _ = tx.send(true);
+    });
+    info!(namespace = %args.namespace, interval_ms = args.interval.as_millis() as u64,
+        batch = args.batch_size, "lighthouse-sweeper started");
+    sweeper.run(rx).await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -5,7 +5,13 @@
 //! cargo run --example quickstart
 //! ```
 //!
-//! It runs in memory and needs no services.
+//! It runs in memory and needs no services. With `REDIS_URL` set it tells the same
+//! story through `RedisStorage`, in its own namespace (`quickstart-<random>`),
+//! which it removes at the end:
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart
+//! ```
 
 use std::time::Duration;
 
@@ -17,8 +23,53 @@ const POOL: &str = "latam-residential";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let manager = ProxyManager::new(InMemoryStorage::new());
-    run(&manager).await
+    match std::env::var("REDIS_URL") {
+        #[cfg(feature = "redis")]
+        Ok(url) if !url.is_empty() => {
+            use lighthouse_lease::redis::{RedisConfig, RedisStorage};
+            let namespace = format!(
+                "quickstart-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            println!("storage: Redis at {url}, namespace {namespace}");
+            let storage =
+                RedisStorage::new(RedisConfig::from_url(url.clone()).namespace(namespace.clone()))?;
+            let manager = ProxyManager::new(storage);
+            let result = run(&manager).await;
+            // Leave nothing behind: the pool, then the namespace's other keys
+            // (consumer registry, finished lease records waiting for their TTL).
+            manager.storage().remove_pool(POOL).await?;
+            let mut conn = redis::Client::open(url)?
+                .get_multiplexed_async_connection()
+                .await?;
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{namespace}:*"))
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            result
+        }
+        _ => {
+            println!("storage: in memory (set REDIS_URL to run this on Redis)");
+            run(&ProxyManager::new(InMemoryStorage::new())).await
+        }
+    }
 }
 
 async fn run<S: Storage>(manager: &ProxyManager<S>) -> Result<(), Box<dyn std::error::Error>> {

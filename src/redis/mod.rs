@@ -4,7 +4,7 @@
 //! # How it works
 //!
 //! Every state change is one Lua script from `lua/` (acquire, release, cleanup,
-//! proxy add / update / status / remove, pool create / update / remove), run
+//! proxy add / update / status / remove, pool create / update / remove, audit), run
 //! atomically by Redis. Scripts are invoked by SHA1 and reloaded automatically
 //! when Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). Time is
 //! Redis's own (`TIME`, read once at the start of a script), so hosts with skewed
@@ -24,9 +24,12 @@
 //!   records carry a TTL of expiry plus the record grace
 //!   ([`crate::storage::DEFAULT_RECORD_GRACE`]), so a late release is told
 //!   `Expired` rather than `NotFound`.
-//! - **Counters**: each pool's meta hash keeps `total_proxies`,
-//!   `active_proxies`, `available_proxies`, `leased_proxies` and `total_leases`,
-//!   so [`crate::Storage::pool_stats`] reads one hash.
+//! - **Stats are set sizes**, never counters: proxies (`proxies`), active ones
+//!   (`active`), available ones (the `all` index), leased ones (`leased`) and live
+//!   leases (`holders`), read in one MULTI/EXEC. They cannot drift from the state.
+//! - **Audit**: `holders` also tells each proxy's live leases
+//!   (`ZCOUNT holders seq seq`), so [`RedisStorage::audit_pool`] can find a
+//!   `current_leases` that drifted (edited by hand, say) and repair it.
 //! - **Cleanup** works pool by pool in batches of
 //!   [`RedisConfig::cleanup_batch`] leases per script call.
 //!

@@ -24,7 +24,7 @@ pub struct SweeperArgs {
     #[arg(long, env = "LIGHTHOUSE_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
     /// Leases per cleanup call (one Redis script call).
-    #[arg(long, env = "LIGHTHOUSE_SWEEP_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "LIGHTHOUSE_SWEEP_BATCH", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// Pause between lease-counter audits; `0s` turns them off.
     #[arg(long, env = "LIGHTHOUSE_AUDIT_INTERVAL", default_value = "60s", value_parser = parse_duration)]

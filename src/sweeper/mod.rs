@@ -29,7 +29,7 @@ use metrics::{Metrics, PoolGauges};
 pub struct SweeperConfig {
     /// Pause between sweeps (default 1 s).
     pub interval: Duration,
-    /// Leases per cleanup script call (default 500).
+    /// Leases per cleanup script call (default 200: a few ms of Redis time).
     pub batch_size: u32,
     /// Pause between counter audits; `None` disables them (default 60 s).
     pub audit_interval: Option<Duration>,
@@ -41,7 +41,7 @@ impl Default for SweeperConfig {
     fn default() -> Self {
         SweeperConfig {
             interval: Duration::from_secs(1),
-            batch_size: 500,
+            batch_size: 200,
             audit_interval: Some(Duration::from_secs(60)),
             audit_batch: 500,
         }

@@ -1,0 +1,165 @@
+//! Sweeper throughput: leases reclaimed per second with 100,000 expired leases in
+//! one pool, and the longest single Redis call of that sweep (timed by the client
+//! per cleanup batch, and by Redis's SLOWLOG).
+//!
+//! ```text
+//! cargo bench --bench sweeper
+//! ```
+//!
+//! It spawns its own `redis-server` (the test harness's), never a shared one.
+
+#[path = "../tests/support/server.rs"]
+#[allow(dead_code)]
+mod server;
+
+use std::time::{Duration, Instant};
+
+use lighthouse_lease::redis::{RedisConfig, RedisStorage};
+use lighthouse_lease::sweeper::{Sweeper, SweeperConfig};
+use lighthouse_lease::{AcquireRequest, Proxy, ProxyPool, Storage};
+
+const LEASES: usize = 100_000;
+const CONCURRENCY: usize = 64;
+
+async fn slowlog_max_evalsha_us(conn: &mut redis::aio::MultiplexedConnection) -> (i64, usize) {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100_000)
+        .query_async(conn)
+        .await
+        .expect("SLOWLOG GET");
+    let mut max = 0;
+    let mut n = 0;
+    for e in entries {
+        let redis::Value::Array(fields) = e else {
+            continue;
+        };
+        let micros = match fields.get(2) {
+            Some(redis::Value::Int(us)) => *us,
+            _ => continue,
+        };
+        let is_script = matches!(fields.get(3), Some(redis::Value::Array(args))
+            if matches!(args.first(), Some(redis::Value::BulkString(c)) if c.eq_ignore_ascii_case(b"evalsha")));
+        if is_script {
+            n += 1;
+            max = max.max(micros);
+        }
+    }
+    (max, n)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "sweeper bench: run it with `cargo bench --bench sweeper` (nothing to do in test mode)"
+        );
+        return;
+    }
+    let server = server::RedisServer::spawn().expect("spawn redis-server");
+    let url = server.url();
+    let storage = RedisStorage::new(RedisConfig::from_url(url.clone()).namespace("sweepbench"))
+        .expect("storage");
+    let pool = storage
+        .create_pool(ProxyPool::new("bench").unwrap())
+        .await
+        .unwrap();
+    storage.ensure_consumer("w").await.unwrap();
+    let proxies: Vec<Proxy> = (0..1000)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.9.{}.{}", i / 250, i % 250), 8080)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    storage.add_proxies(proxies).await.unwrap();
+
+    let storage = std::sync::Arc::new(storage);
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for batch in [200u32, 500] {
+        // 100,000 leases that all expire together, after the last one is taken
+        // (an acquire would otherwise reclaim the earliest ones itself).
+        let lease = Duration::from_secs(12);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..CONCURRENCY {
+            let s = storage.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = AcquireRequest::new("bench", "w", lease);
+                for _ in 0..LEASES / CONCURRENCY {
+                    s.acquire(&req).await.unwrap().expect("unlimited proxies");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let taken = (LEASES / CONCURRENCY) * CONCURRENCY;
+        let took = started.elapsed();
+        assert!(
+            took < lease,
+            "acquiring took {took:?}: raise the lease duration"
+        );
+        println!(
+            "acquired {taken} leases in {:.1} s; waiting for them to expire",
+            took.as_secs_f64()
+        );
+        // The last lease was taken `took` after the first: wait a full lease.
+        tokio::time::sleep(lease + Duration::from_millis(500)).await;
+
+        // Log every script call over 1 ms (the cleanup calls; the commands
+        // inside scripts are far below that).
+        for (k, v) in [
+            ("slowlog-log-slower-than", 1000),
+            ("slowlog-max-len", 100_000),
+        ] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(k)
+                .arg(v)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        }
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let sweeper = Sweeper::new(
+            RedisStorage::new(RedisConfig::from_url(url.clone()).namespace("sweepbench")).unwrap(),
+            SweeperConfig {
+                batch_size: batch,
+                ..SweeperConfig::default()
+            },
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let t = Instant::now();
+        let report = sweeper.sweep_once(&rx).await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let (slow_max, calls) = slowlog_max_evalsha_us(&mut raw).await;
+        println!(
+            "sweep (batch {batch}): reclaimed {} expired leases in {secs:.2} s = {:.0} leases/s; {} cleanup calls; \
+             longest call {:.1} ms (client) / {:.1} ms (SLOWLOG; {calls} script calls over 1 ms)",
+            report.reclaimed,
+            report.reclaimed as f64 / secs,
+            report.batches,
+            report.longest_batch.as_secs_f64() * 1e3,
+            slow_max as f64 / 1e3,
+        );
+        assert_eq!(
+            report.reclaimed as usize, taken,
+            "every lease reclaimed exactly once"
+        );
+    }
+    let stats = storage.pool_stats("bench").await.unwrap();
+    assert_eq!(stats.total_leases, 0);
+    println!(
+        "pool after the sweep: {} live leases, {} proxies available",
+        stats.total_leases, stats.available_proxies
+    );
+}

@@ -10,7 +10,12 @@ use std::process::Command;
 /// `target/<profile>/examples/<name>` (cargo builds examples before integration tests).
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples").join(name)
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
 }
 
 fn run(name: &str, redis: Option<&str>) -> String {
@@ -19,9 +24,15 @@ fn run(name: &str, redis: Option<&str>) -> String {
     if let Some(url) = redis {
         cmd.env("REDIS_URL", url);
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("run example {name}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run example {name}: {e}"));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{name} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
@@ -31,7 +42,13 @@ fn story(out: &str) -> Vec<String> {
         .skip(1) // "storage: ..."
         .map(|l| {
             l.split_whitespace()
-                .map(|w| if w.len() >= 32 && w.contains('-') || w.contains(':') && w.len() == 8 { "_" } else { w })
+                .map(|w| {
+                    if w.len() >= 32 && w.contains('-') || w.contains(':') && w.len() == 8 {
+                        "_"
+                    } else {
+                        w
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         })

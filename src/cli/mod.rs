@@ -187,12 +187,26 @@ pub struct ProxyArgs {
     /// Status.
     #[arg(long, default_value = "active")]
     pub status: ProxyStatus,
-    /// Provider.
-    #[arg(long)]
-    pub source: Option<String>,
+    /// The proxy's attributes.
+    #[command(flatten)]
+    pub attrs: Attributes,
+    /// Latitude (with --longitude).
+    #[arg(long, requires = "longitude", allow_hyphen_values = true)]
+    pub latitude: Option<f64>,
+    /// Longitude (with --latitude).
+    #[arg(long, requires = "latitude", allow_hyphen_values = true)]
+    pub longitude: Option<f64>,
+}
+
+/// Exact-match attributes: a proxy's (`proxy add`) or required ones (`acquire`).
+#[derive(Debug, Args)]
+pub struct Attributes {
     /// Country code.
     #[arg(long)]
     pub country: Option<String>,
+    /// Provider.
+    #[arg(long)]
+    pub source: Option<String>,
     /// City.
     #[arg(long)]
     pub city: Option<String>,
@@ -202,12 +216,6 @@ pub struct ProxyArgs {
     /// ASN.
     #[arg(long)]
     pub asn: Option<u32>,
-    /// Latitude (with --longitude).
-    #[arg(long, requires = "longitude", allow_hyphen_values = true)]
-    pub latitude: Option<f64>,
-    /// Longitude (with --latitude).
-    #[arg(long, requires = "latitude", allow_hyphen_values = true)]
-    pub longitude: Option<f64>,
 }
 
 /// `lighthouse consumer ...`
@@ -237,21 +245,9 @@ pub struct AcquireArgs {
     /// How to pick a proxy.
     #[arg(long, default_value = "least_used")]
     pub selector: SelectorStrategy,
-    /// Only this country.
-    #[arg(long)]
-    pub country: Option<String>,
-    /// Only this provider.
-    #[arg(long)]
-    pub source: Option<String>,
-    /// Only this city.
-    #[arg(long)]
-    pub city: Option<String>,
-    /// Only this ISP.
-    #[arg(long)]
-    pub isp: Option<String>,
-    /// Only this ASN.
-    #[arg(long)]
-    pub asn: Option<u32>,
+    /// Only proxies with these attributes.
+    #[command(flatten)]
+    pub attrs: Attributes,
     /// Near this latitude (with --longitude and --radius-km).
     #[arg(long, allow_hyphen_values = true)]
     pub latitude: Option<f64>,
@@ -465,19 +461,19 @@ pub async fn run<S: Storage, W: Write>(
             if let Some(m) = a.max_concurrency {
                 b = b.max_concurrency(m);
             }
-            if let Some(v) = &a.source {
+            if let Some(v) = &a.attrs.source {
                 b = b.source(v.clone());
             }
-            if let Some(v) = &a.country {
+            if let Some(v) = &a.attrs.country {
                 b = b.country(v.clone());
             }
-            if let Some(v) = &a.city {
+            if let Some(v) = &a.attrs.city {
                 b = b.city(v.clone());
             }
-            if let Some(v) = &a.isp {
+            if let Some(v) = &a.attrs.isp {
                 b = b.isp(v.clone());
             }
-            if let Some(v) = a.asn {
+            if let Some(v) = a.attrs.asn {
                 b = b.asn(v);
             }
             if let (Some(lat), Some(lon)) = (a.latitude, a.longitude) {
@@ -578,11 +574,11 @@ pub async fn run<S: Storage, W: Write>(
         }
         Command::Acquire(a) => {
             let mut filters = ProxyFilters {
-                country: a.country.clone(),
-                source: a.source.clone(),
-                city: a.city.clone(),
-                isp: a.isp.clone(),
-                asn: a.asn,
+                country: a.attrs.country.clone(),
+                source: a.attrs.source.clone(),
+                city: a.attrs.city.clone(),
+                isp: a.attrs.isp.clone(),
+                asn: a.attrs.asn,
                 latitude: a.latitude,
                 longitude: a.longitude,
                 radius_km: a.radius_km,

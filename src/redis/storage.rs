@@ -542,19 +542,9 @@ impl Storage for RedisStorage {
     }
 
     async fn list_pools(&self) -> Result<Vec<ProxyPool>> {
+        let names = self.pool_names().await?;
         let mut conn = self.conn().await?;
-        let names: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.keys.pools())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cannot read the pool registry"))?;
-        let metas: Vec<String> = names
-            .iter()
-            .filter(|n| validate_pool_name(n).is_ok())
-            .map(|n| self.keys.pool(n).meta())
-            .collect();
+        let metas: Vec<String> = names.iter().map(|n| self.keys.pool(n).meta()).collect();
         let mut pools = Vec::with_capacity(metas.len());
         for h in self.hgetall_many(&mut conn, &metas).await? {
             if let Some(p) = codec::pool_from_hash(&h)? {
@@ -959,16 +949,10 @@ impl Storage for RedisStorage {
     }
 
     async fn cleanup_expired_leases(&self) -> Result<u64> {
+        let names = self.pool_names().await?;
         let mut conn = self.conn().await?;
-        let names: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.keys.pools())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cannot read the pool registry"))?;
         let mut total = 0;
-        for name in names.iter().filter(|n| validate_pool_name(n).is_ok()) {
+        for name in &names {
             total += self.reclaim_pool(&mut conn, &self.keys.pool(name)).await?;
         }
         Ok(total)

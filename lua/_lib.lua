@@ -30,6 +30,13 @@ local EARTH_RADIUS_KM = 6371.0088
 local MAX_U32 = 4294967295
 
 -- Redis time in ms, read once per script.
+-- Redis time read once: milliseconds and microseconds since the epoch.
+local function now_clock()
+  local t = redis.call('TIME')
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return math.floor(us / 1000), us
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

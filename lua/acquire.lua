@@ -5,6 +5,8 @@
 -- KEYS[1]  <ns>:{<pool>}:meta      pool hash (must exist, not being removed)
 -- KEYS[2]  <ns>:{<pool>}:leases    live leases by expiry ms
 -- KEYS[3]  <ns>:{<pool>}:lease:<lease-id>   the new lease record (must not exist)
+-- KEYS[4]  <ns>:{<pool>}:request:<encoded request id>   idempotency key (read and
+--          written only when ARGV[11] is '1')
 -- ARGV[1]  pool prefix `<ns>:{<pool>}:` (KEYS must be built from it)
 -- ARGV[2]  lease id (uuid)                ARGV[3]  consumer id (uuid)
 -- ARGV[4]  consumer name (1..128 bytes)   ARGV[5]  duration ms (1..604800000)
@@ -13,11 +15,16 @@
 -- ARGV[8]  random integer 0..2^31 (random selector start)
 -- ARGV[9]  most expired leases to reclaim in this call (1..100000)
 -- ARGV[10] record grace ms (how long a finished record is kept after expiry)
--- ARGV[11] number n of required index tags, then ARGV[12..11+n] the tags
+-- ARGV[11] '1' when the acquire carries a request id (KEYS[4]), else '0'
+-- ARGV[12] number n of required index tags, then ARGV[13..12+n] the tags
 --          (`<attribute>=<percent-encoded value>`: every match must have them)
 --
 -- Reply: {'OK', proxy_id, pool_id, acquired_at_ms, expires_at_ms, host, port,
---         protocol, has_credentials '0'|'1', username, password}
+--         protocol, has_credentials '0'|'1', username, password, fencing_token}
+--     or {'EXISTING', lease_id}  this request id already got that lease (its
+--                            record still exists): nothing written
+-- The fencing token is max(the pool's last token + 1, Redis time in µs): strictly
+-- increasing per pool (so per proxy), and never reused even by a pool created again.
 --     or {'NONE'}            no available proxy matches
 --     or {'RETRY'}           none found, but more expired leases wait for reclaim:
 --                            run cleanup.lua on the pool and call again
@@ -32,7 +39,7 @@
 -- that, like the next case); other filters (any_of, none_of) walk the smallest
 -- index in batches of 32 until the first match.
 
-local now = now_ms()
+local now, now_us = now_clock()
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], 'meta') or KEYS[2] ~= prefix .. 'leases'
   or KEYS[3] ~= prefix .. 'lease:' .. tostring(ARGV[2]) then
@@ -55,11 +62,16 @@ end
 local rnd = int_in(ARGV[8], 0, 2147483648)
 local reclaim_limit = int_in(ARGV[9], 1, 100000)
 local grace = int_in(ARGV[10], 0, 315360000000)
-local ntags = int_in(ARGV[11], 0, 64)
+local has_request = ARGV[11]
+if has_request ~= '0' and has_request ~= '1' then return fail('bad request flag') end
+if type(KEYS[4]) ~= 'string' or string.sub(KEYS[4], 1, #prefix + 8) ~= prefix .. 'request:' then
+  return fail('bad request key')
+end
+local ntags = int_in(ARGV[12], 0, 64)
 if not rnd or not reclaim_limit or not grace or not ntags then return fail('bad numeric argument') end
 local tags = {}
 for i = 1, ntags do
-  local tag = ARGV[11 + i]
+  local tag = ARGV[12 + i]
   if not is_tag(tag) or tag == 'all' then return fail('bad tag') end
   tags[i] = tag
 end
@@ -90,10 +102,16 @@ local function check_filter(f, depth)
 end
 if filter and not check_filter(filter, 0) then return fail('bad filter') end
 
-local meta = redis.call('HMGET', KEYS[1], 'id', 'removing', 'rr_cursor')
+local meta = redis.call('HMGET', KEYS[1], 'id', 'removing', 'rr_cursor', 'fence')
 local pool_id = meta[1]
 if not pool_id or meta[2] then
   return { 'POOL_NOT_FOUND' }
+end
+if has_request == '1' then
+  local prior = redis.call('GET', KEYS[4])
+  if prior and redis.call('EXISTS', prefix .. 'lease:' .. prior) == 1 then
+    return { 'EXISTING', prior }
+  end
 end
 
 -- ---------------------------------------------------------------- reclaim
@@ -310,10 +328,15 @@ if selector == 'round_robin' then
   redis.call('HSET', KEYS[1], 'rr_cursor', old.seq)
 end
 local expires = now + duration
+local token = math.max((tonumber(meta[4] or '0') or 0) + 1, now_us)
+redis.call('HSET', KEYS[1], 'fence', token)
+if has_request == '1' then
+  redis.call('SET', KEYS[4], lease_id, 'PXAT', expires + grace)
+end
 local record = {
   'id', lease_id, 'pool_id', pool_id, 'proxy_id', id, 'proxy_seq', fmt_int(old.seq),
   'consumer_id', consumer_id, 'consumer', consumer, 'status', 'active',
-  'acquired_at_ms', now, 'expires_at_ms', expires,
+  'acquired_at_ms', now, 'expires_at_ms', expires, 'token', token,
   'host', ep[8], 'port', ep[9], 'protocol', ep[10],
 }
 local has_cred = '0'
@@ -329,4 +352,4 @@ redis.call('PEXPIREAT', KEYS[3], expires + grace)
 redis.call('ZADD', KEYS[2], expires, lease_id .. ':' .. fmt_int(old.seq))
 redis.call('ZADD', prefix .. 'holders', old.seq, lease_id)
 return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[8], ep[9], ep[10], has_cred,
-  ep[11] or '', ep[12] or '' }
+  ep[11] or '', ep[12] or '', fmt_int(token) }

@@ -81,6 +81,23 @@ pub enum Error {
         /// The consumer name that was looked up.
         name: String,
     },
+    /// The lease is no longer held: it was released, it expired (its slot may
+    /// already serve someone else), or no record of it is left.
+    #[error("lease {id} is lost: it {reason}")]
+    LeaseLost {
+        /// The lease.
+        id: Uuid,
+        /// `"was released"`, `"expired"` or `"is unknown"`.
+        reason: &'static str,
+    },
+    /// A fencing token older than one already seen for the same resource.
+    #[error("stale fencing token {token}: the resource has seen {highest}")]
+    StaleFencingToken {
+        /// The token presented.
+        token: u64,
+        /// The highest token the resource has seen.
+        highest: u64,
+    },
     /// The storage backend failed (connection, timeout, protocol, corrupted state).
     #[error("storage backend error: {message}")]
     Backend {

@@ -70,6 +70,11 @@ pub struct Lease {
     pub released_at: Option<DateTime<Utc>>,
     /// How to connect to the leased proxy.
     pub proxy: ProxyEndpoint,
+    /// Fencing token: strictly greater than the token of every lease granted
+    /// before it on the same proxy. Pass it to the resources you touch so they can
+    /// turn away a holder whose lease was lost ([`crate::fencing::FencingGuard`]).
+    #[serde(default)]
+    pub fencing_token: u64,
 }
 
 impl Lease {

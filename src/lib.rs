@@ -58,8 +58,11 @@
 pub mod cli;
 pub mod clock;
 pub mod error;
+pub mod fencing;
 pub mod filters;
 pub mod health;
+#[cfg(feature = "health-check")]
+pub mod health_check;
 pub mod hooks;
 pub mod lease;
 pub mod manager;
@@ -69,6 +72,7 @@ pub mod pool;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod renew;
 pub mod retry;
 pub mod selector;
 pub mod stats;
@@ -83,14 +87,18 @@ pub mod consumer;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consumer::Consumer;
 pub use error::{Error, Result};
+pub use fencing::FencingGuard;
 pub use filters::ProxyFilters;
 pub use health::HealthCheckResult;
+#[cfg(feature = "health-check")]
+pub use health_check::{HealthCheckConfig, HealthChecker};
 pub use hooks::{LeaseEvent, LeaseEventKind, LeaseEventOutcome};
 pub use lease::{Lease, LeaseStatus, ReleaseOutcome};
 pub use manager::{AcquireOptions, LeaseGuard, ProxyManager, ProxyManagerBuilder};
 pub use memory::InMemoryStorage;
 pub use pool::ProxyPool;
 pub use proxy::{Proxy, ProxyBuilder, ProxyCredentials, ProxyEndpoint, ProxyProtocol, ProxyStatus};
+pub use renew::RenewingLease;
 pub use retry::RetryPolicy;
 pub use selector::SelectorStrategy;
 pub use stats::PoolStats;

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::filters::ProxyFilters;
 use crate::hooks::{Hook, LeaseEvent, LeaseEventKind, LeaseEventOutcome};
 use crate::lease::{Lease, ReleaseOutcome};
+use crate::renew::RenewingLease;
 use crate::retry::RetryPolicy;
 use crate::selector::SelectorStrategy;
 use crate::storage::{AcquireRequest, Storage};
@@ -38,6 +39,8 @@ pub struct AcquireOptions {
     pub filters: ProxyFilters,
     /// How to pick; `None` is the manager's default ([`SelectorStrategy::default`] unless configured).
     pub selector: Option<SelectorStrategy>,
+    /// Idempotency key; see [`AcquireRequest::request_id`].
+    pub request_id: Option<String>,
 }
 
 impl AcquireOptions {
@@ -67,6 +70,12 @@ impl AcquireOptions {
     /// Selector.
     pub fn selector(mut self, selector: SelectorStrategy) -> Self {
         self.selector = Some(selector);
+        self
+    }
+    /// Makes the acquire idempotent: a retry with the same id returns the same
+    /// lease instead of a second one (see [`AcquireRequest::request_id`]).
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
         self
     }
 }
@@ -238,6 +247,7 @@ impl<S: Storage> ProxyManager<S> {
             filters: options.filters.clone(),
             selector: options.selector.unwrap_or(self.config.default_selector),
             register_consumer: register,
+            request_id: options.request_id.clone(),
         };
         request.validate()?;
         Ok(request)
@@ -348,6 +358,27 @@ impl<S: Storage> ProxyManager<S> {
             .await;
         }
         result
+    }
+
+    /// Renews a live lease: it now expires `duration` from now (storage time).
+    /// Fails with [`crate::Error::LeaseLost`] if it was released, expired or is
+    /// unknown; stop using the proxy then.
+    pub async fn extend_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
+        self.storage.extend(lease, duration).await
+    }
+
+    /// Acquires a lease that renews itself every third of its duration until it is
+    /// released or dropped; see [`RenewingLease`].
+    pub async fn acquire_renewing(
+        &self,
+        pool_name: &str,
+        options: AcquireOptions,
+    ) -> Result<Option<RenewingLease<S>>> {
+        let duration = options.duration.unwrap_or(self.config.default_duration);
+        Ok(self
+            .acquire_proxy(pool_name, options)
+            .await?
+            .map(|lease| RenewingLease::start(self.clone(), lease, duration)))
     }
 
     /// Gives back the slots of every expired lease in every pool; returns how many.

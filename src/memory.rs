@@ -184,6 +184,11 @@ struct PoolState {
     finished: BTreeSet<(DateTime<Utc>, Uuid)>,
     rr_cursor: Option<u64>,
     stats: PoolStats,
+    /// Last fencing token granted in this pool.
+    fence: u64,
+    /// Idempotent acquires: request id -> lease id, and back (for purging).
+    requests: HashMap<String, Uuid>,
+    request_of: HashMap<Uuid, String>,
 }
 
 impl PoolState {
@@ -200,6 +205,9 @@ impl PoolState {
             finished: BTreeSet::new(),
             rr_cursor: None,
             stats: PoolStats::default(),
+            fence: 0,
+            requests: HashMap::new(),
+            request_of: HashMap::new(),
         }
     }
 
@@ -376,6 +384,9 @@ impl PoolState {
             }
             self.finished.pop_first();
             self.leases.remove(&id);
+            if let Some(request) = self.request_of.remove(&id) {
+                self.requests.remove(&request);
+            }
         }
     }
 
@@ -708,6 +719,11 @@ impl Storage for InMemoryStorage {
             });
         };
         ps.reclaim(now, self.grace);
+        if let Some(request_id) = &request.request_id {
+            if let Some(earlier) = ps.requests.get(request_id).and_then(|id| ps.leases.get(id)) {
+                return Ok(Some(earlier.clone()));
+            }
+        }
         let Some(proxy_id) = ps.select(&request.filters, request.selector, &mut st.rng) else {
             return Ok(None);
         };
@@ -715,7 +731,12 @@ impl Storage for InMemoryStorage {
         let Some(entry) = ps.proxies.get(&proxy_id) else {
             return Err(Error::backend("selected proxy vanished", None));
         };
+        // Strictly increasing per pool (so per proxy), with the clock as a floor so
+        // a pool created again never reuses a token.
+        let floor = u64::try_from(now.timestamp_micros()).unwrap_or(0);
+        ps.fence = (ps.fence + 1).max(floor);
         let lease = Lease {
+            fencing_token: ps.fence,
             id: Uuid::new_v4(),
             proxy_id,
             consumer_id: consumer.id,
@@ -730,6 +751,10 @@ impl Storage for InMemoryStorage {
         };
         ps.live.insert((lease.expires_at, lease.id));
         ps.leases.insert(lease.id, lease.clone());
+        if let Some(request_id) = &request.request_id {
+            ps.requests.insert(request_id.clone(), lease.id);
+            ps.request_of.insert(lease.id, request_id.clone());
+        }
         Ok(Some(lease))
     }
 
@@ -755,6 +780,34 @@ impl Storage for InMemoryStorage {
                 ReleaseOutcome::Released
             }
         })
+    }
+
+    async fn extend(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
+        crate::storage::validate_lease_duration(duration)?;
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let lost = |reason| Error::LeaseLost {
+            id: lease.id,
+            reason,
+        };
+        let Some(ps) = st.pools.get_mut(&lease.pool_name) else {
+            return Err(lost("is unknown"));
+        };
+        ps.reclaim(now, self.grace);
+        let Some(record) = ps.leases.get_mut(&lease.id) else {
+            return Err(lost("is unknown"));
+        };
+        match record.status {
+            LeaseStatus::Released => return Err(lost("was released")),
+            LeaseStatus::Expired => return Err(lost("expired")),
+            LeaseStatus::Active => {}
+        }
+        let old = record.expires_at;
+        record.expires_at = now + to_chrono(duration);
+        let updated = record.clone();
+        ps.live.remove(&(old, lease.id));
+        ps.live.insert((updated.expires_at, lease.id));
+        Ok(updated)
     }
 
     async fn get_lease(&self, pool_name: &str, lease_id: Uuid) -> Result<Option<Lease>> {

@@ -63,6 +63,25 @@ pub struct AcquireRequest {
     /// Register the consumer if it is unknown, instead of failing with
     /// [`Error::ConsumerNotFound`].
     pub register_consumer: bool,
+    /// Caller-chosen id that makes the acquire idempotent: a retry with the same
+    /// id (after a timeout whose outcome is unknown, say) returns the lease the
+    /// first attempt granted, with its current status, instead of a second one.
+    /// Remembered as long as that lease's record (until its expiry plus the record
+    /// grace). 1 to [`MAX_REQUEST_ID_LEN`] printable bytes.
+    pub request_id: Option<String>,
+}
+
+/// Longest [`AcquireRequest::request_id`] accepted, in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Checks an idempotency key: 1 to [`MAX_REQUEST_ID_LEN`] bytes, no control characters.
+pub fn validate_request_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN || id.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "request id must be 1 to {MAX_REQUEST_ID_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
 }
 
 impl AcquireRequest {
@@ -79,7 +98,15 @@ impl AcquireRequest {
             filters: ProxyFilters::default(),
             selector: SelectorStrategy::default(),
             register_consumer: false,
+            request_id: None,
         }
+    }
+
+    /// Makes the acquire idempotent under this id; see [`AcquireRequest::request_id`].
+    #[must_use]
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
     }
 
     /// Sets the filters.
@@ -108,6 +135,9 @@ impl AcquireRequest {
         validate_pool_name(&self.pool_name)?;
         validate_consumer_name(&self.consumer_name)?;
         validate_lease_duration(self.duration)?;
+        if let Some(id) = &self.request_id {
+            validate_request_id(id)?;
+        }
         self.filters.validate()
     }
 }
@@ -187,6 +217,16 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Releases a lease, at most once; see [`ReleaseOutcome`].
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<ReleaseOutcome>> + Send;
+
+    /// Renews a live lease atomically: it now expires `duration` from now
+    /// (storage time). Fails with [`Error::LeaseLost`] when the lease was released,
+    /// has expired (even if not reclaimed yet) or is unknown: the holder must stop
+    /// using the proxy. The returned lease has the new `expires_at`.
+    fn extend(
+        &self,
+        lease: &Lease,
+        duration: std::time::Duration,
+    ) -> impl Future<Output = Result<Lease>> + Send;
 
     /// A lease record (live, or finished within the record grace period).
     fn get_lease(

@@ -159,6 +159,7 @@ fn lease_round_trips_through_json() {
             protocol: ProxyProtocol::Http,
             credentials: None,
         },
+        fencing_token: 7,
     };
     let json = serde_json::to_string(&lease).unwrap();
     assert!(json.contains("\"status\":\"active\""), "{json}");
@@ -223,6 +224,7 @@ fn lease_hands_over_as_compact_msgpack() {
             protocol: ProxyProtocol::Socks5,
             credentials: Some(lighthouse_lease::ProxyCredentials::new("u", "p@ss")),
         },
+        fencing_token: 1_795_683_609_435_123,
     };
     let bytes = lease.to_msgpack().unwrap();
     assert_eq!(Lease::from_msgpack(&bytes).unwrap(), lease);

@@ -182,6 +182,7 @@ pub(crate) fn lease_from_hash(h: &HashMap<String, String>, pool_name: &str) -> R
             protocol,
             credentials,
         },
+        fencing_token: parse_opt::<u64>(h, what, "token")?.unwrap_or(0),
     })
 }
 

@@ -156,6 +156,15 @@ impl PoolKeys {
         format!("{}leased", self.prefix)
     }
 
+    /// Idempotency key of an acquire: `request:<percent-encoded request id>`.
+    pub(crate) fn request(&self, request_id: &str) -> String {
+        format!(
+            "{}request:{}",
+            self.prefix,
+            utf8_percent_encode(request_id, TAG_VALUE)
+        )
+    }
+
     /// Available proxies of an index by insertion sequence (`tag` from [`tag`], or `all`).
     pub(crate) fn avail_seq(&self, tag: &str) -> String {
         format!("{}avail:seq:{}", self.prefix, tag)

@@ -47,6 +47,10 @@ lua_script!(
     RELEASE, "release.lua"
 );
 lua_script!(
+    /// Renew a live lease.
+    EXTEND, "extend.lua"
+);
+lua_script!(
     /// Expire one pool's due leases, in a bounded batch.
     CLEANUP, "cleanup.lua"
 );
@@ -84,10 +88,11 @@ lua_script!(
 );
 
 /// Every script, for [`crate::redis::RedisStorage::load_scripts`].
-pub(crate) fn all() -> [&'static Script; 11] {
+pub(crate) fn all() -> [&'static Script; 12] {
     [
         &ACQUIRE,
         &RELEASE,
+        &EXTEND,
         &CLEANUP,
         &PROXY_ADD,
         &PROXY_UPDATE,

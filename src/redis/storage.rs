@@ -803,6 +803,7 @@ impl Storage for RedisStorage {
             let mut inv = scripts::ACQUIRE.key(pk.meta());
             inv.key(pk.leases())
                 .key(pk.lease(lease_id))
+                .key(pk.request(request.request_id.as_deref().unwrap_or("")))
                 .arg(pk.prefix())
                 .arg(lease_id.to_string())
                 .arg(consumer_id.to_string())
@@ -813,6 +814,11 @@ impl Storage for RedisStorage {
                 .arg(fastrand::u32(..1 << 31))
                 .arg(self.config.reclaim_batch)
                 .arg(self.grace_ms)
+                .arg(if request.request_id.is_some() {
+                    "1"
+                } else {
+                    "0"
+                })
                 .arg(tags.len())
                 .arg(&tags);
             let reply: Vec<String> = inv
@@ -824,6 +830,14 @@ impl Storage for RedisStorage {
                     return lease_from_acquire(&reply, lease_id, consumer_id, request).map(Some)
                 }
                 Some("NONE") => return Ok(None),
+                Some("EXISTING") => {
+                    let id = reply
+                        .get(1)
+                        .map(|s| parse_uuid(s))
+                        .transpose()?
+                        .ok_or_else(|| reply_error("acquire.lua", &reply))?;
+                    return self.get_lease(&request.pool_name, id).await;
+                }
                 Some("POOL_NOT_FOUND") => {
                     return Err(Error::PoolNotFound {
                         name: request.pool_name.clone(),
@@ -836,6 +850,48 @@ impl Storage for RedisStorage {
             }
         }
         Ok(None)
+    }
+
+    async fn extend(&self, lease: &Lease, duration: std::time::Duration) -> Result<Lease> {
+        crate::storage::validate_lease_duration(duration)?;
+        let lost = |reason| Error::LeaseLost {
+            id: lease.id,
+            reason,
+        };
+        if validate_pool_name(&lease.pool_name).is_err() {
+            return Err(lost("is unknown"));
+        }
+        let pk = self.keys.pool(&lease.pool_name);
+        let mut conn = self.conn().await?;
+        let duration_ms = u64::try_from(duration.as_millis())
+            .map_err(|_| Error::InvalidArgument("lease duration overflows".into()))?;
+        let reply: Vec<String> = scripts::EXTEND
+            .key(pk.meta())
+            .key(pk.leases())
+            .key(pk.lease(lease.id))
+            .arg(pk.prefix())
+            .arg(lease.id.to_string())
+            .arg(duration_ms)
+            .arg(self.grace_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("extend script failed"))?;
+        match (
+            reply.first().map(String::as_str),
+            reply.get(1).map(String::as_str),
+        ) {
+            (Some("OK"), Some(ms)) => {
+                let ms: i64 = ms.parse().map_err(|_| reply_error("extend.lua", &reply))?;
+                let mut renewed = lease.clone();
+                renewed.status = LeaseStatus::Active;
+                renewed.expires_at = codec::ms_to_time(ms)?;
+                Ok(renewed)
+            }
+            (Some("LOST"), Some("released")) => Err(lost("was released")),
+            (Some("LOST"), Some("expired")) => Err(lost("expired")),
+            (Some("LOST"), _) => Err(lost("is unknown")),
+            _ => Err(reply_error("extend.lua", &reply)),
+        }
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
@@ -978,7 +1034,7 @@ fn lease_from_acquire(
     consumer_id: Uuid,
     request: &AcquireRequest,
 ) -> Result<Lease> {
-    let [_, proxy_id, pool_id, acquired, expires, host, port, protocol, has_cred, user, pass] =
+    let [_, proxy_id, pool_id, acquired, expires, host, port, protocol, has_cred, user, pass, token] =
         reply
     else {
         return Err(reply_error("acquire.lua", reply));
@@ -1008,6 +1064,9 @@ fn lease_from_acquire(
             credentials: (has_cred == "1")
                 .then(|| crate::proxy::ProxyCredentials::new(user.clone(), pass.clone())),
         },
+        fencing_token: token
+            .parse()
+            .map_err(|_| reply_error("acquire.lua", reply))?,
     })
 }
 

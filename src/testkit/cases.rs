@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::Harness;
 use crate::error::Error;
+use crate::fencing::FencingGuard;
 use crate::filters::ProxyFilters;
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome};
@@ -1278,4 +1279,209 @@ pub async fn duplicate_pool_is_rejected<H: Harness>(h: &H) {
     );
     let pools = m.storage().list_pools().await.unwrap();
     assert_eq!(pools, vec![pool]);
+}
+
+/// Fencing tokens strictly increase for a proxy across releases, expiries and
+/// cleanups, and are never reused across proxies of a pool.
+pub async fn fencing_tokens_strictly_increase<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let p = add(&m, proxy(&pool, 1).max_concurrency(2)).await;
+    add(&m, proxy(&pool, 2).max_concurrency(2)).await;
+    let mut last_for_p = 0;
+    let mut seen = HashSet::new();
+    let short = h.short_lease();
+    for round in 0..3 {
+        let a = take_some(&m, as_worker().selector(SelectorStrategy::FirstAvailable)).await;
+        let b = take_some(&m, as_worker().selector(SelectorStrategy::FirstAvailable)).await;
+        let c = take_some(&m, as_worker().duration(short)).await;
+        for l in [&a, &b, &c] {
+            assert!(l.fencing_token > 0);
+            assert!(
+                seen.insert(l.fencing_token),
+                "token {} reused",
+                l.fencing_token
+            );
+        }
+        assert_eq!((a.proxy_id, b.proxy_id), (p.id, p.id));
+        assert!(
+            a.fencing_token > last_for_p && b.fencing_token > a.fencing_token,
+            "round {round}"
+        );
+        last_for_p = b.fencing_token;
+        m.release_proxy(&a).await.unwrap();
+        m.release_proxy(&b).await.unwrap();
+        if round == 1 {
+            h.advance(m.storage(), short + short / 2).await;
+            assert_eq!(m.cleanup_expired_leases().await.unwrap(), 1);
+        } else {
+            m.release_proxy(&c).await.unwrap();
+        }
+    }
+    let listed = m
+        .storage()
+        .get_lease(POOL, take_some(&m, as_worker()).await.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        listed.fencing_token > last_for_p,
+        "stored records carry the token"
+    );
+}
+
+/// `extend` keeps a live lease past its first expiry.
+pub async fn extend_renews_a_live_lease<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let p = add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let short = h.short_lease();
+    let lease = take_some(&m, as_worker().duration(short)).await;
+    let renewed = m.extend_lease(&lease, short * 4).await.unwrap();
+    assert!(renewed.expires_at > lease.expires_at);
+    assert_eq!(
+        (renewed.id, renewed.fencing_token),
+        (lease.id, lease.fencing_token)
+    );
+    h.advance(m.storage(), short + short / 2).await;
+    assert_eq!(
+        m.cleanup_expired_leases().await.unwrap(),
+        0,
+        "renewed: not expired"
+    );
+    assert_eq!(take(&m, as_worker()).await, None, "still held");
+    assert_eq!(leases_of(&m, p.id).await, 1);
+    let rec = m
+        .storage()
+        .get_lease(POOL, lease.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.expires_at, renewed.expires_at);
+    assert_eq!(
+        m.release_proxy(&renewed).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+    assert!(matches!(
+        m.extend_lease(&lease, std::time::Duration::ZERO).await,
+        Err(Error::InvalidDuration { .. })
+    ));
+}
+
+/// `extend` of a released, expired or unknown lease fails with `LeaseLost`.
+pub async fn extend_of_a_lost_lease_fails<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    add(&m, proxy(&pool, 1).max_concurrency(2)).await;
+    let short = h.short_lease();
+    let released = take_some(&m, as_worker()).await;
+    m.release_proxy(&released).await.unwrap();
+    let err = m.extend_lease(&released, short).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LeaseLost {
+                reason: "was released",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let expired = take_some(&m, as_worker().duration(short)).await;
+    h.advance(m.storage(), short + short / 2).await;
+    let err = m.extend_lease(&expired, short).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LeaseLost {
+                reason: "expired",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut unknown = expired.clone();
+    unknown.id = Uuid::new_v4();
+    assert!(matches!(
+        m.extend_lease(&unknown, short).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    // The lost lease's slot comes back once: by the extend (if the storage
+    // reclaims there) or by this cleanup.
+    assert!(m.cleanup_expired_leases().await.unwrap() <= 1);
+    assert_eq!(m.cleanup_expired_leases().await.unwrap(), 0);
+    assert_eq!(stats(&m).await.total_leases, 0);
+}
+
+/// A holder that paused past its expiry while another worker took the proxy:
+/// its extend and release report the loss, and its token is stale.
+pub async fn lost_lease_is_reported_and_its_token_is_stale<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let p = add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let short = h.short_lease();
+    let resource = FencingGuard::new();
+    let first = take_some(&m, as_worker().duration(short)).await;
+    resource.check_lease(&first).unwrap();
+    h.advance(m.storage(), short + short / 2).await; // the first holder "pauses"
+    let second = take_some(&m, as_worker()).await;
+    assert_eq!(second.proxy_id, p.id);
+    assert!(second.fencing_token > first.fencing_token);
+    resource.check_lease(&second).unwrap();
+    // The first holder wakes up.
+    assert!(matches!(
+        m.extend_lease(&first, short).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert_eq!(
+        m.release_proxy(&first).await.unwrap(),
+        ReleaseOutcome::Expired
+    );
+    let err = resource.check_lease(&first).unwrap_err();
+    assert!(
+        matches!(err, Error::StaleFencingToken { token, highest } if token == first.fencing_token && highest == second.fencing_token)
+    );
+    assert_eq!(
+        leases_of(&m, p.id).await,
+        1,
+        "the second holder keeps its slot"
+    );
+    assert_eq!(
+        m.release_proxy(&second).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+}
+
+/// A retry with the same request id returns the same lease, not a second one.
+pub async fn idempotent_acquire_returns_the_same_lease<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let p = add(&m, proxy(&pool, 1).max_concurrency(3)).await;
+    let first = take_some(&m, as_worker().request_id("job-42/attempt")).await;
+    let retry = take_some(&m, as_worker().request_id("job-42/attempt")).await;
+    assert_eq!(
+        (retry.id, retry.fencing_token, &retry.proxy),
+        (first.id, first.fencing_token, &first.proxy)
+    );
+    assert_eq!(
+        leases_of(&m, p.id).await,
+        1,
+        "the retry took no second slot"
+    );
+    let other = take_some(&m, as_worker().request_id("job-43")).await;
+    assert_ne!(other.id, first.id);
+    assert_eq!(leases_of(&m, p.id).await, 2);
+    m.release_proxy(&first).await.unwrap();
+    let after = take_some(&m, as_worker().request_id("job-42/attempt")).await;
+    assert_eq!(after.id, first.id, "still the same lease, now released");
+    assert_eq!(after.status, LeaseStatus::Released);
+    assert_eq!(leases_of(&m, p.id).await, 1);
+    for bad in ["", "a\nb"] {
+        let err = m
+            .acquire_proxy(POOL, as_worker().request_id(bad))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err:?}");
+    }
+    let long = "r".repeat(crate::storage::MAX_REQUEST_ID_LEN + 1);
+    assert!(matches!(
+        m.acquire_proxy(POOL, as_worker().request_id(long)).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(leases_of(&m, p.id).await, 1);
 }

@@ -121,6 +121,11 @@ macro_rules! conformance_suite {
             bad_proxy_fields_are_rejected,
             bulk_add_is_all_or_nothing,
             duplicate_pool_is_rejected,
+            fencing_tokens_strictly_increase,
+            extend_renews_a_live_lease,
+            extend_of_a_lost_lease_fails,
+            lost_lease_is_reported_and_its_token_is_stale,
+            idempotent_acquire_returns_the_same_lease,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -11,6 +11,7 @@
 --   meta                 hash   pool id, name, description, counters, cursors
 --   proxies              zset   every proxy id, scored by insertion sequence
 --   leases               zset   live leases `<lease-id>:<proxy-seq>`, scored by expiry ms
+--   cooldown             zset   proxies cooling down after a failure, by cooldown end ms
 --   holders              zset   the same live leases `<lease-id>`, scored by proxy sequence
 --                               (ZCOUNT holders s s = a proxy's live leases, for audits)
 --   tags                 set    every index tag ever used in the pool
@@ -116,7 +117,7 @@ local PROXY_STATUS = { active = true, inactive = true, slow = true, banned = tru
 -- What the counters and indexes need to know about a proxy: the first 7 values
 -- of `HMGET <proxy> unpack(SNAPSHOT_FIELDS)`.
 local SNAPSHOT_FIELDS = { 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
-  'latitude', 'longitude' }
+  'latitude', 'longitude', 'cooldown_until_ms' }
 
 local function snapshot_of(v)
   if not v[4] then
@@ -130,9 +131,10 @@ local function snapshot_of(v)
     tags = v[5] or '',
     lat = v[6] or nil,
     lon = v[7] or nil,
+    cooling = v[8] and true or false,
   }
   s.active = s.status == 'active'
-  s.available = s.active and (s.max == nil or s.leases < s.max)
+  s.available = s.active and not s.cooling and (s.max == nil or s.leases < s.max)
   return s
 end
 
@@ -143,9 +145,17 @@ end
 local function with_leases(s, leases)
   return {
     status = s.status, max = s.max, leases = leases, seq = s.seq, tags = s.tags,
-    lat = s.lat, lon = s.lon, active = s.active,
-    available = s.active and (s.max == nil or leases < s.max),
+    lat = s.lat, lon = s.lon, active = s.active, cooling = s.cooling,
+    available = s.active and not s.cooling and (s.max == nil or leases < s.max),
   }
+end
+
+-- The same proxy state with its cooldown on or off.
+local function with_cooling(s, cooling)
+  local t = with_leases(s, s.leases)
+  t.cooling = cooling
+  t.available = t.active and not cooling and (t.max == nil or t.leases < t.max)
+  return t
 end
 
 local function each_tag(tags, f)
@@ -287,4 +297,20 @@ local function reclaim(prefix, now, limit, grace)
     more = redis.call('ZCOUNT', live, '-inf', now) > 0
   end
   return n, more
+end
+
+-- Lifts up to `limit` cooldowns that are over (the `cooldown` zset is scored by
+-- their end): the proxies become available again. Returns how many.
+local function lift_cooldowns(prefix, now, limit)
+  local key = prefix .. 'cooldown'
+  local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', key, id)
+    local s = snapshot(prefix, id)
+    if s and s.cooling then
+      redis.call('HDEL', prefix .. 'proxy:' .. id, 'cooldown_until_ms')
+      account(prefix, id, s, with_cooling(s, false))
+    end
+  end
+  return #due
 end

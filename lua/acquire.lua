@@ -116,6 +116,7 @@ end
 
 -- ---------------------------------------------------------------- reclaim
 local _, more = reclaim(prefix, now, reclaim_limit, grace)
+lift_cooldowns(prefix, now, 16)
 
 -- ---------------------------------------------------------------- matching
 local function haversine_km(lat1, lon1, lat2, lon2)
@@ -309,7 +310,8 @@ for _ = 1, 4 do
   end
   pkey = prefix .. 'proxy:' .. id
   ep = redis.call('HMGET', pkey, 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
-    'latitude', 'longitude', 'host', 'port', 'protocol', 'username', 'password')
+    'latitude', 'longitude', 'cooldown_until_ms', 'host', 'port', 'protocol', 'username',
+    'password')
   old = snapshot_of(ep)
   if old and old.available then break end
   if old then
@@ -337,19 +339,19 @@ local record = {
   'id', lease_id, 'pool_id', pool_id, 'proxy_id', id, 'proxy_seq', fmt_int(old.seq),
   'consumer_id', consumer_id, 'consumer', consumer, 'status', 'active',
   'acquired_at_ms', now, 'expires_at_ms', expires, 'token', token,
-  'host', ep[8], 'port', ep[9], 'protocol', ep[10],
+  'host', ep[9], 'port', ep[10], 'protocol', ep[11],
 }
 local has_cred = '0'
-if ep[11] then
+if ep[12] then
   has_cred = '1'
   record[#record + 1] = 'username'
-  record[#record + 1] = ep[11]
+  record[#record + 1] = ep[12]
   record[#record + 1] = 'password'
-  record[#record + 1] = ep[12] or ''
+  record[#record + 1] = ep[13] or ''
 end
 redis.call('HSET', KEYS[3], unpack(record))
 redis.call('PEXPIREAT', KEYS[3], expires + grace)
 redis.call('ZADD', KEYS[2], expires, lease_id .. ':' .. fmt_int(old.seq))
 redis.call('ZADD', prefix .. 'holders', old.seq, lease_id)
-return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[8], ep[9], ep[10], has_cred,
-  ep[11] or '', ep[12] or '', fmt_int(token) }
+return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[9], ep[10], ep[11], has_cred,
+  ep[12] or '', ep[13] or '', fmt_int(token) }

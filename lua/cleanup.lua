@@ -1,4 +1,5 @@
--- cleanup.lua: expire one pool's due leases, in a bounded batch.
+-- cleanup.lua: expire one pool's due leases, in a bounded batch (and lift the
+-- cooldowns that are over, as many).
 --
 -- KEYS[1]  <ns>:{<pool>}:meta
 -- KEYS[2]  <ns>:{<pool>}:leases   live leases by expiry ms
@@ -22,5 +23,6 @@ local limit = int_in(ARGV[2], 1, 100000)
 local grace = int_in(ARGV[3], 0, 315360000000)
 if not limit or not grace then return fail('bad numeric argument') end
 if redis.call('EXISTS', KEYS[1]) == 0 then return { 0, 0 } end
+lift_cooldowns(prefix, now, limit)
 local n, more = reclaim(prefix, now, limit, grace)
 return { n, b(more) }

@@ -70,7 +70,7 @@ if budget > 0 then
 end
 if budget > 0 then
   redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], prefix .. 'tags', prefix .. 'holders',
-    prefix .. 'active', prefix .. 'leased',
+    prefix .. 'active', prefix .. 'leased', prefix .. 'cooldown',
     prefix .. 'avail:seq:all',
     prefix .. 'avail:load:all', prefix .. 'avail:geo', prefix .. 'avail:polar')
   out[1] = 'DONE'

@@ -28,6 +28,7 @@ for _, lease_id in ipairs(holders) do
   redis.call('ZREM', prefix .. 'holders', lease_id)
   redis.call('ZREM', prefix .. 'leases', lease_id .. ':' .. fmt_int(old.seq))
 end
+redis.call('ZREM', prefix .. 'cooldown', ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[3])
 return 1

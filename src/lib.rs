@@ -57,6 +57,7 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod clock;
+pub mod cooldown;
 pub mod error;
 pub mod fencing;
 pub mod filters;
@@ -86,6 +87,7 @@ pub mod consumer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consumer::Consumer;
+pub use cooldown::CooldownPolicy;
 pub use error::{Error, Result};
 pub use fencing::FencingGuard;
 pub use filters::ProxyFilters;
@@ -94,7 +96,7 @@ pub use health::HealthCheckResult;
 pub use health_check::{HealthCheckConfig, HealthChecker};
 pub use hooks::{LeaseEvent, LeaseEventKind, LeaseEventOutcome};
 pub use lease::{Lease, LeaseStatus, ReleaseOutcome};
-pub use manager::{AcquireOptions, LeaseGuard, ProxyManager, ProxyManagerBuilder};
+pub use manager::{AcquireOptions, LeaseGuard, ProxyManager, ProxyManagerBuilder, ProxyRef};
 pub use memory::InMemoryStorage;
 pub use pool::ProxyPool;
 pub use proxy::{Proxy, ProxyBuilder, ProxyCredentials, ProxyEndpoint, ProxyProtocol, ProxyStatus};

@@ -80,8 +80,33 @@ impl AcquireOptions {
     }
 }
 
+/// Anything that names a proxy: a [`Lease`], a [`crate::Proxy`] or a proxy id.
+pub trait ProxyRef {
+    /// The proxy's id.
+    fn proxy_id(&self) -> uuid::Uuid;
+}
+
+impl ProxyRef for Lease {
+    fn proxy_id(&self) -> uuid::Uuid {
+        self.proxy_id
+    }
+}
+
+impl ProxyRef for crate::proxy::Proxy {
+    fn proxy_id(&self) -> uuid::Uuid {
+        self.id
+    }
+}
+
+impl ProxyRef for uuid::Uuid {
+    fn proxy_id(&self) -> uuid::Uuid {
+        *self
+    }
+}
+
 #[derive(Clone)]
 struct Config {
+    cooldown: crate::cooldown::CooldownPolicy,
     auto_register_consumers: bool,
     default_duration: Duration,
     default_selector: SelectorStrategy,
@@ -176,6 +201,13 @@ impl<S: Storage> ProxyManagerBuilder<S> {
         self.config.default_selector = s;
         self
     }
+    /// How proxies rest after reported failures (default [`CooldownPolicy::default`]).
+    ///
+    /// [`CooldownPolicy::default`]: crate::cooldown::CooldownPolicy
+    pub fn cooldown_policy(mut self, policy: crate::cooldown::CooldownPolicy) -> Self {
+        self.config.cooldown = policy;
+        self
+    }
     /// Calls `hook` after every acquire and release. With at least one hook the
     /// manager reads the pool's stats after each call to put them in the event.
     pub fn hook(mut self, hook: impl Fn(&LeaseEvent) + Send + Sync + 'static) -> Self {
@@ -217,6 +249,7 @@ impl<S: Storage> ProxyManager<S> {
         ProxyManagerBuilder {
             storage,
             config: Config {
+                cooldown: crate::cooldown::CooldownPolicy::default(),
                 auto_register_consumers: false,
                 default_duration: Self::DEFAULT_LEASE_DURATION,
                 default_selector: SelectorStrategy::default(),
@@ -379,6 +412,27 @@ impl<S: Storage> ProxyManager<S> {
             .acquire_proxy(pool_name, options)
             .await?
             .map(|lease| RenewingLease::start(self.clone(), lease, duration)))
+    }
+
+    /// Reports that a proxy worked (after a lease, say): resets its failure count
+    /// and lifts a cooldown. Returns the proxy as stored.
+    pub async fn report_success(&self, target: &impl ProxyRef) -> Result<crate::proxy::Proxy> {
+        self.storage.report_success(target.proxy_id()).await
+    }
+
+    /// Reports that a proxy failed (blocked, timed out, ...): it cools down for a
+    /// backoff that grows with each failure in a row, and is banned after
+    /// [`CooldownPolicy::ban_after`](crate::cooldown::CooldownPolicy::ban_after)
+    /// of them; see [`ProxyManagerBuilder::cooldown_policy`]. Returns the proxy as
+    /// stored (`cooldown_until`, `consecutive_failures`, `status`).
+    pub async fn report_failure(
+        &self,
+        target: &impl ProxyRef,
+        reason: &str,
+    ) -> Result<crate::proxy::Proxy> {
+        self.storage
+            .report_failure(target.proxy_id(), reason, &self.config.cooldown)
+            .await
     }
 
     /// Gives back the slots of every expired lease in every pool; returns how many.

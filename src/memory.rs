@@ -186,6 +186,8 @@ struct PoolState {
     stats: PoolStats,
     /// Last fencing token granted in this pool.
     fence: u64,
+    /// Proxies cooling down after a failure, by the end of their cooldown.
+    cooling: BTreeSet<(DateTime<Utc>, Uuid)>,
     /// Idempotent acquires: request id -> lease id, and back (for purging).
     requests: HashMap<String, Uuid>,
     request_of: HashMap<Uuid, String>,
@@ -206,6 +208,7 @@ impl PoolState {
             rr_cursor: None,
             stats: PoolStats::default(),
             fence: 0,
+            cooling: BTreeSet::new(),
             requests: HashMap::new(),
             request_of: HashMap::new(),
         }
@@ -321,6 +324,9 @@ impl PoolState {
 
     fn insert_proxy(&mut self, mut proxy: Proxy) {
         proxy.current_leases = 0;
+        proxy.consecutive_failures = 0;
+        proxy.cooldown_until = None;
+        proxy.last_failure = None;
         let seq = self.next_seq;
         self.next_seq += 1;
         let id = proxy.id;
@@ -330,8 +336,16 @@ impl PoolState {
         self.account(id, true, true);
     }
 
-    /// Expires every live lease whose time has come; returns how many.
+    /// Expires every live lease whose time has come (and lifts the cooldowns
+    /// that are over); returns how many leases.
     fn reclaim(&mut self, now: DateTime<Utc>, grace: chrono::Duration) -> u64 {
+        while let Some(&(until, id)) = self.cooling.first() {
+            if until > now {
+                break;
+            }
+            self.cooling.pop_first();
+            self.change_proxy(id, |p| p.cooldown_until = None);
+        }
         let mut n = 0;
         while let Some(&(at, id)) = self.live.first() {
             if at > now {
@@ -609,6 +623,9 @@ impl Storage for InMemoryStorage {
         let id = proxy.id;
         st.pool_mut(&name)?.replace_proxy(id, move |p| {
             proxy.current_leases = p.current_leases;
+            proxy.consecutive_failures = p.consecutive_failures;
+            proxy.cooldown_until = p.cooldown_until;
+            proxy.last_failure = p.last_failure.take();
             *p = proxy;
         });
         st.proxy_snapshot(id)
@@ -639,6 +656,7 @@ impl Storage for InMemoryStorage {
             ps.leases.remove(id);
         }
         ps.live.retain(|(_, id)| !gone.iter().any(|(g, _)| g == id));
+        ps.cooling.retain(|(_, id)| *id != proxy_id);
         ps.finished
             .retain(|(_, id)| !gone.iter().any(|(g, _)| g == id));
         Ok(true)
@@ -851,6 +869,55 @@ impl Storage for InMemoryStorage {
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
         Ok(ps.stats)
+    }
+
+    async fn report_success(&self, proxy_id: Uuid) -> Result<Proxy> {
+        let mut st = self.lock();
+        let name = st.pool_name_of_proxy(proxy_id)?;
+        let ps = st.pool_mut(&name)?;
+        ps.cooling.retain(|(_, id)| *id != proxy_id);
+        ps.change_proxy(proxy_id, |p| {
+            p.consecutive_failures = 0;
+            p.cooldown_until = None;
+        });
+        st.proxy_snapshot(proxy_id)
+    }
+
+    async fn report_failure(
+        &self,
+        proxy_id: Uuid,
+        reason: &str,
+        policy: &crate::cooldown::CooldownPolicy,
+    ) -> Result<Proxy> {
+        policy.validate()?;
+        crate::storage::validate_failure_reason(reason)?;
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let name = st.pool_name_of_proxy(proxy_id)?;
+        let random = st.rng.f64();
+        let ps = st.pool_mut(&name)?;
+        ps.cooling.retain(|(_, id)| *id != proxy_id);
+        let mut cool_until = None;
+        ps.change_proxy(proxy_id, |p| {
+            p.consecutive_failures = p.consecutive_failures.saturating_add(1);
+            p.last_failure = Some(reason.to_string());
+            if policy
+                .ban_after
+                .is_some_and(|n| p.consecutive_failures >= n)
+            {
+                p.status = ProxyStatus::Banned;
+                p.cooldown_until = None;
+            } else {
+                let until = now + to_chrono(policy.delay(p.consecutive_failures, random));
+                p.cooldown_until = Some(until);
+                cool_until = Some(until);
+            }
+        });
+        if let Some(until) = cool_until {
+            ps.cooling.insert((until, proxy_id));
+        }
+        st.proxy_snapshot(proxy_id)
     }
 
     async fn apply_health_check(&self, result: &HealthCheckResult) -> Result<Proxy> {

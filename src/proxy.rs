@@ -273,6 +273,17 @@ pub struct Proxy {
     pub longitude: Option<f64>,
     /// When a health check last looked at it.
     pub checked_at: Option<DateTime<Utc>>,
+    /// Failures reported in a row since the last success (kept by the storage).
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Set while the proxy cools down after a reported failure: it is not leased
+    /// until the storage lifts the cooldown, at the first acquire or cleanup after
+    /// this time (kept by the storage).
+    #[serde(default)]
+    pub cooldown_until: Option<DateTime<Utc>>,
+    /// The reason given with the last reported failure (kept by the storage).
+    #[serde(default)]
+    pub last_failure: Option<String>,
 }
 
 impl Proxy {
@@ -297,6 +308,9 @@ impl Proxy {
                 latitude: None,
                 longitude: None,
                 checked_at: None,
+                consecutive_failures: 0,
+                cooldown_until: None,
+                last_failure: None,
             },
         }
     }
@@ -322,9 +336,9 @@ impl Proxy {
             .is_none_or(|max| self.current_leases < max)
     }
 
-    /// Whether an acquire may pick it now: active and not full.
+    /// Whether an acquire may pick it now: active, not full, not cooling down.
     pub fn is_available(&self) -> bool {
-        self.status == ProxyStatus::Active && self.has_capacity()
+        self.status == ProxyStatus::Active && self.has_capacity() && self.cooldown_until.is_none()
     }
 
     /// Brings fields to their canonical form (upper-case country, host without

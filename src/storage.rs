@@ -71,6 +71,20 @@ pub struct AcquireRequest {
     pub request_id: Option<String>,
 }
 
+/// Longest failure reason accepted by [`Storage::report_failure`], in bytes.
+pub const MAX_FAILURE_REASON_LEN: usize = 256;
+
+/// Checks a failure reason: at most [`MAX_FAILURE_REASON_LEN`] bytes, no control
+/// characters.
+pub fn validate_failure_reason(reason: &str) -> Result<()> {
+    if reason.len() > MAX_FAILURE_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "failure reason must be at most {MAX_FAILURE_REASON_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Longest [`AcquireRequest::request_id`] accepted, in bytes.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -244,6 +258,21 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Occupancy of a pool.
     fn pool_stats(&self, pool_name: &str) -> impl Future<Output = Result<PoolStats>> + Send;
+
+    /// Records a success with a proxy: resets its failure count and lifts a
+    /// cooldown. Returns the proxy as stored.
+    fn report_success(&self, proxy_id: Uuid) -> impl Future<Output = Result<Proxy>> + Send;
+
+    /// Records a failure with a proxy: counts it, and either puts the proxy in
+    /// cooldown for `policy.delay(n, random)` (it is not leased meanwhile and
+    /// comes back by itself) or, at `policy.ban_after` failures in a row, sets its
+    /// status to `banned`. Returns the proxy as stored.
+    fn report_failure(
+        &self,
+        proxy_id: Uuid,
+        reason: &str,
+        policy: &crate::cooldown::CooldownPolicy,
+    ) -> impl Future<Output = Result<Proxy>> + Send;
 
     /// Applies a health check: sets the proxy's status and `checked_at`.
     fn apply_health_check(

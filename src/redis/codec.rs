@@ -134,6 +134,11 @@ pub(crate) fn proxy_from_hash(h: &HashMap<String, String>) -> Result<Proxy> {
         latitude: parse_opt(h, what, "latitude")?,
         longitude: parse_opt(h, what, "longitude")?,
         checked_at,
+        consecutive_failures: parse_opt(h, what, "consecutive_failures")?.unwrap_or(0),
+        cooldown_until: parse_opt::<i64>(h, what, "cooldown_until_ms")?
+            .map(ms_to_time)
+            .transpose()?,
+        last_failure: h.get("last_failure").cloned(),
     })
 }
 

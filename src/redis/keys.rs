@@ -146,6 +146,11 @@ impl PoolKeys {
         format!("{}holders", self.prefix)
     }
 
+    /// Proxies cooling down after a failure, scored by the end of the cooldown (ms).
+    pub(crate) fn cooldown(&self) -> String {
+        format!("{}cooldown", self.prefix)
+    }
+
     /// Proxies whose status is active.
     pub(crate) fn active(&self) -> String {
         format!("{}active", self.prefix)

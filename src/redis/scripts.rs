@@ -83,12 +83,16 @@ lua_script!(
     POOL_REMOVE, "pool_remove.lua"
 );
 lua_script!(
+    /// Record a success or a failure: cooldown and ban.
+    REPORT, "report.lua"
+);
+lua_script!(
     /// Compare proxies' lease counters with their live leases and repair drift.
     AUDIT, "audit.lua"
 );
 
 /// Every script, for [`crate::redis::RedisStorage::load_scripts`].
-pub(crate) fn all() -> [&'static Script; 12] {
+pub(crate) fn all() -> [&'static Script; 13] {
     [
         &ACQUIRE,
         &RELEASE,
@@ -102,5 +106,6 @@ pub(crate) fn all() -> [&'static Script; 12] {
         &POOL_UPDATE,
         &POOL_REMOVE,
         &AUDIT,
+        &REPORT,
     ]
 }

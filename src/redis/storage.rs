@@ -318,6 +318,61 @@ impl RedisStorage {
         }
     }
 
+    /// Runs `report.lua` for a success (`policy` = None) or a failure.
+    async fn report(
+        &self,
+        proxy_id: Uuid,
+        failure: Option<(&str, &crate::cooldown::CooldownPolicy)>,
+    ) -> Result<Proxy> {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (mode, reason, base, cap, jitter, ban) = match failure {
+            None => ("success", "", 1, 1, 0, 0),
+            Some((reason, policy)) => {
+                policy.validate()?;
+                crate::storage::validate_failure_reason(reason)?;
+                (
+                    "failure",
+                    reason,
+                    ms(policy.base),
+                    ms(policy.cap),
+                    (policy.jitter * 1000.0).round() as u64,
+                    policy.ban_after.unwrap_or(0),
+                )
+            }
+        };
+        let mut conn = self.conn().await?;
+        let pool = self
+            .pool_of_proxy(&mut conn, proxy_id)
+            .await?
+            .ok_or(Error::ProxyNotFound { id: proxy_id })?;
+        let pk = self.keys.pool(&pool);
+        let reply: Vec<String> = scripts::REPORT
+            .key(pk.meta())
+            .key(pk.proxy(proxy_id))
+            .key(pk.cooldown())
+            .arg(pk.prefix())
+            .arg(proxy_id.to_string())
+            .arg(mode)
+            .arg(base)
+            .arg(cap)
+            .arg(jitter)
+            .arg(fastrand::u32(0..=1_000_000))
+            .arg(ban)
+            .arg(reason)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("report script failed"))?;
+        match reply.first().map(String::as_str) {
+            Some("OK") => {}
+            Some("NOT_FOUND") => return Err(Error::ProxyNotFound { id: proxy_id }),
+            _ => return Err(reply_error("report.lua", &reply)),
+        }
+        drop(conn);
+        self.get_proxy(proxy_id)
+            .await?
+            .ok_or(Error::ProxyNotFound { id: proxy_id })
+    }
+
     /// Validates, checks and adds proxies (`bulk` decorates field errors with the
     /// proxy's position, like [`crate::InMemoryStorage::add_proxies`]).
     async fn add_many(&self, mut proxies: Vec<Proxy>, bulk: bool) -> Result<Vec<Proxy>> {
@@ -1020,6 +1075,19 @@ impl Storage for RedisStorage {
         let mut conn = self.conn().await?;
         self.reclaim_pool(&mut conn, &pk).await?;
         self.read_stats(&mut conn, &pk, pool_name).await
+    }
+
+    async fn report_success(&self, proxy_id: Uuid) -> Result<Proxy> {
+        self.report(proxy_id, None).await
+    }
+
+    async fn report_failure(
+        &self,
+        proxy_id: Uuid,
+        reason: &str,
+        policy: &crate::cooldown::CooldownPolicy,
+    ) -> Result<Proxy> {
+        self.report(proxy_id, Some((reason, policy))).await
     }
 
     async fn apply_health_check(&self, result: &HealthCheckResult) -> Result<Proxy> {

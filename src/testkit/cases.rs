@@ -1485,3 +1485,175 @@ pub async fn idempotent_acquire_returns_the_same_lease<H: Harness>(h: &H) {
     ));
     assert_eq!(leases_of(&m, p.id).await, 1);
 }
+
+fn rest(h: &impl Harness) -> crate::cooldown::CooldownPolicy {
+    crate::cooldown::CooldownPolicy::default()
+        .base(h.short_lease())
+        .cap(h.short_lease() * 3)
+        .jitter(0.0)
+        .ban_after(None)
+}
+
+async fn with_policy<H: Harness>(
+    h: &H,
+    policy: crate::cooldown::CooldownPolicy,
+) -> (ProxyManager<H::Storage>, ProxyPool) {
+    let (m, pool) = setup(h).await;
+    let m = ProxyManager::builder_from_arc(m.storage_arc())
+        .cooldown_policy(policy)
+        .build();
+    (m, pool)
+}
+
+/// A reported failure rests the proxy: it is not leased until its cooldown is
+/// over, then it comes back by itself.
+pub async fn failure_cools_a_proxy_down_until_it_returns<H: Harness>(h: &H) {
+    let (m, pool) = with_policy(h, rest(h)).await;
+    let p = add(&m, proxy(&pool, 1).max_concurrency(2)).await;
+    let lease = take_some(&m, as_worker()).await;
+    let cooled = m.report_failure(&lease, "403 from target").await.unwrap();
+    assert_eq!(cooled.consecutive_failures, 1);
+    assert_eq!(cooled.last_failure.as_deref(), Some("403 from target"));
+    let until = cooled.cooldown_until.expect("cooling down");
+    assert!(until > lease.acquired_at);
+    for selector in SelectorStrategy::ALL {
+        assert_eq!(
+            take(&m, as_worker().selector(selector)).await,
+            None,
+            "{selector} leased a cooling proxy"
+        );
+    }
+    assert_eq!(stats(&m).await.available_proxies, 0);
+    assert_eq!(
+        m.release_proxy(&lease).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+    assert_eq!(
+        take(&m, as_worker()).await,
+        None,
+        "a release does not end the cooldown"
+    );
+    h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
+        .await;
+    let back = take_some(&m, as_worker()).await;
+    assert_eq!(back.proxy_id, p.id);
+    let now = m.storage().get_proxy(p.id).await.unwrap().unwrap();
+    assert_eq!((now.cooldown_until, now.consecutive_failures), (None, 1));
+    assert_eq!(stats(&m).await.available_proxies, 1);
+}
+
+/// Each failure in a row doubles the cooldown, up to the cap.
+pub async fn cooldown_backs_off_exponentially_to_its_cap<H: Harness>(h: &H) {
+    let (m, pool) = with_policy(h, rest(h)).await;
+    let p = add(&m, proxy(&pool, 1)).await;
+    let mut until = Vec::new();
+    for _ in 0..4 {
+        until.push(
+            m.report_failure(&p, "timeout")
+                .await
+                .unwrap()
+                .cooldown_until
+                .unwrap(),
+        );
+    }
+    let short = chrono::Duration::from_std(h.short_lease()).unwrap();
+    let tolerance = chrono::Duration::milliseconds(150);
+    let near = |got: chrono::Duration, want: chrono::Duration| (got - want).abs() <= tolerance;
+    // Cooldowns base, 2 base, 3 base (cap), 3 base: compare their ends.
+    assert!(
+        near(until[1] - until[0], short),
+        "{:?}",
+        until[1] - until[0]
+    );
+    assert!(
+        near(until[2] - until[0], short * 2),
+        "{:?}",
+        until[2] - until[0]
+    );
+    assert!(
+        near(until[3] - until[2], chrono::Duration::zero()),
+        "capped: {:?}",
+        until[3] - until[2]
+    );
+    assert_eq!(
+        m.storage()
+            .get_proxy(p.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .consecutive_failures,
+        4
+    );
+}
+
+/// Failures in a row ban a proxy; a success in between resets the count.
+pub async fn failures_in_a_row_ban_a_proxy_and_success_resets<H: Harness>(h: &H) {
+    let (m, pool) = with_policy(h, rest(h).ban_after(Some(3))).await;
+    let p = add(&m, proxy(&pool, 1)).await;
+    m.report_failure(&p, "captcha").await.unwrap();
+    m.report_failure(&p, "captcha").await.unwrap();
+    let ok = m.report_success(&p.id).await.unwrap();
+    assert_eq!(
+        (ok.consecutive_failures, ok.cooldown_until),
+        (0, None),
+        "success resets and lifts"
+    );
+    assert!(
+        take(&m, as_worker()).await.is_some(),
+        "back in service at once"
+    );
+    m.report_failure(&p, "captcha").await.unwrap();
+    let second = m.report_failure(&p, "captcha").await.unwrap();
+    assert_eq!(
+        (second.status, second.consecutive_failures),
+        (ProxyStatus::Active, 2)
+    );
+    let banned = m.report_failure(&p, "403 forbidden").await.unwrap();
+    assert_eq!(banned.status, ProxyStatus::Banned);
+    assert_eq!(banned.cooldown_until, None);
+    assert_eq!(banned.last_failure.as_deref(), Some("403 forbidden"));
+    h.advance(m.storage(), h.short_lease() * 4).await;
+    assert_eq!(
+        take(&m, as_worker()).await,
+        None,
+        "banned proxies never come back by themselves"
+    );
+    assert_eq!(stats(&m).await.active_proxies, 0);
+}
+
+/// Reports on unknown proxies, with a bad policy or a bad reason, are errors
+/// that change nothing.
+pub async fn bad_reports_are_rejected<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let p = add(&m, proxy(&pool, 1)).await;
+    assert!(matches!(
+        m.report_failure(&Uuid::new_v4(), "x").await,
+        Err(Error::ProxyNotFound { .. })
+    ));
+    assert!(matches!(
+        m.report_success(&Uuid::new_v4()).await,
+        Err(Error::ProxyNotFound { .. })
+    ));
+    let bad = crate::cooldown::CooldownPolicy::default().jitter(2.0);
+    assert!(matches!(
+        m.storage().report_failure(p.id, "x", &bad).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    let ok = crate::cooldown::CooldownPolicy::default();
+    assert!(matches!(
+        m.storage().report_failure(p.id, "a\u{7}b", &ok).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        m.storage()
+            .report_failure(p.id, &"x".repeat(300), &ok)
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
+    let stored = m.storage().get_proxy(p.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.consecutive_failures, stored.cooldown_until),
+        (0, None)
+    );
+    assert!(take(&m, as_worker()).await.is_some());
+}

@@ -126,6 +126,10 @@ macro_rules! conformance_suite {
             extend_of_a_lost_lease_fails,
             lost_lease_is_reported_and_its_token_is_stale,
             idempotent_acquire_returns_the_same_lease,
+            failure_cools_a_proxy_down_until_it_returns,
+            cooldown_backs_off_exponentially_to_its_cap,
+            failures_in_a_row_ban_a_proxy_and_success_resets,
+            bad_reports_are_rejected,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -299,6 +299,11 @@ local function reclaim(prefix, now, limit, grace)
   return n, more
 end
 
+-- Wakes the pool's waiting acquires (pub/sub on the pool's hash-tagged channel).
+local function notify_freed(prefix)
+  redis.call('PUBLISH', prefix .. 'freed', '1')
+end
+
 -- Lifts up to `limit` cooldowns that are over (the `cooldown` zset is scored by
 -- their end): the proxies become available again. Returns how many.
 local function lift_cooldowns(prefix, now, limit)

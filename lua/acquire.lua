@@ -29,6 +29,7 @@
 --     or {'RETRY'}           none found, but more expired leases wait for reclaim:
 --                            run cleanup.lua on the pool and call again
 --     or {'POOL_NOT_FOUND'}
+-- Publishes on `<prefix>freed` when its reclaim freed more than it takes.
 -- Errors (nothing written): bad arguments. (Lease ids are random v4 UUIDs made by
 -- the client, so the record key is new.)
 --
@@ -115,8 +116,9 @@ if has_request == '1' then
 end
 
 -- ---------------------------------------------------------------- reclaim
-local _, more = reclaim(prefix, now, reclaim_limit, grace)
-lift_cooldowns(prefix, now, 16)
+local reclaimed, more = reclaim(prefix, now, reclaim_limit, grace)
+-- Slots freed here beyond the one this acquire takes can serve waiters elsewhere.
+if reclaimed + lift_cooldowns(prefix, now, 16) > 1 then notify_freed(prefix) end
 
 -- ---------------------------------------------------------------- matching
 local function haversine_km(lat1, lon1, lat2, lon2)

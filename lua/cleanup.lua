@@ -9,6 +9,7 @@
 --
 -- Reply: {expired, more}: how many leases gave their slot back, and 1 when
 -- more due leases remain (call again), else 0. {0, 0} when the pool is gone.
+-- Publishes on `<prefix>freed` when it freed anything (waiting acquires).
 -- Errors (nothing written): bad arguments.
 --
 -- Cost: O(b log n) for a batch of b leases: callers loop, so Redis is never
@@ -23,6 +24,7 @@ local limit = int_in(ARGV[2], 1, 100000)
 local grace = int_in(ARGV[3], 0, 315360000000)
 if not limit or not grace then return fail('bad numeric argument') end
 if redis.call('EXISTS', KEYS[1]) == 0 then return { 0, 0 } end
-lift_cooldowns(prefix, now, limit)
+local lifted = lift_cooldowns(prefix, now, limit)
 local n, more = reclaim(prefix, now, limit, grace)
+if n > 0 or lifted > 0 then notify_freed(prefix) end
 return { n, b(more) }

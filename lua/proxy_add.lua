@@ -50,4 +50,5 @@ for _, p in ipairs(proxies) do
   end
   account(prefix, p.id, nil, snapshot(prefix, p.id))
 end
+notify_freed(prefix)
 return { 'OK' }

@@ -29,6 +29,7 @@ if not old then return { 'NOT_FOUND' } end
 redis.call('HSET', KEYS[2], 'status', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'checked_at', ARGV[4]) end
 account(prefix, ARGV[2], old, snapshot(prefix, ARGV[2]))
+notify_freed(prefix)
 local all = redis.call('HGETALL', KEYS[2])
 table.insert(all, 1, 'OK')
 return all

@@ -36,6 +36,7 @@ for tag in string.gmatch(p.tags, '%S+') do
   redis.call('SADD', prefix .. 'tags', tag)
 end
 account(prefix, p.id, old, snapshot(prefix, p.id))
+notify_freed(prefix)
 local all = redis.call('HGETALL', KEYS[2])
 table.insert(all, 1, 'OK')
 return all

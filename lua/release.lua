@@ -12,6 +12,7 @@
 --        'expired'           it had expired; its slot was (or is now) given back once
 --        'not_found'         no record, another pool's record (the pool was removed
 --                            and created again), or its proxy was removed
+-- Publishes on `<prefix>freed` when a slot is given back (waiting acquires).
 -- Errors (nothing written): bad arguments.
 --
 -- Cost: O(t log n), t = the proxy's index tags (at most 6), n = pool size.
@@ -47,6 +48,7 @@ end
 if redis.call('ZREM', KEYS[2], ARGV[2] .. ':' .. rec[3]) == 1 then
   redis.call('ZREM', prefix .. 'holders', ARGV[2])
   give_back(prefix, rec[2], proxy)
+  notify_freed(prefix)
 end
 if expires <= now then return 'expired' end
 return 'released'

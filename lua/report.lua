@@ -54,6 +54,7 @@ if mode == 'success' then
     redis.call('HDEL', KEYS[2], 'cooldown_until_ms')
     redis.call('ZREM', KEYS[3], id)
     account(prefix, id, s, with_cooling(s, false))
+    notify_freed(prefix)
   end
   return { 'OK', 0, '', s.status }
 end

@@ -156,6 +156,8 @@ impl std::fmt::Debug for Config {
 pub struct ProxyManager<S> {
     storage: Arc<S>,
     config: Arc<Config>,
+    /// One FIFO queue per pool for waiting acquires (tokio's mutex is fair).
+    waiters: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl<S> Clone for ProxyManager<S> {
@@ -163,6 +165,7 @@ impl<S> Clone for ProxyManager<S> {
         ProxyManager {
             storage: Arc::clone(&self.storage),
             config: Arc::clone(&self.config),
+            waiters: Arc::clone(&self.waiters),
         }
     }
 }
@@ -219,6 +222,7 @@ impl<S: Storage> ProxyManagerBuilder<S> {
         ProxyManager {
             storage: self.storage,
             config: Arc::new(self.config),
+            waiters: Arc::default(),
         }
     }
 }
@@ -364,6 +368,65 @@ impl<S: Storage> ProxyManager<S> {
             }
             tokio::time::sleep(retry.wait(attempt)).await;
             attempt += 1;
+        }
+    }
+
+    /// Acquires, waiting up to `timeout` for a matching proxy to free up when
+    /// none is free now. Returns `Ok(None)` when the timeout passes first.
+    ///
+    /// The wait is not a poll loop: the storage notifies releases, cleanups,
+    /// lifted cooldowns and new or re-activated proxies (Redis pub/sub on the
+    /// pool's hash-tagged channel `<ns>:{<pool>}:freed`), and the waiter retries
+    /// then. An expiry publishes nothing, so it also retries at the pool's
+    /// nearest lease expiry or cooldown end (and at least every 5 s, in case a
+    /// notification was lost).
+    ///
+    /// Within one manager (and its clones), waiters on a pool are served in FIFO
+    /// order: only the oldest one retries. Across managers and hosts there is no
+    /// queue: a freed slot goes to whichever waiter's acquire reaches the storage
+    /// first (every acquire is atomic, so never to two).
+    pub async fn acquire_proxy_wait(
+        &self,
+        pool_name: &str,
+        options: AcquireOptions,
+        timeout: Duration,
+    ) -> Result<Option<Lease>> {
+        const SAFETY_POLL: Duration = Duration::from_secs(5);
+        let request = self.request(pool_name, &options)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribe before the first attempt, so no release in between is missed.
+        let mut freed = self.storage.subscribe_freed(pool_name).await?;
+        let queue = {
+            let mut waiters = self
+                .waiters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(waiters.entry(pool_name.to_string()).or_default())
+        };
+        let Ok(_turn) = tokio::time::timeout_at(deadline, queue.lock()).await else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(lease) = self.acquire_request(&request).await? {
+                return Ok(Some(lease));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let poll = match self.storage.next_expiry(pool_name).await? {
+                Some(d) => (d + Duration::from_millis(2)).min(SAFETY_POLL),
+                None => SAFETY_POLL,
+            };
+            let wake_at = (now + poll).min(deadline);
+            tokio::select! {
+                got = freed.recv() => {
+                    if matches!(got, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        freed = self.storage.subscribe_freed(pool_name).await?;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
         }
     }
 

@@ -107,6 +107,8 @@ fn to_chrono(d: Duration) -> chrono::Duration {
 
 #[derive(Debug)]
 struct State {
+    /// "Capacity may have freed" notifications, per pool name.
+    freed: HashMap<String, tokio::sync::broadcast::Sender<()>>,
     pools: HashMap<String, PoolState>,
     pool_names: HashMap<Uuid, String>,
     proxy_pools: HashMap<Uuid, String>,
@@ -117,6 +119,7 @@ struct State {
 impl Default for State {
     fn default() -> Self {
         State {
+            freed: HashMap::new(),
             pools: HashMap::new(),
             pool_names: HashMap::new(),
             proxy_pools: HashMap::new(),
@@ -471,6 +474,13 @@ impl PoolState {
 }
 
 impl State {
+    /// Wakes the pool's waiting acquires.
+    fn notify(&self, pool: &str) {
+        if let Some(tx) = self.freed.get(pool) {
+            let _ = tx.send(());
+        }
+    }
+
     fn pool(&self, name: &str) -> Result<&PoolState> {
         self.pools.get(name).ok_or_else(|| Error::PoolNotFound {
             name: name.to_string(),
@@ -513,6 +523,7 @@ impl State {
     fn change_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) -> Result<Proxy> {
         let name = self.pool_name_of_proxy(id)?;
         self.pool_mut(&name)?.change_proxy(id, f);
+        self.notify(&name);
         self.proxy_snapshot(id)
     }
 }
@@ -580,6 +591,7 @@ impl Storage for InMemoryStorage {
         let name = st.check_new_proxy(&mut proxy)?;
         st.proxy_pools.insert(proxy.id, name.clone());
         st.pool_mut(&name)?.insert_proxy(proxy.clone());
+        st.notify(&name);
         proxy.current_leases = 0;
         Ok(proxy)
     }
@@ -605,6 +617,7 @@ impl Storage for InMemoryStorage {
         for (proxy, name) in proxies.iter().zip(names) {
             st.proxy_pools.insert(proxy.id, name.clone());
             st.pool_mut(&name)?.insert_proxy(proxy.clone());
+            st.notify(&name);
         }
         Ok(proxies)
     }
@@ -628,6 +641,7 @@ impl Storage for InMemoryStorage {
             proxy.last_failure = p.last_failure.take();
             *p = proxy;
         });
+        st.notify(&name);
         st.proxy_snapshot(id)
     }
 
@@ -786,9 +800,9 @@ impl Storage for InMemoryStorage {
         let Some(record) = ps.leases.get(&lease.id) else {
             return Ok(ReleaseOutcome::NotFound);
         };
-        Ok(match record.status {
-            LeaseStatus::Released => ReleaseOutcome::AlreadyReleased,
-            LeaseStatus::Expired => ReleaseOutcome::Expired,
+        let outcome = match record.status {
+            LeaseStatus::Released => return Ok(ReleaseOutcome::AlreadyReleased),
+            LeaseStatus::Expired => return Ok(ReleaseOutcome::Expired),
             LeaseStatus::Active if record.expires_at <= now => {
                 ps.finish(lease.id, LeaseStatus::Expired, now, self.grace);
                 ReleaseOutcome::Expired
@@ -797,7 +811,9 @@ impl Storage for InMemoryStorage {
                 ps.finish(lease.id, LeaseStatus::Released, now, self.grace);
                 ReleaseOutcome::Released
             }
-        })
+        };
+        st.notify(&lease.pool_name);
+        Ok(outcome)
     }
 
     async fn extend(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
@@ -855,11 +871,48 @@ impl Storage for InMemoryStorage {
     async fn cleanup_expired_leases(&self) -> Result<u64> {
         let now = self.clock.now();
         let mut st = self.lock();
+        let mut total = 0;
+        let mut freed = Vec::new();
+        for (name, ps) in st.pools.iter_mut() {
+            let n = ps.reclaim(now, self.grace);
+            if n > 0 {
+                freed.push(name.clone());
+            }
+            total += n;
+        }
+        for name in freed {
+            st.notify(&name);
+        }
+        Ok(total)
+    }
+
+    async fn subscribe_freed(
+        &self,
+        pool_name: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<()>> {
+        validate_pool_name(pool_name)?;
+        let mut st = self.lock();
+        st.pool(pool_name)?;
         Ok(st
-            .pools
-            .values_mut()
-            .map(|ps| ps.reclaim(now, self.grace))
-            .sum())
+            .freed
+            .entry(pool_name.to_string())
+            .or_insert_with(|| tokio::sync::broadcast::channel(16).0)
+            .subscribe())
+    }
+
+    async fn next_expiry(&self, pool_name: &str) -> Result<Option<Duration>> {
+        validate_pool_name(pool_name)?;
+        let now = self.clock.now();
+        let st = self.lock();
+        let ps = st.pool(pool_name)?;
+        // The nearest lease expiry or cooldown end: either may free capacity
+        // without anyone being notified.
+        let next = match (ps.live.first(), ps.cooling.first()) {
+            (Some((a, _)), Some((b, _))) => Some(*a.min(b)),
+            (Some((a, _)), None) | (None, Some((a, _))) => Some(*a),
+            (None, None) => None,
+        };
+        Ok(next.map(|at| (at - now).to_std().unwrap_or(Duration::ZERO)))
     }
 
     async fn pool_stats(&self, pool_name: &str) -> Result<PoolStats> {
@@ -880,6 +933,7 @@ impl Storage for InMemoryStorage {
             p.consecutive_failures = 0;
             p.cooldown_until = None;
         });
+        st.notify(&name);
         st.proxy_snapshot(proxy_id)
     }
 

@@ -274,6 +274,22 @@ pub trait Storage: Send + Sync + 'static {
         policy: &crate::cooldown::CooldownPolicy,
     ) -> impl Future<Output = Result<Proxy>> + Send;
 
+    /// Subscribes to a pool's "capacity may have freed" notifications (a release,
+    /// a cleanup, a cooldown lifted, a proxy added or made active). Waiting
+    /// acquires use them to retry at once instead of polling. A notification can
+    /// be lost (a Redis outage); waiters also retry at the nearest expiry.
+    fn subscribe_freed(
+        &self,
+        pool_name: &str,
+    ) -> impl Future<Output = Result<tokio::sync::broadcast::Receiver<()>>> + Send;
+
+    /// How long until the pool's next live lease expires (storage time), if any
+    /// lease is live. An expiry publishes nothing, so waiters poll then.
+    fn next_expiry(
+        &self,
+        pool_name: &str,
+    ) -> impl Future<Output = Result<Option<std::time::Duration>>> + Send;
+
     /// Applies a health check: sets the proxy's status and `checked_at`.
     fn apply_health_check(
         &self,

@@ -146,6 +146,11 @@ impl PoolKeys {
         format!("{}holders", self.prefix)
     }
 
+    /// Pub/sub channel of "capacity may have freed" notifications.
+    pub(crate) fn freed(&self) -> String {
+        format!("{}freed", self.prefix)
+    }
+
     /// Proxies cooling down after a failure, scored by the end of the cooldown (ms).
     pub(crate) fn cooldown(&self) -> String {
         format!("{}cooldown", self.prefix)

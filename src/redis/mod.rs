@@ -72,6 +72,7 @@ mod config;
 mod conn;
 mod keys;
 mod maintenance;
+mod notify;
 mod scripts;
 mod storage;
 

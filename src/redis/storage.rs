@@ -43,6 +43,7 @@ pub struct RedisStorage {
     pub(super) keys: Keys,
     pub(super) config: RedisConfig,
     pub(super) grace_ms: u64,
+    notifier: std::sync::Arc<super::notify::Notifier>,
     /// Consumer name → id. Consumers are never removed, so a cached id stays right.
     consumers: Mutex<HashMap<String, Uuid>>,
 }
@@ -98,7 +99,10 @@ impl RedisStorage {
             .build()
             .map_err(backend("cannot build the connection pool"))?;
         let grace_ms = u64::try_from(config.record_grace.as_millis()).unwrap_or(u64::MAX / 4);
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(redis_err("invalid connection URL"))?;
         Ok(RedisStorage {
+            notifier: super::notify::Notifier::new(client),
             conns: Connections::new(pool, config.pool_size),
             keys: Keys::new(&config.namespace),
             config,
@@ -1075,6 +1079,49 @@ impl Storage for RedisStorage {
         let mut conn = self.conn().await?;
         self.reclaim_pool(&mut conn, &pk).await?;
         self.read_stats(&mut conn, &pk, pool_name).await
+    }
+
+    async fn subscribe_freed(
+        &self,
+        pool_name: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<()>> {
+        let mut conn = self.conn().await?;
+        let pk = self.require_pool(&mut conn, pool_name).await?;
+        drop(conn);
+        Ok(self.notifier.subscribe(pk.freed()).await)
+    }
+
+    async fn next_expiry(&self, pool_name: &str) -> Result<Option<std::time::Duration>> {
+        let mut conn = self.conn().await?;
+        let pk = self.require_pool(&mut conn, pool_name).await?;
+        type Next = ((i64, i64), Vec<(String, f64)>, Vec<(String, f64)>);
+        let ((secs, micros), lease, cooling): Next = redis::pipe()
+            .cmd("TIME")
+            .cmd("ZRANGE")
+            .arg(pk.leases())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("ZRANGE")
+            .arg(pk.cooldown())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("cannot read the next expiry"))?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let next = lease
+            .first()
+            .into_iter()
+            .chain(cooling.first())
+            .map(|(_, at)| *at as i64)
+            .min();
+        Ok(
+            next.map(|at| {
+                std::time::Duration::from_millis(u64::try_from(at - now_ms).unwrap_or(0))
+            }),
+        )
     }
 
     async fn report_success(&self, proxy_id: Uuid) -> Result<Proxy> {

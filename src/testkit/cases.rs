@@ -1657,3 +1657,98 @@ pub async fn bad_reports_are_rejected<H: Harness>(h: &H) {
     );
     assert!(take(&m, as_worker()).await.is_some());
 }
+
+/// A waiting acquire is woken by a release, well before any poll would run.
+pub async fn waiting_acquire_is_woken_by_a_release<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let held = take_some(&m, as_worker().duration_seconds(3600)).await;
+    let waiter = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            let got = m
+                .acquire_proxy_wait(POOL, as_worker(), std::time::Duration::from_secs(20))
+                .await
+                .unwrap();
+            (got, std::time::Instant::now())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "nothing is free yet");
+    let released_at = std::time::Instant::now();
+    m.release_proxy(&held).await.unwrap();
+    let (got, woke_at) = waiter.await.unwrap();
+    let lease = got.expect("the freed proxy");
+    assert_eq!(lease.proxy_id, held.proxy_id);
+    // The next expiry is an hour away and the safety poll 5 s: only the release
+    // notification explains a wake-up this soon.
+    let delay = woke_at - released_at;
+    assert!(
+        delay < std::time::Duration::from_millis(1000),
+        "woken {delay:?} after the release"
+    );
+}
+
+/// A waiting acquire gives up at its timeout with `Ok(None)`.
+pub async fn waiting_acquire_gives_up_at_its_timeout<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let _held = take_some(&m, as_worker().duration_seconds(3600)).await;
+    let started = std::time::Instant::now();
+    let got = m
+        .acquire_proxy_wait(POOL, as_worker(), std::time::Duration::from_millis(300))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(got, None);
+    assert!(
+        took >= std::time::Duration::from_millis(300),
+        "gave up early: {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "gave up late: {took:?}"
+    );
+    assert!(matches!(
+        m.acquire_proxy_wait(
+            "no-such-pool",
+            as_worker(),
+            std::time::Duration::from_millis(10)
+        )
+        .await,
+        Err(Error::PoolNotFound { .. })
+    ));
+}
+
+/// Waiters in one manager are served in the order they started waiting.
+pub async fn waiting_acquires_are_served_in_fifo_order<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let mut held = take_some(&m, as_worker().duration_seconds(3600)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for name in ["first", "second", "third"] {
+        let (m, tx) = (m.clone(), tx.clone());
+        tokio::spawn(async move {
+            let lease = m
+                .acquire_proxy_wait(
+                    POOL,
+                    as_worker().duration_seconds(3600),
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+                .unwrap()
+                .expect("served before the timeout");
+            let _ = tx.send((name, lease));
+        });
+        // Let it queue before the next one starts.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        m.release_proxy(&held).await.unwrap();
+        let (name, lease) = rx.recv().await.unwrap();
+        order.push(name);
+        held = lease;
+    }
+    assert_eq!(order, ["first", "second", "third"]);
+}

@@ -130,6 +130,9 @@ macro_rules! conformance_suite {
             cooldown_backs_off_exponentially_to_its_cap,
             failures_in_a_row_ban_a_proxy_and_success_resets,
             bad_reports_are_rejected,
+            waiting_acquire_is_woken_by_a_release,
+            waiting_acquire_gives_up_at_its_timeout,
+            waiting_acquires_are_served_in_fifo_order,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -21,6 +21,7 @@
 --   lease:<id>           hash   one lease record (TTL expiry + grace)
 --   avail:seq:<tag>      zset   available proxies of an index, by insertion sequence
 --   avail:load:<tag>     zset   same members, by leases * 2^32 + sequence
+--   avail:lat:<tag>      zset   same members, by latency ms * 2^32 + sequence
 --   avail:geo            geo    available proxies with a location (|lat| <= 85.05112878)
 --   avail:polar          zset   available proxies with a location outside GEO's range
 -- `<tag>` is `all` or `<attribute>=<percent-encoded value>`.
@@ -117,7 +118,7 @@ local PROXY_STATUS = { active = true, inactive = true, slow = true, banned = tru
 -- What the counters and indexes need to know about a proxy: the first 7 values
 -- of `HMGET <proxy> unpack(SNAPSHOT_FIELDS)`.
 local SNAPSHOT_FIELDS = { 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
-  'latitude', 'longitude', 'cooldown_until_ms' }
+  'latitude', 'longitude', 'cooldown_until_ms', 'latency_ms' }
 
 local function snapshot_of(v)
   if not v[4] then
@@ -132,6 +133,7 @@ local function snapshot_of(v)
     lat = v[6] or nil,
     lon = v[7] or nil,
     cooling = v[8] and true or false,
+    latency = tonumber(v[9] or ''),
   }
   s.active = s.status == 'active'
   s.available = s.active and not s.cooling and (s.max == nil or s.leases < s.max)
@@ -145,7 +147,7 @@ end
 local function with_leases(s, leases)
   return {
     status = s.status, max = s.max, leases = leases, seq = s.seq, tags = s.tags,
-    lat = s.lat, lon = s.lon, active = s.active, cooling = s.cooling,
+    lat = s.lat, lon = s.lon, active = s.active, cooling = s.cooling, latency = s.latency,
     available = s.active and not s.cooling and (s.max == nil or leases < s.max),
   }
 end
@@ -168,11 +170,21 @@ local function load_score(s)
   return s.leases * LOAD_SHIFT + s.seq
 end
 
+-- Lowest-latency order: latency ms (capped at 2^20 - 1; never measured = 2^20,
+-- last) * 2^32 + seq, below 2^53.
+local LATENCY_UNKNOWN = 1048576
+local function latency_score(s)
+  local l = s.latency
+  if l == nil then l = LATENCY_UNKNOWN else l = math.min(math.floor(l), LATENCY_UNKNOWN - 1) end
+  return l * LOAD_SHIFT + s.seq
+end
+
 local function index_add(prefix, id, s)
-  local load = load_score(s)
+  local load, lat = load_score(s), latency_score(s)
   each_tag(s.tags, function(tag)
     redis.call('ZADD', prefix .. 'avail:seq:' .. tag, s.seq, id)
     redis.call('ZADD', prefix .. 'avail:load:' .. tag, load, id)
+    redis.call('ZADD', prefix .. 'avail:lat:' .. tag, lat, id)
   end)
   if s.lat then
     if math.abs(tonumber(s.lat)) <= GEO_MAX_LAT then
@@ -187,6 +199,7 @@ local function index_remove(prefix, id, s)
   each_tag(s.tags, function(tag)
     redis.call('ZREM', prefix .. 'avail:seq:' .. tag, id)
     redis.call('ZREM', prefix .. 'avail:load:' .. tag, id)
+    redis.call('ZREM', prefix .. 'avail:lat:' .. tag, id)
   end)
   if s.lat then
     redis.call('ZREM', prefix .. 'avail:geo', id)
@@ -219,11 +232,20 @@ local function account(prefix, id, old, new)
     if old.tags ~= new.tags or old.lat ~= new.lat or old.lon ~= new.lon then
       index_remove(prefix, id, old)
       index_add(prefix, id, new)
-    elseif old.leases ~= new.leases then
-      local load = load_score(new)
-      redis.call('ZADD', prefix .. 'avail:load:all', load, id)
-      for tag in string.gmatch(new.tags, '%S+') do
-        redis.call('ZADD', prefix .. 'avail:load:' .. tag, load, id)
+    else
+      if old.leases ~= new.leases then
+        local load = load_score(new)
+        redis.call('ZADD', prefix .. 'avail:load:all', load, id)
+        for tag in string.gmatch(new.tags, '%S+') do
+          redis.call('ZADD', prefix .. 'avail:load:' .. tag, load, id)
+        end
+      end
+      if old.latency ~= new.latency then
+        local lat = latency_score(new)
+        redis.call('ZADD', prefix .. 'avail:lat:all', lat, id)
+        for tag in string.gmatch(new.tags, '%S+') do
+          redis.call('ZADD', prefix .. 'avail:lat:' .. tag, lat, id)
+        end
       end
     end
   elseif was then

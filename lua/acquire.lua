@@ -10,7 +10,7 @@
 -- ARGV[1]  pool prefix `<ns>:{<pool>}:` (KEYS must be built from it)
 -- ARGV[2]  lease id (uuid)                ARGV[3]  consumer id (uuid)
 -- ARGV[4]  consumer name (1..128 bytes)   ARGV[5]  duration ms (1..604800000)
--- ARGV[6]  selector: first_available | least_used | round_robin | random
+-- ARGV[6]  selector: first_available | least_used | round_robin | random | lowest_latency
 -- ARGV[7]  filter as JSON (ProxyFilters' field names), or '' for none
 -- ARGV[8]  random integer 0..2^31 (random selector start)
 -- ARGV[9]  most expired leases to reclaim in this call (1..100000)
@@ -52,7 +52,8 @@ if not is_text(consumer, 128) then return fail('bad consumer name') end
 local duration = int_in(ARGV[5], 1, 604800000)
 if not duration then return fail('bad duration') end
 local selector = ARGV[6]
-local SELECTORS = { first_available = true, least_used = true, round_robin = true, random = true }
+local SELECTORS = { first_available = true, least_used = true, round_robin = true, random = true,
+  lowest_latency = true }
 if not SELECTORS[selector] then return fail('bad selector') end
 local filter = nil
 if ARGV[7] ~= '' then
@@ -169,11 +170,13 @@ end
 
 local function attrs(id)
   local v = redis.call('HMGET', prefix .. 'proxy:' .. id,
-    'country', 'source', 'city', 'isp', 'asn', 'latitude', 'longitude', 'seq', 'current_leases')
+    'country', 'source', 'city', 'isp', 'asn', 'latitude', 'longitude', 'seq', 'current_leases',
+    'latency_ms')
   return {
     country = v[1] or nil, source = v[2] or nil, city = v[3] or nil, isp = v[4] or nil,
     asn = tonumber(v[5] or ''), lat = tonumber(v[6] or ''), lon = tonumber(v[7] or ''),
     seq = tonumber(v[8] or ''), leases = tonumber(v[9] or '0') or 0,
+    latency = tonumber(v[10] or ''),
   }
 end
 
@@ -228,6 +231,8 @@ local function select_from_index(tag)
     return walk_rank(seq_key, 0, nil)
   elseif selector == 'least_used' then
     return walk_rank(prefix .. 'avail:load:' .. tag, 0, nil)
+  elseif selector == 'lowest_latency' then
+    return walk_rank(prefix .. 'avail:lat:' .. tag, 0, nil)
   elseif selector == 'round_robin' then
     local c = cursor or -1
     return walk_score(seq_key, '(' .. fmt_int(c), '+inf') or walk_score(seq_key, '-inf', fmt_int(c))
@@ -268,6 +273,8 @@ local function select_from_candidates(ids)
         key = p.seq
       elseif selector == 'least_used' then
         key = p.leases * LOAD_SHIFT + p.seq
+      elseif selector == 'lowest_latency' then
+        key = latency_score(p)
       elseif selector == 'round_robin' then
         key = p.seq
         if cursor ~= nil and p.seq <= cursor then key = p.seq + 9007199254740992 end
@@ -312,8 +319,8 @@ for _ = 1, 4 do
   end
   pkey = prefix .. 'proxy:' .. id
   ep = redis.call('HMGET', pkey, 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
-    'latitude', 'longitude', 'cooldown_until_ms', 'host', 'port', 'protocol', 'username',
-    'password')
+    'latitude', 'longitude', 'cooldown_until_ms', 'latency_ms', 'host', 'port', 'protocol',
+    'username', 'password')
   old = snapshot_of(ep)
   if old and old.available then break end
   if old then
@@ -341,19 +348,19 @@ local record = {
   'id', lease_id, 'pool_id', pool_id, 'proxy_id', id, 'proxy_seq', fmt_int(old.seq),
   'consumer_id', consumer_id, 'consumer', consumer, 'status', 'active',
   'acquired_at_ms', now, 'expires_at_ms', expires, 'token', token,
-  'host', ep[9], 'port', ep[10], 'protocol', ep[11],
+  'host', ep[10], 'port', ep[11], 'protocol', ep[12],
 }
 local has_cred = '0'
-if ep[12] then
+if ep[13] then
   has_cred = '1'
   record[#record + 1] = 'username'
-  record[#record + 1] = ep[12]
+  record[#record + 1] = ep[13]
   record[#record + 1] = 'password'
-  record[#record + 1] = ep[13] or ''
+  record[#record + 1] = ep[14] or ''
 end
 redis.call('HSET', KEYS[3], unpack(record))
 redis.call('PEXPIREAT', KEYS[3], expires + grace)
 redis.call('ZADD', KEYS[2], expires, lease_id .. ':' .. fmt_int(old.seq))
 redis.call('ZADD', prefix .. 'holders', old.seq, lease_id)
-return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[9], ep[10], ep[11], has_cred,
-  ep[12] or '', ep[13] or '', fmt_int(token) }
+return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[10], ep[11], ep[12], has_cred,
+  ep[13] or '', ep[14] or '', fmt_int(token) }

@@ -64,7 +64,8 @@ end
 if budget > 0 then
   local tags = redis.call('SPOP', prefix .. 'tags', budget)
   for _, tag in ipairs(tags) do
-    redis.call('UNLINK', prefix .. 'avail:seq:' .. tag, prefix .. 'avail:load:' .. tag)
+    redis.call('UNLINK', prefix .. 'avail:seq:' .. tag, prefix .. 'avail:load:' .. tag,
+      prefix .. 'avail:lat:' .. tag)
   end
   budget = budget - #tags
 end
@@ -72,7 +73,8 @@ if budget > 0 then
   redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], prefix .. 'tags', prefix .. 'holders',
     prefix .. 'active', prefix .. 'leased', prefix .. 'cooldown',
     prefix .. 'avail:seq:all',
-    prefix .. 'avail:load:all', prefix .. 'avail:geo', prefix .. 'avail:polar')
+    prefix .. 'avail:load:all', prefix .. 'avail:lat:all', prefix .. 'avail:geo',
+    prefix .. 'avail:polar')
   out[1] = 'DONE'
 end
 return out

@@ -101,6 +101,11 @@ impl InMemoryStorage {
     }
 }
 
+/// Sort key of a proxy in the lowest-latency order (never measured: last).
+fn latency_key(p: &Proxy) -> u64 {
+    p.latency_ms.map_or(u64::MAX, u64::from)
+}
+
 fn to_chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -137,21 +142,25 @@ type IndexId = usize;
 struct AvailIndex {
     by_seq: BTreeSet<u64>,
     by_load: BTreeSet<(u32, u64)>,
+    /// (latency in ms, or u64::MAX when never measured; seq)
+    by_latency: BTreeSet<(u64, u64)>,
     dense: Vec<u64>,
     dense_pos: HashMap<u64, usize>,
 }
 
 impl AvailIndex {
-    fn insert(&mut self, seq: u64, load: u32) {
+    fn insert(&mut self, seq: u64, load: u32, latency: u64) {
         self.by_seq.insert(seq);
         self.by_load.insert((load, seq));
+        self.by_latency.insert((latency, seq));
         self.dense_pos.insert(seq, self.dense.len());
         self.dense.push(seq);
     }
 
-    fn remove(&mut self, seq: u64, load: u32) {
+    fn remove(&mut self, seq: u64, load: u32, latency: u64) {
         self.by_seq.remove(&seq);
         self.by_load.remove(&(load, seq));
+        self.by_latency.remove(&(latency, seq));
         if let Some(pos) = self.dense_pos.remove(&seq) {
             self.dense.swap_remove(pos);
             if let Some(&moved) = self.dense.get(pos) {
@@ -247,13 +256,13 @@ impl PoolState {
             u64::from(p.current_leases),
         );
         if indexes && p.is_available() {
-            let (seq, load) = (entry.seq, p.current_leases);
+            let (seq, load, lat) = (entry.seq, p.current_leases, latency_key(p));
             for &key in &entry.keys {
                 if let Some(idx) = self.indexes.get_mut(key) {
                     if add {
-                        idx.insert(seq, load);
+                        idx.insert(seq, load, lat);
                     } else {
-                        idx.remove(seq, load);
+                        idx.remove(seq, load, lat);
                     }
                 }
             }
@@ -282,7 +291,11 @@ impl PoolState {
         let Some(e) = self.proxies.get(&id) else {
             return;
         };
-        let (was_available, old_load) = (e.proxy.is_available(), e.proxy.current_leases);
+        let (was_available, old_load, lat) = (
+            e.proxy.is_available(),
+            e.proxy.current_leases,
+            latency_key(&e.proxy),
+        );
         self.account(id, false, false);
         let Some(e) = self.proxies.get_mut(&id) else {
             return;
@@ -303,8 +316,8 @@ impl PoolState {
                     idx.by_load.remove(&(old_load, seq));
                     idx.by_load.insert((new_load, seq));
                 }
-                (true, false) => idx.remove(seq, old_load),
-                (false, true) => idx.insert(seq, new_load),
+                (true, false) => idx.remove(seq, old_load, lat),
+                (false, true) => idx.insert(seq, new_load, lat),
                 _ => {}
             }
         }
@@ -330,6 +343,7 @@ impl PoolState {
         proxy.consecutive_failures = 0;
         proxy.cooldown_until = None;
         proxy.last_failure = None;
+        proxy.latency_ms = None;
         let seq = self.next_seq;
         self.next_seq += 1;
         let id = proxy.id;
@@ -444,6 +458,9 @@ impl PoolState {
         let seq = match selector {
             SelectorStrategy::FirstAvailable => idx.by_seq.iter().copied().find(|s| ok(s)),
             SelectorStrategy::LeastUsed => idx.by_load.iter().map(|(_, s)| *s).find(|s| ok(s)),
+            SelectorStrategy::LowestLatency => {
+                idx.by_latency.iter().map(|(_, s)| *s).find(|s| ok(s))
+            }
             SelectorStrategy::RoundRobin => {
                 let start = self.rr_cursor.map_or(0, |c| c.saturating_add(1));
                 idx.by_seq
@@ -639,6 +656,7 @@ impl Storage for InMemoryStorage {
             proxy.consecutive_failures = p.consecutive_failures;
             proxy.cooldown_until = p.cooldown_until;
             proxy.last_failure = p.last_failure.take();
+            proxy.latency_ms = p.latency_ms;
             *p = proxy;
         });
         st.notify(&name);
@@ -976,9 +994,20 @@ impl Storage for InMemoryStorage {
 
     async fn apply_health_check(&self, result: &HealthCheckResult) -> Result<Proxy> {
         let (status, at) = (result.status, result.checked_at);
-        self.lock().change_proxy(result.proxy_id, |p| {
+        let latency = result
+            .latency
+            .map(|l| u32::try_from(l.as_millis()).unwrap_or(u32::MAX));
+        let mut st = self.lock();
+        let name = st.pool_name_of_proxy(result.proxy_id)?;
+        // A new latency moves the proxy in the lowest-latency order: re-index it.
+        st.pool_mut(&name)?.replace_proxy(result.proxy_id, |p| {
             p.status = status;
             p.checked_at = Some(at);
-        })
+            if latency.is_some() {
+                p.latency_ms = latency;
+            }
+        });
+        st.notify(&name);
+        st.proxy_snapshot(result.proxy_id)
     }
 }

@@ -284,6 +284,10 @@ pub struct Proxy {
     /// The reason given with the last reported failure (kept by the storage).
     #[serde(default)]
     pub last_failure: Option<String>,
+    /// Round trip measured by the last health check that got an answer, in
+    /// milliseconds (kept by the storage; the `lowest_latency` selector uses it).
+    #[serde(default)]
+    pub latency_ms: Option<u32>,
 }
 
 impl Proxy {
@@ -311,6 +315,7 @@ impl Proxy {
                 consecutive_failures: 0,
                 cooldown_until: None,
                 last_failure: None,
+                latency_ms: None,
             },
         }
     }

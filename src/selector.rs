@@ -30,15 +30,19 @@ pub enum SelectorStrategy {
     /// A uniformly random available proxy (uniform when the filter is served by an
     /// index alone; see the storage's docs).
     Random,
+    /// The proxy with the lowest latency measured by its last health check
+    /// (proxies never measured come last; ties: earliest added).
+    LowestLatency,
 }
 
 impl SelectorStrategy {
     /// Every strategy.
-    pub const ALL: [SelectorStrategy; 4] = [
+    pub const ALL: [SelectorStrategy; 5] = [
         SelectorStrategy::FirstAvailable,
         SelectorStrategy::LeastUsed,
         SelectorStrategy::RoundRobin,
         SelectorStrategy::Random,
+        SelectorStrategy::LowestLatency,
     ];
 
     /// `first_available`, `least_used`, `round_robin` or `random`.
@@ -48,6 +52,7 @@ impl SelectorStrategy {
             SelectorStrategy::LeastUsed => "least_used",
             SelectorStrategy::RoundRobin => "round_robin",
             SelectorStrategy::Random => "random",
+            SelectorStrategy::LowestLatency => "lowest_latency",
         }
     }
 }
@@ -66,8 +71,9 @@ impl FromStr for SelectorStrategy {
             "least_used" => Ok(SelectorStrategy::LeastUsed),
             "round_robin" => Ok(SelectorStrategy::RoundRobin),
             "random" => Ok(SelectorStrategy::Random),
+            "lowest_latency" => Ok(SelectorStrategy::LowestLatency),
             _ => Err(Error::InvalidArgument(format!(
-                "unknown selector {s:?}: use first_available, least_used, round_robin or random"
+                "unknown selector {s:?}: use first_available, least_used, round_robin, random or lowest_latency"
             ))),
         }
     }

@@ -139,6 +139,7 @@ pub(crate) fn proxy_from_hash(h: &HashMap<String, String>) -> Result<Proxy> {
             .map(ms_to_time)
             .transpose()?,
         last_failure: h.get("last_failure").cloned(),
+        latency_ms: parse_opt(h, what, "latency_ms")?,
     })
 }
 

@@ -298,6 +298,7 @@ impl RedisStorage {
         proxy_id: Uuid,
         status: ProxyStatus,
         checked_at: Option<DateTime<Utc>>,
+        latency: Option<std::time::Duration>,
     ) -> Result<Proxy> {
         let mut conn = self.conn().await?;
         let pool = self
@@ -312,6 +313,11 @@ impl RedisStorage {
             .arg(proxy_id.to_string())
             .arg(status.as_str())
             .arg(checked_at.map(codec::format_time).unwrap_or_default())
+            .arg(
+                latency
+                    .map(|l| u32::try_from(l.as_millis()).unwrap_or(u32::MAX).to_string())
+                    .unwrap_or_default(),
+            )
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err("proxy status script failed"))?;
@@ -724,7 +730,7 @@ impl Storage for RedisStorage {
     }
 
     async fn set_proxy_status(&self, proxy_id: Uuid, status: ProxyStatus) -> Result<Proxy> {
-        self.set_status(proxy_id, status, None).await
+        self.set_status(proxy_id, status, None, None).await
     }
 
     async fn remove_proxy(&self, proxy_id: Uuid) -> Result<bool> {
@@ -1138,8 +1144,13 @@ impl Storage for RedisStorage {
     }
 
     async fn apply_health_check(&self, result: &HealthCheckResult) -> Result<Proxy> {
-        self.set_status(result.proxy_id, result.status, Some(result.checked_at))
-            .await
+        self.set_status(
+            result.proxy_id,
+            result.status,
+            Some(result.checked_at),
+            result.latency,
+        )
+        .await
     }
 }
 

@@ -438,7 +438,7 @@ pub async fn max_concurrency_never_exceeded_under_contention<H: Harness>(h: &H) 
         tasks.push(tokio::spawn(async move {
             let mut got = 0u32;
             for i in 0..25 {
-                let selector = SelectorStrategy::ALL[(t + i) % 4];
+                let selector = SelectorStrategy::ALL[(t + i) % SelectorStrategy::ALL.len()];
                 if let Some(lease) = take(&m, as_worker().selector(selector)).await {
                     got += 1;
                     {
@@ -712,6 +712,7 @@ pub async fn health_result_applied<H: Harness>(h: &H) {
         .checked_at(at);
     let got = m.storage().apply_health_check(&r).await.unwrap();
     assert_eq!((got.status, got.checked_at), (ProxyStatus::Slow, Some(at)));
+    assert_eq!(got.latency_ms, Some(2500), "the latency is recorded");
     let stored = m.storage().get_proxy(p.id).await.unwrap().unwrap();
     assert_eq!(
         (stored.status, stored.checked_at),
@@ -1751,4 +1752,58 @@ pub async fn waiting_acquires_are_served_in_fifo_order<H: Harness>(h: &H) {
         held = lease;
     }
     assert_eq!(order, ["first", "second", "third"]);
+}
+
+/// `lowest_latency` picks the fastest proxy by its last health check; proxies
+/// never measured come last.
+pub async fn selector_lowest_latency_order<H: Harness>(h: &H) {
+    let (m, ids) = three(h, Some(1)).await;
+    let measured = |id: Uuid, ms: u64| {
+        HealthCheckResult::new(id, ProxyStatus::Active).with_latency(Duration::from_millis(ms))
+    };
+    m.storage()
+        .apply_health_check(&measured(ids[0], 900))
+        .await
+        .unwrap();
+    m.storage()
+        .apply_health_check(&measured(ids[2], 40))
+        .await
+        .unwrap();
+    let o = || as_worker().selector(SelectorStrategy::LowestLatency);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(take_some(&m, o()).await.proxy_id);
+    }
+    assert_eq!(order, vec![ids[2], ids[0], ids[1]]);
+    assert_eq!(take(&m, o()).await, None);
+    // A new measurement moves a proxy in the order.
+    let (m, ids) = three(h, None).await;
+    m.storage()
+        .apply_health_check(&measured(ids[0], 500))
+        .await
+        .unwrap();
+    m.storage()
+        .apply_health_check(&measured(ids[1], 100))
+        .await
+        .unwrap();
+    assert_eq!(take_some(&m, o()).await.proxy_id, ids[1]);
+    m.storage()
+        .apply_health_check(&measured(ids[1], 800))
+        .await
+        .unwrap();
+    assert_eq!(take_some(&m, o()).await.proxy_id, ids[0]);
+    // A failed check (no latency) keeps the last measurement.
+    m.storage()
+        .apply_health_check(&HealthCheckResult::new(ids[0], ProxyStatus::Active))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.storage()
+            .get_proxy(ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .latency_ms,
+        Some(500)
+    );
 }

@@ -111,6 +111,7 @@ macro_rules! conformance_suite {
             selector_least_used_order,
             selector_round_robin_order,
             selector_random_spreads_and_respects_capacity,
+            selector_lowest_latency_order,
             list_and_get_leases,
             update_proxy_keeps_leases_and_reindexes,
             remove_proxy_and_pool,

@@ -98,6 +98,17 @@ pub enum Error {
         /// The highest token the resource has seen.
         highest: u64,
     },
+    /// The change was applied on the Redis primary, but fewer replicas than
+    /// configured acknowledged it before the timeout (`WAIT`): a failover now could
+    /// lose it. For an acquire, retry with the same request id to get the same
+    /// lease back instead of a second one.
+    #[error("only {acknowledged} of {wanted} replicas acknowledged the change in time")]
+    ReplicationShortfall {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas that acknowledged.
+        acknowledged: u32,
+    },
     /// The storage backend failed (connection, timeout, protocol, corrupted state).
     #[error("storage backend error: {message}")]
     Backend {
@@ -124,7 +135,10 @@ impl Error {
     /// Whether trying the same call again may succeed: true for backend failures,
     /// false for bad input, which will fail the same way every time.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Backend { .. })
+        matches!(
+            self,
+            Error::Backend { .. } | Error::ReplicationShortfall { .. }
+        )
     }
 
     pub(crate) fn invalid_proxy(field: &'static str, reason: impl Into<String>) -> Self {

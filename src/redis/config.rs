@@ -31,6 +31,7 @@ pub struct RedisConfig {
     pub(crate) record_grace: Duration,
     pub(crate) reclaim_batch: u32,
     pub(crate) cleanup_batch: u32,
+    pub(crate) wait_replicas: Option<(u32, Duration)>,
 }
 
 impl RedisConfig {
@@ -61,7 +62,22 @@ impl RedisConfig {
             record_grace: DEFAULT_RECORD_GRACE,
             reclaim_batch: Self::DEFAULT_RECLAIM_BATCH,
             cleanup_batch: Self::DEFAULT_CLEANUP_BATCH,
+            wait_replicas: None,
         }
+    }
+
+    /// After every lease change (acquire, release, extend, cleanup, status and
+    /// failure reports), waits until `replicas` replicas acknowledged it (`WAIT`),
+    /// at most `timeout`; a shortfall is [`crate::Error::ReplicationShortfall`]
+    /// (the change stands on the primary). Off by default.
+    ///
+    /// `WAIT` blocks the connection it runs on, and the connections are shared:
+    /// raise [`RedisConfig::pool_size`] with it. Replication stays asynchronous:
+    /// this narrows, not closes, the window in which a failover loses leases.
+    #[must_use]
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
     }
 
     /// Settings from the environment: the URL in `REDIS_URL`, else

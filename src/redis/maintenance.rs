@@ -1,5 +1,7 @@
 //! Maintenance operations for the sweeper and ops: pool registry, bounded cleanup
-//! batches, counter audits.
+//! batches, counter audits, server configuration checks.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -69,6 +71,9 @@ impl RedisStorage {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err("cleanup script failed"))?;
+        if reclaimed > 0 {
+            self.replicated(&mut conn).await?;
+        }
         Ok(CleanupBatch {
             reclaimed,
             more: more != 0,
@@ -129,5 +134,60 @@ impl RedisStorage {
             }
             after = next;
         }
+    }
+
+    /// Checks the server's configuration for settings that break the lease
+    /// guarantees, and returns one human-readable warning per problem (empty
+    /// when all is well). One `CONFIG GET`.
+    ///
+    /// - `maxmemory-policy` other than `noeviction`: once Redis reaches
+    ///   `maxmemory` it may evict lease records, lease counters or indexes (the
+    ///   `volatile-*` policies evict lease records and idempotency keys, which
+    ///   carry a TTL), so a proxy could be leased beyond its `max_concurrency` or
+    ///   lose capacity. With `noeviction`, writes fail instead and the scripts
+    ///   write nothing.
+    /// - A server that refuses `CONFIG GET` (managed Redis, renamed command):
+    ///   the policy cannot be checked, which is a warning too.
+    ///
+    /// `maxmemory 0` (no limit) is fine and gives no warning.
+    ///
+    /// Fails with [`Error::Backend`] only when Redis cannot be reached.
+    pub async fn server_warnings(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
+        let mut warnings = Vec::new();
+        match reply {
+            Ok(config) => match config.get("maxmemory-policy").map(String::as_str) {
+                Some("noeviction") => {}
+                Some(policy) => warnings.push(format!(
+                    "maxmemory-policy is {policy:?}, not \"noeviction\": when Redis reaches \
+                     maxmemory it may evict lease records, lease counters or indexes, so a \
+                     proxy could be leased beyond its max_concurrency or lose capacity; set \
+                     `maxmemory-policy noeviction`"
+                )),
+                None => warnings.push(
+                    "cannot check maxmemory-policy (CONFIG GET returned nothing): make sure \
+                     it is `noeviction`"
+                        .to_string(),
+                ),
+            },
+            Err(e)
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error() =>
+            {
+                return Err(redis_err("cannot read the server configuration")(e));
+            }
+            Err(e) => warnings.push(format!(
+                "cannot check maxmemory-policy (CONFIG GET failed: {e}): make sure it is \
+                 `noeviction`"
+            )),
+        }
+        Ok(warnings)
     }
 }

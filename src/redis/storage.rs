@@ -322,10 +322,38 @@ impl RedisStorage {
             .await
             .map_err(redis_err("proxy status script failed"))?;
         match reply.first().map(String::as_str) {
-            Some("OK") => codec::proxy_from_reply(&reply),
+            Some("OK") => {
+                self.replicated(&mut conn).await?;
+                codec::proxy_from_reply(&reply)
+            }
             Some("NOT_FOUND") => Err(Error::ProxyNotFound { id: proxy_id }),
             _ => Err(reply_error("proxy_status.lua", &reply)),
         }
+    }
+
+    /// With [`RedisConfig::wait_for_replicas`]: `WAIT` for the replicas to
+    /// acknowledge this connection's writes, or report the shortfall.
+    pub(super) async fn replicated(&self, conn: &mut Connection<'_>) -> Result<()> {
+        let Some((wanted, timeout)) = self.config.wait_replicas else {
+            return Ok(());
+        };
+        let acknowledged: u32 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(
+                u64::try_from(timeout.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .query_async(conn)
+            .await
+            .map_err(redis_err("WAIT failed"))?;
+        if acknowledged < wanted {
+            return Err(Error::ReplicationShortfall {
+                wanted,
+                acknowledged,
+            });
+        }
+        Ok(())
     }
 
     /// Runs `report.lua` for a success (`policy` = None) or a failure.
@@ -377,6 +405,7 @@ impl RedisStorage {
             Some("NOT_FOUND") => return Err(Error::ProxyNotFound { id: proxy_id }),
             _ => return Err(reply_error("report.lua", &reply)),
         }
+        self.replicated(&mut conn).await?;
         drop(conn);
         self.get_proxy(proxy_id)
             .await?
@@ -892,7 +921,9 @@ impl Storage for RedisStorage {
                 .map_err(redis_err("acquire script failed"))?;
             match reply.first().map(String::as_str) {
                 Some("OK") => {
-                    return lease_from_acquire(&reply, lease_id, consumer_id, request).map(Some)
+                    let lease = lease_from_acquire(&reply, lease_id, consumer_id, request)?;
+                    self.replicated(&mut conn).await?;
+                    return Ok(Some(lease));
                 }
                 Some("NONE") => return Ok(None),
                 Some("EXISTING") => {
@@ -946,6 +977,7 @@ impl Storage for RedisStorage {
             reply.get(1).map(String::as_str),
         ) {
             (Some("OK"), Some(ms)) => {
+                self.replicated(&mut conn).await?;
                 let ms: i64 = ms.parse().map_err(|_| reply_error("extend.lua", &reply))?;
                 let mut renewed = lease.clone();
                 renewed.status = LeaseStatus::Active;
@@ -975,6 +1007,9 @@ impl Storage for RedisStorage {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err("release script failed"))?;
+        if outcome == "released" || outcome == "expired" {
+            self.replicated(&mut conn).await?;
+        }
         match outcome.as_str() {
             "released" => Ok(ReleaseOutcome::Released),
             "already_released" => Ok(ReleaseOutcome::AlreadyReleased),

@@ -113,6 +113,14 @@ async fn run(args: SweeperArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match storage.server_warnings().await {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!(warning = %w, "Redis configuration");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot check the Redis configuration yet"),
+    }
     let sweeper = Sweeper::new(
         storage,
         SweeperConfig {

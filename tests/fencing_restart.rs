@@ -3,52 +3,32 @@
 //! persistence (AOF, fsync always): the pool's token counter and the lease that
 //! was acknowledged survive, and the next token is larger.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{AcquireRequest, LeaseStatus, Proxy, ProxyPool, Storage};
+use support::server::RedisServer;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    RedisServer::free_port()
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(port: u16, dir: &std::path::Path) -> Server {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "yes", "--appendfsync", "always"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server(child)
+fn start(port: u16, dir: &std::path::Path) -> RedisServer {
+    let dir = dir.to_str().expect("a UTF-8 temp dir");
+    RedisServer::spawn_with(
+        port,
+        &[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            dir,
+        ],
+    )
+    .expect("redis-server on PATH")
 }
 
 #[tokio::test]

@@ -7,29 +7,12 @@ mod support;
 
 use std::time::Duration;
 
-use lighthouse_lease::{
-    AcquireOptions, InMemoryStorage, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, Storage,
-};
+use lighthouse_lease::{AcquireOptions, InMemoryStorage, ProxyManager, ReleaseOutcome, Storage};
 
 const POOL: &str = "latam-residential";
 
 async fn manager<S: Storage>(storage: S) -> ProxyManager<S> {
-    let m = ProxyManager::new(storage);
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
-    m.storage()
-        .add_proxy(
-            Proxy::builder(pool.id, "10.0.0.1", 80)
-                .max_concurrency(1)
-                .build()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    m
+    support::one_proxy_manager(storage, 1).await
 }
 
 fn short() -> AcquireOptions {

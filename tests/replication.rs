@@ -3,55 +3,25 @@
 //! acknowledged changes are on the replica; a missing replica is reported as a
 //! shortfall, and a retry with the request id gets the same lease, not a second.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{AcquireRequest, Error, Proxy, ProxyPool, Storage};
+use support::server::RedisServer;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    RedisServer::free_port()
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+fn start(port: u16, replica_of: Option<u16>) -> RedisServer {
+    let primary = replica_of.map(|p| p.to_string());
+    let mut args = vec!["--appendonly", "no"];
+    if let Some(p) = &primary {
+        args.extend(["--replicaof", "127.0.0.1", p.as_str()]);
     }
-}
-
-fn start(port: u16, replica_of: Option<u16>) -> Server {
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
-    if let Some(primary) = replica_of {
-        cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server(child)
+    RedisServer::spawn_with(port, &args).expect("redis-server on PATH")
 }
 
 async fn raw(port: u16) -> redis::aio::MultiplexedConnection {

@@ -95,3 +95,28 @@ pub fn test_config() -> RedisConfig {
 pub fn storage() -> RedisStorage {
     RedisStorage::new(test_config()).expect("valid test config")
 }
+
+/// A manager over `storage` with one pool, `latam-residential`, holding one proxy
+/// with `max` slots.
+pub async fn one_proxy_manager<S: lighthouse_lease::Storage>(
+    storage: S,
+    max: u32,
+) -> lighthouse_lease::ProxyManager<S> {
+    use lighthouse_lease::{Proxy, ProxyManager, ProxyPool};
+    let m = ProxyManager::new(storage);
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new("latam-residential").unwrap())
+        .await
+        .unwrap();
+    m.storage()
+        .add_proxy(
+            Proxy::builder(pool.id, "10.0.0.1", 80)
+                .max_concurrency(max)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    m
+}

@@ -33,12 +33,24 @@ impl RedisServer {
     /// Spawns `redis-server` on this port (to restart one on the port it had).
     #[allow(dead_code)]
     pub fn spawn_on(port: u16) -> Result<RedisServer, String> {
+        Self::spawn_with(port, &["--appendonly", "no"])
+    }
+
+    /// A free loopback port for [`RedisServer::spawn_with`].
+    #[allow(dead_code)]
+    pub fn free_port() -> u16 {
+        free_port().unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+    }
+
+    /// Spawns `redis-server` on this port without RDB snapshots, with extra
+    /// arguments (`--appendonly yes --dir D`, `--replicaof 127.0.0.1 P`, ...).
+    pub fn spawn_with(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
             .args(["--protected-mode", "yes"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

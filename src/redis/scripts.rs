@@ -91,8 +91,13 @@ lua_script!(
     AUDIT, "audit.lua"
 );
 
+/// Read a pool's stats; read-only (`#!lua flags=no-writes`), so it runs when
+/// Redis is out of memory. Standalone: a shebang must be the script's first line.
+pub(crate) static STATS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/stats.lua")));
+
 /// Every script, for [`crate::redis::RedisStorage::load_scripts`].
-pub(crate) fn all() -> [&'static Script; 13] {
+pub(crate) fn all() -> [&'static Script; 14] {
     [
         &ACQUIRE,
         &RELEASE,
@@ -107,5 +112,6 @@ pub(crate) fn all() -> [&'static Script; 13] {
         &POOL_REMOVE,
         &AUDIT,
         &REPORT,
+        &STATS,
     ]
 }

@@ -1118,7 +1118,13 @@ impl Storage for RedisStorage {
         validate_pool_name(pool_name)?;
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
-        self.reclaim_pool(&mut conn, &pk).await?;
+        match self.reclaim_pool(&mut conn, &pk).await {
+            // Out of memory: expired leases keep counting until Redis can write.
+            Err(e) if e.to_string().contains("OOM") => {}
+            other => {
+                other?;
+            }
+        }
         self.read_stats(&mut conn, &pk, pool_name).await
     }
 
@@ -1248,28 +1254,34 @@ impl RedisStorage {
         pk: &PoolKeys,
         pool_name: &str,
     ) -> Result<PoolStats> {
-        // Every figure is the size of a set the scripts keep, read in one
-        // MULTI/EXEC (one slot), so the stats are a consistent snapshot.
-        type Snapshot = ((Option<String>, Option<String>), u64, u64, u64, u64, u64);
-        let ((id, removing), total, active, available, leased, leases): Snapshot = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(pk.meta())
-            .arg("id")
-            .arg("removing")
-            .zcard(pk.proxies())
-            .scard(pk.active())
-            .zcard(pk.avail_seq("all"))
-            .scard(pk.leased())
-            .zcard(pk.holders())
-            .query_async(conn)
+        // Every figure is the size of a set the scripts keep, read by one
+        // read-only script: a consistent snapshot, available even when Redis is
+        // out of memory (MULTI is refused then).
+        let reply: Vec<redis::Value> = scripts::STATS
+            .key(pk.meta())
+            .key(pk.proxies())
+            .key(pk.active())
+            .key(pk.avail_seq("all"))
+            .key(pk.leased())
+            .key(pk.holders())
+            .invoke_async(conn)
             .await
             .map_err(redis_err("cannot read the pool stats"))?;
-        if id.is_none() || removing.is_some() {
+        let n = |i: usize| -> Result<u64> {
+            reply
+                .get(i)
+                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+                .ok_or_else(|| corrupt(format!("stats.lua answered {reply:?}")))
+        };
+        let ok = reply
+            .first()
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+        if ok.as_deref() != Some("OK") {
             return Err(Error::PoolNotFound {
                 name: pool_name.to_string(),
             });
         }
+        let (total, active, available, leased, leases) = (n(1)?, n(2)?, n(3)?, n(4)?, n(5)?);
         Ok(PoolStats {
             total_proxies: total,
             active_proxies: active,

@@ -48,7 +48,7 @@ impl RedisConfig {
     pub const DEFAULT_CLEANUP_BATCH: u32 = 200;
 
     /// Settings for this URL (`redis://[user:password@]host:port[/db]`, or
-    /// `rediss://` with TLS when redis-rs is built with it), with the defaults:
+    /// `rediss://` with TLS, feature `tls`), with the defaults:
     /// namespace `lighthouse`, 4 connections, connect timeout 5 s, response
     /// timeout 5 s, pool wait timeout 5 s.
     pub fn from_url(url: impl Into<String>) -> Self {

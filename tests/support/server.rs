@@ -45,12 +45,25 @@ impl RedisServer {
     /// Spawns `redis-server` on this port without RDB snapshots, with extra
     /// arguments (`--appendonly yes --dir D`, `--replicaof 127.0.0.1 P`, ...).
     pub fn spawn_with(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
+        let mut args = vec!["--port".to_string(), port.to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn_args(port, &args, true)
+    }
+
+    /// Spawns a TLS-only `redis-server`: `extra` must set `--tls-port <port>`,
+    /// `--port 0` and the certificate files. Ready when the port accepts TCP.
+    #[allow(dead_code)]
+    pub fn spawn_with_tls(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
+        let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        Self::spawn_args(port, &args, false)
+    }
+
+    fn spawn_args(port: u16, args: &[String], plain: bool) -> Result<RedisServer, String> {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--protected-mode", "yes"])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,7 +76,12 @@ impl RedisServer {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if ping(port) {
+            let ready = if plain {
+                ping(port)
+            } else {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            };
+            if ready {
                 break;
             }
             if let Ok(Some(status)) = server.child.try_wait() {

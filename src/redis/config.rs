@@ -32,6 +32,7 @@ pub struct RedisConfig {
     pub(crate) reclaim_batch: u32,
     pub(crate) cleanup_batch: u32,
     pub(crate) wait_replicas: Option<(u32, Duration)>,
+    pub(crate) cluster_nodes: Vec<String>,
 }
 
 impl RedisConfig {
@@ -63,7 +64,58 @@ impl RedisConfig {
             reclaim_batch: Self::DEFAULT_RECLAIM_BATCH,
             cleanup_batch: Self::DEFAULT_CLEANUP_BATCH,
             wait_replicas: None,
+            cluster_nodes: Vec::new(),
         }
+        .with_cluster_url()
+    }
+
+    /// `redis+cluster://[user:password@]host1:port1,host2:port2` (or
+    /// `rediss+cluster://` for TLS) names Redis Cluster seed nodes; any other URL
+    /// is one server.
+    fn with_cluster_url(mut self) -> Self {
+        for (scheme, plain) in [
+            ("redis+cluster://", "redis://"),
+            ("rediss+cluster://", "rediss://"),
+        ] {
+            if let Some(rest) = self.url.strip_prefix(scheme) {
+                let (auth, hosts) = match rest.rsplit_once('@') {
+                    Some((a, h)) => (format!("{a}@"), h.to_string()),
+                    None => (String::new(), rest.to_string()),
+                };
+                self.cluster_nodes = hosts
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(|h| format!("{plain}{auth}{h}"))
+                    .collect();
+                if let Some(first) = self.cluster_nodes.first() {
+                    self.url = first.clone();
+                }
+            }
+        }
+        self
+    }
+
+    /// Redis Cluster with these seed nodes (`redis://host:port` URLs): commands go
+    /// to the node that owns each pool's slot (every key of a pool shares its hash
+    /// tag); scripts are loaded on that node when it answers `NOSCRIPT`. Same as a
+    /// `redis+cluster://host1:port1,host2:port2` URL.
+    #[must_use]
+    pub fn cluster<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cluster_nodes = nodes.into_iter().map(Into::into).collect();
+        if let Some(first) = self.cluster_nodes.first() {
+            self.url = first.clone();
+        }
+        self
+    }
+
+    /// Whether this configuration names a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
     }
 
     /// After every lease change (acquire, release, extend, cleanup, status and

@@ -101,9 +101,25 @@ impl RedisStorage {
         let grace_ms = u64::try_from(config.record_grace.as_millis()).unwrap_or(u64::MAX / 4);
         let client = redis::Client::open(config.url.as_str())
             .map_err(redis_err("invalid connection URL"))?;
+        let cluster = if config.cluster_nodes.is_empty() {
+            None
+        } else {
+            let mut builder = redis::cluster::ClusterClient::builder(config.cluster_nodes.clone());
+            if let Some(t) = config.connect_timeout {
+                builder = builder.connection_timeout(t);
+            }
+            if let Some(t) = config.response_timeout {
+                builder = builder.response_timeout(t);
+            }
+            Some(
+                builder
+                    .build()
+                    .map_err(redis_err("invalid cluster node URLs"))?,
+            )
+        };
         Ok(RedisStorage {
             notifier: super::notify::Notifier::new(client),
-            conns: Connections::new(pool, config.pool_size),
+            conns: Connections::new(pool, config.pool_size, cluster),
             keys: Keys::new(&config.namespace),
             config,
             grace_ms,

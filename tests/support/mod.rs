@@ -14,6 +14,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod server;
 
 use std::sync::OnceLock;

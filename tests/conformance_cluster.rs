@@ -174,3 +174,57 @@ fn cli_and_sweeper_work_against_the_cluster() {
         "{stats}"
     );
 }
+
+/// After `SCRIPT FLUSH` on every node, each pool's scripts are loaded again on
+/// the node that owns its slot, and nothing is lost or double-counted.
+#[tokio::test]
+async fn scripts_reload_on_the_owning_node_after_script_flush() {
+    let s = storage();
+    s.ensure_consumer("w").await.unwrap();
+    let mut proxies = Vec::new();
+    for i in 0..6 {
+        let name = format!("flush-{i}");
+        let pool = s
+            .create_pool(ProxyPool::new(name.clone()).unwrap())
+            .await
+            .unwrap();
+        proxies.push((
+            name,
+            s.add_proxy(
+                Proxy::builder(pool.id, "10.0.0.1", 80)
+                    .max_concurrency(2)
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap(),
+        ));
+    }
+    for port in cluster().ports() {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "script", "flush"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    for (name, proxy) in &proxies {
+        let lease = s
+            .acquire(&AcquireRequest::new(
+                name.clone(),
+                "w",
+                Duration::from_secs(60),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.get_proxy(proxy.id).await.unwrap().unwrap().current_leases,
+            1
+        );
+        assert_eq!(s.release(&lease).await.unwrap(), ReleaseOutcome::Released);
+        assert_eq!(
+            s.get_proxy(proxy.id).await.unwrap().unwrap().current_leases,
+            0
+        );
+    }
+}

@@ -278,6 +278,15 @@ impl RedisStorage {
         Ok(pk)
     }
 
+    /// The keys of the pool a proxy belongs to; [`Error::ProxyNotFound`] if none.
+    async fn keys_of_proxy(&self, conn: &mut Connection<'_>, proxy_id: Uuid) -> Result<PoolKeys> {
+        let pool = self
+            .pool_of_proxy(conn, proxy_id)
+            .await?
+            .ok_or(Error::ProxyNotFound { id: proxy_id })?;
+        Ok(self.keys.pool(&pool))
+    }
+
     /// The pool a proxy belongs to, from the proxy registry.
     async fn pool_of_proxy(&self, conn: &mut Connection<'_>, id: Uuid) -> Result<Option<String>> {
         redis::cmd("HGET")
@@ -317,11 +326,7 @@ impl RedisStorage {
         latency: Option<std::time::Duration>,
     ) -> Result<Proxy> {
         let mut conn = self.conn().await?;
-        let pool = self
-            .pool_of_proxy(&mut conn, proxy_id)
-            .await?
-            .ok_or(Error::ProxyNotFound { id: proxy_id })?;
-        let pk = self.keys.pool(&pool);
+        let pk = self.keys_of_proxy(&mut conn, proxy_id).await?;
         let reply: Vec<String> = scripts::PROXY_STATUS
             .key(pk.meta())
             .key(pk.proxy(proxy_id))
@@ -395,11 +400,7 @@ impl RedisStorage {
             }
         };
         let mut conn = self.conn().await?;
-        let pool = self
-            .pool_of_proxy(&mut conn, proxy_id)
-            .await?
-            .ok_or(Error::ProxyNotFound { id: proxy_id })?;
-        let pk = self.keys.pool(&pool);
+        let pk = self.keys_of_proxy(&mut conn, proxy_id).await?;
         let reply: Vec<String> = scripts::REPORT
             .key(pk.meta())
             .key(pk.proxy(proxy_id))

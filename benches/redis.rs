@@ -239,12 +239,15 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
     let setup_rt = Flavor::MultiThread.runtime();
     for n in SIZES {
         let started = Instant::now();
-        let (held, loaded) = setup_rt.block_on(setup_pool(&url, n))?;
+        let (held, loaded, per_proxy, per_lease) = setup_rt.block_on(setup_pool(&url, n))?;
         println!(
             "  pool {}: {n} proxies loaded in {:.1} s, then {held} standing leases taken; {:.1} s in all",
             pool_name(n),
             loaded.as_secs_f64(),
             started.elapsed().as_secs_f64()
+        );
+        println!(
+            "  memory (INFO used_memory deltas): {per_proxy:.0} B per proxy, {per_lease:.0} B per active lease"
         );
     }
     drop(setup_rt);
@@ -376,8 +379,22 @@ fn proxies(pool_id: uuid::Uuid, n: usize) -> Result<Vec<Proxy>, BoxError> {
 /// Creates the pool, loads its proxies in concurrent chunks, and has one lease
 /// (2 h long) held on every other proxy. Returns the standing leases and the
 /// time the proxies took to load.
-async fn setup_pool(url: &str, n: usize) -> Result<(u64, Duration), BoxError> {
+async fn setup_pool(url: &str, n: usize) -> Result<(u64, Duration, f64, f64), BoxError> {
     let m = manager(url)?;
+    let mut mem = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let used = |text: String| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut mem)
+        .await?;
+    let before = used(before);
     m.storage().load_scripts().await?;
     let name = pool_name(n);
     let started = Instant::now();
@@ -399,6 +416,11 @@ async fn setup_pool(url: &str, n: usize) -> Result<(u64, Duration), BoxError> {
         }
     }
     let loaded = started.elapsed();
+    let after_proxies: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut mem)
+        .await?;
+    let after_proxies = used(after_proxies);
     let left = Arc::new(AtomicUsize::new(n / 2));
     let mut set: JoinSet<Result<(), String>> = JoinSet::new();
     for _ in 0..HOLDERS {
@@ -423,11 +445,18 @@ async fn setup_pool(url: &str, n: usize) -> Result<(u64, Duration), BoxError> {
     while let Some(done) = set.join_next().await {
         done??;
     }
+    let after_leases: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut mem)
+        .await?;
+    let after_leases = used(after_leases);
     let stats = m.storage().pool_stats(&name).await?;
     if stats.total_proxies != n as u64 || stats.total_leases != (n / 2) as u64 {
         return Err(format!("pool {name} is not as set up: {stats:?}").into());
     }
-    Ok((stats.total_leases, loaded))
+    let per_proxy = (after_proxies - before) / n as f64;
+    let per_lease = (after_leases - after_proxies) / (n / 2).max(1) as f64;
+    Ok((stats.total_leases, loaded, per_proxy, per_lease))
 }
 
 // ---------------------------------------------------------------- our cycles

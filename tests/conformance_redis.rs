@@ -53,11 +53,7 @@ mod redis_specific {
     const POOL: &str = "latam-residential";
 
     async fn raw() -> redis::aio::MultiplexedConnection {
-        redis::Client::open(support::redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        support::raw_conn(&support::redis_url()).await
     }
 
     async fn setup(
@@ -75,27 +71,7 @@ mod redis_specific {
     }
 
     async fn keys_of(ns: &str) -> Vec<String> {
-        let mut c = raw().await;
-        let mut out: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{ns}:*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            out.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        out.sort();
-        out
+        support::keys_under(ns).await
     }
 
     #[tokio::test]

@@ -64,14 +64,6 @@ fn storage_on(url: &str, ns: &str) -> RedisStorage {
     .expect("valid Redis config")
 }
 
-async fn raw_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw Redis connection")
-}
-
 /// Keys the test writes itself (never through the library), next to the
 /// library's namespace but not inside it.
 fn check_ns(ns: &str) -> String {
@@ -146,7 +138,7 @@ async fn hammer_worker(url: String) {
     let manager = ProxyManager::builder(storage_on(&url, &ns))
         .auto_register_consumers(true)
         .build();
-    let mut conn = raw_conn(&url).await;
+    let mut conn = support::raw_conn(&url).await;
 
     // Start barrier, so that every process hammers at the same time.
     let _: i64 = redis::cmd("INCR")
@@ -481,7 +473,7 @@ fn no_over_lease_across_processes() {
         .collect();
 
     rt.block_on(async {
-        let mut conn = raw_conn(&url).await;
+        let mut conn = support::raw_conn(&url).await;
         let violations = get_count(&mut conn, format!("{check}:violations")).await;
         let log: Vec<String> = redis::cmd("LRANGE")
             .arg(format!("{check}:violation-log"))
@@ -653,7 +645,7 @@ fn sigkill_loses_leases_only_at_expiry() {
     guard.0 = None;
 
     rt.block_on(async {
-        let mut conn = raw_conn(&url).await;
+        let mut conn = support::raw_conn(&url).await;
         let storage = manager.storage();
 
         // Right after the kill: the dead worker's capacity is still taken.

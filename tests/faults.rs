@@ -12,6 +12,8 @@
 //! The SIGSTOP test runs its holder in another OS process: this test binary run
 //! again as `<exe> worker_entry --exact` with `LIGHTHOUSE_FAULT_WORKER` set.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -238,14 +240,6 @@ fn config(url: &str, ns: &str) -> RedisConfig {
 
 fn storage_on(url: &str, ns: &str) -> RedisStorage {
     RedisStorage::new(config(url, ns)).expect("valid Redis config")
-}
-
-async fn raw_conn(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw Redis connection")
 }
 
 /// Redis's clock (the one lease expiry is measured with), in ms.
@@ -551,7 +545,7 @@ fn script_flush_under_load() {
         let manager = ProxyManager::builder(storage)
             .auto_register_consumers(true)
             .build();
-        let conn = raw_conn(&url).await;
+        let conn = support::raw_conn(&url).await;
         let stop = Arc::new(AtomicBool::new(false));
         let violations = Arc::new(Mutex::new(Vec::<String>::new()));
         let (cycles, exhausted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -719,7 +713,7 @@ fn restart_with_aof_keeps_acknowledged_leases() {
                 ReleaseOutcome::AlreadyReleased
             );
         }
-        let mut conn = raw_conn(&url).await;
+        let mut conn = support::raw_conn(&url).await;
         assert_no_leak(storage, &mut conn, ns, POOL, &proxies).await;
         // And it leases again after the restart.
         let again = manager
@@ -777,7 +771,7 @@ fn restart_without_persistence_forgets_everything() {
         assert!(storage.get_proxy(proxies[0].id).await.unwrap().is_none());
         assert!(storage.pool_names().await.unwrap().is_empty());
         let dbsize: i64 = redis::cmd("DBSIZE")
-            .query_async(&mut raw_conn(&url).await)
+            .query_async(&mut support::raw_conn(&url).await)
             .await
             .unwrap();
         assert_eq!(dbsize, 0, "a restart without persistence keeps nothing");
@@ -799,7 +793,7 @@ fn restart_without_persistence_forgets_everything() {
             manager.release_proxy(&lease).await.unwrap(),
             ReleaseOutcome::Released
         );
-        let mut conn = raw_conn(&url).await;
+        let mut conn = support::raw_conn(&url).await;
         assert_no_leak(storage, &mut conn, ns, POOL, &proxies).await;
     });
 }
@@ -872,7 +866,7 @@ fn sigstopped_holder_loses_its_lease() {
 
     rt.block_on(async {
         let storage = manager.storage();
-        let mut conn = raw_conn(&url).await;
+        let mut conn = support::raw_conn(&url).await;
         // Let it renew at least once, then freeze it.
         tokio::time::sleep(Duration::from_millis(LEASE_MS / 2)).await;
         signal(pid, "STOP");
@@ -1063,7 +1057,7 @@ fn redis_unreachable_then_back() {
             manager.release_proxy(&held).await.unwrap(),
             ReleaseOutcome::Released
         );
-        let mut conn = raw_conn(&url).await;
+        let mut conn = support::raw_conn(&url).await;
         assert_no_leak(storage, &mut conn, ns, POOL, &proxies).await;
     });
 }
@@ -1228,7 +1222,7 @@ fn lost_acquire_reply_retry_returns_the_same_lease() {
             manager.release_proxy(&retry).await.unwrap(),
             ReleaseOutcome::Released
         );
-        let mut conn = raw_conn(&server.url()).await;
+        let mut conn = support::raw_conn(&server.url()).await;
         assert_no_leak(&direct, &mut conn, ns, POOL, &proxies).await;
     });
 }
@@ -1251,7 +1245,7 @@ fn server_warnings_flag_eviction_policies() {
             warnings[0].contains("allkeys-lru") && warnings[0].contains("noeviction"),
             "{warnings:?}"
         );
-        let mut conn = raw_conn(&server.url()).await;
+        let mut conn = support::raw_conn(&server.url()).await;
         for (policy, warns) in [
             ("volatile-ttl", true),
             ("noeviction", false),
@@ -1311,7 +1305,7 @@ fn out_of_memory_fails_cleanly() {
                     .unwrap(),
             );
         }
-        let mut conn = raw_conn(&url).await;
+        let mut conn = support::raw_conn(&url).await;
         // Fill Redis until a write fails.
         let value = vec![b'x'; 16 * 1024];
         let mut filled = 0;
@@ -1395,7 +1389,7 @@ fn pool_stats_readable_out_of_memory() {
     runtime().block_on(async {
         let storage = storage_on(&url, ns);
         make_pool(&storage, POOL, &[1, 1]).await;
-        let mut conn = raw_conn(&url).await;
+        let mut conn = support::raw_conn(&url).await;
         let value = vec![b'x'; 16 * 1024];
         for i in 0..10_000 {
             let r: redis::RedisResult<()> = redis::cmd("SET")

@@ -560,29 +560,7 @@ proptest! {
 // Real operations on the test Redis.
 
 async fn scan(ns: &str) -> BTreeSet<String> {
-    let mut c = redis::Client::open(support::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let mut out = BTreeSet::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{ns}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        out.extend(batch);
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
-    }
+    support::keys_under(ns).await.into_iter().collect()
 }
 
 async fn pttl(key: &str) -> i64 {

@@ -13,11 +13,7 @@ use lighthouse_lease::{AcquireRequest, Proxy, ProxyPool, Storage};
 const POOL: &str = "latam-residential";
 
 async fn raw() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(support::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    support::raw_conn(&support::redis_url()).await
 }
 
 async fn setup(max: u32) -> (RedisStorage, Proxy) {

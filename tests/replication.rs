@@ -25,11 +25,7 @@ fn start(port: u16, replica_of: Option<u16>) -> RedisServer {
 }
 
 async fn raw(port: u16) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    support::raw_conn(&format!("redis://127.0.0.1:{port}")).await
 }
 
 async fn wait_linked(replica: u16) {

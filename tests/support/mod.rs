@@ -121,3 +121,38 @@ pub async fn one_proxy_manager<S: lighthouse_lease::Storage>(
         .unwrap();
     m
 }
+
+/// A plain connection to the Redis at `url`, for raw commands the library does
+/// not offer (inspecting keys, injecting faults).
+pub async fn raw_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw Redis connection")
+}
+
+/// Every key of the test Redis under `<ns>:`, sorted (SCAN, never KEYS).
+pub async fn keys_under(ns: &str) -> Vec<String> {
+    let mut c = raw_conn(&redis_url()).await;
+    let mut out: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{ns}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .expect("SCAN");
+        out.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    out.sort();
+    out
+}

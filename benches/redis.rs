@@ -48,6 +48,27 @@ mod server;
 
 const NAMESPACE: &str = "lhbench";
 const SIZES: [usize; 2] = [1_000, 100_000];
+
+/// The pool sizes to run: `LIGHTHOUSE_BENCH_SIZES` (comma-separated, each one of
+/// [`SIZES`]) narrows a quick run; unset, every size.
+fn sizes() -> Vec<usize> {
+    match std::env::var("LIGHTHOUSE_BENCH_SIZES") {
+        Ok(list) => SIZES
+            .into_iter()
+            .filter(|n| {
+                list.split(',')
+                    .any(|s| s.trim().parse::<usize>().ok() == Some(*n))
+            })
+            .collect(),
+        Err(_) => SIZES.to_vec(),
+    }
+}
+
+/// `LIGHTHOUSE_BENCH_BASELINES=0` skips both baselines (a quick run for tuning;
+/// its ratios are then missing, so never report one).
+fn baselines_wanted() -> bool {
+    std::env::var("LIGHTHOUSE_BENCH_BASELINES").map_or(true, |v| v != "0")
+}
 const MAX_CONCURRENCY: u32 = 4;
 const COUNTRIES: [&str; 16] = [
     "AR", "BR", "CL", "CO", "PE", "MX", "UY", "PY", "BO", "EC", "VE", "CR", "PA", "GT", "HN", "SV",
@@ -66,6 +87,8 @@ const SEMAPHORE_LIMIT: usize = 1_000;
 
 type Manager = ProxyManager<RedisStorage>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// One baseline's runner: the admin connection, the server's port, the timing.
+type BaselineRun = fn(&mut redis::Connection, u16, Timing) -> Result<Vec<Baseline>, String>;
 
 /// Baseline A's script: acquire (counter < max, count, record the lease by
 /// expiry) then release (forget the lease, uncount), in one call.
@@ -237,7 +260,7 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
 
     // ------------------------------------------------------------ setup
     let setup_rt = Flavor::MultiThread.runtime();
-    for n in SIZES {
+    for n in sizes() {
         let started = Instant::now();
         let (held, loaded, per_proxy, per_lease) = setup_rt.block_on(setup_pool(&url, n))?;
         println!(
@@ -254,7 +277,7 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
 
     // ------------------------------------------------------------ ours
     let mut cases = Vec::new();
-    for n in SIZES {
+    for n in sizes() {
         for filter in ["unfiltered", "country"] {
             for (flavor, concurrency) in [
                 (Flavor::CurrentThread, 1),
@@ -292,20 +315,24 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
     // ------------------------------------------------------------ baselines
     let mut skipped: Vec<String> = Vec::new();
     let mut baselines = Vec::new();
-    match baseline_redis_benchmark(&mut admin, port, timing) {
-        Ok(mut b) => baselines.append(&mut b),
-        Err(e) => {
-            let line = format!("baseline skipped: redis-benchmark EVALSHA: {e}");
-            println!("{line}");
-            skipped.push(line);
+    let runs: [(&str, BaselineRun); 2] = [
+        ("redis-benchmark EVALSHA", baseline_redis_benchmark),
+        ("redis-semaphore", baseline_semaphore),
+    ];
+    for (name, run) in runs {
+        if !baselines_wanted() {
+            skipped.push(format!(
+                "baseline skipped: {name}: LIGHTHOUSE_BENCH_BASELINES=0"
+            ));
+            continue;
         }
-    }
-    match baseline_semaphore(&mut admin, port, timing) {
-        Ok(mut b) => baselines.append(&mut b),
-        Err(e) => {
-            let line = format!("baseline skipped: redis-semaphore: {e}");
-            println!("{line}");
-            skipped.push(line);
+        match run(&mut admin, port, timing) {
+            Ok(mut b) => baselines.append(&mut b),
+            Err(e) => {
+                let line = format!("baseline skipped: {name}: {e}");
+                println!("{line}");
+                skipped.push(line);
+            }
         }
     }
 
@@ -890,7 +917,7 @@ fn script_cost(url: &str, admin: &mut redis::Connection) -> Result<Vec<Cost>, Bo
     let rt = Flavor::CurrentThread.runtime();
     let m = manager(url)?;
     let mut out = Vec::new();
-    for size in SIZES {
+    for size in sizes() {
         for filter in ["unfiltered", "country"] {
             let case = Case {
                 size,

@@ -1,91 +1,68 @@
--- acquire.lua: reclaim the pool's expired leases, pick an available proxy that
--- matches the filter, count the lease against its max_concurrency and record it,
--- in one atomic step.
+-- acquire.lua: for each of n acquire requests on one pool, pick an available
+-- proxy that matches its filter, count the lease against the proxy's
+-- max_concurrency and record it; first reclaim the pool's expired leases. All of
+-- it is one atomic step: the storage sends concurrent acquires on one pool as
+-- one call (n > 1), each request seeing the counts the ones before it left.
 --
--- KEYS[1]  <ns>:{<pool>}:meta      pool hash (must exist, not being removed)
--- KEYS[2]  <ns>:{<pool>}:leases    live leases by expiry ms
--- KEYS[3]  <ns>:{<pool>}:lease:<lease-id>   the new lease record (must not exist)
--- KEYS[4]  <ns>:{<pool>}:request:<encoded request id>   idempotency key (read and
---          written only when ARGV[11] is '1')
+-- KEYS[1]      <ns>:{<pool>}:meta      pool hash (must exist, not being removed)
+-- KEYS[2]      <ns>:{<pool>}:leases    live leases by expiry ms
+-- then for request i (1..n):
+-- KEYS[1+2i]   <ns>:{<pool>}:lease:<lease-id>   its new lease record (must not exist)
+-- KEYS[2+2i]   <ns>:{<pool>}:request:<encoded request id>   its idempotency key
+--              (read and written only when its request flag is '1')
 -- ARGV[1]  pool prefix `<ns>:{<pool>}:` (KEYS must be built from it)
--- ARGV[2]  lease id (uuid)                ARGV[3]  consumer id (uuid)
--- ARGV[4]  consumer name (1..128 bytes)   ARGV[5]  duration ms (1..604800000)
--- ARGV[6]  selector: first_available | least_used | round_robin | random | lowest_latency
--- ARGV[7]  filter as JSON (ProxyFilters' field names), or '' for none
--- ARGV[8]  random integer 0..2^31 (random selector start)
--- ARGV[9]  most expired leases to reclaim in this call (1..100000)
--- ARGV[10] record grace ms (how long a finished record is kept after expiry)
--- ARGV[11] '1' when the acquire carries a request id (KEYS[4]), else '0'
--- ARGV[12] number n of required index tags, then ARGV[13..12+n] the tags
---          (`<attribute>=<percent-encoded value>`: every match must have them)
+-- ARGV[2]  most expired leases to reclaim in this call (1..100000)
+-- ARGV[3]  record grace ms (how long a finished record is kept after expiry)
+-- ARGV[4]  n, the number of requests (1..1000), then each request's block:
+--   +0 lease id (uuid)                +1 consumer id (uuid)
+--   +2 consumer name (1..128 bytes)   +3 duration ms (1..604800000)
+--   +4 selector: first_available | least_used | round_robin | random | lowest_latency
+--   +5 filter as JSON (ProxyFilters' field names), or '' when the tags alone
+--      decide (no filter, or one exact-match attribute)
+--   +6 random integer 0..2^31 (random selector start)
+--   +7 '1' when the request carries a request id (its KEYS entry), else '0'
+--   +8 number t of required index tags, then +9..+8+t the tags
+--      (`<attribute>=<percent-encoded value>`: every match must have them)
 --
--- Reply: {'OK', proxy_id, pool_id, acquired_at_ms, expires_at_ms, host, port,
---         protocol, has_credentials '0'|'1', username, password, fencing_token}
+-- Reply: one entry per request, in order:
+--     {'OK', proxy_id, pool_id, acquired_at_ms, expires_at_ms, host, port,
+--      protocol, has_credentials '0'|'1', username, password, fencing_token}
 --     or {'EXISTING', lease_id}  this request id already got that lease (its
---                            record still exists): nothing written
--- The fencing token is max(the pool's last token + 1, Redis time in µs): strictly
--- increasing per pool (so per proxy), and never reused even by a pool created again.
+--                            record still exists): nothing written for it
 --     or {'NONE'}            no available proxy matches
 --     or {'RETRY'}           none found, but more expired leases wait for reclaim:
 --                            run cleanup.lua on the pool and call again
 --     or {'POOL_NOT_FOUND'}
--- Publishes on `<prefix>freed` when its reclaim freed more than it takes.
--- Errors (nothing written): bad arguments. (Lease ids are random v4 UUIDs made by
--- the client, so the record key is new.)
+-- The fencing token is max(the pool's last token + 1, Redis time in µs): strictly
+-- increasing per pool (so per proxy), and never reused even by a pool created again.
+-- Publishes on `<prefix>freed` when its reclaim freed more than one slot.
+-- Errors (nothing written): bad arguments, in any request. (Lease ids are random
+-- v4 UUIDs made by the client, so the record keys are new.)
 --
--- Cost: O(r log n) to reclaim r <= ARGV[9] expired leases, plus the selection:
--- O(t + log n) with no filter or a filter of exact-match attributes (the first
--- candidate of the smallest index matches), O(k log n) for a point or radius
--- filter with k available proxies in the circle (GEOSEARCH, up to 1,000; past
--- that, like the next case); other filters (any_of, none_of) walk the smallest
--- index in batches of 32 until the first match.
+-- Cost: O(r log n) to reclaim r <= ARGV[2] expired leases, plus per request the
+-- selection: O(t + log n) with no filter or a filter of exact-match attributes
+-- (the first candidate of the smallest index matches), O(k log n) for a point or
+-- radius filter with k available proxies in the circle (GEOSEARCH, up to 1,000;
+-- past that, like the next case); other filters (any_of, none_of) walk the
+-- smallest index in batches of 32 until the first match.
 
 local now, now_us = now_clock()
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], 'meta') or KEYS[2] ~= prefix .. 'leases'
-  or KEYS[3] ~= prefix .. 'lease:' .. tostring(ARGV[2]) then
+if not check_prefix(prefix, KEYS[1], 'meta') or KEYS[2] ~= prefix .. 'leases' then
   return fail('keys do not match the pool prefix')
 end
-local lease_id, consumer_id, consumer = ARGV[2], ARGV[3], ARGV[4]
-if not is_uuid(lease_id) or not is_uuid(consumer_id) then return fail('bad lease or consumer id') end
-if not is_text(consumer, 128) then return fail('bad consumer name') end
-local duration = int_in(ARGV[5], 1, 604800000)
-if not duration then return fail('bad duration') end
-local selector = ARGV[6]
-local SELECTORS = { first_available = true, least_used = true, round_robin = true, random = true,
-  lowest_latency = true }
-if not SELECTORS[selector] then return fail('bad selector') end
-local filter = nil
-if ARGV[7] ~= '' then
-  local ok, decoded = pcall(cjson.decode, ARGV[7])
-  if not ok or type(decoded) ~= 'table' then return fail('bad filter JSON') end
-  filter = decoded
-end
-local rnd = int_in(ARGV[8], 0, 2147483648)
-local reclaim_limit = int_in(ARGV[9], 1, 100000)
-local grace = int_in(ARGV[10], 0, 315360000000)
-local has_request = ARGV[11]
-if has_request ~= '0' and has_request ~= '1' then return fail('bad request flag') end
-if type(KEYS[4]) ~= 'string' or string.sub(KEYS[4], 1, #prefix + 8) ~= prefix .. 'request:' then
-  return fail('bad request key')
-end
-local ntags = int_in(ARGV[12], 0, 64)
-if not rnd or not reclaim_limit or not grace or not ntags then return fail('bad numeric argument') end
-local tags = {}
-for i = 1, ntags do
-  local tag = ARGV[12 + i]
-  if not is_tag(tag) or tag == 'all' then return fail('bad tag') end
-  tags[i] = tag
-end
+local reclaim_limit = int_in(ARGV[2], 1, 100000)
+local grace = int_in(ARGV[3], 0, 315360000000)
+local nreq = int_in(ARGV[4], 1, 1000)
+if not reclaim_limit or not grace or not nreq then return fail('bad numeric argument') end
 
 -- The filter's shape: every field of the right type, nesting bounded.
 local TEXT = { country = true, source = true, city = true, isp = true }
 local NUM = { asn = true, latitude = true, longitude = true, radius_km = true }
 local LIST = { any_of = true, all_of = true, none_of = true }
-local nodes = 0
-local function check_filter(f, depth)
-  nodes = nodes + 1
-  if depth > 5 or nodes > 64 or type(f) ~= 'table' then return false end
+local function check_filter(f, depth, nodes)
+  nodes[1] = nodes[1] + 1
+  if depth > 5 or nodes[1] > 64 or type(f) ~= 'table' then return false end
   for k, v in pairs(f) do
     if TEXT[k] then
       if type(v) ~= 'string' then return false end
@@ -94,7 +71,7 @@ local function check_filter(f, depth)
     elseif LIST[k] then
       if type(v) ~= 'table' then return false end
       for _, sub in ipairs(v) do
-        if not check_filter(sub, depth + 1) then return false end
+        if not check_filter(sub, depth + 1, nodes) then return false end
       end
     else
       return false
@@ -102,26 +79,73 @@ local function check_filter(f, depth)
   end
   return true
 end
-if filter and not check_filter(filter, 0) then return fail('bad filter') end
+
+-- Every request is read and checked before anything is written.
+local lease_prefix, request_prefix = prefix .. 'lease:', prefix .. 'request:'
+local reqs = {}
+local at = 5
+for i = 1, nreq do
+  local r = {
+    lease_id = ARGV[at], consumer_id = ARGV[at + 1], consumer = ARGV[at + 2],
+    selector = ARGV[at + 4], has_request = ARGV[at + 7],
+    lease_key = KEYS[1 + 2 * i], request_key = KEYS[2 + 2 * i],
+  }
+  if not is_uuid(r.lease_id) or not is_uuid(r.consumer_id) then
+    return fail('bad lease or consumer id')
+  end
+  if r.lease_key ~= lease_prefix .. r.lease_id then
+    return fail('keys do not match the pool prefix')
+  end
+  if not is_text(r.consumer, 128) then return fail('bad consumer name') end
+  r.duration = int_in(ARGV[at + 3], 1, 604800000)
+  if not r.duration then return fail('bad duration') end
+  local sel = r.selector
+  if sel ~= 'least_used' and sel ~= 'first_available' and sel ~= 'round_robin'
+    and sel ~= 'random' and sel ~= 'lowest_latency' then
+    return fail('bad selector')
+  end
+  local json = ARGV[at + 5]
+  if type(json) ~= 'string' then return fail('bad filter JSON') end
+  if json ~= '' then
+    local ok, decoded = pcall(cjson.decode, json)
+    if not ok or type(decoded) ~= 'table' then return fail('bad filter JSON') end
+    if not check_filter(decoded, 0, { 0 }) then return fail('bad filter') end
+    r.filter = decoded
+  end
+  r.rnd = int_in(ARGV[at + 6], 0, 2147483648)
+  if r.has_request ~= '0' and r.has_request ~= '1' then return fail('bad request flag') end
+  if type(r.request_key) ~= 'string'
+    or string.sub(r.request_key, 1, #request_prefix) ~= request_prefix then
+    return fail('bad request key')
+  end
+  local ntags = int_in(ARGV[at + 8], 0, 64)
+  if not r.rnd or not ntags then return fail('bad numeric argument') end
+  r.tags = {}
+  for j = 1, ntags do
+    local tag = ARGV[at + 8 + j]
+    if not is_tag(tag) or tag == 'all' then return fail('bad tag') end
+    r.tags[j] = tag
+  end
+  reqs[i] = r
+  at = at + 9 + ntags
+end
+if at ~= #ARGV + 1 then return fail('bad argument count') end
 
 local meta = redis.call('HMGET', KEYS[1], 'id', 'removing', 'rr_cursor', 'fence')
 local pool_id = meta[1]
 if not pool_id or meta[2] then
-  return { 'POOL_NOT_FOUND' }
-end
-if has_request == '1' then
-  local prior = redis.call('GET', KEYS[4])
-  if prior and redis.call('EXISTS', prefix .. 'lease:' .. prior) == 1 then
-    return { 'EXISTING', prior }
-  end
+  local out = {}
+  for i = 1, nreq do out[i] = { 'POOL_NOT_FOUND' } end
+  return out
 end
 
 -- ---------------------------------------------------------------- reclaim
 local reclaimed, more = reclaim(prefix, now, reclaim_limit, grace)
--- Slots freed here beyond the one this acquire takes can serve waiters elsewhere.
-if reclaimed + lift_cooldowns(prefix, now, 16) > 1 then notify_freed(prefix) end
+local freed = reclaimed + lift_cooldowns(prefix, now, 16)
 
 -- ---------------------------------------------------------------- matching
+-- The request being served (set by serve() below): the functions read these.
+local filter, selector, rnd, tags
 local function haversine_km(lat1, lon1, lat2, lon2)
   local r = math.pi / 180
   local p1, p2 = lat1 * r, lat2 * r
@@ -189,13 +213,15 @@ local cursor = tonumber(meta[3] or '')
 local BATCH = 32
 
 -- Without a filter the first candidate always matches: fetch just one.
-local FIRST_BATCH = 4
-if filter == nil then FIRST_BATCH = 1 end
+local function first_batch()
+  if filter == nil then return 1 end
+  return 4
+end
 
 -- Walks `key` by rank from `start` to the end; returns the first match.
 local function walk_rank(key, start, stop)
   local i = start
-  local batch = FIRST_BATCH
+  local batch = first_batch()
   while stop == nil or i <= stop do
     local last = i + batch - 1
     batch = BATCH
@@ -213,7 +239,7 @@ end
 -- Walks `key` by score from `min` to `max` (Redis score syntax); first match.
 local function walk_score(key, min, max)
   local offset = 0
-  local batch = FIRST_BATCH
+  local batch = first_batch()
   while true do
     local ids = redis.call('ZRANGEBYSCORE', key, min, max, 'LIMIT', offset, batch)
     for _, id in ipairs(ids) do
@@ -307,60 +333,94 @@ local function select_proxy()
   return select_from_index(base)
 end
 
--- The indexes list only available proxies; a proxy hash edited by hand can
--- disagree. Such a stale entry is dropped (the audit rebuilds it fully) and the
--- selection runs again, a few times at most.
-local id, pkey, ep, old
-for _ = 1, 4 do
-  id = select_proxy()
-  if not id then
-    if more then return { 'RETRY' } end
-    return { 'NONE' }
-  end
-  pkey = prefix .. 'proxy:' .. id
-  ep = redis.call('HMGET', pkey, 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
-    'latitude', 'longitude', 'cooldown_until_ms', 'latency_ms', 'host', 'port', 'protocol',
-    'username', 'password')
-  old = snapshot_of(ep)
-  if old and old.available then break end
-  if old then
-    index_remove(prefix, id, old)
-  else
-    index_remove(prefix, id, { tags = '', lat = nil })
-  end
-  old = nil
-end
-if not old then return { 'NONE' } end
+-- ---------------------------------------------------------------- each request
+local last_token = tonumber(meta[4] or '0') or 0
+local fence_moved, cursor_moved = false, false
+local now_s = fmt_int(now)
+local out = {}
 
--- ---------------------------------------------------------------- take it
-redis.call('HINCRBY', pkey, 'current_leases', 1)
-account(prefix, id, old, with_leases(old, old.leases + 1))
-if selector == 'round_robin' then
-  redis.call('HSET', KEYS[1], 'rr_cursor', old.seq)
+-- Serves one request: its reply.
+local function serve(r)
+  if r.has_request == '1' then
+    local prior = redis.call('GET', r.request_key)
+    if prior and redis.call('EXISTS', lease_prefix .. prior) == 1 then
+      return { 'EXISTING', prior }
+    end
+  end
+  filter, selector, rnd, tags = r.filter, r.selector, r.rnd, r.tags
+  -- The indexes list only available proxies; a proxy hash edited by hand can
+  -- disagree. Such a stale entry is dropped (the audit rebuilds it fully) and the
+  -- selection runs again, a few times at most.
+  local id, pkey, ep, old
+  for _ = 1, 4 do
+    id = select_proxy()
+    if not id then
+      if more then return { 'RETRY' } end
+      return { 'NONE' }
+    end
+    pkey = prefix .. 'proxy:' .. id
+    ep = redis.call('HMGET', pkey, 'status', 'max_concurrency', 'current_leases', 'seq', 'tags',
+      'latitude', 'longitude', 'cooldown_until_ms', 'latency_ms', 'host', 'port', 'protocol',
+      'username', 'password')
+    old = snapshot_of(ep)
+    if old and old.available then break end
+    if old then
+      index_remove(prefix, id, old)
+    else
+      index_remove(prefix, id, { tags = '', lat = nil })
+    end
+    old = nil
+  end
+  if not old then return { 'NONE' } end
+
+  -- Take it.
+  redis.call('HINCRBY', pkey, 'current_leases', 1)
+  account(prefix, id, old, with_leases(old, old.leases + 1))
+  if selector == 'round_robin' then
+    cursor, cursor_moved = old.seq, true
+  end
+  local expires = now + r.duration
+  last_token = math.max(last_token + 1, now_us)
+  fence_moved = true
+  -- Each number is printed once (a number handed to redis.call is printed anew).
+  local expires_s, token_s, keep_s = fmt_int(expires), fmt_int(last_token), fmt_int(expires + grace)
+  local seq_s = fmt_int(old.seq)
+  if r.has_request == '1' then
+    redis.call('SET', r.request_key, r.lease_id, 'PXAT', keep_s)
+  end
+  local record = {
+    'id', r.lease_id, 'pool_id', pool_id, 'proxy_id', id, 'proxy_seq', seq_s,
+    'consumer_id', r.consumer_id, 'consumer', r.consumer, 'status', 'active',
+    'acquired_at_ms', now_s, 'expires_at_ms', expires_s, 'token', token_s,
+    'host', ep[10], 'port', ep[11], 'protocol', ep[12],
+  }
+  local has_cred = '0'
+  if ep[13] then
+    has_cred = '1'
+    record[27] = 'username'
+    record[28] = ep[13]
+    record[29] = 'password'
+    record[30] = ep[14] or ''
+  end
+  redis.call('HSET', r.lease_key, unpack(record))
+  redis.call('PEXPIREAT', r.lease_key, keep_s)
+  redis.call('ZADD', KEYS[2], expires_s, r.lease_id .. ':' .. seq_s)
+  redis.call('ZADD', prefix .. 'holders', seq_s, r.lease_id)
+  return { 'OK', id, pool_id, now_s, expires_s, ep[10], ep[11], ep[12], has_cred,
+    ep[13] or '', ep[14] or '', token_s }
 end
-local expires = now + duration
-local token = math.max((tonumber(meta[4] or '0') or 0) + 1, now_us)
-redis.call('HSET', KEYS[1], 'fence', token)
-if has_request == '1' then
-  redis.call('SET', KEYS[4], lease_id, 'PXAT', expires + grace)
+
+local taken = 0
+for i = 1, nreq do
+  out[i] = serve(reqs[i])
+  if out[i][1] == 'OK' then taken = taken + 1 end
 end
-local record = {
-  'id', lease_id, 'pool_id', pool_id, 'proxy_id', id, 'proxy_seq', fmt_int(old.seq),
-  'consumer_id', consumer_id, 'consumer', consumer, 'status', 'active',
-  'acquired_at_ms', now, 'expires_at_ms', expires, 'token', token,
-  'host', ep[10], 'port', ep[11], 'protocol', ep[12],
-}
-local has_cred = '0'
-if ep[13] then
-  has_cred = '1'
-  record[#record + 1] = 'username'
-  record[#record + 1] = ep[13]
-  record[#record + 1] = 'password'
-  record[#record + 1] = ep[14] or ''
+-- Slots freed here beyond those these requests took can serve waiters elsewhere.
+if freed > taken then notify_freed(prefix) end
+if fence_moved then
+  redis.call('HSET', KEYS[1], 'fence', fmt_int(last_token))
 end
-redis.call('HSET', KEYS[3], unpack(record))
-redis.call('PEXPIREAT', KEYS[3], expires + grace)
-redis.call('ZADD', KEYS[2], expires, lease_id .. ':' .. fmt_int(old.seq))
-redis.call('ZADD', prefix .. 'holders', old.seq, lease_id)
-return { 'OK', id, pool_id, fmt_int(now), fmt_int(expires), ep[10], ep[11], ep[12], has_cred,
-  ep[13] or '', ep[14] or '', fmt_int(token) }
+if cursor_moved then
+  redis.call('HSET', KEYS[1], 'rr_cursor', fmt_int(cursor))
+end
+return out

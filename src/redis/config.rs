@@ -31,6 +31,7 @@ pub struct RedisConfig {
     pub(crate) record_grace: Duration,
     pub(crate) reclaim_batch: u32,
     pub(crate) cleanup_batch: u32,
+    pub(crate) max_batch: usize,
     pub(crate) wait_replicas: Option<(u32, Duration)>,
     pub(crate) cluster_nodes: Vec<String>,
 }
@@ -47,6 +48,11 @@ impl RedisConfig {
     pub const DEFAULT_RECLAIM_BATCH: u32 = 64;
     /// Expired leases a cleanup script call handles by default.
     pub const DEFAULT_CLEANUP_BATCH: u32 = 200;
+    /// Concurrent acquires (or releases) of one pool sent as one script call, at
+    /// most, by default.
+    pub const DEFAULT_MAX_BATCH: usize = 32;
+    /// The largest [`RedisConfig::max_batch`] (the scripts' own limit is 1,000).
+    pub const MAX_BATCH_LIMIT: usize = 256;
 
     /// Settings for this URL (`redis://[user:password@]host:port[/db]`, or
     /// `rediss://` with TLS, feature `tls`), with the defaults:
@@ -63,6 +69,7 @@ impl RedisConfig {
             record_grace: DEFAULT_RECORD_GRACE,
             reclaim_batch: Self::DEFAULT_RECLAIM_BATCH,
             cleanup_batch: Self::DEFAULT_CLEANUP_BATCH,
+            max_batch: Self::DEFAULT_MAX_BATCH,
             wait_replicas: None,
             cluster_nodes: Vec::new(),
         }
@@ -190,6 +197,29 @@ impl RedisConfig {
     #[must_use]
     pub fn record_grace(mut self, grace: Duration) -> Self {
         self.record_grace = grace;
+        self
+    }
+
+    /// How many concurrent acquires (and, apart, releases) of one pool may share
+    /// one script call (default 32, at most 256; 1 sends each call by itself).
+    ///
+    /// A call that finds no other call of its kind in flight on its pool goes out
+    /// at once, alone. Calls that arrive meanwhile wait for it and then go
+    /// together, in arrival order, each seeing the counts the ones before it
+    /// left. Under load this divides Redis's fixed cost per script call (the
+    /// clock, the pool's metadata, the reclaim check, the round trip) among
+    /// them. A call cancelled while it waits is left out and writes nothing; a
+    /// batch that has left completes for everyone still listening.
+    ///
+    /// ```
+    /// use lighthouse_lease::redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::from_url("redis://127.0.0.1:6379").max_batch(64);
+    /// # let _ = config;
+    /// ```
+    #[must_use]
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.clamp(1, Self::MAX_BATCH_LIMIT);
         self
     }
 

@@ -67,6 +67,7 @@
 //! between the two can leave a registry entry without a pool (harmless: lookups
 //! then find nothing) but never a lease count out of step with the leases.
 
+mod batch;
 mod codec;
 mod config;
 mod conn;

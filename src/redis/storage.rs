@@ -1,7 +1,7 @@
 //! `impl Storage for RedisStorage`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
+use crate::filters::ProxyFilters;
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome};
 use crate::names::{validate_consumer_name, validate_pool_name};
@@ -18,6 +19,7 @@ use crate::proxy::{Proxy, ProxyEndpoint, ProxyStatus};
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, Storage};
 
+use super::batch::{Batcher, Exec};
 use super::codec::{self, corrupt, parse_uuid};
 use super::config::RedisConfig;
 use super::conn::{Conn as Connection, Connections};
@@ -39,7 +41,11 @@ const MAX_TAGS: usize = 64;
 ///
 /// See the [module docs](crate::redis) for the key schema, costs and guarantees.
 pub struct RedisStorage {
-    conns: Connections,
+    conns: Arc<Connections>,
+    /// Concurrent acquires and releases, batched per pool (see
+    /// [`RedisConfig::max_batch`]).
+    acquires: Arc<Batcher<AcquireItem, Vec<String>>>,
+    releases: Arc<Batcher<Uuid, String>>,
     pub(super) keys: Keys,
     pub(super) config: RedisConfig,
     pub(super) grace_ms: u64,
@@ -70,6 +76,145 @@ pub(super) fn redis_err(what: &'static str) -> impl FnOnce(RedisError) -> Error 
 
 fn reply_error(what: &str, reply: &[String]) -> Error {
     corrupt(format!("unexpected reply from {what}: {reply:?}"))
+}
+
+/// `WAIT` for `wanted` replicas (at most `timeout`) when configured.
+async fn wait_for_replicas(
+    conn: &mut Connection<'_>,
+    wait: Option<(u32, std::time::Duration)>,
+) -> Result<()> {
+    let Some((wanted, timeout)) = wait else {
+        return Ok(());
+    };
+    let acknowledged: u32 = redis::cmd("WAIT")
+        .arg(wanted)
+        .arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        )
+        .query_async(conn)
+        .await
+        .map_err(redis_err("WAIT failed"))?;
+    if acknowledged < wanted {
+        return Err(Error::ReplicationShortfall {
+            wanted,
+            acknowledged,
+        });
+    }
+    Ok(())
+}
+
+/// One acquire request as acquire.lua reads it (one block of its ARGV).
+struct AcquireItem {
+    lease_id: Uuid,
+    consumer_id: Uuid,
+    consumer: String,
+    duration_ms: u64,
+    selector: &'static str,
+    filter: String,
+    request_id: Option<String>,
+    tags: Vec<String>,
+}
+
+/// Runs one batch of acquires on one pool: one acquire.lua call.
+fn acquire_exec(
+    conns: Arc<Connections>,
+    keys: Keys,
+    config: &RedisConfig,
+    grace_ms: u64,
+) -> Exec<AcquireItem, Vec<String>> {
+    let reclaim_batch = config.reclaim_batch;
+    let wait = config.wait_replicas;
+    Arc::new(move |pool: String, items: Vec<AcquireItem>| {
+        let conns = Arc::clone(&conns);
+        let pk = keys.pool(&pool);
+        Box::pin(async move {
+            let mut conn = conns.get().await?;
+            let mut inv = scripts::ACQUIRE.key(pk.meta());
+            inv.key(pk.leases())
+                .arg(pk.prefix())
+                .arg(reclaim_batch)
+                .arg(grace_ms)
+                .arg(items.len());
+            for it in &items {
+                inv.key(pk.lease(it.lease_id))
+                    .key(pk.request(it.request_id.as_deref().unwrap_or("")))
+                    .arg(it.lease_id.to_string())
+                    .arg(it.consumer_id.to_string())
+                    .arg(&it.consumer)
+                    .arg(it.duration_ms)
+                    .arg(it.selector)
+                    .arg(&it.filter)
+                    .arg(fastrand::u32(..1 << 31))
+                    .arg(if it.request_id.is_some() { "1" } else { "0" })
+                    .arg(it.tags.len())
+                    .arg(&it.tags);
+            }
+            let replies: Vec<Vec<String>> = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_err("acquire script failed"))?;
+            if replies
+                .iter()
+                .any(|r| r.first().map(String::as_str) == Some("OK"))
+            {
+                wait_for_replicas(&mut conn, wait).await?;
+            }
+            Ok(replies)
+        })
+    })
+}
+
+/// Runs one batch of releases on one pool: one release.lua call.
+fn release_exec(
+    conns: Arc<Connections>,
+    keys: Keys,
+    config: &RedisConfig,
+    grace_ms: u64,
+) -> Exec<Uuid, String> {
+    let wait = config.wait_replicas;
+    Arc::new(move |pool: String, ids: Vec<Uuid>| {
+        let conns = Arc::clone(&conns);
+        let pk = keys.pool(&pool);
+        Box::pin(async move {
+            let mut conn = conns.get().await?;
+            let mut inv = scripts::RELEASE.key(pk.meta());
+            inv.key(pk.leases()).arg(pk.prefix()).arg(grace_ms);
+            for id in &ids {
+                inv.key(pk.lease(*id)).arg(id.to_string());
+            }
+            let outcomes: Vec<String> = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_err("release script failed"))?;
+            if outcomes.iter().any(|o| o == "released" || o == "expired") {
+                wait_for_replicas(&mut conn, wait).await?;
+            }
+            Ok(outcomes)
+        })
+    })
+}
+
+/// Whether `filters` is exactly one attribute compared for equality (`country`,
+/// `source`, `city`, `isp` or `asn`): then a proxy matches it if and only if it
+/// is in that attribute value's index (proxies' countries are stored upper-case,
+/// as the tag is built), so acquire.lua need not read and test each candidate.
+fn single_tag_filter(f: &ProxyFilters) -> bool {
+    let exact = [
+        f.country.is_some(),
+        f.source.is_some(),
+        f.city.is_some(),
+        f.isp.is_some(),
+        f.asn.is_some(),
+    ];
+    exact.iter().filter(|set| **set).count() == 1
+        && f.latitude.is_none()
+        && f.longitude.is_none()
+        && f.radius_km.is_none()
+        && f.any_of.is_empty()
+        && f.all_of.is_empty()
+        && f.none_of.is_empty()
 }
 
 impl RedisStorage {
@@ -117,10 +262,20 @@ impl RedisStorage {
                     .map_err(redis_err("invalid cluster node URLs"))?,
             )
         };
+        let conns = Arc::new(Connections::new(pool, config.pool_size, cluster));
+        let keys = Keys::new(&config.namespace);
         Ok(RedisStorage {
             notifier: super::notify::Notifier::new(client),
-            conns: Connections::new(pool, config.pool_size, cluster),
-            keys: Keys::new(&config.namespace),
+            acquires: Batcher::new(
+                config.max_batch,
+                acquire_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
+            ),
+            releases: Batcher::new(
+                config.max_batch,
+                release_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
+            ),
+            conns,
+            keys,
             config,
             grace_ms,
             consumers: Mutex::new(HashMap::new()),
@@ -355,26 +510,7 @@ impl RedisStorage {
     /// With [`RedisConfig::wait_for_replicas`]: `WAIT` for the replicas to
     /// acknowledge this connection's writes, or report the shortfall.
     pub(super) async fn replicated(&self, conn: &mut Connection<'_>) -> Result<()> {
-        let Some((wanted, timeout)) = self.config.wait_replicas else {
-            return Ok(());
-        };
-        let acknowledged: u32 = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(
-                u64::try_from(timeout.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            )
-            .query_async(conn)
-            .await
-            .map_err(redis_err("WAIT failed"))?;
-        if acknowledged < wanted {
-            return Err(Error::ReplicationShortfall {
-                wanted,
-                acknowledged,
-            });
-        }
-        Ok(())
+        wait_for_replicas(conn, self.config.wait_replicas).await
     }
 
     /// Runs `report.lua` for a success (`policy` = None) or a failure.
@@ -895,11 +1031,6 @@ impl Storage for RedisStorage {
         let consumer_id = self.consumer_for(&mut conn, request, &pk).await?;
         let duration_ms = u64::try_from(request.duration.as_millis())
             .map_err(|_| Error::InvalidArgument("lease duration overflows".into()))?;
-        let filter = if request.filters.is_empty() {
-            String::new()
-        } else {
-            codec::filter_json(&request.filters)
-        };
         let mut tags: Vec<String> = Vec::new();
         for (attr, value) in request.filters.required_attributes() {
             let t = keys::tag(attr, &value);
@@ -907,40 +1038,31 @@ impl Storage for RedisStorage {
                 tags.push(t);
             }
         }
+        // The script checks each candidate against the filter, unless being in
+        // the one tag's index already is the whole filter (the common case).
+        let filter = if request.filters.is_empty() || single_tag_filter(&request.filters) {
+            String::new()
+        } else {
+            codec::filter_json(&request.filters)
+        };
         // RETRY means "nothing free yet, but more expired leases wait": reclaim
         // them all in bounded batches and try again.
         for _ in 0..4 {
             let lease_id = Uuid::new_v4();
-            let mut inv = scripts::ACQUIRE.key(pk.meta());
-            inv.key(pk.leases())
-                .key(pk.lease(lease_id))
-                .key(pk.request(request.request_id.as_deref().unwrap_or("")))
-                .arg(pk.prefix())
-                .arg(lease_id.to_string())
-                .arg(consumer_id.to_string())
-                .arg(&request.consumer_name)
-                .arg(duration_ms)
-                .arg(request.selector.as_str())
-                .arg(&filter)
-                .arg(fastrand::u32(..1 << 31))
-                .arg(self.config.reclaim_batch)
-                .arg(self.grace_ms)
-                .arg(if request.request_id.is_some() {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(tags.len())
-                .arg(&tags);
-            let reply: Vec<String> = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err("acquire script failed"))?;
+            let item = AcquireItem {
+                lease_id,
+                consumer_id,
+                consumer: request.consumer_name.clone(),
+                duration_ms,
+                selector: request.selector.as_str(),
+                filter: filter.clone(),
+                request_id: request.request_id.clone(),
+                tags: tags.clone(),
+            };
+            let reply = self.acquires.submit(&request.pool_name, item).await?;
             match reply.first().map(String::as_str) {
                 Some("OK") => {
-                    let lease = lease_from_acquire(&reply, lease_id, consumer_id, request)?;
-                    self.replicated(&mut conn).await?;
-                    return Ok(Some(lease));
+                    return lease_from_acquire(&reply, lease_id, consumer_id, request).map(Some);
                 }
                 Some("NONE") => return Ok(None),
                 Some("EXISTING") => {
@@ -1012,21 +1134,7 @@ impl Storage for RedisStorage {
         if validate_pool_name(&lease.pool_name).is_err() {
             return Ok(ReleaseOutcome::NotFound);
         }
-        let pk = self.keys.pool(&lease.pool_name);
-        let mut conn = self.conn().await?;
-        let outcome: String = scripts::RELEASE
-            .key(pk.meta())
-            .key(pk.leases())
-            .key(pk.lease(lease.id))
-            .arg(pk.prefix())
-            .arg(lease.id.to_string())
-            .arg(self.grace_ms)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("release script failed"))?;
-        if outcome == "released" || outcome == "expired" {
-            self.replicated(&mut conn).await?;
-        }
+        let outcome = self.releases.submit(&lease.pool_name, lease.id).await?;
         match outcome.as_str() {
             "released" => Ok(ReleaseOutcome::Released),
             "already_released" => Ok(ReleaseOutcome::AlreadyReleased),

@@ -1,0 +1,427 @@
+//! Natural batching: concurrent calls of one kind on one pool share one script
+//! call.
+//!
+//! A call that finds its lane (one per operation and pool) idle runs at once, by
+//! itself, so a lone caller never waits. Calls that arrive while a call of their
+//! lane is in flight queue up, and when it returns they go together, up to
+//! `max` per script call, in arrival order. Under load each script call then
+//! serves many callers: Redis pays its fixed cost per call (the script's
+//! prelude, the clock, the pool's metadata, the reclaim check, the round trip)
+//! once for all of them.
+//!
+//! Queued calls are run by a spawned task, so a caller that gives up (a
+//! timeout, a cancelled task) never strands the others: a queued call that is
+//! cancelled before its batch leaves is dropped from it and writes nothing, and
+//! a batch that has left completes and answers everyone still listening.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+/// What runs one batch: the lane's key and the items, in order; the replies in
+/// the same order (exactly one per item).
+pub(crate) type Exec<T, R> = Arc<
+    dyn Fn(String, Vec<T>) -> Pin<Box<dyn Future<Output = Result<Vec<R>>> + Send>> + Send + Sync,
+>;
+
+struct Waiting<T, R> {
+    item: T,
+    reply: oneshot::Sender<Result<R>>,
+}
+
+struct Lane<T, R> {
+    /// A call of this lane is in flight (inline or by the runner task).
+    busy: bool,
+    queue: Vec<Waiting<T, R>>,
+}
+
+/// The lanes of one operation.
+pub(crate) struct Batcher<T, R> {
+    lanes: Mutex<HashMap<String, Lane<T, R>>>,
+    max: usize,
+    exec: Exec<T, R>,
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// Batches of at most `max` items (at least 1), each run by `exec`.
+    pub(crate) fn new(max: usize, exec: Exec<T, R>) -> Arc<Self> {
+        Arc::new(Batcher {
+            lanes: Mutex::new(HashMap::new()),
+            max: max.max(1),
+            exec,
+        })
+    }
+
+    /// Runs `item` in lane `key`: at once when the lane is idle, else with the
+    /// next batch.
+    pub(crate) async fn submit(self: &Arc<Self>, key: &str, item: T) -> Result<R> {
+        if self.max == 1 {
+            // No batching: every call goes by itself, concurrently.
+            return one_reply((self.exec)(key.to_string(), vec![item]).await?);
+        }
+        let waiting = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            let lane = lanes.entry(key.to_string()).or_insert_with(|| Lane {
+                busy: false,
+                queue: Vec::new(),
+            });
+            if lane.busy {
+                let (tx, rx) = oneshot::channel();
+                lane.queue.push(Waiting { item, reply: tx });
+                Err(rx)
+            } else {
+                lane.busy = true;
+                Ok(item)
+            }
+        };
+        match waiting {
+            Ok(item) => {
+                // Hands the lane on when this call ends, even if it is cancelled.
+                let _lane = HandOn {
+                    batcher: Arc::clone(self),
+                    key: key.to_string(),
+                };
+                one_reply((self.exec)(key.to_string(), vec![item]).await?)
+            }
+            Err(rx) => rx.await.unwrap_or_else(|_| {
+                Err(Error::backend(
+                    "batched call dropped before it ran (the runtime is shutting down)",
+                    None,
+                ))
+            }),
+        }
+    }
+
+    /// Takes the next batch of `key`'s lane, or marks the lane idle (and forgets
+    /// it) when nobody waits. Calls cancelled while queued are left out.
+    fn next_batch(&self, key: &str) -> Option<Vec<Waiting<T, R>>> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let lane = lanes.get_mut(key)?;
+        lane.queue.retain(|w| !w.reply.is_closed());
+        if lane.queue.is_empty() {
+            lanes.remove(key);
+            return None;
+        }
+        let n = lane.queue.len().min(self.max);
+        Some(lane.queue.drain(..n).collect())
+    }
+
+    /// Runs the lane's queued calls, batch after batch, until none is left.
+    async fn run_queue(self: Arc<Self>, key: String) {
+        while let Some(batch) = self.next_batch(&key) {
+            let (items, replies): (Vec<T>, Vec<_>) =
+                batch.into_iter().map(|w| (w.item, w.reply)).unzip();
+            let n = items.len();
+            match (self.exec)(key.clone(), items).await {
+                Ok(results) if results.len() == n => {
+                    for (tx, r) in replies.into_iter().zip(results) {
+                        // A caller that stopped listening lost only its reply.
+                        let _ = tx.send(Ok(r));
+                    }
+                }
+                Ok(_) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(Error::backend(
+                            "batched call: the script answered a different number of replies",
+                            None,
+                        )));
+                    }
+                }
+                Err(e) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(share_error(&e)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ends an inline call: starts the runner when calls queued behind it, else
+/// marks the lane idle.
+struct HandOn<T: Send + 'static, R: Send + 'static> {
+    batcher: Arc<Batcher<T, R>>,
+    key: String,
+}
+
+impl<T: Send + 'static, R: Send + 'static> Drop for HandOn<T, R> {
+    fn drop(&mut self) {
+        {
+            let mut lanes = self
+                .batcher
+                .lanes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(lane) = lanes.get_mut(&self.key) else {
+                return;
+            };
+            lane.queue.retain(|w| !w.reply.is_closed());
+            if lane.queue.is_empty() {
+                lanes.remove(&self.key);
+                return;
+            }
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(Arc::clone(&self.batcher).run_queue(self.key.clone()));
+            }
+            Err(_) => {
+                // No runtime to run them on: answer every queued call.
+                let mut lanes = self
+                    .batcher
+                    .lanes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(lane) = lanes.remove(&self.key) {
+                    for w in lane.queue {
+                        let _ = w.reply.send(Err(Error::backend(
+                            "batched call dropped: no tokio runtime to run it on",
+                            None,
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reply of a call that went alone.
+fn one_reply<R>(mut replies: Vec<R>) -> Result<R> {
+    match (replies.pop(), replies.is_empty()) {
+        (Some(r), true) => Ok(r),
+        _ => Err(Error::backend(
+            "batched call: the script answered a different number of replies",
+            None,
+        )),
+    }
+}
+
+/// The same failure for each caller of a failed batch (errors are not `Clone`).
+fn share_error(e: &Error) -> Error {
+    match e {
+        Error::ReplicationShortfall {
+            wanted,
+            acknowledged,
+        } => Error::ReplicationShortfall {
+            wanted: *wanted,
+            acknowledged: *acknowledged,
+        },
+        Error::PoolNotFound { name } => Error::PoolNotFound { name: name.clone() },
+        other => Error::backend(other.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// An exec that doubles each item and records batch sizes; each call takes
+    /// until `gate` lets it through.
+    fn doubling(
+        sizes: Arc<Mutex<Vec<usize>>>,
+        gate: Arc<tokio::sync::Semaphore>,
+    ) -> Exec<u32, u32> {
+        Arc::new(move |_key, items: Vec<u32>| {
+            let sizes = Arc::clone(&sizes);
+            let gate = Arc::clone(&gate);
+            Box::pin(async move {
+                sizes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(items.len());
+                let _permit = gate
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::backend("closed", None))?;
+                Ok(items.into_iter().map(|i| i * 2).collect())
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn lone_call_runs_inline_and_lane_is_forgotten() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(100));
+        let b = Batcher::new(8, doubling(Arc::clone(&sizes), gate));
+        assert_eq!(b.submit("p", 21).await.unwrap(), 42);
+        assert_eq!(*sizes.lock().unwrap(), vec![1]);
+        assert!(b.lanes.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn calls_queued_behind_one_in_flight_share_batches_of_at_most_max() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let b = Batcher::new(4, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let first = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.submit("p", 0).await }
+        });
+        // Wait until the first call is in flight, then queue ten more.
+        while sizes.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut rest = Vec::new();
+        for i in 1..=10u32 {
+            let b = Arc::clone(&b);
+            rest.push(tokio::spawn(async move { (i, b.submit("p", i).await) }));
+        }
+        while b
+            .lanes
+            .lock()
+            .unwrap()
+            .get("p")
+            .map_or(0, |l| l.queue.len())
+            < 10
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gate.add_permits(100);
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+        for h in rest {
+            let (i, r) = h.await.unwrap();
+            assert_eq!(r.unwrap(), i * 2);
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 4, 4, 2]);
+        assert!(b.lanes.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_does_not_strand_queued_calls() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let b = Batcher::new(8, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let leader = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.submit("p", 1).await }
+        });
+        while sizes.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let follower = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.submit("p", 5).await }
+        });
+        while b
+            .lanes
+            .lock()
+            .unwrap()
+            .get("p")
+            .map_or(0, |l| l.queue.len())
+            < 1
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        gate.add_permits(100);
+        assert_eq!(follower.await.unwrap().unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_while_queued_is_left_out_of_the_batch() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let b = Batcher::new(8, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let leader = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.submit("p", 1).await }
+        });
+        while sizes.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let gone = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.submit("p", 2).await }
+        });
+        let kept = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.submit("p", 3).await }
+        });
+        while b
+            .lanes
+            .lock()
+            .unwrap()
+            .get("p")
+            .map_or(0, |l| l.queue.len())
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        gate.add_permits(100);
+        assert_eq!(leader.await.unwrap().unwrap(), 2);
+        assert_eq!(kept.await.unwrap().unwrap(), 6);
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_calls() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let exec: Exec<u32, u32> = {
+            let calls = Arc::clone(&calls);
+            let gate = Arc::clone(&gate);
+            Arc::new(move |_key, _items| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                let gate = Arc::clone(&gate);
+                Box::pin(async move {
+                    let _p = gate
+                        .acquire()
+                        .await
+                        .map_err(|_| Error::backend("closed", None))?;
+                    if n == 0 {
+                        Ok(vec![7])
+                    } else {
+                        Err(Error::ReplicationShortfall {
+                            wanted: 1,
+                            acknowledged: 0,
+                        })
+                    }
+                })
+            })
+        };
+        let b = Batcher::new(8, exec);
+        let leader = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.submit("p", 1).await }
+        });
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut queued = Vec::new();
+        for i in 0..3 {
+            let b = Arc::clone(&b);
+            queued.push(tokio::spawn(async move { b.submit("p", i).await }));
+        }
+        while b
+            .lanes
+            .lock()
+            .unwrap()
+            .get("p")
+            .map_or(0, |l| l.queue.len())
+            < 3
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gate.add_permits(100);
+        assert_eq!(leader.await.unwrap().unwrap(), 7);
+        for h in queued {
+            assert!(matches!(
+                h.await.unwrap(),
+                Err(Error::ReplicationShortfall {
+                    wanted: 1,
+                    acknowledged: 0
+                })
+            ));
+        }
+    }
+}

@@ -1,0 +1,281 @@
+#![cfg(feature = "redis")]
+//! Natural batching in `RedisStorage`: concurrent acquires (and releases) of one
+//! pool share script calls, and each request in a batch is still served as if
+//! alone. Each test has its own `redis-server`, so `INFO commandstats` counts
+//! only its own calls; the runtime is current-thread, so every spawned call
+//! queues before the first one's reply is read (the batches are deterministic).
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lighthouse_lease::redis::{RedisConfig, RedisStorage};
+use lighthouse_lease::{
+    AcquireOptions, Lease, Proxy, ProxyFilters, ProxyManager, ProxyPool, ReleaseOutcome,
+    SelectorStrategy, Storage,
+};
+use support::server::RedisServer;
+use tokio::task::JoinSet;
+
+const POOL: &str = "batch-pool";
+
+type Manager = ProxyManager<RedisStorage>;
+
+/// A manager on a private server with `n` proxies of `max_concurrency` 1, every
+/// other one in CL (the rest in AR), with the script and consumer caches warm.
+async fn setup(server: &RedisServer, max_batch: usize, n: usize) -> Manager {
+    let config = RedisConfig::from_url(server.url())
+        .namespace(support::unique_namespace())
+        .max_batch(max_batch);
+    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
+    let proxies: Vec<Proxy> = (0..n)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.1.0.{i}"), 8080)
+                .max_concurrency(1)
+                .country(if i % 2 == 0 { "CL" } else { "AR" })
+                .build()
+                .unwrap()
+        })
+        .collect();
+    m.storage().add_proxies(proxies).await.unwrap();
+    let warm = m
+        .acquire_proxy(POOL, AcquireOptions::new())
+        .await
+        .unwrap()
+        .unwrap();
+    m.release_proxy(&warm).await.unwrap();
+    m
+}
+
+async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    support::raw_conn(&server.url()).await
+}
+
+async fn reset_stats(c: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
+/// Script calls since the last reset.
+async fn evalsha_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+async fn acquire_all(m: &Manager, n: usize) -> Vec<Lease> {
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let m = m.clone();
+        set.spawn(async move { m.acquire_proxy(POOL, AcquireOptions::new()).await });
+    }
+    let mut leases = Vec::new();
+    while let Some(done) = set.join_next().await {
+        leases.push(
+            done.unwrap()
+                .unwrap()
+                .expect("a free proxy for every caller"),
+        );
+    }
+    leases
+}
+
+async fn release_all(m: &Manager, leases: Vec<Lease>) -> Vec<ReleaseOutcome> {
+    let mut set = JoinSet::new();
+    for lease in leases {
+        let m = m.clone();
+        set.spawn(async move { m.release_proxy(&lease).await });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = set.join_next().await {
+        out.push(done.unwrap().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_acquires_and_releases_share_script_calls_and_keep_limits() {
+    let server = RedisServer::spawn().unwrap();
+    let m = setup(&server, 32, 40).await;
+    let mut admin = admin(&server).await;
+
+    reset_stats(&mut admin).await;
+    let leases = acquire_all(&m, 40).await;
+    let calls = evalsha_calls(&mut admin).await;
+    // The first call goes alone; the 39 queued behind it go as 32 + 7.
+    assert_eq!(calls, 3, "40 acquires in {calls} script calls");
+    let proxies: HashSet<_> = leases.iter().map(|l| l.proxy_id).collect();
+    assert_eq!(
+        proxies.len(),
+        40,
+        "max_concurrency 1: every lease on its own proxy"
+    );
+    let tokens: HashSet<_> = leases.iter().map(|l| l.fencing_token).collect();
+    assert_eq!(tokens.len(), 40, "fencing tokens are unique within a batch");
+
+    reset_stats(&mut admin).await;
+    let outcomes = release_all(&m, leases).await;
+    let calls = evalsha_calls(&mut admin).await;
+    assert_eq!(calls, 3, "40 releases in {calls} script calls");
+    assert!(outcomes.iter().all(|o| *o == ReleaseOutcome::Released));
+    let stats = m.storage().pool_stats(POOL).await.unwrap();
+    assert_eq!(stats.total_leases, 0);
+    assert!(m
+        .storage()
+        .list_proxies(POOL)
+        .await
+        .unwrap()
+        .iter()
+        .all(|p| p.current_leases == 0));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_request_of_a_batch_is_served_its_own_way() {
+    let server = RedisServer::spawn().unwrap();
+    let m = setup(&server, 32, 6).await;
+    let first = m
+        .acquire_proxy(POOL, AcquireOptions::new().request_id("job-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut admin = admin(&server).await;
+    reset_stats(&mut admin).await;
+
+    // The lone first call, then one batch of four different requests.
+    let opener = {
+        let m = m.clone();
+        tokio::spawn(async move { m.acquire_proxy(POOL, AcquireOptions::new()).await })
+    };
+    let again = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.acquire_proxy(POOL, AcquireOptions::new().request_id("job-1"))
+                .await
+        })
+    };
+    let chile = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.acquire_proxy(
+                POOL,
+                AcquireOptions::new()
+                    .filters(ProxyFilters::new().country("cl"))
+                    .duration(Duration::from_secs(90)),
+            )
+            .await
+        })
+    };
+    let brazil = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.acquire_proxy(
+                POOL,
+                AcquireOptions::new().filters(ProxyFilters::new().country("BR")),
+            )
+            .await
+        })
+    };
+    let first_free = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.acquire_proxy(
+                POOL,
+                AcquireOptions::new().selector(SelectorStrategy::FirstAvailable),
+            )
+            .await
+        })
+    };
+    let opener = opener.await.unwrap().unwrap().expect("a free proxy");
+    let again = again
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the first lease again");
+    let chile = chile.await.unwrap().unwrap().expect("a free CL proxy");
+    let brazil = brazil.await.unwrap().unwrap();
+    let first_free = first_free.await.unwrap().unwrap().expect("a free proxy");
+    assert_eq!(
+        evalsha_calls(&mut admin).await,
+        2,
+        "one lone call, one batch"
+    );
+
+    assert_eq!(
+        again.id, first.id,
+        "the same request id gets the same lease"
+    );
+    let proxies = m.storage().list_proxies(POOL).await.unwrap();
+    let chile_proxy = proxies.iter().find(|p| p.id == chile.proxy_id).unwrap();
+    assert_eq!(chile_proxy.country.as_deref(), Some("CL"));
+    assert_eq!(
+        chile.expires_at - chile.acquired_at,
+        chrono::Duration::seconds(90)
+    );
+    assert!(brazil.is_none(), "no BR proxy: nothing for that request");
+    let taken: HashSet<_> = [
+        first.proxy_id,
+        opener.proxy_id,
+        chile.proxy_id,
+        first_free.proxy_id,
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(taken.len(), 4, "no proxy leased twice");
+    assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 4);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_lease_released_twice_in_one_batch_frees_one_slot() {
+    let server = RedisServer::spawn().unwrap();
+    let m = setup(&server, 32, 2).await;
+    let held = m
+        .acquire_proxy(POOL, AcquireOptions::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let other = m
+        .acquire_proxy(POOL, AcquireOptions::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut outcomes = release_all(&m, vec![other.clone(), held.clone(), held.clone()]).await;
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        outcomes,
+        vec![
+            ReleaseOutcome::AlreadyReleased,
+            ReleaseOutcome::Released,
+            ReleaseOutcome::Released
+        ]
+    );
+    let proxies = m.storage().list_proxies(POOL).await.unwrap();
+    assert!(proxies.iter().all(|p| p.current_leases == 0), "{proxies:?}");
+    assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn max_batch_one_sends_every_call_alone() {
+    let server = RedisServer::spawn().unwrap();
+    let m = setup(&server, 1, 10).await;
+    let mut admin = admin(&server).await;
+    reset_stats(&mut admin).await;
+    let leases = acquire_all(&m, 10).await;
+    assert_eq!(evalsha_calls(&mut admin).await, 10);
+    let outcomes = release_all(&m, leases).await;
+    assert!(outcomes.iter().all(|o| *o == ReleaseOutcome::Released));
+}

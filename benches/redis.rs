@@ -20,7 +20,12 @@
 //! proxies holding a lease), unfiltered and with a country filter, at 1 and 64
 //! concurrent tokio tasks; c=1 runs on both a current-thread and a multi-thread
 //! runtime. Each case runs `LIGHTHOUSE_BENCH_SECS` (default 3) seconds after a
-//! `LIGHTHOUSE_BENCH_WARMUP` (default 0.5) second warm-up. `CONFIG RESETSTAT`
+//! `LIGHTHOUSE_BENCH_WARMUP` (default 0.5) second warm-up. The cases and the
+//! baselines run in `LIGHTHOUSE_BENCH_ROUNDS` (default 3) interleaved rounds
+//! (baselines after ours, then before, ...); each ratio is taken within a round,
+//! and the table shows medians (this machine is shared, and single runs drift by
+//! tens of percent). `LIGHTHOUSE_BENCH_SIZES=1000` and
+//! `LIGHTHOUSE_BENCH_BASELINES=0` narrow a quick tuning run. `CONFIG RESETSTAT`
 //! before each case and `INFO commandstats` after it give Redis's own time per
 //! `EVALSHA` (acquire and release averaged); a last step splits it into acquire
 //! and release. Results also go to `target/bench-redis.json`.
@@ -293,54 +298,50 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
             }
         }
     }
-    let mut results = Vec::new();
-    for case in cases {
-        let r = run_case(&url, &mut admin, case, timing)?;
-        println!(
-            "  ours {:<16} {:<7} c={:<2} {:>9.0} cycles/s  p50 {:>7.1} us  p99 {:>7.1} us{}",
-            r.case.name(),
-            r.case.flavor.label(),
-            r.case.concurrency,
-            r.cycles_per_sec,
-            r.p50_us,
-            r.p99_us,
-            r.error
-                .as_deref()
-                .map(|e| format!("  FAILED: {e}"))
-                .unwrap_or_default()
-        );
-        results.push(r);
-    }
-
-    // ------------------------------------------------------------ baselines
+    // ------------------------------------------------------------ rounds
+    // Each round runs every case of ours and both baselines, the order swapped
+    // every other round; ratios are taken within a round, then the median over
+    // the rounds is reported (this machine is shared: single runs drift).
+    let rounds = env_rounds();
     let mut skipped: Vec<String> = Vec::new();
-    let mut baselines = Vec::new();
-    let runs: [(&str, BaselineRun); 2] = [
-        ("redis-benchmark EVALSHA", baseline_redis_benchmark),
-        ("redis-semaphore", baseline_semaphore),
-    ];
-    for (name, run) in runs {
-        if !baselines_wanted() {
-            skipped.push(format!(
-                "baseline skipped: {name}: LIGHTHOUSE_BENCH_BASELINES=0"
-            ));
-            continue;
+    let mut all: Vec<(Vec<CaseResult>, Vec<Baseline>)> = Vec::new();
+    for round in 0..rounds {
+        println!("round {}/{rounds}", round + 1);
+        let mut baselines = Vec::new();
+        if round % 2 == 1 {
+            baselines = run_baselines(&mut admin, port, timing, &mut skipped);
         }
-        match run(&mut admin, port, timing) {
-            Ok(mut b) => baselines.append(&mut b),
-            Err(e) => {
-                let line = format!("baseline skipped: {name}: {e}");
-                println!("{line}");
-                skipped.push(line);
-            }
+        let mut results = Vec::new();
+        for case in &cases {
+            let r = run_case(&url, &mut admin, case.clone(), timing)?;
+            println!(
+                "  ours {:<16} {:<7} c={:<2} {:>9.0} cycles/s  p50 {:>7.1} us  p99 {:>7.1} us{}",
+                r.case.name(),
+                r.case.flavor.label(),
+                r.case.concurrency,
+                r.cycles_per_sec,
+                r.p50_us,
+                r.p99_us,
+                r.error
+                    .as_deref()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+            results.push(r);
         }
+        if round % 2 == 0 {
+            baselines = run_baselines(&mut admin, port, timing, &mut skipped);
+        }
+        all.push((results, baselines));
     }
+    let summaries: Vec<Summary> = (0..cases.len()).map(|i| summarize(&all, i)).collect();
+    let baselines = summarize_baselines(&all);
 
     // ------------------------------------------------------------ cost per call
     let cost = script_cost(&url, &mut admin)?;
 
     let loadavg_end = loadavg();
-    print_table(&results, &baselines, &cost, &skipped);
+    print_table(&summaries, &baselines, &cost, &skipped, rounds);
     println!("load average at start {loadavg_start}, at end {loadavg_end}");
 
     let report = json!({
@@ -352,8 +353,13 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
         "loadavg_start": loadavg_start,
         "loadavg_end": loadavg_end,
         "default_c1_runtime": DEFAULT_FLAVOR.label(),
-        "ours": results.iter().map(|r| case_json(r, &baselines)).collect::<Vec<_>>(),
+        "rounds": rounds,
+        "ours": summaries.iter().map(summary_json).collect::<Vec<_>>(),
         "baselines": baselines.iter().map(baseline_json).collect::<Vec<_>>(),
+        "per_round": all.iter().map(|(results, baselines)| json!({
+            "ours": results.iter().map(|r| case_json(r, baselines)).collect::<Vec<_>>(),
+            "baselines": baselines.iter().map(baseline_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "script_cost": cost.iter().map(|c| json!({
             "pool": pool_name(c.size),
             "proxies": c.size,
@@ -368,6 +374,174 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
     std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("results written to {}", out.display());
     Ok(())
+}
+
+/// `LIGHTHOUSE_BENCH_ROUNDS` (default 3, at least 1).
+fn env_rounds() -> usize {
+    std::env::var("LIGHTHOUSE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// Both baselines, once each (a skipped one is noted once in `skipped`).
+fn run_baselines(
+    admin: &mut redis::Connection,
+    port: u16,
+    timing: Timing,
+    skipped: &mut Vec<String>,
+) -> Vec<Baseline> {
+    let mut baselines = Vec::new();
+    let runs: [(&str, BaselineRun); 2] = [
+        ("redis-benchmark EVALSHA", baseline_redis_benchmark),
+        ("redis-semaphore", baseline_semaphore),
+    ];
+    for (name, run) in runs {
+        let why = if baselines_wanted() {
+            match run(admin, port, timing) {
+                Ok(mut b) => {
+                    baselines.append(&mut b);
+                    continue;
+                }
+                Err(e) => e,
+            }
+        } else {
+            "LIGHTHOUSE_BENCH_BASELINES=0".to_string()
+        };
+        let line = format!("baseline skipped: {name}: {why}");
+        if !skipped.contains(&line) {
+            println!("{line}");
+            skipped.push(line);
+        }
+    }
+    baselines
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// One case over the rounds: medians, and the ratios taken within each round.
+#[derive(Debug, Clone)]
+struct Summary {
+    case: Case,
+    cycles_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    evalsha_us: Option<f64>,
+    redis_cpu_pct: Option<f64>,
+    vs_evalsha: Option<f64>,
+    vs_semaphore: Option<f64>,
+    vs_semaphore_min: Option<f64>,
+    vs_semaphore_max: Option<f64>,
+    exhausted: u64,
+    error: Option<String>,
+    rounds_cycles_per_sec: Vec<f64>,
+}
+
+fn summarize(all: &[(Vec<CaseResult>, Vec<Baseline>)], i: usize) -> Summary {
+    let rs: Vec<(&CaseResult, &Vec<Baseline>)> = all.iter().map(|(r, b)| (&r[i], b)).collect();
+    let pick = |f: &dyn Fn(&CaseResult) -> Option<f64>| -> Option<f64> {
+        median(rs.iter().filter_map(|(r, _)| f(r)).collect())
+    };
+    let vs = |name: &str| -> Vec<f64> {
+        rs.iter()
+            .filter_map(|(r, b)| ratio(r.cycles_per_sec, baseline_for(b, name, r.case.concurrency)))
+            .collect()
+    };
+    let sem = vs("redis-semaphore");
+    Summary {
+        case: rs[0].0.case.clone(),
+        cycles_per_sec: pick(&|r| Some(r.cycles_per_sec)).unwrap_or(0.0),
+        p50_us: pick(&|r| Some(r.p50_us)).unwrap_or(0.0),
+        p99_us: pick(&|r| Some(r.p99_us)).unwrap_or(0.0),
+        evalsha_us: pick(&|r| r.evalsha.map(|s| s.usec_per_call)),
+        redis_cpu_pct: pick(&|r| r.redis_cpu_pct),
+        vs_evalsha: median(vs("redis-benchmark EVALSHA")),
+        vs_semaphore: median(sem.clone()),
+        vs_semaphore_min: sem.iter().copied().reduce(f64::min),
+        vs_semaphore_max: sem.iter().copied().reduce(f64::max),
+        exhausted: rs.iter().map(|(r, _)| r.exhausted).sum(),
+        error: rs.iter().find_map(|(r, _)| r.error.clone()),
+        rounds_cycles_per_sec: rs.iter().map(|(r, _)| r.cycles_per_sec).collect(),
+    }
+}
+
+/// Each baseline (name, concurrency, pipeline) over the rounds: medians.
+fn summarize_baselines(all: &[(Vec<CaseResult>, Vec<Baseline>)]) -> Vec<Baseline> {
+    let mut out: Vec<Baseline> = Vec::new();
+    let Some((_, first)) = all.first() else {
+        return out;
+    };
+    for b in first {
+        let same: Vec<&Baseline> = all
+            .iter()
+            .filter_map(|(_, bs)| {
+                bs.iter().find(|x| {
+                    x.name == b.name && x.concurrency == b.concurrency && x.pipeline == b.pipeline
+                })
+            })
+            .collect();
+        let pick = |f: &dyn Fn(&Baseline) -> Option<f64>| -> Option<f64> {
+            median(same.iter().filter_map(|x| f(x)).collect())
+        };
+        let evalsha_us = pick(&|x| x.evalsha.map(|s| s.usec_per_call));
+        out.push(Baseline {
+            name: b.name,
+            concurrency: b.concurrency,
+            pipeline: b.pipeline,
+            cycles_per_sec: pick(&|x| Some(x.cycles_per_sec)).unwrap_or(0.0),
+            p50_us: pick(&|x| x.p50_us),
+            p99_us: pick(&|x| x.p99_us),
+            evalsha: evalsha_us.map(|u| CmdStat {
+                calls: same.iter().filter_map(|x| x.evalsha.map(|s| s.calls)).sum(),
+                usec_per_call: u,
+            }),
+            detail: format!(
+                "median of {}: {}",
+                same.len(),
+                same.iter()
+                    .map(|x| format!("{:.0}", x.cycles_per_sec))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ),
+        });
+    }
+    out
+}
+
+fn summary_json(s: &Summary) -> Value {
+    json!({
+        "pool": pool_name(s.case.size),
+        "proxies": s.case.size,
+        "filter": s.case.filter,
+        "runtime": s.case.flavor.label(),
+        "default": s.case.concurrency > 1 || s.case.flavor == DEFAULT_FLAVOR,
+        "concurrency": s.case.concurrency,
+        "cycles_per_sec_median": s.cycles_per_sec,
+        "cycles_per_sec_rounds": s.rounds_cycles_per_sec,
+        "p50_us": s.p50_us,
+        "p99_us": s.p99_us,
+        "evalsha_usec_per_call": s.evalsha_us,
+        "redis_cpu_pct": s.redis_cpu_pct,
+        "exhausted": s.exhausted,
+        "error": s.error,
+        "ratio_vs_redis_benchmark_evalsha_median": s.vs_evalsha,
+        "ratio_vs_redis_semaphore_median": s.vs_semaphore,
+        "ratio_vs_redis_semaphore_min": s.vs_semaphore_min,
+        "ratio_vs_redis_semaphore_max": s.vs_semaphore_max,
+    })
 }
 
 /// `<crate>/target`, whatever `CARGO_TARGET_DIR` says (the report's fixed place).
@@ -995,11 +1169,18 @@ fn opt(v: Option<f64>, digits: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_table(results: &[CaseResult], baselines: &[Baseline], cost: &[Cost], skipped: &[String]) {
+fn print_table(
+    results: &[Summary],
+    baselines: &[Baseline],
+    cost: &[Cost],
+    skipped: &[String],
+    rounds: usize,
+) {
     println!();
-    println!("acquire→release cycles/s (one cycle = acquire_proxy + release_proxy; * = the default c=1 runtime)");
+    println!("acquire→release cycles/s, median of {rounds} round(s) (one cycle = acquire_proxy + release_proxy; * = the default c=1 runtime)");
+    println!("ratios are taken within each round against that round's baseline, then the median (and the range, for redis-semaphore)");
     println!(
-        "{:<18} {:<8} {:>3} {:>10} {:>9} {:>9} {:>10} {:>8} {:>11} {:>11}",
+        "{:<18} {:<8} {:>3} {:>10} {:>9} {:>9} {:>10} {:>8} {:>10} {:>11} {:>11}",
         "ours",
         "runtime",
         "c",
@@ -1009,7 +1190,8 @@ fn print_table(results: &[CaseResult], baselines: &[Baseline], cost: &[Cost], sk
         "evalsha us",
         "redis %",
         "/ EVALSHA",
-        "/ semaphore"
+        "/ semaphore",
+        "range"
     );
     for r in results {
         let mark = if r.case.concurrency == 1 && r.case.flavor == DEFAULT_FLAVOR {
@@ -1017,31 +1199,28 @@ fn print_table(results: &[CaseResult], baselines: &[Baseline], cost: &[Cost], sk
         } else {
             ""
         };
-        let a = ratio(
-            r.cycles_per_sec,
-            baseline_for(baselines, "redis-benchmark EVALSHA", r.case.concurrency),
-        );
-        let b = ratio(
-            r.cycles_per_sec,
-            baseline_for(baselines, "redis-semaphore", r.case.concurrency),
-        );
         let failed = match (&r.error, r.exhausted) {
             (Some(e), _) => format!("  FAILED: {e}"),
             (None, 0) => String::new(),
             (None, x) => format!("  ({x} acquires found no proxy)"),
         };
+        let range = match (r.vs_semaphore_min, r.vs_semaphore_max) {
+            (Some(a), Some(b)) => format!("{a:.2}–{b:.2}"),
+            _ => "-".to_string(),
+        };
         println!(
-            "{:<18} {:<8} {:>3} {:>10.0} {:>9.1} {:>9.1} {:>10} {:>8} {:>11} {:>11}{failed}",
+            "{:<18} {:<8} {:>3} {:>10.0} {:>9.1} {:>9.1} {:>10} {:>8} {:>10} {:>11} {:>11}{failed}",
             r.case.name(),
             format!("{}{mark}", r.case.flavor.label()),
             r.case.concurrency,
             r.cycles_per_sec,
             r.p50_us,
             r.p99_us,
-            opt(r.evalsha.map(|s| s.usec_per_call), 2),
+            opt(r.evalsha_us, 2),
             opt(r.redis_cpu_pct, 0),
-            opt(a, 2),
-            opt(b, 2),
+            opt(r.vs_evalsha, 2),
+            opt(r.vs_semaphore, 2),
+            range,
         );
     }
     println!();

@@ -13,6 +13,10 @@
 //! - **Acquire** reclaims the pool's expired leases (a bounded batch), picks an
 //!   available proxy from an index, counts the lease and writes its record, in
 //!   one script: no two callers anywhere can both take a proxy's last slot.
+//! - **Batching**: concurrent acquires of one pool (and, apart, releases) that
+//!   queue behind one in flight go together in one script call, up to
+//!   [`RedisConfig::max_batch`]; each request is served in arrival order exactly
+//!   as if alone, and a lone caller never waits for company.
 //! - **Indexes**: for the whole pool and for each country, source, city, ISP and
 //!   ASN value, two sorted sets of the *available* proxies (active, with a free
 //!   slot): by insertion sequence (first available, round robin, random) and by

@@ -8,7 +8,8 @@
 --
 -- Key layout (src/redis/keys.rs is the reference; the scripts only append these
 -- suffixes to the pool prefix `<ns>:{<pool>}:` they receive and check):
---   meta                 hash   pool id, name, description, counters, cursors
+--   meta                 hash   pool id, name, description, counters, cursors, fence,
+--                               cool_next (earliest cooldown end ms: a hint, early at worst)
 --   proxies              zset   every proxy id, scored by insertion sequence
 --   leases               zset   live leases `<lease-id>:<proxy-seq>`, scored by expiry ms
 --   cooldown             zset   proxies cooling down after a failure, by cooldown end ms
@@ -66,6 +67,16 @@ local function is_uuid(s)
   return type(s) == 'string' and #s == 36 and string.byte(s, 9) == 45
     and string.byte(s, 14) == 45 and string.byte(s, 19) == 45 and string.byte(s, 24) == 45
     and string.find(s, '^%x+%-%x+%-%x+%-%x+%-%x+$') ~= nil
+end
+
+-- The shape of an id the client made (a UUID): 36 bytes, dashes where a UUID has
+-- them, and no ':' (the separator of `leases` members). Enough to keep keys and
+-- members unambiguous, and several times cheaper than is_uuid's pattern: the hot
+-- scripts (acquire, release) use it for the ids they get on every call.
+local function is_id(s)
+  return type(s) == 'string' and #s == 36 and string.byte(s, 9) == 45
+    and string.byte(s, 14) == 45 and string.byte(s, 19) == 45 and string.byte(s, 24) == 45
+    and not string.find(s, ':', 1, true)
 end
 
 -- An integer in [lo, hi], or nil. (tonumber also reads forms such as '1e3' or
@@ -323,7 +334,10 @@ local function notify_freed(prefix)
 end
 
 -- Lifts up to `limit` cooldowns that are over (the `cooldown` zset is scored by
--- their end): the proxies become available again. Returns how many.
+-- their end): the proxies become available again. Returns how many. Then sets
+-- the meta hash's `cool_next` hint to the earliest cooldown end left (or removes
+-- it), so acquires skip this call until then. (The hint may be early, when a
+-- cooldown ended another way, never late: report.lua lowers it as it adds one.)
 local function lift_cooldowns(prefix, now, limit)
   local key = prefix .. 'cooldown'
   local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
@@ -334,6 +348,12 @@ local function lift_cooldowns(prefix, now, limit)
       redis.call('HDEL', prefix .. 'proxy:' .. id, 'cooldown_until_ms')
       account(prefix, id, s, with_cooling(s, false))
     end
+  end
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('HSET', prefix .. 'meta', 'cool_next', first[2])
+  else
+    redis.call('HDEL', prefix .. 'meta', 'cool_next')
   end
   return #due
 end

@@ -14,12 +14,13 @@
 -- ARGV[2]  most expired leases to reclaim in this call (1..100000)
 -- ARGV[3]  record grace ms (how long a finished record is kept after expiry)
 -- ARGV[4]  n, the number of requests (1..1000), then each request's block:
---   +0 lease id (uuid)                +1 consumer id (uuid)
+--   +0 lease id (a UUID; checked for its shape: 36 bytes, dashes, no ':')
+--   +1 consumer id (the same)
 --   +2 consumer name (1..128 bytes)   +3 duration ms (1..604800000)
 --   +4 selector: first_available | least_used | round_robin | random | lowest_latency
 --   +5 filter as JSON (ProxyFilters' field names), or '' when the tags alone
 --      decide (no filter, or one exact-match attribute)
---   +6 random integer 0..2^31 (random selector start)
+--   +6 random integer 0..2^31 (random selector start; read only by that selector)
 --   +7 '1' when the request carries a request id (its KEYS entry), else '0'
 --   +8 number t of required index tags, then +9..+8+t the tags
 --      (`<attribute>=<percent-encoded value>`: every match must have them)
@@ -56,28 +57,33 @@ local grace = int_in(ARGV[3], 0, 315360000000)
 local nreq = int_in(ARGV[4], 1, 1000)
 if not reclaim_limit or not grace or not nreq then return fail('bad numeric argument') end
 
--- The filter's shape: every field of the right type, nesting bounded.
-local TEXT = { country = true, source = true, city = true, isp = true }
-local NUM = { asn = true, latitude = true, longitude = true, radius_km = true }
-local LIST = { any_of = true, all_of = true, none_of = true }
-local function check_filter(f, depth, nodes)
-  nodes[1] = nodes[1] + 1
-  if depth > 5 or nodes[1] > 64 or type(f) ~= 'table' then return false end
-  for k, v in pairs(f) do
-    if TEXT[k] then
-      if type(v) ~= 'string' then return false end
-    elseif NUM[k] then
-      if type(v) ~= 'number' then return false end
-    elseif LIST[k] then
-      if type(v) ~= 'table' then return false end
-      for _, sub in ipairs(v) do
-        if not check_filter(sub, depth + 1, nodes) then return false end
+-- The filter's shape: every field of the right type, nesting bounded. (Built on
+-- the first JSON filter only: most requests have none.)
+local check_filter
+local function filter_checker()
+  local TEXT = { country = true, source = true, city = true, isp = true }
+  local NUM = { asn = true, latitude = true, longitude = true, radius_km = true }
+  local LIST = { any_of = true, all_of = true, none_of = true }
+  local function check(f, depth, nodes)
+    nodes[1] = nodes[1] + 1
+    if depth > 5 or nodes[1] > 64 or type(f) ~= 'table' then return false end
+    for k, v in pairs(f) do
+      if TEXT[k] then
+        if type(v) ~= 'string' then return false end
+      elseif NUM[k] then
+        if type(v) ~= 'number' then return false end
+      elseif LIST[k] then
+        if type(v) ~= 'table' then return false end
+        for _, sub in ipairs(v) do
+          if not check(sub, depth + 1, nodes) then return false end
+        end
+      else
+        return false
       end
-    else
-      return false
     end
+    return true
   end
-  return true
+  return check
 end
 
 -- Every request is read and checked before anything is written.
@@ -90,7 +96,7 @@ for i = 1, nreq do
     selector = ARGV[at + 4], has_request = ARGV[at + 7],
     lease_key = KEYS[1 + 2 * i], request_key = KEYS[2 + 2 * i],
   }
-  if not is_uuid(r.lease_id) or not is_uuid(r.consumer_id) then
+  if not is_id(r.lease_id) or not is_id(r.consumer_id) then
     return fail('bad lease or consumer id')
   end
   if r.lease_key ~= lease_prefix .. r.lease_id then
@@ -109,10 +115,13 @@ for i = 1, nreq do
   if json ~= '' then
     local ok, decoded = pcall(cjson.decode, json)
     if not ok or type(decoded) ~= 'table' then return fail('bad filter JSON') end
+    check_filter = check_filter or filter_checker()
     if not check_filter(decoded, 0, { 0 }) then return fail('bad filter') end
     r.filter = decoded
   end
-  r.rnd = int_in(ARGV[at + 6], 0, 2147483648)
+  -- Only the random selector reads its random start.
+  r.rnd = 0
+  if sel == 'random' then r.rnd = int_in(ARGV[at + 6], 0, 2147483648) end
   if r.has_request ~= '0' and r.has_request ~= '1' then return fail('bad request flag') end
   if type(r.request_key) ~= 'string'
     or string.sub(r.request_key, 1, #request_prefix) ~= request_prefix then
@@ -131,7 +140,7 @@ for i = 1, nreq do
 end
 if at ~= #ARGV + 1 then return fail('bad argument count') end
 
-local meta = redis.call('HMGET', KEYS[1], 'id', 'removing', 'rr_cursor', 'fence')
+local meta = redis.call('HMGET', KEYS[1], 'id', 'removing', 'rr_cursor', 'fence', 'cool_next')
 local pool_id = meta[1]
 if not pool_id or meta[2] then
   local out = {}
@@ -141,7 +150,11 @@ end
 
 -- ---------------------------------------------------------------- reclaim
 local reclaimed, more = reclaim(prefix, now, reclaim_limit, grace)
-local freed = reclaimed + lift_cooldowns(prefix, now, 16)
+local freed = reclaimed
+local cool_next = tonumber(meta[5] or '')
+if cool_next and cool_next <= now then
+  freed = freed + lift_cooldowns(prefix, now, 16)
+end
 
 -- ---------------------------------------------------------------- matching
 -- The request being served (set by serve() below): the functions read these.

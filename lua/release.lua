@@ -6,7 +6,8 @@
 -- KEYS[2+i]  <ns>:{<pool>}:lease:<lease-id>  the record of lease i (1..n)
 -- ARGV[1]    pool prefix `<ns>:{<pool>}:`
 -- ARGV[2]    record grace ms
--- ARGV[2+i]  lease id i (uuid), n = #ARGV - 2 (1..1000)
+-- ARGV[2+i]  lease id i (a UUID; checked for its shape: 36 bytes, dashes, no
+--            ':'), n = #ARGV - 2 (1..1000)
 --
 -- Reply: one outcome per lease, in order:
 --        'released'          it was live; its slot is free again
@@ -31,7 +32,7 @@ if not grace then return fail('bad grace') end
 local lease_prefix = prefix .. 'lease:'
 for i = 1, nlease do
   local id = ARGV[2 + i]
-  if not is_uuid(id) then return fail('bad lease id') end
+  if not is_id(id) then return fail('bad lease id') end
   if KEYS[2 + i] ~= lease_prefix .. id then return fail('keys do not match the pool prefix') end
 end
 
@@ -48,7 +49,7 @@ local freed = false
 local function release(i)
   local lease_id, key = ARGV[2 + i], KEYS[2 + i]
   local rec = redis.call('HMGET', key, 'pool_id', 'proxy_id', 'proxy_seq', 'status', 'expires_at_ms')
-  if not rec[1] or rec[1] ~= meta[1] or not is_uuid(rec[2]) then return 'not_found' end
+  if not rec[1] or rec[1] ~= meta[1] or not is_id(rec[2]) then return 'not_found' end
   local proxy = snapshot(prefix, rec[2])
   if not proxy or fmt_int(proxy.seq) ~= rec[3] then return 'not_found' end
 

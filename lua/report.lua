@@ -42,7 +42,7 @@ if type(reason) ~= 'string' or #reason > 256 or string.find(reason, '%c') then
   return fail('bad reason')
 end
 
-local meta = redis.call('HMGET', KEYS[1], 'id', 'removing')
+local meta = redis.call('HMGET', KEYS[1], 'id', 'removing', 'cool_next')
 if not meta[1] or meta[2] then return { 'NOT_FOUND' } end
 local id = ARGV[2]
 local s = snapshot(prefix, id)
@@ -77,6 +77,11 @@ local delay = math.max(1, math.floor(full - full * (jitter / 1000) * (rnd / 1000
 local until_ms = now + delay
 redis.call('HSET', KEYS[2], 'cooldown_until_ms', until_ms)
 redis.call('ZADD', KEYS[3], until_ms, id)
+-- Acquires lift cooldowns only once the pool's `cool_next` hint is due.
+local hint = tonumber(meta[3] or '')
+if hint == nil or until_ms < hint then
+  redis.call('HSET', KEYS[1], 'cool_next', fmt_int(until_ms))
+end
 if not s.cooling then
   account(prefix, id, s, with_cooling(s, true))
 end

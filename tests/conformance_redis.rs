@@ -505,4 +505,69 @@ mod redis_specific {
             .expect("polar proxy");
         assert_eq!(l.proxy.host, "10.9.9.9");
     }
+
+    /// Acquires skip the cooldown set until the pool's `cool_next` hint is due:
+    /// a failure lowers the hint to its cooldown's end (the earliest wins), and
+    /// the acquire that finds it due lifts what is over and resets the hint.
+    #[tokio::test]
+    async fn cooldown_hint_follows_the_earliest_cooldown() {
+        use lighthouse_lease::CooldownPolicy;
+        use redis::AsyncCommands;
+
+        let (s, pool, ns) = setup(support::test_config()).await;
+        let a = s
+            .add_proxy(Proxy::builder(pool.id, "10.0.0.1", 80).build().unwrap())
+            .await
+            .unwrap();
+        let b = s
+            .add_proxy(Proxy::builder(pool.id, "10.0.0.2", 80).build().unwrap())
+            .await
+            .unwrap();
+        let meta = format!("{ns}:{{{POOL}}}:meta");
+        let mut c = raw().await;
+        let hint = |c: &mut redis::aio::MultiplexedConnection| {
+            let meta = meta.clone();
+            let mut c = c.clone();
+            async move {
+                let v: Option<i64> = c.hget(&meta, "cool_next").await.unwrap();
+                v
+            }
+        };
+        assert_eq!(hint(&mut c).await, None, "no cooldown, no hint");
+
+        let long = CooldownPolicy::default()
+            .base(Duration::from_secs(600))
+            .cap(Duration::from_secs(600))
+            .jitter(0.0);
+        let short = long
+            .clone()
+            .base(Duration::from_millis(300))
+            .cap(Duration::from_millis(300));
+        let a_cool = s.report_failure(a.id, "slow", &long).await.unwrap();
+        let a_until = a_cool.cooldown_until.unwrap().timestamp_millis();
+        assert_eq!(hint(&mut c).await, Some(a_until));
+        let b_cool = s.report_failure(b.id, "slow", &short).await.unwrap();
+        let b_until = b_cool.cooldown_until.unwrap().timestamp_millis();
+        assert!(b_until < a_until);
+        assert_eq!(hint(&mut c).await, Some(b_until), "the earlier end wins");
+
+        // Both cooling: nothing to lease, and the hint is not due yet.
+        assert!(s.acquire(&req()).await.unwrap().is_none());
+        assert_eq!(hint(&mut c).await, Some(b_until));
+
+        // Once b's cooldown is over, the next acquire lifts it and moves the hint
+        // on to a's.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let l = s.acquire(&req()).await.unwrap().expect("b is back");
+        assert_eq!(l.proxy_id, b.id);
+        assert_eq!(hint(&mut c).await, Some(a_until));
+
+        // A success ends a's cooldown early: the hint is early too (never late),
+        // and the acquire that finds it due clears it.
+        let _ = s.report_success(a.id).await.unwrap();
+        let _: () = c.hset(&meta, "cool_next", 1).await.unwrap();
+        let again = s.acquire(&req()).await.unwrap().expect("a is back");
+        assert_eq!(again.proxy_id, a.id);
+        assert_eq!(hint(&mut c).await, None);
+    }
 }

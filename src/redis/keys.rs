@@ -116,7 +116,7 @@ impl PoolKeys {
         &self.prefix
     }
 
-    /// Pool hash: id, name, description, counters, cursors.
+    /// Pool hash: id, name, description, counters, cursors, fence, `cool_next` hint.
     pub(crate) fn meta(&self) -> String {
         format!("{}meta", self.prefix)
     }

@@ -262,13 +262,37 @@ local function account(prefix, id, old, new)
   end
 end
 
+-- account(prefix, id, s, with_leases(s, leases)) for a change of the lease
+-- count alone (acquire, release, reclaim): the hot path, so the new state is
+-- only built when the proxy enters or leaves the availability indexes.
+local function account_leases(prefix, id, s, leases)
+  local is = s.active and not s.cooling and (s.max == nil or leases < s.max)
+  if not (s.available and is) then
+    return account(prefix, id, s, with_leases(s, leases))
+  end
+  if (s.leases > 0) ~= (leases > 0) then
+    if leases > 0 then
+      redis.call('SADD', prefix .. 'leased', id)
+    else
+      redis.call('SREM', prefix .. 'leased', id)
+    end
+  end
+  if leases ~= s.leases then
+    local load = leases * LOAD_SHIFT + s.seq
+    redis.call('ZADD', prefix .. 'avail:load:all', load, id)
+    for tag in string.gmatch(s.tags, '%S+') do
+      redis.call('ZADD', prefix .. 'avail:load:' .. tag, load, id)
+    end
+  end
+end
+
 -- Gives one slot back to a proxy whose snapshot is `s`.
 local function give_back(prefix, id, s)
   if s.leases <= 0 then
     return false
   end
   redis.call('HINCRBY', prefix .. 'proxy:' .. id, 'current_leases', -1)
-  account(prefix, id, s, with_leases(s, s.leases - 1))
+  account_leases(prefix, id, s, s.leases - 1)
   return true
 end
 

@@ -332,6 +332,21 @@ local function select_from_candidates(ids)
 end
 
 local function select_proxy()
+  -- No candidate to test (no JSON filter) and at most one tag: the pick is the
+  -- first member of that tag's index (or the pool's) in the selector's order.
+  if filter == nil and tags[2] == nil then
+    local order
+    if selector == 'least_used' then
+      order = 'load'
+    elseif selector == 'first_available' then
+      order = 'seq'
+    elseif selector == 'lowest_latency' then
+      order = 'lat'
+    end
+    if order then
+      return redis.call('ZRANGE', prefix .. 'avail:' .. order .. ':' .. (tags[1] or 'all'), 0, 0)[1]
+    end
+  end
   -- The smallest index every match must be in; an empty one means no match.
   local base, base_n = 'all', nil
   for _, tag in ipairs(tags) do
@@ -388,7 +403,7 @@ local function serve(r)
 
   -- Take it.
   redis.call('HINCRBY', pkey, 'current_leases', 1)
-  account(prefix, id, old, with_leases(old, old.leases + 1))
+  account_leases(prefix, id, old, old.leases + 1)
   if selector == 'round_robin' then
     cursor, cursor_moved = old.seq, true
   end

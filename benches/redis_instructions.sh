@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Redis's own work per acquire→release cycle, counted in CPU instructions by
+# callgrind: ours (`lighthouse bench` on a 1,000-proxy pool) against the npm
+# `redis-semaphore` peer (benches/peer/semaphore.js), at 1 and 64 concurrent
+# callers, on one private redis-server run under valgrind. Instruction counts do
+# not move with the machine's load, unlike cycles/s, so this is the stable
+# companion of `cargo bench --bench redis`.
+#
+#   bash benches/redis_instructions.sh            # about 2 minutes
+#
+# Needs valgrind (callgrind_control), redis-server, redis-cli, node and npm. It
+# starts its own server on a free loopback port and stops it at the end; it
+# never touches another Redis.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${LIGHTHOUSE_BENCH_SECS:-10}"
+
+for tool in valgrind callgrind_control redis-server redis-cli node npm python3; do
+  command -v "$tool" >/dev/null || { echo "redis_instructions: $tool is not on PATH" >&2; exit 1; }
+done
+
+cargo build --release --quiet --bin lighthouse
+LH="$PWD/target/release/lighthouse"
+
+# The peer, installed the way benches/redis.rs installs it.
+PEER="$PWD/target/peer"
+mkdir -p "$PEER"
+cp benches/peer/package.json benches/peer/semaphore.js "$PEER/"
+if [ ! -f "$PEER/node_modules/redis-semaphore/package.json" ]; then
+  (cd "$PEER" && npm install --no-audit --no-fund --no-package-lock --silent)
+fi
+
+WORK="$(mktemp -d)"
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+  redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/valgrind.log" 2>&1 &
+VG=$!
+cleanup() {
+  redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || kill "$VG" 2>/dev/null || true
+  wait "$VG" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  redis-cli -p "$PORT" ping >/dev/null 2>&1 && break
+  sleep 0.2
+done
+export REDIS_URL="redis://127.0.0.1:$PORT" LIGHTHOUSE_NAMESPACE=lhinstr
+
+# A 1,000-proxy pool, 16 countries, max_concurrency 4 (as benches/redis.rs).
+python3 - "$WORK/proxies.csv" <<'PY'
+import csv, sys
+countries = "AR BR CL CO PE MX UY PY BO EC VE CR PA GT HN SV".split()
+with open(sys.argv[1], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["host", "port", "protocol", "max_concurrency", "country"])
+    for i in range(1000):
+        w.writerow([f"10.0.{i >> 8}.{i & 255}", 8080, "http", 4, countries[i % 16]])
+PY
+"$LH" pool create bench >/dev/null
+"$LH" proxy import --pool bench "$WORK/proxies.csv" >/dev/null
+
+# Runs a command with the counters zeroed first; prints the instructions counted.
+counted() {
+  rm -f "$WORK"/cg.out.*
+  callgrind_control -z "$VG" >/dev/null 2>&1
+  "$@" >"$WORK/out.json"
+  callgrind_control -d "$VG" >/dev/null 2>&1
+  local dump
+  dump="$(ls -t "$WORK"/cg.out.* | head -1)"
+  grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}'
+}
+
+cycles_of() { # the cycle count in a JSON line of $WORK/out.json
+  python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])[sys.argv[2]])' "$WORK/out.json" "$1"
+}
+
+printf '%-16s %4s %9s %16s %14s\n' who c cycles instructions "per cycle"
+declare -A PER
+for c in 1 64; do
+  n="$(counted "$LH" --json bench --pool bench --concurrency "$c" --duration "$SECS")"
+  k="$(cycles_of cycles)"
+  PER["ours$c"]=$((n / k))
+  printf '%-16s %4s %9s %16s %14s\n' ours "$c" "$k" "$n" "${PER[ours$c]}"
+  n="$(counted node "$PEER/semaphore.js" --port "$PORT" --concurrency "$c" --warmup 0 --secs "$SECS" --limit 1000)"
+  k="$(cycles_of cycles_all)"
+  PER["sem$c"]=$((n / k))
+  printf '%-16s %4s %9s %16s %14s\n' redis-semaphore "$c" "$k" "$n" "${PER[sem$c]}"
+done
+for c in 1 64; do
+  python3 -c "print('c=$c: semaphore / ours instructions per cycle = %.2f' % (${PER[sem$c]} / ${PER[ours$c]}))"
+done

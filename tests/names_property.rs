@@ -351,11 +351,17 @@ fn contents() -> BoxedStrategy<Contents> {
                 .map(|(i, v)| tag(attrs[i % 4], v))
                 .collect();
             tags.push(tag("asn", &asn.to_string()));
+            // Distinct ids, as in a real pool (the generators may repeat one).
+            let distinct = |v: Vec<u128>| -> Vec<Uuid> {
+                let set: BTreeSet<u128> = v.into_iter().collect();
+                set.into_iter().map(Uuid::from_u128).collect()
+            };
+            let requests: BTreeSet<String> = requests.into_iter().collect();
             Contents {
-                proxies: proxies.into_iter().map(Uuid::from_u128).collect(),
-                leases: leases.into_iter().map(Uuid::from_u128).collect(),
+                proxies: distinct(proxies),
+                leases: distinct(leases),
                 tags,
-                requests,
+                requests: requests.into_iter().collect(),
             }
         })
         .boxed()

@@ -291,7 +291,7 @@ local function give_back(prefix, id, s)
   if s.leases <= 0 then
     return false
   end
-  redis.call('HINCRBY', prefix .. 'proxy:' .. id, 'current_leases', -1)
+  redis.call('HINCRBY', prefix .. 'proxy:' .. id, 'current_leases', '-1')
   account_leases(prefix, id, s, s.leases - 1)
   return true
 end
@@ -337,7 +337,7 @@ end
 -- many gave a slot back, and whether expired leases remain.
 local function reclaim(prefix, now, limit, grace)
   local live = prefix .. 'leases'
-  local due = redis.call('ZRANGEBYSCORE', live, '-inf', now, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', live, '-inf', now, 'LIMIT', '0', limit)
   local n = 0
   for _, member in ipairs(due) do
     redis.call('ZREM', live, member)

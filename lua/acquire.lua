@@ -159,176 +159,199 @@ end
 -- ---------------------------------------------------------------- matching
 -- The request being served (set by serve() below): the functions read these.
 local filter, selector, rnd, tags
-local function haversine_km(lat1, lon1, lat2, lon2)
-  local r = math.pi / 180
-  local p1, p2 = lat1 * r, lat2 * r
-  local dp, dl = (lat2 - lat1) * r, (lon2 - lon1) * r
-  local sp, sl = math.sin(dp / 2), math.sin(dl / 2)
-  local a = sp * sp + math.cos(p1) * math.cos(p2) * sl * sl
-  return 2 * EARTH_RADIUS_KM * math.asin(math.min(math.sqrt(a), 1))
-end
+local cursor = tonumber(meta[3] or '')
 
--- Port of ProxyFilters::matches.
-local function matches(f, p)
-  if f.country ~= nil and (p.country == nil or string.upper(p.country) ~= string.upper(f.country)) then
-    return false
+-- The general selection (a filter to test on each candidate, several tags, round
+-- robin, random, a point or radius): its functions are made on first use only,
+-- since most requests take the direct path in select_proxy() below.
+local select_general
+local function general_selection()
+  local function haversine_km(lat1, lon1, lat2, lon2)
+    local r = math.pi / 180
+    local p1, p2 = lat1 * r, lat2 * r
+    local dp, dl = (lat2 - lat1) * r, (lon2 - lon1) * r
+    local sp, sl = math.sin(dp / 2), math.sin(dl / 2)
+    local a = sp * sp + math.cos(p1) * math.cos(p2) * sl * sl
+    return 2 * EARTH_RADIUS_KM * math.asin(math.min(math.sqrt(a), 1))
   end
-  if f.source ~= nil and p.source ~= f.source then return false end
-  if f.city ~= nil and p.city ~= f.city then return false end
-  if f.isp ~= nil and p.isp ~= f.isp then return false end
-  if f.asn ~= nil and p.asn ~= f.asn then return false end
-  if f.latitude ~= nil and f.longitude ~= nil then
-    if p.lat == nil or p.lon == nil then return false end
-    if f.radius_km ~= nil then
-      if haversine_km(f.latitude, f.longitude, p.lat, p.lon) > f.radius_km then return false end
-    elseif math.abs(p.lat - f.latitude) > 1e-9 or math.abs(p.lon - f.longitude) > 1e-9 then
+
+  -- Port of ProxyFilters::matches.
+  local function matches(f, p)
+    if f.country ~= nil and (p.country == nil or string.upper(p.country) ~= string.upper(f.country)) then
       return false
     end
-  end
-  if f.any_of ~= nil and #f.any_of > 0 then
-    local any = false
-    for _, sub in ipairs(f.any_of) do
-      if matches(sub, p) then any = true; break end
-    end
-    if not any then return false end
-  end
-  if f.all_of ~= nil then
-    for _, sub in ipairs(f.all_of) do
-      if not matches(sub, p) then return false end
-    end
-  end
-  if f.none_of ~= nil then
-    for _, sub in ipairs(f.none_of) do
-      if matches(sub, p) then return false end
-    end
-  end
-  return true
-end
-
-local function attrs(id)
-  local v = redis.call('HMGET', prefix .. 'proxy:' .. id,
-    'country', 'source', 'city', 'isp', 'asn', 'latitude', 'longitude', 'seq', 'current_leases',
-    'latency_ms')
-  return {
-    country = v[1] or nil, source = v[2] or nil, city = v[3] or nil, isp = v[4] or nil,
-    asn = tonumber(v[5] or ''), lat = tonumber(v[6] or ''), lon = tonumber(v[7] or ''),
-    seq = tonumber(v[8] or ''), leases = tonumber(v[9] or '0') or 0,
-    latency = tonumber(v[10] or ''),
-  }
-end
-
-local function ok(id)
-  return filter == nil or matches(filter, attrs(id))
-end
-
--- ---------------------------------------------------------------- selection
-local cursor = tonumber(meta[3] or '')
-local BATCH = 32
-
--- Without a filter the first candidate always matches: fetch just one.
-local function first_batch()
-  if filter == nil then return 1 end
-  return 4
-end
-
--- Walks `key` by rank from `start` to the end; returns the first match.
-local function walk_rank(key, start, stop)
-  local i = start
-  local batch = first_batch()
-  while stop == nil or i <= stop do
-    local last = i + batch - 1
-    batch = BATCH
-    if stop ~= nil and last > stop then last = stop end
-    local ids = redis.call('ZRANGE', key, i, last)
-    for _, id in ipairs(ids) do
-      if ok(id) then return id end
-    end
-    if #ids < last - i + 1 then return nil end
-    i = last + 1
-  end
-  return nil
-end
-
--- Walks `key` by score from `min` to `max` (Redis score syntax); first match.
-local function walk_score(key, min, max)
-  local offset = 0
-  local batch = first_batch()
-  while true do
-    local ids = redis.call('ZRANGEBYSCORE', key, min, max, 'LIMIT', offset, batch)
-    for _, id in ipairs(ids) do
-      if ok(id) then return id end
-    end
-    if #ids < batch then return nil end
-    offset = offset + batch
-    batch = BATCH
-  end
-end
-
-local function select_from_index(tag)
-  local seq_key = prefix .. 'avail:seq:' .. tag
-  if selector == 'first_available' then
-    return walk_rank(seq_key, 0, nil)
-  elseif selector == 'least_used' then
-    return walk_rank(prefix .. 'avail:load:' .. tag, 0, nil)
-  elseif selector == 'lowest_latency' then
-    return walk_rank(prefix .. 'avail:lat:' .. tag, 0, nil)
-  elseif selector == 'round_robin' then
-    local c = cursor or -1
-    return walk_score(seq_key, '(' .. fmt_int(c), '+inf') or walk_score(seq_key, '-inf', fmt_int(c))
-  else
-    local n = redis.call('ZCARD', seq_key)
-    if n == 0 then return nil end
-    local start = rnd % n
-    return walk_rank(seq_key, start, n - 1) or (start > 0 and walk_rank(seq_key, 0, start - 1)) or nil
-  end
-end
-
--- Point and radius filters: the available proxies in the circle, when there are
--- at most GEO_LIMIT of them (else nil: the caller walks an index instead).
-local GEO_LIMIT = 1000
-local function geo_candidates()
-  if filter == nil or filter.latitude == nil or filter.longitude == nil then return nil end
-  if math.abs(filter.latitude) > GEO_MAX_LAT then return nil end
-  -- Redis' earth radius is 0.03% larger than EARTH_RADIUS_KM: search wider, then
-  -- check exactly with matches().
-  local r = (filter.radius_km or 0) * 1.001 + 0.01
-  local found = redis.call('GEOSEARCH', prefix .. 'avail:geo', 'FROMLONLAT',
-    fmt_num(filter.longitude), fmt_num(filter.latitude), 'BYRADIUS', fmt_num(r), 'km',
-    'ASC', 'COUNT', GEO_LIMIT)
-  if #found >= GEO_LIMIT then return nil end
-  local polar = redis.call('ZRANGE', prefix .. 'avail:polar', 0, GEO_LIMIT)
-  if #found + #polar >= GEO_LIMIT then return nil end
-  for _, id in ipairs(polar) do found[#found + 1] = id end
-  return found
-end
-
-local function select_from_candidates(ids)
-  local best, best_key, matched = nil, nil, {}
-  for _, id in ipairs(ids) do
-    local p = attrs(id)
-    if p.seq ~= nil and matches(filter, p) then
-      local key
-      if selector == 'first_available' then
-        key = p.seq
-      elseif selector == 'least_used' then
-        key = p.leases * LOAD_SHIFT + p.seq
-      elseif selector == 'lowest_latency' then
-        key = latency_score(p)
-      elseif selector == 'round_robin' then
-        key = p.seq
-        if cursor ~= nil and p.seq <= cursor then key = p.seq + 9007199254740992 end
-      else
-        matched[#matched + 1] = id
-      end
-      if key ~= nil and (best_key == nil or key < best_key) then
-        best, best_key = id, key
+    if f.source ~= nil and p.source ~= f.source then return false end
+    if f.city ~= nil and p.city ~= f.city then return false end
+    if f.isp ~= nil and p.isp ~= f.isp then return false end
+    if f.asn ~= nil and p.asn ~= f.asn then return false end
+    if f.latitude ~= nil and f.longitude ~= nil then
+      if p.lat == nil or p.lon == nil then return false end
+      if f.radius_km ~= nil then
+        if haversine_km(f.latitude, f.longitude, p.lat, p.lon) > f.radius_km then return false end
+      elseif math.abs(p.lat - f.latitude) > 1e-9 or math.abs(p.lon - f.longitude) > 1e-9 then
+        return false
       end
     end
+    if f.any_of ~= nil and #f.any_of > 0 then
+      local any = false
+      for _, sub in ipairs(f.any_of) do
+        if matches(sub, p) then any = true; break end
+      end
+      if not any then return false end
+    end
+    if f.all_of ~= nil then
+      for _, sub in ipairs(f.all_of) do
+        if not matches(sub, p) then return false end
+      end
+    end
+    if f.none_of ~= nil then
+      for _, sub in ipairs(f.none_of) do
+        if matches(sub, p) then return false end
+      end
+    end
+    return true
   end
-  if selector == 'random' and #matched > 0 then
-    best = matched[(rnd % #matched) + 1]
+
+  local function attrs(id)
+    local v = redis.call('HMGET', prefix .. 'proxy:' .. id,
+      'country', 'source', 'city', 'isp', 'asn', 'latitude', 'longitude', 'seq', 'current_leases',
+      'latency_ms')
+    return {
+      country = v[1] or nil, source = v[2] or nil, city = v[3] or nil, isp = v[4] or nil,
+      asn = tonumber(v[5] or ''), lat = tonumber(v[6] or ''), lon = tonumber(v[7] or ''),
+      seq = tonumber(v[8] or ''), leases = tonumber(v[9] or '0') or 0,
+      latency = tonumber(v[10] or ''),
+    }
   end
-  return best
+
+  local function ok(id)
+    return filter == nil or matches(filter, attrs(id))
+  end
+
+  -- ---------------------------------------------------------------- selection
+  local BATCH = 32
+
+  -- Without a filter the first candidate always matches: fetch just one.
+  local function first_batch()
+    if filter == nil then return 1 end
+    return 4
+  end
+
+  -- Walks `key` by rank from `start` to the end; returns the first match.
+  local function walk_rank(key, start, stop)
+    local i = start
+    local batch = first_batch()
+    while stop == nil or i <= stop do
+      local last = i + batch - 1
+      batch = BATCH
+      if stop ~= nil and last > stop then last = stop end
+      local ids = redis.call('ZRANGE', key, i, last)
+      for _, id in ipairs(ids) do
+        if ok(id) then return id end
+      end
+      if #ids < last - i + 1 then return nil end
+      i = last + 1
+    end
+    return nil
+  end
+
+  -- Walks `key` by score from `min` to `max` (Redis score syntax); first match.
+  local function walk_score(key, min, max)
+    local offset = 0
+    local batch = first_batch()
+    while true do
+      local ids = redis.call('ZRANGEBYSCORE', key, min, max, 'LIMIT', offset, batch)
+      for _, id in ipairs(ids) do
+        if ok(id) then return id end
+      end
+      if #ids < batch then return nil end
+      offset = offset + batch
+      batch = BATCH
+    end
+  end
+
+  local function select_from_index(tag)
+    local seq_key = prefix .. 'avail:seq:' .. tag
+    if selector == 'first_available' then
+      return walk_rank(seq_key, 0, nil)
+    elseif selector == 'least_used' then
+      return walk_rank(prefix .. 'avail:load:' .. tag, 0, nil)
+    elseif selector == 'lowest_latency' then
+      return walk_rank(prefix .. 'avail:lat:' .. tag, 0, nil)
+    elseif selector == 'round_robin' then
+      local c = cursor or -1
+      return walk_score(seq_key, '(' .. fmt_int(c), '+inf') or walk_score(seq_key, '-inf', fmt_int(c))
+    else
+      local n = redis.call('ZCARD', seq_key)
+      if n == 0 then return nil end
+      local start = rnd % n
+      return walk_rank(seq_key, start, n - 1) or (start > 0 and walk_rank(seq_key, 0, start - 1)) or nil
+    end
+  end
+
+  -- Point and radius filters: the available proxies in the circle, when there are
+  -- at most GEO_LIMIT of them (else nil: the caller walks an index instead).
+  local GEO_LIMIT = 1000
+  local function geo_candidates()
+    if filter == nil or filter.latitude == nil or filter.longitude == nil then return nil end
+    if math.abs(filter.latitude) > GEO_MAX_LAT then return nil end
+    -- Redis' earth radius is 0.03% larger than EARTH_RADIUS_KM: search wider, then
+    -- check exactly with matches().
+    local r = (filter.radius_km or 0) * 1.001 + 0.01
+    local found = redis.call('GEOSEARCH', prefix .. 'avail:geo', 'FROMLONLAT',
+      fmt_num(filter.longitude), fmt_num(filter.latitude), 'BYRADIUS', fmt_num(r), 'km',
+      'ASC', 'COUNT', GEO_LIMIT)
+    if #found >= GEO_LIMIT then return nil end
+    local polar = redis.call('ZRANGE', prefix .. 'avail:polar', 0, GEO_LIMIT)
+    if #found + #polar >= GEO_LIMIT then return nil end
+    for _, id in ipairs(polar) do found[#found + 1] = id end
+    return found
+  end
+
+  local function select_from_candidates(ids)
+    local best, best_key, matched = nil, nil, {}
+    for _, id in ipairs(ids) do
+      local p = attrs(id)
+      if p.seq ~= nil and matches(filter, p) then
+        local key
+        if selector == 'first_available' then
+          key = p.seq
+        elseif selector == 'least_used' then
+          key = p.leases * LOAD_SHIFT + p.seq
+        elseif selector == 'lowest_latency' then
+          key = latency_score(p)
+        elseif selector == 'round_robin' then
+          key = p.seq
+          if cursor ~= nil and p.seq <= cursor then key = p.seq + 9007199254740992 end
+        else
+          matched[#matched + 1] = id
+        end
+        if key ~= nil and (best_key == nil or key < best_key) then
+          best, best_key = id, key
+        end
+      end
+    end
+    if selector == 'random' and #matched > 0 then
+      best = matched[(rnd % #matched) + 1]
+    end
+    return best
+  end
+
+
+  return function()
+    -- The smallest index every match must be in; an empty one means no match.
+    local base, base_n = 'all', nil
+    for _, tag in ipairs(tags) do
+      local n = redis.call('ZCARD', prefix .. 'avail:seq:' .. tag)
+      if n == 0 then return nil end
+      if base_n == nil or n < base_n then base, base_n = tag, n end
+    end
+    if base_n == nil or base_n > BATCH then
+      local cands = geo_candidates()
+      if cands ~= nil then return select_from_candidates(cands) end
+    end
+    return select_from_index(base)
+  end
 end
 
 local function select_proxy()
@@ -344,21 +367,11 @@ local function select_proxy()
       order = 'lat'
     end
     if order then
-      return redis.call('ZRANGE', prefix .. 'avail:' .. order .. ':' .. (tags[1] or 'all'), 0, 0)[1]
+      return redis.call('ZRANGE', prefix .. 'avail:' .. order .. ':' .. (tags[1] or 'all'), '0', '0')[1]
     end
   end
-  -- The smallest index every match must be in; an empty one means no match.
-  local base, base_n = 'all', nil
-  for _, tag in ipairs(tags) do
-    local n = redis.call('ZCARD', prefix .. 'avail:seq:' .. tag)
-    if n == 0 then return nil end
-    if base_n == nil or n < base_n then base, base_n = tag, n end
-  end
-  if base_n == nil or base_n > BATCH then
-    local cands = geo_candidates()
-    if cands ~= nil then return select_from_candidates(cands) end
-  end
-  return select_from_index(base)
+  select_general = select_general or general_selection()
+  return select_general()
 end
 
 -- ---------------------------------------------------------------- each request
@@ -402,7 +415,7 @@ local function serve(r)
   if not old then return { 'NONE' } end
 
   -- Take it.
-  redis.call('HINCRBY', pkey, 'current_leases', 1)
+  redis.call('HINCRBY', pkey, 'current_leases', '1')
   account_leases(prefix, id, old, old.leases + 1)
   if selector == 'round_robin' then
     cursor, cursor_moved = old.seq, true

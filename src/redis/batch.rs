@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
@@ -62,10 +62,10 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     pub(crate) async fn submit(self: &Arc<Self>, key: &str, item: T) -> Result<R> {
         if self.max == 1 {
             // No batching: every call goes by itself, concurrently.
-            return one_reply((self.exec)(key.to_string(), vec![item]).await?);
+            return self.run_alone(key, item).await;
         }
         let waiting = {
-            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut lanes = self.lock_lanes();
             let lane = lanes.entry(key.to_string()).or_insert_with(|| Lane {
                 busy: false,
                 queue: Vec::new(),
@@ -86,7 +86,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                     batcher: Arc::clone(self),
                     key: key.to_string(),
                 };
-                one_reply((self.exec)(key.to_string(), vec![item]).await?)
+                self.run_alone(key, item).await
             }
             Err(rx) => rx.await.unwrap_or_else(|_| {
                 Err(Error::backend(
@@ -97,16 +97,23 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         }
     }
 
+    /// Runs one item by itself.
+    async fn run_alone(&self, key: &str, item: T) -> Result<R> {
+        let mut replies = one_each((self.exec)(key.to_string(), vec![item]).await, 1)?;
+        replies
+            .pop()
+            .ok_or_else(|| Error::backend("batched call: no reply", None))
+    }
+
+    fn lock_lanes(&self) -> MutexGuard<'_, HashMap<String, Lane<T, R>>> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Takes the next batch of `key`'s lane, or marks the lane idle (and forgets
-    /// it) when nobody waits. Calls cancelled while queued are left out.
+    /// it) when nobody waits.
     fn next_batch(&self, key: &str) -> Option<Vec<Waiting<T, R>>> {
-        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-        let lane = lanes.get_mut(key)?;
-        lane.queue.retain(|w| !w.reply.is_closed());
-        if lane.queue.is_empty() {
-            lanes.remove(key);
-            return None;
-        }
+        let mut lanes = self.lock_lanes();
+        let lane = waiting_lane(&mut lanes, key)?;
         let n = lane.queue.len().min(self.max);
         Some(lane.queue.drain(..n).collect())
     }
@@ -117,19 +124,11 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             let (items, replies): (Vec<T>, Vec<_>) =
                 batch.into_iter().map(|w| (w.item, w.reply)).unzip();
             let n = items.len();
-            match (self.exec)(key.clone(), items).await {
-                Ok(results) if results.len() == n => {
+            match one_each((self.exec)(key.clone(), items).await, n) {
+                Ok(results) => {
                     for (tx, r) in replies.into_iter().zip(results) {
                         // A caller that stopped listening lost only its reply.
                         let _ = tx.send(Ok(r));
-                    }
-                }
-                Ok(_) => {
-                    for tx in replies {
-                        let _ = tx.send(Err(Error::backend(
-                            "batched call: the script answered a different number of replies",
-                            None,
-                        )));
                     }
                 }
                 Err(e) => {
@@ -142,6 +141,21 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
+/// `key`'s lane when calls still wait in it; calls cancelled while queued are
+/// left out, and a lane nobody waits in is forgotten (it is idle again).
+fn waiting_lane<'a, T, R>(
+    lanes: &'a mut HashMap<String, Lane<T, R>>,
+    key: &str,
+) -> Option<&'a mut Lane<T, R>> {
+    let lane = lanes.get_mut(key)?;
+    lane.queue.retain(|w| !w.reply.is_closed());
+    if lane.queue.is_empty() {
+        lanes.remove(key);
+        return None;
+    }
+    lanes.get_mut(key)
+}
+
 /// Ends an inline call: starts the runner when calls queued behind it, else
 /// marks the lane idle.
 struct HandOn<T: Send + 'static, R: Send + 'static> {
@@ -151,53 +165,37 @@ struct HandOn<T: Send + 'static, R: Send + 'static> {
 
 impl<T: Send + 'static, R: Send + 'static> Drop for HandOn<T, R> {
     fn drop(&mut self) {
-        {
-            let mut lanes = self
-                .batcher
-                .lanes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let Some(lane) = lanes.get_mut(&self.key) else {
-                return;
-            };
-            lane.queue.retain(|w| !w.reply.is_closed());
-            if lane.queue.is_empty() {
-                lanes.remove(&self.key);
-                return;
-            }
+        let mut lanes = self.batcher.lock_lanes();
+        if waiting_lane(&mut lanes, &self.key).is_none() {
+            return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                drop(lanes);
                 rt.spawn(Arc::clone(&self.batcher).run_queue(self.key.clone()));
             }
             Err(_) => {
                 // No runtime to run them on: answer every queued call.
-                let mut lanes = self
-                    .batcher
-                    .lanes
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if let Some(lane) = lanes.remove(&self.key) {
-                    for w in lane.queue {
-                        let _ = w.reply.send(Err(Error::backend(
-                            "batched call dropped: no tokio runtime to run it on",
-                            None,
-                        )));
-                    }
+                for w in lanes.remove(&self.key).into_iter().flat_map(|l| l.queue) {
+                    let _ = w.reply.send(Err(Error::backend(
+                        "batched call dropped: no tokio runtime to run it on",
+                        None,
+                    )));
                 }
             }
         }
     }
 }
 
-/// The reply of a call that went alone.
-fn one_reply<R>(mut replies: Vec<R>) -> Result<R> {
-    match (replies.pop(), replies.is_empty()) {
-        (Some(r), true) => Ok(r),
-        _ => Err(Error::backend(
+/// The replies of a batch of `n` calls: exactly one each, in order.
+fn one_each<R>(replies: Result<Vec<R>>, n: usize) -> Result<Vec<R>> {
+    match replies {
+        Ok(r) if r.len() == n => Ok(r),
+        Ok(_) => Err(Error::backend(
             "batched call: the script answered a different number of replies",
             None,
         )),
+        Err(e) => Err(e),
     }
 }
 
@@ -245,6 +243,27 @@ mod tests {
         })
     }
 
+    /// Submits `item` to lane "p" from a task of its own.
+    fn spawn_submit(b: &Arc<Batcher<u32, u32>>, item: u32) -> tokio::task::JoinHandle<Result<u32>> {
+        let b = Arc::clone(b);
+        tokio::spawn(async move { b.submit("p", item).await })
+    }
+
+    /// Waits until `cond` holds.
+    async fn wait_until(cond: impl Fn() -> bool) {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn queue_len(b: &Batcher<u32, u32>) -> usize {
+        b.lanes
+            .lock()
+            .unwrap()
+            .get("p")
+            .map_or(0, |l| l.queue.len())
+    }
+
     #[tokio::test]
     async fn lone_call_runs_inline_and_lane_is_forgotten() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
@@ -260,34 +279,18 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let b = Batcher::new(4, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
-        let first = tokio::spawn({
-            let b = Arc::clone(&b);
-            async move { b.submit("p", 0).await }
-        });
+        let first = spawn_submit(&b, 0);
         // Wait until the first call is in flight, then queue ten more.
-        while sizes.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_until(|| !sizes.lock().unwrap().is_empty()).await;
         let mut rest = Vec::new();
         for i in 1..=10u32 {
-            let b = Arc::clone(&b);
-            rest.push(tokio::spawn(async move { (i, b.submit("p", i).await) }));
+            rest.push((i, spawn_submit(&b, i)));
         }
-        while b
-            .lanes
-            .lock()
-            .unwrap()
-            .get("p")
-            .map_or(0, |l| l.queue.len())
-            < 10
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_until(|| queue_len(&b) >= 10).await;
         gate.add_permits(100);
         assert_eq!(first.await.unwrap().unwrap(), 0);
-        for h in rest {
-            let (i, r) = h.await.unwrap();
-            assert_eq!(r.unwrap(), i * 2);
+        for (i, h) in rest {
+            assert_eq!(h.await.unwrap().unwrap(), i * 2);
         }
         assert_eq!(*sizes.lock().unwrap(), vec![1, 4, 4, 2]);
         assert!(b.lanes.lock().unwrap().is_empty());
@@ -298,27 +301,10 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let b = Batcher::new(8, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
-        let leader = tokio::spawn({
-            let b = Arc::clone(&b);
-            async move { b.submit("p", 1).await }
-        });
-        while sizes.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let follower = tokio::spawn({
-            let b = Arc::clone(&b);
-            async move { b.submit("p", 5).await }
-        });
-        while b
-            .lanes
-            .lock()
-            .unwrap()
-            .get("p")
-            .map_or(0, |l| l.queue.len())
-            < 1
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let leader = spawn_submit(&b, 1);
+        wait_until(|| !sizes.lock().unwrap().is_empty()).await;
+        let follower = spawn_submit(&b, 5);
+        wait_until(|| queue_len(&b) >= 1).await;
         leader.abort();
         assert!(leader.await.unwrap_err().is_cancelled());
         gate.add_permits(100);
@@ -330,31 +316,11 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let b = Batcher::new(8, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
-        let leader = tokio::spawn({
-            let b = Arc::clone(&b);
-            async move { b.submit("p", 1).await }
-        });
-        while sizes.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let gone = tokio::spawn({
-            let b = Arc::clone(&b);
-            async move { b.submit("p", 2).await }
-        });
-        let kept = tokio::spawn({
-            let b = Arc::clone(&b);
-            async move { b.submit("p", 3).await }
-        });
-        while b
-            .lanes
-            .lock()
-            .unwrap()
-            .get("p")
-            .map_or(0, |l| l.queue.len())
-            < 2
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let leader = spawn_submit(&b, 1);
+        wait_until(|| !sizes.lock().unwrap().is_empty()).await;
+        let gone = spawn_submit(&b, 2);
+        let kept = spawn_submit(&b, 3);
+        wait_until(|| queue_len(&b) >= 2).await;
         gone.abort();
         let _ = gone.await;
         gate.add_permits(100);
@@ -390,28 +356,13 @@ mod tests {
             })
         };
         let b = Batcher::new(8, exec);
-        let leader = tokio::spawn({
-            let b = Arc::clone(&b);
-            async move { b.submit("p", 1).await }
-        });
-        while calls.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let leader = spawn_submit(&b, 1);
+        wait_until(|| calls.load(Ordering::SeqCst) > 0).await;
         let mut queued = Vec::new();
         for i in 0..3 {
-            let b = Arc::clone(&b);
-            queued.push(tokio::spawn(async move { b.submit("p", i).await }));
+            queued.push(spawn_submit(&b, i));
         }
-        while b
-            .lanes
-            .lock()
-            .unwrap()
-            .get("p")
-            .map_or(0, |l| l.queue.len())
-            < 3
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_until(|| queue_len(&b) >= 3).await;
         gate.add_permits(100);
         assert_eq!(leader.await.unwrap().unwrap(), 7);
         for h in queued {

@@ -358,11 +358,12 @@ local function notify_freed(prefix)
 end
 
 -- Lifts up to `limit` cooldowns that are over (the `cooldown` zset is scored by
--- their end): the proxies become available again. Returns how many. Then sets
+-- their end): the proxies become available again. Returns how many. When it
+-- lifted any, or when `stale_hint` says the caller found the hint due, it sets
 -- the meta hash's `cool_next` hint to the earliest cooldown end left (or removes
 -- it), so acquires skip this call until then. (The hint may be early, when a
 -- cooldown ended another way, never late: report.lua lowers it as it adds one.)
-local function lift_cooldowns(prefix, now, limit)
+local function lift_cooldowns(prefix, now, limit, stale_hint)
   local key = prefix .. 'cooldown'
   local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
@@ -373,7 +374,10 @@ local function lift_cooldowns(prefix, now, limit)
       account(prefix, id, s, with_cooling(s, false))
     end
   end
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #due == 0 and not stale_hint then
+    return 0
+  end
+  local first = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
   if first[2] then
     redis.call('HSET', prefix .. 'meta', 'cool_next', first[2])
   else

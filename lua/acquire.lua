@@ -153,7 +153,7 @@ local reclaimed, more = reclaim(prefix, now, reclaim_limit, grace)
 local freed = reclaimed
 local cool_next = tonumber(meta[5] or '')
 if cool_next and cool_next <= now then
-  freed = freed + lift_cooldowns(prefix, now, 16)
+  freed = freed + lift_cooldowns(prefix, now, 16, true)
 end
 
 -- ---------------------------------------------------------------- matching

@@ -1,88 +1,114 @@
--- _lib_proxy.lua: helpers for the scripts that write proxy fields
--- (proxy_add.lua, proxy_update.lua), prepended after _lib.lua to those scripts
--- only, so the hot scripts (acquire, release, cleanup) do not pay for defining
--- them on every call.
+-- _lib_proxy.lua: what the scripts that write proxies share (joined after
+-- _lib.lua to proxy_add, proxy_update, proxy_status, proxy_remove, report and
+-- audit only, so the hot scripts do not define it on every call).
+--
+-- A proxy is one JSON object in P proxies (field: its seq), with short keys and
+-- defaults left out: id, host, port, proto (absent: http), user, pass, status
+-- (absent: active), max (absent: unlimited), source, country, city, isp, asn, lat,
+-- lon, checked (RFC 3339), latency (ms), fails (failures in a row), cool
+-- (cooldown end ms), failure (last failure reason).
 
-local PROXY_PROTOCOL = { http = true, https = true, socks4 = true, socks5 = true }
+local PROXY_PROTO = { http = true, https = true, socks4 = true, socks5 = true }
+local PROXY_STATUS = { active = true, inactive = true, slow = true, banned = true }
 
--- Validates the settable fields of a proxy, given as a table field -> value.
--- Returns nil when they are valid, else an error message.
-local function check_proxy_fields(f)
+local function uint(v, hi)
+  return type(v) == 'number' and v >= 0 and v <= hi and v % 1 == 0
+end
+
+local function num_in(v, lo, hi)
+  return type(v) == 'number' and v == v and v >= lo and v <= hi
+end
+
+-- Checks a proxy JSON as the client writes it (`mutable`: the fields only the
+-- scripts write may be present too). Returns the decoded table, or nil and why.
+local function check_proxy_json(json, mutable)
+  if type(json) ~= 'string' or #json > 8192 then return nil, 'bad proxy JSON' end
+  local ok, p = pcall(cjson.decode, json)
+  if not ok or type(p) ~= 'table' then return nil, 'bad proxy JSON' end
   local allowed = {
-    host = true, port = true, protocol = true, status = true, max_concurrency = true,
-    username = true, password = true, source = true, country = true, city = true,
-    isp = true, asn = true, latitude = true, longitude = true, checked_at = true,
+    id = true, host = true, port = true, proto = true, user = true, pass = true, status = true,
+    max = true, source = true, country = true, city = true, isp = true, asn = true, lat = true,
+    lon = true, checked = true,
   }
-  for k, _ in pairs(f) do
-    if not allowed[k] then return 'unknown proxy field ' .. tostring(k) end
+  if mutable then
+    allowed.latency, allowed.fails, allowed.cool, allowed.failure = true, true, true, true
   end
-  if not is_text(f.host, 255) or string.find(f.host, '%s') then return 'bad host' end
-  if not int_in(f.port, 1, 65535) then return 'bad port' end
-  if not PROXY_PROTOCOL[f.protocol] then return 'bad protocol' end
-  if not PROXY_STATUS[f.status] then return 'bad status' end
-  if f.max_concurrency ~= nil and not int_in(f.max_concurrency, 1, MAX_U32) then
-    return 'bad max_concurrency'
+  for k, _ in pairs(p) do
+    if not allowed[k] then return nil, 'unknown proxy field ' .. tostring(k) end
   end
-  if f.username ~= nil and not is_text(f.username, 256) then return 'bad username' end
-  if f.password ~= nil and (type(f.password) ~= 'string' or #f.password > 256) then
-    return 'bad password'
-  end
-  if (f.username == nil) ~= (f.password == nil) then return 'username without password' end
+  if not is_uuid(p.id) then return nil, 'bad proxy id' end
+  if not is_text(p.host, 255) or string.find(p.host, '%s') then return nil, 'bad host' end
+  if not uint(p.port, 65535) or p.port < 1 then return nil, 'bad port' end
+  if p.proto ~= nil and (not PROXY_PROTO[p.proto] or p.proto == 'http') then return nil, 'bad protocol' end
+  if p.status ~= nil and (not PROXY_STATUS[p.status] or p.status == 'active') then return nil, 'bad status' end
+  if p.max ~= nil and (not uint(p.max, MAX_U32) or p.max < 1) then return nil, 'bad max_concurrency' end
+  if p.user ~= nil and not is_text(p.user, 256) then return nil, 'bad username' end
+  if p.pass ~= nil and (type(p.pass) ~= 'string' or #p.pass > 256) then return nil, 'bad password' end
+  if (p.user == nil) ~= (p.pass == nil) then return nil, 'username without password' end
   for _, k in ipairs({ 'source', 'country', 'city', 'isp' }) do
-    if f[k] ~= nil and not is_text(f[k], 256) then return 'bad ' .. k end
+    if p[k] ~= nil and not is_text(p[k], 256) then return nil, 'bad ' .. k end
   end
-  if f.asn ~= nil and not int_in(f.asn, 0, MAX_U32) then return 'bad asn' end
-  if (f.latitude == nil) ~= (f.longitude == nil) then return 'latitude without longitude' end
-  if f.latitude ~= nil then
-    if not num_in(f.latitude, -90, 90) then return 'bad latitude' end
-    if not num_in(f.longitude, -180, 180) then return 'bad longitude' end
+  if p.asn ~= nil and not uint(p.asn, MAX_U32) then return nil, 'bad asn' end
+  if (p.lat == nil) ~= (p.lon == nil) then return nil, 'latitude without longitude' end
+  if p.lat ~= nil and (not num_in(p.lat, -90, 90) or not num_in(p.lon, -180, 180)) then
+    return nil, 'bad location'
   end
-  if f.checked_at ~= nil and not is_text(f.checked_at, 64) then return 'bad checked_at' end
+  if p.checked ~= nil and not is_text(p.checked, 64) then return nil, 'bad checked_at' end
+  if p.latency ~= nil and not uint(p.latency, MAX_U32) then return nil, 'bad latency' end
+  if p.fails ~= nil and not uint(p.fails, MAX_U32) then return nil, 'bad failure count' end
+  if p.cool ~= nil and not uint(p.cool, 9007199254740991) then return nil, 'bad cooldown' end
+  if p.failure ~= nil and (type(p.failure) ~= 'string' or #p.failure > 256) then
+    return nil, 'bad failure reason'
+  end
+  return p
+end
+
+-- The ids shard of a proxy id: P ids:<first two hex digits>.
+local function ids_key(id)
+  return P .. K_IDS .. string.lower(string.sub(id, 1, 2))
+end
+
+-- The seq (member string) of a proxy id in this pool, or nil.
+local function seq_of(id)
+  local s = redis.call('HGET', ids_key(id), id)
+  if s then return s end
   return nil
 end
 
--- Reads `n` proxies' field lists from ARGV starting at `at`:
--- id, tags, nfields, then nfields (field, value) pairs. Returns the list and the
--- next index, or nil and an error message.
-local function read_proxies(n, at)
-  local out = {}
-  for i = 1, n do
-    local id, tags, nf = ARGV[at], ARGV[at + 1], int_in(ARGV[at + 2], 0, 15)
-    if not is_uuid(id) then return nil, 'bad proxy id' end
-    if type(tags) ~= 'string' or #tags > 8192 then return nil, 'bad tags' end
-    for tag in string.gmatch(tags, '%S+') do
-      if not is_tag(tag) or tag == 'all' then return nil, 'bad tag' end
-    end
-    if nf == nil then return nil, 'bad field count' end
-    local fields = {}
-    for j = 0, nf - 1 do
-      local k, v = ARGV[at + 3 + 2 * j], ARGV[at + 4 + 2 * j]
-      if type(k) ~= 'string' or type(v) ~= 'string' or fields[k] ~= nil then
-        return nil, 'bad field list'
-      end
-      fields[k] = v
-    end
-    local err = check_proxy_fields(fields)
-    if err then return nil, err .. ' (proxy ' .. id .. ')' end
-    out[i] = { id = id, tags = tags, fields = fields }
-    at = at + 3 + 2 * nf
+-- Loads proxy `m`'s state and replaces its JSON with `json` (already checked):
+-- the indexes, `held` and the meta counters follow. Returns the state.
+local function rewrite(m, json, counters)
+  load_states({ m })
+  local st = T[m]
+  local old = st.info
+  local was_active = old and (old.p.status == nil or old.p.status == 'active')
+  st.j = json
+  st.info = info_of(json)
+  W.pj[m] = json
+  plan(st, old)
+  local is_active = st.info.p.status == nil or st.info.p.status == 'active'
+  if was_active ~= is_active and counters then
+    counters.active = counters.active + (is_active and 1 or -1)
   end
-  return out, at
+  return st
 end
 
--- Writes a proxy's settable fields, removing the optional ones not given.
-local function write_proxy_fields(key, fields)
-  local optional = { 'max_concurrency', 'username', 'password', 'source', 'country', 'city',
-    'isp', 'asn', 'latitude', 'longitude', 'checked_at' }
-  local dels = {}
-  for _, k in ipairs(optional) do
-    if fields[k] == nil then dels[#dels + 1] = k end
+-- `{'OK', json, live leases}` of a proxy state.
+local function proxy_reply(st)
+  return { 'OK', st.j, st.n, st.seq }
+end
+
+-- Adds the declared tags of these infos to P tags (pool removal finds the
+-- index keys there).
+local function remember_tags(infos)
+  local tags, seen = {}, {}
+  for _, info in ipairs(infos) do
+    for _, t in ipairs(info.tags) do
+      if not seen[t] then
+        seen[t] = true
+        tags[#tags + 1] = t
+      end
+    end
   end
-  if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
-  local args = {}
-  for k, v in pairs(fields) do
-    args[#args + 1] = k
-    args[#args + 1] = v
-  end
-  redis.call('HSET', key, unpack(args))
+  if #tags > 0 then redis.call('SADD', P .. K_TAGS, unpack(tags)) end
 end

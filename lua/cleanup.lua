@@ -1,30 +1,52 @@
--- cleanup.lua: expire one pool's due leases, in a bounded batch (and lift the
--- cooldowns that are over, as many).
+-- cleanup.lua: give back the slots of one pool's due leases, in a bounded batch
+-- (and lift the cooldowns that are over, as many). Lease records are not
+-- written: an active record past its expiry reads as expired, and expires by
+-- its own TTL.
 --
--- KEYS[1]  <ns>:{<pool>}:meta
--- KEYS[2]  <ns>:{<pool>}:leases   live leases by expiry ms
--- ARGV[1]  pool prefix `<ns>:{<pool>}:`
--- ARGV[2]  most leases to expire in this call (1..100000)
--- ARGV[3]  record grace ms
+-- KEYS[1]  P meta   KEYS[2]  P live
+-- ARGV[1]  pool prefix P
+-- ARGV[2]  most leases to reclaim in this call (1..MAX_RECLAIM)
 --
--- Reply: {expired, more}: how many leases gave their slot back, and 1 when
--- more due leases remain (call again), else 0. {0, 0} when the pool is gone.
--- Publishes on `<prefix>freed` when it freed anything (waiting acquires).
+-- Reply: {reclaimed, more}: how many leases gave their slot back, and 1 when more
+-- due leases remain (call again), else 0. {0, 0} when the pool is gone.
+-- Publishes on P freed when it freed anything and a waiter announced itself.
 -- Errors (nothing written): bad arguments.
 --
--- Cost: O(b log n) for a batch of b leases: callers loop, so Redis is never
--- blocked for long whatever the backlog.
+-- Calls for b due leases: TIME, HMGET meta, ZRANGEBYSCORE, HMGET proxies,
+-- ZMSCORE load (HMGET held for those not indexed), ZREM live, ZRANGE live, one
+-- command per index key touched, HSET meta: about 10 + k whatever b, so b = 200
+-- costs Redis a few hundred µs. Cost O(b log N).
 
-local now = now_ms()
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], 'meta') or KEYS[2] ~= prefix .. 'leases' then
+if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
   return fail('keys do not match the pool prefix')
 end
-local limit = int_in(ARGV[2], 1, 100000)
-local grace = int_in(ARGV[3], 0, 315360000000)
-if not limit or not grace then return fail('bad numeric argument') end
-if redis.call('EXISTS', KEYS[1]) == 0 then return { 0, 0 } end
-local lifted = lift_cooldowns(prefix, now, limit)
-local n, more = reclaim(prefix, now, limit, grace)
-if n > 0 or lifted > 0 then notify_freed(prefix) end
-return { n, b(more) }
+local limit = int_in(ARGV[2], 1, MAX_RECLAIM)
+if not limit then return fail('bad numeric argument') end
+
+P = prefix
+local m = read_meta(KEYS[1], 'exp', 'cool_next', 'wait_until', 'attrs', 'orders')
+if not m then return { 0, 0 } end
+read_settings(m[7], m[8])
+local now = clock()
+local lifted, cool_first = 0, tonumber(m[5] or '')
+if cool_first and cool_first <= now then lifted, cool_first = lift_cooldowns(now, limit) end
+local n, more, first = reclaim(now, limit)
+flush()
+local set, del = {}, {}
+local function hint(field, old, new)
+  if new == old then return end
+  if new then
+    set[#set + 1] = field
+    set[#set + 1] = fmt_int(new)
+  else
+    del[#del + 1] = field
+  end
+end
+hint('exp', tonumber(m[4] or ''), first)
+hint('cool_next', tonumber(m[5] or ''), cool_first)
+if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
+if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
+if n + lifted > 0 then notify(m[6], now) end
+if more then return { n, 1 } end
+return { n, 0 }

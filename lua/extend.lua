@@ -1,46 +1,47 @@
 -- extend.lua: renew a live lease: it now expires `duration` from now (Redis
 -- time), in the live set, in its record and in the record's TTL.
 --
--- KEYS[1]  <ns>:{<pool>}:meta
--- KEYS[2]  <ns>:{<pool>}:leases            live leases by expiry ms
--- KEYS[3]  <ns>:{<pool>}:lease:<lease-id>  the lease record
--- ARGV[1]  pool prefix `<ns>:{<pool>}:`
--- ARGV[2]  lease id (uuid)
--- ARGV[3]  duration ms (1..604800000)
--- ARGV[4]  record grace ms
+-- KEYS[1]  P meta   KEYS[2]  P live   KEYS[3]  P <lease-id>
+-- ARGV[1]  pool prefix P    ARGV[2]  lease id    ARGV[3]  duration ms (1..MAX_LEASE_MS)
+-- ARGV[4]  record grace ms (0..MAX_GRACE_MS)
 --
--- Reply: {'OK', expires_at_ms}
+-- Reply: {'OK', expires_ms}
 --     or {'LOST', 'released' | 'expired' | 'unknown'}: not held any more; nothing
---        written (an expired lease keeps waiting for reclaim, which gives its slot
---        back exactly once)
+--        written (an expired lease waits for reclaim, which gives its slot back once)
+--     or {'SCHEMA', found}
 -- Errors (nothing written): bad arguments.
 --
--- Cost: O(log n).
+-- Calls: TIME, HMGET meta, GET record, HEXISTS proxies, ZSCORE live, ZADD live,
+-- SET record: 7. Cost O(log L).
 
-local now = now_ms()
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], 'meta') or KEYS[2] ~= prefix .. 'leases'
-  or KEYS[3] ~= prefix .. 'lease:' .. tostring(ARGV[2]) then
+local id = ARGV[2]
+if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE
+  or not is_uuid(id) or KEYS[3] ~= prefix .. id then
   return fail('keys do not match the pool prefix')
 end
-if not is_uuid(ARGV[2]) then return fail('bad lease id') end
-local duration = int_in(ARGV[3], 1, 604800000)
-local grace = int_in(ARGV[4], 0, 315360000000)
+local duration = int_in(ARGV[3], 1, MAX_LEASE_MS)
+local grace = int_in(ARGV[4], 0, MAX_GRACE_MS)
 if not duration or not grace then return fail('bad numeric argument') end
 
-local meta = redis.call('HMGET', KEYS[1], 'id', 'removing')
-if not meta[1] or meta[2] then return { 'LOST', 'unknown' } end
-local rec = redis.call('HMGET', KEYS[3], 'pool_id', 'proxy_seq', 'status', 'expires_at_ms')
-if not rec[1] or rec[1] ~= meta[1] then return { 'LOST', 'unknown' } end
-if rec[3] == 'released' then return { 'LOST', 'released' } end
-if rec[3] ~= 'active' then return { 'LOST', 'expired' } end
-local expires = tonumber(rec[4] or '0') or 0
-local member = ARGV[2] .. ':' .. rec[2]
-if expires <= now or not redis.call('ZSCORE', KEYS[2], member) then
+P = prefix
+local m, why, found = read_meta(KEYS[1])
+if not m then
+  if why == 'SCHEMA' then return { 'SCHEMA', found } end
+  return { 'LOST', 'unknown' }
+end
+local now = clock()
+local tok = token_of(id, m[2])
+local r = tok and parse_record(redis.call('GET', KEYS[3]))
+if not r then return { 'LOST', 'unknown' } end
+if r.state == 'released' then return { 'LOST', 'released' } end
+if redis.call('HEXISTS', prefix .. K_PROXIES, r.seq) == 0 then return { 'LOST', 'unknown' } end
+local member = r.seq .. ':' .. fmt_int(tok)
+if r.at + r.dur <= now or not redis.call('ZSCORE', KEYS[2], member) then
   return { 'LOST', 'expired' }
 end
-local new_expiry = now + duration
-redis.call('ZADD', KEYS[2], 'XX', new_expiry, member)
-redis.call('HSET', KEYS[3], 'expires_at_ms', new_expiry)
-redis.call('PEXPIREAT', KEYS[3], new_expiry + grace)
-return { 'OK', fmt_int(new_expiry) }
+local expires = now + duration
+redis.call('ZADD', KEYS[2], 'XX', expires, member)
+redis.call('SET', KEYS[3], active_record(r.seq, r.at, expires - r.at, r.consumer),
+  'PXAT', fmt_int(expires + grace))
+return { 'OK', expires }

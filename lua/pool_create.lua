@@ -1,30 +1,44 @@
--- pool_create.lua: create a pool's meta hash with zeroed counters.
+-- pool_create.lua: create a pool's meta hash (schema 2) with zeroed counters and
+-- the indexes it declares.
 --
--- KEYS[1]  <ns>:{<pool>}:meta
--- ARGV[1]  pool prefix `<ns>:{<pool>}:`
+-- KEYS[1]  P meta
+-- ARGV[1]  pool prefix P
 -- ARGV[2]  pool id (uuid)
 -- ARGV[3]  pool name ([A-Za-z0-9._-]{1,64}, the one in the prefix)
--- ARGV[4]  '1' with a description in ARGV[5], '0' without
+-- ARGV[4]  declared attributes, space-separated (country source city isp asn geo)
+-- ARGV[5]  kept orders, space-separated: load, then seq and lat when wanted
+-- ARGV[6]  '1' with a description in ARGV[7], '0' without
 --
 -- Reply: 1 when created, 0 when a pool with this name exists (or is being removed).
 -- Errors (nothing written): bad arguments.
 --
--- Cost: O(1).
+-- Calls: EXISTS, HSET. Cost O(1).
 
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], 'meta') then
-  return fail('keys do not match the pool prefix')
-end
+if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
 local name = ARGV[3]
 if not is_uuid(ARGV[2]) or type(name) ~= 'string' or not string.match(name, '^[A-Za-z0-9._-]+$')
   or #name > 64 or string.sub(prefix, -(#name + 3)) ~= '{' .. name .. '}:' then
   return fail('bad pool id or name')
 end
-if ARGV[4] ~= '0' and ARGV[4] ~= '1' then return fail('bad description flag') end
-if ARGV[4] == '1' and (type(ARGV[5]) ~= 'string' or #ARGV[5] > 1024) then
+local ATTR_OK = { country = true, source = true, city = true, isp = true, asn = true, geo = true }
+local seen = {}
+for a in string.gmatch(ARGV[4], '%S+') do
+  if not ATTR_OK[a] or seen[a] then return fail('bad attribute list') end
+  seen[a] = true
+end
+local ORDER_OK = { seq = true, lat = true }
+if string.sub(ARGV[5], 1, 4) ~= 'load' then return fail('bad order list') end
+for o in string.gmatch(string.sub(ARGV[5], 5), '%S+') do
+  if not ORDER_OK[o] or seen[o] then return fail('bad order list') end
+  seen[o] = true
+end
+if ARGV[6] ~= '0' and ARGV[6] ~= '1' then return fail('bad description flag') end
+if ARGV[6] == '1' and (type(ARGV[7]) ~= 'string' or #ARGV[7] > 1024) then
   return fail('bad description')
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'id', ARGV[2], 'name', name, 'next_seq', 0)
-if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'description', ARGV[5]) end
+redis.call('HSET', KEYS[1], 'schema', SCHEMA, 'id', ARGV[2], 'name', name, 'attrs', ARGV[4],
+  'orders', ARGV[5], 'next_seq', '0', 'proxies', '0', 'active', '0')
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'description', ARGV[7]) end
 return 1

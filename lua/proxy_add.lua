@@ -1,54 +1,76 @@
--- proxy_add.lua: add proxies to one pool, all or none, with current_leases 0.
+-- proxy_add.lua: add proxies to one pool, all or none, with no leases.
 --
--- KEYS[1]  <ns>:{<pool>}:meta
--- KEYS[2]  <ns>:{<pool>}:proxies   every proxy by insertion sequence
--- ARGV[1]  pool prefix `<ns>:{<pool>}:`
--- ARGV[2]  pool id (uuid): the proxies' pool_id, must be the pool's id
--- ARGV[3]  number n of proxies (1..10000), then per proxy:
---          id (uuid), index tags (space-separated `<attribute>=<percent-encoded>`),
---          field count f (0..15), then f (field, value) pairs of: host, port,
---          protocol, status, max_concurrency, username, password, source,
---          country, city, isp, asn, latitude, longitude, checked_at
+-- KEYS[1]  P meta
+-- ARGV[1]  pool prefix P
+-- ARGV[2]  pool id: must be the pool's id
+-- ARGV[3..] one JSON per proxy (1..MAX_ADD), as _lib_proxy.lua describes
 --
--- Reply: {'OK'} | {'POOL_NOT_FOUND'} | {'POOL_MISMATCH', pool's id}
---        | {'EXISTS', proxy id}
+-- Reply: {'OK', first_seq} (the proxies got first_seq, first_seq + 1, ... in
+--        order) | {'POOL_NOT_FOUND'} | {'POOL_MISMATCH', pool's id}
+--        | {'EXISTS', proxy id} | {'SCHEMA', found}
 -- Errors (nothing written): bad arguments (every proxy is checked first).
 --
--- Cost: O(n t log N): n proxies, t index tags each, N pool size.
+-- Calls: HMGET meta, one HMGET per ids shard touched, then one HSET proxies, one
+-- HSET per ids shard, one ZADD per index key, SADD tags, HSET meta. Cost
+-- O(n log N) for n proxies.
 
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], 'meta') or KEYS[2] ~= prefix .. 'proxies' then
-  return fail('keys do not match the pool prefix')
-end
+if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
+P = prefix
 if not is_uuid(ARGV[2]) then return fail('bad pool id') end
-local n = int_in(ARGV[3], 1, 10000)
-if not n then return fail('bad proxy count') end
-local proxies, next_at = read_proxies(n, 4)
-if not proxies then return fail(next_at) end
-if next_at ~= #ARGV + 1 then return fail('trailing arguments') end
-
-local meta = redis.call('HMGET', KEYS[1], 'id', 'removing')
-if not meta[1] or meta[2] then return { 'POOL_NOT_FOUND' } end
-if meta[1] ~= ARGV[2] then return { 'POOL_MISMATCH', meta[1] } end
-local seen = {}
-for _, p in ipairs(proxies) do
-  if seen[p.id] or redis.call('EXISTS', prefix .. 'proxy:' .. p.id) == 1 then
-    return { 'EXISTS', p.id }
-  end
+local n = #ARGV - 2
+if n < 1 or n > MAX_ADD then return fail('bad proxy count') end
+local ps, seen = {}, {}
+for i = 1, n do
+  local p, err = check_proxy_json(ARGV[2 + i], false)
+  if not p then return fail(err .. ' (proxy #' .. (i - 1) .. ')') end
+  if seen[p.id] then return { 'EXISTS', p.id } end
   seen[p.id] = true
+  ps[i] = p
 end
 
-for _, p in ipairs(proxies) do
-  local seq = redis.call('HINCRBY', KEYS[1], 'next_seq', 1)
-  local key = prefix .. 'proxy:' .. p.id
-  write_proxy_fields(key, p.fields)
-  redis.call('HSET', key, 'id', p.id, 'pool_id', ARGV[2], 'seq', seq, 'current_leases', 0,
-    'tags', p.tags)
-  redis.call('ZADD', KEYS[2], seq, p.id)
-  for tag in string.gmatch(p.tags, '%S+') do
-    redis.call('SADD', prefix .. 'tags', tag)
-  end
-  account(prefix, p.id, nil, snapshot(prefix, p.id))
+local m, why, found = read_meta(KEYS[1], 'next_seq', 'proxies', 'active', 'attrs', 'orders', 'wait_until')
+if not m then return { why, found } end
+if m[2] ~= ARGV[2] then return { 'POOL_MISMATCH', m[2] } end
+read_settings(m[7], m[8])
+-- Ids already in this pool (one read per shard).
+local shards = {}
+for _, p in ipairs(ps) do
+  local k = ids_key(p.id)
+  local s = shards[k]
+  if not s then s = {}; shards[k] = s end
+  s[#s + 1] = p.id
 end
-notify_freed(prefix)
-return { 'OK' }
+for k, list in pairs(shards) do
+  local got = redis.call('HMGET', k, unpack(list))
+  for i, v in ipairs(got) do
+    if v then return { 'EXISTS', list[i] } end
+  end
+end
+
+local next_seq = tonumber(m[4] or '0') or 0
+local first = next_seq + 1
+local active = tonumber(m[6] or '0') or 0
+local writes, infos, eligible = {}, {}, false
+for i, p in ipairs(ps) do
+  next_seq = next_seq + 1
+  local mem = fmt_int(next_seq)
+  local st = touch(mem, ARGV[2 + i], 0, false)
+  st.dirty = true
+  W.pj[mem] = ARGV[2 + i]
+  infos[#infos + 1] = st.info
+  if p.status == nil then active = active + 1 end
+  if st.info.ok then eligible = true end
+  local k = ids_key(p.id)
+  local w = writes[k]
+  if not w then w = {}; writes[k] = w end
+  w[#w + 1] = p.id
+  w[#w + 1] = mem
+end
+for k, w in pairs(writes) do redis.call('HSET', k, unpack(w)) end
+flush()
+remember_tags(infos)
+redis.call('HSET', KEYS[1], 'next_seq', fmt_int(next_seq),
+  'proxies', fmt_int((tonumber(m[5] or '0') or 0) + n), 'active', fmt_int(active))
+if eligible then notify(m[9], clock()) end
+return { 'OK', first }

@@ -1,34 +1,51 @@
 -- proxy_remove.lua: remove a proxy from its pool and from every index. Its live
--- leases end with it: they leave the live set and the holders index, and their
--- records no longer match a proxy (release says not_found; records expire by TTL).
+-- leases end with it: they leave the live set now (their records no longer
+-- match a proxy: release says not_found; they expire by TTL).
 --
--- KEYS[1]  <ns>:{<pool>}:meta
--- KEYS[2]  <ns>:{<pool>}:proxies
--- KEYS[3]  <ns>:{<pool>}:proxy:<id>
--- ARGV[1]  pool prefix `<ns>:{<pool>}:`
--- ARGV[2]  proxy id (uuid)
+-- KEYS[1]  P meta
+-- ARGV[1]  pool prefix P    ARGV[2]  proxy id
 --
 -- Reply: 1 when it existed and is removed, else 0.
 -- Errors (nothing written): bad arguments.
 --
--- Cost: O((t + h) log n), t = the proxy's index tags (at most 6), h = its live leases.
+-- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, one ZREM
+-- per index key, HDEL proxies, ids and held, ZREM cooldown, HSET meta; with live
+-- leases, ZSCAN of the live set for its members (O(L), stopping once all are
+-- found) and one ZREM.
 
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], 'meta') or KEYS[2] ~= prefix .. 'proxies'
-  or not is_uuid(ARGV[2]) or KEYS[3] ~= prefix .. 'proxy:' .. ARGV[2] then
-  return fail('keys do not match the pool prefix')
+if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
+P = prefix
+local id = ARGV[2]
+if not is_uuid(id) then return fail('bad proxy id') end
+local m = read_meta(KEYS[1], 'proxies', 'active', 'attrs', 'orders')
+if not m then return 0 end
+read_settings(m[6], m[7])
+local mem = seq_of(id)
+if not mem then return 0 end
+load_states({ mem })
+local st = T[mem]
+local live_n = st.n
+if st.info then
+  local was_active = st.info.p.status == nil
+  local old = st.info
+  st.info = nil
+  plan(st, old) -- out of every index, and out of held
+  redis.call('HSET', KEYS[1], 'proxies', fmt_int(math.max(0, (tonumber(m[4] or '0') or 0) - 1)),
+    'active', fmt_int(math.max(0, (tonumber(m[5] or '0') or 0) - (was_active and 1 or 0))))
 end
-local old = snapshot(prefix, ARGV[2])
-if not old then return 0 end
-account(prefix, ARGV[2], old, nil)
--- Its live leases end with it: they leave the live set now (a later release
--- reports not_found), so the pool's lease count stays exact.
-local holders = redis.call('ZRANGEBYSCORE', prefix .. 'holders', old.seq, old.seq)
-for _, lease_id in ipairs(holders) do
-  redis.call('ZREM', prefix .. 'holders', lease_id)
-  redis.call('ZREM', prefix .. 'leases', lease_id .. ':' .. fmt_int(old.seq))
+flush()
+redis.call('HDEL', P .. K_PROXIES, mem)
+redis.call('HDEL', P .. K_HELD, mem)
+redis.call('HDEL', ids_key(id), id)
+redis.call('ZREM', P .. K_COOLDOWN, mem)
+if live_n > 0 then
+  local live, cursor, gone = P .. K_LIVE, '0', {}
+  repeat
+    local r = redis.call('ZSCAN', live, cursor, 'MATCH', mem .. ':*', 'COUNT', 1000)
+    cursor = r[1]
+    for i = 1, #r[2], 2 do gone[#gone + 1] = r[2][i] end
+  until cursor == '0' or #gone >= live_n
+  if #gone > 0 then redis.call('ZREM', live, unpack(gone)) end
 end
-redis.call('ZREM', prefix .. 'cooldown', ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('DEL', KEYS[3])
 return 1

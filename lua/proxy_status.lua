@@ -1,39 +1,50 @@
--- proxy_status.lua: set a proxy's status (status change or health-check result).
--- Live leases stay; only active proxies with a free slot are indexed as available.
+-- proxy_status.lua: set a proxy's status, or apply a health check (status,
+-- checked_at, latency). Live leases stay; only active proxies with a free slot
+-- are indexed.
 --
--- KEYS[1]  <ns>:{<pool>}:meta
--- KEYS[2]  <ns>:{<pool>}:proxy:<id>
--- ARGV[1]  pool prefix `<ns>:{<pool>}:`
--- ARGV[2]  proxy id (uuid)
+-- KEYS[1]  P meta
+-- ARGV[1]  pool prefix P    ARGV[2]  proxy id
 -- ARGV[3]  status: active | inactive | slow | banned
--- ARGV[4]  checked_at (RFC 3339) to record with a health result, or '' to keep it
--- ARGV[5]  latency ms measured by that health check, or '' to keep it (it orders
---          the lowest_latency selector's index)
+-- ARGV[4]  checked_at (RFC 3339) to record, or '' to keep it
+-- ARGV[5]  latency ms measured (0..2^32-1), or '' to keep it
 --
--- Reply: {'OK', field, value, ...} (HGETALL of the proxy after the change)
---        | {'NOT_FOUND'}
+-- Reply: {'OK', json, live leases, seq} | {'NOT_FOUND'} | {'SCHEMA', found}
 -- Errors (nothing written): bad arguments.
 --
--- Cost: O(t log n), t = the proxy's index tags (at most 6).
+-- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, one
+-- command per index key when availability or latency changes, HSET proxies, HSET
+-- meta. Cost O(t log N).
 
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], 'meta') or not is_uuid(ARGV[2])
-  or KEYS[2] ~= prefix .. 'proxy:' .. ARGV[2] then
-  return fail('keys do not match the pool prefix')
+if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
+P = prefix
+local id, status, checked, latency = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not is_uuid(id) then return fail('bad proxy id') end
+if status ~= 'active' and status ~= 'inactive' and status ~= 'slow' and status ~= 'banned' then
+  return fail('bad status')
 end
-if not PROXY_STATUS[ARGV[3]] then return fail('bad status') end
-if ARGV[4] ~= '' and not is_text(ARGV[4], 64) then return fail('bad checked_at') end
-if ARGV[5] ~= '' and not int_in(ARGV[5], 0, MAX_U32) then return fail('bad latency') end
+if checked ~= '' and not is_text(checked, 64) then return fail('bad checked_at') end
+if latency ~= '' and not int_in(latency, 0, MAX_U32) then return fail('bad latency') end
 
-local meta = redis.call('HMGET', KEYS[1], 'id', 'removing')
-if not meta[1] or meta[2] then return { 'NOT_FOUND' } end
-local old = snapshot(prefix, ARGV[2])
-if not old then return { 'NOT_FOUND' } end
-redis.call('HSET', KEYS[2], 'status', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'checked_at', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'latency_ms', ARGV[5]) end
-account(prefix, ARGV[2], old, snapshot(prefix, ARGV[2]))
-notify_freed(prefix)
-local all = redis.call('HGETALL', KEYS[2])
-table.insert(all, 1, 'OK')
-return all
+local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until')
+if not m then
+  if why == 'SCHEMA' then return { why, found } end
+  return { 'NOT_FOUND' }
+end
+read_settings(m[5], m[6])
+local mem = seq_of(id)
+if not mem then return { 'NOT_FOUND' } end
+load_states({ mem })
+local st = T[mem]
+if not st.info then return { 'NOT_FOUND' } end
+local p = {}
+for k, v in pairs(st.info.p) do p[k] = v end
+local json = json_set(st.j, p, 'status', status ~= 'active' and status or nil)
+if checked ~= '' then json = json_set(json, p, 'checked', checked) end
+if latency ~= '' then json = json_set(json, p, 'latency', tonumber(latency)) end
+local counters = { active = tonumber(m[4] or '0') or 0 }
+st = rewrite(mem, json, counters)
+flush()
+redis.call('HSET', KEYS[1], 'active', fmt_int(counters.active))
+if st.info.ok then notify(m[7], clock()) end
+return proxy_reply(st)

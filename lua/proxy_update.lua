@@ -1,42 +1,48 @@
--- proxy_update.lua: replace a proxy's fields (not its pool, sequence or lease
--- count) and move it between indexes.
+-- proxy_update.lua: replace a proxy's fields (not its pool, seq, lease count,
+-- failure count, cooldown or latency, which carry over) and move it between
+-- indexes.
 --
--- KEYS[1]  <ns>:{<pool>}:meta
--- KEYS[2]  <ns>:{<pool>}:proxy:<id>
--- ARGV[1]  pool prefix `<ns>:{<pool>}:`
--- ARGV[2]  pool id (uuid): must be the proxy's pool_id
--- ARGV[3]  1, then one proxy as in proxy_add.lua (id, tags, f, pairs)
+-- KEYS[1]  P meta
+-- ARGV[1]  pool prefix P    ARGV[2]  pool id: must be the pool's id
+-- ARGV[3]  the proxy's new JSON (as for proxy_add.lua; its id names the proxy)
 --
--- Reply: {'OK', field, value, ...} (HGETALL of the proxy after the change)
---        | {'NOT_FOUND'} | {'POOL_MISMATCH'}
+-- Reply: {'OK', json, live leases, seq} | {'NOT_FOUND'} | {'POOL_MISMATCH'}
+--        | {'SCHEMA', found}
 -- Errors (nothing written): bad arguments.
 --
--- Cost: O(t log n), t = index tags of the old and new values.
+-- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, then one
+-- command per index key of the old and new values, HSET proxies, SADD tags, HSET
+-- meta. Cost O(t log N), t = index keys.
 
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], 'meta') then
-  return fail('keys do not match the pool prefix')
-end
-if not is_uuid(ARGV[2]) or ARGV[3] ~= '1' then return fail('bad arguments') end
-local proxies, next_at = read_proxies(1, 4)
-if not proxies then return fail(next_at) end
-if next_at ~= #ARGV + 1 then return fail('trailing arguments') end
-local p = proxies[1]
-if KEYS[2] ~= prefix .. 'proxy:' .. p.id then return fail('proxy key does not match') end
+if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
+P = prefix
+if not is_uuid(ARGV[2]) then return fail('bad pool id') end
+if #ARGV ~= 3 then return fail('bad argument count') end
+local p, err = check_proxy_json(ARGV[3], false)
+if not p then return fail(err) end
 
-local meta = redis.call('HMGET', KEYS[1], 'id', 'removing')
-if not meta[1] or meta[2] then return { 'NOT_FOUND' } end
-local old = snapshot(prefix, p.id)
+local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until')
+if not m then
+  if why == 'SCHEMA' then return { why, found } end
+  return { 'NOT_FOUND' }
+end
+read_settings(m[5], m[6])
+local mem = seq_of(p.id)
+if not mem then return { 'NOT_FOUND' } end
+if m[2] ~= ARGV[2] then return { 'POOL_MISMATCH' } end
+load_states({ mem })
+local old = T[mem].info
 if not old then return { 'NOT_FOUND' } end
-if redis.call('HGET', KEYS[2], 'pool_id') ~= ARGV[2] then return { 'POOL_MISMATCH' } end
-
-write_proxy_fields(KEYS[2], p.fields)
-redis.call('HSET', KEYS[2], 'tags', p.tags)
-for tag in string.gmatch(p.tags, '%S+') do
-  redis.call('SADD', prefix .. 'tags', tag)
+-- What the scripts keep carries over.
+local json = ARGV[3]
+for _, k in ipairs({ 'latency', 'fails', 'cool', 'failure' }) do
+  if old.p[k] ~= nil then json = json_set(json, p, k, old.p[k]) end
 end
-account(prefix, p.id, old, snapshot(prefix, p.id))
-notify_freed(prefix)
-local all = redis.call('HGETALL', KEYS[2])
-table.insert(all, 1, 'OK')
-return all
+local counters = { active = tonumber(m[4] or '0') or 0 }
+local st = rewrite(mem, json, counters)
+flush()
+remember_tags({ st.info })
+redis.call('HSET', KEYS[1], 'active', fmt_int(counters.active))
+if st.info.ok then notify(m[7], clock()) end
+return proxy_reply(st)

@@ -1,18 +1,24 @@
 #!lua flags=no-writes
--- stats.lua: one pool's stats as set sizes, read atomically. Read-only (flag
--- no-writes), so Redis runs it even when it is out of memory, when the sweeper's
--- gauges matter most. Standalone: no shared helpers (a shebang must come first).
+-- stats.lua: one pool's stats, read atomically. Read-only (flag no-writes), so
+-- Redis runs it even when it is out of memory, when the sweeper's gauges matter
+-- most.
 --
--- KEYS[1] <ns>:{<pool>}:meta      KEYS[2] <ns>:{<pool>}:proxies
--- KEYS[3] <ns>:{<pool>}:active    KEYS[4] <ns>:{<pool>}:avail:seq:all
--- KEYS[5] <ns>:{<pool>}:leased    KEYS[6] <ns>:{<pool>}:holders
+-- KEYS[1]  P meta
+-- ARGV[1]  pool prefix P
 --
 -- Reply: {'OK', proxies, active, available, leased, live leases}
---     or {'NOT_FOUND'} (no such pool, or being removed)
+--     or {'NOT_FOUND'} (no such pool, or being removed) or {'SCHEMA', found}
+-- available: members of idx:load:all; leased: its members scored 2^32 or more
+-- (a lease or more) plus the fields of `held`; live leases: members of `live`.
 --
--- Cost: O(1).
+-- Calls: HMGET, ZCARD, ZCOUNT, HLEN, ZCARD. Cost O(log N).
 
-local meta = redis.call('HMGET', KEYS[1], 'id', 'removing')
-if not meta[1] or meta[2] then return { 'NOT_FOUND' } end
-return { 'OK', redis.call('ZCARD', KEYS[2]), redis.call('SCARD', KEYS[3]),
-  redis.call('ZCARD', KEYS[4]), redis.call('SCARD', KEYS[5]), redis.call('ZCARD', KEYS[6]) }
+local prefix = ARGV[1]
+if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
+local m = redis.call('HMGET', KEYS[1], 'schema', 'id', 'removing', 'proxies', 'active')
+if not m[2] or m[3] then return { 'NOT_FOUND' } end
+if m[1] ~= SCHEMA then return { 'SCHEMA', m[1] or '' } end
+local load = prefix .. K_IDX .. 'load:all'
+return { 'OK', tonumber(m[4] or '0') or 0, tonumber(m[5] or '0') or 0, redis.call('ZCARD', load),
+  redis.call('ZCOUNT', load, LOAD_SHIFT, '+inf') + redis.call('HLEN', prefix .. K_HELD),
+  redis.call('ZCARD', prefix .. K_LIVE) }

@@ -1,5 +1,7 @@
 //! The crate's one error type.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 /// Everything that can go wrong in `lighthouse-lease`.
@@ -16,7 +18,7 @@ use uuid::Uuid;
 /// assert!(matches!(err, Error::InvalidName { .. }));
 /// assert!(!err.is_retryable());
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A pool or consumer name breaks the naming rules.
@@ -109,36 +111,107 @@ pub enum Error {
         /// Replicas that acknowledged.
         acknowledged: u32,
     },
+    /// A pool was written by another storage key layout than this version's
+    /// (an older `lighthouse-lease`): this version does not read or change it.
+    /// Remove the pool and create it again (its proxies can be exported with
+    /// `lighthouse proxy list --json` and imported again), or keep using the
+    /// version that wrote it.
+    #[error("pool {pool:?} was written by storage layout {found:?}, this version uses layout {expected}: remove the pool and create it again (re-import its proxies), or use the version that wrote it")]
+    SchemaMismatch {
+        /// The pool.
+        pool: String,
+        /// The layout found (`"1"` for the first layout, which had no marker).
+        found: String,
+        /// The layout this version reads and writes.
+        expected: u32,
+    },
     /// The storage backend failed (connection, timeout, protocol, corrupted state).
     #[error("storage backend error: {message}")]
     Backend {
+        /// What kind of failure, so callers and [`Error::is_retryable`] need not
+        /// read the message.
+        kind: BackendErrorKind,
         /// What failed.
         message: String,
-        /// The underlying error, when there is one.
+        /// The underlying error, when there is one (shared, so that every caller
+        /// of a batched call gets the same error).
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
 }
 
+/// What kind of storage failure an [`Error::Backend`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The connection failed or broke (I/O, refused, reset, closed).
+    Connection,
+    /// The storage did not answer in time.
+    Timeout,
+    /// Redis is loading its dataset after a restart.
+    BusyLoading,
+    /// Redis is out of memory (`maxmemory` with `noeviction`): writes are refused.
+    OutOfMemory,
+    /// Redis does not know a script (it is reloaded by itself; seen only when
+    /// that failed).
+    NoScript,
+    /// The server is a read-only replica.
+    ReadOnly,
+    /// Redis Cluster moved the slot or is reconfiguring (MOVED, ASK, TRYAGAIN,
+    /// CLUSTERDOWN).
+    Cluster,
+    /// The server refused the command for lack of permission (ACL).
+    Permission,
+    /// The stored state or a reply is not what this version writes.
+    Corrupt,
+    /// Anything else.
+    Other,
+}
+
 impl Error {
-    /// Builds a [`Error::Backend`] from a message and an optional cause.
+    /// Builds a [`Error::Backend`] of kind [`BackendErrorKind::Other`] from a
+    /// message and an optional cause.
     pub fn backend(
         message: impl Into<String>,
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
+        Self::backend_of(BackendErrorKind::Other, message, source)
+    }
+
+    /// Builds a [`Error::Backend`] of this kind.
+    pub fn backend_of(
+        kind: BackendErrorKind,
+        message: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         Error::Backend {
+            kind,
             message: message.into(),
-            source,
+            source: source.map(Arc::from),
         }
     }
 
-    /// Whether trying the same call again may succeed: true for backend failures,
-    /// false for bad input, which will fail the same way every time.
+    /// The kind of a backend failure; `None` for every other error.
+    pub fn backend_kind(&self) -> Option<BackendErrorKind> {
+        match self {
+            Error::Backend { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// Whether trying the same call again may succeed: true for backend failures
+    /// that pass (connection, timeout, loading, out of memory, cluster moves...)
+    /// and for a replication shortfall; false for bad input, which fails the same
+    /// way every time, and for corrupted state and missing permissions.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Backend { .. } | Error::ReplicationShortfall { .. }
-        )
+        match self {
+            Error::Backend { kind, .. } => !matches!(
+                kind,
+                BackendErrorKind::Corrupt | BackendErrorKind::Permission
+            ),
+            Error::ReplicationShortfall { .. } => true,
+            _ => false,
+        }
     }
 
     pub(crate) fn invalid_proxy(field: &'static str, reason: impl Into<String>) -> Self {

@@ -150,3 +150,21 @@ impl fmt::Display for ReleaseOutcome {
         f.write_str(self.as_str())
     }
 }
+
+/// What [`crate::ProxyManager::rotate_proxy`] did: gave a lease back, then
+/// acquired the next proxy, in one storage step where the storage can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rotation {
+    /// How the release of the old lease ended.
+    pub released: ReleaseOutcome,
+    /// The new lease, or `None` when no matching proxy was free.
+    pub next: Option<Lease>,
+}
+
+impl Rotation {
+    /// A rotation's result.
+    pub fn new(released: ReleaseOutcome, next: Option<Lease>) -> Self {
+        Rotation { released, next }
+    }
+}

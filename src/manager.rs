@@ -396,6 +396,7 @@ impl<S: Storage> ProxyManager<S> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Subscribe before the first attempt, so no release in between is missed.
         let mut freed = self.storage.subscribe_freed(pool_name).await?;
+        self.storage.announce_waiter(pool_name, timeout).await?;
         let queue = {
             let mut waiters = self
                 .waiters
@@ -449,6 +450,82 @@ impl<S: Storage> ProxyManager<S> {
                 elapsed: started.elapsed(),
                 lease_id: Some(lease.id),
                 proxy_id: Some(lease.proxy_id),
+                pool_stats: None,
+            })
+            .await;
+        }
+        result
+    }
+
+    /// Gives `lease` back and acquires the next proxy of `pool_name`, in one
+    /// atomic storage step and one round trip where the storage can (Redis, when
+    /// the lease is of the same pool): the crawler loop that uses a proxy, gives
+    /// it back and takes the next. The new lease may be the same proxy.
+    ///
+    /// Bad input (names, duration, filters) fails before anything is released.
+    /// Hooks see a release event and an acquire event, as for the two calls.
+    ///
+    /// ```
+    /// # use lighthouse_lease::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<()> {
+    /// # let m = ProxyManager::new(InMemoryStorage::new());
+    /// # let pool = m.storage().create_pool(ProxyPool::new("p")?).await?;
+    /// # m.storage().add_proxy(Proxy::builder(pool.id, "1.1.1.1", 80).build()?).await?;
+    /// let mut lease = m.acquire_proxy("p", AcquireOptions::new()).await?.expect("a free proxy");
+    /// for _ in 0..3 {
+    ///     // ... crawl through lease.proxy_url() ...
+    ///     let rotation = m.rotate_proxy(&lease, AcquireOptions::new()).await?;
+    ///     assert_eq!(rotation.released, ReleaseOutcome::Released);
+    ///     lease = rotation.next.expect("the proxy just given back is free");
+    /// }
+    /// m.release_proxy(&lease).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn rotate_proxy(
+        &self,
+        lease: &Lease,
+        options: AcquireOptions,
+    ) -> Result<crate::lease::Rotation> {
+        let request = self.request(&lease.pool_name, &options)?;
+        let started = Instant::now();
+        let result = self.storage.rotate(lease, &request).await;
+        if !self.config.hooks.is_empty() {
+            let (released, acquired) = match &result {
+                Ok(r) => (
+                    LeaseEventOutcome::Released(r.released),
+                    match &r.next {
+                        Some(_) => LeaseEventOutcome::Acquired,
+                        None => LeaseEventOutcome::Exhausted,
+                    },
+                ),
+                Err(e) => (
+                    LeaseEventOutcome::Failed(e.to_string()),
+                    LeaseEventOutcome::Failed(e.to_string()),
+                ),
+            };
+            let elapsed = started.elapsed();
+            self.emit(LeaseEvent {
+                kind: LeaseEventKind::Release,
+                pool: lease.pool_name.clone(),
+                consumer: lease.consumer_name.clone(),
+                outcome: released,
+                elapsed,
+                lease_id: Some(lease.id),
+                proxy_id: Some(lease.proxy_id),
+                pool_stats: None,
+            })
+            .await;
+            let next = result.as_ref().ok().and_then(|r| r.next.as_ref());
+            self.emit(LeaseEvent {
+                kind: LeaseEventKind::Acquire,
+                pool: request.pool_name.clone(),
+                consumer: request.consumer_name.clone(),
+                outcome: acquired,
+                elapsed,
+                lease_id: next.map(|l| l.id),
+                proxy_id: next.map(|l| l.proxy_id),
                 pool_stats: None,
             })
             .await;

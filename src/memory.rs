@@ -586,6 +586,12 @@ impl Storage for InMemoryStorage {
                 pool.name, ps.pool.id, pool.id
             )));
         }
+        if ps.pool.indexes != pool.indexes {
+            return Err(Error::InvalidArgument(format!(
+                "pool {:?}: its indexes are fixed when it is created (remove it and create it again to change them)",
+                pool.name
+            )));
+        }
         ps.pool.description = pool.description;
         Ok(ps.pool.clone())
     }
@@ -768,6 +774,9 @@ impl Storage for InMemoryStorage {
                 name: request.pool_name.clone(),
             });
         };
+        ps.pool
+            .indexes
+            .check_selector(&request.pool_name, request.selector)?;
         ps.reclaim(now, self.grace);
         if let Some(request_id) = &request.request_id {
             if let Some(earlier) = ps.requests.get(request_id).and_then(|id| ps.leases.get(id)) {

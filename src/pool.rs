@@ -1,10 +1,14 @@
-//! Proxy pools.
+//! Proxy pools, and the indexes a pool keeps.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::filters::FilterAttribute;
 use crate::names::validate_pool_name;
+use crate::selector::SelectorStrategy;
 
 /// Longest pool description accepted, in bytes.
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
@@ -12,10 +16,20 @@ pub const MAX_DESCRIPTION_LEN: usize = 1024;
 /// A named group of proxies that workers lease from, such as `latam-residential`.
 ///
 /// ```
-/// use lighthouse_lease::ProxyPool;
+/// use lighthouse_lease::{IndexOrder, IndexedAttribute, PoolIndexes, ProxyPool};
 ///
 /// let pool = ProxyPool::new("latam-residential")?.with_description("LATAM residential IPs");
 /// assert_eq!(pool.name, "latam-residential");
+/// // The default indexes: the `country` attribute, in the least-used order.
+/// assert_eq!(pool.indexes, PoolIndexes::default());
+///
+/// // A pool that also filters by city and picks by latency cheaply.
+/// let pool = ProxyPool::new("eu-datacenter")?.with_indexes(
+///     PoolIndexes::new()
+///         .attribute(IndexedAttribute::Country)
+///         .attribute(IndexedAttribute::City)
+///         .order(IndexOrder::Latency),
+/// );
 /// # Ok::<(), lighthouse_lease::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,15 +40,20 @@ pub struct ProxyPool {
     pub name: String,
     /// Free text for humans.
     pub description: Option<String>,
+    /// Which attributes and orders the pool indexes, fixed when it is created.
+    #[serde(default)]
+    pub indexes: PoolIndexes,
 }
 
 impl ProxyPool {
-    /// A new pool with a fresh id. Fails when the name breaks the naming rules.
+    /// A new pool with a fresh id and the default indexes. Fails when the name
+    /// breaks the naming rules.
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let pool = ProxyPool {
             id: Uuid::new_v4(),
             name: name.into(),
             description: None,
+            indexes: PoolIndexes::default(),
         };
         pool.validate()?;
         Ok(pool)
@@ -44,6 +63,13 @@ impl ProxyPool {
     #[must_use]
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
+        self
+    }
+
+    /// Sets the indexes the pool keeps (see [`PoolIndexes`]).
+    #[must_use]
+    pub fn with_indexes(mut self, indexes: PoolIndexes) -> Self {
+        self.indexes = indexes;
         self
     }
 
@@ -57,6 +83,275 @@ impl ProxyPool {
                 )));
             }
         }
+        self.indexes.validate()
+    }
+}
+
+/// An attribute a pool can index, so that filters on it cost O(log n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum IndexedAttribute {
+    /// [`crate::Proxy::country`].
+    Country,
+    /// [`crate::Proxy::source`].
+    Source,
+    /// [`crate::Proxy::city`].
+    City,
+    /// [`crate::Proxy::isp`].
+    Isp,
+    /// [`crate::Proxy::asn`].
+    Asn,
+    /// The location (latitude, longitude): point and radius filters.
+    Geo,
+}
+
+impl IndexedAttribute {
+    /// Every attribute, in a fixed order.
+    pub const ALL: [IndexedAttribute; 6] = [
+        IndexedAttribute::Country,
+        IndexedAttribute::Source,
+        IndexedAttribute::City,
+        IndexedAttribute::Isp,
+        IndexedAttribute::Asn,
+        IndexedAttribute::Geo,
+    ];
+
+    /// `country`, `source`, `city`, `isp`, `asn` or `geo`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexedAttribute::Country => "country",
+            IndexedAttribute::Source => "source",
+            IndexedAttribute::City => "city",
+            IndexedAttribute::Isp => "isp",
+            IndexedAttribute::Asn => "asn",
+            IndexedAttribute::Geo => "geo",
+        }
+    }
+
+    /// The exact-match filter attribute it indexes (`None` for `Geo`).
+    pub fn filter_attribute(self) -> Option<FilterAttribute> {
+        match self {
+            IndexedAttribute::Country => Some(FilterAttribute::Country),
+            IndexedAttribute::Source => Some(FilterAttribute::Source),
+            IndexedAttribute::City => Some(FilterAttribute::City),
+            IndexedAttribute::Isp => Some(FilterAttribute::Isp),
+            IndexedAttribute::Asn => Some(FilterAttribute::Asn),
+            IndexedAttribute::Geo => None,
+        }
+    }
+}
+
+impl fmt::Display for IndexedAttribute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for IndexedAttribute {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        IndexedAttribute::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{s:?} is not an indexable attribute (country, source, city, isp, asn, geo)"
+                ))
+            })
+    }
+}
+
+/// An order a pool keeps its available proxies in, so that selectors that use
+/// it cost O(log n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum IndexOrder {
+    /// Fewest live leases first, then insertion order: `least_used` and `random`.
+    /// Always kept (the live lease counts live in it).
+    Load,
+    /// Insertion order: `first_available` and `round_robin` at O(log n) whatever
+    /// the lease counts (without it they walk the load order once per distinct
+    /// lease count, O(L log n)).
+    Sequence,
+    /// Lowest latency first (never measured last): `lowest_latency` needs it.
+    Latency,
+}
+
+impl IndexOrder {
+    /// `load`, `seq` or `lat`: the names in storage keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexOrder::Load => "load",
+            IndexOrder::Sequence => "seq",
+            IndexOrder::Latency => "lat",
+        }
+    }
+}
+
+impl fmt::Display for IndexOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for IndexOrder {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "load" => Ok(IndexOrder::Load),
+            "seq" | "sequence" => Ok(IndexOrder::Sequence),
+            "lat" | "latency" => Ok(IndexOrder::Latency),
+            _ => Err(Error::InvalidArgument(format!(
+                "{s:?} is not an index order (load, seq, latency)"
+            ))),
+        }
+    }
+}
+
+/// The indexes a pool keeps: which attributes exact-match filters find at
+/// O(log n), and which orders selectors read at O(log n). Fixed when the pool is
+/// created.
+///
+/// The default is the `country` attribute and the load order, what most fleets
+/// filter and pick by. Every filter and every selector but `lowest_latency`
+/// works on any pool: a filter on an attribute the pool does not index walks the
+/// smallest index it can use in bounded batches, testing each candidate (cost
+/// grows with the number of available proxies that do not match);
+/// `lowest_latency` needs [`IndexOrder::Latency`]. Each index costs storage: in
+/// Redis about 100 bytes per proxy per attribute and order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PoolIndexes {
+    /// Indexed attributes, without repeats.
+    pub attributes: Vec<IndexedAttribute>,
+    /// Kept orders besides [`IndexOrder::Load`] (always kept), without repeats.
+    pub orders: Vec<IndexOrder>,
+}
+
+impl Default for PoolIndexes {
+    fn default() -> Self {
+        PoolIndexes {
+            attributes: vec![IndexedAttribute::Country],
+            orders: Vec::new(),
+        }
+    }
+}
+
+impl PoolIndexes {
+    /// No attribute, only the load order (the leanest pool); add what you filter by.
+    pub fn new() -> Self {
+        PoolIndexes {
+            attributes: Vec::new(),
+            orders: Vec::new(),
+        }
+    }
+
+    /// Every attribute and every order.
+    pub fn all() -> Self {
+        PoolIndexes {
+            attributes: IndexedAttribute::ALL.to_vec(),
+            orders: vec![IndexOrder::Sequence, IndexOrder::Latency],
+        }
+    }
+
+    /// Also indexes this attribute.
+    #[must_use]
+    pub fn attribute(mut self, attribute: IndexedAttribute) -> Self {
+        if !self.attributes.contains(&attribute) {
+            self.attributes.push(attribute);
+        }
+        self
+    }
+
+    /// Also keeps this order.
+    #[must_use]
+    pub fn order(mut self, order: IndexOrder) -> Self {
+        if order != IndexOrder::Load && !self.orders.contains(&order) {
+            self.orders.push(order);
+        }
+        self
+    }
+
+    /// Whether the pool indexes this attribute.
+    pub fn has_attribute(&self, attribute: IndexedAttribute) -> bool {
+        self.attributes.contains(&attribute)
+    }
+
+    /// Whether the pool keeps this order (always true for [`IndexOrder::Load`]).
+    pub fn has_order(&self, order: IndexOrder) -> bool {
+        order == IndexOrder::Load || self.orders.contains(&order)
+    }
+
+    /// Checks that no attribute or order is listed twice.
+    pub fn validate(&self) -> Result<()> {
+        for (i, a) in self.attributes.iter().enumerate() {
+            if self.attributes[..i].contains(a) {
+                return Err(Error::InvalidArgument(format!(
+                    "pool indexes: attribute {a} is listed twice"
+                )));
+            }
+        }
+        for (i, o) in self.orders.iter().enumerate() {
+            if self.orders[..i].contains(o) || *o == IndexOrder::Load && i > 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "pool indexes: order {o} is listed twice"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Fails with [`Error::InvalidArgument`] when `selector` needs an order the
+    /// pool does not keep (only `lowest_latency` does: the latency order).
+    pub fn check_selector(&self, pool: &str, selector: SelectorStrategy) -> Result<()> {
+        if selector == SelectorStrategy::LowestLatency && !self.has_order(IndexOrder::Latency) {
+            return Err(Error::missing_order(pool, IndexOrder::Latency));
+        }
+        Ok(())
+    }
+
+    /// The attributes, space-separated, in a fixed order (as storages record them).
+    pub fn attributes_text(&self) -> String {
+        IndexedAttribute::ALL
+            .into_iter()
+            .filter(|a| self.has_attribute(*a))
+            .map(IndexedAttribute::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The orders, space-separated, `load` first (as storages record them).
+    pub fn orders_text(&self) -> String {
+        [IndexOrder::Load, IndexOrder::Sequence, IndexOrder::Latency]
+            .into_iter()
+            .filter(|o| self.has_order(*o))
+            .map(IndexOrder::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Reads the texts [`PoolIndexes::attributes_text`] and
+    /// [`PoolIndexes::orders_text`] wrote.
+    pub fn from_texts(attributes: &str, orders: &str) -> Result<Self> {
+        let mut out = PoolIndexes::new();
+        for a in attributes.split_whitespace() {
+            out = out.attribute(a.parse()?);
+        }
+        for o in orders.split_whitespace() {
+            out = out.order(o.parse()?);
+        }
+        Ok(out)
+    }
+}
+
+impl Error {
+    pub(crate) fn missing_order(pool: &str, order: IndexOrder) -> Self {
+        Error::InvalidArgument(format!(
+            "pool {pool:?} does not keep the {order} order that this selector needs: create \
+             the pool with PoolIndexes::default().order(IndexOrder::Latency) (or \
+             `lighthouse pool create --orders latency`)"
+        ))
     }
 }

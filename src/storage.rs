@@ -9,7 +9,7 @@ use crate::consumer::Consumer;
 use crate::error::{Error, Result};
 use crate::filters::ProxyFilters;
 use crate::health::HealthCheckResult;
-use crate::lease::{Lease, ReleaseOutcome};
+use crate::lease::{Lease, ReleaseOutcome, Rotation};
 use crate::names::{validate_consumer_name, validate_pool_name};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
@@ -232,6 +232,24 @@ pub trait Storage: Send + Sync + 'static {
     /// Releases a lease, at most once; see [`ReleaseOutcome`].
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<ReleaseOutcome>> + Send;
 
+    /// Releases `lease`, then acquires for `request`, in one atomic step where the
+    /// storage can (Redis: one script call and one round trip, when both are on
+    /// the same pool): the crawler loop that gives a proxy back and takes the
+    /// next. Bad input fails before anything is released. The default releases,
+    /// then acquires.
+    fn rotate(
+        &self,
+        lease: &Lease,
+        request: &AcquireRequest,
+    ) -> impl Future<Output = Result<Rotation>> + Send {
+        async move {
+            request.validate()?;
+            let released = self.release(lease).await?;
+            let next = self.acquire(request).await?;
+            Ok(Rotation::new(released, next))
+        }
+    }
+
     /// Renews a live lease atomically: it now expires `duration` from now
     /// (storage time). Fails with [`Error::LeaseLost`] when the lease was released,
     /// has expired (even if not reclaimed yet) or is unknown: the holder must stop
@@ -282,6 +300,18 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         pool_name: &str,
     ) -> impl Future<Output = Result<tokio::sync::broadcast::Receiver<()>>> + Send;
+
+    /// Says that an acquire on this pool will wait up to `wait` for a slot, so that
+    /// the storage notifies freed slots meanwhile (Redis publishes only while
+    /// someone waits). The default does nothing.
+    fn announce_waiter(
+        &self,
+        pool_name: &str,
+        wait: std::time::Duration,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (pool_name, wait);
+        async { Ok(()) }
+    }
 
     /// How long until the pool's next live lease expires (storage time), if any
     /// lease is live. An expiry publishes nothing, so waiters poll then.

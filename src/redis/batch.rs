@@ -1,18 +1,20 @@
-//! Natural batching: concurrent calls of one kind on one pool share one script
-//! call.
+//! Natural batching: concurrent calls of one kind on one pool share script calls.
 //!
-//! A call that finds its lane (one per operation and pool) idle runs at once, by
-//! itself, so a lone caller never waits. Calls that arrive while a call of their
-//! lane is in flight queue up, and when it returns they go together, up to
-//! `max` per script call, in arrival order. Under load each script call then
-//! serves many callers: Redis pays its fixed cost per call (the script's
+//! Each lane (one per operation and pool) runs at most `in_flight` script calls
+//! at once. A call that finds a free slot and nobody queued runs at once, by
+//! itself, so a lone caller never waits. Calls that arrive while every slot is
+//! busy queue up; a slot that finishes takes the next batch (up to `max` calls,
+//! in arrival order) and runs it as one script call. Under load each script call
+//! then serves many callers, so Redis pays its fixed cost per call (the script's
 //! prelude, the clock, the pool's metadata, the reclaim check, the round trip)
-//! once for all of them.
+//! once for all of them; and since several batches may be in flight, a slow link
+//! does not cap throughput at one batch per round trip.
 //!
-//! Queued calls are run by a spawned task, so a caller that gives up (a
-//! timeout, a cancelled task) never strands the others: a queued call that is
-//! cancelled before its batch leaves is dropped from it and writes nothing, and
-//! a batch that has left completes and answers everyone still listening.
+//! Queued calls are run by spawned tasks, so a caller that gives up (a timeout,
+//! a cancelled task) never strands the others: a queued call that is cancelled
+//! before its batch leaves is dropped from it and writes nothing, and a batch that
+//! has left completes and answers everyone still listening. A failed batch gives
+//! each of its callers the same error, kind included.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,8 +37,8 @@ struct Waiting<T, R> {
 }
 
 struct Lane<T, R> {
-    /// A call of this lane is in flight (inline or by the runner task).
-    busy: bool,
+    /// Script calls of this lane in flight (inline or by runner tasks).
+    in_flight: usize,
     queue: Vec<Waiting<T, R>>,
 }
 
@@ -44,21 +46,24 @@ struct Lane<T, R> {
 pub(crate) struct Batcher<T, R> {
     lanes: Mutex<HashMap<String, Lane<T, R>>>,
     max: usize,
+    in_flight: usize,
     exec: Exec<T, R>,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// Batches of at most `max` items (at least 1), each run by `exec`.
-    pub(crate) fn new(max: usize, exec: Exec<T, R>) -> Arc<Self> {
+    /// Batches of at most `max` items (at least 1), at most `in_flight` (at least
+    /// 1) at once per lane, each run by `exec`.
+    pub(crate) fn new(max: usize, in_flight: usize, exec: Exec<T, R>) -> Arc<Self> {
         Arc::new(Batcher {
             lanes: Mutex::new(HashMap::new()),
             max: max.max(1),
+            in_flight: in_flight.max(1),
             exec,
         })
     }
 
-    /// Runs `item` in lane `key`: at once when the lane is idle, else with the
-    /// next batch.
+    /// Runs `item` in lane `key`: at once when a slot is free and nobody waits,
+    /// else with a later batch.
     pub(crate) async fn submit(self: &Arc<Self>, key: &str, item: T) -> Result<R> {
         if self.max == 1 {
             // No batching: every call goes by itself, concurrently.
@@ -67,33 +72,42 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         let waiting = {
             let mut lanes = self.lock_lanes();
             let lane = lanes.entry(key.to_string()).or_insert_with(|| Lane {
-                busy: false,
+                in_flight: 0,
                 queue: Vec::new(),
             });
-            if lane.busy {
+            if lane.in_flight < self.in_flight && lane.queue.is_empty() {
+                lane.in_flight += 1;
+                Ok(item)
+            } else {
                 let (tx, rx) = oneshot::channel();
                 lane.queue.push(Waiting { item, reply: tx });
-                Err(rx)
-            } else {
-                lane.busy = true;
-                Ok(item)
+                let spawn = lane.in_flight < self.in_flight;
+                if spawn {
+                    lane.in_flight += 1;
+                }
+                Err((rx, spawn))
             }
         };
         match waiting {
             Ok(item) => {
-                // Hands the lane on when this call ends, even if it is cancelled.
-                let _lane = HandOn {
+                // Hands the slot on when this call ends, even if it is cancelled.
+                let _slot = HandOn {
                     batcher: Arc::clone(self),
                     key: key.to_string(),
                 };
                 self.run_alone(key, item).await
             }
-            Err(rx) => rx.await.unwrap_or_else(|_| {
-                Err(Error::backend(
-                    "batched call dropped before it ran (the runtime is shutting down)",
-                    None,
-                ))
-            }),
+            Err((rx, spawn)) => {
+                if spawn {
+                    self.spawn_runner(key);
+                }
+                rx.await.unwrap_or_else(|_| {
+                    Err(Error::backend(
+                        "batched call dropped before it ran (the runtime is shutting down)",
+                        None,
+                    ))
+                })
+            }
         }
     }
 
@@ -109,11 +123,35 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes the next batch of `key`'s lane, or marks the lane idle (and forgets
-    /// it) when nobody waits.
+    /// A runner keeps the slot its caller took and runs batches until nobody
+    /// waits; without a runtime, every queued call is answered with an error.
+    fn spawn_runner(self: &Arc<Self>, key: &str) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(Arc::clone(self).run_queue(key.to_string()));
+            }
+            Err(_) => {
+                let mut lanes = self.lock_lanes();
+                for w in lanes.remove(key).into_iter().flat_map(|l| l.queue) {
+                    let _ = w.reply.send(Err(Error::backend(
+                        "batched call dropped: no tokio runtime to run it on",
+                        None,
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Takes the next batch of `key`'s lane, or gives up the caller's slot (and
+    /// forgets an idle lane) when nobody waits.
     fn next_batch(&self, key: &str) -> Option<Vec<Waiting<T, R>>> {
         let mut lanes = self.lock_lanes();
-        let lane = waiting_lane(&mut lanes, key)?;
+        let lane = lanes.get_mut(key)?;
+        lane.queue.retain(|w| !w.reply.is_closed());
+        if lane.queue.is_empty() {
+            release_slot(&mut lanes, key);
+            return None;
+        }
         let n = lane.queue.len().min(self.max);
         Some(lane.queue.drain(..n).collect())
     }
@@ -133,7 +171,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 }
                 Err(e) => {
                     for tx in replies {
-                        let _ = tx.send(Err(share_error(&e)));
+                        let _ = tx.send(Err(e.clone()));
                     }
                 }
             }
@@ -141,23 +179,18 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
-/// `key`'s lane when calls still wait in it; calls cancelled while queued are
-/// left out, and a lane nobody waits in is forgotten (it is idle again).
-fn waiting_lane<'a, T, R>(
-    lanes: &'a mut HashMap<String, Lane<T, R>>,
-    key: &str,
-) -> Option<&'a mut Lane<T, R>> {
-    let lane = lanes.get_mut(key)?;
-    lane.queue.retain(|w| !w.reply.is_closed());
-    if lane.queue.is_empty() {
-        lanes.remove(key);
-        return None;
+/// Gives up one slot of `key`'s lane; forgets the lane when it is idle.
+fn release_slot<T, R>(lanes: &mut HashMap<String, Lane<T, R>>, key: &str) {
+    if let Some(lane) = lanes.get_mut(key) {
+        lane.in_flight = lane.in_flight.saturating_sub(1);
+        if lane.in_flight == 0 && lane.queue.is_empty() {
+            lanes.remove(key);
+        }
     }
-    lanes.get_mut(key)
 }
 
-/// Ends an inline call: starts the runner when calls queued behind it, else
-/// marks the lane idle.
+/// Ends an inline call: its slot goes to a runner when calls queued behind it,
+/// else it is freed.
 struct HandOn<T: Send + 'static, R: Send + 'static> {
     batcher: Arc<Batcher<T, R>>,
     key: String,
@@ -165,24 +198,19 @@ struct HandOn<T: Send + 'static, R: Send + 'static> {
 
 impl<T: Send + 'static, R: Send + 'static> Drop for HandOn<T, R> {
     fn drop(&mut self) {
-        let mut lanes = self.batcher.lock_lanes();
-        if waiting_lane(&mut lanes, &self.key).is_none() {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                drop(lanes);
-                rt.spawn(Arc::clone(&self.batcher).run_queue(self.key.clone()));
+        let waiting = {
+            let mut lanes = self.batcher.lock_lanes();
+            let waiting = lanes.get_mut(&self.key).is_some_and(|lane| {
+                lane.queue.retain(|w| !w.reply.is_closed());
+                !lane.queue.is_empty()
+            });
+            if !waiting {
+                release_slot(&mut lanes, &self.key);
             }
-            Err(_) => {
-                // No runtime to run them on: answer every queued call.
-                for w in lanes.remove(&self.key).into_iter().flat_map(|l| l.queue) {
-                    let _ = w.reply.send(Err(Error::backend(
-                        "batched call dropped: no tokio runtime to run it on",
-                        None,
-                    )));
-                }
-            }
+            waiting
+        };
+        if waiting {
+            self.batcher.spawn_runner(&self.key);
         }
     }
 }
@@ -196,21 +224,6 @@ fn one_each<R>(replies: Result<Vec<R>>, n: usize) -> Result<Vec<R>> {
             None,
         )),
         Err(e) => Err(e),
-    }
-}
-
-/// The same failure for each caller of a failed batch (errors are not `Clone`).
-fn share_error(e: &Error) -> Error {
-    match e {
-        Error::ReplicationShortfall {
-            wanted,
-            acknowledged,
-        } => Error::ReplicationShortfall {
-            wanted: *wanted,
-            acknowledged: *acknowledged,
-        },
-        Error::PoolNotFound { name } => Error::PoolNotFound { name: name.clone() },
-        other => Error::backend(other.to_string(), None),
     }
 }
 
@@ -268,7 +281,7 @@ mod tests {
     async fn lone_call_runs_inline_and_lane_is_forgotten() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(100));
-        let b = Batcher::new(8, doubling(Arc::clone(&sizes), gate));
+        let b = Batcher::new(8, 1, doubling(Arc::clone(&sizes), gate));
         assert_eq!(b.submit("p", 21).await.unwrap(), 42);
         assert_eq!(*sizes.lock().unwrap(), vec![1]);
         assert!(b.lanes.lock().unwrap().is_empty());
@@ -278,7 +291,7 @@ mod tests {
     async fn calls_queued_behind_one_in_flight_share_batches_of_at_most_max() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let b = Batcher::new(4, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let b = Batcher::new(4, 1, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
         let first = spawn_submit(&b, 0);
         // Wait until the first call is in flight, then queue ten more.
         wait_until(|| !sizes.lock().unwrap().is_empty()).await;
@@ -300,7 +313,7 @@ mod tests {
     async fn a_cancelled_leader_does_not_strand_queued_calls() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let b = Batcher::new(8, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let b = Batcher::new(8, 1, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
         let leader = spawn_submit(&b, 1);
         wait_until(|| !sizes.lock().unwrap().is_empty()).await;
         let follower = spawn_submit(&b, 5);
@@ -315,7 +328,7 @@ mod tests {
     async fn a_call_cancelled_while_queued_is_left_out_of_the_batch() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let b = Batcher::new(8, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let b = Batcher::new(8, 1, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
         let leader = spawn_submit(&b, 1);
         wait_until(|| !sizes.lock().unwrap().is_empty()).await;
         let gone = spawn_submit(&b, 2);
@@ -355,7 +368,7 @@ mod tests {
                 })
             })
         };
-        let b = Batcher::new(8, exec);
+        let b = Batcher::new(8, 1, exec);
         let leader = spawn_submit(&b, 1);
         wait_until(|| calls.load(Ordering::SeqCst) > 0).await;
         let mut queued = Vec::new();

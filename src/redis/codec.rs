@@ -1,114 +1,103 @@
-//! Conversions between the crate's types and what Redis stores: plain hash
-//! fields, script arguments, and the filter JSON the acquire script decodes.
+//! Conversions between the crate's types and what Redis stores: proxies as
+//! JSON with short keys, lease records as words, pool meta fields, and the
+//! filter JSON the acquire script decodes.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::filters::ProxyFilters;
 use crate::lease::{Lease, LeaseStatus};
-use crate::pool::ProxyPool;
+use crate::pool::{PoolIndexes, ProxyPool};
 use crate::proxy::{Proxy, ProxyCredentials, ProxyEndpoint, ProxyProtocol, ProxyStatus};
 
-pub(crate) fn corrupt(what: impl Into<String>) -> Error {
-    Error::backend(format!("corrupted Redis state: {}", what.into()), None)
+pub(crate) use super::error::corrupt;
+
+/// A proxy as `P proxies` stores it: short keys, defaults (`http`, `active`,
+/// unlimited) and unset fields left out. `lua/_lib_proxy.lua` checks the same
+/// shape.
+#[derive(Debug, Serialize, Deserialize)]
+struct ProxyJson {
+    id: Uuid,
+    host: String,
+    port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proto: Option<ProxyProtocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pass: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<ProxyStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    country: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    isp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    asn: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lat: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lon: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checked: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fails: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cool: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failure: Option<String>,
 }
 
-/// The settable fields of a proxy as (field, value) pairs, as the proxy scripts
-/// take them (optional fields that are `None` are left out).
-pub(crate) fn proxy_fields(p: &Proxy) -> Vec<(&'static str, String)> {
-    let mut f = vec![
-        ("host", p.host.clone()),
-        ("port", p.port.to_string()),
-        ("protocol", p.protocol.as_str().to_string()),
-        ("status", p.status.as_str().to_string()),
-    ];
-    if let Some(m) = p.max_concurrency {
-        f.push(("max_concurrency", m.to_string()));
-    }
-    if let Some(c) = &p.credentials {
-        f.push(("username", c.username.clone()));
-        f.push(("password", c.password.clone()));
-    }
-    for (k, v) in [
-        ("source", &p.source),
-        ("country", &p.country),
-        ("city", &p.city),
-        ("isp", &p.isp),
-    ] {
-        if let Some(v) = v {
-            f.push((k, v.clone()));
-        }
-    }
-    if let Some(a) = p.asn {
-        f.push(("asn", a.to_string()));
-    }
-    if let (Some(lat), Some(lon)) = (p.latitude, p.longitude) {
-        f.push(("latitude", lat.to_string()));
-        f.push(("longitude", lon.to_string()));
-    }
-    if let Some(at) = p.checked_at {
-        f.push(("checked_at", format_time(at)));
-    }
-    f
-}
-
-/// RFC 3339 in UTC, with as many fraction digits as needed to read it back.
-pub(crate) fn format_time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-fn need<'a>(h: &'a HashMap<String, String>, what: &str, field: &str) -> Result<&'a str> {
-    h.get(field)
-        .map(String::as_str)
-        .ok_or_else(|| corrupt(format!("{what} has no field {field}")))
-}
-
-fn parse<T: std::str::FromStr>(h: &HashMap<String, String>, what: &str, field: &str) -> Result<T> {
-    need(h, what, field)?
-        .parse()
-        .map_err(|_| corrupt(format!("{what} field {field} is not valid")))
-}
-
-fn parse_opt<T: std::str::FromStr>(
-    h: &HashMap<String, String>,
-    what: &str,
-    field: &str,
-) -> Result<Option<T>> {
-    match h.get(field) {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| corrupt(format!("{what} field {field} is not valid"))),
-    }
-}
-
-pub(crate) fn ms_to_time(ms: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| corrupt(format!("time {ms} ms is out of range")))
-}
-
-/// A proxy from its hash (`HGETALL <ns>:{<pool>}:proxy:<id>`).
-pub(crate) fn proxy_from_hash(h: &HashMap<String, String>) -> Result<Proxy> {
-    let what = "proxy hash";
-    let protocol: ProxyProtocol = need(h, what, "protocol")?
-        .parse()
-        .map_err(|_| corrupt("proxy protocol"))?;
-    let status: ProxyStatus = need(h, what, "status")?
-        .parse()
-        .map_err(|_| corrupt("proxy status"))?;
-    let credentials = match (h.get("username"), h.get("password")) {
-        (Some(u), p) => Some(ProxyCredentials::new(
-            u.clone(),
-            p.cloned().unwrap_or_default(),
-        )),
-        (None, _) => None,
+/// The JSON the proxy scripts take for a proxy: its settable fields (what the
+/// storage keeps by itself, such as failures and latency, is left out).
+pub(crate) fn proxy_json(p: &Proxy) -> String {
+    let j = ProxyJson {
+        id: p.id,
+        host: p.host.clone(),
+        port: p.port,
+        proto: (p.protocol != ProxyProtocol::Http).then_some(p.protocol),
+        user: p.credentials.as_ref().map(|c| c.username.clone()),
+        pass: p.credentials.as_ref().map(|c| c.password.clone()),
+        status: (p.status != ProxyStatus::Active).then_some(p.status),
+        max: p.max_concurrency,
+        source: p.source.clone(),
+        country: p.country.clone(),
+        city: p.city.clone(),
+        isp: p.isp.clone(),
+        asn: p.asn,
+        lat: p.latitude,
+        lon: p.longitude,
+        checked: p.checked_at.map(format_time),
+        latency: None,
+        fails: None,
+        cool: None,
+        failure: None,
     };
-    let checked_at = match h.get("checked_at") {
+    // A struct of plain fields always serializes.
+    serde_json::to_string(&j).unwrap_or_default()
+}
+
+fn parse_json(json: &str) -> Result<ProxyJson> {
+    serde_json::from_str(json).map_err(|e| corrupt(format!("proxy JSON {json:?}: {e}")))
+}
+
+/// A proxy from its stored JSON, with its live lease count.
+pub(crate) fn proxy_from_json(json: &str, pool_id: Uuid, leases: u64) -> Result<Proxy> {
+    let j = parse_json(json)?;
+    let checked_at = match &j.checked {
         None => None,
         Some(s) => Some(
             DateTime::parse_from_rfc3339(s)
@@ -117,78 +106,130 @@ pub(crate) fn proxy_from_hash(h: &HashMap<String, String>) -> Result<Proxy> {
         ),
     };
     Ok(Proxy {
-        id: parse(h, what, "id")?,
-        pool_id: parse(h, what, "pool_id")?,
-        host: need(h, what, "host")?.to_string(),
-        port: parse(h, what, "port")?,
-        protocol,
-        credentials,
-        status,
-        max_concurrency: parse_opt(h, what, "max_concurrency")?,
-        current_leases: parse(h, what, "current_leases")?,
-        source: h.get("source").cloned(),
-        country: h.get("country").cloned(),
-        city: h.get("city").cloned(),
-        isp: h.get("isp").cloned(),
-        asn: parse_opt(h, what, "asn")?,
-        latitude: parse_opt(h, what, "latitude")?,
-        longitude: parse_opt(h, what, "longitude")?,
+        id: j.id,
+        pool_id,
+        host: j.host,
+        port: j.port,
+        protocol: j.proto.unwrap_or(ProxyProtocol::Http),
+        credentials: j
+            .user
+            .map(|u| ProxyCredentials::new(u, j.pass.unwrap_or_default())),
+        status: j.status.unwrap_or(ProxyStatus::Active),
+        max_concurrency: j.max,
+        current_leases: u32::try_from(leases).unwrap_or(u32::MAX),
+        source: j.source,
+        country: j.country,
+        city: j.city,
+        isp: j.isp,
+        asn: j.asn,
+        latitude: j.lat,
+        longitude: j.lon,
         checked_at,
-        consecutive_failures: parse_opt(h, what, "consecutive_failures")?.unwrap_or(0),
-        cooldown_until: parse_opt::<i64>(h, what, "cooldown_until_ms")?
-            .map(ms_to_time)
-            .transpose()?,
-        last_failure: h.get("last_failure").cloned(),
-        latency_ms: parse_opt(h, what, "latency_ms")?,
+        consecutive_failures: j.fails.unwrap_or(0),
+        cooldown_until: j.cool.map(ms_to_time).transpose()?,
+        last_failure: j.failure,
+        latency_ms: j.latency,
     })
 }
 
-/// A proxy from a script reply `{'OK', field, value, ...}`.
-pub(crate) fn proxy_from_reply(reply: &[String]) -> Result<Proxy> {
-    let mut h = HashMap::with_capacity(reply.len() / 2);
-    for pair in reply.get(1..).unwrap_or_default().chunks(2) {
-        if let [k, v] = pair {
-            h.insert(k.clone(), v.clone());
-        }
-    }
-    proxy_from_hash(&h)
+/// The proxy id and connection details in a stored JSON.
+pub(crate) fn endpoint_from_json(json: &str) -> Result<(Uuid, ProxyEndpoint)> {
+    let j = parse_json(json)?;
+    Ok((
+        j.id,
+        ProxyEndpoint {
+            host: j.host,
+            port: j.port,
+            protocol: j.proto.unwrap_or(ProxyProtocol::Http),
+            credentials: j
+                .user
+                .map(|u| ProxyCredentials::new(u, j.pass.unwrap_or_default())),
+        },
+    ))
 }
 
-/// A lease from its record (`HGETALL <ns>:{<pool>}:lease:<id>`).
-pub(crate) fn lease_from_hash(h: &HashMap<String, String>, pool_name: &str) -> Result<Lease> {
-    let what = "lease record";
-    let status = match need(h, what, "status")? {
-        "active" => LeaseStatus::Active,
-        "released" => LeaseStatus::Released,
-        "expired" => LeaseStatus::Expired,
-        other => return Err(corrupt(format!("lease status {other:?}"))),
+/// RFC 3339 in UTC, with as many fraction digits as needed to read it back.
+pub(crate) fn format_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+pub(crate) fn ms_to_time(ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| corrupt(format!("time {ms} ms is out of range")))
+}
+
+/// A lease record as `lua/_lib.lua` writes it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) released: Option<i64>,
+    pub(crate) seq: u64,
+    pub(crate) acquired_ms: i64,
+    pub(crate) duration_ms: i64,
+    pub(crate) consumer: String,
+}
+
+/// Reads `active <seq> <acquired-ms> <duration-ms> <consumer>` or
+/// `released <seq> <acquired-ms> <duration-ms> <released-ms> <consumer>`.
+pub(crate) fn parse_record(v: &str) -> Result<Record> {
+    let bad = || corrupt(format!("lease record {v:?}"));
+    let (state, rest) = v.split_once(' ').ok_or_else(bad)?;
+    let words = if state == "released" { 4 } else { 3 };
+    let mut parts = rest.splitn(words + 1, ' ');
+    let mut num = || -> Result<i64> { parts.next().and_then(|w| w.parse().ok()).ok_or_else(bad) };
+    let seq = u64::try_from(num()?).map_err(|_| bad())?;
+    let acquired_ms = num()?;
+    let duration_ms = num()?;
+    let released = match state {
+        "active" => None,
+        "released" => Some(num()?),
+        _ => return Err(bad()),
     };
-    let credentials = h
-        .get("username")
-        .map(|u| ProxyCredentials::new(u.clone(), h.get("password").cloned().unwrap_or_default()));
-    let protocol: ProxyProtocol = need(h, what, "protocol")?
-        .parse()
-        .map_err(|_| corrupt("lease protocol"))?;
+    let consumer = parts.next().filter(|c| !c.is_empty()).ok_or_else(bad)?;
+    Ok(Record {
+        released,
+        seq,
+        acquired_ms,
+        duration_ms,
+        consumer: consumer.to_string(),
+    })
+}
+
+/// The fencing token a lease id carries (see `keys::lease_id`).
+pub(crate) fn token_of(id: Uuid) -> u64 {
+    let s = id.hyphenated().to_string();
+    u64::from_str_radix(&format!("{}{}{}", &s[..8], &s[9..13], &s[15..18]), 16).unwrap_or(0)
+}
+
+/// A lease from its record, its proxy's JSON and Redis's time.
+pub(crate) fn lease_from_record(
+    id: Uuid,
+    record: &str,
+    proxy_json: &str,
+    pool: &ProxyPool,
+    consumer_id: Uuid,
+    now_ms: i64,
+) -> Result<Lease> {
+    let r = parse_record(record)?;
+    let (proxy_id, endpoint) = endpoint_from_json(proxy_json)?;
+    let expires_ms = r.acquired_ms + r.duration_ms;
+    let status = match r.released {
+        Some(_) => LeaseStatus::Released,
+        None if expires_ms <= now_ms => LeaseStatus::Expired,
+        None => LeaseStatus::Active,
+    };
     Ok(Lease {
-        id: parse(h, what, "id")?,
-        proxy_id: parse(h, what, "proxy_id")?,
-        consumer_id: parse(h, what, "consumer_id")?,
-        consumer_name: need(h, what, "consumer")?.to_string(),
-        pool_id: parse(h, what, "pool_id")?,
-        pool_name: pool_name.to_string(),
+        id,
+        proxy_id,
+        consumer_id,
+        consumer_name: r.consumer,
+        pool_id: pool.id,
+        pool_name: pool.name.clone(),
         status,
-        acquired_at: ms_to_time(parse(h, what, "acquired_at_ms")?)?,
-        expires_at: ms_to_time(parse(h, what, "expires_at_ms")?)?,
-        released_at: parse_opt::<i64>(h, what, "released_at_ms")?
-            .map(ms_to_time)
-            .transpose()?,
-        proxy: ProxyEndpoint {
-            host: need(h, what, "host")?.to_string(),
-            port: parse(h, what, "port")?,
-            protocol,
-            credentials,
-        },
-        fencing_token: parse_opt::<u64>(h, what, "token")?.unwrap_or(0),
+        acquired_at: ms_to_time(r.acquired_ms)?,
+        expires_at: ms_to_time(expires_ms)?,
+        released_at: r.released.map(ms_to_time).transpose()?,
+        proxy: endpoint,
+        fencing_token: token_of(id),
     })
 }
 
@@ -197,11 +238,23 @@ pub(crate) fn pool_from_hash(h: &HashMap<String, String>) -> Result<Option<Proxy
     if h.is_empty() || h.contains_key("removing") {
         return Ok(None);
     }
-    let what = "pool meta";
+    let id = h
+        .get("id")
+        .and_then(|v| Uuid::parse_str(v).ok())
+        .ok_or_else(|| corrupt("pool meta has no valid id"))?;
+    let name = h
+        .get("name")
+        .cloned()
+        .ok_or_else(|| corrupt("pool meta has no name"))?;
+    let indexes = match (h.get("attrs"), h.get("orders")) {
+        (Some(a), Some(o)) => PoolIndexes::from_texts(a, o)?,
+        _ => PoolIndexes::default(),
+    };
     Ok(Some(ProxyPool {
-        id: parse(h, what, "id")?,
-        name: need(h, what, "name")?.to_string(),
+        id,
+        name,
         description: h.get("description").cloned(),
+        indexes,
     }))
 }
 
@@ -293,6 +346,54 @@ fn write_str(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_json_round_trip() {
+        let p = Proxy::builder(Uuid::new_v4(), "10.0.0.1", 8080)
+            .max_concurrency(4)
+            .country("cl")
+            .credentials("u", "p\"w")
+            .location(-33.45, -70.66)
+            .build()
+            .unwrap();
+        let j = proxy_json(&p);
+        assert!(
+            j.starts_with(&format!(
+                "{{\"id\":\"{}\",\"host\":\"10.0.0.1\",\"port\":8080,",
+                p.id
+            )),
+            "{j}"
+        );
+        assert!(!j.contains("proto") && !j.contains("status"), "{j}");
+        let back = proxy_from_json(&j, p.pool_id, 2).unwrap();
+        assert_eq!(back.current_leases, 2);
+        assert_eq!(
+            Proxy {
+                current_leases: 0,
+                ..back
+            },
+            p
+        );
+    }
+
+    #[test]
+    fn records_read_back() {
+        let r = parse_record("active 17 1733500000000 300000 worker 1").unwrap();
+        assert_eq!(r.seq, 17);
+        assert_eq!(r.consumer, "worker 1");
+        assert_eq!(r.released, None);
+        let r = parse_record("released 3 10 20 25 w").unwrap();
+        assert_eq!((r.released, r.duration_ms), (Some(25), 20));
+        assert!(parse_record("active 17 x 1 w").is_err());
+        assert!(parse_record("gone 1 2 3 w").is_err());
+    }
+
+    #[test]
+    fn tokens_come_back_from_lease_ids() {
+        let pool = Uuid::new_v4();
+        let id = super::super::keys::lease_id(1_733_500_000_000_123, pool).unwrap();
+        assert_eq!(token_of(id), 1_733_500_000_000_123);
+    }
 
     #[test]
     fn filter_json_shape() {

@@ -32,6 +32,7 @@ pub struct RedisConfig {
     pub(crate) reclaim_batch: u32,
     pub(crate) cleanup_batch: u32,
     pub(crate) max_batch: usize,
+    pub(crate) max_in_flight: usize,
     pub(crate) wait_replicas: Option<(u32, Duration)>,
     pub(crate) cluster_nodes: Vec<String>,
 }
@@ -53,6 +54,8 @@ impl RedisConfig {
     pub const DEFAULT_MAX_BATCH: usize = 32;
     /// The largest [`RedisConfig::max_batch`] (the scripts' own limit is 1,000).
     pub const MAX_BATCH_LIMIT: usize = 256;
+    /// Script calls of one kind on one pool in flight at once, by default.
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 
     /// Settings for this URL (`redis://[user:password@]host:port[/db]`, or
     /// `rediss://` with TLS, feature `tls`), with the defaults:
@@ -70,6 +73,7 @@ impl RedisConfig {
             reclaim_batch: Self::DEFAULT_RECLAIM_BATCH,
             cleanup_batch: Self::DEFAULT_CLEANUP_BATCH,
             max_batch: Self::DEFAULT_MAX_BATCH,
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
             wait_replicas: None,
             cluster_nodes: Vec::new(),
         }
@@ -203,10 +207,10 @@ impl RedisConfig {
     /// How many concurrent acquires (and, apart, releases) of one pool may share
     /// one script call (default 32, at most 256; 1 sends each call by itself).
     ///
-    /// A call that finds no other call of its kind in flight on its pool goes out
-    /// at once, alone. Calls that arrive meanwhile wait for it and then go
-    /// together, in arrival order, each seeing the counts the ones before it
-    /// left. Under load this divides Redis's fixed cost per script call (the
+    /// A call that finds a free slot ([`RedisConfig::max_in_flight`]) and no
+    /// queue on its pool goes out at once, alone. Calls that arrive while every
+    /// slot is busy wait and then go together, in arrival order, each seeing the
+    /// counts the ones before it left. Under load this divides Redis's fixed cost per script call (the
     /// clock, the pool's metadata, the reclaim check, the round trip) among
     /// them. A call cancelled while it waits is left out and writes nothing; a
     /// batch that has left completes for everyone still listening.
@@ -220,6 +224,24 @@ impl RedisConfig {
     #[must_use]
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.clamp(1, Self::MAX_BATCH_LIMIT);
+        self
+    }
+
+    /// How many script calls of one kind (acquire, release, rotate) on one pool
+    /// may be in flight at once (default 4, at least 1). Calls that find every
+    /// slot busy queue and go in the next batch; with several batches in flight,
+    /// a link with a round-trip time R carries up to `max_in_flight × max_batch /
+    /// R` calls per second instead of `max_batch / R`.
+    ///
+    /// ```
+    /// use lighthouse_lease::redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::from_url("redis://10.0.0.5:6379").max_in_flight(8);
+    /// # let _ = config;
+    /// ```
+    #[must_use]
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.clamp(1, 1024);
         self
     }
 

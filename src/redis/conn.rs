@@ -18,7 +18,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::error::Result;
 
-use super::storage::backend;
+use super::error::backend;
 
 /// The connection slots.
 pub(crate) struct Connections {

@@ -1,45 +1,104 @@
-//! Every Redis key the storage uses is built here, and nowhere else in Rust.
-//!
-//! Layout (`<ns>` is the namespace, `lighthouse` by default):
+//! Every Redis key the storage uses is built here, and the Lua scripts get the
+//! same names from here: [`lua_prelude`] writes these constants into the text
+//! every script starts with, so Rust and Lua share one key table.
 //!
 //! | key | type | contents |
 //! |-----|------|----------|
 //! | `<ns>:pools` | zset | pool names (score 0, so listed by name) |
 //! | `<ns>:pool-ids` | hash | pool id → pool name |
-//! | `<ns>:proxy-pool` | hash | proxy id → pool name |
 //! | `<ns>:consumers` | hash | consumer name → consumer id |
-//! | `<ns>:{<pool>}:meta` | hash | pool id, name, description, counters, cursors |
-//! | `<ns>:{<pool>}:proxies` | zset | proxy ids by insertion sequence |
-//! | `<ns>:{<pool>}:leases` | zset | live leases `<lease-id>:<proxy-seq>` by expiry (ms) |
+//! | `<ns>:{<pool>}:meta` | hash | schema, id, name, description, indexes, counters, fence, cursor, hints |
+//! | `<ns>:{<pool>}:proxies` | hash | proxy seq → the proxy as JSON |
+//! | `<ns>:{<pool>}:ids:<xx>` | hash | proxy id → seq (256 shards by the id's first two hex digits) |
+//! | `<ns>:{<pool>}:idx:<order>:<tag>` | zset | available proxies (seq members) in an order |
+//! | `<ns>:{<pool>}:held` | hash | seq → live leases, for proxies with leases that are not indexed |
+//! | `<ns>:{<pool>}:live` | zset | live leases `<seq>:<token>` by expiry (ms) |
+//! | `<ns>:{<pool>}:<lease-id>` | string | one lease record, with a TTL |
+//! | `<ns>:{<pool>}:req:<id>` | string | the lease an idempotent acquire got |
+//! | `<ns>:{<pool>}:cooldown` | zset | cooling proxies by cooldown end (ms) |
+//! | `<ns>:{<pool>}:geo`, `…:polar` | geo, zset | available proxies with a location |
 //! | `<ns>:{<pool>}:tags` | set | index tags in use |
-//! | `<ns>:{<pool>}:proxy:<id>` | hash | one proxy |
-//! | `<ns>:{<pool>}:lease:<id>` | hash | one lease record |
-//! | `<ns>:{<pool>}:avail:seq:<tag>` | zset | available proxies by insertion sequence |
-//! | `<ns>:{<pool>}:avail:load:<tag>` | zset | available proxies by load |
-//! | `<ns>:{<pool>}:avail:geo` | geo | available proxies with a location |
-//! | `<ns>:{<pool>}:avail:polar` | zset | available proxies beyond GEO's latitude range |
+//! | `<ns>:{<pool>}:freed` | channel | a slot freed while someone waited |
 //!
-//! The Lua scripts receive the pool prefix `<ns>:{<pool>}:` built here, check
-//! that the `KEYS` they were given are built from it, and append the suffixes
-//! above (see `lua/_lib.lua`). Every key of a pool carries the pool's hash tag,
-//! so a pool's scripts touch one Redis Cluster slot.
-//!
-//! Pool names are validated to `[A-Za-z0-9._-]{1,64}` before they get here, so
-//! they can never move a hash tag. Attribute values (country, city, ...) become
-//! index tags `<attribute>=<value>` with the value percent-encoded: every byte
-//! but ASCII letters, digits, `.`, `_` and `-` is written `%XX`, so braces,
-//! colons, spaces and Unicode never reach a key raw and two different values
-//! never share a key.
+//! Every key of a pool carries the pool's hash tag, so a pool's scripts touch
+//! one Redis Cluster slot. Pool names are validated to `[A-Za-z0-9._-]{1,64}`
+//! before they get here, so they can never move a hash tag. Attribute values
+//! (country, city, ...) become index tags `<attribute>=<value>` with the value
+//! percent-encoded: every byte but ASCII letters, digits, `.`, `_` and `-` is
+//! written `%XX`, so braces, colons, spaces and Unicode never reach a key raw and
+//! two different values never share a key. (The scripts encode proxies' values
+//! the same way; `tests/names_property.rs` checks that both agree.)
+
+use std::fmt::Write as _;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::filters::FilterAttribute;
-use crate::proxy::Proxy;
+use crate::storage::MAX_LEASE_DURATION;
 
 /// Longest namespace accepted, in bytes.
 pub const MAX_NAMESPACE_LEN: usize = 64;
+
+/// The storage layout this version reads and writes (the pool meta's `schema`).
+pub const SCHEMA: u32 = 2;
+
+/// Pool key suffixes: (Lua constant, suffix). The one key table of Rust and Lua.
+pub(crate) const SUFFIXES: [(&str, &str); 12] = [
+    ("K_META", "meta"),
+    ("K_PROXIES", "proxies"),
+    ("K_IDS", "ids:"),
+    ("K_IDX", "idx:"),
+    ("K_HELD", "held"),
+    ("K_LIVE", "live"),
+    ("K_REQ", "req:"),
+    ("K_COOLDOWN", "cooldown"),
+    ("K_GEO", "geo"),
+    ("K_POLAR", "polar"),
+    ("K_TAGS", "tags"),
+    ("K_FREED", "freed"),
+];
+
+fn suffix(name: &str) -> &'static str {
+    SUFFIXES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, s)| s)
+}
+
+/// A lease count and a seq share one score: `count * 2^32 + seq`.
+pub(crate) const LOAD_SHIFT: u64 = 1 << 32;
+/// Most requests (acquires, releases, rotates) one script call serves.
+pub(crate) const MAX_REQUESTS: usize = 1000;
+/// Most due leases one script call reclaims.
+pub(crate) const MAX_RECLAIM: u32 = 100_000;
+/// Most proxies one add (or read by id) script call takes.
+pub(crate) const MAX_ADD: usize = 1000;
+/// Longest record grace accepted, ms (10 years).
+pub(crate) const MAX_GRACE_MS: u64 = 315_360_000_000;
+
+/// The Lua text every script starts with: the key table and the limits, from
+/// the constants above (so the two languages cannot disagree).
+pub(crate) fn lua_prelude() -> String {
+    let mut out = String::from("-- generated from src/redis/keys.rs\n");
+    for (name, suffix) in SUFFIXES {
+        let _ = writeln!(out, "local {name} = '{suffix}'");
+    }
+    let _ = writeln!(out, "local SCHEMA = '{SCHEMA}'");
+    let _ = writeln!(out, "local LOAD_SHIFT = {LOAD_SHIFT}");
+    let _ = writeln!(out, "local MAX_REQUESTS = {MAX_REQUESTS}");
+    let _ = writeln!(out, "local MAX_RECLAIM = {MAX_RECLAIM}");
+    let _ = writeln!(out, "local MAX_ADD = {MAX_ADD}");
+    let _ = writeln!(out, "local MAX_GRACE_MS = {MAX_GRACE_MS}");
+    let _ = writeln!(out, "local MAX_U32 = {}", u32::MAX);
+    let _ = writeln!(
+        out,
+        "local MAX_LEASE_MS = {}",
+        MAX_LEASE_DURATION.as_millis()
+    );
+    out
+}
 
 /// Bytes kept as they are in an index tag's value.
 const TAG_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
@@ -86,8 +145,9 @@ impl Keys {
         format!("{}:pool-ids", self.ns)
     }
 
-    /// `<ns>:proxy-pool`: hash proxy id → pool name.
-    pub(crate) fn proxy_pool(&self) -> String {
+    /// `<ns>:proxy-pool`: the first layout's registry (proxy id → pool name);
+    /// only removing a first-layout pool still writes it.
+    pub(crate) fn legacy_proxy_pool(&self) -> String {
         format!("{}:proxy-pool", self.ns)
     }
 
@@ -116,68 +176,56 @@ impl PoolKeys {
         &self.prefix
     }
 
-    /// Pool hash: id, name, description, counters, cursors, fence, `cool_next` hint.
+    fn key(&self, name: &str) -> String {
+        format!("{}{}", self.prefix, suffix(name))
+    }
+
+    /// Pool hash: schema, id, name, description, indexes, counters, fence, hints.
     pub(crate) fn meta(&self) -> String {
-        format!("{}meta", self.prefix)
+        self.key("K_META")
     }
 
-    /// Every proxy id, by insertion sequence.
-    pub(crate) fn proxies(&self) -> String {
-        format!("{}proxies", self.prefix)
+    /// Live leases `<seq>:<token>` by expiry ms.
+    pub(crate) fn live(&self) -> String {
+        self.key("K_LIVE")
     }
 
-    /// Live leases `<lease-id>:<proxy-seq>` by expiry ms.
-    pub(crate) fn leases(&self) -> String {
-        format!("{}leases", self.prefix)
-    }
-
-    /// One proxy hash.
-    pub(crate) fn proxy(&self, id: Uuid) -> String {
-        format!("{}proxy:{}", self.prefix, id)
-    }
-
-    /// One lease record hash.
+    /// One lease record: the pool prefix and the lease id.
     pub(crate) fn lease(&self, id: Uuid) -> String {
-        format!("{}lease:{}", self.prefix, id)
+        format!("{}{}", self.prefix, id)
     }
 
-    /// Live lease ids scored by their proxy's sequence (a proxy's live leases).
-    pub(crate) fn holders(&self) -> String {
-        format!("{}holders", self.prefix)
-    }
-
-    /// Pub/sub channel of "capacity may have freed" notifications.
+    /// Pub/sub channel of "a slot freed while someone waited" notifications.
     pub(crate) fn freed(&self) -> String {
-        format!("{}freed", self.prefix)
+        self.key("K_FREED")
     }
 
     /// Proxies cooling down after a failure, scored by the end of the cooldown (ms).
     pub(crate) fn cooldown(&self) -> String {
-        format!("{}cooldown", self.prefix)
+        self.key("K_COOLDOWN")
     }
 
-    /// Proxies whose status is active.
-    pub(crate) fn active(&self) -> String {
-        format!("{}active", self.prefix)
-    }
-
-    /// Proxies with at least one live lease.
-    pub(crate) fn leased(&self) -> String {
-        format!("{}leased", self.prefix)
-    }
-
-    /// Idempotency key of an acquire: `request:<percent-encoded request id>`.
+    /// Idempotency key of an acquire: `req:<percent-encoded request id>`.
     pub(crate) fn request(&self, request_id: &str) -> String {
         format!(
-            "{}request:{}",
+            "{}{}{}",
             self.prefix,
+            suffix("K_REQ"),
             utf8_percent_encode(request_id, TAG_VALUE)
         )
     }
 
-    /// Available proxies of an index by insertion sequence (`tag` from [`tag`], or `all`).
-    pub(crate) fn avail_seq(&self, tag: &str) -> String {
-        format!("{}avail:seq:{}", self.prefix, tag)
+    /// An index: available proxies of `tag` (from [`tag`], or `all`) in `order`
+    /// (`load`, `seq` or `lat`).
+    #[cfg(test)]
+    pub(crate) fn index(&self, order: &str, tag: &str) -> String {
+        format!("{}{}{order}:{tag}", self.prefix, suffix("K_IDX"))
+    }
+
+    /// The ids shard of a proxy id.
+    pub(crate) fn ids(&self, id: Uuid) -> String {
+        let hex = id.simple().to_string();
+        format!("{}{}{}", self.prefix, suffix("K_IDS"), &hex[..2])
     }
 }
 
@@ -190,14 +238,24 @@ pub(crate) fn tag(attr: FilterAttribute, value: &str) -> String {
     )
 }
 
-/// The index tags of a proxy, space-separated (the scripts store them in the
-/// proxy hash's `tags` field).
-pub(crate) fn proxy_tags(proxy: &Proxy) -> String {
-    FilterAttribute::ALL
-        .into_iter()
-        .filter_map(|a| a.value_of(proxy).map(|v| tag(a, &v)))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The lease id of a fencing token in a pool: the token's 15 hex digits (with
+/// the version nibble 8) and the pool id's last 17 characters, as
+/// `lua/_lib.lua`'s `lease_id` builds it.
+#[cfg(test)]
+pub(crate) fn lease_id(token: u64, pool_id: Uuid) -> Option<Uuid> {
+    let h = format!("{token:015x}");
+    if h.len() != 15 {
+        return None;
+    }
+    let pool = pool_id.hyphenated().to_string();
+    Uuid::parse_str(&format!(
+        "{}-{}-8{}{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..15],
+        &pool[18..]
+    ))
+    .ok()
 }
 
 #[cfg(test)]
@@ -222,9 +280,11 @@ mod tests {
         let k = Keys::new("lighthouse").pool("latam-residential");
         assert_eq!(k.meta(), "lighthouse:{latam-residential}:meta");
         assert_eq!(
-            k.avail_seq("all"),
-            "lighthouse:{latam-residential}:avail:seq:all"
+            k.index("load", "all"),
+            "lighthouse:{latam-residential}:idx:load:all"
         );
+        let id = Uuid::parse_str("1b4e28ba-2fa1-11d2-883f-0016d3cca427").unwrap();
+        assert_eq!(k.ids(id), "lighthouse:{latam-residential}:ids:1b");
     }
 
     #[test]
@@ -234,5 +294,22 @@ mod tests {
         assert!(validate_namespace("").is_err());
         assert!(validate_namespace("a{b}").is_err());
         assert!(validate_namespace("a b").is_err());
+    }
+
+    #[test]
+    fn lease_ids_carry_token_and_pool() {
+        let pool = Uuid::parse_str("1b4e28ba-2fa1-41d2-883f-0016d3cca427").unwrap();
+        let id = lease_id(1_733_500_000_000_123, pool).unwrap();
+        assert_eq!(id.to_string(), "006289be-bb7d-887b-883f-0016d3cca427");
+        assert!(lease_id(1 << 60, pool).is_none());
+    }
+
+    #[test]
+    fn the_prelude_names_every_key() {
+        let p = lua_prelude();
+        for (name, suffix) in SUFFIXES {
+            assert!(p.contains(&format!("local {name} = '{suffix}'")), "{p}");
+        }
+        assert!(p.contains("local MAX_LEASE_MS = 604800000"));
     }
 }

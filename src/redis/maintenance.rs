@@ -6,10 +6,16 @@ use std::collections::HashMap;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::scripts;
-use super::storage::{redis_err, RedisStorage};
+use super::error::redis_err;
+use super::ops;
+use super::storage::RedisStorage;
 use crate::error::{Error, Result};
 use crate::names::validate_pool_name;
+
+/// Live leases read per page when the audit counts them.
+const AUDIT_LIVE_PAGE: isize = 5_000;
+/// Proxies one recount call takes.
+const RECOUNT_BATCH: usize = 1_000;
 
 /// What one cleanup batch on one pool did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,27 +68,25 @@ impl RedisStorage {
         }
         let pk = self.keys.pool(pool);
         let mut conn = self.conn().await?;
-        let (reclaimed, more): (u64, u64) = scripts::CLEANUP
-            .key(pk.meta())
-            .key(pk.leases())
-            .arg(pk.prefix())
-            .arg(batch)
-            .arg(self.grace_ms)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("cleanup script failed"))?;
+        let (reclaimed, more) = ops::cleanup::run(&mut conn, &pk, batch).await?;
         if reclaimed > 0 {
             self.replicated(&mut conn).await?;
         }
-        Ok(CleanupBatch {
-            reclaimed,
-            more: more != 0,
-        })
+        Ok(CleanupBatch { reclaimed, more })
     }
 
-    /// Compares every proxy's `current_leases` in a pool with its live lease
-    /// records, `batch` proxies per script call, and repairs the counters that
-    /// drifted (with the pool counters and indexes). Returns the repairs.
+    /// Audits one pool and repairs drift (a counter edited by hand, a bug), in
+    /// bounded script calls, and returns the repairs.
+    ///
+    /// 1. Each batch of `batch` proxies is checked atomically: a proxy is in the
+    ///    indexes exactly when it is available, and its live lease count lives
+    ///    in one place (its load-index score, or `held`); entries that disagree
+    ///    are rebuilt.
+    /// 2. The live set is read in pages and each proxy's leases counted; a proxy
+    ///    whose recorded count differs (also because leases came and went while
+    ///    the pages were read) is recounted atomically from the whole live set,
+    ///    O(L) per call of up to 1,000 proxies, and repaired only if the count
+    ///    is wrong there too.
     pub async fn audit_pool(&self, pool: &str, batch: u32) -> Result<Vec<CounterFix>> {
         validate_pool_name(pool)?;
         if batch == 0 || batch > 10_000 {
@@ -92,48 +96,58 @@ impl RedisStorage {
         }
         let pk = self.keys.pool(pool);
         let mut conn = self.conn().await?;
-        let mut after: i64 = -1;
-        let mut fixes = Vec::new();
+        let fix = |(proxy_id, recorded, actual): (Uuid, i64, i64)| CounterFix {
+            pool: pool.to_string(),
+            proxy_id,
+            recorded,
+            actual,
+        };
+        // Live leases per proxy, from the live set read in pages.
+        let mut tally: HashMap<u64, u64> = HashMap::new();
+        let mut start: isize = 0;
         loop {
-            let reply: Vec<redis::Value> = scripts::AUDIT
-                .key(pk.meta())
-                .key(pk.proxies())
-                .arg(pk.prefix())
-                .arg(after)
-                .arg(batch)
-                .invoke_async(&mut conn)
+            let page: Vec<String> = redis::cmd("ZRANGE")
+                .arg(pk.live())
+                .arg(start)
+                .arg(start + AUDIT_LIVE_PAGE - 1)
+                .query_async(&mut conn)
                 .await
-                .map_err(redis_err("audit script failed"))?;
-            let text = |v: &redis::Value| -> Result<String> {
-                redis::from_redis_value_ref::<String>(v)
-                    .map_err(|e| Error::backend(format!("bad audit reply: {e}"), None))
-            };
-            let num = |v: &redis::Value| -> Result<i64> {
-                redis::from_redis_value_ref::<i64>(v)
-                    .map_err(|e| Error::backend(format!("bad audit reply: {e}"), None))
-            };
-            let Some(first) = reply.first() else {
-                return Err(Error::backend("empty audit reply", None));
-            };
-            let next = num(first)?;
-            for fix in reply[1..].chunks(3) {
-                if let [id, recorded, actual] = fix {
-                    let id = text(id)?;
-                    fixes.push(CounterFix {
-                        pool: pool.to_string(),
-                        proxy_id: Uuid::parse_str(&id).map_err(|e| {
-                            Error::backend(format!("bad proxy id {id:?} in audit reply: {e}"), None)
-                        })?,
-                        recorded: num(recorded)?,
-                        actual: num(actual)?,
-                    });
+                .map_err(redis_err("cannot read the live leases"))?;
+            for member in &page {
+                if let Some(seq) = member.split(':').next().and_then(|s| s.parse().ok()) {
+                    *tally.entry(seq).or_default() += 1;
                 }
             }
-            if next < 0 {
-                return Ok(fixes);
+            if (page.len() as isize) < AUDIT_LIVE_PAGE {
+                break;
             }
-            after = next;
+            start += AUDIT_LIVE_PAGE;
         }
+        let mut fixes = Vec::new();
+        let mut suspects: Vec<u64> = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let reply = ops::audit::check(&mut conn, &pk, after, batch).await?;
+            fixes.extend(reply.fixes.into_iter().map(fix));
+            for (seq, recorded) in reply.counts {
+                if tally.remove(&seq) != Some(recorded) {
+                    suspects.push(seq);
+                }
+            }
+            match reply.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        // Proxies the live set names but whose recorded count is 0.
+        suspects.extend(tally.into_keys());
+        suspects.sort_unstable();
+        suspects.dedup();
+        for chunk in suspects.chunks(RECOUNT_BATCH) {
+            let reply = ops::audit::recount(&mut conn, &pk, chunk).await?;
+            fixes.extend(reply.fixes.into_iter().map(fix));
+        }
+        Ok(fixes)
     }
 
     /// Checks the server's configuration for settings that break the lease

@@ -3,50 +3,52 @@
 //!
 //! # How it works
 //!
-//! Every state change is one Lua script from `lua/` (acquire, release, cleanup,
-//! proxy add / update / status / remove, pool create / update / remove, audit), run
-//! atomically by Redis. Scripts are invoked by SHA1 and reloaded automatically
-//! when Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). Time is
-//! Redis's own (`TIME`, read once at the start of a script), so hosts with skewed
-//! clocks agree on expiry.
+//! Every state change is one Lua script from `lua/` (acquire, rotate, release,
+//! extend, cleanup, proxy add / update / status / remove, reports, pool create /
+//! update / remove, audit), run atomically by Redis; `src/redis/ops/` has one
+//! Rust file per script that encodes its arguments and decodes its typed reply.
+//! Scripts are invoked by SHA1 and reloaded automatically when Redis answers
+//! `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). Time is Redis's own (`TIME`,
+//! read once per script), so hosts with skewed clocks agree on expiry.
 //!
-//! - **Acquire** reclaims the pool's expired leases (a bounded batch), picks an
-//!   available proxy from an index, counts the lease and writes its record, in
-//!   one script: no two callers anywhere can both take a proxy's last slot.
-//! - **Batching**: concurrent acquires of one pool (and, apart, releases) that
-//!   queue behind one in flight go together in one script call, up to
-//!   [`RedisConfig::max_batch`]; each request is served in arrival order exactly
-//!   as if alone, and a lone caller never waits for company.
-//! - **Indexes**: for the whole pool and for each country, source, city, ISP and
-//!   ASN value, two sorted sets of the *available* proxies (active, with a free
-//!   slot): by insertion sequence (first available, round robin, random) and by
-//!   load (least used). The scripts keep them up to date, so an unfiltered or
-//!   exact-attribute acquire costs O(log n) whatever the pool size. Point and
-//!   radius filters use `GEOSEARCH` over a geo set of available proxies.
+//! - **Acquire** gives back what time freed (only when the pool's `exp` or
+//!   `cool_next` hint says something may be due), picks an available proxy from
+//!   an index, counts the lease and writes its record, in one script: no two
+//!   callers anywhere can both take a proxy's last slot.
+//! - **Batching**: concurrent acquires of one pool (and, apart, releases and
+//!   rotates) that find every slot busy go together in one script call, up to
+//!   [`RedisConfig::max_batch`], with up to [`RedisConfig::max_in_flight`] calls
+//!   in flight; each request is served in arrival order exactly as if alone.
+//!   The writes of a call are aggregated: one `ZADD` per index, one for the live
+//!   set, one meta `HSET`, whatever the number of requests.
+//! - **Indexes**: a pool declares which attributes (`country`, `source`, `city`,
+//!   `isp`, `asn`, `geo`) and orders (`load` always, `seq`, `lat`) it indexes
+//!   ([`crate::PoolIndexes`]); each index is a sorted set of the *available*
+//!   proxies (active, not cooling, a free slot). The load order's score is
+//!   `live leases × 2³² + seq`: it is where a proxy's lease count lives while it
+//!   is available (else in the `held` hash), so selection reads counts for free.
 //! - **Expiry without leaks**: each pool has a sorted set of live leases scored
-//!   by expiry; acquire and cleanup give back the slots of expired ones. Lease
-//!   records carry a TTL of expiry plus the record grace
-//!   ([`crate::storage::DEFAULT_RECORD_GRACE`]), so a late release is told
-//!   `Expired` rather than `NotFound`.
-//! - **Stats are set sizes**, never counters: proxies (`proxies`), active ones
-//!   (`active`), available ones (the `all` index), leased ones (`leased`) and live
-//!   leases (`holders`), read in one MULTI/EXEC. They cannot drift from the state.
-//! - **Audit**: `holders` also tells each proxy's live leases
-//!   (`ZCOUNT holders seq seq`), so [`RedisStorage::audit_pool`] can find a
-//!   `current_leases` that drifted (edited by hand, say) and repair it.
+//!   by expiry; acquire, cleanup and the sweeper give back the slots of expired
+//!   ones. Lease records carry a TTL of expiry plus the record grace
+//!   ([`crate::storage::DEFAULT_RECORD_GRACE`]), and a released record is kept
+//!   only for the grace after its release.
+//! - **Stats are counters and cardinalities**: proxies and active proxies are
+//!   counters in the pool's meta; available proxies, leased proxies and live
+//!   leases are read from the load index, `held` and the live set.
 //! - **Cleanup** works pool by pool in batches of
 //!   [`RedisConfig::cleanup_batch`] leases per script call.
 //!
 //! # Keys
 //!
 //! Every key of a pool carries its hash tag, `<ns>:{<pool>}:...`, so a pool's
-//! scripts touch a single Redis Cluster slot. Proxies and lease records are plain
-//! hashes that `redis-cli HGETALL` shows field by field:
+//! scripts touch a single Redis Cluster slot. Proxies are readable JSON, lease
+//! records plain words:
 //!
 //! ```text
-//! $ redis-cli HGETALL 'lighthouse:{latam-residential}:proxy:1b4e28ba-2fa1-11d2-883f-0016d3cca427'
-//!  host 10.0.0.1  port 8001  protocol http  status active  max_concurrency 2
-//!  current_leases 1  country AR  city Córdoba  seq 1  tags "country=AR city=C%C3%B3rdoba" ...
+//! $ redis-cli HGET 'lighthouse:{latam-residential}:proxies' 17
+//! {"id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","host":"10.0.0.1","port":8001,"max":2,"country":"AR"}
+//! $ redis-cli GET 'lighthouse:{latam-residential}:006289be-bb7d-887b-883f-0016d3cca427'
+//! active 17 1733500000000 300000 worker-1
 //! ```
 //!
 //! The full schema is in the README and in `src/redis/keys.rs`.
@@ -64,24 +66,24 @@
 //!
 //! # Atomicity across keys outside a pool
 //!
-//! The cross-pool registries (`<ns>:pools`, `<ns>:pool-ids`, `<ns>:proxy-pool`,
-//! `<ns>:consumers`) live in other slots, so they are written by single commands
-//! next to the scripts, not inside them. Creating a pool, adding proxies and
-//! removing them write the registry and the pool in separate steps; a failure
-//! between the two can leave a registry entry without a pool (harmless: lookups
-//! then find nothing) but never a lease count out of step with the leases.
+//! The cross-pool registries (`<ns>:pools`, `<ns>:pool-ids`, `<ns>:consumers`)
+//! live in other slots, so they are written by single commands next to the
+//! scripts, not inside them. A proxy id is found by asking each pool's id
+//! shards (the answer is cached: proxies never move); its uniqueness across
+//! pools is checked before the add, and inside its pool by the add script.
 
 mod batch;
 mod codec;
 mod config;
 mod conn;
+mod error;
 mod keys;
 mod maintenance;
 mod notify;
-mod scripts;
+mod ops;
 mod storage;
 
 pub use config::RedisConfig;
-pub use keys::{validate_namespace, MAX_NAMESPACE_LEN};
+pub use keys::{validate_namespace, MAX_NAMESPACE_LEN, SCHEMA};
 pub use maintenance::{CleanupBatch, CounterFix};
 pub use storage::RedisStorage;

@@ -1,21 +1,22 @@
-//! `impl Storage for RedisStorage`.
+//! `impl Storage for RedisStorage`: each operation is one script of
+//! [`super::ops`]; this file resolves names and ids, batches, and turns the
+//! scripts' typed replies into the crate's types.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::AsyncConnectionConfig;
 use uuid::Uuid;
 
 use crate::consumer::Consumer;
-use crate::error::{Error, Result};
-use crate::filters::ProxyFilters;
+use crate::error::{BackendErrorKind, Error, Result};
 use crate::health::HealthCheckResult;
-use crate::lease::{Lease, LeaseStatus, ReleaseOutcome};
+use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 use crate::names::{validate_consumer_name, validate_pool_name};
 use crate::pool::ProxyPool;
-use crate::proxy::{Proxy, ProxyEndpoint, ProxyStatus};
+use crate::proxy::{Proxy, ProxyStatus};
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, Storage};
 
@@ -23,17 +24,16 @@ use super::batch::{Batcher, Exec};
 use super::codec::{self, corrupt, parse_uuid};
 use super::config::RedisConfig;
 use super::conn::{Conn as Connection, Connections};
-use super::keys::{self, Keys, PoolKeys};
-use super::scripts;
+use super::error::{backend, redis_err};
+use super::keys::{Keys, PoolKeys, MAX_ADD, SCHEMA};
+use super::ops::{self, acquire, lease_read, proxy_read, release, rotate, ProxyReply};
 
-/// Proxies sent to `proxy_add.lua` per call.
-const ADD_CHUNK: usize = 1000;
 /// Commands per pipeline when reading many hashes.
 const READ_CHUNK: usize = 500;
-/// Proxies and leases `pool_remove.lua` deletes per call.
+/// Live leases `pool_remove.lua` deletes per call.
 const REMOVE_BATCH: u32 = 1000;
-/// Most required index tags passed to the acquire script (more only narrow less).
-const MAX_TAGS: usize = 64;
+/// Proxies and leases read per script call when listing.
+const LIST_PAGE: u32 = 1000;
 
 /// The production storage: pools, proxies, consumers and leases in Redis, changed
 /// only by the Lua scripts in `lua/`, so any number of managers on any number of
@@ -42,16 +42,20 @@ const MAX_TAGS: usize = 64;
 /// See the [module docs](crate::redis) for the key schema, costs and guarantees.
 pub struct RedisStorage {
     conns: Arc<Connections>,
-    /// Concurrent acquires and releases, batched per pool (see
-    /// [`RedisConfig::max_batch`]).
-    acquires: Arc<Batcher<AcquireItem, Vec<String>>>,
-    releases: Arc<Batcher<Uuid, String>>,
+    /// Concurrent acquires, rotates and releases, batched per pool (see
+    /// [`RedisConfig::max_batch`] and [`RedisConfig::max_in_flight`]).
+    acquires: Arc<Batcher<acquire::AcquireItem, acquire::AcquireReply>>,
+    rotates: Arc<Batcher<rotate::RotateItem, (ReleaseOutcome, acquire::AcquireReply)>>,
+    releases: Arc<Batcher<Uuid, ReleaseOutcome>>,
     pub(super) keys: Keys,
     pub(super) config: RedisConfig,
     pub(super) grace_ms: u64,
     notifier: std::sync::Arc<super::notify::Notifier>,
     /// Consumer name → id. Consumers are never removed, so a cached id stays right.
     consumers: Mutex<HashMap<String, Uuid>>,
+    /// Proxy id → pool name (proxies never move; a stale entry is dropped when
+    /// its pool no longer has the proxy).
+    proxy_pools: Mutex<HashMap<Uuid, String>>,
 }
 
 impl std::fmt::Debug for RedisStorage {
@@ -61,21 +65,6 @@ impl std::fmt::Debug for RedisStorage {
             .field("pool_size", &self.config.pool_size)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn backend<E>(what: &'static str) -> impl FnOnce(E) -> Error
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |e| Error::backend(format!("Redis: {what}: {e}"), Some(Box::new(e)))
-}
-
-pub(super) fn redis_err(what: &'static str) -> impl FnOnce(RedisError) -> Error {
-    backend(what)
-}
-
-fn reply_error(what: &str, reply: &[String]) -> Error {
-    corrupt(format!("unexpected reply from {what}: {reply:?}"))
 }
 
 /// `WAIT` for `wanted` replicas (at most `timeout`) when configured.
@@ -105,16 +94,12 @@ async fn wait_for_replicas(
     Ok(())
 }
 
-/// One acquire request as acquire.lua reads it (one block of its ARGV).
-struct AcquireItem {
-    lease_id: Uuid,
-    consumer_id: Uuid,
-    consumer: String,
-    duration_ms: u64,
-    selector: &'static str,
-    filter: String,
-    request_id: Option<String>,
-    tags: Vec<String>,
+fn schema_error(pool: &str, found: String) -> Error {
+    Error::SchemaMismatch {
+        pool: pool.to_string(),
+        found: if found.is_empty() { "1".into() } else { found },
+        expected: SCHEMA,
+    }
 }
 
 /// Runs one batch of acquires on one pool: one acquire.lua call.
@@ -123,42 +108,44 @@ fn acquire_exec(
     keys: Keys,
     config: &RedisConfig,
     grace_ms: u64,
-) -> Exec<AcquireItem, Vec<String>> {
-    let reclaim_batch = config.reclaim_batch;
+) -> Exec<acquire::AcquireItem, acquire::AcquireReply> {
+    let reclaim = config.reclaim_batch;
     let wait = config.wait_replicas;
-    Arc::new(move |pool: String, items: Vec<AcquireItem>| {
+    Arc::new(move |pool: String, items: Vec<acquire::AcquireItem>| {
         let conns = Arc::clone(&conns);
         let pk = keys.pool(&pool);
         Box::pin(async move {
             let mut conn = conns.get().await?;
-            let mut inv = scripts::ACQUIRE.key(pk.meta());
-            inv.key(pk.leases())
-                .arg(pk.prefix())
-                .arg(reclaim_batch)
-                .arg(grace_ms)
-                .arg(items.len());
-            for it in &items {
-                inv.key(pk.lease(it.lease_id))
-                    .key(pk.request(it.request_id.as_deref().unwrap_or("")))
-                    .arg(it.lease_id.to_string())
-                    .arg(it.consumer_id.to_string())
-                    .arg(&it.consumer)
-                    .arg(it.duration_ms)
-                    .arg(it.selector)
-                    .arg(&it.filter)
-                    .arg(fastrand::u32(..1 << 31))
-                    .arg(if it.request_id.is_some() { "1" } else { "0" })
-                    .arg(it.tags.len())
-                    .arg(&it.tags);
-            }
-            let replies: Vec<Vec<String>> = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err("acquire script failed"))?;
+            let replies = acquire::run(&mut conn, &pk, reclaim, grace_ms, &items).await?;
             if replies
                 .iter()
-                .any(|r| r.first().map(String::as_str) == Some("OK"))
+                .any(|r| matches!(r, acquire::AcquireReply::Granted(_)))
             {
+                wait_for_replicas(&mut conn, wait).await?;
+            }
+            Ok(replies)
+        })
+    })
+}
+
+/// Runs one batch of rotates on one pool: one rotate.lua call.
+fn rotate_exec(
+    conns: Arc<Connections>,
+    keys: Keys,
+    config: &RedisConfig,
+    grace_ms: u64,
+) -> Exec<rotate::RotateItem, (ReleaseOutcome, acquire::AcquireReply)> {
+    let reclaim = config.reclaim_batch;
+    let wait = config.wait_replicas;
+    Arc::new(move |pool: String, items: Vec<rotate::RotateItem>| {
+        let conns = Arc::clone(&conns);
+        let pk = keys.pool(&pool);
+        Box::pin(async move {
+            let mut conn = conns.get().await?;
+            let replies = rotate::run(&mut conn, &pk, reclaim, grace_ms, &items).await?;
+            if replies.iter().any(|(o, r)| {
+                *o == ReleaseOutcome::Released || matches!(r, acquire::AcquireReply::Granted(_))
+            }) {
                 wait_for_replicas(&mut conn, wait).await?;
             }
             Ok(replies)
@@ -172,49 +159,30 @@ fn release_exec(
     keys: Keys,
     config: &RedisConfig,
     grace_ms: u64,
-) -> Exec<Uuid, String> {
+) -> Exec<Uuid, ReleaseOutcome> {
     let wait = config.wait_replicas;
     Arc::new(move |pool: String, ids: Vec<Uuid>| {
         let conns = Arc::clone(&conns);
         let pk = keys.pool(&pool);
         Box::pin(async move {
             let mut conn = conns.get().await?;
-            let mut inv = scripts::RELEASE.key(pk.meta());
-            inv.key(pk.leases()).arg(pk.prefix()).arg(grace_ms);
-            for id in &ids {
-                inv.key(pk.lease(*id)).arg(id.to_string());
+            match release::run(&mut conn, &pk, grace_ms, &ids).await? {
+                release::ReleaseReply::Outcomes(out) => {
+                    if out
+                        .iter()
+                        .any(|o| matches!(o, ReleaseOutcome::Released | ReleaseOutcome::Expired))
+                    {
+                        wait_for_replicas(&mut conn, wait).await?;
+                    }
+                    Ok(out)
+                }
+                release::ReleaseReply::PoolNotFound => {
+                    Ok(vec![ReleaseOutcome::NotFound; ids.len()])
+                }
+                release::ReleaseReply::Schema(found) => Err(schema_error(&pool, found)),
             }
-            let outcomes: Vec<String> = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err("release script failed"))?;
-            if outcomes.iter().any(|o| o == "released" || o == "expired") {
-                wait_for_replicas(&mut conn, wait).await?;
-            }
-            Ok(outcomes)
         })
     })
-}
-
-/// Whether `filters` is exactly one attribute compared for equality (`country`,
-/// `source`, `city`, `isp` or `asn`): then a proxy matches it if and only if it
-/// is in that attribute value's index (proxies' countries are stored upper-case,
-/// as the tag is built), so acquire.lua need not read and test each candidate.
-fn single_tag_filter(f: &ProxyFilters) -> bool {
-    let exact = [
-        f.country.is_some(),
-        f.source.is_some(),
-        f.city.is_some(),
-        f.isp.is_some(),
-        f.asn.is_some(),
-    ];
-    exact.iter().filter(|set| **set).count() == 1
-        && f.latitude.is_none()
-        && f.longitude.is_none()
-        && f.radius_km.is_none()
-        && f.any_of.is_empty()
-        && f.all_of.is_empty()
-        && f.none_of.is_empty()
 }
 
 impl RedisStorage {
@@ -243,7 +211,9 @@ impl RedisStorage {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(backend("cannot build the connection pool"))?;
-        let grace_ms = u64::try_from(config.record_grace.as_millis()).unwrap_or(u64::MAX / 4);
+        let grace_ms = u64::try_from(config.record_grace.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(super::keys::MAX_GRACE_MS);
         let client = redis::Client::open(config.url.as_str())
             .map_err(redis_err("invalid connection URL"))?;
         let cluster = if config.cluster_nodes.is_empty() {
@@ -264,14 +234,22 @@ impl RedisStorage {
         };
         let conns = Arc::new(Connections::new(pool, config.pool_size, cluster));
         let keys = Keys::new(&config.namespace);
+        let (batch, in_flight) = (config.max_batch, config.max_in_flight);
         Ok(RedisStorage {
             notifier: super::notify::Notifier::new(client),
             acquires: Batcher::new(
-                config.max_batch,
+                batch,
+                in_flight,
                 acquire_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
+            rotates: Batcher::new(
+                batch,
+                in_flight,
+                rotate_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
+            ),
             releases: Batcher::new(
-                config.max_batch,
+                batch,
+                in_flight,
                 release_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             conns,
@@ -279,6 +257,7 @@ impl RedisStorage {
             config,
             grace_ms,
             consumers: Mutex::new(HashMap::new()),
+            proxy_pools: Mutex::new(HashMap::new()),
         })
     }
 
@@ -311,7 +290,7 @@ impl RedisStorage {
     /// scripts are loaded on first use, and again whenever Redis has lost them.
     pub async fn load_scripts(&self) -> Result<()> {
         let mut conn = self.conn().await?;
-        for s in scripts::all() {
+        for s in ops::all() {
             s.prepare_invoke()
                 .load_async(&mut conn)
                 .await
@@ -353,6 +332,28 @@ impl RedisStorage {
         let id = parse_uuid(&id)?;
         self.cache_consumer(name, id);
         Ok(id)
+    }
+
+    /// The id of a consumer named in a lease record (registered by the acquire
+    /// that wrote it; a nil id if the registry lost it).
+    async fn consumer_id_of(&self, conn: &mut Connection<'_>, name: &str) -> Result<Uuid> {
+        if let Some(id) = self.cached_consumer(name) {
+            return Ok(id);
+        }
+        let id: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.consumers())
+            .arg(name)
+            .query_async(conn)
+            .await
+            .map_err(redis_err("cannot read the consumer"))?;
+        match id {
+            Some(id) => {
+                let id = parse_uuid(&id)?;
+                self.cache_consumer(name, id);
+                Ok(id)
+            }
+            None => Ok(Uuid::nil()),
+        }
     }
 
     /// The id of the request's consumer, registering it if the request allows.
@@ -399,57 +400,173 @@ impl RedisStorage {
     async fn reclaim_pool(&self, conn: &mut Connection<'_>, pk: &PoolKeys) -> Result<u64> {
         let mut total = 0u64;
         loop {
-            let (n, more): (u64, u64) = scripts::CLEANUP
-                .key(pk.meta())
-                .key(pk.leases())
-                .arg(pk.prefix())
-                .arg(self.config.cleanup_batch)
-                .arg(self.grace_ms)
-                .invoke_async(conn)
-                .await
-                .map_err(redis_err("cleanup script failed"))?;
+            let (n, more) = ops::cleanup::run(conn, pk, self.config.cleanup_batch).await?;
             total += n;
-            if more == 0 {
+            if !more {
                 return Ok(total);
             }
         }
     }
 
-    /// Fails with [`Error::PoolNotFound`] unless the pool exists.
+    /// Fails with [`Error::PoolNotFound`] unless the pool exists (and with
+    /// [`Error::SchemaMismatch`] when another layout wrote it).
     async fn require_pool(&self, conn: &mut Connection<'_>, name: &str) -> Result<PoolKeys> {
         validate_pool_name(name)?;
         let pk = self.keys.pool(name);
-        let (id, removing): (Option<String>, Option<String>) = redis::pipe()
-            .hget(pk.meta(), "id")
-            .hget(pk.meta(), "removing")
-            .query_async(conn)
-            .await
-            .map_err(redis_err("cannot read the pool"))?;
+        let (id, removing, schema): (Option<String>, Option<String>, Option<String>) =
+            redis::pipe()
+                .hget(pk.meta(), "id")
+                .hget(pk.meta(), "removing")
+                .hget(pk.meta(), "schema")
+                .query_async(conn)
+                .await
+                .map_err(redis_err("cannot read the pool"))?;
         if id.is_none() || removing.is_some() {
             return Err(Error::PoolNotFound {
                 name: name.to_string(),
             });
         }
+        if schema.as_deref() != Some(&SCHEMA.to_string()) {
+            return Err(schema_error(name, schema.unwrap_or_default()));
+        }
         Ok(pk)
     }
 
-    /// The keys of the pool a proxy belongs to; [`Error::ProxyNotFound`] if none.
-    async fn keys_of_proxy(&self, conn: &mut Connection<'_>, proxy_id: Uuid) -> Result<PoolKeys> {
-        let pool = self
-            .pool_of_proxy(conn, proxy_id)
-            .await?
-            .ok_or(Error::ProxyNotFound { id: proxy_id })?;
-        Ok(self.keys.pool(&pool))
+    fn cached_pool_of(&self, id: Uuid) -> Option<String> {
+        self.proxy_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
     }
 
-    /// The pool a proxy belongs to, from the proxy registry.
+    fn cache_pool_of(&self, id: Uuid, pool: Option<&str>) {
+        let mut cache = self
+            .proxy_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match pool {
+            Some(p) => {
+                cache.insert(id, p.to_string());
+            }
+            None => {
+                cache.remove(&id);
+            }
+        }
+    }
+
+    /// The pools holding these proxy ids: each pool's ids shards, read with one
+    /// pipeline per pool (a proxy belongs to one pool).
+    async fn find_pools(
+        &self,
+        conn: &mut Connection<'_>,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, String>> {
+        let mut found = HashMap::new();
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        for pool in self.pool_names().await? {
+            let pk = self.keys.pool(&pool);
+            let mut shards: HashMap<String, Vec<Uuid>> = HashMap::new();
+            for id in ids {
+                shards.entry(pk.ids(*id)).or_default().push(*id);
+            }
+            let shards: Vec<(String, Vec<Uuid>)> = shards.into_iter().collect();
+            for chunk in shards.chunks(READ_CHUNK) {
+                let mut pipe = redis::pipe();
+                for (key, members) in chunk {
+                    let args: Vec<String> = members.iter().map(Uuid::to_string).collect();
+                    pipe.cmd("HMGET").arg(key).arg(args);
+                }
+                let got: Vec<Vec<Option<String>>> = pipe
+                    .query_async(conn)
+                    .await
+                    .map_err(redis_err("cannot look up proxy ids"))?;
+                for ((_, members), values) in chunk.iter().zip(got) {
+                    for (id, v) in members.iter().zip(values) {
+                        if v.is_some() {
+                            found.insert(*id, pool.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The pool a proxy belongs to: the cache, else a look-up in every pool.
     async fn pool_of_proxy(&self, conn: &mut Connection<'_>, id: Uuid) -> Result<Option<String>> {
-        redis::cmd("HGET")
-            .arg(self.keys.proxy_pool())
-            .arg(id.to_string())
-            .query_async(conn)
+        if let Some(p) = self.cached_pool_of(id) {
+            return Ok(Some(p));
+        }
+        let found = self.find_pools(conn, &[id]).await?.remove(&id);
+        if let Some(p) = &found {
+            self.cache_pool_of(id, Some(p));
+        }
+        Ok(found)
+    }
+
+    /// Runs a proxy-writing script on the proxy's pool; when the cached pool
+    /// no longer has the proxy, looks it up again once.
+    async fn on_proxy<F>(&self, proxy_id: Uuid, mut run: F) -> Result<(String, ProxyReply)>
+    where
+        F: for<'c> FnMut(
+            &'c mut Connection<'_>,
+            PoolKeys,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<ProxyReply>> + Send + 'c>,
+        >,
+    {
+        let mut conn = self.conn().await?;
+        for attempt in 0..2 {
+            let Some(pool) = self.pool_of_proxy(&mut conn, proxy_id).await? else {
+                return Err(Error::ProxyNotFound { id: proxy_id });
+            };
+            let reply = run(&mut conn, self.keys.pool(&pool)).await?;
+            match reply {
+                ProxyReply::NotFound if attempt == 0 => self.cache_pool_of(proxy_id, None),
+                ProxyReply::NotFound => return Err(Error::ProxyNotFound { id: proxy_id }),
+                ProxyReply::Schema(found) => return Err(schema_error(&pool, found)),
+                other => {
+                    self.replicated(&mut conn).await?;
+                    return Ok((pool, other));
+                }
+            }
+        }
+        Err(Error::ProxyNotFound { id: proxy_id })
+    }
+
+    /// The proxy a write script answered.
+    async fn proxy_of(&self, pool: &str, reply: ProxyReply, id: Uuid) -> Result<Proxy> {
+        match reply {
+            ProxyReply::Ok { json, leases } => {
+                let pool_id = self.pool_id(pool).await?;
+                codec::proxy_from_json(&json, pool_id, leases)
+            }
+            ProxyReply::NotFound => Err(Error::ProxyNotFound { id }),
+            ProxyReply::PoolMismatch => Err(Error::invalid_proxy(
+                "pool_id",
+                "a proxy cannot move to another pool (remove it and add it there)",
+            )),
+            ProxyReply::Schema(found) => Err(schema_error(pool, found)),
+        }
+    }
+
+    /// A pool's id (one HGET).
+    async fn pool_id(&self, pool: &str) -> Result<Uuid> {
+        let mut conn = self.conn().await?;
+        let id: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.pool(pool).meta())
+            .arg("id")
+            .query_async(&mut conn)
             .await
-            .map_err(redis_err("cannot read the proxy registry"))
+            .map_err(redis_err("cannot read the pool"))?;
+        id.map(|id| parse_uuid(&id))
+            .transpose()?
+            .ok_or_else(|| Error::PoolNotFound {
+                name: pool.to_string(),
+            })
     }
 
     /// Reads many hashes with pipelined `HGETALL`s.
@@ -480,31 +597,17 @@ impl RedisStorage {
         checked_at: Option<DateTime<Utc>>,
         latency: Option<std::time::Duration>,
     ) -> Result<Proxy> {
-        let mut conn = self.conn().await?;
-        let pk = self.keys_of_proxy(&mut conn, proxy_id).await?;
-        let reply: Vec<String> = scripts::PROXY_STATUS
-            .key(pk.meta())
-            .key(pk.proxy(proxy_id))
-            .arg(pk.prefix())
-            .arg(proxy_id.to_string())
-            .arg(status.as_str())
-            .arg(checked_at.map(codec::format_time).unwrap_or_default())
-            .arg(
-                latency
-                    .map(|l| u32::try_from(l.as_millis()).unwrap_or(u32::MAX).to_string())
-                    .unwrap_or_default(),
-            )
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("proxy status script failed"))?;
-        match reply.first().map(String::as_str) {
-            Some("OK") => {
-                self.replicated(&mut conn).await?;
-                codec::proxy_from_reply(&reply)
-            }
-            Some("NOT_FOUND") => Err(Error::ProxyNotFound { id: proxy_id }),
-            _ => Err(reply_error("proxy_status.lua", &reply)),
-        }
+        let checked = checked_at.map(codec::format_time).unwrap_or_default();
+        let latency = latency.map(|l| u32::try_from(l.as_millis()).unwrap_or(u32::MAX));
+        let (pool, reply) = self
+            .on_proxy(proxy_id, |conn, pk| {
+                let checked = checked.clone();
+                Box::pin(async move {
+                    ops::proxy_status::run(conn, &pk, proxy_id, status, &checked, latency).await
+                })
+            })
+            .await?;
+        self.proxy_of(&pool, reply, proxy_id).await
     }
 
     /// With [`RedisConfig::wait_for_replicas`]: `WAIT` for the replicas to
@@ -513,71 +616,32 @@ impl RedisStorage {
         wait_for_replicas(conn, self.config.wait_replicas).await
     }
 
-    /// Runs `report.lua` for a success (`policy` = None) or a failure.
+    /// Runs `report.lua` for a success (`failure` None) or a failure.
     async fn report(
         &self,
         proxy_id: Uuid,
         failure: Option<(&str, &crate::cooldown::CooldownPolicy)>,
     ) -> Result<Proxy> {
-        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let (mode, reason, base, cap, jitter, ban) = match failure {
-            None => ("success", "", 1, 1, 0, 0),
-            Some((reason, policy)) => {
-                policy.validate()?;
-                crate::storage::validate_failure_reason(reason)?;
-                (
-                    "failure",
-                    reason,
-                    ms(policy.base),
-                    ms(policy.cap),
-                    (policy.jitter * 1000.0).round() as u64,
-                    policy.ban_after.unwrap_or(0),
-                )
-            }
-        };
-        let mut conn = self.conn().await?;
-        let pk = self.keys_of_proxy(&mut conn, proxy_id).await?;
-        let reply: Vec<String> = scripts::REPORT
-            .key(pk.meta())
-            .key(pk.proxy(proxy_id))
-            .key(pk.cooldown())
-            .arg(pk.prefix())
-            .arg(proxy_id.to_string())
-            .arg(mode)
-            .arg(base)
-            .arg(cap)
-            .arg(jitter)
-            .arg(fastrand::u32(0..=1_000_000))
-            .arg(ban)
-            .arg(reason)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("report script failed"))?;
-        match reply.first().map(String::as_str) {
-            Some("OK") => {}
-            Some("NOT_FOUND") => return Err(Error::ProxyNotFound { id: proxy_id }),
-            _ => return Err(reply_error("report.lua", &reply)),
+        if let Some((reason, policy)) = failure {
+            policy.validate()?;
+            crate::storage::validate_failure_reason(reason)?;
         }
-        self.replicated(&mut conn).await?;
-        drop(conn);
-        self.get_proxy(proxy_id)
-            .await?
-            .ok_or(Error::ProxyNotFound { id: proxy_id })
+        let failure = failure.map(|(r, p)| (r.to_string(), p.clone()));
+        let (pool, reply) = self
+            .on_proxy(proxy_id, |conn, pk| {
+                let failure = failure.clone();
+                Box::pin(async move {
+                    let f = failure.as_ref().map(|(r, p)| (r.as_str(), p));
+                    ops::report::run(conn, &pk, proxy_id, f).await
+                })
+            })
+            .await?;
+        self.proxy_of(&pool, reply, proxy_id).await
     }
 
     /// Validates, checks and adds proxies (`bulk` decorates field errors with the
     /// proxy's position, like [`crate::InMemoryStorage::add_proxies`]).
     async fn add_many(&self, mut proxies: Vec<Proxy>, bulk: bool) -> Result<Vec<Proxy>> {
-        // The first proxy that fails to normalize: no proxy after it matters.
-        let mut bad: Option<(usize, Error)> = None;
-        for (i, p) in proxies.iter_mut().enumerate() {
-            if let Err(e) = p.normalize() {
-                bad = Some((i, e));
-                break;
-            }
-            p.current_leases = 0;
-        }
-        let checked = bad.as_ref().map_or(proxies.len(), |(i, _)| *i);
         let decorate = |i: usize, p: &Proxy, e: Error| match e {
             Error::InvalidProxy { field, reason } if bulk => Error::InvalidProxy {
                 field,
@@ -585,41 +649,50 @@ impl RedisStorage {
             },
             other => other,
         };
-        let mut conn = self.conn().await?;
-        let (registered, pools) = if checked == 0 {
-            (Vec::new(), Vec::new())
-        } else {
-            let ids: Vec<String> = proxies[..checked]
-                .iter()
-                .map(|p| p.id.to_string())
-                .collect();
-            let pool_ids: Vec<String> = proxies[..checked]
-                .iter()
-                .map(|p| p.pool_id.to_string())
-                .collect();
-            redis::pipe()
-                .cmd("HMGET")
-                .arg(self.keys.proxy_pool())
-                .arg(&ids)
-                .cmd("HMGET")
-                .arg(self.keys.pool_ids())
-                .arg(&pool_ids)
-                .query_async::<(Vec<Option<String>>, Vec<Option<String>>)>(&mut conn)
-                .await
-                .map_err(redis_err("cannot read the registries"))?
-        };
-        let mut seen = HashSet::with_capacity(checked);
-        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, p) in proxies.iter().enumerate() {
-            if bad.as_ref().is_some_and(|(b, _)| *b == i) {
-                if let Some((_, e)) = bad.take() {
-                    return Err(decorate(i, p, e));
-                }
+        let mut seen = HashSet::with_capacity(proxies.len());
+        for (i, p) in proxies.iter_mut().enumerate() {
+            if let Err(e) = p.normalize() {
+                return Err(decorate(i, p, e));
             }
-            if registered.get(i).is_some_and(Option::is_some) || !seen.insert(p.id) {
+            p.current_leases = 0;
+            p.consecutive_failures = 0;
+            p.cooldown_until = None;
+            p.last_failure = None;
+            p.latency_ms = None;
+            if !seen.insert(p.id) {
                 return Err(Error::ProxyAlreadyExists { id: p.id });
             }
-            let Some(Some(pool)) = pools.get(i) else {
+        }
+        if proxies.is_empty() {
+            return Ok(proxies);
+        }
+        let mut conn = self.conn().await?;
+        // Pool names of the pool ids, and ids already in some pool.
+        let pool_ids: Vec<String> = {
+            let mut v: Vec<String> = proxies.iter().map(|p| p.pool_id.to_string()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let names: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys.pool_ids())
+            .arg(&pool_ids)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("cannot read the pool registry"))?;
+        let name_of: HashMap<String, String> = pool_ids
+            .into_iter()
+            .zip(names)
+            .filter_map(|(id, n)| n.map(|n| (id, n)))
+            .collect();
+        let ids: Vec<Uuid> = proxies.iter().map(|p| p.id).collect();
+        let taken = self.find_pools(&mut conn, &ids).await?;
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, p) in proxies.iter().enumerate() {
+            if taken.contains_key(&p.id) {
+                return Err(Error::ProxyAlreadyExists { id: p.id });
+            }
+            let Some(pool) = name_of.get(&p.pool_id.to_string()) else {
                 let e = Error::invalid_proxy("pool_id", format!("no pool has id {}", p.pool_id));
                 return Err(decorate(i, p, e));
             };
@@ -628,109 +701,95 @@ impl RedisStorage {
                 None => groups.push((pool.clone(), vec![i])),
             }
         }
-        if proxies.is_empty() {
-            return Ok(proxies);
-        }
-        // Claim the ids in the registry (HSETNX: a concurrent add of the same id loses).
-        let mut pipe = redis::pipe();
         for (pool, members) in &groups {
-            for &i in members {
-                pipe.hset_nx(self.keys.proxy_pool(), proxies[i].id.to_string(), pool);
-            }
-        }
-        let claimed: Vec<bool> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cannot write the proxy registry"))?;
-        let order: Vec<usize> = groups.iter().flat_map(|(_, m)| m.iter().copied()).collect();
-        if let Some(pos) = claimed.iter().position(|c| !c) {
-            let mine: Vec<String> = order
-                .iter()
-                .zip(&claimed)
-                .filter(|(_, c)| **c)
-                .map(|(i, _)| proxies[*i].id.to_string())
-                .collect();
-            self.unregister(&mut conn, &mine).await?;
-            return Err(Error::ProxyAlreadyExists {
-                id: proxies[order[pos]].id,
-            });
-        }
-        for (g, (pool, members)) in groups.iter().enumerate() {
             let pk = self.keys.pool(pool);
-            for (c, chunk) in members.chunks(ADD_CHUNK).enumerate() {
-                let mut inv = scripts::PROXY_ADD.key(pk.meta());
-                inv.key(pk.proxies())
-                    .arg(pk.prefix())
-                    .arg(proxies[chunk[0]].pool_id.to_string())
-                    .arg(chunk.len());
-                for &i in chunk {
-                    push_proxy_args(&mut inv, &proxies[i]);
-                }
-                let reply: Vec<String> = inv
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(redis_err("proxy add script failed"))?;
-                if reply.first().map(String::as_str) != Some("OK") {
-                    // Give back the registry entries of everything not added.
-                    let rest: Vec<String> = groups[g..]
-                        .iter()
-                        .enumerate()
-                        .flat_map(|(k, (_, m))| {
-                            let skip = if k == 0 { c * ADD_CHUNK } else { 0 };
-                            m[skip..].iter().map(|&i| proxies[i].id.to_string())
-                        })
-                        .collect();
-                    self.unregister(&mut conn, &rest).await?;
-                    let first = &proxies[chunk[0]];
-                    return Err(match reply.first().map(String::as_str) {
-                        Some("EXISTS") => Error::ProxyAlreadyExists {
-                            id: reply
-                                .get(1)
-                                .and_then(|s| Uuid::parse_str(s).ok())
-                                .unwrap_or(first.id),
-                        },
-                        Some("POOL_NOT_FOUND") | Some("POOL_MISMATCH") => Error::invalid_proxy(
+            for chunk in members.chunks(MAX_ADD) {
+                let jsons: Vec<String> = chunk
+                    .iter()
+                    .map(|&i| codec::proxy_json(&proxies[i]))
+                    .collect();
+                let first = &proxies[chunk[0]];
+                match ops::proxy_add::run(&mut conn, &pk, first.pool_id, &jsons).await? {
+                    ops::proxy_add::AddReply::Ok => {}
+                    ops::proxy_add::AddReply::Exists(id) => {
+                        return Err(Error::ProxyAlreadyExists { id })
+                    }
+                    ops::proxy_add::AddReply::PoolNotFound
+                    | ops::proxy_add::AddReply::PoolMismatch => {
+                        return Err(Error::invalid_proxy(
                             "pool_id",
                             format!("no pool has id {}", first.pool_id),
-                        ),
-                        _ => reply_error("proxy_add.lua", &reply),
-                    });
+                        ))
+                    }
+                    ops::proxy_add::AddReply::Schema(found) => {
+                        return Err(schema_error(pool, found))
+                    }
+                }
+                for &i in chunk {
+                    self.cache_pool_of(proxies[i].id, Some(pool));
                 }
             }
         }
         Ok(proxies)
     }
 
-    async fn unregister(&self, conn: &mut Connection<'_>, ids: &[String]) -> Result<()> {
-        for chunk in ids.chunks(READ_CHUNK) {
-            redis::cmd("HDEL")
-                .arg(self.keys.proxy_pool())
-                .arg(chunk)
-                .query_async::<()>(conn)
-                .await
-                .map_err(redis_err("cannot clean the proxy registry"))?;
-        }
-        Ok(())
+    /// A lease from what acquire.lua or rotate.lua granted.
+    fn lease_from_grant(
+        g: &acquire::Granted,
+        consumer_id: Uuid,
+        request: &AcquireRequest,
+    ) -> Result<Lease> {
+        let (proxy_id, endpoint) = codec::endpoint_from_json(&g.proxy_json)?;
+        Ok(Lease {
+            id: g.lease_id,
+            proxy_id,
+            consumer_id,
+            consumer_name: request.consumer_name.clone(),
+            pool_id: g.pool_id,
+            pool_name: request.pool_name.clone(),
+            status: LeaseStatus::Active,
+            acquired_at: codec::ms_to_time(g.acquired_ms)?,
+            expires_at: codec::ms_to_time(g.expires_ms)?,
+            released_at: None,
+            proxy: endpoint,
+            fencing_token: g.token,
+        })
     }
 
-    /// Redis's clock, in ms.
-    async fn redis_now_ms(&self, conn: &mut Connection<'_>) -> Result<i64> {
-        let (s, us): (i64, i64) = redis::cmd("TIME")
-            .query_async(conn)
-            .await
-            .map_err(redis_err("TIME failed"))?;
-        Ok(s * 1000 + us / 1000)
+    /// What an acquire reply means for the caller: `Ok(Some(..))` a lease (or the
+    /// id of the one its request id got), `Ok(None)` none, or retry after cleanup.
+    fn settle(
+        reply: acquire::AcquireReply,
+        consumer_id: Uuid,
+        request: &AcquireRequest,
+    ) -> Result<Settled> {
+        match reply {
+            acquire::AcquireReply::Granted(g) => Ok(Settled::Lease(Self::lease_from_grant(
+                &g,
+                consumer_id,
+                request,
+            )?)),
+            acquire::AcquireReply::Existing(id) => Ok(Settled::Existing(id)),
+            acquire::AcquireReply::None => Ok(Settled::None),
+            acquire::AcquireReply::Retry => Ok(Settled::Retry),
+            acquire::AcquireReply::NoOrder(order) => Err(Error::missing_order(
+                &request.pool_name,
+                order.parse().unwrap_or(crate::pool::IndexOrder::Latency),
+            )),
+            acquire::AcquireReply::PoolNotFound => Err(Error::PoolNotFound {
+                name: request.pool_name.clone(),
+            }),
+            acquire::AcquireReply::Schema(found) => Err(schema_error(&request.pool_name, found)),
+        }
     }
 }
 
-fn push_proxy_args(inv: &mut redis::ScriptInvocation<'_>, p: &Proxy) {
-    let fields = codec::proxy_fields(p);
-    inv.arg(p.id.to_string())
-        .arg(keys::proxy_tags(p))
-        .arg(fields.len());
-    for (k, v) in fields {
-        inv.arg(k).arg(v);
-    }
+/// An acquire reply, settled.
+enum Settled {
+    Lease(Lease),
+    Existing(Uuid),
+    None,
+    Retry,
 }
 
 impl Storage for RedisStorage {
@@ -753,17 +812,7 @@ impl Storage for RedisStorage {
                 pool.id
             )));
         }
-        let created: i64 = scripts::POOL_CREATE
-            .key(pk.meta())
-            .arg(pk.prefix())
-            .arg(pool.id.to_string())
-            .arg(&pool.name)
-            .arg(if pool.description.is_some() { "1" } else { "0" })
-            .arg(pool.description.as_deref().unwrap_or(""))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("pool create script failed"))?;
-        if created == 0 {
+        if !ops::pool_create::run(&mut conn, &pk, &pool).await? {
             return Err(Error::PoolAlreadyExists { name: pool.name });
         }
         redis::pipe()
@@ -804,27 +853,27 @@ impl Storage for RedisStorage {
 
     async fn update_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         pool.validate()?;
+        if let Some(current) = self.get_pool(&pool.name).await? {
+            if current.id == pool.id && current.indexes != pool.indexes {
+                return Err(Error::InvalidArgument(format!(
+                    "pool {:?}: its indexes are fixed when it is created (remove it and create it again to change them)",
+                    pool.name
+                )));
+            }
+        }
         let pk = self.keys.pool(&pool.name);
         let mut conn = self.conn().await?;
-        let reply: Vec<String> = scripts::POOL_UPDATE
-            .key(pk.meta())
-            .arg(pk.prefix())
-            .arg(pool.id.to_string())
-            .arg(if pool.description.is_some() { "1" } else { "0" })
-            .arg(pool.description.as_deref().unwrap_or(""))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("pool update script failed"))?;
-        match reply.first().map(String::as_str) {
-            Some("OK") => Ok(pool),
-            Some("NOT_FOUND") => Err(Error::PoolNotFound { name: pool.name }),
-            Some("ID_MISMATCH") => Err(Error::InvalidArgument(format!(
-                "pool {:?} has id {}, not {}",
-                pool.name,
-                reply.get(1).map_or("?", String::as_str),
-                pool.id
-            ))),
-            _ => Err(reply_error("pool_update.lua", &reply)),
+        match ops::pool_update::run(&mut conn, &pk, &pool).await? {
+            ops::pool_update::PoolUpdateReply::Ok => Ok(pool),
+            ops::pool_update::PoolUpdateReply::NotFound => {
+                Err(Error::PoolNotFound { name: pool.name })
+            }
+            ops::pool_update::PoolUpdateReply::IdMismatch(id) => Err(Error::InvalidArgument(
+                format!("pool {:?} has id {id}, not {}", pool.name, pool.id),
+            )),
+            ops::pool_update::PoolUpdateReply::Schema(found) => {
+                Err(schema_error(&pool.name, found))
+            }
         }
     }
 
@@ -832,33 +881,28 @@ impl Storage for RedisStorage {
         validate_pool_name(name)?;
         let pk = self.keys.pool(name);
         let mut conn = self.conn().await?;
-        let mut phase = "start";
+        let mut start = true;
         let mut pool_id = String::new();
         loop {
-            let reply: Vec<String> = scripts::POOL_REMOVE
-                .key(pk.meta())
-                .key(pk.proxies())
-                .key(pk.leases())
-                .arg(pk.prefix())
-                .arg(phase)
-                .arg(REMOVE_BATCH)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err("pool remove script failed"))?;
-            let state = reply.first().map(String::as_str);
-            if state == Some("NOT_FOUND") {
+            let reply = ops::pool_remove::run(&mut conn, &pk, start, REMOVE_BATCH).await?;
+            if reply.state == ops::pool_remove::RemoveState::NotFound {
                 return Ok(false);
             }
-            if let Some(id) = reply.get(1).filter(|id| !id.is_empty()) {
-                pool_id.clone_from(id);
+            if !reply.pool_id.is_empty() {
+                pool_id.clone_from(&reply.pool_id);
             }
-            self.unregister(&mut conn, reply.get(2..).unwrap_or_default())
-                .await?;
-            match state {
-                Some("MORE") => phase = "continue",
-                Some("DONE") => break,
-                _ => return Err(reply_error("pool_remove.lua", &reply)),
+            for chunk in reply.legacy_proxies.chunks(READ_CHUNK) {
+                redis::cmd("HDEL")
+                    .arg(self.keys.legacy_proxy_pool())
+                    .arg(chunk)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(redis_err("cannot clean the first layout's proxy registry"))?;
             }
+            if reply.state == ops::pool_remove::RemoveState::Done {
+                break;
+            }
+            start = false;
         }
         let mut pipe = redis::pipe();
         pipe.zrem(self.keys.pools(), name).ignore();
@@ -868,6 +912,10 @@ impl Storage for RedisStorage {
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(redis_err("cannot unregister the pool"))?;
+        self.proxy_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, p| p != name);
         Ok(true)
     }
 
@@ -884,31 +932,16 @@ impl Storage for RedisStorage {
 
     async fn update_proxy(&self, mut proxy: Proxy) -> Result<Proxy> {
         proxy.normalize()?;
-        let mut conn = self.conn().await?;
-        let pool = self
-            .pool_of_proxy(&mut conn, proxy.id)
-            .await?
-            .ok_or(Error::ProxyNotFound { id: proxy.id })?;
-        let pk = self.keys.pool(&pool);
-        let mut inv = scripts::PROXY_UPDATE.key(pk.meta());
-        inv.key(pk.proxy(proxy.id))
-            .arg(pk.prefix())
-            .arg(proxy.pool_id.to_string())
-            .arg(1);
-        push_proxy_args(&mut inv, &proxy);
-        let reply: Vec<String> = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("proxy update script failed"))?;
-        match reply.first().map(String::as_str) {
-            Some("OK") => codec::proxy_from_reply(&reply),
-            Some("NOT_FOUND") => Err(Error::ProxyNotFound { id: proxy.id }),
-            Some("POOL_MISMATCH") => Err(Error::invalid_proxy(
-                "pool_id",
-                "a proxy cannot move to another pool (remove it and add it there)",
-            )),
-            _ => Err(reply_error("proxy_update.lua", &reply)),
-        }
+        let id = proxy.id;
+        let json = codec::proxy_json(&proxy);
+        let pool_id = proxy.pool_id;
+        let (pool, reply) = self
+            .on_proxy(id, |conn, pk| {
+                let json = json.clone();
+                Box::pin(async move { ops::proxy_update::run(conn, &pk, pool_id, &json).await })
+            })
+            .await?;
+        self.proxy_of(&pool, reply, id).await
     }
 
     async fn set_proxy_status(&self, proxy_id: Uuid, status: ProxyStatus) -> Result<Proxy> {
@@ -917,63 +950,77 @@ impl Storage for RedisStorage {
 
     async fn remove_proxy(&self, proxy_id: Uuid) -> Result<bool> {
         let mut conn = self.conn().await?;
-        let Some(pool) = self.pool_of_proxy(&mut conn, proxy_id).await? else {
-            return Ok(false);
-        };
-        let pk = self.keys.pool(&pool);
-        let removed: i64 = scripts::PROXY_REMOVE
-            .key(pk.meta())
-            .key(pk.proxies())
-            .key(pk.proxy(proxy_id))
-            .arg(pk.prefix())
-            .arg(proxy_id.to_string())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("proxy remove script failed"))?;
-        self.unregister(&mut conn, &[proxy_id.to_string()]).await?;
-        Ok(removed == 1)
+        for attempt in 0..2 {
+            let Some(pool) = self.pool_of_proxy(&mut conn, proxy_id).await? else {
+                return Ok(false);
+            };
+            let removed =
+                ops::proxy_remove::run(&mut conn, &self.keys.pool(&pool), proxy_id).await?;
+            self.cache_pool_of(proxy_id, None);
+            if removed || attempt == 1 {
+                return Ok(removed);
+            }
+        }
+        Ok(false)
     }
 
     async fn get_proxy(&self, proxy_id: Uuid) -> Result<Option<Proxy>> {
         let mut conn = self.conn().await?;
-        let Some(pool) = self.pool_of_proxy(&mut conn, proxy_id).await? else {
-            return Ok(None);
-        };
-        if validate_pool_name(&pool).is_err() {
-            return Err(corrupt(format!("proxy registry names pool {pool:?}")));
+        for attempt in 0..2 {
+            let Some(pool) = self.pool_of_proxy(&mut conn, proxy_id).await? else {
+                return Ok(None);
+            };
+            if validate_pool_name(&pool).is_err() {
+                return Err(corrupt(format!("proxy look-up names pool {pool:?}")));
+            }
+            let pk = self.keys.pool(&pool);
+            match proxy_read::by_ids(&mut conn, &pk, &[proxy_id]).await? {
+                proxy_read::ReadReply::Ok(_, found) => {
+                    if let Some(s) = found.first() {
+                        let pool_id = self.pool_id(&pool).await?;
+                        return codec::proxy_from_json(&s.json, pool_id, s.leases).map(Some);
+                    }
+                }
+                proxy_read::ReadReply::Schema(found) => return Err(schema_error(&pool, found)),
+                proxy_read::ReadReply::NotFound => {}
+            }
+            self.cache_pool_of(proxy_id, None);
+            if attempt == 1 {
+                break;
+            }
         }
-        let h: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys.pool(&pool).proxy(proxy_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cannot read the proxy"))?;
-        if h.is_empty() {
-            return Ok(None);
-        }
-        codec::proxy_from_hash(&h).map(Some)
+        Ok(None)
     }
 
     async fn list_proxies(&self, pool_name: &str) -> Result<Vec<Proxy>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
         self.reclaim_pool(&mut conn, &pk).await?;
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(pk.proxies())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cannot list the proxies"))?;
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| parse_uuid(id).map(|id| pk.proxy(id)))
-            .collect::<Result<_>>()?;
-        self.hgetall_many(&mut conn, &keys)
-            .await?
-            .iter()
-            .filter(|h| !h.is_empty())
-            .map(codec::proxy_from_hash)
-            .collect()
+        let pool_id = self.pool_id(pool_name).await?;
+        let mut cursor = "0".to_string();
+        let mut out: Vec<(u64, Proxy)> = Vec::new();
+        loop {
+            match proxy_read::scan(&mut conn, &pk, &cursor, LIST_PAGE).await? {
+                proxy_read::ReadReply::Ok(next, page) => {
+                    for s in page {
+                        out.push((s.seq, codec::proxy_from_json(&s.json, pool_id, s.leases)?));
+                    }
+                    if next == "0" {
+                        break;
+                    }
+                    cursor = next;
+                }
+                proxy_read::ReadReply::NotFound => {
+                    return Err(Error::PoolNotFound {
+                        name: pool_name.to_string(),
+                    })
+                }
+                proxy_read::ReadReply::Schema(found) => return Err(schema_error(pool_name, found)),
+            }
+        }
+        out.sort_by_key(|(seq, _)| *seq);
+        out.dedup_by_key(|(seq, _)| *seq);
+        Ok(out.into_iter().map(|(_, p)| p).collect())
     }
 
     async fn ensure_consumer(&self, name: &str) -> Result<Consumer> {
@@ -1027,64 +1074,54 @@ impl Storage for RedisStorage {
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
         request.validate()?;
         let pk = self.keys.pool(&request.pool_name);
-        let mut conn = self.conn().await?;
-        let consumer_id = self.consumer_for(&mut conn, request, &pk).await?;
-        let duration_ms = u64::try_from(request.duration.as_millis())
-            .map_err(|_| Error::InvalidArgument("lease duration overflows".into()))?;
-        let mut tags: Vec<String> = Vec::new();
-        for (attr, value) in request.filters.required_attributes() {
-            let t = keys::tag(attr, &value);
-            if !tags.contains(&t) && tags.len() < MAX_TAGS {
-                tags.push(t);
-            }
-        }
-        // The script checks each candidate against the filter, unless being in
-        // the one tag's index already is the whole filter (the common case).
-        let filter = if request.filters.is_empty() || single_tag_filter(&request.filters) {
-            String::new()
-        } else {
-            codec::filter_json(&request.filters)
+        let consumer_id = {
+            let mut conn = self.conn().await?;
+            self.consumer_for(&mut conn, request, &pk).await?
         };
+        let item = acquire::AcquireItem::new(&pk, request)?;
         // RETRY means "nothing free yet, but more expired leases wait": reclaim
         // them all in bounded batches and try again.
         for _ in 0..4 {
-            let lease_id = Uuid::new_v4();
-            let item = AcquireItem {
-                lease_id,
-                consumer_id,
-                consumer: request.consumer_name.clone(),
-                duration_ms,
-                selector: request.selector.as_str(),
-                filter: filter.clone(),
-                request_id: request.request_id.clone(),
-                tags: tags.clone(),
-            };
-            let reply = self.acquires.submit(&request.pool_name, item).await?;
-            match reply.first().map(String::as_str) {
-                Some("OK") => {
-                    return lease_from_acquire(&reply, lease_id, consumer_id, request).map(Some);
-                }
-                Some("NONE") => return Ok(None),
-                Some("EXISTING") => {
-                    let id = reply
-                        .get(1)
-                        .map(|s| parse_uuid(s))
-                        .transpose()?
-                        .ok_or_else(|| reply_error("acquire.lua", &reply))?;
-                    return self.get_lease(&request.pool_name, id).await;
-                }
-                Some("POOL_NOT_FOUND") => {
-                    return Err(Error::PoolNotFound {
-                        name: request.pool_name.clone(),
-                    })
-                }
-                Some("RETRY") => {
+            let reply = self
+                .acquires
+                .submit(&request.pool_name, item.clone())
+                .await?;
+            match Self::settle(reply, consumer_id, request)? {
+                Settled::Lease(lease) => return Ok(Some(lease)),
+                Settled::Existing(id) => return self.get_lease(&request.pool_name, id).await,
+                Settled::None => return Ok(None),
+                Settled::Retry => {
+                    let mut conn = self.conn().await?;
                     self.reclaim_pool(&mut conn, &pk).await?;
                 }
-                _ => return Err(reply_error("acquire.lua", &reply)),
             }
         }
         Ok(None)
+    }
+
+    async fn rotate(&self, lease: &Lease, request: &AcquireRequest) -> Result<Rotation> {
+        request.validate()?;
+        if lease.pool_name != request.pool_name || validate_pool_name(&lease.pool_name).is_err() {
+            let released = self.release(lease).await?;
+            return Ok(Rotation::new(released, self.acquire(request).await?));
+        }
+        let pk = self.keys.pool(&request.pool_name);
+        let consumer_id = {
+            let mut conn = self.conn().await?;
+            self.consumer_for(&mut conn, request, &pk).await?
+        };
+        let item = rotate::RotateItem {
+            lease_id: lease.id,
+            acquire: acquire::AcquireItem::new(&pk, request)?,
+        };
+        let (released, reply) = self.rotates.submit(&request.pool_name, item).await?;
+        let next = match Self::settle(reply, consumer_id, request)? {
+            Settled::Lease(l) => Some(l),
+            Settled::Existing(id) => self.get_lease(&request.pool_name, id).await?,
+            Settled::None => None,
+            Settled::Retry => self.acquire(request).await?,
+        };
+        Ok(Rotation::new(released, next))
     }
 
     async fn extend(&self, lease: &Lease, duration: std::time::Duration) -> Result<Lease> {
@@ -1100,33 +1137,16 @@ impl Storage for RedisStorage {
         let mut conn = self.conn().await?;
         let duration_ms = u64::try_from(duration.as_millis())
             .map_err(|_| Error::InvalidArgument("lease duration overflows".into()))?;
-        let reply: Vec<String> = scripts::EXTEND
-            .key(pk.meta())
-            .key(pk.leases())
-            .key(pk.lease(lease.id))
-            .arg(pk.prefix())
-            .arg(lease.id.to_string())
-            .arg(duration_ms)
-            .arg(self.grace_ms)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("extend script failed"))?;
-        match (
-            reply.first().map(String::as_str),
-            reply.get(1).map(String::as_str),
-        ) {
-            (Some("OK"), Some(ms)) => {
+        match ops::extend::run(&mut conn, &pk, lease.id, duration_ms, self.grace_ms).await? {
+            ops::extend::ExtendReply::Ok(ms) => {
                 self.replicated(&mut conn).await?;
-                let ms: i64 = ms.parse().map_err(|_| reply_error("extend.lua", &reply))?;
                 let mut renewed = lease.clone();
                 renewed.status = LeaseStatus::Active;
                 renewed.expires_at = codec::ms_to_time(ms)?;
                 Ok(renewed)
             }
-            (Some("LOST"), Some("released")) => Err(lost("was released")),
-            (Some("LOST"), Some("expired")) => Err(lost("expired")),
-            (Some("LOST"), _) => Err(lost("is unknown")),
-            _ => Err(reply_error("extend.lua", &reply)),
+            ops::extend::ExtendReply::Lost(reason) => Err(lost(reason)),
+            ops::extend::ExtendReply::Schema(found) => Err(schema_error(&lease.pool_name, found)),
         }
     }
 
@@ -1134,98 +1154,83 @@ impl Storage for RedisStorage {
         if validate_pool_name(&lease.pool_name).is_err() {
             return Ok(ReleaseOutcome::NotFound);
         }
-        let outcome = self.releases.submit(&lease.pool_name, lease.id).await?;
-        match outcome.as_str() {
-            "released" => Ok(ReleaseOutcome::Released),
-            "already_released" => Ok(ReleaseOutcome::AlreadyReleased),
-            "expired" => Ok(ReleaseOutcome::Expired),
-            "not_found" => Ok(ReleaseOutcome::NotFound),
-            other => Err(corrupt(format!("release.lua answered {other:?}"))),
-        }
+        self.releases.submit(&lease.pool_name, lease.id).await
     }
 
     async fn get_lease(&self, pool_name: &str, lease_id: Uuid) -> Result<Option<Lease>> {
+        validate_pool_name(pool_name)?;
+        let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
-        let pk = self.require_pool(&mut conn, pool_name).await?;
-        let (pool_id, rec, (s, us)): (Option<String>, HashMap<String, String>, (i64, i64)) =
-            redis::pipe()
-                .hget(pk.meta(), "id")
-                .hgetall(pk.lease(lease_id))
-                .cmd("TIME")
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err("cannot read the lease"))?;
-        if rec.is_empty() || rec.get("pool_id") != pool_id.as_ref() {
-            return Ok(None);
+        match lease_read::get(&mut conn, &pk, lease_id).await? {
+            lease_read::LeaseReadReply::Ok {
+                now_ms,
+                pool_id,
+                leases,
+                ..
+            } => {
+                let Some(s) = leases.into_iter().next() else {
+                    return Ok(None);
+                };
+                let pool = pool_ref(pool_id, pool_name);
+                let r = codec::parse_record(&s.record)?;
+                let consumer_id = self.consumer_id_of(&mut conn, &r.consumer).await?;
+                codec::lease_from_record(s.id, &s.record, &s.proxy_json, &pool, consumer_id, now_ms)
+                    .map(Some)
+            }
+            lease_read::LeaseReadReply::NotFound => Err(Error::PoolNotFound {
+                name: pool_name.to_string(),
+            }),
+            lease_read::LeaseReadReply::Schema(found) => Err(schema_error(pool_name, found)),
         }
-        let mut lease = codec::lease_from_hash(&rec, pool_name)?;
-        let seq: Option<String> = redis::cmd("HGET")
-            .arg(pk.proxy(lease.proxy_id))
-            .arg("seq")
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cannot read the proxy"))?;
-        if seq.is_none() || seq.as_ref() != rec.get("proxy_seq") {
-            return Ok(None); // its proxy was removed
-        }
-        if lease.status == LeaseStatus::Active
-            && lease.expires_at.timestamp_millis() <= s * 1000 + us / 1000
-        {
-            lease.status = LeaseStatus::Expired;
-        }
-        Ok(Some(lease))
     }
 
     async fn list_leases(&self, pool_name: &str) -> Result<Vec<Lease>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
         self.reclaim_pool(&mut conn, &pk).await?;
-        let (pool_id, members): (Option<String>, Vec<String>) = redis::pipe()
-            .hget(pk.meta(), "id")
-            .zrange(pk.leases(), 0, -1)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cannot list the leases"))?;
-        let now = self.redis_now_ms(&mut conn).await?;
-        let mut keys = Vec::with_capacity(members.len());
-        for m in &members {
-            let id = m.split(':').next().unwrap_or_default();
-            keys.push(pk.lease(parse_uuid(id)?));
-        }
-        let records = self.hgetall_many(&mut conn, &keys).await?;
-        let mut leases = Vec::with_capacity(records.len());
-        let mut seqs = Vec::with_capacity(records.len());
-        for rec in records {
-            if rec.is_empty() || rec.get("pool_id") != pool_id.as_ref() {
-                continue;
+        let mut out = Vec::new();
+        let mut start = 0u64;
+        loop {
+            match lease_read::list(&mut conn, &pk, start, LIST_PAGE).await? {
+                lease_read::LeaseReadReply::Ok {
+                    now_ms,
+                    more,
+                    pool_id,
+                    leases,
+                } => {
+                    let pool = pool_ref(pool_id, pool_name);
+                    for s in leases {
+                        let r = codec::parse_record(&s.record)?;
+                        let consumer_id = self.consumer_id_of(&mut conn, &r.consumer).await?;
+                        let lease = codec::lease_from_record(
+                            s.id,
+                            &s.record,
+                            &s.proxy_json,
+                            &pool,
+                            consumer_id,
+                            now_ms,
+                        )?;
+                        if lease.status == LeaseStatus::Active {
+                            out.push(lease);
+                        }
+                    }
+                    if !more {
+                        break;
+                    }
+                    start += u64::from(LIST_PAGE);
+                }
+                lease_read::LeaseReadReply::NotFound => {
+                    return Err(Error::PoolNotFound {
+                        name: pool_name.to_string(),
+                    })
+                }
+                lease_read::LeaseReadReply::Schema(found) => {
+                    return Err(schema_error(pool_name, found))
+                }
             }
-            let lease = codec::lease_from_hash(&rec, pool_name)?;
-            if lease.status != LeaseStatus::Active || lease.expires_at.timestamp_millis() <= now {
-                continue;
-            }
-            seqs.push(rec.get("proxy_seq").cloned());
-            leases.push(lease);
         }
-        // Leave out the leases of removed proxies.
-        let mut current: Vec<Option<String>> = Vec::with_capacity(leases.len());
-        for chunk in leases.chunks(READ_CHUNK) {
-            let mut pipe = redis::pipe();
-            for l in chunk {
-                pipe.hget(pk.proxy(l.proxy_id), "seq");
-            }
-            let part: Vec<Option<String>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err("cannot read the proxies"))?;
-            current.extend(part);
-        }
-        let mut out: Vec<Lease> = leases
-            .into_iter()
-            .zip(seqs.into_iter().zip(current))
-            .filter(|(_, (want, have))| have.is_some() && want == have)
-            .map(|(l, _)| l)
-            .collect();
         out.sort_by_key(|l| (l.acquired_at, l.id));
+        out.dedup_by_key(|l| l.id);
         Ok(out)
     }
 
@@ -1245,7 +1250,7 @@ impl Storage for RedisStorage {
         let mut conn = self.conn().await?;
         match self.reclaim_pool(&mut conn, &pk).await {
             // Out of memory: expired leases keep counting until Redis can write.
-            Err(e) if e.to_string().contains("OOM") => {}
+            Err(e) if e.backend_kind() == Some(BackendErrorKind::OutOfMemory) => {}
             other => {
                 other?;
             }
@@ -1263,6 +1268,14 @@ impl Storage for RedisStorage {
         Ok(self.notifier.subscribe(pk.freed()).await)
     }
 
+    async fn announce_waiter(&self, pool_name: &str, wait: std::time::Duration) -> Result<()> {
+        validate_pool_name(pool_name)?;
+        let pk = self.keys.pool(pool_name);
+        let mut conn = self.conn().await?;
+        ops::wait::run(&mut conn, &pk, wait).await?;
+        Ok(())
+    }
+
     async fn next_expiry(&self, pool_name: &str) -> Result<Option<std::time::Duration>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
@@ -1270,7 +1283,7 @@ impl Storage for RedisStorage {
         let ((secs, micros), lease, cooling): Next = redis::pipe()
             .cmd("TIME")
             .cmd("ZRANGE")
-            .arg(pk.leases())
+            .arg(pk.live())
             .arg(0)
             .arg(0)
             .arg("WITHSCORES")
@@ -1320,51 +1333,19 @@ impl Storage for RedisStorage {
     }
 }
 
-fn lease_from_acquire(
-    reply: &[String],
-    lease_id: Uuid,
-    consumer_id: Uuid,
-    request: &AcquireRequest,
-) -> Result<Lease> {
-    let [_, proxy_id, pool_id, acquired, expires, host, port, protocol, has_cred, user, pass, token] =
-        reply
-    else {
-        return Err(reply_error("acquire.lua", reply));
-    };
-    let ms = |s: &str| -> Result<DateTime<Utc>> {
-        codec::ms_to_time(s.parse().map_err(|_| reply_error("acquire.lua", reply))?)
-    };
-    Ok(Lease {
-        id: lease_id,
-        proxy_id: parse_uuid(proxy_id)?,
-        consumer_id,
-        consumer_name: request.consumer_name.clone(),
-        pool_id: parse_uuid(pool_id)?,
-        pool_name: request.pool_name.clone(),
-        status: LeaseStatus::Active,
-        acquired_at: ms(acquired)?,
-        expires_at: ms(expires)?,
-        released_at: None,
-        proxy: ProxyEndpoint {
-            host: host.clone(),
-            port: port
-                .parse()
-                .map_err(|_| reply_error("acquire.lua", reply))?,
-            protocol: protocol
-                .parse()
-                .map_err(|_| reply_error("acquire.lua", reply))?,
-            credentials: (has_cred == "1")
-                .then(|| crate::proxy::ProxyCredentials::new(user.clone(), pass.clone())),
-        },
-        fencing_token: token
-            .parse()
-            .map_err(|_| reply_error("acquire.lua", reply))?,
-    })
+/// A pool known by its id and name only (for building leases).
+fn pool_ref(id: Uuid, name: &str) -> ProxyPool {
+    ProxyPool {
+        id,
+        name: name.to_string(),
+        description: None,
+        indexes: crate::pool::PoolIndexes::default(),
+    }
 }
 
 impl RedisStorage {
     /// A pool's stats as they are now, without reclaiming its expired leases first
-    /// (those still count): one MULTI/EXEC of set sizes. [`Storage::pool_stats`]
+    /// (those still count): one read-only script. [`Storage::pool_stats`]
     /// reclaims first.
     pub async fn pool_stats_snapshot(&self, pool_name: &str) -> Result<PoolStats> {
         validate_pool_name(pool_name)?;
@@ -1379,40 +1360,12 @@ impl RedisStorage {
         pk: &PoolKeys,
         pool_name: &str,
     ) -> Result<PoolStats> {
-        // Every figure is the size of a set the scripts keep, read by one
-        // read-only script: a consistent snapshot, available even when Redis is
-        // out of memory (MULTI is refused then).
-        let reply: Vec<redis::Value> = scripts::STATS
-            .key(pk.meta())
-            .key(pk.proxies())
-            .key(pk.active())
-            .key(pk.avail_seq("all"))
-            .key(pk.leased())
-            .key(pk.holders())
-            .invoke_async(conn)
-            .await
-            .map_err(redis_err("cannot read the pool stats"))?;
-        let n = |i: usize| -> Result<u64> {
-            reply
-                .get(i)
-                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
-                .ok_or_else(|| corrupt(format!("stats.lua answered {reply:?}")))
-        };
-        let ok = reply
-            .first()
-            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
-        if ok.as_deref() != Some("OK") {
-            return Err(Error::PoolNotFound {
+        match ops::stats::run(conn, pk).await? {
+            ops::stats::StatsReply::Ok(s) => Ok(s),
+            ops::stats::StatsReply::NotFound => Err(Error::PoolNotFound {
                 name: pool_name.to_string(),
-            });
+            }),
+            ops::stats::StatsReply::Schema(found) => Err(schema_error(pool_name, found)),
         }
-        let (total, active, available, leased, leases) = (n(1)?, n(2)?, n(3)?, n(4)?, n(5)?);
-        Ok(PoolStats {
-            total_proxies: total,
-            active_proxies: active,
-            available_proxies: available,
-            leased_proxies: leased,
-            total_leases: leases,
-        })
     }
 }

@@ -14,7 +14,7 @@ use crate::filters::ProxyFilters;
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome};
 use crate::manager::{AcquireOptions, ProxyManager};
-use crate::pool::ProxyPool;
+use crate::pool::{IndexOrder, IndexedAttribute, PoolIndexes, ProxyPool};
 use crate::proxy::{Proxy, ProxyBuilder, ProxyProtocol, ProxyStatus};
 use crate::selector::SelectorStrategy;
 use crate::stats::PoolStats;
@@ -22,12 +22,30 @@ use crate::storage::{AcquireRequest, Storage};
 
 const POOL: &str = "latam-residential";
 
-/// A manager over a fresh storage with one empty pool named `latam-residential`.
+/// A manager over a fresh storage with one empty pool named `latam-residential`
+/// with the default indexes and the latency order (so every selector works;
+/// the `seq` order and most attributes are left out, so their fallbacks run).
 async fn setup<H: Harness>(h: &H) -> (ProxyManager<H::Storage>, ProxyPool) {
+    setup_with(h, suite_indexes()).await
+}
+
+fn suite_indexes() -> PoolIndexes {
+    PoolIndexes::default().order(IndexOrder::Latency)
+}
+
+/// [`setup`] with a pool that keeps these indexes.
+async fn setup_with<H: Harness>(
+    h: &H,
+    indexes: PoolIndexes,
+) -> (ProxyManager<H::Storage>, ProxyPool) {
     let manager = ProxyManager::new(h.storage().await);
     let pool = manager
         .storage()
-        .create_pool(ProxyPool::new(POOL).expect("valid pool name"))
+        .create_pool(
+            ProxyPool::new(POOL)
+                .expect("valid pool name")
+                .with_indexes(indexes),
+        )
         .await
         .expect("create_pool");
     manager
@@ -205,28 +223,33 @@ async fn filter_case<H: Harness>(
     tweak_other: impl Fn(ProxyBuilder) -> ProxyBuilder,
     filters: ProxyFilters,
 ) {
-    let (m, pool) = setup(h).await;
-    // Non-matching proxies first, so a selector that ignored the filter would pick one.
-    for i in 1..=3 {
-        add(&m, tweak_other(proxy(&pool, i).max_concurrency(5))).await;
-    }
-    let want = add(&m, tweak_match(proxy(&pool, 9).max_concurrency(2))).await;
-    for selector in SelectorStrategy::ALL {
-        let lease = take_some(&m, as_worker().filters(filters.clone()).selector(selector)).await;
+    // The attribute unindexed (the suite's pool), then indexed with every order.
+    for indexes in [suite_indexes(), PoolIndexes::all()] {
+        let (m, pool) = setup_with(h, indexes.clone()).await;
+        // Non-matching proxies first, so a selector that ignored the filter would pick one.
+        for i in 1..=3 {
+            add(&m, tweak_other(proxy(&pool, i).max_concurrency(5))).await;
+        }
+        let want = add(&m, tweak_match(proxy(&pool, 9).max_concurrency(2))).await;
+        for selector in SelectorStrategy::ALL {
+            let lease =
+                take_some(&m, as_worker().filters(filters.clone()).selector(selector)).await;
+            assert_eq!(
+                lease.proxy_id, want.id,
+                "{selector} picked a proxy that does not match {filters:?} ({indexes:?})"
+            );
+            m.release_proxy(&lease).await.unwrap();
+        }
+        let a = take_some(&m, as_worker().filters(filters.clone())).await;
+        let b = take_some(&m, as_worker().filters(filters.clone())).await;
+        assert_eq!((a.proxy_id, b.proxy_id), (want.id, want.id));
         assert_eq!(
-            lease.proxy_id, want.id,
-            "{selector} picked a proxy that does not match {filters:?}"
+            take(&m, as_worker().filters(filters.clone())).await,
+            None,
+            "the only matching proxy is full: acquire must return None, not another proxy"
         );
-        m.release_proxy(&lease).await.unwrap();
+        m.storage().remove_pool(POOL).await.unwrap();
     }
-    let a = take_some(&m, as_worker().filters(filters.clone())).await;
-    let b = take_some(&m, as_worker().filters(filters.clone())).await;
-    assert_eq!((a.proxy_id, b.proxy_id), (want.id, want.id));
-    assert_eq!(
-        take(&m, as_worker().filters(filters.clone())).await,
-        None,
-        "the only matching proxy is full: acquire must return None, not another proxy"
-    );
 }
 
 /// `country` matches exactly (ignoring case).
@@ -778,7 +801,15 @@ pub async fn pool_stats_are_exact<H: Harness>(h: &H) {
 }
 
 async fn three<H: Harness>(h: &H, max: Option<u32>) -> (ProxyManager<H::Storage>, Vec<Uuid>) {
-    let (m, pool) = setup(h).await;
+    three_with(h, max, suite_indexes()).await
+}
+
+async fn three_with<H: Harness>(
+    h: &H,
+    max: Option<u32>,
+    indexes: PoolIndexes,
+) -> (ProxyManager<H::Storage>, Vec<Uuid>) {
+    let (m, pool) = setup_with(h, indexes).await;
     let mut ids = Vec::new();
     for i in 1..=3 {
         let b = proxy(&pool, i);
@@ -1013,6 +1044,7 @@ pub async fn bad_pool_name_is_rejected<H: Harness>(h: &H) {
             id: Uuid::new_v4(),
             name: bad.to_string(),
             description: None,
+            indexes: crate::pool::PoolIndexes::default(),
         };
         assert!(
             matches!(
@@ -1806,4 +1838,152 @@ pub async fn selector_lowest_latency_order<H: Harness>(h: &H) {
             .latency_ms,
         Some(500)
     );
+}
+
+/// `rotate_proxy` gives the lease back and acquires the next one in one step:
+/// the outcome and the new lease, which may be the proxy just given back; a
+/// lease already released is reported so and a lease is still acquired; bad
+/// input fails before anything is released.
+pub async fn rotate_releases_then_acquires<H: Harness>(h: &H) {
+    let (m, ids) = three(h, Some(1)).await;
+    let first = take_some(&m, as_worker()).await;
+    assert_eq!(first.proxy_id, ids[0]);
+    let r = m.rotate_proxy(&first, as_worker()).await.unwrap();
+    assert_eq!(r.released, ReleaseOutcome::Released);
+    let second = r.next.expect("a proxy is free");
+    assert_eq!(
+        second.proxy_id, ids[0],
+        "least_used takes the proxy given back"
+    );
+    assert!(second.fencing_token > first.fencing_token);
+    assert_eq!(leases_of(&m, ids[0]).await, 1);
+    // The old lease again: already released, and a second proxy is leased.
+    let r = m.rotate_proxy(&first, as_worker()).await.unwrap();
+    assert_eq!(r.released, ReleaseOutcome::AlreadyReleased);
+    assert_eq!(r.next.expect("two proxies are free").proxy_id, ids[1]);
+    // Filters and selectors of the next lease are the caller's.
+    let r = m
+        .rotate_proxy(
+            &second,
+            as_worker().selector(SelectorStrategy::FirstAvailable),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.released, ReleaseOutcome::Released);
+    let third = r.next.unwrap();
+    assert_eq!(third.proxy_id, ids[0]);
+    // Nothing free (every proxy held) gives the release and no lease.
+    let held = take_some(&m, as_worker()).await;
+    assert_eq!(held.proxy_id, ids[2]);
+    let bad = m
+        .rotate_proxy(&third, as_worker().duration(Duration::ZERO))
+        .await;
+    assert!(matches!(bad, Err(Error::InvalidDuration { .. })), "{bad:?}");
+    assert_eq!(leases_of(&m, ids[0]).await, 1, "bad input released nothing");
+    let s = stats(&m).await;
+    assert_eq!((s.total_leases, s.available_proxies), (3, 0), "{s:?}");
+    // Rotating with a filter nothing matches: released, and no lease.
+    let r = m
+        .rotate_proxy(
+            &third,
+            as_worker().filters(ProxyFilters::new().country("ZZ")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.released, ReleaseOutcome::Released);
+    assert_eq!(r.next, None);
+    assert_eq!(stats(&m).await.total_leases, 2);
+}
+
+/// A pool keeps the indexes it was created with; they cannot change later, and
+/// `lowest_latency` on a pool without the latency order is a clear error that
+/// writes nothing.
+pub async fn pools_keep_their_declared_indexes<H: Harness>(h: &H) {
+    let indexes = PoolIndexes::new()
+        .attribute(IndexedAttribute::City)
+        .attribute(IndexedAttribute::Asn)
+        .order(IndexOrder::Sequence);
+    let (m, pool) = setup_with(h, indexes.clone()).await;
+    let stored = m.storage().get_pool(POOL).await.unwrap().unwrap();
+    assert_eq!(stored.indexes, indexes);
+    let mut changed = stored.clone();
+    changed.indexes = PoolIndexes::default();
+    assert!(matches!(
+        m.storage().update_pool(changed).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    add(&m, proxy(&pool, 1)).await;
+    let err = m
+        .acquire_proxy(POOL, as_worker().selector(SelectorStrategy::LowestLatency))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument(msg) if msg.contains("latency")),
+        "{err}"
+    );
+    assert_eq!(stats(&m).await.total_leases, 0);
+}
+
+/// Filters on attributes the pool does not index, and selectors whose order it
+/// does not keep, still pick exactly what they would on a pool that indexes
+/// everything.
+pub async fn undeclared_indexes_select_the_same<H: Harness>(h: &H) {
+    for indexes in [PoolIndexes::new(), PoolIndexes::all()] {
+        let (m, pool) = setup_with(h, indexes.clone()).await;
+        let mut ids = Vec::new();
+        for (i, (country, city)) in [
+            ("AR", "Córdoba"),
+            ("CL", "Santiago"),
+            ("AR", "Rosario"),
+            ("AR", "Córdoba"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = proxy(&pool, u8::try_from(i + 1).unwrap())
+                .max_concurrency(3)
+                .country(country)
+                .city(city)
+                .asn(7303 + u32::try_from(i % 2).unwrap());
+            ids.push(add(&m, p).await.id);
+        }
+        let pick = |f: ProxyFilters, s: SelectorStrategy| as_worker().filters(f).selector(s);
+        // Uneven counts: 2, 0, 1, 0 leases.
+        for id in [ids[0], ids[0], ids[2]] {
+            let l = take_some(
+                &m,
+                pick(
+                    ProxyFilters::new().city(if id == ids[0] { "Córdoba" } else { "Rosario" }),
+                    SelectorStrategy::FirstAvailable,
+                ),
+            )
+            .await;
+            assert_eq!(l.proxy_id, id, "{indexes:?}");
+        }
+        let city = ProxyFilters::new().city("Córdoba");
+        let l = take_some(&m, pick(city.clone(), SelectorStrategy::LeastUsed)).await;
+        assert_eq!(l.proxy_id, ids[3], "least used Córdoba, {indexes:?}");
+        let l = take_some(&m, pick(city, SelectorStrategy::FirstAvailable)).await;
+        assert_eq!(
+            l.proxy_id, ids[0],
+            "first Córdoba with a free slot, {indexes:?}"
+        );
+        let ar = ProxyFilters::new()
+            .country("AR")
+            .none_of([ProxyFilters::new().asn(7304)]);
+        let l = take_some(&m, pick(ar, SelectorStrategy::LeastUsed)).await;
+        assert_eq!(
+            l.proxy_id, ids[2],
+            "AR, ASN 7303, fewest leases: {indexes:?}"
+        );
+        // Round robin starts at the first proxy with a free slot (the first is full).
+        let l = take_some(&m, pick(ProxyFilters::new(), SelectorStrategy::RoundRobin)).await;
+        assert_eq!(l.proxy_id, ids[1], "{indexes:?}");
+        let l = take_some(&m, pick(ProxyFilters::new(), SelectorStrategy::RoundRobin)).await;
+        assert_eq!(l.proxy_id, ids[2], "{indexes:?}");
+        let s = stats(&m).await;
+        assert_eq!(s.total_leases, 8, "{indexes:?}: {s:?}");
+        assert_eq!(s.available_proxies, 2, "{indexes:?}: {s:?}");
+        m.storage().remove_pool(POOL).await.unwrap();
+    }
 }

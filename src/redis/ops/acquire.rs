@@ -1,0 +1,206 @@
+//! `lua/acquire.lua`: n acquire requests on one pool in one atomic call.
+
+use std::sync::LazyLock;
+
+use redis::{FromRedisValue, ParsingError, Script, ScriptInvocation, Value};
+use uuid::Uuid;
+
+use super::{bad, script, Items, LIB, LIB_ACQUIRE};
+use crate::error::{Error, Result};
+use crate::filters::ProxyFilters;
+use crate::redis::codec;
+use crate::redis::conn::Conn;
+use crate::redis::error::redis_err;
+use crate::redis::keys::{self, PoolKeys};
+use crate::storage::AcquireRequest;
+
+pub(crate) static SCRIPT: LazyLock<Script> = script!("acquire.lua", LIB, LIB_ACQUIRE);
+
+/// Most required index tags sent per request (more only narrow less).
+const MAX_TAGS: usize = 64;
+
+/// One acquire request as the script reads it (a block of its ARGV).
+#[derive(Debug, Clone)]
+pub(crate) struct AcquireItem {
+    pub(crate) consumer: String,
+    pub(crate) duration_ms: u64,
+    pub(crate) selector: &'static str,
+    /// The filter as JSON, or empty when there is none.
+    pub(crate) filter: String,
+    /// The filter is exactly one exact-match attribute: being in that value's
+    /// index is the whole test (when the pool indexes the attribute).
+    pub(crate) exact: bool,
+    pub(crate) request_key: Option<String>,
+    pub(crate) tags: Vec<String>,
+}
+
+impl AcquireItem {
+    /// The script's view of a request that [`AcquireRequest::validate`] accepted.
+    pub(crate) fn new(pk: &PoolKeys, request: &AcquireRequest) -> Result<Self> {
+        let duration_ms = u64::try_from(request.duration.as_millis())
+            .map_err(|_| Error::InvalidArgument("lease duration overflows".into()))?;
+        let mut tags: Vec<String> = Vec::new();
+        for (attr, value) in request.filters.required_attributes() {
+            let t = keys::tag(attr, &value);
+            if !tags.contains(&t) && tags.len() < MAX_TAGS {
+                tags.push(t);
+            }
+        }
+        let filter = if request.filters.is_empty() {
+            String::new()
+        } else {
+            codec::filter_json(&request.filters)
+        };
+        Ok(AcquireItem {
+            consumer: request.consumer_name.clone(),
+            duration_ms,
+            selector: request.selector.as_str(),
+            filter,
+            exact: single_tag_filter(&request.filters),
+            request_key: request.request_id.as_deref().map(|r| pk.request(r)),
+            tags,
+        })
+    }
+
+    /// Appends this request's block; its request key, if any, is `KEYS[key_index]`.
+    pub(crate) fn push(&self, inv: &mut ScriptInvocation<'_>, key_index: usize) {
+        inv.arg(&self.consumer)
+            .arg(self.duration_ms)
+            .arg(self.selector)
+            .arg(&self.filter)
+            .arg(if self.exact { "1" } else { "0" })
+            .arg(fastrand::u32(..1 << 31))
+            .arg(if self.request_key.is_some() {
+                key_index
+            } else {
+                0
+            })
+            .arg(self.tags.len())
+            .arg(&self.tags);
+    }
+}
+
+/// Whether `f` is exactly one attribute compared for equality (`country`,
+/// `source`, `city`, `isp` or `asn`).
+fn single_tag_filter(f: &ProxyFilters) -> bool {
+    let exact = [
+        f.country.is_some(),
+        f.source.is_some(),
+        f.city.is_some(),
+        f.isp.is_some(),
+        f.asn.is_some(),
+    ];
+    exact.iter().filter(|set| **set).count() == 1
+        && f.latitude.is_none()
+        && f.longitude.is_none()
+        && f.radius_km.is_none()
+        && f.any_of.is_empty()
+        && f.all_of.is_empty()
+        && f.none_of.is_empty()
+}
+
+/// A granted lease, as the script answers it.
+#[derive(Debug, Clone)]
+pub(crate) struct Granted {
+    pub(crate) lease_id: Uuid,
+    pub(crate) token: u64,
+    pub(crate) acquired_ms: i64,
+    pub(crate) expires_ms: i64,
+    pub(crate) proxy_json: String,
+    pub(crate) pool_id: Uuid,
+}
+
+/// One request's reply.
+#[derive(Debug, Clone)]
+pub(crate) enum AcquireReply {
+    Granted(Granted),
+    /// Its request id already got this lease.
+    Existing(Uuid),
+    /// No available proxy matches.
+    None,
+    /// None now, but due leases wait for reclaim: run cleanup, then again.
+    Retry,
+    /// The selector needs an order the pool does not keep.
+    NoOrder(String),
+    PoolNotFound,
+    Schema(String),
+}
+
+impl AcquireReply {
+    /// Reads one reply entry from `it` (the items of the entry).
+    pub(crate) fn read(it: &mut Items<'_>) -> Result<Self, ParsingError> {
+        Ok(match it.text()?.as_str() {
+            "OK" => {
+                let lease_id = it.uuid()?;
+                let token = it.uint()?;
+                let acquired_ms = it.int()?;
+                let expires_ms = it.int()?;
+                let _seq = it.uint()?;
+                let proxy_json = it.text()?;
+                let pool_id = it.uuid()?;
+                AcquireReply::Granted(Granted {
+                    lease_id,
+                    token,
+                    acquired_ms,
+                    expires_ms,
+                    proxy_json,
+                    pool_id,
+                })
+            }
+            "EXISTING" => AcquireReply::Existing(it.uuid()?),
+            "NONE" => AcquireReply::None,
+            "RETRY" => AcquireReply::Retry,
+            "NO_ORDER" => AcquireReply::NoOrder(it.text()?),
+            "POOL_NOT_FOUND" => AcquireReply::PoolNotFound,
+            "SCHEMA" => AcquireReply::Schema(it.text().unwrap_or_default()),
+            other => return Err(bad("acquire.lua", other)),
+        })
+    }
+}
+
+/// Every request's reply, in order.
+pub(crate) struct Replies(pub(crate) Vec<AcquireReply>);
+
+impl FromRedisValue for Replies {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let all = Items::of(&v, "acquire.lua")?;
+        let mut out = Vec::with_capacity(all.len());
+        let mut all = all;
+        while all.left() > 0 {
+            let mut one = Items::of(all.next()?, "acquire.lua")?;
+            out.push(AcquireReply::read(&mut one)?);
+        }
+        Ok(Replies(out))
+    }
+}
+
+/// Runs one acquire.lua call for these requests.
+pub(crate) async fn run(
+    conn: &mut Conn<'_>,
+    pk: &PoolKeys,
+    reclaim: u32,
+    grace_ms: u64,
+    items: &[AcquireItem],
+) -> Result<Vec<AcquireReply>> {
+    let mut inv = SCRIPT.key(pk.meta());
+    inv.key(pk.live())
+        .arg(pk.prefix())
+        .arg(reclaim)
+        .arg(grace_ms)
+        .arg(items.len());
+    let mut next_key = 3;
+    for it in items {
+        if let Some(k) = &it.request_key {
+            inv.key(k);
+        }
+        it.push(&mut inv, next_key);
+        if it.request_key.is_some() {
+            next_key += 1;
+        }
+    }
+    let Replies(out) = inv
+        .invoke_async(conn)
+        .await
+        .map_err(redis_err("acquire script failed"))?;
+    Ok(out)
+}

@@ -1,0 +1,54 @@
+//! `lua/pool_update.lua`: set or clear a pool's description.
+
+use std::sync::LazyLock;
+
+use redis::{FromRedisValue, ParsingError, Script, Value};
+
+use super::{bad, script, Items, LIB};
+use crate::error::Result;
+use crate::pool::ProxyPool;
+use crate::redis::conn::Conn;
+use crate::redis::error::redis_err;
+use crate::redis::keys::PoolKeys;
+
+pub(crate) static SCRIPT: LazyLock<Script> = script!("pool_update.lua", LIB);
+
+/// The script's reply.
+#[derive(Debug)]
+pub(crate) enum PoolUpdateReply {
+    Ok,
+    NotFound,
+    /// The pool has another id (this one).
+    IdMismatch(String),
+    Schema(String),
+}
+
+impl FromRedisValue for PoolUpdateReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let mut it = Items::of(&v, "pool_update.lua")?;
+        match it.text()?.as_str() {
+            "OK" => Ok(PoolUpdateReply::Ok),
+            "NOT_FOUND" => Ok(PoolUpdateReply::NotFound),
+            "ID_MISMATCH" => Ok(PoolUpdateReply::IdMismatch(it.text()?)),
+            "SCHEMA" => Ok(PoolUpdateReply::Schema(it.text().unwrap_or_default())),
+            other => Err(bad("pool_update.lua", other)),
+        }
+    }
+}
+
+/// Runs pool_update.lua.
+pub(crate) async fn run(
+    conn: &mut Conn<'_>,
+    pk: &PoolKeys,
+    pool: &ProxyPool,
+) -> Result<PoolUpdateReply> {
+    SCRIPT
+        .key(pk.meta())
+        .arg(pk.prefix())
+        .arg(pool.id.to_string())
+        .arg(if pool.description.is_some() { "1" } else { "0" })
+        .arg(pool.description.as_deref().unwrap_or(""))
+        .invoke_async(conn)
+        .await
+        .map_err(redis_err("pool update script failed"))
+}

@@ -1,0 +1,70 @@
+//! `lua/release.lua`: release n leases of one pool, each at most once.
+
+use std::sync::LazyLock;
+
+use redis::{FromRedisValue, ParsingError, Script, Value};
+use uuid::Uuid;
+
+use super::{bad, script, Items, LIB};
+use crate::error::Result;
+use crate::lease::ReleaseOutcome;
+use crate::redis::conn::Conn;
+use crate::redis::error::redis_err;
+use crate::redis::keys::PoolKeys;
+
+pub(crate) static SCRIPT: LazyLock<Script> = script!("release.lua", LIB);
+
+/// A release outcome as the scripts spell it.
+pub(crate) fn outcome(word: &str) -> Result<ReleaseOutcome, ParsingError> {
+    match word {
+        "released" => Ok(ReleaseOutcome::Released),
+        "already_released" => Ok(ReleaseOutcome::AlreadyReleased),
+        "expired" => Ok(ReleaseOutcome::Expired),
+        "not_found" => Ok(ReleaseOutcome::NotFound),
+        other => Err(bad("release.lua", other)),
+    }
+}
+
+/// The script's reply.
+#[derive(Debug)]
+pub(crate) enum ReleaseReply {
+    /// One outcome per lease, in order.
+    Outcomes(Vec<ReleaseOutcome>),
+    PoolNotFound,
+    Schema(String),
+}
+
+impl FromRedisValue for ReleaseReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let mut it = Items::of(&v, "release.lua")?;
+        match it.text()?.as_str() {
+            "OK" => {
+                let mut out = Vec::with_capacity(it.left());
+                while it.left() > 0 {
+                    out.push(outcome(&it.text()?)?);
+                }
+                Ok(ReleaseReply::Outcomes(out))
+            }
+            "POOL_NOT_FOUND" => Ok(ReleaseReply::PoolNotFound),
+            "SCHEMA" => Ok(ReleaseReply::Schema(it.text().unwrap_or_default())),
+            other => Err(bad("release.lua", other)),
+        }
+    }
+}
+
+/// Runs one release.lua call for these leases.
+pub(crate) async fn run(
+    conn: &mut Conn<'_>,
+    pk: &PoolKeys,
+    grace_ms: u64,
+    ids: &[Uuid],
+) -> Result<ReleaseReply> {
+    let mut inv = SCRIPT.key(pk.meta());
+    inv.key(pk.live()).arg(pk.prefix()).arg(grace_ms);
+    for id in ids {
+        inv.key(pk.lease(*id)).arg(id.to_string());
+    }
+    inv.invoke_async(conn)
+        .await
+        .map_err(redis_err("release script failed"))
+}

@@ -1,0 +1,51 @@
+//! `lua/report.lua`: record a success or a failure with a proxy (cooldowns, bans).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+use uuid::Uuid;
+
+use super::{script, ProxyReply, LIB, LIB_PROXY};
+use crate::cooldown::CooldownPolicy;
+use crate::error::Result;
+use crate::redis::conn::Conn;
+use crate::redis::error::redis_err;
+use crate::redis::keys::PoolKeys;
+
+pub(crate) static SCRIPT: LazyLock<Script> = script!("report.lua", LIB, LIB_PROXY);
+
+/// Runs report.lua: a success (`failure` None) or a failure with its reason and
+/// the policy (already validated).
+pub(crate) async fn run(
+    conn: &mut Conn<'_>,
+    pk: &PoolKeys,
+    id: Uuid,
+    failure: Option<(&str, &CooldownPolicy)>,
+) -> Result<ProxyReply> {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (mode, reason, base, cap, jitter, ban) = match failure {
+        None => ("success", "", 1, 1, 0, 0),
+        Some((reason, policy)) => (
+            "failure",
+            reason,
+            ms(policy.base),
+            ms(policy.cap),
+            (policy.jitter * 1000.0).round() as u64,
+            policy.ban_after.unwrap_or(0),
+        ),
+    };
+    SCRIPT
+        .key(pk.meta())
+        .arg(pk.prefix())
+        .arg(id.to_string())
+        .arg(mode)
+        .arg(base)
+        .arg(cap)
+        .arg(jitter)
+        .arg(fastrand::u32(0..=1_000_000))
+        .arg(ban)
+        .arg(reason)
+        .invoke_async(conn)
+        .await
+        .map_err(redis_err("report script failed"))
+}

@@ -1,0 +1,79 @@
+//! `lua/rotate.lua`: release a lease and acquire the next proxy, for n requests
+//! on one pool, in one atomic call.
+
+use std::sync::LazyLock;
+
+use redis::{FromRedisValue, ParsingError, Script, Value};
+use uuid::Uuid;
+
+use super::acquire::{AcquireItem, AcquireReply};
+use super::release::outcome;
+use super::{script, Items, LIB, LIB_ACQUIRE};
+use crate::error::Result;
+use crate::lease::ReleaseOutcome;
+use crate::redis::conn::Conn;
+use crate::redis::error::redis_err;
+use crate::redis::keys::PoolKeys;
+
+pub(crate) static SCRIPT: LazyLock<Script> = script!("rotate.lua", LIB, LIB_ACQUIRE);
+
+/// One rotate request: the lease to give back and what to acquire next.
+#[derive(Debug, Clone)]
+pub(crate) struct RotateItem {
+    pub(crate) lease_id: Uuid,
+    pub(crate) acquire: AcquireItem,
+}
+
+struct Replies(Vec<(ReleaseOutcome, AcquireReply)>);
+
+impl FromRedisValue for Replies {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let mut all = Items::of(&v, "rotate.lua")?;
+        let mut out = Vec::with_capacity(all.len());
+        while all.left() > 0 {
+            let mut one = Items::of(all.next()?, "rotate.lua")?;
+            match one.peek_text().as_deref() {
+                Some("POOL_NOT_FOUND" | "SCHEMA") => {
+                    out.push((ReleaseOutcome::NotFound, AcquireReply::read(&mut one)?));
+                }
+                _ => {
+                    let o = outcome(&one.text()?)?;
+                    out.push((o, AcquireReply::read(&mut one)?));
+                }
+            }
+        }
+        Ok(Replies(out))
+    }
+}
+
+/// Runs one rotate.lua call for these requests.
+pub(crate) async fn run(
+    conn: &mut Conn<'_>,
+    pk: &PoolKeys,
+    reclaim: u32,
+    grace_ms: u64,
+    items: &[RotateItem],
+) -> Result<Vec<(ReleaseOutcome, AcquireReply)>> {
+    let mut inv = SCRIPT.key(pk.meta());
+    inv.key(pk.live())
+        .arg(pk.prefix())
+        .arg(reclaim)
+        .arg(grace_ms)
+        .arg(items.len());
+    let mut next_key = 3;
+    for it in items {
+        if let Some(k) = &it.acquire.request_key {
+            inv.key(k);
+        }
+        inv.arg(it.lease_id.to_string());
+        it.acquire.push(&mut inv, next_key);
+        if it.acquire.request_key.is_some() {
+            next_key += 1;
+        }
+    }
+    let Replies(out) = inv
+        .invoke_async(conn)
+        .await
+        .map_err(redis_err("rotate script failed"))?;
+    Ok(out)
+}

@@ -558,7 +558,8 @@ fn loadavg() -> String {
 fn manager(url: &str) -> Result<Manager, BoxError> {
     let config = RedisConfig::from_url(url)
         .namespace(NAMESPACE)
-        .response_timeout(Duration::from_secs(30));
+        .response_timeout(Duration::from_secs(30))
+        .tuned_from_env();
     Ok(ProxyManager::new(RedisStorage::new(config)?))
 }
 

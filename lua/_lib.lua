@@ -1,13 +1,16 @@
--- _lib.lua: what every v2 script shares. Not a script of its own:
--- src/redis/scripts.rs joins, at load time, the key table and limits that
--- src/redis/keys.rs generates from its Rust constants (K_*, MAX_*, SCHEMA,
--- LOAD_SHIFT), then this file, then the operation's file.
+-- _lib.lua: what every v2 operation shares. The operations are the functions
+-- of one Redis Functions library (`FUNCTION LOAD`, called with `FCALL`): its
+-- text is src/redis/keys.rs's generated key table and limits (K_*, MAX_*,
+-- SCHEMA, LOAD_SHIFT), then this file, _lib_acquire.lua and _lib_proxy.lua, then
+-- each operation's file as the body of its function (see src/redis/ops/mod.rs).
+-- Helpers are defined once, when the library loads, not on every call; what a
+-- call changes lives in the per-call state below, which reset() clears first.
 --
 -- The layout (README, "Redis key schema"; `P` is the pool prefix `<ns>:{<pool>}:`):
 --   P meta            hash   schema, id, name, description, attrs, orders, counters
 --                            (proxies, active), next_seq, fence, rr, hints (exp, cool_next,
 --                            wait_until)
---   P proxies         hash   proxy seq -> the proxy as JSON (short keys, see proxy_json below)
+--   P proxies         hash   proxy seq -> the proxy as JSON (short keys, see _lib_proxy.lua)
 --   P ids:<xx>        hash   proxy id -> seq, 256 shards by the id's first two hex digits
 --   P idx:<o>:<tag>   zset   available proxies (active, not cooling, a free slot) by seq;
 --                            <o> is load (always), seq or lat (when declared); <tag> is `all`
@@ -29,6 +32,10 @@
 -- end with one multi-member command per key (see flush()); the state of every
 -- proxy a call touched is kept in `T` (by seq), so later requests of the same call
 -- see it without reading Redis again.
+
+-- The call's keys and arguments (set by reset()), and the pool prefix `P`
+-- (set by the operation before anything else).
+local KEYS, ARGV, P
 
 local function fail(msg)
   return redis.error_reply('ERR lighthouse: ' .. msg)
@@ -92,63 +99,71 @@ local function read_meta(key, ...)
   return m
 end
 
--- ---------------------------------------------------------------- lease ids
--- A lease id is a UUID made of the lease's fencing token (15 hex digits, version
--- nibble 8) and the last 17 characters of its pool's id, so the live set's
--- `<seq>:<token>` members lead to their records and a record of an earlier pool
--- of the same name is never taken for one of this pool's.
-local function lease_id(token, pool_id)
-  local h = string.format('%015x', token)
-  return string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12) .. '-8' .. string.sub(h, 13, 15)
-    .. string.sub(pool_id, 19)
-end
-
--- The token of a lease id made by lease_id() for this pool, or nil.
-local function token_of(id, pool_id)
-  if type(id) ~= 'string' or #id ~= 36 or string.sub(id, 19) ~= string.sub(pool_id, 19)
-    or string.byte(id, 15) ~= 56 or string.byte(id, 9) ~= 45 or string.byte(id, 14) ~= 45 then
-    return nil
-  end
-  return tonumber(string.sub(id, 1, 8) .. string.sub(id, 10, 13) .. string.sub(id, 16, 18), 16)
-end
-
 -- ---------------------------------------------------------------- lease records
+-- A lease record is the key `P <token>` (its fencing token in decimal: lease ids
+-- are made of the token and the pool id, see src/redis/keys.rs), holding
 -- `active <seq> <acquired-ms> <duration-ms> <consumer>` or
 -- `released <seq> <acquired-ms> <duration-ms> <released-ms> <consumer>`;
--- expired is not written: an active record past its expiry is expired.
+-- expired is not written: an active record past its expiry is expired. Numbers
+-- stay the strings they were read as (formatting numbers costs Redis's Lua a
+-- snprintf each).
 local function parse_record(v)
   if not v then return nil end
   local seq, at, dur, rest = string.match(v, '^active (%d+) (%d+) (%d+) (.+)$')
   if seq then
-    return { state = 'active', seq = seq, at = tonumber(at), dur = tonumber(dur), consumer = rest }
+    return { state = 'active', seq = seq, at = at, dur = dur, consumer = rest }
   end
   local rel
   seq, at, dur, rel, rest = string.match(v, '^released (%d+) (%d+) (%d+) (%d+) (.+)$')
   if seq then
-    return { state = 'released', seq = seq, at = tonumber(at), dur = tonumber(dur),
-      released = tonumber(rel), consumer = rest }
+    return { state = 'released', seq = seq, at = at, dur = dur, released = rel, consumer = rest }
   end
   return nil
 end
 
-local function active_record(seq, at, dur, consumer)
-  return 'active ' .. seq .. ' ' .. fmt_int(at) .. ' ' .. fmt_int(dur) .. ' ' .. consumer
+-- A token argument: decimal digits of a number below 2^53 (or nil).
+local function is_token(t)
+  return type(t) == 'string' and #t <= 16 and #t >= 1 and not string.find(t, '%D')
 end
 
 -- ---------------------------------------------------------------- pool settings
--- Declared attributes and orders, from the meta fields `attrs` and `orders`.
-local ATTRS, ORDERS, GEO = {}, { 'load' }, false
-local HAS_ORDER = { load = true }
-local function read_settings(attrs, orders)
-  for a in string.gmatch(attrs or '', '%S+') do
-    if a == 'geo' then GEO = true else ATTRS[#ATTRS + 1] = a end
-  end
-  for o in string.gmatch(orders or '', '%S+') do
-    if not HAS_ORDER[o] then
-      HAS_ORDER[o] = true
-      ORDERS[#ORDERS + 1] = o
+-- Declared attributes and orders, from the meta fields `attrs` and `orders`,
+-- parsed once per pool and kept across calls with the proxies' parsed JSON (a
+-- pool created again under the same name has another id, hence another entry).
+local ATTRS, ORDERS, GEO, HAS_ORDER, DECLARED
+local POOL -- this call's entry of POOLS
+local POOLS, NPOOLS = {}, 0
+local INFO_CACHE_MAX = 4096
+
+-- Selects the settings of pool P (id `pool_id`, texts from its meta).
+local function read_settings(pool_id, attrs, orders)
+  local key = P .. (pool_id or '')
+  local s = POOLS[key]
+  if not s or s.attrs_text ~= attrs or s.orders_text ~= orders then
+    s = { attrs = {}, orders = { 'load' }, geo = false, has = { load = true }, declared = {},
+      attrs_text = attrs, orders_text = orders, infos = {}, ninfos = 0 }
+    for a in string.gmatch(attrs or '', '%S+') do
+      if a == 'geo' then
+        s.geo = true
+      else
+        s.attrs[#s.attrs + 1] = a
+        s.declared[a] = true
+      end
     end
+    for o in string.gmatch(orders or '', '%S+') do
+      if not s.has[o] then
+        s.has[o] = true
+        s.orders[#s.orders + 1] = o
+      end
+    end
+    if NPOOLS >= 64 then
+      POOLS, NPOOLS = {}, 0
+    end
+    POOLS[key] = s
+    NPOOLS = NPOOLS + 1
   end
+  POOL = s
+  ATTRS, ORDERS, GEO, HAS_ORDER, DECLARED = s.attrs, s.orders, s.geo, s.has, s.declared
 end
 
 -- ---------------------------------------------------------------- proxies
@@ -166,10 +181,15 @@ local LATENCY_UNKNOWN = 1048576 -- 2^20: never measured sorts last
 local GEO_MAX_LAT = 85.05112878
 
 -- What the indexes need to know of a proxy, from its JSON: eligible (active and
--- not cooling), max (nil = unlimited), its declared tags, latency, location.
+-- not cooling), max (nil = unlimited), its declared tags, latency, location,
+-- and its index keys (`keys`, with the order of each in `korder`; `load`, the
+-- load-order keys). Parsed once per JSON and pool, then cached (bounded).
 local function info_of(json)
+  local infos = POOL.infos
+  local i = infos[json]
+  if i then return i end
   local p = cjson.decode(json)
-  local i = { p = p, max = p.max, ok = (p.status == nil or p.status == 'active') and p.cool == nil }
+  i = { p = p, max = p.max, ok = (p.status == nil or p.status == 'active') and p.cool == nil }
   local tags, set = {}, {}
   for _, a in ipairs(ATTRS) do
     local v = p[a]
@@ -186,6 +206,26 @@ local function info_of(json)
     i.latency = l
   end
   if GEO and p.lat ~= nil then i.geo = true end
+  local keys, korder, load = {}, {}, {}
+  for _, o in ipairs(ORDERS) do
+    local base = P .. K_IDX .. o .. ':'
+    keys[#keys + 1] = base .. 'all'
+    korder[#korder + 1] = o
+    for _, t in ipairs(tags) do
+      keys[#keys + 1] = base .. t
+      korder[#korder + 1] = o
+    end
+    if o == 'load' then
+      for k = 1, #keys do load[k] = keys[k] end
+    end
+  end
+  i.keys, i.korder, i.load = keys, korder, load
+  if POOL.ninfos >= INFO_CACHE_MAX then
+    infos = {}
+    POOL.infos, POOL.ninfos = infos, 0
+  end
+  infos[json] = i
+  POOL.ninfos = POOL.ninfos + 1
   return i
 end
 
@@ -194,29 +234,60 @@ local function avail(info, n)
 end
 
 -- ---------------------------------------------------------------- pending writes
--- W.z[key][member] = score (ZADD) or false (ZREM); W.held[seq] = n or false;
--- W.pj[seq] = new JSON; W.g[member] = {lon, lat} or false (geo set).
-local W = { z = {}, held = {}, pj = {}, g = {} }
-local P -- the pool prefix, set by the script before anything else
+-- Allocating is what costs Redis's Lua most (a table or string is a malloc, and
+-- later garbage-collector work), so the per-call scratch space is made of
+-- tables kept across calls and refilled (functions run one at a time).
+--
+-- Index writes: ZA[key] = {score, member, ...} (one ZADD) and ZR[key] =
+-- {member, ...} (one ZREM), filled up to ZAN[key] / ZRN[key] since the last
+-- flush; ZK lists the keys used. W.held[member] = n or false, W.pj[member] = new
+-- JSON, W.g[member] = {lon, lat} or false (geo set): maps made when first used.
+local ZA, ZAN, ZR, ZRN, ZSEEN, NZKEYS = {}, {}, {}, {}, {}, 0
+local ZK, ZKN = {}, 0
+local EPOCH = 0 -- bumped by every flush and every call: what ZSEEN and caches compare with
+local W = { held = false, pj = false, g = false }
 
-local function zput(key, member, score)
-  local m = W.z[key]
-  if not m then m = {}; W.z[key] = m end
-  m[member] = score
-end
-
--- Touched proxies: T[member] = state, TL = the same states in touch order.
--- state = { seq = number, m = member string, j = JSON, info = info_of(j),
---           n = live leases now, n0 / av0 = count and availability in Redis }
-local T, TL = {}, {}
-
-local function index_keys(info, f)
-  for _, o in ipairs(ORDERS) do
-    local base = P .. K_IDX .. o .. ':'
-    f(base .. 'all', o)
-    for _, t in ipairs(info.tags) do f(base .. t, o) end
+local function zkey(key)
+  if ZSEEN[key] ~= EPOCH then
+    if not ZA[key] then
+      ZA[key], ZR[key] = {}, {}
+      NZKEYS = NZKEYS + 1
+    end
+    ZSEEN[key] = EPOCH
+    ZKN = ZKN + 1
+    ZK[ZKN] = key
+    ZAN[key], ZRN[key] = 0, 0
   end
 end
+
+local function za(key, score, member)
+  zkey(key)
+  local n, a = ZAN[key], ZA[key]
+  a[n + 1], a[n + 2] = score, member
+  ZAN[key] = n + 2
+end
+
+local function zr(key, member)
+  zkey(key)
+  local n = ZRN[key] + 1
+  ZR[key][n] = member
+  ZRN[key] = n
+end
+
+local function wmap(name)
+  local t = W[name]
+  if not t then
+    t = {}
+    W[name] = t
+  end
+  return t
+end
+
+-- Touched proxies: T[member] = state; TL[1..TLN] the same states in touch order
+-- (state tables are reused across calls).
+-- state = { seq = number, m = member string, j = JSON, info = info_of(j),
+--           n = live leases now, n0 / av0 = count and availability in Redis }
+local T, TL, TLN = {}, {}, 0
 
 local function score(o, st)
   if o == 'load' then return st.n * LOAD_SHIFT + st.seq end
@@ -224,112 +295,167 @@ local function score(o, st)
   return st.info.latency * LOAD_SHIFT + st.seq
 end
 
+local function geo_add(info, m, seq)
+  local lat, lon = info.p.lat, info.p.lon
+  if math.abs(lat) <= GEO_MAX_LAT then wmap('g')[m] = { lon, lat } else za(P .. K_POLAR, seq, m) end
+end
+
+local function geo_remove(m)
+  wmap('g')[m] = false
+  zr(P .. K_POLAR, m)
+end
+
 -- Plans the writes that take a proxy from what Redis holds (n0, av0, and the
 -- index entries of `old` info, or of st.info when its indexed fields did not
 -- change) to its state now.
 local function plan(st, old)
-  local info = st.info
-  local from = old or info
+  local info, m = st.info, st.m
   local av1 = info ~= nil and avail(info, st.n)
-  local m = st.m
-  if st.av0 and from and (old or not av1) then
-    index_keys(from, function(key) zput(key, m, false) end)
-    if from.geo then W.g[m] = false; zput(P .. K_POLAR, m, false) end
-  elseif st.av0 and av1 and st.n ~= st.n0 then
-    local s = st.n * LOAD_SHIFT + st.seq
-    zput(P .. K_IDX .. 'load:all', m, s)
-    for _, t in ipairs(info.tags) do zput(P .. K_IDX .. 'load:' .. t, m, s) end
-  end
-  if av1 and (old or not st.av0) then
-    index_keys(info, function(key, o) zput(key, m, score(o, st)) end)
-    if info.geo then
-      local lat, lon = info.p.lat, info.p.lon
-      if math.abs(lat) <= GEO_MAX_LAT then W.g[m] = { lon, lat } else zput(P .. K_POLAR, m, st.seq) end
+  if old == nil then
+    if st.av0 and info then
+      if not av1 then
+        local keys = info.keys
+        for k = 1, #keys do zr(keys[k], m) end
+        if info.geo then geo_remove(m) end
+      elseif st.n ~= st.n0 then
+        local s = fmt_int(st.n * LOAD_SHIFT + st.seq)
+        local keys = info.load
+        for k = 1, #keys do za(keys[k], s, m) end
+      end
+    elseif av1 then
+      local keys, korder = info.keys, info.korder
+      for k = 1, #keys do za(keys[k], score(korder[k], st), m) end
+      if info.geo then geo_add(info, m, st.seq) end
+    end
+  else
+    if st.av0 then
+      local kept = {}
+      if av1 then
+        for _, k in ipairs(info.keys) do kept[k] = true end
+      end
+      for _, k in ipairs(old.keys) do
+        if not kept[k] then zr(k, m) end
+      end
+      if old.geo and not (av1 and info.geo) then geo_remove(m) end
+    end
+    if av1 then
+      for k, key in ipairs(info.keys) do za(key, score(info.korder[k], st), m) end
+      if info.geo then geo_add(info, m, st.seq) end
     end
   end
   -- The count lives in the score while available, else in `held`.
   local was = st.av0 and 0 or st.n0
   local is = (av1 or info == nil) and 0 or st.n
   if was ~= is then
-    if is > 0 then W.held[m] = is else W.held[m] = false end
+    if is > 0 then wmap('held')[m] = is else wmap('held')[m] = false end
   end
   st.n0, st.av0, st.dirty = st.n, av1, false
 end
 
--- Sends every pending write: one command per key.
+-- Sends every pending write: one command per key. Index pages cached by the
+-- acquire path are stale after it (EPOCH moves on).
 local function flush()
-  for _, st in ipairs(TL) do
+  for i = 1, TLN do
+    local st = TL[i]
     if st.dirty then plan(st) end
   end
-  for key, members in pairs(W.z) do
-    local add, rem = {}, {}
-    for m, s in pairs(members) do
-      if s then
-        add[#add + 1] = s
-        add[#add + 1] = m
+  for i = 1, ZKN do
+    local key = ZK[i]
+    local n = ZRN[key]
+    if n > 0 then redis.call('ZREM', key, unpack(ZR[key], 1, n)) end
+  end
+  for i = 1, ZKN do
+    local key = ZK[i]
+    local n = ZAN[key]
+    if n > 0 then redis.call('ZADD', key, unpack(ZA[key], 1, n)) end
+  end
+  ZKN = 0
+  EPOCH = EPOCH + 1
+  local held = W.held
+  if held then
+    local hs, hd = {}, {}
+    for m, n in pairs(held) do
+      if n then
+        hs[#hs + 1] = m
+        hs[#hs + 1] = n
       else
-        rem[#rem + 1] = m
+        hd[#hd + 1] = m
       end
     end
-    if #rem > 0 then redis.call('ZREM', key, unpack(rem)) end
-    if #add > 0 then redis.call('ZADD', key, unpack(add)) end
+    if #hd > 0 then redis.call('HDEL', P .. K_HELD, unpack(hd)) end
+    if #hs > 0 then redis.call('HSET', P .. K_HELD, unpack(hs)) end
+    W.held = false
   end
-  local hs, hd = {}, {}
-  for m, n in pairs(W.held) do
-    if n then
-      hs[#hs + 1] = m
-      hs[#hs + 1] = n
-    else
-      hd[#hd + 1] = m
+  local pjs = W.pj
+  if pjs then
+    local pj = {}
+    for m, j in pairs(pjs) do
+      pj[#pj + 1] = m
+      pj[#pj + 1] = j
     end
+    redis.call('HSET', P .. K_PROXIES, unpack(pj))
+    W.pj = false
   end
-  if #hd > 0 then redis.call('HDEL', P .. K_HELD, unpack(hd)) end
-  if #hs > 0 then redis.call('HSET', P .. K_HELD, unpack(hs)) end
-  local pj = {}
-  for m, j in pairs(W.pj) do
-    pj[#pj + 1] = m
-    pj[#pj + 1] = j
-  end
-  if #pj > 0 then redis.call('HSET', P .. K_PROXIES, unpack(pj)) end
-  local ga, gr = {}, {}
-  for m, g in pairs(W.g) do
-    if g then
-      ga[#ga + 1] = g[1]
-      ga[#ga + 1] = g[2]
-      ga[#ga + 1] = m
-    else
-      gr[#gr + 1] = m
+  local gs = W.g
+  if gs then
+    local ga, gr = {}, {}
+    for m, g in pairs(gs) do
+      if g then
+        ga[#ga + 1] = g[1]
+        ga[#ga + 1] = g[2]
+        ga[#ga + 1] = m
+      else
+        gr[#gr + 1] = m
+      end
     end
+    if #gr > 0 then redis.call('ZREM', P .. K_GEO, unpack(gr)) end
+    if #ga > 0 then redis.call('GEOADD', P .. K_GEO, unpack(ga)) end
+    W.g = false
   end
-  if #gr > 0 then redis.call('ZREM', P .. K_GEO, unpack(gr)) end
-  if #ga > 0 then redis.call('GEOADD', P .. K_GEO, unpack(ga)) end
-  W = { z = {}, held = {}, pj = {}, g = {} }
 end
 
--- A new touched state for member `m` (a seq in decimal) whose JSON is `json` (nil: no such proxy), with
--- its count `n0` and availability `av0` as Redis holds them.
+-- A touched state for member `m` (a seq in decimal) whose JSON is `json` (nil:
+-- no such proxy), with its count `n0` and availability `av0` as Redis holds them.
 local function touch(m, json, n0, av0)
-  local st = { seq = tonumber(m), m = m, j = json, n = n0, n0 = n0, av0 = av0 }
-  if json then st.info = info_of(json) end
+  TLN = TLN + 1
+  local st = TL[TLN]
+  if not st then
+    st = { seq = 0, m = '', j = false, n = 0, n0 = 0, av0 = false, dirty = false, info = false }
+    TL[TLN] = st
+  end
+  st.seq, st.m, st.j, st.n, st.n0, st.av0, st.dirty = tonumber(m), m, json, n0, n0, av0, false
+  if json then st.info = info_of(json) else st.info = nil end
   T[m] = st
-  TL[#TL + 1] = st
   return st
 end
 
 -- The states of these proxies (members: seq strings), read in three commands
 -- whatever their number: the JSONs, their load-index scores, their held counts.
--- Proxies that no longer exist get a state with info = nil.
-local function load_states(members)
+-- Proxies that no longer exist get a state with info = nil. With `leased` (each
+-- holds a lease), a proxy that cannot be indexed then (full at max 1, or not
+-- eligible) is looked up in `held` only.
+local function load_states(members, leased)
   local want = {}
   for _, m in ipairs(members) do
     if not T[m] then want[#want + 1] = m end
   end
   if #want == 0 then return end
   local js = redis.call('HMGET', P .. K_PROXIES, unpack(want))
-  local sc = redis.call('ZMSCORE', P .. K_IDX .. 'load:all', unpack(want))
+  local scored, sc = want, {}
+  if leased then
+    scored = {}
+    for i, m in ipairs(want) do
+      local info = js[i] and info_of(js[i])
+      if info and info.ok and info.max ~= 1 then scored[#scored + 1] = m end
+    end
+  end
+  if #scored > 0 then
+    local got = redis.call('ZMSCORE', P .. K_IDX .. 'load:all', unpack(scored))
+    for i, m in ipairs(scored) do sc[m] = got[i] end
+  end
   local missing = {}
-  for i, m in ipairs(want) do
-    if not sc[i] then missing[#missing + 1] = m end
+  for _, m in ipairs(want) do
+    if not sc[m] then missing[#missing + 1] = m end
   end
   local held = {}
   if #missing > 0 then
@@ -338,7 +464,7 @@ local function load_states(members)
   end
   for i, m in ipairs(want) do
     if not T[m] then
-      local s = sc[i]
+      local s = sc[m]
       if s then
         touch(m, js[i] or nil, math.floor(tonumber(s) / LOAD_SHIFT), true)
       else
@@ -377,7 +503,7 @@ local function reclaim(now, limit)
       seqs[#seqs + 1] = s
     end
   end
-  load_states(seqs)
+  load_states(seqs, true)
   local n = 0
   for i = 1, #due do
     if of[i] and give_back(of[i]) then n = n + 1 end
@@ -427,8 +553,10 @@ local function lift_cooldowns(now, limit)
     for _, m in ipairs(due) do
       local st = T[m]
       if st and st.info and st.info.p.cool ~= nil then
-        st.j = json_set(st.j, st.info.p, 'cool', nil)
-        W.pj[m] = st.j
+        local p = {}
+        for k, v in pairs(st.info.p) do p[k] = v end
+        st.j = json_set(st.j, p, 'cool', nil)
+        wmap('pj')[m] = st.j
         st.info = info_of(st.j)
         st.dirty = true
       end
@@ -440,30 +568,52 @@ local function lift_cooldowns(now, limit)
 end
 
 -- ---------------------------------------------------------------- release
--- Releases of this call, by position: prepared (records read, proxies loaded,
--- live members taken out) all at once, then applied one by one, so that
--- rotate.lua can interleave them with its acquires in arrival order.
-local REL, DONE = {}, {}
+-- Releases of this call, by position (REL[1..RELN], items reused across calls):
+-- prepared (records read, proxies loaded, live members taken out) all at once,
+-- then applied one by one, so that rotate.lua can interleave them with its
+-- acquires in arrival order. DONE: outcomes by token, for a lease named twice.
+local REL, RELN, DONE = {}, 0, {}
 
--- Reads the records of these leases (ids with their record keys, built from P)
+-- Starts a call: its keys and arguments, and empty per-call state.
+local function reset(keys, args)
+  KEYS, ARGV, P = keys, args, nil
+  for i = 1, TLN do T[TL[i].m] = nil end
+  TLN = 0
+  for i = 1, RELN do DONE[REL[i].id] = nil end
+  RELN = 0
+  ZKN = 0
+  EPOCH = EPOCH + 1
+  if NZKEYS > 4096 then
+    ZA, ZAN, ZR, ZRN, ZSEEN, NZKEYS = {}, {}, {}, {}, {}, 0
+  end
+  W.held, W.pj, W.g = false, false, false
+  POOL = nil
+end
+
+-- Reads the records of these leases (tokens with their record keys `P <token>`)
 -- in one command, loads their proxies, and takes the live ones out of the live
--- set (one command each way), remembering which were there.
-local function prepare_releases(ids, keys, pool_id)
+-- set (one command each way), remembering which were there. A token older than
+-- the pool (`created`: the pool was removed and created again) is not found.
+local function prepare_releases(tokens, keys, created)
   local recs
   if #keys == 1 then recs = { redis.call('GET', keys[1]) } else recs = redis.call('MGET', unpack(keys)) end
   local seqs, members, firsts, seen = {}, {}, {}, {}
-  for i, id in ipairs(ids) do
-    local item = { id = id, key = keys[i] }
-    REL[i] = item
-    if seen[id] then
+  for i, tok in ipairs(tokens) do
+    local item = REL[i]
+    if not item then
+      item = { id = '', key = '', dup = false, r = false, present = false }
+      REL[i] = item
+    end
+    item.id, item.key, item.dup, item.r, item.present = tok, keys[i], false, false, false
+    RELN = i
+    if seen[tok] then
       item.dup = true
-    else
-      seen[id] = true
-      local tok = token_of(id, pool_id)
-      local r = tok and parse_record(recs[i] or nil)
+    elseif tonumber(tok) >= created then
+      seen[tok] = true
+      local r = parse_record(recs[i] or nil)
       if r then
         item.r = r
-        r.member = r.seq .. ':' .. fmt_int(tok)
+        r.member = r.seq .. ':' .. tok
         seqs[#seqs + 1] = r.seq
         if r.state == 'active' then
           members[#members + 1] = r.member
@@ -472,7 +622,7 @@ local function prepare_releases(ids, keys, pool_id)
       end
     end
   end
-  if #seqs > 0 then load_states(seqs) end
+  if #seqs > 0 then load_states(seqs, true) end
   local live = P .. K_LIVE
   if #members == 1 then
     firsts[1].present = redis.call('ZREM', live, members[1]) == 1
@@ -491,8 +641,9 @@ end
 
 -- Applies prepared release i: its outcome (released | already_released |
 -- expired | not_found) and whether it freed a slot. A live lease gives its slot
--- back exactly once; a released record is kept for `grace` after now.
-local function apply_release(i, now, grace)
+-- back exactly once; a released record is kept for `grace` ms (a string) after
+-- now (`now_s`: now in ms as a string).
+local function apply_release(i, now, now_s, grace)
   local item = REL[i]
   if item.dup then
     local o = DONE[item.id] or 'not_found'
@@ -506,13 +657,13 @@ local function apply_release(i, now, grace)
       o = 'not_found'
     elseif r.state == 'released' then
       o = 'already_released'
-    elseif r.at + r.dur <= now then
+    elseif tonumber(r.at) + tonumber(r.dur) <= now then
       o = 'expired'
     elseif item.present then
       o = 'released'
-      if grace > 0 then
-        redis.call('SET', item.key, 'released ' .. r.seq .. ' ' .. fmt_int(r.at) .. ' '
-          .. fmt_int(r.dur) .. ' ' .. fmt_int(now) .. ' ' .. r.consumer, 'PX', grace)
+      if grace ~= '0' then
+        redis.call('SET', item.key, 'released ' .. r.seq .. ' ' .. r.at .. ' ' .. r.dur .. ' '
+          .. now_s .. ' ' .. r.consumer, 'PX', grace)
       else
         redis.call('DEL', item.key)
       end

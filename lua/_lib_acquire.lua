@@ -3,12 +3,35 @@
 -- alone: a request sees the counts the ones before it left (in T), not Redis's
 -- indexes, which are written once at the end.
 
-local NOW, NOW_US, GRACE, POOL_ID
-local FENCE, RR, EXP, COOL_NEXT, WAIT_UNTIL
-local FENCE_MOVED, RR_MOVED, EXP_MOVED, COOL_MOVED = false, false, false, false
-local LIVE_ADD = {}
-local C = {} -- index key -> { items = {member, score, ...}, done = bool, i = first unseen }
-local FREED, TAKEN, MORE = 0, 0, false
+-- Per-call state of an acquire or rotate call (reset_acquire() clears it; the
+-- tables are kept across calls and refilled, see _lib.lua).
+local NOW, NOW_S, NOW_US, GRACE, POOL_ID, CREATED
+local FENCE, RR, RR_S, EXP, COOL_NEXT, WAIT_UNTIL
+local FENCE_MOVED, RR_MOVED, EXP_MOVED, COOL_MOVED
+local LIVE_ADD, LIVE_N = {}, 0 -- pending ZADD of the live set: expiry, member, ...
+-- Pages of index keys read by this call (since the last flush): CACHES[key] =
+-- { items = {member, score, json, count, ...}, n = items used, done, i = first
+-- unseen, epoch = the EPOCH it was read in }.
+local CACHES, NCACHES = {}, 0
+local REQS, RPS, OUT = {}, {}, {} -- request and reply tables by position; the reply
+local FREED, TAKEN, MORE
+
+local function reset_acquire()
+  FENCE_MOVED, RR_MOVED, EXP_MOVED, COOL_MOVED = false, false, false, false
+  LIVE_N = 0
+  if NCACHES > 1024 then CACHES, NCACHES = {}, 0 end
+  FREED, TAKEN, MORE = 0, 0, false
+end
+
+local SPACE = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
+
+-- '0'..'1100' -> the number: small arguments read by a table look-up, not
+-- tonumber (filled on first use: loading a library runs no standard library).
+local SMALL
+local function small_numbers()
+  SMALL = {}
+  for i = 0, 1100 do SMALL[string.format('%d', i)] = i end
+end
 
 local ORDER_OF = { least_used = 'load', lowest_latency = 'lat', first_available = 'seq',
   round_robin = 'rr', random = 'rnd' }
@@ -41,55 +64,66 @@ local function filter_checker()
   return check
 end
 
-local DECLARED
 local function declared(tag)
-  if not DECLARED then
-    DECLARED = {}
-    for _, a in ipairs(ATTRS) do DECLARED[a] = true end
-  end
   return DECLARED[string.match(tag, '^([a-z]+)=')] == true
 end
 
 -- Reads the acquire block at ARGV[at]:
---   +0 consumer name   +1 duration ms   +2 selector   +3 filter JSON or ''
---   +4 '1' when the filter is exactly one exact-match attribute, else '0'
---   +5 random 0..2^31   +6 KEYS index of its request key, or 0
---   +7 t, then +8.. t required tags `<attr>=<percent-encoded value>`
+--   +0 consumer name   +1 duration ms   +2 the record's TTL ms (duration + grace)
+--   +3 selector   +4 filter JSON or ''
+--   +5 '1' when the filter is exactly one exact-match attribute, else '0'
+--   +6 random 0..2^31   +7 KEYS index of its request key, or 0
+--   +8 t, then +9.. t required tags `<attr>=<percent-encoded value>`
+-- `slot` is the request's position (its table is reused across calls).
 -- Returns the request and the next index, or nil and an error message. Called
 -- after the pool's settings are read (a filter is decoded only when a candidate
 -- must be tested against it), before anything is written.
-local function read_request(at)
-  local r = { consumer = ARGV[at], selector = ARGV[at + 2], json = ARGV[at + 3] }
-  if not is_text(r.consumer, 128) or string.find(r.consumer, '^%s') or string.find(r.consumer, '%s$') then
+local function read_request(at, slot)
+  local c, dur_s, ttl_s, sel, json, exact = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3],
+    ARGV[at + 4], ARGV[at + 5]
+  if not is_text(c, 128) or SPACE[string.byte(c, 1)] or SPACE[string.byte(c, -1)] then
     return nil, 'bad consumer name'
   end
-  r.dur = int_in(ARGV[at + 1], 1, MAX_LEASE_MS)
-  if not r.dur then return nil, 'bad duration' end
-  local order = ORDER_OF[r.selector]
+  local dur, ttl = int_in(dur_s, 1, MAX_LEASE_MS), int_in(ttl_s, 1, MAX_LEASE_MS + MAX_GRACE_MS)
+  if not dur or not ttl or ttl < dur then return nil, 'bad duration' end
+  local order = ORDER_OF[sel]
   if not order then return nil, 'bad selector' end
-  local exact = ARGV[at + 4]
-  if type(r.json) ~= 'string' or #r.json > 65536 or (exact ~= '0' and exact ~= '1') then
+  if type(json) ~= 'string' or #json > 65536 or (exact ~= '0' and exact ~= '1') then
     return nil, 'bad filter'
   end
-  r.rnd = int_in(ARGV[at + 5], 0, 2147483648)
-  r.reqk = int_in(ARGV[at + 6], 0, #KEYS)
-  local nt = int_in(ARGV[at + 7], 0, 64)
-  if not r.rnd or not r.reqk or not nt or r.reqk == 1 or r.reqk == 2 then
+  if not SMALL then small_numbers() end
+  local reqk, nt = SMALL[ARGV[at + 7]], SMALL[ARGV[at + 8]]
+  if not reqk or not nt or nt > 64 or reqk > #KEYS or reqk == 1 or reqk == 2 then
     return nil, 'bad numeric argument'
   end
-  if r.reqk > 0 and string.sub(KEYS[r.reqk], 1, #P + #K_REQ) ~= P .. K_REQ then
+  if reqk > 0 and string.sub(KEYS[reqk], 1, #P + #K_REQ) ~= P .. K_REQ then
     return nil, 'bad request key'
   end
-  r.dtags = {}
+  local r = REQS[slot]
+  if not r then
+    r = { consumer = '', dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
+      reqk = 0, dtags = {}, test = false, filter = false, order = false, fast = false,
+      noorder = false }
+    REQS[slot] = r
+  end
+  r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, dur, dur_s, ttl_s, sel, json
+  r.rnd, r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, reqk, false, false, false,
+    false, false
+  local dtags = r.dtags
+  for j = #dtags, 1, -1 do dtags[j] = nil end
+  if order == 'rnd' then
+    r.rnd = int_in(ARGV[at + 6], 0, 2147483648)
+    if not r.rnd then return nil, 'bad numeric argument' end
+  end
   for j = 1, nt do
-    local tag = ARGV[at + 7 + j]
+    local tag = ARGV[at + 8 + j]
     if not is_tag(tag) then return nil, 'bad tag' end
     if declared(tag) then r.dtags[#r.dtags + 1] = tag else r.test = true end
   end
-  if r.json ~= '' and not (exact == '1' and nt == 1 and #r.dtags == 1) then r.test = true end
+  if json ~= '' and not (exact == '1' and nt == 1 and #r.dtags == 1) then r.test = true end
   if r.test then
-    if r.json == '' then return nil, 'bad filter' end
-    local ok, decoded = pcall(cjson.decode, r.json)
+    if json == '' then return nil, 'bad filter' end
+    local ok, decoded = pcall(cjson.decode, json)
     check_filter = check_filter or filter_checker()
     if not ok or type(decoded) ~= 'table' or not check_filter(decoded, 0, { 0 }) then
       return nil, 'bad filter'
@@ -99,28 +133,31 @@ local function read_request(at)
   if order == 'lat' and not HAS_ORDER.lat then
     r.noorder = 'lat'
   elseif order == 'seq' and not HAS_ORDER.seq then
-    order = nil
+    order = false
   end
   r.order = order
   r.fast = not r.test and r.dtags[2] == nil and (order == 'load' or order == 'lat' or order == 'seq')
-  return r, at + 8 + nt
+  return r, at + 9 + nt
 end
 
 -- Reads the pool's meta and settings; nil and a reply for every request when
 -- the pool cannot serve them.
 local function begin(prefix, grace)
   P = prefix
-  local m, why, found = read_meta(KEYS[1], 'fence', 'rr', 'exp', 'cool_next', 'wait_until', 'attrs', 'orders')
+  local m, why, found = read_meta(KEYS[1], 'fence', 'rr', 'exp', 'cool_next', 'wait_until', 'attrs',
+    'orders', 'created')
   if not m then return why, found end
-  read_settings(m[9], m[10])
+  read_settings(m[2], m[9], m[10])
   POOL_ID = m[2]
   FENCE = tonumber(m[4] or '0') or 0
-  RR = tonumber(m[5] or '')
-  EXP = tonumber(m[6] or '')
-  COOL_NEXT = tonumber(m[7] or '')
+  RR = m[5] or nil -- a string: round robin reads it as a number
+  EXP = m[6] and tonumber(m[6]) or nil
+  COOL_NEXT = m[7] and tonumber(m[7]) or nil
   WAIT_UNTIL = m[8]
+  CREATED = m[11] or '0' -- a string: rotate compares it as a number
   GRACE = grace
   NOW, NOW_US = clock()
+  NOW_S = fmt_int(NOW)
   return nil
 end
 
@@ -146,54 +183,72 @@ end
 -- index that is still available, scored as it is now.
 local function pick_fast(r, remaining)
   local tag = r.dtags[1] or 'all'
-  local key = P .. K_IDX .. r.order .. ':' .. tag
-  local c = C[key]
+  local order = r.order
+  local key = P .. K_IDX .. order .. ':' .. tag
+  local c = CACHES[key]
   if not c then
-    c = { items = {}, done = false, i = 1 }
-    C[key] = c
+    c = { items = {}, n = 0, done = false, i = 1, epoch = -1 }
+    CACHES[key] = c
+    NCACHES = NCACHES + 1
+  end
+  if c.epoch ~= EPOCH then
+    c.n, c.done, c.i, c.epoch = 0, false, 1, EPOCH
   end
   local items = c.items
-  local best_m, best_s, best_st
+  local best_m, best_s, best_j, best_n, best_st
   local i = c.i
   while true do
-    if i > #items then
+    if i > c.n then
       if c.done then break end
-      local have = #items / 2
-      local want = have + math.min(remaining + #TL, 63) + 1
-      local got = redis.call('ZRANGE', key, have, want - 1, 'WITHSCORES')
-      for k = 1, #got, 2 do
-        items[#items + 1] = got[k]
-        items[#items + 1] = tonumber(got[k + 1])
+      -- The next page, with its proxies' JSONs (and, for another order than
+      -- load, their counts), enough for every request left in the call.
+      local have = c.n / 4
+      local want = math.min(remaining + TLN, 63) + 1
+      local got = redis.call('ZRANGE', key, have, have + want - 1, 'WITHSCORES')
+      local k = #got / 2
+      if k < want then c.done = true end
+      if k > 0 then
+        local ms = {}
+        for j = 1, k do ms[j] = got[2 * j - 1] end
+        local js = redis.call('HMGET', P .. K_PROXIES, unpack(ms))
+        local counts = order ~= 'load' and redis.call('ZMSCORE', P .. K_IDX .. 'load:all', unpack(ms))
+        local n = c.n
+        for j = 1, k do
+          -- The count: the load score's high part (false: not indexed there).
+          local sc = tonumber(got[2 * j])
+          local cnt = sc
+          if counts then cnt = counts[j] and tonumber(counts[j]) end
+          items[n + 1], items[n + 2], items[n + 3] = ms[j], sc, js[j]
+          items[n + 4] = cnt and math.floor(cnt / LOAD_SHIFT)
+          n = n + 4
+        end
+        c.n = n
       end
-      if #got < (want - have) * 2 then c.done = true end
-      if i > #items then break end
+      if i > c.n then break end
     end
     if not T[items[i]] then
-      best_m, best_s = items[i], items[i + 1]
+      best_m, best_s, best_j, best_n = items[i], items[i + 1], items[i + 2], items[i + 3]
       break
     end
-    i = i + 2
+    i = i + 4
   end
   c.i = i
-  for _, st in ipairs(TL) do
+  for t = 1, TLN do
+    local st = TL[t]
     local info = st.info
     if info and avail(info, st.n) and (tag == 'all' or info.tagset[tag]) then
-      local s = score(r.order, st)
-      if best_s == nil or s < best_s then best_m, best_s, best_st = st.m, s, st end
+      local sc = score(order, st)
+      if best_s == nil or sc < best_s then best_m, best_s, best_st = st.m, sc, st end
     end
   end
   if best_st or not best_m then return best_st, best_m end
-  -- An untouched proxy: its count is in the load score.
-  local n0 = best_s
-  if r.order ~= 'load' then n0 = redis.call('ZSCORE', P .. K_IDX .. 'load:all', best_m) end
-  local json = redis.call('HGET', P .. K_PROXIES, best_m)
-  if not n0 or not json then
+  if not best_j or not best_n then
     -- A stale entry (edited by hand, say): drop it and look again.
-    zput(key, best_m, false)
+    zr(key, best_m)
     touch(best_m, nil, 0, true)
     return nil, best_m
   end
-  return touch(best_m, json, math.floor(tonumber(n0) / LOAD_SHIFT), true), best_m
+  return touch(best_m, best_j, best_n, true), best_m
 end
 
 -- ---------------------------------------------------------------- general path
@@ -323,7 +378,7 @@ local function make_general()
       if HAS_ORDER.seq then return walk_rank(P .. K_IDX .. 'seq:' .. tag, 0, nil) end
       return by_seq_in_load(load, -1)
     elseif sel == 'round_robin' then
-      local c = RR or -1
+      local c = RR and tonumber(RR) or -1
       if HAS_ORDER.seq then
         local key = P .. K_IDX .. 'seq:' .. tag
         return walk_score(key, '(' .. fmt_int(c), '+inf') or walk_score(key, '-inf', fmt_int(c))
@@ -372,7 +427,7 @@ local function make_general()
             k = l * S + seq
           elseif sel == 'round_robin' then
             k = seq
-            if RR ~= nil and seq <= RR then k = seq + 9007199254740992 end
+            if RR ~= nil and seq <= tonumber(RR) then k = seq + 9007199254740992 end
           else
             matched[#matched + 1] = m
           end
@@ -385,7 +440,7 @@ local function make_general()
   end
 
   return function(r)
-    filter, test, sel, rnd = r.filter, r.test, r.selector, r.rnd
+    filter, test, sel, rnd = r.filter or nil, r.test, r.selector, r.rnd
     -- The smallest declared index every match must be in; an empty one: no match.
     local base, base_n = 'all', nil
     for _, t in ipairs(r.dtags) do
@@ -404,7 +459,6 @@ end
 local function pick_general(r)
   general = general or make_general()
   flush()
-  C = {}
   local m = general(r)
   if not m then return nil, nil end
   if not T[m] then load_states({ m }) end
@@ -412,12 +466,32 @@ local function pick_general(r)
 end
 
 -- ---------------------------------------------------------------- serving
--- Serves one acquire request: its reply.
-local function serve(r, remaining)
-  if r.noorder then return { 'NO_ORDER', r.noorder } end
+-- The reply table of position `slot`, reused across calls.
+local function reply_table(slot)
+  local t = RPS[slot]
+  if not t then
+    t = {}
+    RPS[slot] = t
+  end
+  return t
+end
+
+-- Sets a short reply: `word` (and `v`) at t[off + 1...], the rest cut off.
+local function short(t, off, word, v)
+  t[off + 1], t[off + 2], t[off + 3] = word, v, nil
+  return t
+end
+
+-- Serves one acquire request; its reply, in the reply table of `slot` from
+-- index off + 1 (rotate.lua puts the release outcome before it).
+local function serve(r, remaining, slot, off)
+  local t = reply_table(slot)
+  if r.noorder then return short(t, off, 'NO_ORDER', r.noorder) end
   if r.reqk > 0 then
     local prior = redis.call('GET', KEYS[r.reqk])
-    if prior and redis.call('EXISTS', P .. prior) == 1 then return { 'EXISTING', prior } end
+    if prior and redis.call('EXISTS', P .. prior) == 1 then
+      return short(t, off, 'EXISTING', tonumber(prior))
+    end
   end
   local st
   for _ = 1, 8 do
@@ -430,46 +504,61 @@ local function serve(r, remaining)
     st = nil
   end
   if not st then
-    if MORE then return { 'RETRY' } end
-    return { 'NONE' }
+    if MORE then return short(t, off, 'RETRY') end
+    return short(t, off, 'NONE')
   end
   st.n = st.n + 1
   st.dirty = true
-  local token = math.max(FENCE + 1, NOW_US)
+  local token = FENCE + 1
+  if NOW_US > token then token = NOW_US end
   FENCE, FENCE_MOVED = token, true
-  local id = lease_id(token, POOL_ID)
+  local tok = fmt_int(token)
   local exp = NOW + r.dur
-  local keep = fmt_int(exp + GRACE)
-  redis.call('SET', P .. id, active_record(st.m, NOW, r.dur, r.consumer), 'PXAT', keep)
-  LIVE_ADD[#LIVE_ADD + 1] = exp
-  LIVE_ADD[#LIVE_ADD + 1] = st.m .. ':' .. fmt_int(token)
+  redis.call('SET', P .. tok, 'active ' .. st.m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer,
+    'PX', r.ttl_s)
+  LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = exp, st.m .. ':' .. tok
+  LIVE_N = LIVE_N + 2
   if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
-  if r.reqk > 0 then redis.call('SET', KEYS[r.reqk], id, 'PXAT', keep) end
-  if r.selector == 'round_robin' then RR, RR_MOVED = st.seq, true end
+  if r.reqk > 0 then redis.call('SET', KEYS[r.reqk], tok, 'PX', r.ttl_s) end
+  if r.selector == 'round_robin' then RR, RR_S, RR_MOVED = st.seq, st.m, true end
   TAKEN = TAKEN + 1
-  return { 'OK', id, token, NOW, exp, st.seq, st.j, POOL_ID }
+  t[off + 1], t[off + 2], t[off + 3], t[off + 4] = 'OK', token, NOW, exp
+  t[off + 5], t[off + 6], t[off + 7], t[off + 8] = st.seq, st.j, POOL_ID, nil
+  return t
 end
 
 -- Writes what the call changed: indexes and counts, the live set, the meta's
 -- fence, cursor and hints; wakes waiters when slots freed beyond those taken.
 local function finish()
   flush()
-  if #LIVE_ADD > 0 then redis.call('ZADD', P .. K_LIVE, unpack(LIVE_ADD)) end
-  local set, del = {}, {}
-  local function put(field, moved, v)
-    if not moved then return end
-    if v then
-      set[#set + 1] = field
-      set[#set + 1] = fmt_int(v)
+  if LIVE_N > 0 then redis.call('ZADD', P .. K_LIVE, unpack(LIVE_ADD, 1, LIVE_N)) end
+  local set, del = { KEYS[1] }, nil
+  if FENCE_MOVED then
+    set[#set + 1] = 'fence'
+    set[#set + 1] = fmt_int(FENCE)
+  end
+  if RR_MOVED then
+    set[#set + 1] = 'rr'
+    set[#set + 1] = RR_S
+  end
+  if EXP_MOVED then
+    if EXP then
+      set[#set + 1] = 'exp'
+      set[#set + 1] = fmt_int(EXP)
     else
-      del[#del + 1] = field
+      del = { KEYS[1], 'exp' }
     end
   end
-  put('fence', FENCE_MOVED, FENCE)
-  put('rr', RR_MOVED, RR)
-  put('exp', EXP_MOVED, EXP)
-  put('cool_next', COOL_MOVED, COOL_NEXT)
-  if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
-  if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
+  if COOL_MOVED then
+    if COOL_NEXT then
+      set[#set + 1] = 'cool_next'
+      set[#set + 1] = fmt_int(COOL_NEXT)
+    else
+      del = del or { KEYS[1] }
+      del[#del + 1] = 'cool_next'
+    end
+  end
+  if set[2] then redis.call('HSET', unpack(set)) end
+  if del then redis.call('HDEL', unpack(del)) end
   if FREED > TAKEN then notify(WAIT_UNTIL, NOW) end
 end

@@ -84,7 +84,7 @@ local function rewrite(m, json, counters)
   local was_active = old and (old.p.status == nil or old.p.status == 'active')
   st.j = json
   st.info = info_of(json)
-  W.pj[m] = json
+  wmap('pj')[m] = json
   plan(st, old)
   local is_active = st.info.p.status == nil or st.info.p.status == 'active'
   if was_active ~= is_active and counters then

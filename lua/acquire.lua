@@ -9,12 +9,13 @@
 -- ARGV[2]  most due leases to reclaim in this call (1..MAX_RECLAIM)
 -- ARGV[3]  record grace ms (0..MAX_GRACE_MS)
 -- ARGV[4]  n, the number of requests (1..MAX_REQUESTS), then n blocks as read by
---          read_request() in _lib_acquire.lua (consumer, duration, selector,
---          filter, exact flag, random, request key index, tags)
+--          read_request() in _lib_acquire.lua (consumer, duration, record TTL,
+--          selector, filter, exact flag, random, request key index, tags)
 --
 -- Reply: one entry per request, in order:
---   {'OK', lease_id, token, acquired_ms, expires_ms, proxy_seq, proxy_json, pool_id}
---   {'EXISTING', lease_id}   its request id already got this lease (nothing written)
+--   {'OK', token, acquired_ms, expires_ms, proxy_seq, proxy_json, pool_id}: the
+--                            lease id is made of the token and the pool id
+--   {'EXISTING', token}      its request id already got this lease (nothing written)
 --   {'NONE'}                 no available proxy matches
 --   {'RETRY'}                none, but due leases remain: run cleanup.lua, call again
 --   {'NO_ORDER', order}      the selector needs an order the pool does not keep
@@ -28,6 +29,7 @@
 -- meta: 8 + 2n for one tag. Reclaim adds ZRANGEBYSCORE, HMGET, ZMSCORE, ZREM and
 -- ZRANGE, only when the `exp` hint is due. Cost O(n log N), flat in pool size N.
 
+reset_acquire()
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
   return fail('keys do not match the pool prefix')
@@ -43,16 +45,16 @@ if why then
   for i = 1, n do out[i] = { why, found } end
   return out
 end
-local reqs, at = {}, 5
+local at = 5
 for i = 1, n do
-  local r, nxt = read_request(at)
+  local r, nxt = read_request(at, i)
   if not r then return fail(nxt) end
-  reqs[i], at = r, nxt
+  at = nxt
 end
 if at ~= #ARGV + 1 then return fail('bad argument count') end
 
 reclaim_due(limit)
-local out = {}
-for i = 1, n do out[i] = serve(reqs[i], n - i) end
+for i = 1, n do OUT[i] = serve(REQS[i], n - i, i, 0) end
+OUT[n + 1] = nil
 finish()
-return out
+return OUT

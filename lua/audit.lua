@@ -34,7 +34,7 @@ if mode == 'check' then
   local limit = int_in(ARGV[4], 1, 10000)
   if not after or not limit then return fail('bad numeric argument') end
   if not m then return { -1, counts, fixes } end
-  read_settings(m[5], m[6])
+  read_settings(m[2], m[5], m[6])
   local last = tonumber(m[4] or '0') or 0
   local to = math.min(last, after + limit)
   if to <= after then return { -1, counts, fixes } end
@@ -54,7 +54,7 @@ if mode == 'check' then
         local n = st.n
         if twice then n = n + (tonumber(held[i]) or 0) end
         st.n = n
-        if twice then W.held[mem] = false end
+        if twice then wmap('held')[mem] = false end
         plan(st, st.info)
         fixes[#fixes + 1] = st.info.p.id
         fixes[#fixes + 1] = n
@@ -81,7 +81,7 @@ elseif mode == 'recount' then
   end
   if #seqs < 1 or #seqs > MAX_ADD then return fail('bad seq count') end
   if not m then return { -1, counts, fixes } end
-  read_settings(m[5], m[6])
+  read_settings(m[2], m[5], m[6])
   local actual, want = {}, {}
   for _, s in ipairs(seqs) do
     want[s] = true

@@ -27,7 +27,7 @@ if not limit then return fail('bad numeric argument') end
 P = prefix
 local m = read_meta(KEYS[1], 'exp', 'cool_next', 'wait_until', 'attrs', 'orders')
 if not m then return { 0, 0 } end
-read_settings(m[7], m[8])
+read_settings(m[2], m[7], m[8])
 local now = clock()
 local lifted, cool_first = 0, tonumber(m[5] or '')
 if cool_first and cool_first <= now then lifted, cool_first = lift_cooldowns(now, limit) end

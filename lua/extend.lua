@@ -1,8 +1,8 @@
 -- extend.lua: renew a live lease: it now expires `duration` from now (Redis
 -- time), in the live set, in its record and in the record's TTL.
 --
--- KEYS[1]  P meta   KEYS[2]  P live   KEYS[3]  P <lease-id>
--- ARGV[1]  pool prefix P    ARGV[2]  lease id    ARGV[3]  duration ms (1..MAX_LEASE_MS)
+-- KEYS[1]  P meta   KEYS[2]  P live   KEYS[3]  P <token>
+-- ARGV[1]  pool prefix P    ARGV[2]  the lease's token    ARGV[3]  duration ms (1..MAX_LEASE_MS)
 -- ARGV[4]  record grace ms (0..MAX_GRACE_MS)
 --
 -- Reply: {'OK', expires_ms}
@@ -17,7 +17,7 @@
 local prefix = ARGV[1]
 local id = ARGV[2]
 if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE
-  or not is_uuid(id) or KEYS[3] ~= prefix .. id then
+  or not is_token(id) or KEYS[3] ~= prefix .. id then
   return fail('keys do not match the pool prefix')
 end
 local duration = int_in(ARGV[3], 1, MAX_LEASE_MS)
@@ -25,23 +25,23 @@ local grace = int_in(ARGV[4], 0, MAX_GRACE_MS)
 if not duration or not grace then return fail('bad numeric argument') end
 
 P = prefix
-local m, why, found = read_meta(KEYS[1])
+local m, why, found = read_meta(KEYS[1], 'created')
 if not m then
   if why == 'SCHEMA' then return { 'SCHEMA', found } end
   return { 'LOST', 'unknown' }
 end
 local now = clock()
-local tok = token_of(id, m[2])
-local r = tok and parse_record(redis.call('GET', KEYS[3]))
+local r = tonumber(id) >= (tonumber(m[4] or '0') or 0) and parse_record(redis.call('GET', KEYS[3]))
 if not r then return { 'LOST', 'unknown' } end
 if r.state == 'released' then return { 'LOST', 'released' } end
 if redis.call('HEXISTS', prefix .. K_PROXIES, r.seq) == 0 then return { 'LOST', 'unknown' } end
-local member = r.seq .. ':' .. fmt_int(tok)
-if r.at + r.dur <= now or not redis.call('ZSCORE', KEYS[2], member) then
+local member = r.seq .. ':' .. id
+local at = tonumber(r.at)
+if at + tonumber(r.dur) <= now or not redis.call('ZSCORE', KEYS[2], member) then
   return { 'LOST', 'expired' }
 end
 local expires = now + duration
 redis.call('ZADD', KEYS[2], 'XX', expires, member)
-redis.call('SET', KEYS[3], active_record(r.seq, r.at, expires - r.at, r.consumer),
-  'PXAT', fmt_int(expires + grace))
+redis.call('SET', KEYS[3], 'active ' .. r.seq .. ' ' .. r.at .. ' ' .. fmt_int(expires - at) .. ' '
+  .. r.consumer, 'PXAT', fmt_int(expires + grace))
 return { 'OK', expires }

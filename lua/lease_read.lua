@@ -1,13 +1,12 @@
-#!lua flags=no-writes
 -- lease_read.lua: lease records of one pool with their proxies, read
 -- atomically; read-only.
 --
 -- KEYS[1]  P meta
 -- ARGV[1]  pool prefix P
--- ARGV[2]  'get', then ARGV[3] a lease id
+-- ARGV[2]  'get', then ARGV[3] a lease's token
 --       or 'list', then ARGV[3] the first rank in the live set, ARGV[4] how many (1..10000)
 --
--- Reply: {'OK', now_ms, more, pool id, lease id, record, proxy seq, proxy json, ...}:
+-- Reply: {'OK', now_ms, more, pool id, token, record, proxy seq, proxy json, ...}:
 -- records as _lib.lua writes them, each with its proxy (a lease whose record or
 -- proxy is gone is left out); `more` is 1 when 'list' has more ranks. Or
 -- {'NOT_FOUND'} / {'SCHEMA', found}.
@@ -18,13 +17,13 @@
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
 P = prefix
-local m, why, found = read_meta(KEYS[1])
+local m, why, found = read_meta(KEYS[1], 'created')
 if not m then return { why == 'SCHEMA' and 'SCHEMA' or 'NOT_FOUND', found } end
-local pool_id = m[2]
+local pool_id, created = m[2], tonumber(m[4] or '0') or 0
 local ids, more = {}, 0
 if ARGV[2] == 'get' then
-  if not is_uuid(ARGV[3]) then return fail('bad lease id') end
-  if token_of(ARGV[3], pool_id) then ids[1] = ARGV[3] end
+  if not is_token(ARGV[3]) then return fail('bad lease token') end
+  if tonumber(ARGV[3]) >= created then ids[1] = ARGV[3] end
 elseif ARGV[2] == 'list' then
   local start, count = int_in(ARGV[3], 0, 9007199254740991), int_in(ARGV[4], 1, 10000)
   if not start or not count then return fail('bad list arguments') end
@@ -34,8 +33,8 @@ elseif ARGV[2] == 'list' then
     live[#live] = nil
   end
   for _, member in ipairs(live) do
-    local tok = tonumber(string.match(member, ':(%d+)$') or '')
-    if tok then ids[#ids + 1] = lease_id(tok, pool_id) end
+    local tok = string.match(member, ':(%d+)$')
+    if tok then ids[#ids + 1] = tok end
   end
 else
   return fail('bad mode')

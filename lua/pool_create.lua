@@ -12,7 +12,7 @@
 -- Reply: 1 when created, 0 when a pool with this name exists (or is being removed).
 -- Errors (nothing written): bad arguments.
 --
--- Calls: EXISTS, HSET. Cost O(1).
+-- Calls: EXISTS, TIME, HSET. Cost O(1).
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -38,7 +38,15 @@ if ARGV[6] == '1' and (type(ARGV[7]) ~= 'string' or #ARGV[7] > 1024) then
   return fail('bad description')
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+-- Tokens of this pool start after every token an earlier pool of this name
+-- gave (they are at least Redis's time in µs); `created` tells them apart.
+local _, now_us = clock()
+-- `about` says what the hash is to whoever reads it, and (longer than 64 bytes)
+-- keeps the hash a hash table: reading ten fields of a listpack costs Redis a
+-- scan each.
 redis.call('HSET', KEYS[1], 'schema', SCHEMA, 'id', ARGV[2], 'name', name, 'attrs', ARGV[4],
-  'orders', ARGV[5], 'next_seq', '0', 'proxies', '0', 'active', '0')
+  'orders', ARGV[5], 'next_seq', '0', 'proxies', '0', 'active', '0', 'created', fmt_int(now_us),
+  'fence', fmt_int(now_us), 'about',
+  'lighthouse-lease pool, key layout ' .. SCHEMA .. ': see the README, Redis key schema')
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'description', ARGV[7]) end
 return 1

@@ -18,8 +18,8 @@
 --
 -- Calls: per batch b, ZRANGE live, UNLINK of b records, ZREM live; then one
 -- UNLINK per tag, one UNLINK of the rest. Finished records and request keys are
--- left to their TTL: lease ids carry the pool id, so a pool created again under
--- this name never takes them for its own.
+-- left to their TTL: a pool created again under this name starts its tokens
+-- after them (`created`), so it never takes them for its own.
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -45,8 +45,8 @@ if m[1] == SCHEMA then
   if #members > 0 then
     local recs = {}
     for _, member in ipairs(members) do
-      local tok = tonumber(string.match(member, ':(%d+)$') or '')
-      if tok then recs[#recs + 1] = P .. lease_id(tok, pool_id) end
+      local tok = string.match(member, ':(%d+)$')
+      if tok then recs[#recs + 1] = P .. tok end
     end
     if #recs > 0 then redis.call('UNLINK', unpack(recs)) end
     redis.call('ZREM', live, unpack(members))

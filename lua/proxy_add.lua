@@ -32,7 +32,7 @@ end
 local m, why, found = read_meta(KEYS[1], 'next_seq', 'proxies', 'active', 'attrs', 'orders', 'wait_until')
 if not m then return { why, found } end
 if m[2] ~= ARGV[2] then return { 'POOL_MISMATCH', m[2] } end
-read_settings(m[7], m[8])
+read_settings(m[2], m[7], m[8])
 -- Ids already in this pool (one read per shard).
 local shards = {}
 for _, p in ipairs(ps) do
@@ -57,7 +57,7 @@ for i, p in ipairs(ps) do
   local mem = fmt_int(next_seq)
   local st = touch(mem, ARGV[2 + i], 0, false)
   st.dirty = true
-  W.pj[mem] = ARGV[2 + i]
+  wmap('pj')[mem] = ARGV[2 + i]
   infos[#infos + 1] = st.info
   if p.status == nil then active = active + 1 end
   if st.info.ok then eligible = true end

@@ -1,4 +1,3 @@
-#!lua flags=no-writes
 -- proxy_read.lua: proxies of one pool with their live lease counts, read
 -- atomically; read-only.
 --
@@ -17,8 +16,9 @@
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
 P = prefix
-local m, why, found = read_meta(KEYS[1])
+local m, why, found = read_meta(KEYS[1], 'attrs', 'orders')
 if not m then return { why == 'SCHEMA' and 'SCHEMA' or 'NOT_FOUND', found } end
+read_settings(m[2], m[4], m[5])
 local members, cursor = {}, '0'
 if ARGV[2] == 'ids' then
   local n = #ARGV - 2

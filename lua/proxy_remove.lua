@@ -20,7 +20,7 @@ local id = ARGV[2]
 if not is_uuid(id) then return fail('bad proxy id') end
 local m = read_meta(KEYS[1], 'proxies', 'active', 'attrs', 'orders')
 if not m then return 0 end
-read_settings(m[6], m[7])
+read_settings(m[2], m[6], m[7])
 local mem = seq_of(id)
 if not mem then return 0 end
 load_states({ mem })

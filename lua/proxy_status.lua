@@ -31,7 +31,7 @@ if not m then
   if why == 'SCHEMA' then return { why, found } end
   return { 'NOT_FOUND' }
 end
-read_settings(m[5], m[6])
+read_settings(m[2], m[5], m[6])
 local mem = seq_of(id)
 if not mem then return { 'NOT_FOUND' } end
 load_states({ mem })

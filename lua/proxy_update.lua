@@ -27,7 +27,7 @@ if not m then
   if why == 'SCHEMA' then return { why, found } end
   return { 'NOT_FOUND' }
 end
-read_settings(m[5], m[6])
+read_settings(m[2], m[5], m[6])
 local mem = seq_of(p.id)
 if not mem then return { 'NOT_FOUND' } end
 if m[2] ~= ARGV[2] then return { 'POOL_MISMATCH' } end

@@ -2,17 +2,17 @@
 -- sends concurrent releases of a pool as one call.
 --
 -- KEYS[1]    P meta        KEYS[2]  P live
--- KEYS[2+i]  P <lease-id>  the record of lease i (1..n)
+-- KEYS[2+i]  P <token>     the record of lease i (1..n)
 -- ARGV[1]    pool prefix P
 -- ARGV[2]    record grace ms (0..MAX_GRACE_MS): a released record is kept this long
--- ARGV[2+i]  lease id i (n = #ARGV - 2, 1..MAX_REQUESTS)
+-- ARGV[2+i]  the token of lease i (n = #ARGV - 2, 1..MAX_REQUESTS)
 --
 -- Reply: {'OK', outcome...}, one outcome per lease in order:
 --   released          it was live; its slot is free again
 --   already_released  released before; nothing changed
 --   expired           it had expired; its slot was (or is now) given back once
---   not_found         no record, a record of an earlier pool of this name, or its
---                     proxy was removed
+--   not_found         no record, a lease of an earlier pool of this name (a token
+--                     older than the pool), or its proxy was removed
 -- or {'POOL_NOT_FOUND'} / {'SCHEMA', found} (nothing written).
 -- Publishes on P freed when it freed a slot and a waiter announced itself.
 -- Errors (nothing written): bad arguments.
@@ -33,19 +33,19 @@ if not grace then return fail('bad grace') end
 local ids, keys = {}, {}
 for i = 1, n do
   local id = ARGV[2 + i]
-  if not is_uuid(id) or KEYS[2 + i] ~= prefix .. id then return fail('bad lease id') end
+  if not is_token(id) or KEYS[2 + i] ~= prefix .. id then return fail('bad lease token') end
   ids[i], keys[i] = id, KEYS[2 + i]
 end
 
 P = prefix
-local m, why, found = read_meta(KEYS[1], 'wait_until', 'attrs', 'orders')
+local m, why, found = read_meta(KEYS[1], 'wait_until', 'attrs', 'orders', 'created')
 if not m then return { why, found } end
-read_settings(m[5], m[6])
+read_settings(m[2], m[5], m[6])
 local now = clock()
-prepare_releases(ids, keys, m[2])
-local out, freed = { 'OK' }, 0
+prepare_releases(ids, keys, tonumber(m[7] or '0') or 0)
+local out, freed, now_s, grace_s = { 'OK' }, 0, fmt_int(now), ARGV[2]
 for i = 1, n do
-  local o, f = apply_release(i, now, grace)
+  local o, f = apply_release(i, now, now_s, grace_s)
   out[i + 1] = o
   if f then freed = freed + 1 end
 end

@@ -6,8 +6,8 @@
 -- KEYS[1]    P meta        KEYS[2]  P live
 -- KEYS[3..]  P req:<percent-encoded request id>, one per request that has one
 -- ARGV[1..4] as acquire.lua (prefix, reclaim limit, grace ms, n), then n blocks:
---   +0 the lease id to release (a lease of this pool), then an acquire block as
---   acquire.lua reads it
+--   +0 the token of the lease to release (a lease of this pool), then an acquire
+--   block as acquire.lua reads it
 --
 -- Reply: one entry per request, in order: {release_outcome, acquire reply...},
 -- the outcome one of released | already_released | expired | not_found and the
@@ -21,6 +21,7 @@
 -- live, ZADD per index key that moved (none when the same proxy comes back), HSET
 -- meta: about 12, against 18 for a release and an acquire apart.
 
+reset_acquire()
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
   return fail('keys do not match the pool prefix')
@@ -36,26 +37,26 @@ if why then
   for i = 1, n do out[i] = { why, found } end
   return out
 end
-local reqs, ids, keys, at = {}, {}, {}, 5
+local ids, keys, at = {}, {}, 5
 for i = 1, n do
   local id = ARGV[at]
-  if not is_uuid(id) then return fail('bad lease id') end
+  if not is_token(id) then return fail('bad lease token') end
   ids[i], keys[i] = id, prefix .. id
-  local r, nxt = read_request(at + 1)
+  local r, nxt = read_request(at + 1, i)
   if not r then return fail(nxt) end
-  reqs[i], at = r, nxt
+  at = nxt
 end
 if at ~= #ARGV + 1 then return fail('bad argument count') end
 
 reclaim_due(limit)
-prepare_releases(ids, keys, POOL_ID)
-local out = {}
+prepare_releases(ids, keys, tonumber(CREATED))
 for i = 1, n do
-  local outcome, freed = apply_release(i, NOW, GRACE)
+  local outcome, freed = apply_release(i, NOW, NOW_S, ARGV[3])
   if freed then FREED = FREED + 1 end
-  local reply = serve(reqs[i], n - i)
-  table.insert(reply, 1, outcome)
-  out[i] = reply
+  local reply = serve(REQS[i], n - i, i, 1)
+  reply[1] = outcome
+  OUT[i] = reply
 end
+OUT[n + 1] = nil
 finish()
-return out
+return OUT

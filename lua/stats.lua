@@ -1,5 +1,4 @@
-#!lua flags=no-writes
--- stats.lua: one pool's stats, read atomically. Read-only (flag no-writes), so
+-- stats.lua: one pool's stats, read atomically. Read-only (registered no-writes), so
 -- Redis runs it even when it is out of memory, when the sweeper's gauges matter
 -- most.
 --

@@ -55,7 +55,7 @@ impl RedisConfig {
     /// The largest [`RedisConfig::max_batch`] (the scripts' own limit is 1,000).
     pub const MAX_BATCH_LIMIT: usize = 256;
     /// Script calls of one kind on one pool in flight at once, by default.
-    pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
 
     /// Settings for this URL (`redis://[user:password@]host:port[/db]`, or
     /// `rediss://` with TLS, feature `tls`), with the defaults:
@@ -145,17 +145,39 @@ impl RedisConfig {
 
     /// Settings from the environment: the URL in `REDIS_URL`, else
     /// [`RedisConfig::DEFAULT_URL`]; the namespace in `LIGHTHOUSE_NAMESPACE`, else
-    /// `lighthouse`.
+    /// `lighthouse`; and, when set, `LIGHTHOUSE_MAX_BATCH` and
+    /// `LIGHTHOUSE_MAX_IN_FLIGHT` (see [`RedisConfig::tuned_from_env`]).
     pub fn from_env() -> Self {
         let url = std::env::var("REDIS_URL")
             .ok()
             .filter(|u| !u.trim().is_empty())
             .unwrap_or_else(|| Self::DEFAULT_URL.to_string());
         let config = Self::from_url(url);
-        match std::env::var("LIGHTHOUSE_NAMESPACE") {
+        let config = match std::env::var("LIGHTHOUSE_NAMESPACE") {
             Ok(ns) if !ns.trim().is_empty() => config.namespace(ns),
             _ => config,
+        };
+        config.tuned_from_env()
+    }
+
+    /// Applies `LIGHTHOUSE_MAX_BATCH` ([`RedisConfig::max_batch`]) and
+    /// `LIGHTHOUSE_MAX_IN_FLIGHT` ([`RedisConfig::max_in_flight`]) when they are
+    /// set to numbers; other values are ignored.
+    #[must_use]
+    pub fn tuned_from_env(self) -> Self {
+        let num = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        };
+        let mut config = self;
+        if let Some(n) = num("LIGHTHOUSE_MAX_BATCH") {
+            config = config.max_batch(n);
         }
+        if let Some(n) = num("LIGHTHOUSE_MAX_IN_FLIGHT") {
+            config = config.max_in_flight(n);
+        }
+        config
     }
 
     /// Every key starts with `<namespace>:`; managers that share state must use
@@ -228,7 +250,7 @@ impl RedisConfig {
     }
 
     /// How many script calls of one kind (acquire, release, rotate) on one pool
-    /// may be in flight at once (default 4, at least 1). Calls that find every
+    /// may be in flight at once (default 2, at least 1). Calls that find every
     /// slot busy queue and go in the next batch; with several batches in flight,
     /// a link with a round-trip time R carries up to `max_in_flight × max_batch /
     /// R` calls per second instead of `max_batch / R`.

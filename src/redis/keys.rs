@@ -190,9 +190,9 @@ impl PoolKeys {
         self.key("K_LIVE")
     }
 
-    /// One lease record: the pool prefix and the lease id.
-    pub(crate) fn lease(&self, id: Uuid) -> String {
-        format!("{}{}", self.prefix, id)
+    /// One lease record: the pool prefix and the lease's fencing token.
+    pub(crate) fn lease(&self, token: u64) -> String {
+        format!("{}{token}", self.prefix)
     }
 
     /// Pub/sub channel of "a slot freed while someone waited" notifications.
@@ -238,11 +238,16 @@ pub(crate) fn tag(attr: FilterAttribute, value: &str) -> String {
     )
 }
 
+/// Tokens stay below 2^53 (they are Lua numbers in the scripts).
+pub(crate) const MAX_TOKEN: u64 = (1 << 53) - 1;
+
 /// The lease id of a fencing token in a pool: the token's 15 hex digits (with
-/// the version nibble 8) and the pool id's last 17 characters, as
-/// `lua/_lib.lua`'s `lease_id` builds it.
-#[cfg(test)]
+/// the version nibble 8) and the pool id's last 17 characters. The scripts key
+/// lease records by the token; [`token_of`] reads it back.
 pub(crate) fn lease_id(token: u64, pool_id: Uuid) -> Option<Uuid> {
+    if token > MAX_TOKEN {
+        return None;
+    }
     let h = format!("{token:015x}");
     if h.len() != 15 {
         return None;
@@ -256,6 +261,18 @@ pub(crate) fn lease_id(token: u64, pool_id: Uuid) -> Option<Uuid> {
         &pool[18..]
     ))
     .ok()
+}
+
+/// The fencing token a lease id made by [`lease_id`] carries, or `None` for an
+/// id of another shape (then no lease of this storage has it).
+pub(crate) fn token_of(id: Uuid) -> Option<u64> {
+    let s = id.hyphenated().to_string();
+    if s.as_bytes().get(14) != Some(&b'8') {
+        return None;
+    }
+    u64::from_str_radix(&format!("{}{}{}", &s[..8], &s[9..13], &s[15..18]), 16)
+        .ok()
+        .filter(|t| *t <= MAX_TOKEN)
 }
 
 #[cfg(test)]
@@ -301,7 +318,9 @@ mod tests {
         let pool = Uuid::parse_str("1b4e28ba-2fa1-41d2-883f-0016d3cca427").unwrap();
         let id = lease_id(1_733_500_000_000_123, pool).unwrap();
         assert_eq!(id.to_string(), "006289be-bb7d-887b-883f-0016d3cca427");
+        assert_eq!(token_of(id), Some(1_733_500_000_000_123));
         assert!(lease_id(1 << 60, pool).is_none());
+        assert_eq!(token_of(pool), None, "a v4 id is no lease id of ours");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::codec::{self, corrupt, parse_uuid};
 use super::config::RedisConfig;
 use super::conn::{Conn as Connection, Connections};
 use super::error::{backend, redis_err};
-use super::keys::{Keys, PoolKeys, MAX_ADD, SCHEMA};
+use super::keys::{self, Keys, PoolKeys, MAX_ADD, SCHEMA};
 use super::ops::{self, acquire, lease_read, proxy_read, release, rotate, ProxyReply};
 
 /// Commands per pipeline when reading many hashes.
@@ -46,7 +46,7 @@ pub struct RedisStorage {
     /// [`RedisConfig::max_batch`] and [`RedisConfig::max_in_flight`]).
     acquires: Arc<Batcher<acquire::AcquireItem, acquire::AcquireReply>>,
     rotates: Arc<Batcher<rotate::RotateItem, (ReleaseOutcome, acquire::AcquireReply)>>,
-    releases: Arc<Batcher<Uuid, ReleaseOutcome>>,
+    releases: Arc<Batcher<u64, ReleaseOutcome>>,
     pub(super) keys: Keys,
     pub(super) config: RedisConfig,
     pub(super) grace_ms: u64,
@@ -159,9 +159,9 @@ fn release_exec(
     keys: Keys,
     config: &RedisConfig,
     grace_ms: u64,
-) -> Exec<Uuid, ReleaseOutcome> {
+) -> Exec<u64, ReleaseOutcome> {
     let wait = config.wait_replicas;
-    Arc::new(move |pool: String, ids: Vec<Uuid>| {
+    Arc::new(move |pool: String, ids: Vec<u64>| {
         let conns = Arc::clone(&conns);
         let pk = keys.pool(&pool);
         Box::pin(async move {
@@ -286,17 +286,20 @@ impl RedisStorage {
         Ok(())
     }
 
-    /// Loads every script into Redis's script cache (`SCRIPT LOAD`). Optional:
-    /// scripts are loaded on first use, and again whenever Redis has lost them.
+    /// Loads the library of Lua functions into Redis (`FUNCTION LOAD REPLACE`;
+    /// to every master of a Cluster). Optional: it is loaded on first use, and
+    /// again whenever Redis has lost it.
     pub async fn load_scripts(&self) -> Result<()> {
         let mut conn = self.conn().await?;
-        for s in ops::all() {
-            s.prepare_invoke()
-                .load_async(&mut conn)
-                .await
-                .map_err(redis_err("SCRIPT LOAD failed"))?;
-        }
-        Ok(())
+        ops::load(&mut conn)
+            .await
+            .map_err(redis_err("FUNCTION LOAD failed"))
+    }
+
+    /// The name of the Redis Functions library this version loads
+    /// (`lighthouse_<hash of its text>`).
+    pub fn library_name() -> &'static str {
+        &ops::LIBRARY.name
     }
 
     pub(super) async fn conn(&self) -> Result<Connection<'_>> {
@@ -741,7 +744,8 @@ impl RedisStorage {
     ) -> Result<Lease> {
         let (proxy_id, endpoint) = codec::endpoint_from_json(&g.proxy_json)?;
         Ok(Lease {
-            id: g.lease_id,
+            id: keys::lease_id(g.token, g.pool_id)
+                .ok_or_else(|| corrupt(format!("lease token {}", g.token)))?,
             proxy_id,
             consumer_id,
             consumer_name: request.consumer_name.clone(),
@@ -769,7 +773,7 @@ impl RedisStorage {
                 consumer_id,
                 request,
             )?)),
-            acquire::AcquireReply::Existing(id) => Ok(Settled::Existing(id)),
+            acquire::AcquireReply::Existing(token) => Ok(Settled::Existing(token)),
             acquire::AcquireReply::None => Ok(Settled::None),
             acquire::AcquireReply::Retry => Ok(Settled::Retry),
             acquire::AcquireReply::NoOrder(order) => Err(Error::missing_order(
@@ -787,7 +791,8 @@ impl RedisStorage {
 /// An acquire reply, settled.
 enum Settled {
     Lease(Lease),
-    Existing(Uuid),
+    /// The token of the lease its request id got.
+    Existing(u64),
     None,
     Retry,
 }
@@ -1078,7 +1083,7 @@ impl Storage for RedisStorage {
             let mut conn = self.conn().await?;
             self.consumer_for(&mut conn, request, &pk).await?
         };
-        let item = acquire::AcquireItem::new(&pk, request)?;
+        let item = acquire::AcquireItem::new(&pk, request, self.grace_ms)?;
         // RETRY means "nothing free yet, but more expired leases wait": reclaim
         // them all in bounded batches and try again.
         for _ in 0..4 {
@@ -1088,7 +1093,9 @@ impl Storage for RedisStorage {
                 .await?;
             match Self::settle(reply, consumer_id, request)? {
                 Settled::Lease(lease) => return Ok(Some(lease)),
-                Settled::Existing(id) => return self.get_lease(&request.pool_name, id).await,
+                Settled::Existing(token) => {
+                    return self.lease_by_token(&request.pool_name, token).await
+                }
                 Settled::None => return Ok(None),
                 Settled::Retry => {
                     let mut conn = self.conn().await?;
@@ -1101,7 +1108,11 @@ impl Storage for RedisStorage {
 
     async fn rotate(&self, lease: &Lease, request: &AcquireRequest) -> Result<Rotation> {
         request.validate()?;
-        if lease.pool_name != request.pool_name || validate_pool_name(&lease.pool_name).is_err() {
+        let token = keys::token_of(lease.id);
+        if lease.pool_name != request.pool_name
+            || validate_pool_name(&lease.pool_name).is_err()
+            || token.is_none()
+        {
             let released = self.release(lease).await?;
             return Ok(Rotation::new(released, self.acquire(request).await?));
         }
@@ -1111,13 +1122,13 @@ impl Storage for RedisStorage {
             self.consumer_for(&mut conn, request, &pk).await?
         };
         let item = rotate::RotateItem {
-            lease_id: lease.id,
-            acquire: acquire::AcquireItem::new(&pk, request)?,
+            token: token.unwrap_or_default(),
+            acquire: acquire::AcquireItem::new(&pk, request, self.grace_ms)?,
         };
         let (released, reply) = self.rotates.submit(&request.pool_name, item).await?;
         let next = match Self::settle(reply, consumer_id, request)? {
             Settled::Lease(l) => Some(l),
-            Settled::Existing(id) => self.get_lease(&request.pool_name, id).await?,
+            Settled::Existing(token) => self.lease_by_token(&request.pool_name, token).await?,
             Settled::None => None,
             Settled::Retry => self.acquire(request).await?,
         };
@@ -1130,6 +1141,9 @@ impl Storage for RedisStorage {
             id: lease.id,
             reason,
         };
+        let Some(token) = keys::token_of(lease.id) else {
+            return Err(lost("is unknown"));
+        };
         if validate_pool_name(&lease.pool_name).is_err() {
             return Err(lost("is unknown"));
         }
@@ -1137,7 +1151,7 @@ impl Storage for RedisStorage {
         let mut conn = self.conn().await?;
         let duration_ms = u64::try_from(duration.as_millis())
             .map_err(|_| Error::InvalidArgument("lease duration overflows".into()))?;
-        match ops::extend::run(&mut conn, &pk, lease.id, duration_ms, self.grace_ms).await? {
+        match ops::extend::run(&mut conn, &pk, token, duration_ms, self.grace_ms).await? {
             ops::extend::ExtendReply::Ok(ms) => {
                 self.replicated(&mut conn).await?;
                 let mut renewed = lease.clone();
@@ -1151,36 +1165,24 @@ impl Storage for RedisStorage {
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let Some(token) = keys::token_of(lease.id) else {
+            return Ok(ReleaseOutcome::NotFound);
+        };
         if validate_pool_name(&lease.pool_name).is_err() {
             return Ok(ReleaseOutcome::NotFound);
         }
-        self.releases.submit(&lease.pool_name, lease.id).await
+        self.releases.submit(&lease.pool_name, token).await
     }
 
     async fn get_lease(&self, pool_name: &str, lease_id: Uuid) -> Result<Option<Lease>> {
         validate_pool_name(pool_name)?;
-        let pk = self.keys.pool(pool_name);
-        let mut conn = self.conn().await?;
-        match lease_read::get(&mut conn, &pk, lease_id).await? {
-            lease_read::LeaseReadReply::Ok {
-                now_ms,
-                pool_id,
-                leases,
-                ..
-            } => {
-                let Some(s) = leases.into_iter().next() else {
-                    return Ok(None);
-                };
-                let pool = pool_ref(pool_id, pool_name);
-                let r = codec::parse_record(&s.record)?;
-                let consumer_id = self.consumer_id_of(&mut conn, &r.consumer).await?;
-                codec::lease_from_record(s.id, &s.record, &s.proxy_json, &pool, consumer_id, now_ms)
-                    .map(Some)
+        match keys::token_of(lease_id) {
+            Some(token) => self.lease_by_token(pool_name, token).await,
+            None => {
+                let mut conn = self.conn().await?;
+                self.require_pool(&mut conn, pool_name).await?;
+                Ok(None)
             }
-            lease_read::LeaseReadReply::NotFound => Err(Error::PoolNotFound {
-                name: pool_name.to_string(),
-            }),
-            lease_read::LeaseReadReply::Schema(found) => Err(schema_error(pool_name, found)),
         }
     }
 
@@ -1203,7 +1205,7 @@ impl Storage for RedisStorage {
                         let r = codec::parse_record(&s.record)?;
                         let consumer_id = self.consumer_id_of(&mut conn, &r.consumer).await?;
                         let lease = codec::lease_from_record(
-                            s.id,
+                            s.token,
                             &s.record,
                             &s.proxy_json,
                             &pool,
@@ -1330,6 +1332,42 @@ impl Storage for RedisStorage {
             result.latency,
         )
         .await
+    }
+}
+
+impl RedisStorage {
+    /// A lease record of this pool by its token (see [`Storage::get_lease`]).
+    async fn lease_by_token(&self, pool_name: &str, token: u64) -> Result<Option<Lease>> {
+        let pk = self.keys.pool(pool_name);
+        let mut conn = self.conn().await?;
+        match lease_read::get(&mut conn, &pk, token).await? {
+            lease_read::LeaseReadReply::Ok {
+                now_ms,
+                pool_id,
+                leases,
+                ..
+            } => {
+                let Some(s) = leases.into_iter().next() else {
+                    return Ok(None);
+                };
+                let pool = pool_ref(pool_id, pool_name);
+                let r = codec::parse_record(&s.record)?;
+                let consumer_id = self.consumer_id_of(&mut conn, &r.consumer).await?;
+                codec::lease_from_record(
+                    s.token,
+                    &s.record,
+                    &s.proxy_json,
+                    &pool,
+                    consumer_id,
+                    now_ms,
+                )
+                .map(Some)
+            }
+            lease_read::LeaseReadReply::NotFound => Err(Error::PoolNotFound {
+                name: pool_name.to_string(),
+            }),
+            lease_read::LeaseReadReply::Schema(found) => Err(schema_error(pool_name, found)),
+        }
     }
 }
 

@@ -1,11 +1,9 @@
 //! `lua/acquire.lua`: n acquire requests on one pool in one atomic call.
 
-use std::sync::LazyLock;
-
-use redis::{FromRedisValue, ParsingError, Script, ScriptInvocation, Value};
+use redis::{FromRedisValue, ParsingError, Value};
 use uuid::Uuid;
 
-use super::{bad, script, Items, LIB, LIB_ACQUIRE};
+use super::{bad, Items, Op};
 use crate::error::{Error, Result};
 use crate::filters::ProxyFilters;
 use crate::redis::codec;
@@ -14,7 +12,7 @@ use crate::redis::error::redis_err;
 use crate::redis::keys::{self, PoolKeys};
 use crate::storage::AcquireRequest;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("acquire.lua", LIB, LIB_ACQUIRE);
+pub(crate) const OP: Op = Op::new("acquire", include_str!("../../../lua/acquire.lua"), false);
 
 /// Most required index tags sent per request (more only narrow less).
 const MAX_TAGS: usize = 64;
@@ -24,6 +22,8 @@ const MAX_TAGS: usize = 64;
 pub(crate) struct AcquireItem {
     pub(crate) consumer: String,
     pub(crate) duration_ms: u64,
+    /// The record's TTL: the duration and the record grace.
+    pub(crate) ttl_ms: u64,
     pub(crate) selector: &'static str,
     /// The filter as JSON, or empty when there is none.
     pub(crate) filter: String,
@@ -36,7 +36,7 @@ pub(crate) struct AcquireItem {
 
 impl AcquireItem {
     /// The script's view of a request that [`AcquireRequest::validate`] accepted.
-    pub(crate) fn new(pk: &PoolKeys, request: &AcquireRequest) -> Result<Self> {
+    pub(crate) fn new(pk: &PoolKeys, request: &AcquireRequest, grace_ms: u64) -> Result<Self> {
         let duration_ms = u64::try_from(request.duration.as_millis())
             .map_err(|_| Error::InvalidArgument("lease duration overflows".into()))?;
         let mut tags: Vec<String> = Vec::new();
@@ -54,6 +54,7 @@ impl AcquireItem {
         Ok(AcquireItem {
             consumer: request.consumer_name.clone(),
             duration_ms,
+            ttl_ms: duration_ms + grace_ms,
             selector: request.selector.as_str(),
             filter,
             exact: single_tag_filter(&request.filters),
@@ -63,13 +64,18 @@ impl AcquireItem {
     }
 
     /// Appends this request's block; its request key, if any, is `KEYS[key_index]`.
-    pub(crate) fn push(&self, inv: &mut ScriptInvocation<'_>, key_index: usize) {
+    pub(crate) fn push(&self, inv: &mut super::Call, key_index: usize) {
         inv.arg(&self.consumer)
             .arg(self.duration_ms)
+            .arg(self.ttl_ms)
             .arg(self.selector)
             .arg(&self.filter)
             .arg(if self.exact { "1" } else { "0" })
-            .arg(fastrand::u32(..1 << 31))
+            .arg(if self.selector == "random" {
+                fastrand::u32(..1 << 31)
+            } else {
+                0
+            })
             .arg(if self.request_key.is_some() {
                 key_index
             } else {
@@ -102,7 +108,6 @@ fn single_tag_filter(f: &ProxyFilters) -> bool {
 /// A granted lease, as the script answers it.
 #[derive(Debug, Clone)]
 pub(crate) struct Granted {
-    pub(crate) lease_id: Uuid,
     pub(crate) token: u64,
     pub(crate) acquired_ms: i64,
     pub(crate) expires_ms: i64,
@@ -114,8 +119,8 @@ pub(crate) struct Granted {
 #[derive(Debug, Clone)]
 pub(crate) enum AcquireReply {
     Granted(Granted),
-    /// Its request id already got this lease.
-    Existing(Uuid),
+    /// Its request id already got the lease with this token.
+    Existing(u64),
     /// No available proxy matches.
     None,
     /// None now, but due leases wait for reclaim: run cleanup, then again.
@@ -131,7 +136,6 @@ impl AcquireReply {
     pub(crate) fn read(it: &mut Items<'_>) -> Result<Self, ParsingError> {
         Ok(match it.text()?.as_str() {
             "OK" => {
-                let lease_id = it.uuid()?;
                 let token = it.uint()?;
                 let acquired_ms = it.int()?;
                 let expires_ms = it.int()?;
@@ -139,7 +143,6 @@ impl AcquireReply {
                 let proxy_json = it.text()?;
                 let pool_id = it.uuid()?;
                 AcquireReply::Granted(Granted {
-                    lease_id,
                     token,
                     acquired_ms,
                     expires_ms,
@@ -147,7 +150,7 @@ impl AcquireReply {
                     pool_id,
                 })
             }
-            "EXISTING" => AcquireReply::Existing(it.uuid()?),
+            "EXISTING" => AcquireReply::Existing(it.uint()?),
             "NONE" => AcquireReply::None,
             "RETRY" => AcquireReply::Retry,
             "NO_ORDER" => AcquireReply::NoOrder(it.text()?),
@@ -182,7 +185,8 @@ pub(crate) async fn run(
     grace_ms: u64,
     items: &[AcquireItem],
 ) -> Result<Vec<AcquireReply>> {
-    let mut inv = SCRIPT.key(pk.meta());
+    let mut inv = OP.call();
+    inv.key(pk.meta());
     inv.key(pk.live())
         .arg(pk.prefix())
         .arg(reclaim)
@@ -199,7 +203,7 @@ pub(crate) async fn run(
         }
     }
     let Replies(out) = inv
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("acquire script failed"))?;
     Ok(out)

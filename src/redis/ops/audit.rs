@@ -1,17 +1,15 @@
 //! `lua/audit.lua`: find and repair drift between proxies, counts and indexes.
 
-use std::sync::LazyLock;
-
-use redis::{FromRedisValue, ParsingError, Script, Value};
+use redis::{FromRedisValue, ParsingError, Value};
 use uuid::Uuid;
 
-use super::{script, Items, LIB};
+use super::{Items, Op};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("audit.lua", LIB);
+pub(crate) const OP: Op = Op::new("audit", include_str!("../../../lua/audit.lua"), false);
 
 /// One call's reply.
 #[derive(Debug, Default)]
@@ -53,13 +51,13 @@ pub(crate) async fn check(
     after: u64,
     batch: u32,
 ) -> Result<AuditReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg("check")
         .arg(after)
         .arg(batch)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("audit script failed"))
 }
@@ -70,12 +68,12 @@ pub(crate) async fn recount(
     pk: &PoolKeys,
     seqs: &[u64],
 ) -> Result<AuditReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg("recount")
         .arg(seqs)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("audit script failed"))
 }

@@ -1,25 +1,22 @@
 //! `lua/cleanup.lua`: give back the slots of one pool's due leases, in a bounded batch.
 
-use std::sync::LazyLock;
-
-use redis::Script;
-
-use super::{script, LIB};
+use super::Op;
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("cleanup.lua", LIB);
+pub(crate) const OP: Op = Op::new("cleanup", include_str!("../../../lua/cleanup.lua"), false);
 
 /// Runs cleanup.lua once: (leases reclaimed, whether more are due).
 pub(crate) async fn run(conn: &mut Conn<'_>, pk: &PoolKeys, batch: u32) -> Result<(u64, bool)> {
-    let (n, more): (u64, u64) = SCRIPT
+    let (n, more): (u64, u64) = OP
+        .call()
         .key(pk.meta())
         .key(pk.live())
         .arg(pk.prefix())
         .arg(batch)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("cleanup script failed"))?;
     Ok((n, more != 0))

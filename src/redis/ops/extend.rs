@@ -1,17 +1,14 @@
 //! `lua/extend.lua`: renew a live lease.
 
-use std::sync::LazyLock;
+use redis::{FromRedisValue, ParsingError, Value};
 
-use redis::{FromRedisValue, ParsingError, Script, Value};
-use uuid::Uuid;
-
-use super::{bad, script, Items, LIB};
+use super::{bad, Items, Op};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("extend.lua", LIB);
+pub(crate) const OP: Op = Op::new("extend", include_str!("../../../lua/extend.lua"), false);
 
 /// The script's reply.
 #[derive(Debug)]
@@ -43,19 +40,19 @@ impl FromRedisValue for ExtendReply {
 pub(crate) async fn run(
     conn: &mut Conn<'_>,
     pk: &PoolKeys,
-    id: Uuid,
+    token: u64,
     duration_ms: u64,
     grace_ms: u64,
 ) -> Result<ExtendReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .key(pk.live())
-        .key(pk.lease(id))
+        .key(pk.lease(token))
         .arg(pk.prefix())
-        .arg(id.to_string())
+        .arg(token)
         .arg(duration_ms)
         .arg(grace_ms)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("extend script failed"))
 }

@@ -1,22 +1,24 @@
 //! `lua/lease_read.lua`: lease records with their proxies (read-only).
 
-use std::sync::LazyLock;
-
-use redis::{FromRedisValue, ParsingError, Script, Value};
+use redis::{FromRedisValue, ParsingError, Value};
 use uuid::Uuid;
 
-use super::{bad, script, Items, LIB};
+use super::{bad, Items, Op};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("lease_read.lua", LIB);
+pub(crate) const OP: Op = Op::new(
+    "lease_read",
+    include_str!("../../../lua/lease_read.lua"),
+    true,
+);
 
-/// A lease record as stored, with its proxy's JSON.
+/// A lease record as stored (by its token), with its proxy's JSON.
 #[derive(Debug)]
 pub(crate) struct StoredLease {
-    pub(crate) id: Uuid,
+    pub(crate) token: u64,
     pub(crate) record: String,
     pub(crate) proxy_json: String,
 }
@@ -45,12 +47,12 @@ impl FromRedisValue for LeaseReadReply {
                 let pool_id = it.uuid()?;
                 let mut leases = Vec::with_capacity(it.left() / 4);
                 while it.left() > 0 {
-                    let id = it.uuid()?;
+                    let token = it.uint()?;
                     let record = it.text()?;
                     let _seq = it.uint()?;
                     let proxy_json = it.text()?;
                     leases.push(StoredLease {
-                        id,
+                        token,
                         record,
                         proxy_json,
                     });
@@ -69,14 +71,14 @@ impl FromRedisValue for LeaseReadReply {
     }
 }
 
-/// One lease record.
-pub(crate) async fn get(conn: &mut Conn<'_>, pk: &PoolKeys, id: Uuid) -> Result<LeaseReadReply> {
-    SCRIPT
+/// One lease record, by its token.
+pub(crate) async fn get(conn: &mut Conn<'_>, pk: &PoolKeys, token: u64) -> Result<LeaseReadReply> {
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg("get")
-        .arg(id.to_string())
-        .invoke_async(conn)
+        .arg(token)
+        .invoke(conn)
         .await
         .map_err(redis_err("cannot read the lease"))
 }
@@ -88,13 +90,13 @@ pub(crate) async fn list(
     start: u64,
     count: u32,
 ) -> Result<LeaseReadReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg("list")
         .arg(start)
         .arg(count)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("cannot list the leases"))
 }

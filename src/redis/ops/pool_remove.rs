@@ -1,16 +1,18 @@
 //! `lua/pool_remove.lua`: remove a pool in bounded batches.
 
-use std::sync::LazyLock;
+use redis::{FromRedisValue, ParsingError, Value};
 
-use redis::{FromRedisValue, ParsingError, Script, Value};
-
-use super::{bad, script, Items, LIB};
+use super::{bad, Items, Op};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("pool_remove.lua", LIB);
+pub(crate) const OP: Op = Op::new(
+    "pool_remove",
+    include_str!("../../../lua/pool_remove.lua"),
+    false,
+);
 
 /// Where the removal is.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,12 +60,12 @@ pub(crate) async fn run(
     start: bool,
     batch: u32,
 ) -> Result<RemoveReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg(if start { "start" } else { "continue" })
         .arg(batch)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("pool remove script failed"))
 }

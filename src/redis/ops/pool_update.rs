@@ -1,17 +1,19 @@
 //! `lua/pool_update.lua`: set or clear a pool's description.
 
-use std::sync::LazyLock;
+use redis::{FromRedisValue, ParsingError, Value};
 
-use redis::{FromRedisValue, ParsingError, Script, Value};
-
-use super::{bad, script, Items, LIB};
+use super::{bad, Items, Op};
 use crate::error::Result;
 use crate::pool::ProxyPool;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("pool_update.lua", LIB);
+pub(crate) const OP: Op = Op::new(
+    "pool_update",
+    include_str!("../../../lua/pool_update.lua"),
+    false,
+);
 
 /// The script's reply.
 #[derive(Debug)]
@@ -42,13 +44,13 @@ pub(crate) async fn run(
     pk: &PoolKeys,
     pool: &ProxyPool,
 ) -> Result<PoolUpdateReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg(pool.id.to_string())
         .arg(if pool.description.is_some() { "1" } else { "0" })
         .arg(pool.description.as_deref().unwrap_or(""))
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("pool update script failed"))
 }

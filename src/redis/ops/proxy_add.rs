@@ -1,17 +1,19 @@
 //! `lua/proxy_add.lua`: add proxies to one pool, all or none.
 
-use std::sync::LazyLock;
-
-use redis::{FromRedisValue, ParsingError, Script, Value};
+use redis::{FromRedisValue, ParsingError, Value};
 use uuid::Uuid;
 
-use super::{bad, script, Items, LIB, LIB_PROXY};
+use super::{bad, Items, Op};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("proxy_add.lua", LIB, LIB_PROXY);
+pub(crate) const OP: Op = Op::new(
+    "proxy_add",
+    include_str!("../../../lua/proxy_add.lua"),
+    false,
+);
 
 /// The script's reply.
 #[derive(Debug)]
@@ -47,12 +49,12 @@ pub(crate) async fn run(
     pool_id: Uuid,
     jsons: &[String],
 ) -> Result<AddReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg(pool_id.to_string())
         .arg(jsons)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("proxy add script failed"))
 }

@@ -1,17 +1,19 @@
 //! `lua/proxy_read.lua`: proxies of one pool with their live lease counts (read-only).
 
-use std::sync::LazyLock;
-
-use redis::{FromRedisValue, ParsingError, Script, Value};
+use redis::{FromRedisValue, ParsingError, Value};
 use uuid::Uuid;
 
-use super::{bad, script, Items, LIB};
+use super::{bad, Items, Op};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("proxy_read.lua", LIB);
+pub(crate) const OP: Op = Op::new(
+    "proxy_read",
+    include_str!("../../../lua/proxy_read.lua"),
+    true,
+);
 
 /// A proxy as stored: its seq, JSON and live leases.
 #[derive(Debug)]
@@ -55,12 +57,13 @@ impl FromRedisValue for ReadReply {
 
 /// The proxies of this pool with these ids (those not in the pool are left out).
 pub(crate) async fn by_ids(conn: &mut Conn<'_>, pk: &PoolKeys, ids: &[Uuid]) -> Result<ReadReply> {
-    let mut inv = SCRIPT.key(pk.meta());
+    let mut inv = OP.call();
+    inv.key(pk.meta());
     inv.arg(pk.prefix()).arg("ids");
     for id in ids {
         inv.arg(id.to_string());
     }
-    inv.invoke_async(conn)
+    inv.invoke(conn)
         .await
         .map_err(redis_err("cannot read proxies"))
 }
@@ -72,13 +75,13 @@ pub(crate) async fn scan(
     cursor: &str,
     count: u32,
 ) -> Result<ReadReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg("scan")
         .arg(cursor)
         .arg(count)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("cannot list proxies"))
 }

@@ -1,17 +1,18 @@
 //! `lua/proxy_update.lua`: replace a proxy's fields and move it between indexes.
 
-use std::sync::LazyLock;
-
-use redis::Script;
 use uuid::Uuid;
 
-use super::{script, ProxyReply, LIB, LIB_PROXY};
+use super::{Op, ProxyReply};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("proxy_update.lua", LIB, LIB_PROXY);
+pub(crate) const OP: Op = Op::new(
+    "proxy_update",
+    include_str!("../../../lua/proxy_update.lua"),
+    false,
+);
 
 /// Runs proxy_update.lua with the proxy's new JSON.
 pub(crate) async fn run(
@@ -20,12 +21,12 @@ pub(crate) async fn run(
     pool_id: Uuid,
     json: &str,
 ) -> Result<ProxyReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg(pool_id.to_string())
         .arg(json)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("proxy update script failed"))
 }

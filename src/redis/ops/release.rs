@@ -1,18 +1,15 @@
 //! `lua/release.lua`: release n leases of one pool, each at most once.
 
-use std::sync::LazyLock;
+use redis::{FromRedisValue, ParsingError, Value};
 
-use redis::{FromRedisValue, ParsingError, Script, Value};
-use uuid::Uuid;
-
-use super::{bad, script, Items, LIB};
+use super::{bad, Items, Op};
 use crate::error::Result;
 use crate::lease::ReleaseOutcome;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("release.lua", LIB);
+pub(crate) const OP: Op = Op::new("release", include_str!("../../../lua/release.lua"), false);
 
 /// A release outcome as the scripts spell it.
 pub(crate) fn outcome(word: &str) -> Result<ReleaseOutcome, ParsingError> {
@@ -52,19 +49,20 @@ impl FromRedisValue for ReleaseReply {
     }
 }
 
-/// Runs one release.lua call for these leases.
+/// Runs one release.lua call for these leases (their tokens).
 pub(crate) async fn run(
     conn: &mut Conn<'_>,
     pk: &PoolKeys,
     grace_ms: u64,
-    ids: &[Uuid],
+    tokens: &[u64],
 ) -> Result<ReleaseReply> {
-    let mut inv = SCRIPT.key(pk.meta());
+    let mut inv = OP.call();
+    inv.key(pk.meta());
     inv.key(pk.live()).arg(pk.prefix()).arg(grace_ms);
-    for id in ids {
-        inv.key(pk.lease(*id)).arg(id.to_string());
+    for t in tokens {
+        inv.key(pk.lease(*t)).arg(*t);
     }
-    inv.invoke_async(conn)
+    inv.invoke(conn)
         .await
         .map_err(redis_err("release script failed"))
 }

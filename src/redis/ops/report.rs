@@ -1,18 +1,15 @@
 //! `lua/report.lua`: record a success or a failure with a proxy (cooldowns, bans).
 
-use std::sync::LazyLock;
-
-use redis::Script;
 use uuid::Uuid;
 
-use super::{script, ProxyReply, LIB, LIB_PROXY};
+use super::{Op, ProxyReply};
 use crate::cooldown::CooldownPolicy;
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("report.lua", LIB, LIB_PROXY);
+pub(crate) const OP: Op = Op::new("report", include_str!("../../../lua/report.lua"), false);
 
 /// Runs report.lua: a success (`failure` None) or a failure with its reason and
 /// the policy (already validated).
@@ -34,7 +31,7 @@ pub(crate) async fn run(
             policy.ban_after.unwrap_or(0),
         ),
     };
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
         .arg(id.to_string())
@@ -45,7 +42,7 @@ pub(crate) async fn run(
         .arg(fastrand::u32(0..=1_000_000))
         .arg(ban)
         .arg(reason)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("report script failed"))
 }

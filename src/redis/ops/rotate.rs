@@ -1,26 +1,24 @@
 //! `lua/rotate.lua`: release a lease and acquire the next proxy, for n requests
 //! on one pool, in one atomic call.
 
-use std::sync::LazyLock;
-
-use redis::{FromRedisValue, ParsingError, Script, Value};
-use uuid::Uuid;
+use redis::{FromRedisValue, ParsingError, Value};
 
 use super::acquire::{AcquireItem, AcquireReply};
 use super::release::outcome;
-use super::{script, Items, LIB, LIB_ACQUIRE};
+use super::{Items, Op};
 use crate::error::Result;
 use crate::lease::ReleaseOutcome;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("rotate.lua", LIB, LIB_ACQUIRE);
+pub(crate) const OP: Op = Op::new("rotate", include_str!("../../../lua/rotate.lua"), false);
 
-/// One rotate request: the lease to give back and what to acquire next.
+/// One rotate request: the lease to give back (its token) and what to
+/// acquire next.
 #[derive(Debug, Clone)]
 pub(crate) struct RotateItem {
-    pub(crate) lease_id: Uuid,
+    pub(crate) token: u64,
     pub(crate) acquire: AcquireItem,
 }
 
@@ -54,7 +52,8 @@ pub(crate) async fn run(
     grace_ms: u64,
     items: &[RotateItem],
 ) -> Result<Vec<(ReleaseOutcome, AcquireReply)>> {
-    let mut inv = SCRIPT.key(pk.meta());
+    let mut inv = OP.call();
+    inv.key(pk.meta());
     inv.key(pk.live())
         .arg(pk.prefix())
         .arg(reclaim)
@@ -65,14 +64,14 @@ pub(crate) async fn run(
         if let Some(k) = &it.acquire.request_key {
             inv.key(k);
         }
-        inv.arg(it.lease_id.to_string());
+        inv.arg(it.token);
         it.acquire.push(&mut inv, next_key);
         if it.acquire.request_key.is_some() {
             next_key += 1;
         }
     }
     let Replies(out) = inv
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("rotate script failed"))?;
     Ok(out)

@@ -1,17 +1,15 @@
 //! `lua/stats.lua`: one pool's stats, read-only (runs when Redis is out of memory).
 
-use std::sync::LazyLock;
+use redis::{FromRedisValue, ParsingError, Value};
 
-use redis::{FromRedisValue, ParsingError, Script, Value};
-
-use super::{bad, script, Items, LIB};
+use super::{bad, Items, Op};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 use crate::stats::PoolStats;
 
-pub(crate) static SCRIPT: LazyLock<Script> = script!("stats.lua", LIB);
+pub(crate) const OP: Op = Op::new("stats", include_str!("../../../lua/stats.lua"), true);
 
 /// The script's reply.
 #[derive(Debug)]
@@ -41,10 +39,10 @@ impl FromRedisValue for StatsReply {
 
 /// Runs stats.lua.
 pub(crate) async fn run(conn: &mut Conn<'_>, pk: &PoolKeys) -> Result<StatsReply> {
-    SCRIPT
+    OP.call()
         .key(pk.meta())
         .arg(pk.prefix())
-        .invoke_async(conn)
+        .invoke(conn)
         .await
         .map_err(redis_err("cannot read the pool stats"))
 }

@@ -2,7 +2,7 @@
 //! Natural batching in `RedisStorage`: concurrent acquires (and releases) of one
 //! pool share script calls, and each request in a batch is still served as if
 //! alone. Each test has its own `redis-server`, so `INFO commandstats` counts
-//! only its own calls; the runtime is current-thread, so every spawned call
+//! only its own calls (`FCALL`, one per script call); the runtime is current-thread, so every spawned call
 //! queues before the first one's reply is read (the batches are deterministic).
 
 mod support;
@@ -27,7 +27,8 @@ type Manager = ProxyManager<RedisStorage>;
 async fn setup(server: &RedisServer, max_batch: usize, n: usize) -> Manager {
     let config = RedisConfig::from_url(server.url())
         .namespace(support::unique_namespace())
-        .max_batch(max_batch);
+        .max_batch(max_batch)
+        .max_in_flight(1);
     let m = ProxyManager::new(RedisStorage::new(config).unwrap());
     let pool = m
         .storage()
@@ -65,17 +66,9 @@ async fn reset_stats(c: &mut redis::aio::MultiplexedConnection) {
         .unwrap();
 }
 
-/// Script calls since the last reset.
+/// Script calls (`FCALL`) since the last reset.
 async fn evalsha_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    support::command_calls(c, "fcall").await
 }
 
 async fn acquire_all(m: &Manager, n: usize) -> Vec<Lease> {
@@ -278,4 +271,55 @@ async fn max_batch_one_sends_every_call_alone() {
     assert_eq!(evalsha_calls(&mut admin).await, 10);
     let outcomes = release_all(&m, leases).await;
     assert!(outcomes.iter().all(|o| *o == ReleaseOutcome::Released));
+}
+
+/// With two calls in flight per pool and kind, the second caller goes at once
+/// instead of queueing behind the first (a slow link then carries two batches
+/// per round trip), and the queue drains into whichever slot frees first.
+#[tokio::test(flavor = "current_thread")]
+async fn two_batches_may_be_in_flight_at_once() {
+    let server = RedisServer::spawn().unwrap();
+    let config = RedisConfig::from_url(server.url())
+        .namespace(support::unique_namespace())
+        .max_batch(32)
+        .max_in_flight(2);
+    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
+    let proxies: Vec<Proxy> = (0..40)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.2.0.{i}"), 8080)
+                .max_concurrency(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    m.storage().add_proxies(proxies).await.unwrap();
+    let warm = m
+        .acquire_proxy(POOL, AcquireOptions::new())
+        .await
+        .unwrap()
+        .unwrap();
+    m.release_proxy(&warm).await.unwrap();
+    let mut admin = admin(&server).await;
+    reset_stats(&mut admin).await;
+    let leases = acquire_all(&m, 40).await;
+    // Two go alone (two slots), the 38 queued behind them as 32 + 6.
+    assert_eq!(evalsha_calls(&mut admin).await, 4);
+    let distinct: HashSet<_> = leases.iter().map(|l| l.proxy_id).collect();
+    assert_eq!(
+        distinct.len(),
+        40,
+        "max_concurrency 1 holds across batches in flight"
+    );
+    let tokens: HashSet<_> = leases.iter().map(|l| l.fencing_token).collect();
+    assert_eq!(tokens.len(), 40);
+    reset_stats(&mut admin).await;
+    let outcomes = release_all(&m, leases).await;
+    assert!(outcomes.iter().all(|o| *o == ReleaseOutcome::Released));
+    assert_eq!(evalsha_calls(&mut admin).await, 4);
+    assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 0);
 }

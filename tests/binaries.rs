@@ -446,16 +446,28 @@ async fn sweeper_repairs_counter_drift() {
         .await
         .unwrap()
         .unwrap();
-    let key = format!("{ns}:{{p1}}:proxy:{}", lease.proxy_id);
+    // Someone edits the count by hand: 7 leases, so the proxy (max 2) looks full:
+    // its count moves from the load index's score to `held`.
+    let prefix = format!("{ns}:{{p1}}:");
     let mut raw = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("current_leases")
-        .arg(7)
+    let seq: u64 = redis::cmd("HGET")
+        .arg(format!(
+            "{prefix}ids:{}",
+            &lease.proxy_id.simple().to_string()[..2]
+        ))
+        .arg(lease.proxy_id.to_string())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::pipe()
+        .zrem(format!("{prefix}idx:load:all"), seq)
+        .ignore()
+        .hset(format!("{prefix}held"), seq, 7)
+        .ignore()
         .query_async(&mut raw)
         .await
         .unwrap();

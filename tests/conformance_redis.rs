@@ -44,8 +44,8 @@ mod redis_specific {
 
     use lighthouse_lease::redis::RedisStorage;
     use lighthouse_lease::{
-        AcquireRequest, InMemoryStorage, Proxy, ProxyFilters, ProxyPool, ReleaseOutcome,
-        SelectorStrategy, Storage,
+        AcquireRequest, InMemoryStorage, PoolIndexes, Proxy, ProxyFilters, ProxyPool,
+        ReleaseOutcome, SelectorStrategy, Storage,
     };
 
     use super::support;
@@ -74,10 +74,12 @@ mod redis_specific {
         support::keys_under(ns).await
     }
 
+    /// The operations are a Redis Functions library: after `FUNCTION FLUSH` (or a
+    /// restart without persistence) the next call loads it again by itself.
     #[tokio::test]
-    async fn scripts_recover_after_script_flush() {
+    async fn functions_recover_after_function_flush() {
         if !support::owns_server() {
-            eprintln!("skipped: SCRIPT FLUSH only on a server the tests started");
+            eprintln!("skipped: FUNCTION FLUSH only on a server the tests started");
             return;
         }
         let (s, pool, _) = setup(support::test_config()).await;
@@ -90,23 +92,33 @@ mod redis_specific {
         .await
         .unwrap();
         let lease = s.acquire(&req()).await.unwrap().unwrap();
-        let _: () = redis::cmd("SCRIPT")
-            .arg("FLUSH")
-            .query_async(&mut raw().await)
-            .await
-            .unwrap();
+        let flush = || async {
+            let _: () = redis::cmd("FUNCTION")
+                .arg("FLUSH")
+                .query_async(&mut raw().await)
+                .await
+                .unwrap();
+        };
+        flush().await;
         assert_eq!(s.release(&lease).await.unwrap(), ReleaseOutcome::Released);
-        let _: () = redis::cmd("SCRIPT")
-            .arg("FLUSH")
-            .query_async(&mut raw().await)
-            .await
-            .unwrap();
+        flush().await;
         assert!(
             s.acquire(&req()).await.unwrap().is_some(),
-            "acquire after SCRIPT FLUSH"
+            "acquire after FUNCTION FLUSH"
         );
+        let libs: Vec<redis::Value> = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .arg("LIBRARYNAME")
+            .arg(RedisStorage::library_name())
+            .query_async(&mut raw().await)
+            .await
+            .unwrap();
+        assert_eq!(libs.len(), 1, "the library is loaded again, once");
     }
 
+    /// What ops see with `redis-cli`: the proxy as JSON, its seq in the ids
+    /// shard, its count in the load index's score, the lease record as plain
+    /// words with its TTL, the live set, the pool's meta.
     #[tokio::test]
     async fn redis_cli_view_of_a_proxy_and_a_lease() {
         let (s, pool, ns) = setup(support::test_config()).await;
@@ -125,52 +137,67 @@ mod redis_specific {
         let lease = s.acquire(&req()).await.unwrap().unwrap();
         let mut c = raw().await;
         let prefix = format!("{ns}:{{{POOL}}}:");
-        let proxy: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{prefix}proxy:{}", p.id))
+        let shard = format!("{prefix}ids:{}", &p.id.simple().to_string()[..2]);
+        let seq: String = redis::cmd("HGET")
+            .arg(&shard)
+            .arg(p.id.to_string())
             .query_async(&mut c)
             .await
             .unwrap();
-        for (k, v) in [
-            ("host", "10.0.0.7"),
-            ("port", "8007"),
-            ("protocol", "http"),
-            ("status", "active"),
-            ("max_concurrency", "2"),
-            ("current_leases", "1"),
-            ("country", "AR"),
-            ("city", "Córdoba"),
-        ] {
-            assert_eq!(
-                proxy.get(k).map(String::as_str),
-                Some(v),
-                "proxy field {k}: {proxy:?}"
-            );
-        }
-        let record: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{prefix}lease:{}", lease.id))
+        assert_eq!(seq, "1");
+        let json: String = redis::cmd("HGET")
+            .arg(format!("{prefix}proxies"))
+            .arg(&seq)
             .query_async(&mut c)
             .await
             .unwrap();
-        for (k, v) in [
-            ("status", "active"),
-            ("consumer", "worker-1"),
-            ("host", "10.0.0.7"),
-            ("port", "8007"),
-        ] {
-            assert_eq!(
-                record.get(k).map(String::as_str),
-                Some(v),
-                "lease field {k}: {record:?}"
-            );
-        }
-        assert_eq!(record.get("proxy_id"), Some(&p.id.to_string()));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["id"], p.id.to_string());
+        assert_eq!(v["host"], "10.0.0.7");
+        assert_eq!(v["port"], 8007);
+        assert_eq!(v["max"], 2);
+        assert_eq!(v["country"], "AR");
+        assert_eq!(v["city"], "Córdoba");
+        assert_eq!(v["user"], "user");
+        assert!(
+            v.get("proto").is_none() && v.get("status").is_none(),
+            "{json}"
+        );
+        // One lease: the count is the load score's high part.
+        let score: f64 = redis::cmd("ZSCORE")
+            .arg(format!("{prefix}idx:load:all"))
+            .arg(&seq)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(score as u64, (1u64 << 32) + 1);
+        let in_country: Option<f64> = redis::cmd("ZSCORE")
+            .arg(format!("{prefix}idx:load:country=AR"))
+            .arg(&seq)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(in_country, Some(score), "the declared attribute's index");
+        let record_key = format!("{prefix}{}", lease.fencing_token);
+        let record: String = redis::cmd("GET")
+            .arg(&record_key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
         assert_eq!(
-            record.get("expires_at_ms"),
-            Some(&lease.expires_at.timestamp_millis().to_string())
+            record,
+            format!(
+                "active 1 {} 60000 worker-1",
+                lease.acquired_at.timestamp_millis()
+            )
+        );
+        assert!(
+            !record.contains("secret"),
+            "no credentials in a lease record"
         );
         // The record outlives the lease by the grace period.
         let ttl: i64 = redis::cmd("PTTL")
-            .arg(format!("{prefix}lease:{}", lease.id))
+            .arg(&record_key)
             .query_async(&mut c)
             .await
             .unwrap();
@@ -180,44 +207,54 @@ mod redis_specific {
             "record TTL {ttl} ms: lease 60 s + grace {grace} ms"
         );
         let live: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(format!("{prefix}leases"))
+            .arg(format!("{prefix}live"))
             .arg(0)
             .arg(-1)
             .arg("WITHSCORES")
             .query_async(&mut c)
             .await
             .unwrap();
-        assert_eq!(live.len(), 1);
-        assert!(live[0].0.starts_with(&lease.id.to_string()));
+        assert_eq!(
+            live,
+            vec![(format!("1:{}", lease.fencing_token), live[0].1)]
+        );
         assert_eq!(live[0].1 as i64, lease.expires_at.timestamp_millis());
         let meta: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(format!("{prefix}meta"))
             .query_async(&mut c)
             .await
             .unwrap();
-        assert_eq!(meta.get("name").map(String::as_str), Some(POOL));
-        // Stats are set sizes: `ZCARD holders` is the pool's live lease count.
-        let holders: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(format!("{prefix}holders"))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(holders.len(), 1);
-        assert_eq!(holders[0].0, lease.id.to_string());
-        let leased: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{prefix}leased"))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(leased, vec![lease.proxy_id.to_string()]);
+        for (k, v) in [
+            ("name", POOL),
+            ("schema", "2"),
+            ("attrs", "country"),
+            ("orders", "load"),
+            ("proxies", "1"),
+            ("active", "1"),
+        ] {
+            assert_eq!(
+                meta.get(k).map(String::as_str),
+                Some(v),
+                "meta {k}: {meta:?}"
+            );
+        }
+        // The lease id carries the token and the pool.
+        assert!(lease.id.to_string().ends_with(&pool.id.to_string()[18..]));
     }
 
     #[tokio::test]
     async fn every_pool_key_carries_the_hash_tag_and_values_are_encoded() {
-        let (s, pool, ns) = setup(support::test_config()).await;
+        let ns = support::unique_namespace();
+        let s = RedisStorage::new(support::test_config().namespace(&ns)).unwrap();
+        let pool = s
+            .create_pool(
+                ProxyPool::new(POOL)
+                    .unwrap()
+                    .with_indexes(PoolIndexes::all()),
+            )
+            .await
+            .unwrap();
+        s.ensure_consumer("worker-1").await.unwrap();
         let nasty = "a{b}:c d%20é";
         s.add_proxy(
             Proxy::builder(pool.id, "10.0.0.1", 8001)
@@ -235,8 +272,7 @@ mod redis_specific {
             .unwrap()
             .expect("the proxy matches its own city");
         s.release(&lease).await.unwrap();
-        let registries =
-            ["pools", "pool-ids", "proxy-pool", "consumers"].map(|k| format!("{ns}:{k}"));
+        let registries = ["pools", "pool-ids", "consumers"].map(|k| format!("{ns}:{k}"));
         let tag = format!("{ns}:{{{POOL}}}:");
         for key in keys_of(&ns).await {
             if registries.contains(&key) {
@@ -246,9 +282,11 @@ mod redis_specific {
             let rest = &key[tag.len()..];
             assert!(!rest.contains(['{', '}', ' ']), "{key}: raw input in a key");
         }
-        assert!(keys_of(&ns)
-            .await
-            .contains(&format!("{tag}avail:seq:city=a%7Bb%7D%3Ac%20d%2520%C3%A9")));
+        let keys = keys_of(&ns).await;
+        for order in ["load", "seq", "lat"] {
+            let key = format!("{tag}idx:{order}:city=a%7Bb%7D%3Ac%20d%2520%C3%A9");
+            assert!(keys.contains(&key), "{key} in {keys:?}");
+        }
     }
 
     #[tokio::test]
@@ -357,9 +395,9 @@ mod redis_specific {
                     _ => String::new(),
                 })
                 .collect();
-            // cleanup.lua is the script called with 2 keys: meta and leases.
-            if args.first().map(String::as_str) == Some("EVALSHA")
-                && args.get(2).map(String::as_str) == Some("2")
+            // cleanup is the function called with 2 keys: meta and live.
+            if args.first().map(String::as_str) == Some("FCALL")
+                && args.get(1).is_some_and(|f| f.ends_with("_cleanup"))
                 && args.get(3) == Some(&meta)
             {
                 calls.push(*micros);

@@ -349,53 +349,6 @@ fn describe(name: &str, out: &Output) -> String {
     )
 }
 
-/// Every lease record key of a pool.
-async fn lease_record_keys(
-    conn: &mut redis::aio::MultiplexedConnection,
-    ns: &str,
-    pool: &str,
-) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{ns}:{{{pool}}}:lease:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .expect("SCAN");
-        keys.extend(batch);
-        if next == 0 {
-            return keys;
-        }
-        cursor = next;
-    }
-}
-
-/// How many lease records of a pool have each status.
-async fn lease_record_statuses(
-    conn: &mut redis::aio::MultiplexedConnection,
-    ns: &str,
-    pool: &str,
-) -> HashMap<String, u64> {
-    let mut counts = HashMap::new();
-    for key in lease_record_keys(conn, ns, pool).await {
-        let status: Option<String> = redis::cmd("HGET")
-            .arg(&key)
-            .arg("status")
-            .query_async(conn)
-            .await
-            .expect("HGET status");
-        *counts
-            .entry(status.unwrap_or_else(|| "<none>".into()))
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
 async fn get_count(conn: &mut redis::aio::MultiplexedConnection, key: String) -> i64 {
     let v: Option<i64> = redis::cmd("GET")
         .arg(key)
@@ -528,14 +481,14 @@ fn no_over_lease_across_processes() {
         assert!(storage.list_leases(POOL).await.unwrap().is_empty());
         assert_eq!(storage.cleanup_expired_leases().await.unwrap(), 0);
         let live: i64 = redis::cmd("ZCARD")
-            .arg(format!("{ns}:{{{POOL}}}:leases"))
+            .arg(format!("{ns}:{{{POOL}}}:live"))
             .query_async(&mut conn)
             .await
             .unwrap();
         assert_eq!(live, 0, "live lease index not empty");
         // One record per cycle (records outlive the lease by the grace period),
         // every one of them released, none active.
-        let statuses = lease_record_statuses(&mut conn, &ns, POOL).await;
+        let statuses = support::lease_record_states(&mut conn, &ns, POOL).await;
         assert_eq!(
             statuses.get("active"),
             None,
@@ -738,8 +691,8 @@ fn sigkill_loses_leases_only_at_expiry() {
                 let p = storage.get_proxy(*id).await.unwrap().unwrap();
                 assert_eq!(p.current_leases, 0, "{pool}: proxy {id}");
             }
-            let statuses = lease_record_statuses(&mut conn, &ns, pool).await;
-            assert_eq!(statuses.get("active"), None, "{pool}: {statuses:?}");
+            let live = support::live_lease_records(&mut conn, &ns, pool).await;
+            assert!(live.is_empty(), "{pool}: live records left: {live:?}");
         }
         for id in &held {
             let pool = if storage.get_lease(POOL_A, *id).await.unwrap().is_some() {

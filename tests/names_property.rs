@@ -35,7 +35,9 @@ use lighthouse_lease::names::{validate_consumer_name, MAX_POOL_NAME_LEN};
 use lighthouse_lease::proxy::MAX_ATTRIBUTE_LEN;
 use lighthouse_lease::redis::{validate_namespace, RedisConfig, RedisStorage, MAX_NAMESPACE_LEN};
 use lighthouse_lease::storage::MAX_REQUEST_ID_LEN;
-use lighthouse_lease::{AcquireRequest, Error, Proxy, ProxyFilters, ProxyPool, Storage};
+use lighthouse_lease::{
+    AcquireRequest, Error, PoolIndexes, Proxy, ProxyFilters, ProxyPool, Storage,
+};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -95,8 +97,8 @@ fn slot_function_matches_redis() {
 // The key schema (README "Key schema"), written out independently.
 
 /// The four cross-pool registries of a namespace.
-fn registries(ns: &str) -> [String; 4] {
-    ["pools", "pool-ids", "proxy-pool", "consumers"].map(|k| format!("{ns}:{k}"))
+fn registries(ns: &str) -> [String; 3] {
+    ["pools", "pool-ids", "consumers"].map(|k| format!("{ns}:{k}"))
 }
 
 /// `<ns>:{<pool>}:`.
@@ -127,42 +129,34 @@ fn tag(attr: &str, value: &str) -> String {
 #[derive(Debug, Clone, Default)]
 struct Contents {
     proxies: Vec<Uuid>,
-    leases: Vec<Uuid>,
+    /// Lease tokens (records are keyed by them).
+    leases: Vec<u64>,
     /// Index tags (`<attribute>=<encoded value>`), without `all`.
     tags: Vec<String>,
     /// Raw request ids.
     requests: Vec<String>,
 }
 
-/// Keys (and the `freed` channel) of one pool with these contents.
+/// Keys (and the `freed` channel) of one pool with these contents (a pool that
+/// indexes every attribute and order).
 fn pool_keys(ns: &str, pool: &str, c: &Contents) -> Vec<String> {
     let p = pool_prefix(ns, pool);
     let mut keys: Vec<String> = [
-        "meta",
-        "proxies",
-        "leases",
-        "holders",
-        "tags",
-        "active",
-        "leased",
-        "cooldown",
-        "freed",
-        "avail:geo",
-        "avail:polar",
+        "meta", "proxies", "live", "held", "tags", "cooldown", "freed", "geo", "polar",
     ]
     .iter()
     .map(|s| format!("{p}{s}"))
     .collect();
-    keys.extend(c.proxies.iter().map(|id| format!("{p}proxy:{id}")));
-    keys.extend(c.leases.iter().map(|id| format!("{p}lease:{id}")));
     keys.extend(
-        c.requests
+        c.proxies
             .iter()
-            .map(|r| format!("{p}request:{}", encode(r))),
+            .map(|id| format!("{p}ids:{}", &id.simple().to_string()[..2])),
     );
+    keys.extend(c.leases.iter().map(|t| format!("{p}{t}")));
+    keys.extend(c.requests.iter().map(|r| format!("{p}req:{}", encode(r))));
     for t in std::iter::once("all").chain(c.tags.iter().map(String::as_str)) {
-        for index in ["seq", "load", "lat"] {
-            keys.push(format!("{p}avail:{index}:{t}"));
+        for order in ["load", "seq", "lat"] {
+            keys.push(format!("{p}idx:{order}:{t}"));
         }
     }
     keys
@@ -338,7 +332,7 @@ fn request_id() -> BoxedStrategy<String> {
 fn contents() -> BoxedStrategy<Contents> {
     (
         prop::collection::vec(any::<u128>(), 0..3),
-        prop::collection::vec(any::<u128>(), 0..3),
+        prop::collection::vec(0u64..(1 << 53), 0..3),
         prop::collection::vec(attribute(), 0..4),
         any::<u32>(),
         prop::collection::vec(request_id(), 0..3),
@@ -357,9 +351,10 @@ fn contents() -> BoxedStrategy<Contents> {
                 set.into_iter().map(Uuid::from_u128).collect()
             };
             let requests: BTreeSet<String> = requests.into_iter().collect();
+            let leases: BTreeSet<u64> = leases.into_iter().collect();
             Contents {
                 proxies: distinct(proxies),
-                leases: distinct(leases),
+                leases: leases.into_iter().collect(),
                 tags,
                 requests: requests.into_iter().collect(),
             }
@@ -661,7 +656,12 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     let mut first_proxy = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let pool = s
-            .create_pool(ProxyPool::new(*name).unwrap().with_description(&v[i]))
+            .create_pool(
+                ProxyPool::new(*name)
+                    .unwrap()
+                    .with_description(&v[i])
+                    .with_indexes(PoolIndexes::all()),
+            )
             .await
             .unwrap();
         let a = Proxy::builder(pool.id, "10.0.0.1", 8001)
@@ -704,7 +704,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     prop_assert!(lease.is_some(), "the proxy matches its own attributes");
     let lease = lease.unwrap();
     prop_assert_eq!(s.acquire(&req).await.unwrap().map(|l| l.id), Some(lease.id));
-    contents[0].leases.push(lease.id);
+    contents[0].leases.push(lease.fencing_token);
     contents[0].requests.push(case.request_id.clone());
     // A radius acquire on the second pool, a failure, a re-index, a release.
     let pb = &first_proxy[1][0];
@@ -716,7 +716,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         );
     let other = s.acquire(&near).await.unwrap();
     prop_assert!(other.is_some(), "near its own location");
-    contents[1].leases.push(other.unwrap().id);
+    contents[1].leases.push(other.unwrap().fencing_token);
     s.report_failure(
         first_proxy[0][1].id,
         "{boom} at 10.0.0.2:8002",
@@ -736,9 +736,9 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     check_keys(&ns, &found, &pools)?;
     let p0 = pool_prefix(&ns, names[0]);
     for expected in [
-        format!("{p0}request:{}", encode(&case.request_id)),
-        format!("{p0}avail:seq:{}", tag("city", &v[5])),
-        format!("{p0}lease:{}", lease.id),
+        format!("{p0}req:{}", encode(&case.request_id)),
+        format!("{p0}idx:seq:{}", tag("city", &v[5])),
+        format!("{p0}{}", lease.fencing_token),
         format!("{p0}cooldown"),
     ] {
         prop_assert!(found.contains(&expected), "{expected} missing");
@@ -750,11 +750,12 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     prop_assert!(s.remove_pool(names[0]).await.unwrap());
     let after = scan(&ns).await;
     // Only finished lease records and request keys stay, until their TTL
-    // (pool_remove.lua leaves them; they name the old pool id).
+    // (pool_remove.lua leaves them; a pool created again under the name starts
+    // its tokens after them).
     for k in after.iter().filter(|k| k.starts_with(&p0)) {
         let rest = &k[p0.len()..];
         prop_assert!(
-            rest.starts_with("lease:") || rest.starts_with("request:"),
+            rest.bytes().all(|b| b.is_ascii_digit()) || rest.starts_with("req:"),
             "{k} left behind"
         );
         let ttl = pttl(k).await;

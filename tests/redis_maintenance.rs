@@ -1,7 +1,7 @@
 #![cfg(feature = "redis")]
 //! RedisStorage maintenance: the pool registry, bounded cleanup batches, and the
-//! counter audit that finds and repairs drift between `current_leases` and the
-//! live lease records.
+//! audit that finds and repairs drift between a proxy's recorded lease count and
+//! its live leases.
 
 mod support;
 
@@ -36,15 +36,29 @@ fn req(d: Duration) -> AcquireRequest {
     AcquireRequest::new(POOL, "w", d)
 }
 
-async fn set_counter(s: &RedisStorage, p: &Proxy, value: i64) {
-    let key = format!("{}:{{{POOL}}}:proxy:{}", s.config().get_namespace(), p.id);
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("current_leases")
-        .arg(value)
-        .query_async(&mut raw().await)
+/// Sets a proxy's recorded live lease count by hand, as an operator editing keys
+/// might: the count lives in the load index's score while the proxy has a free
+/// slot, else in `held` (these proxies have no indexed attribute).
+async fn set_counter(s: &RedisStorage, p: &Proxy, value: u64) {
+    let prefix = format!("{}:{{{POOL}}}:", s.config().get_namespace());
+    let mut c = raw().await;
+    let seq: u64 = redis::cmd("HGET")
+        .arg(format!("{prefix}ids:{}", &p.id.simple().to_string()[..2]))
+        .arg(p.id.to_string())
+        .query_async(&mut c)
         .await
         .unwrap();
+    let full = p.max_concurrency.is_some_and(|m| value >= u64::from(m));
+    let mut pipe = redis::pipe();
+    pipe.zrem(format!("{prefix}idx:load:all"), seq).ignore();
+    if full {
+        pipe.hset(format!("{prefix}held"), seq, value).ignore();
+    } else {
+        pipe.hdel(format!("{prefix}held"), seq).ignore();
+        pipe.zadd(format!("{prefix}idx:load:all"), seq, (value << 32) + seq)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
 }
 
 #[tokio::test]

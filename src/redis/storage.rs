@@ -411,6 +411,16 @@ impl RedisStorage {
         }
     }
 
+    /// Reclaims due leases before a read; when Redis is out of memory (it then
+    /// refuses every function that may write), reads go on without it: expired
+    /// leases keep counting until Redis can write again.
+    async fn reclaim_for_reading(&self, conn: &mut Connection<'_>, pk: &PoolKeys) -> Result<()> {
+        match self.reclaim_pool(conn, pk).await {
+            Err(e) if e.backend_kind() == Some(BackendErrorKind::OutOfMemory) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
     /// Fails with [`Error::PoolNotFound`] unless the pool exists (and with
     /// [`Error::SchemaMismatch`] when another layout wrote it).
     async fn require_pool(&self, conn: &mut Connection<'_>, name: &str) -> Result<PoolKeys> {
@@ -768,11 +778,9 @@ impl RedisStorage {
         request: &AcquireRequest,
     ) -> Result<Settled> {
         match reply {
-            acquire::AcquireReply::Granted(g) => Ok(Settled::Lease(Self::lease_from_grant(
-                &g,
-                consumer_id,
-                request,
-            )?)),
+            acquire::AcquireReply::Granted(g) => Ok(Settled::Lease(Box::new(
+                Self::lease_from_grant(&g, consumer_id, request)?,
+            ))),
             acquire::AcquireReply::Existing(token) => Ok(Settled::Existing(token)),
             acquire::AcquireReply::None => Ok(Settled::None),
             acquire::AcquireReply::Retry => Ok(Settled::Retry),
@@ -790,7 +798,7 @@ impl RedisStorage {
 
 /// An acquire reply, settled.
 enum Settled {
-    Lease(Lease),
+    Lease(Box<Lease>),
     /// The token of the lease its request id got.
     Existing(u64),
     None,
@@ -1000,7 +1008,7 @@ impl Storage for RedisStorage {
     async fn list_proxies(&self, pool_name: &str) -> Result<Vec<Proxy>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
-        self.reclaim_pool(&mut conn, &pk).await?;
+        self.reclaim_for_reading(&mut conn, &pk).await?;
         let pool_id = self.pool_id(pool_name).await?;
         let mut cursor = "0".to_string();
         let mut out: Vec<(u64, Proxy)> = Vec::new();
@@ -1092,7 +1100,7 @@ impl Storage for RedisStorage {
                 .submit(&request.pool_name, item.clone())
                 .await?;
             match Self::settle(reply, consumer_id, request)? {
-                Settled::Lease(lease) => return Ok(Some(lease)),
+                Settled::Lease(lease) => return Ok(Some(*lease)),
                 Settled::Existing(token) => {
                     return self.lease_by_token(&request.pool_name, token).await
                 }
@@ -1127,7 +1135,7 @@ impl Storage for RedisStorage {
         };
         let (released, reply) = self.rotates.submit(&request.pool_name, item).await?;
         let next = match Self::settle(reply, consumer_id, request)? {
-            Settled::Lease(l) => Some(l),
+            Settled::Lease(l) => Some(*l),
             Settled::Existing(token) => self.lease_by_token(&request.pool_name, token).await?,
             Settled::None => None,
             Settled::Retry => self.acquire(request).await?,
@@ -1189,7 +1197,7 @@ impl Storage for RedisStorage {
     async fn list_leases(&self, pool_name: &str) -> Result<Vec<Lease>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
-        self.reclaim_pool(&mut conn, &pk).await?;
+        self.reclaim_for_reading(&mut conn, &pk).await?;
         let mut out = Vec::new();
         let mut start = 0u64;
         loop {
@@ -1250,13 +1258,7 @@ impl Storage for RedisStorage {
         validate_pool_name(pool_name)?;
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
-        match self.reclaim_pool(&mut conn, &pk).await {
-            // Out of memory: expired leases keep counting until Redis can write.
-            Err(e) if e.backend_kind() == Some(BackendErrorKind::OutOfMemory) => {}
-            other => {
-                other?;
-            }
-        }
+        self.reclaim_for_reading(&mut conn, &pk).await?;
         self.read_stats(&mut conn, &pk, pool_name).await
     }
 

@@ -156,3 +156,100 @@ pub async fn keys_under(ns: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Every lease record of a pool: (key, value). Records are the keys
+/// `<ns>:{<pool>}:<token>` (digits only); the value starts with the state.
+pub async fn lease_records(
+    conn: &mut redis::aio::MultiplexedConnection,
+    ns: &str,
+    pool: &str,
+) -> Vec<(String, String)> {
+    let prefix = format!("{ns}:{{{pool}}}:");
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .expect("SCAN");
+        for key in batch {
+            let tail = &key[prefix.len()..];
+            if !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) {
+                let v: Option<String> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(conn)
+                    .await
+                    .expect("GET record");
+                if let Some(v) = v {
+                    out.push((key, v));
+                }
+            }
+        }
+        if next == 0 {
+            return out;
+        }
+        cursor = next;
+    }
+}
+
+/// How many lease records of a pool are in each state (`active`, `released`).
+pub async fn lease_record_states(
+    conn: &mut redis::aio::MultiplexedConnection,
+    ns: &str,
+    pool: &str,
+) -> std::collections::HashMap<String, u64> {
+    let mut counts = std::collections::HashMap::new();
+    for (_, v) in lease_records(conn, ns, pool).await {
+        let state = v.split(' ').next().unwrap_or("").to_string();
+        *counts.entry(state).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `calls` of one command in `INFO commandstats` (0 when absent).
+pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Redis's clock, ms.
+pub async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let (s, us): (i64, i64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    s * 1000 + us / 1000
+}
+
+/// Lease records of a pool that are still live: `active` and not past their
+/// expiry (`active <seq> <acquired-ms> <duration-ms> <consumer>`). An active
+/// record past its expiry is an expired lease (reclaim does not rewrite it).
+pub async fn live_lease_records(
+    conn: &mut redis::aio::MultiplexedConnection,
+    ns: &str,
+    pool: &str,
+) -> Vec<String> {
+    let now = redis_now_ms(conn).await;
+    lease_records(conn, ns, pool)
+        .await
+        .into_iter()
+        .filter(|(_, v)| {
+            let w: Vec<&str> = v.split(' ').collect();
+            w.first() == Some(&"active")
+                && w.get(2).and_then(|a| a.parse::<i64>().ok()).unwrap_or(0)
+                    + w.get(3).and_then(|d| d.parse::<i64>().ok()).unwrap_or(0)
+                    > now
+        })
+        .map(|(k, _)| k)
+        .collect()
+}

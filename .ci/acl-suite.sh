@@ -9,11 +9,12 @@
 #   - `lighthouse`, for the library, `lighthouse-sweeper` and the `lighthouse` CLI:
 #     keys and channels `lighthouse:*` (the default namespace) and only
 #       PING (RedisStorage::ping), SELECT (URLs naming a database other than 0),
-#       HGET HGETALL HMGET HSET HSETNX HDEL EXISTS ZADD ZREM ZRANGE TIME (from Rust),
-#       EVALSHA, SCRIPT LOAD (scripts by SHA; reloaded after NOSCRIPT),
-#       HINCRBY GET SET DEL UNLINK PEXPIREAT ZRANGEBYSCORE ZSCORE ZCOUNT ZCARD SADD
-#       SREM SISMEMBER SPOP SCARD GEOADD GEOSEARCH PUBLISH (run by the scripts;
-#       Redis checks script commands against the calling user),
+#       HGET HGETALL HMGET HSET HSETNX HDEL EXISTS ZRANGE TIME (from Rust),
+#       FCALL FCALL_RO FUNCTION LOAD (the operations are a Redis Functions
+#       library, loaded again when Redis has lost it),
+#       HEXISTS HLEN HSCAN GET SET MGET DEL UNLINK ZADD ZREM ZRANGEBYSCORE ZSCORE
+#       ZMSCORE ZCOUNT ZCARD ZSCAN SADD SPOP GEOADD GEOSEARCH PUBLISH (run by the
+#       functions; Redis checks their commands against the calling user),
 #       SUBSCRIBE (waiting acquires), WAIT (RedisConfig::wait_for_replicas);
 #     not CONFIG GET (the sweeper's start-up maxmemory-policy check then only
 #     warns; CONFIG GET would also reveal secrets such as masterauth);
@@ -27,7 +28,7 @@
 #   - a random password instead of the placeholder hash;
 #   - `+scan +pttl +smembers` for the tests' own raw reads (not used by the library);
 #   - an extra admin user, used only by this script to read ACL LOG.
-# Tests that need admin commands (SCRIPT FLUSH, CONFIG SET, SLOWLOG) skip themselves
+# Tests that need admin commands (FUNCTION FLUSH, CONFIG SET, SLOWLOG) skip themselves
 # because REDIS_URL points at a server they did not start.
 # After the tests, any command, key or channel the `lighthouse` user was denied
 # (ACL LOG) fails the run: the library ignores some failures (a failed SUBSCRIBE

@@ -348,10 +348,15 @@ impl PoolIndexes {
 
 impl Error {
     pub(crate) fn missing_order(pool: &str, order: IndexOrder) -> Self {
+        let (name, variant) = match order {
+            IndexOrder::Load => ("load", "Load"),
+            IndexOrder::Sequence => ("seq", "Sequence"),
+            IndexOrder::Latency => ("latency", "Latency"),
+        };
         Error::InvalidArgument(format!(
-            "pool {pool:?} does not keep the {order} order that this selector needs: create \
-             the pool with PoolIndexes::default().order(IndexOrder::Latency) (or \
-             `lighthouse pool create --orders latency`)"
+            "pool {pool:?} does not keep the {name} order that this selector needs: create \
+             the pool with PoolIndexes::default().order(IndexOrder::{variant}) (or \
+             `lighthouse pool create --orders {name}`)"
         ))
     }
 }

@@ -238,3 +238,37 @@ async fn bench_reports_cycles_and_percentiles_and_cleans_up() {
         "the temporary pool is removed"
     );
 }
+
+#[tokio::test]
+async fn pool_create_declares_indexes() {
+    let sh = Shell::new();
+    sh.sh("pool create eu --attributes country,city --orders latency")
+        .await
+        .unwrap();
+    let out = sh.sh("pool show eu").await.unwrap();
+    assert!(
+        out.contains("indexes: attributes [country city], orders [load lat]"),
+        "{out}"
+    );
+    sh.sh("pool create bare --attributes none").await.unwrap();
+    let out = sh.sh("pool show bare").await.unwrap();
+    assert!(
+        out.contains("indexes: attributes [], orders [load]"),
+        "{out}"
+    );
+    let err = sh
+        .sh("pool create bad --attributes colour")
+        .await
+        .unwrap_err();
+    assert!(err.contains("not an indexable attribute"), "{err}");
+    // lowest_latency needs the latency order: the default pool says so clearly.
+    sh.sh("pool create plain").await.unwrap();
+    sh.sh("proxy add --pool plain --host 1.1.1.1 --port 80")
+        .await
+        .unwrap();
+    let err = sh
+        .sh("acquire --pool plain --selector lowest_latency")
+        .await
+        .unwrap_err();
+    assert!(err.contains("latency order"), "{err}");
+}

@@ -104,6 +104,14 @@ pub enum PoolCommand {
         /// Free text.
         #[arg(long)]
         description: Option<String>,
+        /// Attributes the pool indexes, comma-separated (country, source, city,
+        /// isp, asn, geo); default: country. `none` for none.
+        #[arg(long, value_delimiter = ',')]
+        attributes: Option<Vec<String>>,
+        /// Orders the pool keeps besides load, comma-separated (seq, latency);
+        /// default: none. `lowest_latency` needs `latency`.
+        #[arg(long, value_delimiter = ',')]
+        orders: Option<Vec<String>>,
     },
     /// List pools.
     List,
@@ -394,9 +402,27 @@ pub async fn run<S: Storage, W: Write>(
         out,
     };
     match &cli.command {
-        Command::Pool(PoolCommand::Create { name, description }) => {
+        Command::Pool(PoolCommand::Create {
+            name,
+            description,
+            attributes,
+            orders,
+        }) => {
             let mut pool = ProxyPool::new(name.clone())?;
             pool.description = description.clone();
+            if let Some(list) = attributes {
+                let mut ix = crate::pool::PoolIndexes::new();
+                for a in list.iter().filter(|a| a.trim() != "none") {
+                    ix = ix.attribute(a.parse()?);
+                }
+                ix.orders = pool.indexes.orders.clone();
+                pool.indexes = ix;
+            }
+            if let Some(list) = orders {
+                for o in list.iter().filter(|o| o.trim() != "none") {
+                    pool.indexes = pool.indexes.clone().order(o.parse()?);
+                }
+            }
             let pool = s.create_pool(pool).await?;
             p.print(&pool, |w| {
                 writeln!(w, "created pool {} ({})", pool.name, pool.id)
@@ -438,6 +464,12 @@ pub async fn run<S: Storage, W: Write>(
                     if let Some(d) = &pool.description {
                         writeln!(w, "  {d}")?;
                     }
+                    writeln!(
+                        w,
+                        "  indexes: attributes [{}], orders [{}]",
+                        pool.indexes.attributes_text(),
+                        pool.indexes.orders_text()
+                    )?;
                     writeln!(w, "  {}", stats_line(&pool.name, &stats))
                 },
             )

@@ -21,7 +21,7 @@ use lighthouse_lease::{AcquireRequest, Proxy, ProxyPool, Storage};
 const LEASES: usize = 100_000;
 const CONCURRENCY: usize = 64;
 
-async fn slowlog_max_evalsha_us(conn: &mut redis::aio::MultiplexedConnection) -> (i64, usize) {
+async fn slowlog_max_fcall_us(conn: &mut redis::aio::MultiplexedConnection) -> (i64, usize) {
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(100_000)
@@ -39,7 +39,7 @@ async fn slowlog_max_evalsha_us(conn: &mut redis::aio::MultiplexedConnection) ->
             _ => continue,
         };
         let is_script = matches!(fields.get(3), Some(redis::Value::Array(args))
-            if matches!(args.first(), Some(redis::Value::BulkString(c)) if c.eq_ignore_ascii_case(b"evalsha")));
+            if matches!(args.first(), Some(redis::Value::BulkString(c)) if c.eq_ignore_ascii_case(b"fcall")));
         if is_script {
             n += 1;
             max = max.max(micros);
@@ -80,7 +80,7 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for batch in [200u32, 500] {
+    for batch in [100u32, 200, 500] {
         // 100,000 leases that all expire together, after the last one is taken
         // (an acquire would otherwise reclaim the earliest ones itself).
         let lease = Duration::from_secs(12);
@@ -141,7 +141,7 @@ async fn main() {
         let t = Instant::now();
         let report = sweeper.sweep_once(&rx).await.unwrap();
         let secs = t.elapsed().as_secs_f64();
-        let (slow_max, calls) = slowlog_max_evalsha_us(&mut raw).await;
+        let (slow_max, calls) = slowlog_max_fcall_us(&mut raw).await;
         println!(
             "sweep (batch {batch}): reclaimed {} expired leases in {secs:.2} s = {:.0} leases/s; {} cleanup calls; \
              longest call {:.1} ms (client) / {:.1} ms (SLOWLOG; {calls} script calls over 1 ms)",

@@ -109,7 +109,7 @@ impl RedisConfig {
 
     /// Redis Cluster with these seed nodes (`redis://host:port` URLs): commands go
     /// to the node that owns each pool's slot (every key of a pool shares its hash
-    /// tag); scripts are loaded on that node when it answers `NOSCRIPT`. Same as a
+    /// tag); the functions library is loaded on a node that does not have it yet. Same as a
     /// `redis+cluster://host1:port1,host2:port2` URL.
     #[must_use]
     pub fn cluster<I, S>(mut self, nodes: I) -> Self

@@ -7,9 +7,11 @@
 //! extend, cleanup, proxy add / update / status / remove, reports, pool create /
 //! update / remove, audit), run atomically by Redis; `src/redis/ops/` has one
 //! Rust file per script that encodes its arguments and decodes its typed reply.
-//! Scripts are invoked by SHA1 and reloaded automatically when Redis answers
-//! `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). Time is Redis's own (`TIME`,
-//! read once per script), so hosts with skewed clocks agree on expiry.
+//! The scripts form one Redis Functions library (`FUNCTION LOAD`, named
+//! `lighthouse_<hash>` so versions never clash), called with `FCALL` (`FCALL_RO`
+//! for reads) and loaded again automatically when Redis lost it (a restart
+//! without persistence, `FUNCTION FLUSH`). Time is Redis's own (`TIME`, read
+//! once per script), so hosts with skewed clocks agree on expiry.
 //!
 //! - **Acquire** gives back what time freed (only when the pool's `exp` or
 //!   `cool_next` hint says something may be due), picks an available proxy from
@@ -47,7 +49,7 @@
 //! ```text
 //! $ redis-cli HGET 'lighthouse:{latam-residential}:proxies' 17
 //! {"id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","host":"10.0.0.1","port":8001,"max":2,"country":"AR"}
-//! $ redis-cli GET 'lighthouse:{latam-residential}:006289be-bb7d-887b-883f-0016d3cca427'
+//! $ redis-cli GET 'lighthouse:{latam-residential}:1733500000000123'   # the lease's fencing token
 //! active 17 1733500000000 300000 worker-1
 //! ```
 //!

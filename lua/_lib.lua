@@ -33,9 +33,43 @@
 -- proxy a call touched is kept in `T` (by seq), so later requests of the same call
 -- see it without reading Redis again.
 
--- The call's keys and arguments (set by reset()), and the pool prefix `P`
--- (set by the operation before anything else).
-local KEYS, ARGV, P
+-- The call's keys and arguments (set by reset()), the pool prefix `P` and the
+-- pool's most used keys `PK` (set by set_prefix() before anything else).
+local KEYS, ARGV, P, PK
+
+-- The keys of a pool that calls use most, built once per prefix: concatenating
+-- and interning a key costs Redis's Lua more than a table look-up.
+local PKS, NPKS = {}, 0
+local function set_prefix(prefix)
+  P = prefix
+  local k = PKS[prefix]
+  if not k then
+    if NPKS >= 256 then PKS, NPKS = {}, 0 end
+    k = { meta = prefix .. K_META, live = prefix .. K_LIVE, proxies = prefix .. K_PROXIES,
+      held = prefix .. K_HELD, load_all = prefix .. K_IDX .. 'load:all', req = prefix .. K_REQ,
+      idx = {} }
+    PKS[prefix] = k
+    NPKS = NPKS + 1
+  end
+  PK = k
+end
+
+-- tonumber() of a string, remembered: Lua's tonumber runs strtod, about 1,300
+-- instructions, and most numeric strings come back call after call (durations,
+-- limits, seqs, the second of the clock). nil for nil or a non-number.
+local NUM, NNUM = {}, 0
+local function num(s)
+  if s == nil or s == false then return nil end
+  local n = NUM[s]
+  if n == nil then
+    n = tonumber(s)
+    if n == nil then return nil end
+    if NNUM >= 8192 then NUM, NNUM = {}, 0 end
+    NUM[s] = n
+    NNUM = NNUM + 1
+  end
+  return n
+end
 
 local function fail(msg)
   return redis.error_reply('ERR lighthouse: ' .. msg)
@@ -44,7 +78,7 @@ end
 -- Redis time: ms and µs since the epoch, read once per script.
 local function clock()
   local t = redis.call('TIME')
-  local s, us = tonumber(t[1]), tonumber(t[2])
+  local s, us = num(t[1]), tonumber(t[2])
   return s * 1000 + math.floor(us / 1000), s * 1000000 + us
 end
 
@@ -56,7 +90,7 @@ end
 
 -- An integer in [lo, hi], or nil.
 local function int_in(s, lo, hi)
-  local n = tonumber(s)
+  local n = num(s)
   if n == nil or n < lo or n > hi or n % 1 ~= 0 then
     return nil
   end
@@ -78,10 +112,20 @@ local function is_tag(s)
   return type(s) == 'string' and #s <= 1024 and string.find(s, '^[a-z]+=[A-Za-z0-9._%%%-]+$') ~= nil
 end
 
--- Checks the pool prefix `<ns>:{<pool>}:` against a key that must be built from it.
+-- Checks the pool prefix `<ns>:{<pool>}:` against a key that must be built
+-- from it, and makes it the call's prefix.
 local function check_prefix(prefix, key, suffix)
-  return type(prefix) == 'string' and #prefix >= 5 and #prefix <= 200
-    and string.byte(prefix, -1) == 58 and key == prefix .. suffix
+  if type(prefix) ~= 'string' or #prefix < 5 or #prefix > 200 or string.byte(prefix, -1) ~= 58 then
+    return false
+  end
+  set_prefix(prefix)
+  if suffix == K_META then return key == PK.meta end
+  return key == prefix .. suffix
+end
+
+-- The same for the hot operations: KEYS[1] must be P meta and KEYS[2] P live.
+local function check_meta_live(prefix)
+  return check_prefix(prefix, KEYS[1], K_META) and KEYS[2] == PK.live
 end
 
 -- The pool's meta fields every script reads first. Returns the HMGET values, or
@@ -164,6 +208,30 @@ local function read_settings(pool_id, attrs, orders)
   end
   POOL = s
   ATTRS, ORDERS, GEO, HAS_ORDER, DECLARED = s.attrs, s.orders, s.geo, s.has, s.declared
+end
+
+-- read_meta() for the hot operations: the pool's `id`, `removing` and the given
+-- fields in one HMGET (m[1], m[2], then m[3]...); the fixed settings (schema,
+-- indexes, `created`, in POOL) are read only the first time a pool id is seen:
+-- they never change for a pool id (a pool created again gets a new id, and its
+-- indexes are fixed at creation). Returns m, or nil and the reply for a missing
+-- pool ('POOL_NOT_FOUND') or another layout ('SCHEMA', found).
+local function open_pool(...)
+  local m = redis.call('HMGET', PK.meta, 'id', 'removing', ...)
+  local id = m[1]
+  if not id or m[2] then return nil, 'POOL_NOT_FOUND' end
+  local s = PK.pool
+  if not s or PK.pool_id ~= id or not s.created then
+    local f = redis.call('HMGET', PK.meta, 'schema', 'attrs', 'orders', 'created')
+    if f[1] ~= SCHEMA then return nil, 'SCHEMA', f[1] or '' end
+    read_settings(id, f[2], f[3])
+    POOL.created = f[4] or '0'
+    PK.pool, PK.pool_id = POOL, id
+    return m
+  end
+  POOL = s
+  ATTRS, ORDERS, GEO, HAS_ORDER, DECLARED = s.attrs, s.orders, s.geo, s.has, s.declared
+  return m
 end
 
 -- ---------------------------------------------------------------- proxies
@@ -382,8 +450,8 @@ local function flush()
         hd[#hd + 1] = m
       end
     end
-    if #hd > 0 then redis.call('HDEL', P .. K_HELD, unpack(hd)) end
-    if #hs > 0 then redis.call('HSET', P .. K_HELD, unpack(hs)) end
+    if #hd > 0 then redis.call('HDEL', PK.held, unpack(hd)) end
+    if #hs > 0 then redis.call('HSET', PK.held, unpack(hs)) end
     W.held = false
   end
   local pjs = W.pj
@@ -393,7 +461,7 @@ local function flush()
       pj[#pj + 1] = m
       pj[#pj + 1] = j
     end
-    redis.call('HSET', P .. K_PROXIES, unpack(pj))
+    redis.call('HSET', PK.proxies, unpack(pj))
     W.pj = false
   end
   local gs = W.g
@@ -423,7 +491,7 @@ local function touch(m, json, n0, av0)
     st = { seq = 0, m = '', j = false, n = 0, n0 = 0, av0 = false, dirty = false, info = false }
     TL[TLN] = st
   end
-  st.seq, st.m, st.j, st.n, st.n0, st.av0, st.dirty = tonumber(m), m, json, n0, n0, av0, false
+  st.seq, st.m, st.j, st.n, st.n0, st.av0, st.dirty = num(m), m, json, n0, n0, av0, false
   if json then st.info = info_of(json) else st.info = nil end
   T[m] = st
   return st
@@ -440,7 +508,7 @@ local function load_states(members, leased)
     if not T[m] then want[#want + 1] = m end
   end
   if #want == 0 then return end
-  local js = redis.call('HMGET', P .. K_PROXIES, unpack(want))
+  local js = redis.call('HMGET', PK.proxies, unpack(want))
   local scored, sc = want, {}
   if leased then
     scored = {}
@@ -450,7 +518,7 @@ local function load_states(members, leased)
     end
   end
   if #scored > 0 then
-    local got = redis.call('ZMSCORE', P .. K_IDX .. 'load:all', unpack(scored))
+    local got = redis.call('ZMSCORE', PK.load_all, unpack(scored))
     for i, m in ipairs(scored) do sc[m] = got[i] end
   end
   local missing = {}
@@ -459,14 +527,14 @@ local function load_states(members, leased)
   end
   local held = {}
   if #missing > 0 then
-    local h = redis.call('HMGET', P .. K_HELD, unpack(missing))
-    for i, m in ipairs(missing) do held[m] = tonumber(h[i] or '0') or 0 end
+    local h = redis.call('HMGET', PK.held, unpack(missing))
+    for i, m in ipairs(missing) do held[m] = num(h[i]) or 0 end
   end
   for i, m in ipairs(want) do
     if not T[m] then
       local s = sc[m]
       if s then
-        touch(m, js[i] or nil, math.floor(tonumber(s) / LOAD_SHIFT), true)
+        touch(m, js[i] or nil, math.floor(num(s) / LOAD_SHIFT), true)
       else
         touch(m, js[i] or nil, held[m], false)
       end
@@ -488,11 +556,11 @@ end
 -- they are: an active record past its expiry reads as expired). Returns how many
 -- gave a slot back, whether more are due, and the earliest expiry left (or nil).
 local function reclaim(now, limit)
-  local live = P .. K_LIVE
+  local live = PK.live
   local due = redis.call('ZRANGEBYSCORE', live, '-inf', now, 'LIMIT', 0, limit)
   if #due == 0 then
     local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
-    return 0, false, tonumber(first[2] or '')
+    return 0, false, num(first[2])
   end
   local seqs, seen, of = {}, {}, {}
   for i, member in ipairs(due) do
@@ -511,7 +579,7 @@ local function reclaim(now, limit)
   redis.call('ZREM', live, unpack(due))
   local more = #due >= limit and redis.call('ZCOUNT', live, '-inf', now) > 0
   local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
-  return n, more, tonumber(first[2] or '')
+  return n, more, num(first[2])
 end
 
 -- Wakes waiting acquires when a waiter announced itself until a time not past.
@@ -623,7 +691,7 @@ local function prepare_releases(tokens, keys, created)
     end
   end
   if #seqs > 0 then load_states(seqs, true) end
-  local live = P .. K_LIVE
+  local live = PK.live
   if #members == 1 then
     firsts[1].present = redis.call('ZREM', live, members[1]) == 1
   elseif #members > 1 then
@@ -657,7 +725,7 @@ local function apply_release(i, now, now_s, grace)
       o = 'not_found'
     elseif r.state == 'released' then
       o = 'already_released'
-    elseif tonumber(r.at) + tonumber(r.dur) <= now then
+    elseif tonumber(r.at) + num(r.dur) <= now then
       o = 'expired'
     elseif item.present then
       o = 'released'

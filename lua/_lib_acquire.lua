@@ -96,7 +96,7 @@ local function read_request(at, slot)
   if not reqk or not nt or nt > 64 or reqk > #KEYS or reqk == 1 or reqk == 2 then
     return nil, 'bad numeric argument'
   end
-  if reqk > 0 and string.sub(KEYS[reqk], 1, #P + #K_REQ) ~= P .. K_REQ then
+  if reqk > 0 and string.sub(KEYS[reqk], 1, #PK.req) ~= PK.req then
     return nil, 'bad request key'
   end
   local r = REQS[slot]
@@ -143,18 +143,15 @@ end
 -- Reads the pool's meta and settings; nil and a reply for every request when
 -- the pool cannot serve them.
 local function begin(prefix, grace)
-  P = prefix
-  local m, why, found = read_meta(KEYS[1], 'fence', 'rr', 'exp', 'cool_next', 'wait_until', 'attrs',
-    'orders', 'created')
+  local m, why, found = open_pool('fence', 'rr', 'exp', 'cool_next', 'wait_until')
   if not m then return why, found end
-  read_settings(m[2], m[9], m[10])
-  POOL_ID = m[2]
-  FENCE = tonumber(m[4] or '0') or 0
-  RR = m[5] or nil -- a string: round robin reads it as a number
-  EXP = m[6] and tonumber(m[6]) or nil
-  COOL_NEXT = m[7] and tonumber(m[7]) or nil
-  WAIT_UNTIL = m[8]
-  CREATED = m[11] or '0' -- a string: rotate compares it as a number
+  POOL_ID = m[1]
+  FENCE = tonumber(m[3] or '0') or 0
+  RR = m[4] or nil -- a string: round robin reads it as a number
+  EXP = num(m[5])
+  COOL_NEXT = num(m[6])
+  WAIT_UNTIL = m[7]
+  CREATED = POOL.created -- a string: rotate compares it as a number
   GRACE = grace
   NOW, NOW_US = clock()
   NOW_S = fmt_int(NOW)
@@ -184,7 +181,16 @@ end
 local function pick_fast(r, remaining)
   local tag = r.dtags[1] or 'all'
   local order = r.order
-  local key = P .. K_IDX .. order .. ':' .. tag
+  local ix = PK.idx[order]
+  if not ix then
+    ix = {}
+    PK.idx[order] = ix
+  end
+  local key = ix[tag]
+  if not key then
+    key = P .. K_IDX .. order .. ':' .. tag
+    ix[tag] = key
+  end
   local c = CACHES[key]
   if not c then
     c = { items = {}, n = 0, done = false, i = 1, epoch = -1 }
@@ -210,12 +216,12 @@ local function pick_fast(r, remaining)
       if k > 0 then
         local ms = {}
         for j = 1, k do ms[j] = got[2 * j - 1] end
-        local js = redis.call('HMGET', P .. K_PROXIES, unpack(ms))
-        local counts = order ~= 'load' and redis.call('ZMSCORE', P .. K_IDX .. 'load:all', unpack(ms))
+        local js = redis.call('HMGET', PK.proxies, unpack(ms))
+        local counts = order ~= 'load' and redis.call('ZMSCORE', PK.load_all, unpack(ms))
         local n = c.n
         for j = 1, k do
           -- The count: the load score's high part (false: not indexed there).
-          local sc = tonumber(got[2 * j])
+          local sc = num(got[2 * j])
           local cnt = sc
           if counts then cnt = counts[j] and tonumber(counts[j]) end
           items[n + 1], items[n + 2], items[n + 3] = ms[j], sc, js[j]
@@ -317,7 +323,7 @@ local function make_general()
   -- The first of these members (in order) that matches the filter.
   local function first_ok(ms)
     if not test or #ms == 0 then return ms[1] end
-    local js = redis.call('HMGET', P .. K_PROXIES, unpack(ms))
+    local js = redis.call('HMGET', PK.proxies, unpack(ms))
     for i, m in ipairs(ms) do
       if js[i] and matches(filter, cjson.decode(js[i])) then return m end
     end
@@ -409,8 +415,8 @@ local function make_general()
 
   local function from_candidates(ms)
     if #ms == 0 then return nil end
-    local js = redis.call('HMGET', P .. K_PROXIES, unpack(ms))
-    local sc = redis.call('ZMSCORE', P .. K_IDX .. 'load:all', unpack(ms))
+    local js = redis.call('HMGET', PK.proxies, unpack(ms))
+    local sc = redis.call('ZMSCORE', PK.load_all, unpack(ms))
     local best, best_k, matched = nil, nil, {}
     for i, m in ipairs(ms) do
       if js[i] and sc[i] then
@@ -531,7 +537,7 @@ end
 -- fence, cursor and hints; wakes waiters when slots freed beyond those taken.
 local function finish()
   flush()
-  if LIVE_N > 0 then redis.call('ZADD', P .. K_LIVE, unpack(LIVE_ADD, 1, LIVE_N)) end
+  if LIVE_N > 0 then redis.call('ZADD', PK.live, unpack(LIVE_ADD, 1, LIVE_N)) end
   local set, del = { KEYS[1] }, nil
   if FENCE_MOVED then
     set[#set + 1] = 'fence'

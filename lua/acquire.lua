@@ -23,15 +23,18 @@
 -- Errors (nothing written): bad arguments, in any request.
 --
 -- Calls, n requests on the fast path (least_used, one declared tag or none):
--- TIME, HMGET meta, one ZRANGE per index used (prefetching the call's needs),
--- per request one HGET proxies and one SET record (plus GET and SET of a request
--- key), then one ZADD per index key whose members moved, one ZADD live, one HSET
--- meta: 8 + 2n for one tag. Reclaim adds ZRANGEBYSCORE, HMGET, ZMSCORE, ZREM and
--- ZRANGE, only when the `exp` hint is due. Cost O(n log N), flat in pool size N.
+-- HMGET meta, TIME, one ZRANGE per index used and one HMGET proxies per page of
+-- candidates read (a page holds what the call's requests need), per request one
+-- SET record (plus GET and SET of a request key), then one ZADD per index key
+-- whose members moved, one ZADD live, one HSET meta: 9 with one request and one
+-- declared tag (the first call after the library loads also reads the pool's
+-- fixed settings: one more HMGET meta). Reclaim adds ZRANGEBYSCORE, HMGET,
+-- ZMSCORE, ZREM and ZRANGE, only when the `exp` hint is due. Cost O(n log N),
+-- flat in pool size N.
 
 reset_acquire()
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
+if not check_meta_live(prefix) then
   return fail('keys do not match the pool prefix')
 end
 local limit = int_in(ARGV[2], 1, MAX_RECLAIM)

@@ -17,14 +17,15 @@
 -- Publishes on P freed when it freed a slot and a waiter announced itself.
 -- Errors (nothing written): bad arguments.
 --
--- Calls, one lease: TIME, HMGET meta, GET record, ZREM live, HMGET proxies,
--- ZMSCORE load (and HMGET held when not indexed), SET record, ZADD (or ZREM) per
--- index key of the proxy: 10 with one declared attribute. n leases: MGET,
+-- Calls, one lease: HMGET meta, TIME, GET record, HMGET proxies, ZMSCORE load
+-- (and HMGET held when not indexed), ZREM live, SET record, ZADD (or ZREM) per
+-- index key of the proxy: 9 with one declared attribute (the first call after
+-- the library loads also reads the pool's fixed settings). n leases: MGET,
 -- ZMSCORE live, ZREM live once each, SET per lease, one command per index key.
 
 local prefix = ARGV[1]
 local n = #ARGV - 2
-if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE
+if not check_meta_live(prefix)
   or n < 1 or n > MAX_REQUESTS or #KEYS ~= n + 2 then
   return fail('keys do not match the pool prefix')
 end
@@ -37,12 +38,10 @@ for i = 1, n do
   ids[i], keys[i] = id, KEYS[2 + i]
 end
 
-P = prefix
-local m, why, found = read_meta(KEYS[1], 'wait_until', 'attrs', 'orders', 'created')
+local m, why, found = open_pool('wait_until')
 if not m then return { why, found } end
-read_settings(m[2], m[5], m[6])
 local now = clock()
-prepare_releases(ids, keys, tonumber(m[7] or '0') or 0)
+prepare_releases(ids, keys, num(POOL.created) or 0)
 local out, freed, now_s, grace_s = { 'OK' }, 0, fmt_int(now), ARGV[2]
 for i = 1, n do
   local o, f = apply_release(i, now, now_s, grace_s)
@@ -50,5 +49,5 @@ for i = 1, n do
   if f then freed = freed + 1 end
 end
 flush()
-if freed > 0 then notify(m[4], now) end
+if freed > 0 then notify(m[3], now) end
 return out

@@ -23,7 +23,7 @@
 
 reset_acquire()
 local prefix = ARGV[1]
-if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
+if not check_meta_live(prefix) then
   return fail('keys do not match the pool prefix')
 end
 local limit = int_in(ARGV[2], 1, MAX_RECLAIM)
@@ -49,7 +49,7 @@ end
 if at ~= #ARGV + 1 then return fail('bad argument count') end
 
 reclaim_due(limit)
-prepare_releases(ids, keys, tonumber(CREATED))
+prepare_releases(ids, keys, num(CREATED) or 0)
 for i = 1, n do
   local outcome, freed = apply_release(i, NOW, NOW_S, ARGV[3])
   if freed then FREED = FREED + 1 end

@@ -329,14 +329,14 @@ local function zkey(key)
 end
 
 local function za(key, score, member)
-  zkey(key)
+  if ZSEEN[key] ~= EPOCH then zkey(key) end
   local n, a = ZAN[key], ZA[key]
   a[n + 1], a[n + 2] = score, member
   ZAN[key] = n + 2
 end
 
 local function zr(key, member)
-  zkey(key)
+  if ZSEEN[key] ~= EPOCH then zkey(key) end
   local n = ZRN[key] + 1
   ZR[key][n] = member
   ZRN[key] = n

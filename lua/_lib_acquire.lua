@@ -23,6 +23,9 @@ local function reset_acquire()
   FREED, TAKEN, MORE = 0, 0, false
 end
 
+-- Consumer names already found valid (most calls repeat a few).
+local NAMES, NNAMES = {}, 0
+
 local SPACE = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
 
 -- '0'..'1100' -> the number: small arguments read by a table look-up, not
@@ -81,8 +84,13 @@ end
 local function read_request(at, slot)
   local c, dur_s, ttl_s, sel, json, exact = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3],
     ARGV[at + 4], ARGV[at + 5]
-  if not is_text(c, 128) or SPACE[string.byte(c, 1)] or SPACE[string.byte(c, -1)] then
-    return nil, 'bad consumer name'
+  if not NAMES[c] then
+    if not is_text(c, 128) or SPACE[string.byte(c, 1)] or SPACE[string.byte(c, -1)] then
+      return nil, 'bad consumer name'
+    end
+    if NNAMES >= 4096 then NAMES, NNAMES = {}, 0 end
+    NAMES[c] = true
+    NNAMES = NNAMES + 1
   end
   local dur, ttl = int_in(dur_s, 1, MAX_LEASE_MS), int_in(ttl_s, 1, MAX_LEASE_MS + MAX_GRACE_MS)
   if not dur or not ttl or ttl < dur then return nil, 'bad duration' end
@@ -242,9 +250,15 @@ local function pick_fast(r, remaining)
   for t = 1, TLN do
     local st = TL[t]
     local info = st.info
-    if info and avail(info, st.n) and (tag == 'all' or info.tagset[tag]) then
-      local sc = score(order, st)
-      if best_s == nil or sc < best_s then best_m, best_s, best_st = st.m, sc, st end
+    if info then
+      -- The score first: proxies this call took mostly score above the page's
+      -- best, and the test is inlined (a Lua call costs Redis more than it).
+      local n, sc = st.n, nil
+      if order == 'load' then sc = n * LOAD_SHIFT + st.seq else sc = score(order, st) end
+      if (best_s == nil or sc < best_s) and info.ok and (info.max == nil or n < info.max)
+        and (tag == 'all' or info.tagset[tag]) then
+        best_m, best_s, best_st = st.m, sc, st
+      end
     end
   end
   if best_st or not best_m then return best_st, best_m end

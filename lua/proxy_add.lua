@@ -11,8 +11,9 @@
 -- Errors (nothing written): bad arguments (every proxy is checked first).
 --
 -- Calls: HMGET meta, one HMGET per ids shard touched, then one HSET proxies, one
--- HSET per ids shard, one ZADD per index key, SADD tags, HSET meta. Cost
--- O(n log N) for n proxies.
+-- HSET per ids shard, one ZADD and one ZREM per index key (the ZREM takes out the
+-- member that made the index a skiplist, see flush()), SADD tags, HSET meta.
+-- Cost O(n log N) for n proxies.
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -68,7 +69,7 @@ for i, p in ipairs(ps) do
   w[#w + 1] = mem
 end
 for k, w in pairs(writes) do redis.call('HSET', k, unpack(w)) end
-flush()
+flush(true)
 remember_tags(infos)
 redis.call('HSET', KEYS[1], 'next_seq', fmt_int(next_seq),
   'proxies', fmt_int((tonumber(m[5] or '0') or 0) + n), 'active', fmt_int(active))

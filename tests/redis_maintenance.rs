@@ -177,3 +177,41 @@ async fn cleanup_batches_are_bounded_and_count_each_lease_once() {
     assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);
     assert!(s.cleanup_batch(POOL, 0).await.is_err());
 }
+
+/// Index keys are made skiplists when proxies are added (in a listpack, Redis's
+/// small-set encoding, every ZADD scans and moves the whole index), and the
+/// member that converts them leaves no trace.
+#[tokio::test]
+async fn added_proxies_land_in_skiplist_indexes_without_a_trace() {
+    let s = support::storage();
+    let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    let proxies = (1..=3)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.0.0.{i}"), 80)
+                .country("AR")
+                .build()
+                .unwrap()
+        })
+        .collect();
+    s.add_proxies(proxies).await.unwrap();
+    let prefix = format!("{}:{{{POOL}}}:", s.config().get_namespace());
+    let mut c = raw().await;
+    for key in ["idx:load:all", "idx:load:country=AR"] {
+        let key = format!("{prefix}{key}");
+        let encoding: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(encoding, "skiplist", "{key}");
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(members, ["1", "2", "3"], "{key}");
+    }
+}

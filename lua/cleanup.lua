@@ -1,7 +1,10 @@
 -- cleanup.lua: give back the slots of one pool's due leases, in a bounded batch
 -- (and lift the cooldowns that are over, as many). Lease records are not
 -- written: an active record past its expiry reads as expired, and expires by
--- its own TTL.
+-- its own TTL. The batch goes in chunks of CLEANUP_CHUNK leases, and the call
+-- stops after the chunk that takes it past CLEANUP_BUDGET_US of Redis's time
+-- (both from src/redis/keys.rs): no call blocks Redis for long, whatever the
+-- batch and however loaded the machine (then `more` says to call again).
 --
 -- KEYS[1]  P meta   KEYS[2]  P live
 -- ARGV[1]  pool prefix P
@@ -12,10 +15,10 @@
 -- Publishes on P freed when it freed anything and a waiter announced itself.
 -- Errors (nothing written): bad arguments.
 --
--- Calls for b due leases: TIME, HMGET meta, ZRANGEBYSCORE, HMGET proxies,
--- ZMSCORE load (HMGET held for those not indexed), ZREM live, ZRANGE live, one
--- command per index key touched, HSET meta: about 10 + k whatever b, so b = 200
--- costs Redis a few hundred µs. Cost O(b log N).
+-- Calls for each chunk of due leases: ZRANGEBYSCORE, HMGET proxies, ZMSCORE load
+-- (HMGET held for those not indexed), ZREM live, ZCOUNT and ZRANGE live, one
+-- command per index key touched, TIME; once per call: TIME, HMGET meta, HSET
+-- meta. Cost O(b log N).
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
@@ -28,11 +31,18 @@ P = prefix
 local m = read_meta(KEYS[1], 'exp', 'cool_next', 'wait_until', 'attrs', 'orders')
 if not m then return { 0, 0 } end
 read_settings(m[2], m[7], m[8])
-local now = clock()
+local now, start_us = clock()
 local lifted, cool_first = 0, tonumber(m[5] or '')
 if cool_first and cool_first <= now then lifted, cool_first = lift_cooldowns(now, limit) end
-local n, more, first = reclaim(now, limit)
-flush()
+local n, more, first = 0, false, nil
+repeat
+  local k, chunk_more, chunk_first = reclaim(now, math.min(CLEANUP_CHUNK, limit - n))
+  n, more, first = n + k, chunk_more, chunk_first
+  flush()
+  if not more or n >= limit then break end
+  local _, now_us = clock()
+until now_us - start_us >= CLEANUP_BUDGET_US
+more = more or false
 local set, del = {}, {}
 local function hint(field, old, new)
   if new == old then return end

@@ -77,6 +77,12 @@ pub(crate) const MAX_RECLAIM: u32 = 100_000;
 pub(crate) const MAX_ADD: usize = 1000;
 /// Longest record grace accepted, ms (10 years).
 pub(crate) const MAX_GRACE_MS: u64 = 315_360_000_000;
+/// Time a cleanup call may spend reclaiming, µs: it reclaims in chunks of
+/// [`CLEANUP_CHUNK`] leases and stops after the chunk that passes this, so no
+/// call blocks Redis much longer whatever the batch size or the machine's load.
+pub(crate) const CLEANUP_BUDGET_US: u64 = 2_000;
+/// Leases a cleanup call reclaims between two looks at the clock.
+pub(crate) const CLEANUP_CHUNK: u32 = 40;
 
 /// The Lua text every script starts with: the key table and the limits, from
 /// the constants above (so the two languages cannot disagree).
@@ -91,6 +97,8 @@ pub(crate) fn lua_prelude() -> String {
     let _ = writeln!(out, "local MAX_RECLAIM = {MAX_RECLAIM}");
     let _ = writeln!(out, "local MAX_ADD = {MAX_ADD}");
     let _ = writeln!(out, "local MAX_GRACE_MS = {MAX_GRACE_MS}");
+    let _ = writeln!(out, "local CLEANUP_BUDGET_US = {CLEANUP_BUDGET_US}");
+    let _ = writeln!(out, "local CLEANUP_CHUNK = {CLEANUP_CHUNK}");
     let _ = writeln!(out, "local MAX_U32 = {}", u32::MAX);
     let _ = writeln!(
         out,

@@ -677,9 +677,12 @@ local function reset(keys, args)
 end
 
 -- Reads the records of these leases (tokens with their record keys `P <token>`)
--- in one command, loads their proxies, and takes the live ones out of the live
--- set (one command each way), remembering which were there. A token older than
--- the pool (`created`: the pool was removed and created again) is not found.
+-- in one command, takes the live ones out of the live set (one command each
+-- way), remembering which were there, and loads their proxies: those of leases
+-- that were live hold a slot each (load_states' `leased`); the others (released,
+-- or expired and reclaimed) may hold none, so they are read in full. A token
+-- older than the pool (`created`: the pool was removed and created again) is not
+-- found.
 local function prepare_releases(tokens, keys, created)
   local recs
   if #keys == 1 then recs = { redis.call('GET', keys[1]) } else recs = redis.call('MGET', unpack(keys)) end
@@ -708,7 +711,6 @@ local function prepare_releases(tokens, keys, created)
       end
     end
   end
-  if #seqs > 0 then load_states(seqs, true) end
   local live = PK.live
   if #members == 1 then
     firsts[1].present = redis.call('ZREM', live, members[1]) == 1
@@ -723,6 +725,16 @@ local function prepare_releases(tokens, keys, created)
     end
     if #gone > 0 then redis.call('ZREM', live, unpack(gone)) end
   end
+  if #seqs == 0 then return end
+  local held, other = {}, {}
+  for i = 1, RELN do
+    local item = REL[i]
+    if item.r then
+      if item.present then held[#held + 1] = item.r.seq else other[#other + 1] = item.r.seq end
+    end
+  end
+  if #held > 0 then load_states(held, true) end
+  if #other > 0 then load_states(other) end
 end
 
 -- Applies prepared release i: its outcome (released | already_released |

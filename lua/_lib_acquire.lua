@@ -508,8 +508,11 @@ local function serve(r, remaining, slot, off)
   local t = reply_table(slot)
   if r.noorder then return short(t, off, 'NO_ORDER', r.noorder) end
   if r.reqk > 0 then
+    -- The lease this request id got, while its record lasts and its proxy is
+    -- still in the pool (a lease of a removed proxy is gone: serve anew).
     local prior = redis.call('GET', KEYS[r.reqk])
-    if prior and redis.call('EXISTS', P .. prior) == 1 then
+    local rec = prior and parse_record(redis.call('GET', P .. prior))
+    if rec and redis.call('HEXISTS', PK.proxies, rec.seq) == 1 then
       return short(t, off, 'EXISTING', tonumber(prior))
     end
   end

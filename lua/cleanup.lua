@@ -11,7 +11,7 @@
 -- ARGV[2]  most leases to reclaim in this call (1..MAX_RECLAIM)
 --
 -- Reply: {reclaimed, more}: how many leases gave their slot back, and 1 when more
--- due leases remain (call again), else 0. {0, 0} when the pool is gone.
+-- due leases or cooldowns over remain (call again), else 0. {0, 0} when the pool is gone.
 -- Publishes on P freed when it freed anything and a waiter announced itself.
 -- Errors (nothing written): bad arguments.
 --
@@ -42,7 +42,8 @@ repeat
   if not more or n >= limit then break end
   local _, now_us = clock()
 until now_us - start_us >= CLEANUP_BUDGET_US
-more = more or false
+-- More cooldowns over than one call lifts are more work too.
+more = more or (cool_first ~= nil and cool_first <= now)
 local set, del = {}, {}
 local function hint(field, old, new)
   if new == old then return end

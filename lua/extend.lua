@@ -33,8 +33,9 @@ end
 local now = clock()
 local r = tonumber(id) >= (tonumber(m[4] or '0') or 0) and parse_record(redis.call('GET', KEYS[3]))
 if not r then return { 'LOST', 'unknown' } end
-if r.state == 'released' then return { 'LOST', 'released' } end
+-- A lease whose proxy was removed is unknown, whatever its record says.
 if redis.call('HEXISTS', prefix .. K_PROXIES, r.seq) == 0 then return { 'LOST', 'unknown' } end
+if r.state == 'released' then return { 'LOST', 'released' } end
 local member = r.seq .. ':' .. id
 local at = tonumber(r.at)
 if at + tonumber(r.dur) <= now or not redis.call('ZSCORE', KEYS[2], member) then

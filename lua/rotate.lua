@@ -48,13 +48,27 @@ for i = 1, n do
 end
 if at ~= #ARGV + 1 then return fail('bad argument count') end
 
-reclaim_due(limit)
-prepare_releases(ids, keys, num(CREATED) or 0)
+-- A request whose selector needs an order the pool does not keep is refused
+-- before its lease is touched: nothing of it is released.
+local rel_ids, rel_keys, slot = {}, {}, {}
 for i = 1, n do
-  local outcome, freed = apply_release(i, NOW, NOW_S, ARGV[3])
-  if freed then FREED = FREED + 1 end
-  local reply = serve(REQS[i], n - i, i, 1)
-  reply[1] = outcome
+  if not REQS[i].noorder then
+    rel_ids[#rel_ids + 1], rel_keys[#rel_keys + 1] = ids[i], keys[i]
+    slot[i] = #rel_ids
+  end
+end
+reclaim_due(limit)
+if rel_ids[1] then prepare_releases(rel_ids, rel_keys, num(CREATED) or 0) end
+for i = 1, n do
+  local reply
+  if slot[i] then
+    local outcome, freed = apply_release(slot[i], NOW, NOW_S, ARGV[3])
+    if freed then FREED = FREED + 1 end
+    reply = serve(REQS[i], n - i, i, 1)
+    reply[1] = outcome
+  else
+    reply = serve(REQS[i], n - i, i, 0)
+  end
   OUT[i] = reply
 end
 OUT[n + 1] = nil

@@ -235,8 +235,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Releases `lease`, then acquires for `request`, in one atomic step where the
     /// storage can (Redis: one script call and one round trip, when both are on
     /// the same pool): the crawler loop that gives a proxy back and takes the
-    /// next. Bad input fails before anything is released. The default releases,
-    /// then acquires.
+    /// next. Bad input, or a selector the pool cannot serve (`lowest_latency`
+    /// without the latency order), fails before anything is released. The
+    /// default checks both, releases, then acquires.
     fn rotate(
         &self,
         lease: &Lease,
@@ -244,6 +245,10 @@ pub trait Storage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Rotation>> + Send {
         async move {
             request.validate()?;
+            if let Some(pool) = self.get_pool(&request.pool_name).await? {
+                pool.indexes
+                    .check_selector(&request.pool_name, request.selector)?;
+            }
             let released = self.release(lease).await?;
             let next = self.acquire(request).await?;
             Ok(Rotation::new(released, next))

@@ -1121,6 +1121,12 @@ impl Storage for RedisStorage {
             || validate_pool_name(&lease.pool_name).is_err()
             || token.is_none()
         {
+            // Another pool (or a lease id not of this storage): release, then
+            // acquire, after checking the selector as the script would.
+            if let Some(pool) = self.get_pool(&request.pool_name).await? {
+                pool.indexes
+                    .check_selector(&request.pool_name, request.selector)?;
+            }
             let released = self.release(lease).await?;
             return Ok(Rotation::new(released, self.acquire(request).await?));
         }

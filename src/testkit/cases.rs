@@ -1897,7 +1897,7 @@ pub async fn rotate_releases_then_acquires<H: Harness>(h: &H) {
 
 /// A pool keeps the indexes it was created with; they cannot change later, and
 /// `lowest_latency` on a pool without the latency order is a clear error that
-/// writes nothing.
+/// writes nothing, also when rotating: the lease given is not released.
 pub async fn pools_keep_their_declared_indexes<H: Harness>(h: &H) {
     let indexes = PoolIndexes::new()
         .attribute(IndexedAttribute::City)
@@ -1922,6 +1922,23 @@ pub async fn pools_keep_their_declared_indexes<H: Harness>(h: &H) {
         "{err}"
     );
     assert_eq!(stats(&m).await.total_leases, 0);
+    let lease = take_some(&m, as_worker()).await;
+    let err = m
+        .rotate_proxy(
+            &lease,
+            as_worker().selector(SelectorStrategy::LowestLatency),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument(msg) if msg.contains("latency")),
+        "{err}"
+    );
+    assert_eq!(stats(&m).await.total_leases, 1, "the lease was kept");
+    assert_eq!(
+        m.release_proxy(&lease).await.unwrap(),
+        ReleaseOutcome::Released
+    );
 }
 
 /// Filters on attributes the pool does not index, and selectors whose order it

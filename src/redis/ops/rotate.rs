@@ -31,7 +31,9 @@ impl FromRedisValue for Replies {
         while all.left() > 0 {
             let mut one = Items::of(all.next()?, "rotate.lua")?;
             match one.peek_text().as_deref() {
-                Some("POOL_NOT_FOUND" | "SCHEMA") => {
+                // Nothing released: the pool is gone, of another layout, or
+                // lacks the order the selector needs.
+                Some("POOL_NOT_FOUND" | "SCHEMA" | "NO_ORDER") => {
                     out.push((ReleaseOutcome::NotFound, AcquireReply::read(&mut one)?));
                 }
                 _ => {

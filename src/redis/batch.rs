@@ -1,14 +1,24 @@
 //! Natural batching: concurrent calls of one kind on one pool share script calls.
 //!
 //! Each lane (one per operation and pool) runs at most `in_flight` script calls
-//! at once. A call that finds a free slot and nobody queued runs at once, by
-//! itself, so a lone caller never waits. Calls that arrive while every slot is
+//! at once, more on a slow link (below). A call that finds a free slot and
+//! nobody queued runs at once, by itself, so a lone caller never waits. Calls that arrive while every slot is
 //! busy queue up; a slot that finishes takes the next batch (up to `max` calls,
 //! in arrival order) and runs it as one script call. Under load each script call
 //! then serves many callers, so Redis pays its fixed cost per call (the script's
 //! prelude, the clock, the pool's metadata, the reclaim check, the round trip)
 //! once for all of them; and since several batches may be in flight, a slow link
 //! does not cap throughput at one batch per round trip.
+//!
+//! **Fitted to the link.** A caller that queues waits, on average, for half the
+//! time a call takes; on a link with a long round trip that wait is what
+//! throughput loses (measured through a forwarder adding 2 ms: 0.45–0.49 of
+//! redis-semaphore, which pipelines every call). So the batcher keeps the
+//! latency of its last [`LINK_SAMPLES`] calls, and each lane may have one call
+//! in flight per [`SLOT_PER`] of the fastest of them (the link's round trip with
+//! little queueing in it), at least the configured `in_flight`, at most
+//! [`LINK_CAP`] (or `in_flight`, if higher). On a fast link that is the
+//! configured number, so batches stay large where Redis's time is what counts.
 //!
 //! Queued calls are run by spawned tasks, so a caller that gives up (a timeout,
 //! a cancelled task) never strands the others: a queued call that is cancelled
@@ -19,7 +29,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -42,24 +54,86 @@ struct Lane<T, R> {
     queue: Vec<Waiting<T, R>>,
 }
 
+/// Calls whose latency sizes the lanes (the fastest of them counts).
+pub(crate) const LINK_SAMPLES: usize = 32;
+/// One more call in flight per lane for each this much of the link's round trip.
+pub(crate) const SLOT_PER: Duration = Duration::from_micros(500);
+/// Most calls in flight per lane that the link alone can earn.
+pub(crate) const LINK_CAP: usize = 16;
+
+/// The latency of recent calls, µs, in a ring.
+struct Link {
+    samples: [u64; LINK_SAMPLES],
+    len: usize,
+    next: usize,
+}
+
 /// The lanes of one operation.
 pub(crate) struct Batcher<T, R> {
     lanes: Mutex<HashMap<String, Lane<T, R>>>,
     max: usize,
+    /// The configured calls in flight per lane (the least a lane gets).
     in_flight: usize,
+    /// Calls in flight per lane now: `in_flight`, or more on a slow link.
+    limit: AtomicUsize,
+    /// Whether the link's latency may raise `limit`.
+    fit_link: bool,
+    link: Mutex<Link>,
     exec: Exec<T, R>,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Batches of at most `max` items (at least 1), at most `in_flight` (at least
-    /// 1) at once per lane, each run by `exec`.
-    pub(crate) fn new(max: usize, in_flight: usize, exec: Exec<T, R>) -> Arc<Self> {
+    /// 1) at once per lane, each run by `exec`; with `fit_link`, more in flight
+    /// when calls take long (see the module's doc).
+    pub(crate) fn new(max: usize, in_flight: usize, fit_link: bool, exec: Exec<T, R>) -> Arc<Self> {
+        let in_flight = in_flight.max(1);
         Arc::new(Batcher {
             lanes: Mutex::new(HashMap::new()),
             max: max.max(1),
-            in_flight: in_flight.max(1),
+            in_flight,
+            limit: AtomicUsize::new(in_flight),
+            fit_link,
+            link: Mutex::new(Link {
+                samples: [0; LINK_SAMPLES],
+                len: 0,
+                next: 0,
+            }),
             exec,
         })
+    }
+
+    /// Calls a lane may have in flight now.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Notes how long a call took, and fits the lanes' limit to the fastest of
+    /// the last [`LINK_SAMPLES`] calls.
+    pub(crate) fn record(&self, took: Duration) {
+        if !self.fit_link {
+            return;
+        }
+        let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = link.next;
+        link.samples[i] = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        link.next = (i + 1) % LINK_SAMPLES;
+        link.len = (link.len + 1).min(LINK_SAMPLES);
+        let fastest = link.samples[..link.len].iter().copied().min().unwrap_or(0);
+        let per = u64::try_from(SLOT_PER.as_micros()).unwrap_or(1).max(1);
+        let earned = usize::try_from(fastest.div_ceil(per)).unwrap_or(LINK_CAP);
+        let limit = earned.clamp(self.in_flight, LINK_CAP.max(self.in_flight));
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Runs one batch through `exec`, noting how long it took.
+    async fn exec_timed(&self, key: String, items: Vec<T>) -> Result<Vec<R>> {
+        let started = Instant::now();
+        let out = (self.exec)(key, items).await;
+        if out.is_ok() {
+            self.record(started.elapsed());
+        }
+        out
     }
 
     /// Runs `item` in lane `key`: at once when a slot is free and nobody waits,
@@ -75,13 +149,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 in_flight: 0,
                 queue: Vec::new(),
             });
-            if lane.in_flight < self.in_flight && lane.queue.is_empty() {
+            let limit = self.limit();
+            if lane.in_flight < limit && lane.queue.is_empty() {
                 lane.in_flight += 1;
                 Ok(item)
             } else {
                 let (tx, rx) = oneshot::channel();
                 lane.queue.push(Waiting { item, reply: tx });
-                let spawn = lane.in_flight < self.in_flight;
+                let spawn = lane.in_flight < limit;
                 if spawn {
                     lane.in_flight += 1;
                 }
@@ -113,7 +188,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 
     /// Runs one item by itself.
     async fn run_alone(&self, key: &str, item: T) -> Result<R> {
-        let mut replies = one_each((self.exec)(key.to_string(), vec![item]).await, 1)?;
+        let mut replies = one_each(self.exec_timed(key.to_string(), vec![item]).await, 1)?;
         replies
             .pop()
             .ok_or_else(|| Error::backend("batched call: no reply", None))
@@ -162,7 +237,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             let (items, replies): (Vec<T>, Vec<_>) =
                 batch.into_iter().map(|w| (w.item, w.reply)).unzip();
             let n = items.len();
-            match one_each((self.exec)(key.clone(), items).await, n) {
+            match one_each(self.exec_timed(key.clone(), items).await, n) {
                 Ok(results) => {
                     for (tx, r) in replies.into_iter().zip(results) {
                         // A caller that stopped listening lost only its reply.
@@ -277,11 +352,54 @@ mod tests {
             .map_or(0, |l| l.queue.len())
     }
 
+    #[test]
+    fn a_slow_link_earns_more_calls_in_flight_and_a_fast_one_gives_them_back() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let b = Batcher::new(8, 2, true, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        assert_eq!(b.limit(), 2, "the configured number to start with");
+        b.record(Duration::from_micros(900));
+        assert_eq!(b.limit(), 2, "under 1 ms: no more than configured");
+        for _ in 0..LINK_SAMPLES {
+            b.record(Duration::from_micros(2_400));
+        }
+        assert_eq!(b.limit(), 5, "2.4 ms round trips: one per 500 µs");
+        b.record(Duration::from_micros(100));
+        assert_eq!(b.limit(), 2, "the fastest recent call counts");
+        for _ in 0..LINK_SAMPLES {
+            b.record(Duration::from_secs(1));
+        }
+        assert_eq!(b.limit(), LINK_CAP, "never more than the cap");
+        let fixed = Batcher::new(8, 2, false, doubling(sizes, gate));
+        fixed.record(Duration::from_secs(1));
+        assert_eq!(fixed.limit(), 2, "without fit_link the number is fixed");
+    }
+
+    #[tokio::test]
+    async fn a_lane_runs_as_many_calls_at_once_as_the_link_earned() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let b = Batcher::new(8, 1, true, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        for _ in 0..LINK_SAMPLES {
+            b.record(Duration::from_micros(2_000));
+        }
+        assert_eq!(b.limit(), 4);
+        let calls: Vec<_> = (1..=5u32).map(|i| spawn_submit(&b, i)).collect();
+        // Four go out alone at once; the fifth waits for one of them.
+        wait_until(|| sizes.lock().unwrap().len() >= 4 && queue_len(&b) >= 1).await;
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 1, 1, 1]);
+        gate.add_permits(100);
+        for (i, h) in (1..=5u32).zip(calls) {
+            assert_eq!(h.await.unwrap().unwrap(), i * 2);
+        }
+        assert_eq!(sizes.lock().unwrap().len(), 5);
+    }
+
     #[tokio::test]
     async fn lone_call_runs_inline_and_lane_is_forgotten() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(100));
-        let b = Batcher::new(8, 1, doubling(Arc::clone(&sizes), gate));
+        let b = Batcher::new(8, 1, false, doubling(Arc::clone(&sizes), gate));
         assert_eq!(b.submit("p", 21).await.unwrap(), 42);
         assert_eq!(*sizes.lock().unwrap(), vec![1]);
         assert!(b.lanes.lock().unwrap().is_empty());
@@ -291,7 +409,7 @@ mod tests {
     async fn calls_queued_behind_one_in_flight_share_batches_of_at_most_max() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let b = Batcher::new(4, 1, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let b = Batcher::new(4, 1, false, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
         let first = spawn_submit(&b, 0);
         // Wait until the first call is in flight, then queue ten more.
         wait_until(|| !sizes.lock().unwrap().is_empty()).await;
@@ -313,7 +431,7 @@ mod tests {
     async fn a_cancelled_leader_does_not_strand_queued_calls() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let b = Batcher::new(8, 1, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let b = Batcher::new(8, 1, false, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
         let leader = spawn_submit(&b, 1);
         wait_until(|| !sizes.lock().unwrap().is_empty()).await;
         let follower = spawn_submit(&b, 5);
@@ -328,7 +446,7 @@ mod tests {
     async fn a_call_cancelled_while_queued_is_left_out_of_the_batch() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let b = Batcher::new(8, 1, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
+        let b = Batcher::new(8, 1, false, doubling(Arc::clone(&sizes), Arc::clone(&gate)));
         let leader = spawn_submit(&b, 1);
         wait_until(|| !sizes.lock().unwrap().is_empty()).await;
         let gone = spawn_submit(&b, 2);
@@ -368,7 +486,7 @@ mod tests {
                 })
             })
         };
-        let b = Batcher::new(8, 1, exec);
+        let b = Batcher::new(8, 1, false, exec);
         let leader = spawn_submit(&b, 1);
         wait_until(|| calls.load(Ordering::SeqCst) > 0).await;
         let mut queued = Vec::new();

@@ -250,10 +250,18 @@ impl RedisConfig {
     }
 
     /// How many script calls of one kind (acquire, release, rotate) on one pool
-    /// may be in flight at once (default 2, at least 1). Calls that find every
-    /// slot busy queue and go in the next batch; with several batches in flight,
-    /// a link with a round-trip time R carries up to `max_in_flight × max_batch /
-    /// R` calls per second instead of `max_batch / R`.
+    /// may be in flight at once on a fast link (default 2, at least 1). Calls
+    /// that find every slot busy queue and go in the next batch; with several
+    /// batches in flight, a link with a round-trip time R carries up to
+    /// `max_in_flight × max_batch / R` calls per second instead of
+    /// `max_batch / R`.
+    ///
+    /// On a slow link the storage allows more by itself: one call in flight
+    /// per 500 µs that the fastest of its last 32 calls took (the round trip
+    /// with little queueing in it), up to 16 (or this number, if higher). A
+    /// queued call waits about half a call's time, so on a long round trip
+    /// more, smaller batches serve callers sooner; on a fast link Redis's time
+    /// is what counts, and fewer, larger batches spend less of it.
     ///
     /// ```
     /// use lighthouse_lease::redis::RedisConfig;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use redis::IntoConnectionInfo;
 use redis::AsyncConnectionConfig;
 use uuid::Uuid;
 
@@ -185,6 +186,19 @@ fn release_exec(
     })
 }
 
+/// The connection info of a URL, with `TCP_NODELAY` on. redis-rs leaves Nagle's
+/// algorithm on, which holds a request back while an earlier one on the same
+/// connection is unacknowledged: measured through a forwarder adding 2 ms, 8
+/// concurrent callers took 8.4 ms per acquire→release cycle with it, against
+/// 5.4 ms for redis-semaphore (ioredis turns it off).
+fn connection_info(url: &str) -> Result<redis::ConnectionInfo> {
+    let info = url
+        .into_connection_info()
+        .map_err(redis_err("invalid connection URL"))?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    Ok(info.set_tcp_settings(tcp))
+}
+
 impl RedisStorage {
     /// A storage with these settings. Connections are opened lazily, on first use.
     ///
@@ -198,7 +212,8 @@ impl RedisStorage {
         if config.response_timeout.is_none() {
             conn_config = conn_config.set_response_timeout(None);
         }
-        let manager = deadpool_redis::Manager::new_with_config(config.url.as_str(), conn_config)
+        let info = connection_info(config.url.as_str())?;
+        let manager = deadpool_redis::Manager::new_with_config(info.clone(), conn_config)
             .map_err(redis_err("invalid connection URL"))?;
         let mut pool_config = PoolConfig::new(config.pool_size);
         pool_config.timeouts = Timeouts {
@@ -214,12 +229,16 @@ impl RedisStorage {
         let grace_ms = u64::try_from(config.record_grace.as_millis())
             .unwrap_or(u64::MAX)
             .min(super::keys::MAX_GRACE_MS);
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(redis_err("invalid connection URL"))?;
+        let client = redis::Client::open(info).map_err(redis_err("invalid connection URL"))?;
         let cluster = if config.cluster_nodes.is_empty() {
             None
         } else {
-            let mut builder = redis::cluster::ClusterClient::builder(config.cluster_nodes.clone());
+            let nodes = config
+                .cluster_nodes
+                .iter()
+                .map(|url| connection_info(url))
+                .collect::<Result<Vec<_>>>()?;
+            let mut builder = redis::cluster::ClusterClient::builder(nodes);
             if let Some(t) = config.connect_timeout {
                 builder = builder.connection_timeout(t);
             }
@@ -240,16 +259,19 @@ impl RedisStorage {
             acquires: Batcher::new(
                 batch,
                 in_flight,
+                true,
                 acquire_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             rotates: Batcher::new(
                 batch,
                 in_flight,
+                true,
                 rotate_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             releases: Batcher::new(
                 batch,
                 in_flight,
+                true,
                 release_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             conns,

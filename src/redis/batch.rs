@@ -83,9 +83,9 @@ pub(crate) struct Batcher<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// Batches of at most `max` items (at least 1), at most `in_flight` (at least
-    /// 1) at once per lane, each run by `exec`; with `fit_link`, more in flight
-    /// when calls take long (see the module's doc).
+    /// Batches of at most `max` items (at least 1), at most `in_flight` (at
+    /// least one) at once per lane, each run by `exec`; with `fit_link`, more
+    /// in flight when calls take long (see the module's doc).
     pub(crate) fn new(max: usize, in_flight: usize, fit_link: bool, exec: Exec<T, R>) -> Arc<Self> {
         let in_flight = in_flight.max(1);
         Arc::new(Batcher {

@@ -281,7 +281,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let storage = crate::redis::RedisStorage::new(
             crate::redis::RedisConfig::from_url(cli.redis_url.clone())
-                .namespace(cli.namespace.clone()),
+                .namespace(cli.namespace.clone())
+                .tuned_from_env(),
         )?;
         let mut out = std::io::stdout().lock();
         run(&cli, &manager(storage), &mut out).await

@@ -33,6 +33,7 @@ pub struct RedisConfig {
     pub(crate) cleanup_batch: u32,
     pub(crate) max_batch: usize,
     pub(crate) max_in_flight: usize,
+    pub(crate) fit_in_flight: bool,
     pub(crate) wait_replicas: Option<(u32, Duration)>,
     pub(crate) cluster_nodes: Vec<String>,
 }
@@ -74,6 +75,7 @@ impl RedisConfig {
             cleanup_batch: Self::DEFAULT_CLEANUP_BATCH,
             max_batch: Self::DEFAULT_MAX_BATCH,
             max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            fit_in_flight: true,
             wait_replicas: None,
             cluster_nodes: Vec::new(),
         }
@@ -162,7 +164,9 @@ impl RedisConfig {
 
     /// Applies `LIGHTHOUSE_MAX_BATCH` ([`RedisConfig::max_batch`]) and
     /// `LIGHTHOUSE_MAX_IN_FLIGHT` ([`RedisConfig::max_in_flight`]) when they are
-    /// set to numbers; other values are ignored.
+    /// set to numbers, and `LIGHTHOUSE_FIT_IN_FLIGHT`
+    /// ([`RedisConfig::fit_in_flight`]) when it is `0` or `1`; other values are
+    /// ignored.
     #[must_use]
     pub fn tuned_from_env(self) -> Self {
         let num = |name: &str| {
@@ -176,6 +180,11 @@ impl RedisConfig {
         }
         if let Some(n) = num("LIGHTHOUSE_MAX_IN_FLIGHT") {
             config = config.max_in_flight(n);
+        }
+        match num("LIGHTHOUSE_FIT_IN_FLIGHT") {
+            Some(0) => config = config.fit_in_flight(false),
+            Some(1) => config = config.fit_in_flight(true),
+            _ => {}
         }
         config
     }
@@ -272,6 +281,16 @@ impl RedisConfig {
     #[must_use]
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.clamp(1, 1024);
+        self
+    }
+
+    /// Whether a slow link earns more calls in flight than
+    /// [`RedisConfig::max_in_flight`] (default `true`; see there). Turn it off
+    /// when call latency says nothing about the link: a Redis slowed down on
+    /// purpose (under valgrind, say) would otherwise get many small batches.
+    #[must_use]
+    pub fn fit_in_flight(mut self, fit: bool) -> Self {
+        self.fit_in_flight = fit;
         self
     }
 

@@ -259,19 +259,19 @@ impl RedisStorage {
             acquires: Batcher::new(
                 batch,
                 in_flight,
-                true,
+                config.fit_in_flight,
                 acquire_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             rotates: Batcher::new(
                 batch,
                 in_flight,
-                true,
+                config.fit_in_flight,
                 rotate_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             releases: Batcher::new(
                 batch,
                 in_flight,
-                true,
+                config.fit_in_flight,
                 release_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             conns,

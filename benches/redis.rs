@@ -44,8 +44,8 @@
 //!   a current-thread tokio runtime) sits between the clients and the
 //!   `redis-server`, holding each chunk half of `LIGHTHOUSE_BENCH_RTT_MS`
 //!   (default 2; 0 turns the run off) in each direction. Ours (1k pool,
-//!   unfiltered, c=64) and redis-semaphore (c=64) both go through it, in the
-//!   same round. Chunks are never forwarded early; tokio's timer (1 ms ticks,
+//!   unfiltered, c=64, or `LIGHTHOUSE_BENCH_SLOW_C`) and redis-semaphore (the
+//!   same c) both go through it, in the same round. Chunks are never forwarded early; tokio's timer (1 ms ticks,
 //!   rounded up) is too coarse for this, so the tasks wait on a small clock
 //!   thread instead. The PING round trip measured through the forwarder, and
 //!   the forwarder's CPU, are printed and reported next to the set RTT.
@@ -131,6 +131,15 @@ const SEMAPHORE_LIMIT: usize = 1_000;
 const SMALL_POOL: usize = 1_000;
 /// Concurrency of the slow-link run and of the steady run.
 const WIDE: usize = 64;
+
+/// Concurrency of the slow-link run: `LIGHTHOUSE_BENCH_SLOW_C`, default [`WIDE`].
+fn slow_link_concurrency() -> usize {
+    std::env::var("LIGHTHOUSE_BENCH_SLOW_C")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|c: &usize| *c >= 1)
+        .unwrap_or(WIDE)
+}
 /// Lease length of the steady run.
 const STEADY_LEASE: Duration = Duration::from_secs(300);
 /// PINGs timed to measure the round trip, through the forwarder and direct.
@@ -502,7 +511,7 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
             size: SMALL_POOL,
             filter: "unfiltered",
             flavor: Flavor::MultiThread,
-            concurrency: WIDE,
+            concurrency: slow_link_concurrency(),
             kind: CaseKind::SlowLink,
         });
     }
@@ -621,7 +630,7 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
             "ping_rtt_us_direct_median": s.direct_ping_us,
             "pool": pool_name(SMALL_POOL),
             "filter": "unfiltered",
-            "concurrency": WIDE,
+            "concurrency": slow_link_concurrency(),
             "baseline": SEMAPHORE_SLOW_BASELINE,
         })),
         "steady": steady.as_ref().map(steady_json),
@@ -1331,7 +1340,7 @@ fn baseline_semaphore_slow(
         admin,
         SEMAPHORE_SLOW_BASELINE,
         slow.port,
-        WIDE,
+        slow_link_concurrency(),
         timing,
         Some(slow),
     )?])

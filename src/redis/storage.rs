@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
-use redis::IntoConnectionInfo;
 use redis::AsyncConnectionConfig;
+use redis::IntoConnectionInfo;
 use uuid::Uuid;
 
 use crate::consumer::Consumer;

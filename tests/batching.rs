@@ -205,11 +205,7 @@ async fn each_request_of_a_batch_is_served_its_own_way() {
     let chile = chile.await.unwrap().unwrap().expect("a free CL proxy");
     let brazil = brazil.await.unwrap().unwrap();
     let first_free = first_free.await.unwrap().unwrap().expect("a free proxy");
-    assert_eq!(
-        fcall_calls(&mut admin).await,
-        2,
-        "one lone call, one batch"
-    );
+    assert_eq!(fcall_calls(&mut admin).await, 2, "one lone call, one batch");
 
     assert_eq!(
         again.id, first.id,

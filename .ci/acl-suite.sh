@@ -26,7 +26,8 @@
 #   - key and channel patterns `~lhtest-*` / `&lhtest-*` (the suites' namespaces
 #     are `lhtest-<uuid>`) instead of `~lighthouse:*` / `&lighthouse:*`;
 #   - a random password instead of the placeholder hash;
-#   - `+scan +pttl +smembers` for the tests' own raw reads (not used by the library);
+#   - `+scan +pttl +smembers +object|encoding` for the tests' own raw reads (not
+#     used by the library);
 #   - an extra admin user, used only by this script to read ACL LOG.
 # Tests that need admin commands (FUNCTION FLUSH, CONFIG SET, SLOWLOG) skip themselves
 # because REDIS_URL points at a server they did not start.
@@ -66,7 +67,7 @@ acl="$workdir/users.acl"
         -e 's/~lighthouse:\*/~lhtest-*/g' \
         -e 's/&lighthouse:\*/\&lhtest-*/g' \
         -e "/^user lighthouse /s/#[0-9a-f]{64}/>${password}/" \
-        -e '/^user lighthouse /s/$/ +scan +pttl +smembers/'
+        -e '/^user lighthouse /s/$/ +scan +pttl +smembers +object|encoding/'
   echo "user lhadmin on >${admin_password} ~* &* +@all"
 } >"$acl"
 grep -q '^user lighthouse .*~lhtest-\* .*&lhtest-\*' "$acl" \

@@ -147,11 +147,14 @@ fn pool_keys(ns: &str, pool: &str, c: &Contents) -> Vec<String> {
     .iter()
     .map(|s| format!("{p}{s}"))
     .collect();
-    keys.extend(
-        c.proxies
-            .iter()
-            .map(|id| format!("{p}ids:{}", &id.simple().to_string()[..2])),
-    );
+    // The id shards (`ids:<first two hex digits>`) are shared by design: one
+    // key per shard, however many proxies fall in it.
+    let shards: std::collections::BTreeSet<String> = c
+        .proxies
+        .iter()
+        .map(|id| format!("{p}ids:{}", &id.simple().to_string()[..2]))
+        .collect();
+    keys.extend(shards);
     keys.extend(c.leases.iter().map(|t| format!("{p}{t}")));
     keys.extend(c.requests.iter().map(|r| format!("{p}req:{}", encode(r))));
     for t in std::iter::once("all").chain(c.tags.iter().map(String::as_str)) {

@@ -176,6 +176,7 @@ end
 -- pool created again under the same name has another id, hence another entry).
 local ATTRS, ORDERS, GEO, HAS_ORDER, DECLARED
 local POOL -- this call's entry of POOLS
+local SEQS -- POOL.seqs when open_pool() found them good in this call, else nil
 local POOLS, NPOOLS = {}, 0
 local INFO_CACHE_MAX = 4096
 
@@ -217,7 +218,7 @@ end
 -- indexes are fixed at creation). Returns m, or nil and the reply for a missing
 -- pool ('POOL_NOT_FOUND') or another layout ('SCHEMA', found).
 local function open_pool(...)
-  local m = redis.call('HMGET', PK.meta, 'id', 'removing', ...)
+  local m = redis.call('HMGET', PK.meta, 'id', 'removing', 'pver', ...)
   local id = m[1]
   if not id or m[2] then return nil, 'POOL_NOT_FOUND' end
   local s = PK.pool
@@ -227,11 +228,42 @@ local function open_pool(...)
     read_settings(id, f[2], f[3])
     POOL.created = f[4] or '0'
     PK.pool, PK.pool_id = POOL, id
-    return m
+  else
+    POOL = s
+    ATTRS, ORDERS, GEO, HAS_ORDER, DECLARED = s.attrs, s.orders, s.geo, s.has, s.declared
   end
-  POOL = s
-  ATTRS, ORDERS, GEO, HAS_ORDER, DECLARED = s.attrs, s.orders, s.geo, s.has, s.declared
+  -- The proxies' JSONs this library read before are good while `pver` is what
+  -- it was then (every write of `P proxies` bumps it: see proxies_changed()).
+  local pv = m[3] or '0'
+  if POOL.pver ~= pv then POOL.pver, POOL.seqs, POOL.nseqs = pv, {}, 0 end
+  SEQS = POOL.seqs
   return m
+end
+
+-- The JSON of proxy `m` this library last read, while still good (see
+-- open_pool()), else nil.
+local function known_json(m)
+  return SEQS and SEQS[m]
+end
+
+-- Remembers the JSON of proxy `m` read from `P proxies` in this call (bounded).
+local function remember_json(m, json)
+  if not SEQS or not json then return end
+  if POOL.nseqs >= INFO_CACHE_MAX then
+    SEQS = {}
+    POOL.seqs, POOL.nseqs = SEQS, 0
+  end
+  if not SEQS[m] then POOL.nseqs = POOL.nseqs + 1 end
+  SEQS[m] = json
+end
+
+-- Every write of `P proxies` comes with this: `pver` moves on, so no library
+-- (this one after a restart, another after a failover) trusts a JSON it read
+-- before.
+local function proxies_changed()
+  redis.call('HINCRBY', PK.meta, 'pver', 1)
+  if POOL then POOL.pver = nil end
+  SEQS = nil
 end
 
 -- ---------------------------------------------------------------- proxies
@@ -481,6 +513,7 @@ local function flush(skiplist)
     end
     redis.call('HSET', PK.proxies, unpack(pj))
     W.pj = false
+    proxies_changed()
   end
   local gs = W.g
   if gs then
@@ -526,7 +559,23 @@ local function load_states(members, leased)
     if not T[m] then want[#want + 1] = m end
   end
   if #want == 0 then return end
-  local js = redis.call('HMGET', PK.proxies, unpack(want))
+  local js, miss, at = {}, {}, {}
+  for i, m in ipairs(want) do
+    local j = known_json(m)
+    if j then
+      js[i] = j
+    else
+      miss[#miss + 1] = m
+      at[#at + 1] = i
+    end
+  end
+  if #miss > 0 then
+    local got = redis.call('HMGET', PK.proxies, unpack(miss))
+    for k, i in ipairs(at) do
+      js[i] = got[k]
+      remember_json(miss[k], got[k])
+    end
+  end
   local scored, sc = want, {}
   if leased then
     scored = {}
@@ -673,7 +722,7 @@ local function reset(keys, args)
     ZA, ZAN, ZR, ZRN, ZSEEN, NZKEYS = {}, {}, {}, {}, {}, 0
   end
   W.held, W.pj, W.g = false, false, false
-  POOL = nil
+  POOL, SEQS = nil, nil
 end
 
 -- Reads the records of these leases (tokens with their record keys `P <token>`)

@@ -6,8 +6,9 @@
 -- Per-call state of an acquire or rotate call (reset_acquire() clears it; the
 -- tables are kept across calls and refilled, see _lib.lua).
 local NOW, NOW_S, NOW_US, GRACE, POOL_ID, CREATED
-local FENCE, RR, RR_S, EXP, COOL_NEXT, WAIT_UNTIL
-local FENCE_MOVED, RR_MOVED, EXP_MOVED, COOL_MOVED
+local FENCE, FENCE_R, RR, RR_S, EXP, COOL_NEXT, WAIT_UNTIL
+local RR_MOVED, EXP_MOVED, COOL_MOVED
+local FENCE_RESERVE_US = 1000000
 local LIVE_ADD, LIVE_N = {}, 0 -- pending ZADD of the live set: expiry, member, ...
 -- Pages of index keys read by this call (since the last flush): CACHES[key] =
 -- { items = {member, score, json, count, ...}, n = items used, done, i = first
@@ -17,7 +18,7 @@ local REQS, RPS, OUT = {}, {}, {} -- request and reply tables by position; the r
 local FREED, TAKEN, MORE
 
 local function reset_acquire()
-  FENCE_MOVED, RR_MOVED, EXP_MOVED, COOL_MOVED = false, false, false, false
+  RR_MOVED, EXP_MOVED, COOL_MOVED = false, false, false
   LIVE_N = 0
   if NCACHES > 1024 then CACHES, NCACHES = {}, 0 end
   FREED, TAKEN, MORE = 0, 0, false
@@ -154,11 +155,16 @@ local function begin(prefix, grace)
   local m, why, found = open_pool('fence', 'rr', 'exp', 'cool_next', 'wait_until')
   if not m then return why, found end
   POOL_ID = m[1]
-  FENCE = tonumber(m[3] or '0') or 0
-  RR = m[4] or nil -- a string: round robin reads it as a number
-  EXP = num(m[5])
-  COOL_NEXT = num(m[6])
-  WAIT_UNTIL = m[7]
+  -- `fence` is a reservation: every token issued so far is at most it. This
+  -- library remembers the last token it issued under the reservation it last
+  -- saw; another reservation (written elsewhere: a failover, a restart) means
+  -- any token up to it may have been issued.
+  FENCE_R = tonumber(m[4] or '0') or 0
+  if POOL.fence_r == FENCE_R and POOL.fence_last then FENCE = POOL.fence_last else FENCE = FENCE_R end
+  RR = m[5] or nil -- a string: round robin reads it as a number
+  EXP = num(m[6])
+  COOL_NEXT = num(m[7])
+  WAIT_UNTIL = m[8]
   CREATED = POOL.created -- a string: rotate compares it as a number
   GRACE = grace
   NOW, NOW_US = clock()
@@ -222,9 +228,27 @@ local function pick_fast(r, remaining)
       local k = #got / 2
       if k < want then c.done = true end
       if k > 0 then
-        local ms = {}
-        for j = 1, k do ms[j] = got[2 * j - 1] end
-        local js = redis.call('HMGET', PK.proxies, unpack(ms))
+        local ms, js, miss = {}, {}, nil
+        for j = 1, k do
+          local m = got[2 * j - 1]
+          ms[j] = m
+          local json = known_json(m)
+          if json then
+            js[j] = json
+          else
+            miss = miss or {}
+            miss[#miss + 1] = j
+          end
+        end
+        if miss then
+          local mm = {}
+          for x, j in ipairs(miss) do mm[x] = ms[j] end
+          local read = redis.call('HMGET', PK.proxies, unpack(mm))
+          for x, j in ipairs(miss) do
+            js[j] = read[x]
+            remember_json(mm[x], read[x])
+          end
+        end
         local counts = order ~= 'load' and redis.call('ZMSCORE', PK.load_all, unpack(ms))
         local n = c.n
         for j = 1, k do
@@ -534,7 +558,14 @@ local function serve(r, remaining, slot, off)
   st.dirty = true
   local token = FENCE + 1
   if NOW_US > token then token = NOW_US end
-  FENCE, FENCE_MOVED = token, true
+  FENCE = token
+  if token > FENCE_R then
+    -- Reserve the next second of tokens: `fence` is written about once a second
+    -- per pool, and before any record that holds a token above the old one.
+    FENCE_R = token + FENCE_RESERVE_US
+    redis.call('HSET', KEYS[1], 'fence', fmt_int(FENCE_R))
+  end
+  POOL.fence_r, POOL.fence_last = FENCE_R, FENCE
   local tok = fmt_int(token)
   local exp = NOW + r.dur
   redis.call('SET', P .. tok, 'active ' .. st.m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer,
@@ -556,10 +587,6 @@ local function finish()
   flush()
   if LIVE_N > 0 then redis.call('ZADD', PK.live, unpack(LIVE_ADD, 1, LIVE_N)) end
   local set, del = { KEYS[1] }, nil
-  if FENCE_MOVED then
-    set[#set + 1] = 'fence'
-    set[#set + 1] = fmt_int(FENCE)
-  end
   if RR_MOVED then
     set[#set + 1] = 'rr'
     set[#set + 1] = RR_S

@@ -23,14 +23,16 @@
 -- Errors (nothing written): bad arguments, in any request.
 --
 -- Calls, n requests on the fast path (least_used, one declared tag or none):
--- HMGET meta, TIME, one ZRANGE per index used and one HMGET proxies per page of
--- candidates read (a page holds what the call's requests need), per request one
+-- HMGET meta, TIME, one ZRANGE per index used per page of candidates read (a
+-- page holds what the call's requests need; HMGET proxies only for proxies whose
+-- JSON the library does not remember under the meta's `pver`), per request one
 -- SET record (plus GET and SET of a request key), then one ZADD per index key
--- whose members moved, one ZADD live, one HSET meta: 9 with one request and one
--- declared tag (the first call after the library loads also reads the pool's
--- fixed settings: one more HMGET meta). Reclaim adds ZRANGEBYSCORE, HMGET,
--- ZMSCORE, ZREM and ZRANGE, only when the `exp` hint is due. Cost O(n log N),
--- flat in pool size N.
+-- whose members moved, one ZADD live, and HSET meta only when a hint moved (or
+-- HSET fence when a token passes the reservation, about once a second): 7 with
+-- one request and one declared tag (the first call after the library loads also
+-- reads the pool's fixed settings: one more HMGET meta). Reclaim adds
+-- ZRANGEBYSCORE, HMGET, ZMSCORE, ZREM and ZRANGE, only when the `exp` hint is
+-- due. Cost O(n log N), flat in pool size N.
 
 reset_acquire()
 local prefix = ARGV[1]

@@ -36,6 +36,7 @@ if st.info then
 end
 flush()
 redis.call('HDEL', P .. K_PROXIES, mem)
+proxies_changed()
 redis.call('HDEL', P .. K_HELD, mem)
 redis.call('HDEL', ids_key(id), id)
 redis.call('ZREM', P .. K_COOLDOWN, mem)

@@ -17,9 +17,10 @@
 -- Publishes on P freed when it freed a slot and a waiter announced itself.
 -- Errors (nothing written): bad arguments.
 --
--- Calls, one lease: HMGET meta, TIME, GET record, HMGET proxies, ZMSCORE load
--- (and HMGET held when not indexed), ZREM live, SET record, ZADD (or ZREM) per
--- index key of the proxy: 9 with one declared attribute (the first call after
+-- Calls, one lease: HMGET meta, TIME, GET record, ZMSCORE load (and HMGET held
+-- when not indexed), ZREM live, SET record, ZADD (or ZREM) per index key of the
+-- proxy: 8 with one declared attribute (HMGET proxies too when the library does
+-- not remember the proxy's JSON under the meta's `pver`; the first call after
 -- the library loads also reads the pool's fixed settings). n leases: MGET,
 -- ZMSCORE live, ZREM live once each, SET per lease, one command per index key.
 
@@ -49,5 +50,5 @@ for i = 1, n do
   if f then freed = freed + 1 end
 end
 flush()
-if freed > 0 then notify(m[3], now) end
+if freed > 0 then notify(m[4], now) end
 return out

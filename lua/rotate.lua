@@ -16,10 +16,11 @@
 -- Errors (nothing written): bad arguments, in any request.
 --
 -- Calls, one request on the fast path: TIME, HMGET meta, GET record, ZREM live,
--- HMGET and ZMSCORE for the released proxy, ZRANGE, HGET proxies (unless the
--- pick is the proxy just released), SET released record, SET new record, ZADD
--- live, ZADD per index key that moved (none when the same proxy comes back), HSET
--- meta: about 12, against 18 for a release and an acquire apart.
+-- ZMSCORE for the released proxy, ZRANGE, SET released record, SET new record,
+-- ZADD live, ZADD per index key that moved (none when the same proxy comes
+-- back): about 10, against 15 for a release and an acquire apart (HMGET proxies
+-- only for proxies whose JSON the library does not remember; HSET meta only when
+-- a hint or the token reservation moved).
 
 reset_acquire()
 local prefix = ARGV[1]

@@ -1,7 +1,7 @@
 #![cfg(feature = "redis")]
 //! Fencing tokens keep growing across a `redis-server` crash and restart with
-//! persistence (AOF, fsync always): the pool's token counter and the lease that
-//! was acknowledged survive, and the next token is larger.
+//! persistence (AOF, fsync always): the pool's token reservation and the lease
+//! that was acknowledged survive, and the next token is above the reservation.
 
 mod support;
 
@@ -88,12 +88,14 @@ async fn fencing_tokens_and_acknowledged_leases_survive_a_crash_with_aof() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(
-        fence, first.fencing_token,
-        "the token counter was persisted"
+    assert!(
+        fence >= first.fencing_token,
+        "the token reservation was persisted and covers the token issued"
     );
     let second = s.acquire(&req).await.unwrap().unwrap();
-    assert!(second.fencing_token > first.fencing_token);
+    // Redis restarted with a new Lua VM: it remembers no token, so it starts
+    // above the whole reservation.
+    assert!(second.fencing_token > fence);
     assert_eq!(
         s.get_proxy(first.proxy_id)
             .await

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use lighthouse_lease::redis::RedisStorage;
-use lighthouse_lease::{AcquireRequest, Proxy, ProxyPool, Storage};
+use lighthouse_lease::{AcquireRequest, Proxy, ProxyFilters, ProxyPool, ReleaseOutcome, Storage};
 
 const POOL: &str = "latam-residential";
 
@@ -245,4 +245,117 @@ async fn a_cleanup_call_stops_at_its_time_budget_whatever_the_batch() {
     }
     assert_eq!(total, 3000);
     assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);
+}
+
+/// The library remembers proxies' JSONs between calls (the acquire and release
+/// paths then skip reading them), but only while the pool's `pver` is the one
+/// it read them under: an update or a removal moves it on, so a release after
+/// either writes the indexes of the proxy as it is now, never as remembered.
+#[tokio::test]
+async fn remembered_proxies_follow_updates_and_removals() {
+    let s = support::storage();
+    let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    s.ensure_consumer("w").await.unwrap();
+    let p = s
+        .add_proxy(
+            Proxy::builder(pool.id, "10.0.0.1", 80)
+                .country("AR")
+                .max_concurrency(2)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let prefix = format!("{}:{{{POOL}}}:", s.config().get_namespace());
+    let mut c = raw().await;
+    let members = |key: &'static str| {
+        let key = format!("{prefix}{key}");
+        let mut c = c.clone();
+        async move {
+            redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query_async::<Vec<String>>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let ar = || req(Duration::from_secs(60)).with_filters(ProxyFilters::new().country("AR"));
+    let br = || req(Duration::from_secs(60)).with_filters(ProxyFilters::new().country("BR"));
+
+    // Read (and remembered) as AR by an acquire, then moved to BR.
+    let lease = s.acquire(&ar()).await.unwrap().expect("a lease");
+    let mut moved = p.clone();
+    moved.country = Some("BR".into());
+    s.update_proxy(moved).await.unwrap();
+    assert_eq!(s.release(&lease).await.unwrap(), ReleaseOutcome::Released);
+    assert!(members("idx:load:country=AR").await.is_empty());
+    assert_eq!(members("idx:load:country=BR").await, ["1"]);
+    assert!(s.acquire(&ar()).await.unwrap().is_none());
+
+    // Read again as BR by this acquire, then removed while its lease is live.
+    let lease = s.acquire(&br()).await.unwrap().expect("a lease");
+    assert!(s.remove_proxy(p.id).await.unwrap());
+    assert_eq!(s.release(&lease).await.unwrap(), ReleaseOutcome::NotFound);
+    for key in ["idx:load:all", "idx:load:country=BR"] {
+        assert!(members(key).await.is_empty(), "{key}");
+    }
+    assert!(s.acquire(&br()).await.unwrap().is_none());
+    let pver: Option<u64> = redis::cmd("HGET")
+        .arg(format!("{prefix}meta"))
+        .arg("pver")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        pver >= Some(2),
+        "an update and a removal move pver: {pver:?}"
+    );
+}
+
+/// The pool's `fence` is a reservation of tokens (written about once a second,
+/// not on every acquire). Whatever this library remembers of the tokens it
+/// issued, a reservation it did not write (another primary's, after a
+/// failover) means any token up to it may be taken: the next token is above it.
+#[tokio::test]
+async fn tokens_stay_above_a_fence_reserved_elsewhere() {
+    let (s, _p) = setup(100).await;
+    let prefix = format!("{}:{{{POOL}}}:", s.config().get_namespace());
+    let mut c = raw().await;
+    let mut last = 0;
+    for _ in 0..20 {
+        let lease = s
+            .acquire(&req(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(lease.fencing_token > last, "tokens increase");
+        last = lease.fencing_token;
+    }
+    let fence: u64 = redis::cmd("HGET")
+        .arg(format!("{prefix}meta"))
+        .arg("fence")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(fence >= last, "the reservation covers every token issued");
+    let elsewhere = last + 1_000_000_000_000;
+    redis::cmd("HSET")
+        .arg(format!("{prefix}meta"))
+        .arg("fence")
+        .arg(elsewhere)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let lease = s
+        .acquire(&req(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        lease.fencing_token > elsewhere,
+        "{} > {elsewhere}",
+        lease.fencing_token
+    );
 }

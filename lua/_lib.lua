@@ -388,6 +388,17 @@ end
 -- state = { seq = number, m = member string, j = JSON, info = info_of(j),
 --           n = live leases now, n0 / av0 = count and availability in Redis }
 local T, TL, TLN = {}, {}, 0
+-- A lower bound of the touched proxies' load scores (NO_SCORE: none touched):
+-- lowered by every touch and every count that goes down, made exact by the
+-- acquire path when it looks at them all (see pick_fast()).
+local NO_SCORE = 9007199254740992
+local TLB = NO_SCORE
+
+-- Lowers the bound to the load score of `st` as it is now.
+local function bound(st)
+  local sc = st.n * LOAD_SHIFT + st.seq
+  if sc < TLB then TLB = sc end
+end
 
 local function score(o, st)
   if o == 'load' then return st.n * LOAD_SHIFT + st.seq end
@@ -418,9 +429,16 @@ local function plan(st, old)
         for k = 1, #keys do zr(keys[k], m) end
         if info.geo then geo_remove(m) end
       elseif st.n ~= st.n0 then
+        -- za(), inlined: this is the line every counted lease runs.
         local s = fmt_int(st.n * LOAD_SHIFT + st.seq)
         local keys = info.load
-        for k = 1, #keys do za(keys[k], s, m) end
+        for k = 1, #keys do
+          local key = keys[k]
+          if ZSEEN[key] ~= EPOCH then zkey(key) end
+          local n, a = ZAN[key], ZA[key]
+          a[n + 1], a[n + 2] = s, m
+          ZAN[key] = n + 2
+        end
       end
     elseif av1 then
       local keys, korder = info.keys, info.korder
@@ -535,7 +553,8 @@ end
 
 -- A touched state for member `m` (a seq in decimal) whose JSON is `json` (nil:
 -- no such proxy), with its count `n0` and availability `av0` as Redis holds them.
-local function touch(m, json, n0, av0)
+-- With `unbound`, the caller lowers the bound itself (see bound()).
+local function touch(m, json, n0, av0, unbound)
   TLN = TLN + 1
   local st = TL[TLN]
   if not st then
@@ -545,6 +564,7 @@ local function touch(m, json, n0, av0)
   st.seq, st.m, st.j, st.n, st.n0, st.av0, st.dirty = num(m), m, json, n0, n0, av0, false
   if json then st.info = info_of(json) else st.info = nil end
   T[m] = st
+  if not unbound then bound(st) end
   return st
 end
 
@@ -616,6 +636,7 @@ local function give_back(m)
   if not st or not st.info or st.n <= 0 then return false end
   st.n = st.n - 1
   st.dirty = true
+  bound(st)
   return true
 end
 
@@ -713,7 +734,7 @@ local REL, RELN, DONE = {}, 0, {}
 local function reset(keys, args)
   KEYS, ARGV, P = keys, args, nil
   for i = 1, TLN do T[TL[i].m] = nil end
-  TLN = 0
+  TLN, TLB = 0, NO_SCORE
   for i = 1, RELN do DONE[REL[i].id] = nil end
   RELN = 0
   ZKN = 0
@@ -730,8 +751,9 @@ end
 -- way), remembering which were there, and loads their proxies: those of leases
 -- that were live hold a slot each (load_states' `leased`); the others (released,
 -- or expired and reclaimed) may hold none, so they are read in full. A token
--- older than the pool (`created`: the pool was removed and created again) is not
--- found.
+-- older than the pool (`created`, its µs in decimal: the pool was removed and
+-- created again) is not found; tokens and `created` are compared as decimal
+-- strings (no leading zeros in either), which saves a strtod per lease.
 local function prepare_releases(tokens, keys, created)
   local recs
   if #keys == 1 then recs = { redis.call('GET', keys[1]) } else recs = redis.call('MGET', unpack(keys)) end
@@ -746,7 +768,7 @@ local function prepare_releases(tokens, keys, created)
     RELN = i
     if seen[tok] then
       item.dup = true
-    elseif tonumber(tok) >= created then
+    elseif #tok > #created or (#tok == #created and tok >= created) then
       seen[tok] = true
       local r = parse_record(recs[i] or nil)
       if r then
@@ -804,7 +826,7 @@ local function apply_release(i, now, now_s, grace)
       o = 'not_found'
     elseif r.state == 'released' then
       o = 'already_released'
-    elseif tonumber(r.at) + num(r.dur) <= now then
+    elseif num(r.at) + num(r.dur) <= now then
       o = 'expired'
     elseif item.present then
       o = 'released'

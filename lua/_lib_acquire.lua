@@ -10,6 +10,7 @@ local FENCE, FENCE_R, RR, RR_S, EXP, COOL_NEXT, WAIT_UNTIL
 local RR_MOVED, EXP_MOVED, COOL_MOVED
 local FENCE_RESERVE_US = 1000000
 local LIVE_ADD, LIVE_N = {}, 0 -- pending ZADD of the live set: expiry, member, ...
+local EXP_LAST, EXP_LAST_S -- the last expiry written, and as a string
 -- Pages of index keys read by this call (since the last flush): CACHES[key] =
 -- { items = {member, score, json, count, ...}, n = items used, done, i = first
 -- unseen, epoch = the EPOCH it was read in }.
@@ -31,10 +32,19 @@ local SPACE = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, 
 
 -- '0'..'1100' -> the number: small arguments read by a table look-up, not
 -- tonumber (filled on first use: loading a library runs no standard library).
-local SMALL
+local SMALL, SMALL_S
 local function small_numbers()
-  SMALL = {}
-  for i = 0, 1100 do SMALL[string.format('%d', i)] = i end
+  SMALL, SMALL_S = {}, {}
+  for i = 0, 1100 do
+    local t = string.format('%d', i)
+    SMALL[t], SMALL_S[i] = i, t
+  end
+end
+
+-- A small integer as an argument for Redis (a number costs Redis a '%.17g').
+local function small_text(i)
+  if not SMALL then small_numbers() end
+  return SMALL_S[i] or fmt_int(i)
 end
 
 local ORDER_OF = { least_used = 'load', lowest_latency = 'lat', first_available = 'seq',
@@ -82,7 +92,48 @@ end
 -- Returns the request and the next index, or nil and an error message. Called
 -- after the pool's settings are read (a filter is decoded only when a candidate
 -- must be tested against it), before anything is written.
+-- The request table of position `slot` (reused across calls).
+local function req_table(slot)
+  local r = REQS[slot]
+  if not r then
+    r = { consumer = '', dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
+      reqk = 0, dtags = {}, test = false, filter = false, order = false, fast = false,
+      noorder = false, exact_s = '', raw_n = false }
+    REQS[slot] = r
+  end
+  return r
+end
+
+local read_request_full
 local function read_request(at, slot)
+  -- A block like the one before it (the usual batch: one worker pool asking
+  -- the same thing) is not checked and parsed again: its strings are compared
+  -- (interned, so by identity) and the parsed request copied.
+  local prev = slot > 1 and REQS[slot - 1]
+  if prev and prev.raw_n and ARGV[at + 8] == '0' and prev.raw_n == '0' and ARGV[at + 7] == '0'
+    and prev.reqk == 0 and ARGV[at] == prev.consumer and ARGV[at + 1] == prev.dur_s
+    and ARGV[at + 2] == prev.ttl_s and ARGV[at + 3] == prev.selector and ARGV[at + 4] == prev.json
+    and ARGV[at + 5] == prev.exact_s then
+    local r = req_table(slot)
+    do
+      r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = prev.consumer, prev.dur, prev.dur_s,
+        prev.ttl_s, prev.selector, prev.json
+      r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
+        prev.fast, prev.noorder
+      r.exact_s, r.raw_n, r.rnd = prev.exact_s, '0', 0
+      local dtags = r.dtags
+      for j = #dtags, 1, -1 do dtags[j] = nil end
+      if r.order == 'rnd' then
+        r.rnd = int_in(ARGV[at + 6], 0, 2147483648)
+        if not r.rnd then return nil, 'bad numeric argument' end
+      end
+      return r, at + 9
+    end
+  end
+  return read_request_full(at, slot)
+end
+
+read_request_full = function(at, slot)
   local c, dur_s, ttl_s, sel, json, exact = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3],
     ARGV[at + 4], ARGV[at + 5]
   if not NAMES[c] then
@@ -108,16 +159,11 @@ local function read_request(at, slot)
   if reqk > 0 and string.sub(KEYS[reqk], 1, #PK.req) ~= PK.req then
     return nil, 'bad request key'
   end
-  local r = REQS[slot]
-  if not r then
-    r = { consumer = '', dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
-      reqk = 0, dtags = {}, test = false, filter = false, order = false, fast = false,
-      noorder = false }
-    REQS[slot] = r
-  end
+  local r = req_table(slot)
   r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, dur, dur_s, ttl_s, sel, json
   r.rnd, r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, reqk, false, false, false,
     false, false
+  r.exact_s, r.raw_n = exact, false -- raw_n is set once the whole block is checked
   local dtags = r.dtags
   for j = #dtags, 1, -1 do dtags[j] = nil end
   if order == 'rnd' then
@@ -146,6 +192,7 @@ local function read_request(at, slot)
   end
   r.order = order
   r.fast = not r.test and r.dtags[2] == nil and (order == 'load' or order == 'lat' or order == 'seq')
+  r.raw_n = ARGV[at + 8]
   return r, at + 9 + nt
 end
 
@@ -224,7 +271,7 @@ local function pick_fast(r, remaining)
       -- load, their counts), enough for every request left in the call.
       local have = c.n / 4
       local want = math.min(remaining + TLN, 63) + 1
-      local got = redis.call('ZRANGE', key, have, have + want - 1, 'WITHSCORES')
+      local got = redis.call('ZRANGE', key, small_text(have), small_text(have + want - 1), 'WITHSCORES')
       local k = #got / 2
       if k < want then c.done = true end
       if k > 0 then
@@ -271,19 +318,27 @@ local function pick_fast(r, remaining)
     i = i + 4
   end
   c.i = i
-  for t = 1, TLN do
-    local st = TL[t]
-    local info = st.info
-    if info then
-      -- The score first: proxies this call took mostly score above the page's
-      -- best, and the test is inlined (a Lua call costs Redis more than it).
-      local n, sc = st.n, nil
-      if order == 'load' then sc = n * LOAD_SHIFT + st.seq else sc = score(order, st) end
-      if (best_s == nil or sc < best_s) and info.ok and (info.max == nil or n < info.max)
-        and (tag == 'all' or info.tagset[tag]) then
-        best_m, best_s, best_st = st.m, sc, st
+  -- Touched proxies, unless none can score below the page's best (TLB bounds
+  -- their load scores from below): without the bound a call of n requests would
+  -- look at every touched proxy n times.
+  if order ~= 'load' or best_s == nil or TLB < best_s then
+    local low = NO_SCORE
+    for t = 1, TLN do
+      local st = TL[t]
+      local info = st.info
+      if info then
+        -- The score first: proxies this call took mostly score above the page's
+        -- best, and the test is inlined (a Lua call costs Redis more than it).
+        local n, sc = st.n, nil
+        if order == 'load' then sc = n * LOAD_SHIFT + st.seq else sc = score(order, st) end
+        if sc < low then low = sc end
+        if (best_s == nil or sc < best_s) and info.ok and (info.max == nil or n < info.max)
+          and (tag == 'all' or info.tagset[tag]) then
+          best_m, best_s, best_st = st.m, sc, st
+        end
       end
     end
+    if order == 'load' then TLB = low end
   end
   if best_st or not best_m then return best_st, best_m end
   if not best_j or not best_n then
@@ -292,7 +347,8 @@ local function pick_fast(r, remaining)
     touch(best_m, nil, 0, true)
     return nil, best_m
   end
-  return touch(best_m, best_j, best_n, true), best_m
+  -- Its bound is set by serve(), once it is counted.
+  return touch(best_m, best_j, best_n, true, true), best_m
 end
 
 -- ---------------------------------------------------------------- general path
@@ -547,7 +603,10 @@ local function serve(r, remaining, slot, off)
     if not m then break end
     if st and st.info and avail(st.info, st.n) then break end
     -- Indexed but not available (a state edited by hand): plan() takes it out.
-    if st then st.dirty = true end
+    if st then
+      st.dirty = true
+      bound(st)
+    end
     st = nil
   end
   if not st then
@@ -556,6 +615,7 @@ local function serve(r, remaining, slot, off)
   end
   st.n = st.n + 1
   st.dirty = true
+  bound(st)
   local token = FENCE + 1
   if NOW_US > token then token = NOW_US end
   FENCE = token
@@ -570,7 +630,10 @@ local function serve(r, remaining, slot, off)
   local exp = NOW + r.dur
   redis.call('SET', P .. tok, 'active ' .. st.m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer,
     'PX', r.ttl_s)
-  LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = exp, st.m .. ':' .. tok
+  -- The expiry as a string (a number argument costs Redis a '%.17g'), once per
+  -- duration in a call.
+  if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
+  LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = EXP_LAST_S, st.m .. ':' .. tok
   LIVE_N = LIVE_N + 2
   if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
   if r.reqk > 0 then redis.call('SET', KEYS[r.reqk], tok, 'PX', r.ttl_s) end

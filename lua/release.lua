@@ -42,7 +42,7 @@ end
 local m, why, found = open_pool('wait_until')
 if not m then return { why, found } end
 local now = clock()
-prepare_releases(ids, keys, num(POOL.created) or 0)
+prepare_releases(ids, keys, POOL.created or '0')
 local out, freed, now_s, grace_s = { 'OK' }, 0, fmt_int(now), ARGV[2]
 for i = 1, n do
   local o, f = apply_release(i, now, now_s, grace_s)

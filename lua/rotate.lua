@@ -59,7 +59,7 @@ for i = 1, n do
   end
 end
 reclaim_due(limit)
-if rel_ids[1] then prepare_releases(rel_ids, rel_keys, num(CREATED) or 0) end
+if rel_ids[1] then prepare_releases(rel_ids, rel_keys, CREATED or '0') end
 for i = 1, n do
   local reply
   if slot[i] then

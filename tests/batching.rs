@@ -231,6 +231,68 @@ async fn each_request_of_a_batch_is_served_its_own_way() {
     assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 4);
 }
 
+/// A request like the one before it in a batch is not parsed again (the
+/// script copies the previous one): each still gets its own options, whether
+/// it repeats its neighbour, differs from it in one option only, or names a
+/// request id.
+#[tokio::test(flavor = "current_thread")]
+async fn repeated_requests_in_a_batch_keep_their_own_options() {
+    let server = RedisServer::spawn().unwrap();
+    let m = setup(&server, 32, 12).await;
+    let mut admin = admin(&server).await;
+    reset_stats(&mut admin).await;
+    let chile = || AcquireOptions::new().filters(ProxyFilters::new().country("CL"));
+    let long = || AcquireOptions::new().duration(Duration::from_secs(90));
+    // (options, in CL, 90 s); the first goes alone, the rest in one batch.
+    let plan: Vec<(AcquireOptions, bool, bool)> = vec![
+        (AcquireOptions::new(), false, false),
+        (AcquireOptions::new(), false, false),
+        (AcquireOptions::new(), false, false),
+        (chile(), true, false),
+        (chile(), true, false),
+        (long(), false, true),
+        (long(), false, true),
+        (AcquireOptions::new(), false, false),
+        (AcquireOptions::new().request_id("job-x"), false, false),
+        (AcquireOptions::new(), false, false),
+    ];
+    let tasks: Vec<_> = plan
+        .iter()
+        .map(|(o, _, _)| {
+            let (m, o) = (m.clone(), o.clone());
+            tokio::spawn(async move { m.acquire_proxy(POOL, o).await })
+        })
+        .collect();
+    let mut leases = Vec::new();
+    for t in tasks {
+        leases.push(t.await.unwrap().unwrap().expect("a free proxy"));
+    }
+    assert_eq!(fcall_calls(&mut admin).await, 2, "one lone call, one batch");
+    let proxies = m.storage().list_proxies(POOL).await.unwrap();
+    let default = leases[0].expires_at - leases[0].acquired_at;
+    assert_ne!(default, chrono::Duration::seconds(90));
+    for (i, (lease, (_, in_chile, long))) in leases.iter().zip(&plan).enumerate() {
+        let p = proxies.iter().find(|p| p.id == lease.proxy_id).unwrap();
+        if *in_chile {
+            assert_eq!(p.country.as_deref(), Some("CL"), "request {i}");
+        }
+        let want = if *long {
+            chrono::Duration::seconds(90)
+        } else {
+            default
+        };
+        assert_eq!(lease.expires_at - lease.acquired_at, want, "request {i}");
+    }
+    let taken: HashSet<_> = leases.iter().map(|l| l.proxy_id).collect();
+    assert_eq!(taken.len(), plan.len(), "no proxy leased twice");
+    let again = m
+        .acquire_proxy(POOL, AcquireOptions::new().request_id("job-x"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.id, leases[8].id, "the request id was kept");
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_lease_released_twice_in_one_batch_frees_one_slot() {
     let server = RedisServer::spawn().unwrap();

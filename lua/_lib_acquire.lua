@@ -82,16 +82,6 @@ local function declared(tag)
   return DECLARED[string.match(tag, '^([a-z]+)=')] == true
 end
 
--- Reads the acquire block at ARGV[at]:
---   +0 consumer name   +1 duration ms   +2 the record's TTL ms (duration + grace)
---   +3 selector   +4 filter JSON or ''
---   +5 '1' when the filter is exactly one exact-match attribute, else '0'
---   +6 random 0..2^31   +7 KEYS index of its request key, or 0
---   +8 t, then +9.. t required tags `<attr>=<percent-encoded value>`
--- `slot` is the request's position (its table is reused across calls).
--- Returns the request and the next index, or nil and an error message. Called
--- after the pool's settings are read (a filter is decoded only when a candidate
--- must be tested against it), before anything is written.
 -- The request table of position `slot` (reused across calls).
 local function req_table(slot)
   local r = REQS[slot]
@@ -104,31 +94,54 @@ local function req_table(slot)
   return r
 end
 
+-- Whether `c` is a good consumer name (remembered once found good).
+local function consumer_ok(c)
+  if NAMES[c] then return true end
+  if not is_text(c, 128) or SPACE[string.byte(c, 1)] or SPACE[string.byte(c, -1)] then
+    return false
+  end
+  if NNAMES >= 4096 then NAMES, NNAMES = {}, 0 end
+  NAMES[c] = true
+  NNAMES = NNAMES + 1
+  return true
+end
+
+-- Reads the acquire block at ARGV[at]:
+--   +0 consumer name   +1 duration ms   +2 the record's TTL ms (duration + grace)
+--   +3 selector   +4 filter JSON or ''
+--   +5 '1' when the filter is exactly one exact-match attribute, else '0'
+--   +6 random 0..2^31   +7 KEYS index of its request key, or 0
+--   +8 t, then +9.. t required tags `<attr>=<percent-encoded value>`
+-- `slot` is the request's position (its table is reused across calls).
+-- Returns the request and the next index, or nil and an error message. Called
+-- after the pool's settings are read (a filter is decoded only when a candidate
+-- must be tested against it), before anything is written.
 local read_request_full
 local function read_request(at, slot)
-  -- A block like the one before it (the usual batch: one worker pool asking
-  -- the same thing) is not checked and parsed again: its strings are compared
-  -- (interned, so by identity) and the parsed request copied.
+  -- A block like the one before it but for its consumer (the usual batch: a
+  -- pool of workers asking the same thing) is not checked and parsed again:
+  -- its strings are compared (interned, so by identity) and the parsed request
+  -- copied.
   local prev = slot > 1 and REQS[slot - 1]
   if prev and prev.raw_n and ARGV[at + 8] == '0' and prev.raw_n == '0' and ARGV[at + 7] == '0'
-    and prev.reqk == 0 and ARGV[at] == prev.consumer and ARGV[at + 1] == prev.dur_s
-    and ARGV[at + 2] == prev.ttl_s and ARGV[at + 3] == prev.selector and ARGV[at + 4] == prev.json
+    and prev.reqk == 0 and ARGV[at + 1] == prev.dur_s and ARGV[at + 2] == prev.ttl_s
+    and ARGV[at + 3] == prev.selector and ARGV[at + 4] == prev.json
     and ARGV[at + 5] == prev.exact_s then
+    local c = ARGV[at]
+    if not consumer_ok(c) then return nil, 'bad consumer name' end
     local r = req_table(slot)
-    do
-      r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = prev.consumer, prev.dur, prev.dur_s,
-        prev.ttl_s, prev.selector, prev.json
-      r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
-        prev.fast, prev.noorder
-      r.exact_s, r.raw_n, r.rnd = prev.exact_s, '0', 0
-      local dtags = r.dtags
-      for j = #dtags, 1, -1 do dtags[j] = nil end
-      if r.order == 'rnd' then
-        r.rnd = int_in(ARGV[at + 6], 0, 2147483648)
-        if not r.rnd then return nil, 'bad numeric argument' end
-      end
-      return r, at + 9
+    r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, prev.dur, prev.dur_s,
+      prev.ttl_s, prev.selector, prev.json
+    r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
+      prev.fast, prev.noorder
+    r.exact_s, r.raw_n, r.rnd = prev.exact_s, '0', 0
+    local dtags = r.dtags
+    for j = #dtags, 1, -1 do dtags[j] = nil end
+    if r.order == 'rnd' then
+      r.rnd = int_in(ARGV[at + 6], 0, 2147483648)
+      if not r.rnd then return nil, 'bad numeric argument' end
     end
+    return r, at + 9
   end
   return read_request_full(at, slot)
 end
@@ -136,14 +149,7 @@ end
 read_request_full = function(at, slot)
   local c, dur_s, ttl_s, sel, json, exact = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3],
     ARGV[at + 4], ARGV[at + 5]
-  if not NAMES[c] then
-    if not is_text(c, 128) or SPACE[string.byte(c, 1)] or SPACE[string.byte(c, -1)] then
-      return nil, 'bad consumer name'
-    end
-    if NNAMES >= 4096 then NAMES, NNAMES = {}, 0 end
-    NAMES[c] = true
-    NNAMES = NNAMES + 1
-  end
+  if not consumer_ok(c) then return nil, 'bad consumer name' end
   local dur, ttl = int_in(dur_s, 1, MAX_LEASE_MS), int_in(ttl_s, 1, MAX_LEASE_MS + MAX_GRACE_MS)
   if not dur or not ttl or ttl < dur then return nil, 'bad duration' end
   local order = ORDER_OF[sel]

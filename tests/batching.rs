@@ -233,12 +233,15 @@ async fn each_request_of_a_batch_is_served_its_own_way() {
 
 /// A request like the one before it in a batch is not parsed again (the
 /// script copies the previous one): each still gets its own options, whether
-/// it repeats its neighbour, differs from it in one option only, or names a
-/// request id.
+/// it repeats its neighbour, differs from it in one option only (its consumer,
+/// say), or names a request id.
 #[tokio::test(flavor = "current_thread")]
 async fn repeated_requests_in_a_batch_keep_their_own_options() {
     let server = RedisServer::spawn().unwrap();
     let m = setup(&server, 32, 12).await;
+    for name in ["worker-2", "worker-3"] {
+        m.storage().ensure_consumer(name).await.unwrap();
+    }
     let mut admin = admin(&server).await;
     reset_stats(&mut admin).await;
     let chile = || AcquireOptions::new().filters(ProxyFilters::new().country("CL"));
@@ -254,7 +257,8 @@ async fn repeated_requests_in_a_batch_keep_their_own_options() {
         (long(), false, true),
         (AcquireOptions::new(), false, false),
         (AcquireOptions::new().request_id("job-x"), false, false),
-        (AcquireOptions::new(), false, false),
+        (AcquireOptions::new().consumer("worker-2"), false, false),
+        (AcquireOptions::new().consumer("worker-3"), false, false),
     ];
     let tasks: Vec<_> = plan
         .iter()
@@ -267,6 +271,13 @@ async fn repeated_requests_in_a_batch_keep_their_own_options() {
     for t in tasks {
         leases.push(t.await.unwrap().unwrap().expect("a free proxy"));
     }
+    let names: Vec<&str> = leases.iter().map(|l| l.consumer_name.as_str()).collect();
+    assert_eq!(
+        names[9..],
+        ["worker-2", "worker-3"],
+        "each its own consumer"
+    );
+    assert!(names[..9].iter().all(|n| *n == names[0]));
     assert_eq!(fcall_calls(&mut admin).await, 2, "one lone call, one batch");
     let proxies = m.storage().list_proxies(POOL).await.unwrap();
     let default = leases[0].expires_at - leases[0].acquired_at;

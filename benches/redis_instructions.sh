@@ -33,7 +33,7 @@ fi
 WORK="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
-  redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/valgrind.log" 2>&1 &
+  redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/valgrind.log" 2>&1 &
 VG=$!
 cleanup() {
   redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || kill "$VG" 2>/dev/null || true

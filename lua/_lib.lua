@@ -629,6 +629,16 @@ local function load_states(members, leased)
   end
 end
 
+-- The live set's size as this library counts it (per pool, kept across calls;
+-- see finish() in _lib_acquire.lua): `k` members left it. At zero the set is
+-- gone (Redis deletes an empty key), and a new one starts as a listpack.
+local function live_gone(k)
+  if not POOL then return end
+  local est = (POOL.live_est or 0) - k
+  if est <= 0 then est, POOL.live_sl = 0, false end
+  POOL.live_est = est
+end
+
 -- Gives one slot back to proxy `m` (a state loaded by load_states). Returns
 -- whether a slot was freed (false when the proxy is gone or counted nothing).
 local function give_back(m)
@@ -664,7 +674,7 @@ local function reclaim(now, limit)
   for i = 1, #due do
     if of[i] and give_back(of[i]) then n = n + 1 end
   end
-  redis.call('ZREM', live, unpack(due))
+  live_gone(redis.call('ZREM', live, unpack(due)))
   local more = #due >= limit and redis.call('ZCOUNT', live, '-inf', now) > 0
   local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
   return n, more, num(first[2])
@@ -785,6 +795,7 @@ local function prepare_releases(tokens, keys, created)
   local live = PK.live
   if #members == 1 then
     firsts[1].present = redis.call('ZREM', live, members[1]) == 1
+    if firsts[1].present then live_gone(1) end
   elseif #members > 1 then
     local sc = redis.call('ZMSCORE', live, unpack(members))
     local gone = {}
@@ -794,7 +805,7 @@ local function prepare_releases(tokens, keys, created)
         gone[#gone + 1] = members[k]
       end
     end
-    if #gone > 0 then redis.call('ZREM', live, unpack(gone)) end
+    if #gone > 0 then live_gone(redis.call('ZREM', live, unpack(gone))) end
   end
   if #seqs == 0 then return end
   local held, other = {}, {}

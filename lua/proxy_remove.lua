@@ -47,6 +47,6 @@ if live_n > 0 then
     cursor = r[1]
     for i = 1, #r[2], 2 do gone[#gone + 1] = r[2][i] end
   until cursor == '0' or #gone >= live_n
-  if #gone > 0 then redis.call('ZREM', live, unpack(gone)) end
+  if #gone > 0 then live_gone(redis.call('ZREM', live, unpack(gone))) end
 end
 return 1

@@ -304,6 +304,47 @@ async fn repeated_requests_in_a_batch_keep_their_own_options() {
     assert_eq!(again.id, leases[8].id, "the request id was kept");
 }
 
+/// The live set is a skiplist as soon as a batch adds several leases to it
+/// (a listpack, Redis's small-set encoding, would be scanned by every ZADD, ZREM
+/// and ZMSCORE), and the member that converts it leaves no trace; once emptied
+/// (Redis deletes it), the next batch makes the new one a skiplist again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_makes_the_live_set_a_skiplist_without_a_trace() {
+    let server = RedisServer::spawn().unwrap();
+    let m = setup(&server, 32, 10).await;
+    let live = format!("{}:{{{POOL}}}:live", m.storage().config().get_namespace());
+    let mut admin = admin(&server).await;
+    for round in 0..2 {
+        let leases = acquire_all(&m, 5).await;
+        let encoding: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(&live)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(encoding, "skiplist", "round {round}");
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&live)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(members.len(), 5, "only the leases: {members:?}");
+        assert!(members.iter().all(|m| m.contains(':')), "{members:?}");
+        assert!(release_all(&m, leases)
+            .await
+            .iter()
+            .all(|o| *o == ReleaseOutcome::Released));
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&live)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(!exists, "an empty live set is deleted");
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_lease_released_twice_in_one_batch_frees_one_slot() {
     let server = RedisServer::spawn().unwrap();

@@ -14,6 +14,8 @@ pub struct RedisServer {
     child: Child,
     watchdog: Option<Child>,
     port: u16,
+    /// The empty working directory made for it, unless the test gave `--dir`.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -59,7 +61,25 @@ impl RedisServer {
     }
 
     fn spawn_args(port: u16, args: &[String], plain: bool) -> Result<RedisServer, String> {
-        let child = Command::new("redis-server")
+        // An empty working directory of its own: started in the crate's, it
+        // would load any dump.rdb lying there (and, loading one as a primary,
+        // keep a replication backlog that every write then feeds).
+        let dir = if args.iter().any(|a| a == "--dir") {
+            None
+        } else {
+            let d = std::env::temp_dir().join(format!(
+                "lh-redis-{}-{port}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::create_dir_all(&d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
+            Some(d)
+        };
+        let mut cmd = Command::new("redis-server");
+        if let Some(d) = &dir {
+            cmd.arg("--dir").arg(d);
+        }
+        let child = cmd
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--protected-mode", "yes"])
@@ -73,6 +93,7 @@ impl RedisServer {
             child,
             watchdog: None,
             port,
+            dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -115,6 +136,9 @@ impl Drop for RedisServer {
         if let Some(w) = &mut self.watchdog {
             let _ = w.kill();
             let _ = w.wait();
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }

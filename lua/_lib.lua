@@ -33,6 +33,22 @@
 -- proxy a call touched is kept in `T` (by seq), so later requests of the same call
 -- see it without reading Redis again.
 
+-- Redis's Lua globals as locals of the library. In a function a global costs
+-- Redis's Lua two table look-ups (its sandbox's empty globals table, then the
+-- real one through a metatable), a local one upvalue read. Loading a library
+-- sees only the registration API (`redis` holds it then, for the
+-- register_function calls at the end), so bind() fills them on the first call.
+local redis = redis
+local string, math, table, cjson, unpack, tonumber, tostring, type, ipairs, pairs, pcall
+local BOUND = false
+local function bind()
+  local G = _G
+  redis, string, math, table, cjson = G.redis, G.string, G.math, G.table, G.cjson
+  unpack, tonumber, tostring, type, ipairs, pairs, pcall = G.unpack, G.tonumber, G.tostring,
+    G.type, G.ipairs, G.pairs, G.pcall
+  BOUND = true
+end
+
 -- The call's keys and arguments (set by reset()), the pool prefix `P` and the
 -- pool's most used keys `PK` (set by set_prefix() before anything else).
 local KEYS, ARGV, P, PK
@@ -742,6 +758,7 @@ local REL, RELN, DONE = {}, 0, {}
 
 -- Starts a call: its keys and arguments, and empty per-call state.
 local function reset(keys, args)
+  if not BOUND then bind() end
   KEYS, ARGV, P = keys, args, nil
   for i = 1, TLN do T[TL[i].m] = nil end
   TLN, TLB = 0, NO_SCORE

@@ -116,11 +116,11 @@ pub(crate) static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
         body.push_str(lib);
         body.push('\n');
     }
+    // One table of operations, not a local each: Lua 5.1 allows a chunk 200
+    // locals, and the library's helpers use most of them.
+    body.push_str("local OPS = {}\n");
     for op in OPS {
-        body.push_str(&format!(
-            "local function op_{}()\n{}\nend\n",
-            op.name, op.file
-        ));
+        body.push_str(&format!("OPS.{} = function()\n{}\nend\n", op.name, op.file));
     }
     // The hash of everything but the names it decides (redis-rs's SHA1 of a script).
     let hash = redis::Script::new(&body).get_hash()[..12].to_string();
@@ -135,7 +135,7 @@ pub(crate) static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
         };
         text.push_str(&format!(
             "redis.register_function{{ function_name = '{prefix}{n}', flags = {flags}, \
-             callback = function(keys, args) reset(keys, args) return op_{n}() end }}\n",
+             callback = function(keys, args) reset(keys, args) return OPS.{n}() end }}\n",
             n = op.name
         ));
     }

@@ -266,7 +266,7 @@ impl RedisConfig {
     /// `max_batch / R`.
     ///
     /// On a slow link the storage allows more by itself: one call in flight
-    /// per 500 µs that the fastest of its last 32 calls took (the round trip
+    /// per 200 µs that the fastest of its last 32 calls took (the round trip
     /// with little queueing in it), up to 16 (or this number, if higher). A
     /// queued call waits about half a call's time, so on a long round trip
     /// more, smaller batches serve callers sooner; on a fast link Redis's time

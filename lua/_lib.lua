@@ -870,3 +870,60 @@ local function apply_release(i, now, now_s, grace)
   DONE[item.id] = o
   return o, freed
 end
+
+-- One lease given back, the most common release call: the same outcome and
+-- writes as prepare_releases(), apply_release() and flush(), without their
+-- tables, in the common case straight (a live lease of an indexed proxy: its
+-- index scores go down by one); any other case goes through touch(),
+-- give_back() and flush(). Returns the outcome and whether a slot was freed.
+local function release_one(id, key, created, now, now_s, grace)
+  if not (#id > #created or (#id == #created and id >= created)) then return 'not_found', false end
+  local r = parse_record(redis.call('GET', key))
+  if not r then return 'not_found', false end
+  local m = r.seq
+  local present = false
+  if r.state == 'active' then
+    present = redis.call('ZREM', PK.live, m .. ':' .. id) == 1
+    if present then live_gone(1) end
+  end
+  local json = known_json(m)
+  if not json then
+    json = redis.call('HGET', PK.proxies, m)
+    remember_json(m, json or nil)
+  end
+  if not json then return 'not_found', false end
+  local info = info_of(json)
+  local o = 'not_found'
+  if r.state == 'released' then
+    o = 'already_released'
+  elseif num(r.at) + num(r.dur) <= now then
+    o = 'expired'
+  elseif present then
+    o = 'released'
+    if grace ~= '0' then
+      redis.call('SET', key, 'released ' .. m .. ' ' .. r.at .. ' ' .. r.dur .. ' ' .. now_s .. ' '
+        .. r.consumer, 'PX', grace)
+    else
+      redis.call('DEL', key)
+    end
+  end
+  if not present then return o, false end
+  -- Its slot back: the count is the load score's high part while indexed.
+  local sc = info.ok and info.max ~= 1 and num(redis.call('ZSCORE', PK.load_all, m))
+  local n0 = sc and math.floor(sc / LOAD_SHIFT)
+  if n0 and n0 <= 0 then return o, false end
+  if n0 and (info.max == nil or n0 - 1 < info.max) then
+    local s = fmt_int((n0 - 1) * LOAD_SHIFT + num(m))
+    local keys = info.load
+    for k = 1, #keys do redis.call('ZADD', keys[k], s, m) end
+    return o, true
+  end
+  if n0 then
+    touch(m, json, n0, true) -- indexed, yet over its limit (a count edited by hand)
+  else
+    touch(m, json, num(redis.call('HGET', PK.held, m)) or 0, false)
+  end
+  local freed = give_back(m)
+  flush()
+  return o, freed
+end

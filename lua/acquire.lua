@@ -58,6 +58,16 @@ for i = 1, n do
 end
 if at ~= #ARGV + 1 then return fail('bad argument count') end
 
+if n == 1 then
+  local r = REQS[1]
+  if r.fast and r.order == 'load' and r.reqk == 0 then
+    local t = serve_one(r)
+    if t then
+      OUT[1], OUT[2] = t, nil
+      return OUT
+    end
+  end
+end
 reclaim_due(limit)
 for i = 1, n do OUT[i] = serve(REQS[i], n - i, i, 0) end
 OUT[n + 1] = nil

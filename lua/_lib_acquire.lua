@@ -705,8 +705,9 @@ end
 -- states and pending writes a batch needs (about a third of the Lua work), with
 -- what serve() and finish() would give. Returns its reply; or nil, having
 -- written nothing, to leave it to them (no proxy, a stale or unavailable first
--- entry, a location index to update).
-local function serve_one(r)
+-- entry, a location index to update). Its reply from t[off + 1] on (rotate.lua
+-- puts the release outcome before it).
+local function serve_one(r, off)
   if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
   local tag = r.dtags[1] or 'all'
   local ix = PK.idx.load
@@ -760,7 +761,8 @@ local function serve_one(r)
   POOL.live_est = (POOL.live_est or 0) + 1
   if EXP == nil or exp < EXP then redis.call('HSET', KEYS[1], 'exp', fmt_int(exp)) end
   local t = reply_table(1)
-  t[1], t[2], t[3], t[4] = 'OK', token, NOW, exp
-  t[5], t[6], t[7], t[8] = seq, json, POOL_ID, nil
+  t[off + 1], t[off + 2], t[off + 3], t[off + 4] = 'OK', token, NOW, exp
+  t[off + 5], t[off + 6], t[off + 7], t[off + 8] = seq, json, POOL_ID, nil
+  TAKEN = TAKEN + 1
   return t
 end

@@ -61,7 +61,7 @@ if at ~= #ARGV + 1 then return fail('bad argument count') end
 if n == 1 then
   local r = REQS[1]
   if r.fast and r.order == 'load' and r.reqk == 0 then
-    local t = serve_one(r)
+    local t = serve_one(r, 0)
     if t then
       OUT[1], OUT[2] = t, nil
       return OUT

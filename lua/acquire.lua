@@ -22,6 +22,13 @@
 --   {'POOL_NOT_FOUND'} / {'SCHEMA', found}   for every request
 -- Errors (nothing written): bad arguments, in any request.
 --
+-- One least_used request (one declared tag or none, no request id, nothing due
+-- to reclaim) takes the straight way (serve_one in _lib_acquire.lua): HMGET
+-- meta, TIME, ZRANGE of its index (HGET proxies only for a JSON the library does
+-- not remember), SET record, ZADD per load index key of the proxy (or ZREM per
+-- index key and HSET held, when it is now full), ZADD live: 7 with one declared
+-- attribute.
+--
 -- Calls, n requests on the fast path (least_used, one declared tag or none):
 -- HMGET meta, TIME, one ZRANGE per index used per page of candidates read (a
 -- page holds what the call's requests need; HMGET proxies only for proxies whose

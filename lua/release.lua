@@ -17,6 +17,9 @@
 -- Publishes on P freed when it freed a slot and a waiter announced itself.
 -- Errors (nothing written): bad arguments.
 --
+-- One lease takes the straight way (release_one in _lib.lua), with the same
+-- calls as below and none of the batch's bookkeeping.
+--
 -- Calls, one lease: HMGET meta, TIME, GET record, ZMSCORE load (and HMGET held
 -- when not indexed), ZREM live, SET record, ZADD (or ZREM) per index key of the
 -- proxy: 8 with one declared attribute (HMGET proxies too when the library does

@@ -494,7 +494,8 @@ end
 -- of an index under 128 entries (larger ones are skiplists anyway).
 local SKIPLIST_MEMBER = '~ lighthouse: a member longer than zset-max-listpack-value makes this index a skiplist ~'
 
--- Sends every pending write: one command per key. Index pages cached by the
+-- Sends every pending write: one command per key (and, when proxies' JSONs
+-- changed, HINCRBY meta pver: see proxies_changed()). Index pages cached by the
 -- acquire path are stale after it (EPOCH moves on). With `skiplist` (proxy_add),
 -- every index written is made a skiplist (see SKIPLIST_MEMBER): one more ZREM each.
 local function flush(skiplist)

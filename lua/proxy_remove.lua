@@ -9,7 +9,7 @@
 -- Errors (nothing written): bad arguments.
 --
 -- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, one ZREM
--- per index key, HDEL proxies, ids and held, ZREM cooldown, HSET meta; with live
+-- per index key, HDEL proxies, ids and held, HINCRBY meta pver, ZREM cooldown, HSET meta; with live
 -- leases, ZSCAN of the live set for its members (O(L), stopping once all are
 -- found) and one ZREM.
 

@@ -163,22 +163,33 @@ end
 -- A lease record is the key `P <token>` (its fencing token in decimal: lease ids
 -- are made of the token and the pool id, see src/redis/keys.rs), holding
 -- `active <seq> <acquired-ms> <duration-ms> <consumer>` or
--- `released <seq> <acquired-ms> <duration-ms> <released-ms> <consumer>`;
--- expired is not written: an active record past its expiry is expired. Numbers
--- stay the strings they were read as (formatting numbers costs Redis's Lua a
--- snprintf each).
+-- `released <seq> <acquired-ms> <duration-ms> <released-ms> <consumer>`, and,
+-- for a lease acquired with a request id, a tab and the request key's suffix
+-- (`P req:<suffix>`; a consumer name holds no control character): extend.lua
+-- keeps that key as long as the record. Expired is not written: an active
+-- record past its expiry is expired. Numbers stay the strings they were read as
+-- (formatting numbers costs Redis's Lua a snprintf each).
 local function parse_record(v)
   if not v then return nil end
-  local seq, at, dur, rest = string.match(v, '^active (%d+) (%d+) (%d+) (.+)$')
+  local state, seq, at, dur, rel, rest = 'active', string.match(v, '^active (%d+) (%d+) (%d+) (.+)$')
   if seq then
-    return { state = 'active', seq = seq, at = at, dur = dur, consumer = rest }
+    rest = rel
+    rel = nil
+  else
+    state = 'released'
+    seq, at, dur, rel, rest = string.match(v, '^released (%d+) (%d+) (%d+) (%d+) (.+)$')
+    if not seq then return nil end
   end
-  local rel
-  seq, at, dur, rel, rest = string.match(v, '^released (%d+) (%d+) (%d+) (%d+) (.+)$')
-  if seq then
-    return { state = 'released', seq = seq, at = at, dur = dur, released = rel, consumer = rest }
-  end
-  return nil
+  local consumer, req = string.match(rest, '^([^\t]+)\t(.+)$')
+  if not consumer then consumer = rest end
+  return { state = state, seq = seq, at = at, dur = dur, released = rel, consumer = consumer,
+    req = req }
+end
+
+-- What follows the consumer in a record: its request key's suffix, if any.
+local function req_tail(r)
+  if r.req then return '\t' .. r.req end
+  return ''
 end
 
 -- A token argument: decimal digits of a number below 2^53 (or nil).
@@ -861,7 +872,7 @@ local function apply_release(i, now, now_s, grace)
       o = 'released'
       if grace ~= '0' then
         redis.call('SET', item.key, 'released ' .. r.seq .. ' ' .. r.at .. ' ' .. r.dur .. ' '
-          .. now_s .. ' ' .. r.consumer, 'PX', grace)
+          .. now_s .. ' ' .. r.consumer .. req_tail(r), 'PX', grace)
       else
         redis.call('DEL', item.key)
       end
@@ -903,7 +914,7 @@ local function release_one(id, key, created, now, now_s, grace)
     o = 'released'
     if grace ~= '0' then
       redis.call('SET', key, 'released ' .. m .. ' ' .. r.at .. ' ' .. r.dur .. ' ' .. now_s .. ' '
-        .. r.consumer, 'PX', grace)
+        .. r.consumer .. req_tail(r), 'PX', grace)
     else
       redis.call('DEL', key)
     end

@@ -634,8 +634,10 @@ local function serve(r, remaining, slot, off)
   POOL.fence_r, POOL.fence_last = FENCE_R, FENCE
   local tok = fmt_int(token)
   local exp = NOW + r.dur
-  redis.call('SET', P .. tok, 'active ' .. st.m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer,
-    'PX', r.ttl_s)
+  local tail = ''
+  if r.reqk > 0 then tail = '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1) end
+  redis.call('SET', P .. tok, 'active ' .. st.m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer
+    .. tail, 'PX', r.ttl_s)
   -- The expiry as a string (a number argument costs Redis a '%.17g'), once per
   -- duration in a call.
   if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end

@@ -1,5 +1,6 @@
 -- extend.lua: renew a live lease: it now expires `duration` from now (Redis
--- time), in the live set, in its record and in the record's TTL.
+-- time), in the live set, in its record and in the record's TTL (and in its
+-- request key's TTL, when it was acquired with a request id).
 --
 -- KEYS[1]  P meta   KEYS[2]  P live   KEYS[3]  P <token>
 -- ARGV[1]  pool prefix P    ARGV[2]  the lease's token    ARGV[3]  duration ms (1..MAX_LEASE_MS)
@@ -12,7 +13,8 @@
 -- Errors (nothing written): bad arguments.
 --
 -- Calls: TIME, HMGET meta, GET record, HEXISTS proxies, ZSCORE live, ZADD live,
--- SET record: 7. Cost O(log L).
+-- SET record: 7 (a lease acquired with a request id: GET and SET of its request
+-- key, which lives as long as the record). Cost O(log L).
 
 local prefix = ARGV[1]
 local id = ARGV[2]
@@ -43,6 +45,13 @@ if at + tonumber(r.dur) <= now or not redis.call('ZSCORE', KEYS[2], member) then
 end
 local expires = now + duration
 redis.call('ZADD', KEYS[2], 'XX', expires, member)
+local until_s = fmt_int(expires + grace)
 redis.call('SET', KEYS[3], 'active ' .. r.seq .. ' ' .. r.at .. ' ' .. fmt_int(expires - at) .. ' '
-  .. r.consumer, 'PXAT', fmt_int(expires + grace))
+  .. r.consumer .. req_tail(r), 'PXAT', until_s)
+if r.req then
+  -- Its request id answers a retry with this lease for as long as the record
+  -- lasts (the key still names this lease: nobody reused the id since).
+  local rk = prefix .. K_REQ .. r.req
+  if redis.call('GET', rk) == id then redis.call('SET', rk, id, 'PXAT', until_s) end
+end
 return { 'OK', expires }

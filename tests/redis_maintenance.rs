@@ -359,3 +359,41 @@ async fn tokens_stay_above_a_fence_reserved_elsewhere() {
         lease.fencing_token
     );
 }
+
+/// A request id answers a retry with its lease for as long as the lease lasts,
+/// renewals included: past the first expiry plus the record grace, a retry of a
+/// renewed lease gets that lease again, not a second slot (its request key
+/// lives as long as the record). Redis's clock cannot be moved: the test waits.
+#[tokio::test]
+async fn a_request_id_lives_as_long_as_its_renewed_lease() {
+    let s =
+        RedisStorage::new(support::test_config().record_grace(Duration::from_millis(100))).unwrap();
+    let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    s.ensure_consumer("w").await.unwrap();
+    s.add_proxy(
+        Proxy::builder(pool.id, "10.0.0.1", 80)
+            .max_concurrency(2)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let request = req(Duration::from_millis(300)).with_request_id("job-7");
+    let first = s.acquire(&request).await.unwrap().unwrap();
+    let renewed = s.extend(&first, Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let again = s.acquire(&request).await.unwrap().unwrap();
+    assert_eq!(again.id, first.id, "the same lease, not a second one");
+    assert_eq!(again.expires_at, renewed.expires_at);
+    assert_eq!(s.pool_stats(POOL).await.unwrap().total_leases, 1);
+    let lease = s.get_lease(POOL, first.id).await.unwrap().unwrap();
+    assert_eq!(
+        lease.consumer_name, "w",
+        "the record's request part is not the consumer"
+    );
+    assert_eq!(s.release(&again).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(
+        s.release(&again).await.unwrap(),
+        ReleaseOutcome::AlreadyReleased
+    );
+}

@@ -169,7 +169,8 @@ pub(crate) struct Record {
 }
 
 /// Reads `active <seq> <acquired-ms> <duration-ms> <consumer>` or
-/// `released <seq> <acquired-ms> <duration-ms> <released-ms> <consumer>`.
+/// `released <seq> <acquired-ms> <duration-ms> <released-ms> <consumer>`, each
+/// maybe followed by a tab and the lease's request key suffix.
 pub(crate) fn parse_record(v: &str) -> Result<Record> {
     let bad = || corrupt(format!("lease record {v:?}"));
     let (state, rest) = v.split_once(' ').ok_or_else(bad)?;
@@ -184,7 +185,13 @@ pub(crate) fn parse_record(v: &str) -> Result<Record> {
         "released" => Some(num()?),
         _ => return Err(bad()),
     };
-    let consumer = parts.next().filter(|c| !c.is_empty()).ok_or_else(bad)?;
+    // A lease acquired with a request id has a tab and its request key's
+    // suffix after the consumer (consumer names hold no control character).
+    let consumer = parts
+        .next()
+        .map(|c| c.split_once('\t').map_or(c, |(name, _)| name))
+        .filter(|c| !c.is_empty())
+        .ok_or_else(bad)?;
     Ok(Record {
         released,
         seq,
@@ -380,6 +387,11 @@ mod tests {
         let r = parse_record("released 3 10 20 25 w").unwrap();
         assert_eq!((r.released, r.duration_ms), (Some(25), 20));
         assert!(parse_record("active 17 x 1 w").is_err());
+        let r = parse_record("active 17 10 20 worker 1\tjob%2D7").unwrap();
+        assert_eq!(
+            r.consumer, "worker 1",
+            "the request key suffix is not the consumer"
+        );
         assert!(parse_record("gone 1 2 3 w").is_err());
     }
 

@@ -848,6 +848,22 @@ local function prepare_releases(tokens, keys, created)
   if #other > 0 then load_states(other) end
 end
 
+-- The outcome of releasing lease record `r` (at `key`, of a proxy that still
+-- exists; `present`: it was in the live set), and its record once released:
+-- kept `grace` ms (a string) after now (`now_s`), or deleted at once.
+local function end_record(r, key, present, now, now_s, grace)
+  if r.state == 'released' then return 'already_released' end
+  if num(r.at) + num(r.dur) <= now then return 'expired' end
+  if not present then return 'not_found' end
+  if grace ~= '0' then
+    redis.call('SET', key, 'released ' .. r.seq .. ' ' .. r.at .. ' ' .. r.dur .. ' ' .. now_s .. ' '
+      .. r.consumer .. req_tail(r), 'PX', grace)
+  else
+    redis.call('DEL', key)
+  end
+  return 'released'
+end
+
 -- Applies prepared release i: its outcome (released | already_released |
 -- expired | not_found) and whether it freed a slot. A live lease gives its slot
 -- back exactly once; a released record is kept for `grace` ms (a string) after
@@ -862,21 +878,7 @@ local function apply_release(i, now, now_s, grace)
   local r, o, freed = item.r, 'not_found', false
   if r then
     local st = T[r.seq]
-    if not st or not st.info then
-      o = 'not_found'
-    elseif r.state == 'released' then
-      o = 'already_released'
-    elseif num(r.at) + num(r.dur) <= now then
-      o = 'expired'
-    elseif item.present then
-      o = 'released'
-      if grace ~= '0' then
-        redis.call('SET', item.key, 'released ' .. r.seq .. ' ' .. r.at .. ' ' .. r.dur .. ' '
-          .. now_s .. ' ' .. r.consumer .. req_tail(r), 'PX', grace)
-      else
-        redis.call('DEL', item.key)
-      end
-    end
+    if st and st.info then o = end_record(r, item.key, item.present, now, now_s, grace) end
     if item.present then freed = give_back(r.seq) end
   end
   DONE[item.id] = o
@@ -905,20 +907,7 @@ local function release_one(id, key, created, now, now_s, grace)
   end
   if not json then return 'not_found', false end
   local info = info_of(json)
-  local o = 'not_found'
-  if r.state == 'released' then
-    o = 'already_released'
-  elseif num(r.at) + num(r.dur) <= now then
-    o = 'expired'
-  elseif present then
-    o = 'released'
-    if grace ~= '0' then
-      redis.call('SET', key, 'released ' .. m .. ' ' .. r.at .. ' ' .. r.dur .. ' ' .. now_s .. ' '
-        .. r.consumer .. req_tail(r), 'PX', grace)
-    else
-      redis.call('DEL', key)
-    end
-  end
+  local o = end_record(r, key, present, now, now_s, grace)
   if not present then return o, false end
   -- Its slot back: the count is the load score's high part while indexed.
   local sc = info.ok and info.max ~= 1 and num(redis.call('ZSCORE', PK.load_all, m))

@@ -588,6 +588,27 @@ local function short(t, off, word, v)
   return t
 end
 
+-- Grants request `r` a lease on proxy `m`: the next fencing token, and the
+-- lease record. Returns the token, as a number and in decimal, and the expiry.
+local function grant(r, m)
+  local token = FENCE + 1
+  if NOW_US > token then token = NOW_US end
+  FENCE = token
+  if token > FENCE_R then
+    -- Reserve the next second of tokens: `fence` is written about once a second
+    -- per pool, and before any record that holds a token above the old one.
+    FENCE_R = token + FENCE_RESERVE_US
+    redis.call('HSET', KEYS[1], 'fence', fmt_int(FENCE_R))
+  end
+  POOL.fence_r, POOL.fence_last = FENCE_R, FENCE
+  local tok = fmt_int(token)
+  local tail = ''
+  if r.reqk > 0 then tail = '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1) end
+  redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer
+    .. tail, 'PX', r.ttl_s)
+  return token, tok, NOW + r.dur
+end
+
 -- Serves one acquire request; its reply, in the reply table of `slot` from
 -- index off + 1 (rotate.lua puts the release outcome before it).
 local function serve(r, remaining, slot, off)
@@ -622,22 +643,7 @@ local function serve(r, remaining, slot, off)
   st.n = st.n + 1
   st.dirty = true
   bound(st)
-  local token = FENCE + 1
-  if NOW_US > token then token = NOW_US end
-  FENCE = token
-  if token > FENCE_R then
-    -- Reserve the next second of tokens: `fence` is written about once a second
-    -- per pool, and before any record that holds a token above the old one.
-    FENCE_R = token + FENCE_RESERVE_US
-    redis.call('HSET', KEYS[1], 'fence', fmt_int(FENCE_R))
-  end
-  POOL.fence_r, POOL.fence_last = FENCE_R, FENCE
-  local tok = fmt_int(token)
-  local exp = NOW + r.dur
-  local tail = ''
-  if r.reqk > 0 then tail = '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1) end
-  redis.call('SET', P .. tok, 'active ' .. st.m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer
-    .. tail, 'PX', r.ttl_s)
+  local token, tok, exp = grant(r, st.m)
   -- The expiry as a string (a number argument costs Redis a '%.17g'), once per
   -- duration in a call.
   if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
@@ -736,18 +742,7 @@ local function serve_one(r, off)
   local full = info.max ~= nil and n >= info.max
   if not info.ok or (info.max ~= nil and n > info.max) or (full and info.geo) then return nil end
   local seq = num(m)
-  local token = FENCE + 1
-  if NOW_US > token then token = NOW_US end
-  FENCE = token
-  if token > FENCE_R then
-    FENCE_R = token + FENCE_RESERVE_US
-    redis.call('HSET', KEYS[1], 'fence', fmt_int(FENCE_R))
-  end
-  POOL.fence_r, POOL.fence_last = FENCE_R, FENCE
-  local tok = fmt_int(token)
-  local exp = NOW + r.dur
-  redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer,
-    'PX', r.ttl_s)
+  local token, tok, exp = grant(r, m)
   if full then
     -- Out of every index; its count goes to `held`.
     local keys = info.keys

@@ -17,7 +17,11 @@ async fn raw() -> redis::aio::MultiplexedConnection {
 }
 
 async fn setup(max: u32) -> (RedisStorage, Proxy) {
-    let s = support::storage();
+    setup_on(support::storage(), max).await
+}
+
+/// A pool with consumer `w` and one proxy of `max_concurrency` `max` on `s`.
+async fn setup_on(s: RedisStorage, max: u32) -> (RedisStorage, Proxy) {
     let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
     s.ensure_consumer("w").await.unwrap();
     let p = s
@@ -366,18 +370,8 @@ async fn tokens_stay_above_a_fence_reserved_elsewhere() {
 /// lives as long as the record). Redis's clock cannot be moved: the test waits.
 #[tokio::test]
 async fn a_request_id_lives_as_long_as_its_renewed_lease() {
-    let s =
-        RedisStorage::new(support::test_config().record_grace(Duration::from_millis(100))).unwrap();
-    let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
-    s.ensure_consumer("w").await.unwrap();
-    s.add_proxy(
-        Proxy::builder(pool.id, "10.0.0.1", 80)
-            .max_concurrency(2)
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let config = support::test_config().record_grace(Duration::from_millis(100));
+    let (s, _) = setup_on(RedisStorage::new(config).unwrap(), 2).await;
     let request = req(Duration::from_millis(300)).with_request_id("job-7");
     let first = s.acquire(&request).await.unwrap().unwrap();
     let renewed = s.extend(&first, Duration::from_secs(30)).await.unwrap();

@@ -4,7 +4,8 @@
 # `redis-semaphore` peer (benches/peer/semaphore.js), at 1 and 64 concurrent
 # callers, on one private redis-server run under valgrind. Instruction counts do
 # not move with the machine's load, unlike cycles/s, so this is the stable
-# companion of `cargo bench --bench redis`.
+# companion of `cargo bench --bench redis`. It also prints the Redis commands per
+# cycle (INFO commandstats: FCALL/EVALSHA and the commands the scripts run).
 #
 #   bash benches/redis_instructions.sh            # about 2 minutes
 #
@@ -63,9 +64,11 @@ PY
 "$LH" pool create bench >/dev/null
 "$LH" proxy import --pool bench "$WORK/proxies.csv" >/dev/null
 
-# Runs a command with the counters zeroed first; prints the instructions counted.
+# Runs a command with the counters zeroed first (callgrind's and Redis's command
+# statistics); prints the instructions counted.
 counted() {
   rm -f "$WORK"/cg.out.*
+  redis-cli -p "$PORT" config resetstat >/dev/null
   callgrind_control -z "$VG" >/dev/null 2>&1
   "$@" >"$WORK/out.json"
   callgrind_control -d "$VG" >/dev/null 2>&1
@@ -74,21 +77,41 @@ counted() {
   grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}'
 }
 
+calls_of() { # Redis commands per cycle since the last reset (a script's own calls included)
+  redis-cli -p "$PORT" info commandstats | tr -d '\r' | python3 -c '
+import sys
+k, total, parts = int(sys.argv[1]), 0, []
+for line in sys.stdin:
+    if not line.startswith("cmdstat_") or line.startswith("cmdstat_config"):
+        continue
+    name, rest = line.split(":", 1)
+    calls = int(dict(f.split("=") for f in rest.split(","))["calls"])
+    total += calls
+    if calls >= k / 100:
+        parts.append("%s %.2f" % (name[8:], calls / k))
+print("%.2f (%s)" % (total / k, ", ".join(sorted(parts))))' "$1"
+}
+
 cycles_of() { # the cycle count in a JSON line of $WORK/out.json
   python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])[sys.argv[2]])' "$WORK/out.json" "$1"
 }
 
 printf '%-16s %4s %9s %16s %14s\n' who c cycles instructions "per cycle"
-declare -A PER
+declare -A PER CALLS
 for c in 1 64; do
   n="$(counted "$LH" --json bench --pool bench --concurrency "$c" --duration "$SECS")"
   k="$(cycles_of cycles)"
   PER["ours$c"]=$((n / k))
   printf '%-16s %4s %9s %16s %14s\n' ours "$c" "$k" "$n" "${PER[ours$c]}"
+  CALLS["ours$c"]="$(calls_of "$k")"
   n="$(counted node "$PEER/semaphore.js" --port "$PORT" --concurrency "$c" --warmup 0 --secs "$SECS" --limit 1000)"
   k="$(cycles_of cycles_all)"
   PER["sem$c"]=$((n / k))
   printf '%-16s %4s %9s %16s %14s\n' redis-semaphore "$c" "$k" "$n" "${PER[sem$c]}"
+  CALLS["sem$c"]="$(calls_of "$k")"
+done
+for c in 1 64; do
+  echo "c=$c Redis commands per cycle: ours ${CALLS[ours$c]}; redis-semaphore ${CALLS[sem$c]}"
 done
 for c in 1 64; do
   python3 -c "print('c=$c: semaphore / ours instructions per cycle = %.2f' % (${PER[sem$c]} / ${PER[ours$c]}))"

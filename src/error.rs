@@ -100,6 +100,21 @@ pub enum Error {
         /// The highest token the resource has seen.
         highest: u64,
     },
+    /// A lease presented to a [`crate::fencing::FencingGuard::multi_slot`] guard
+    /// that had expired by storage time: the guard has seen a lease on the same
+    /// proxy granted at or after that expiry, so the storage had passed it, and
+    /// the slot may serve someone else.
+    #[error(
+        "lease with fencing token {token} expired at {expired_at}: the resource has seen a lease granted at {seen_granted_at}"
+    )]
+    StaleLease {
+        /// The presented lease's token.
+        token: u64,
+        /// The presented lease's expiry (storage time).
+        expired_at: chrono::DateTime<chrono::Utc>,
+        /// The latest grant the resource has seen on the same proxy (storage time).
+        seen_granted_at: chrono::DateTime<chrono::Utc>,
+    },
     /// The change was applied on the Redis primary, but fewer replicas than
     /// configured acknowledged it before the timeout (`WAIT`): a failover now could
     /// lose it. For an acquire, retry with the same request id to get the same

@@ -1481,6 +1481,51 @@ pub async fn lost_lease_is_reported_and_its_token_is_stale<H: Harness>(h: &H) {
     );
 }
 
+/// A proxy with two slots: the multi-slot guard accepts both live holders,
+/// although one's token is lower, and refuses a holder once a lease granted
+/// after its expiry has been seen; the exclusive guard refuses a live holder.
+pub async fn multi_slot_guard_refuses_only_expired_holders<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let p = add(&m, proxy(&pool, 1).max_concurrency(2)).await;
+    let short = h.short_lease();
+    let resource = FencingGuard::multi_slot();
+    let exclusive = FencingGuard::new();
+    let a = take_some(&m, as_worker().duration(short)).await;
+    let b = take_some(&m, as_worker().duration(short * 20)).await;
+    assert_eq!((a.proxy_id, b.proxy_id), (p.id, p.id));
+    assert!(a.fencing_token < b.fencing_token);
+    resource.check_lease(&b).unwrap();
+    resource.check_lease(&a).unwrap();
+    resource.check_lease(&b).unwrap();
+    exclusive.check_lease(&b).unwrap();
+    assert!(
+        matches!(
+            exclusive.check_lease(&a),
+            Err(Error::StaleFencingToken { .. })
+        ),
+        "the exclusive rule turns away a live holder of a multi-slot proxy"
+    );
+    h.advance(m.storage(), short + short / 2).await; // `a`'s holder "pauses"
+    let c = take_some(&m, as_worker()).await;
+    assert_eq!(c.proxy_id, p.id, "a's slot serves someone else");
+    resource.check_lease(&c).unwrap();
+    let err = resource.check_lease(&a).unwrap_err();
+    assert!(
+        matches!(err, Error::StaleLease { token, expired_at, seen_granted_at }
+            if token == a.fencing_token && expired_at == a.expires_at && seen_granted_at == c.acquired_at),
+        "{err}"
+    );
+    resource.check_lease(&b).unwrap();
+    resource.check_lease(&c).unwrap();
+    assert_eq!(m.release_proxy(&a).await.unwrap(), ReleaseOutcome::Expired);
+    for lease in [&b, &c] {
+        assert_eq!(
+            m.release_proxy(lease).await.unwrap(),
+            ReleaseOutcome::Released
+        );
+    }
+}
+
 /// A retry with the same request id returns the same lease, not a second one.
 pub async fn idempotent_acquire_returns_the_same_lease<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;

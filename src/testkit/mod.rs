@@ -129,6 +129,7 @@ macro_rules! conformance_suite {
             extend_renews_a_live_lease,
             extend_of_a_lost_lease_fails,
             lost_lease_is_reported_and_its_token_is_stale,
+            multi_slot_guard_refuses_only_expired_holders,
             idempotent_acquire_returns_the_same_lease,
             failure_cools_a_proxy_down_until_it_returns,
             cooldown_backs_off_exponentially_to_its_cap,

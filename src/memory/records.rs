@@ -1,0 +1,280 @@
+//! Lease records of one in-memory pool, kept in the order they were granted.
+//!
+//! A pool grants lease ids from its own sequence ([`Records::next_id`]: the
+//! sequence number in the id's first six bytes, the rest random), so a record
+//! is found by position in a ring, not by hashing, and records are appended
+//! and dropped at the ends. Released and expired records stay readable for the
+//! grace after they finished, as on Redis, which at a high lease rate is most
+//! of the records held: in a hash map they cost about 70% of an
+//! acquire→release cycle at 32 proxies (the table outgrew the caches), in the
+//! ring a write at its end.
+//!
+//! The oldest record leaves the ring when it has been gone for its grace. One
+//! that would hold the ring back longer than a grace (a lease much longer than
+//! the others) moves to a small map on the side instead, so the ring holds
+//! about a grace's worth of records beyond the live ones.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::lease::LeaseStatus;
+
+/// What the storage keeps of a lease; the pool's name and id and the proxy's
+/// endpoint are filled in when a [`crate::Lease`] is handed out (as the Redis
+/// storage does), so keeping a record allocates nothing.
+#[derive(Debug, Clone)]
+pub(super) struct Record {
+    pub(super) proxy_id: Uuid,
+    pub(super) consumer_id: Uuid,
+    pub(super) consumer_name: Arc<str>,
+    pub(super) status: LeaseStatus,
+    pub(super) acquired_at: DateTime<Utc>,
+    pub(super) expires_at: DateTime<Utc>,
+    pub(super) released_at: Option<DateTime<Utc>>,
+    pub(super) fencing_token: u64,
+    /// Once finished: when the record is gone (finished + grace).
+    pub(super) gone_at: Option<DateTime<Utc>>,
+}
+
+impl Record {
+    /// Whether the record still exists at `now`.
+    fn visible(&self, now: DateTime<Utc>) -> bool {
+        self.gone_at.is_none_or(|at| at > now)
+    }
+
+    /// The earliest time the record can be gone: its end, or its expiry plus
+    /// `grace` while it is live.
+    fn earliest_gone(&self, grace: chrono::Duration) -> DateTime<Utc> {
+        self.gone_at.unwrap_or(self.expires_at + grace)
+    }
+}
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Records by grant order; see the module docs.
+#[derive(Debug, Default)]
+pub(super) struct Records {
+    /// The sequence number of `ring[0]`.
+    base: u64,
+    ring: VecDeque<Option<(Uuid, Record)>>,
+    /// Records moved out of the ring's way, and when the finished ones are gone.
+    side: Map<Uuid, Record>,
+    side_gone: BTreeSet<(DateTime<Utc>, Uuid)>,
+}
+
+/// Rings shorter than this are never cleared to the side map.
+const SIDE_AFTER: usize = 64;
+
+/// The sequence number a lease id of this storage carries (first six bytes).
+fn seq_of(id: Uuid) -> u64 {
+    let b = id.as_bytes();
+    u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+impl Records {
+    /// The id for the next record: its sequence number, then random bits (a
+    /// version-8 UUID, RFC 9562's custom layout).
+    pub(super) fn next_id(&self) -> Uuid {
+        let seq = self.base + self.ring.len() as u64;
+        let mut bytes = *Uuid::new_v4().as_bytes();
+        bytes[..6].copy_from_slice(&seq.to_be_bytes()[2..]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    /// Appends the record of `id`, which must come from [`Self::next_id`] just before.
+    pub(super) fn push(&mut self, id: Uuid, record: Record) {
+        debug_assert_eq!(seq_of(id), self.base + self.ring.len() as u64);
+        self.ring.push_back(Some((id, record)));
+    }
+
+    fn slot(&self, id: Uuid) -> Option<usize> {
+        let i = usize::try_from(seq_of(id).checked_sub(self.base)?).ok()?;
+        match self.ring.get(i) {
+            Some(Some((at, _))) if *at == id => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The record of `id` if it exists at `now`.
+    pub(super) fn get(&self, id: Uuid, now: DateTime<Utc>) -> Option<&Record> {
+        let r = match self.slot(id) {
+            Some(i) => self.ring[i].as_ref().map(|(_, r)| r),
+            None => self.side.get(&id),
+        }?;
+        r.visible(now).then_some(r)
+    }
+
+    /// The record of `id` if it exists at `now`, to change it (see [`Self::finished`]).
+    pub(super) fn get_mut(&mut self, id: Uuid, now: DateTime<Utc>) -> Option<&mut Record> {
+        let r = match self.slot(id) {
+            Some(i) => self.ring[i].as_mut().map(|(_, r)| r),
+            None => self.side.get_mut(&id),
+        }?;
+        r.visible(now).then_some(r)
+    }
+
+    /// Call after setting `gone_at` of the record of `id`.
+    pub(super) fn finished(&mut self, id: Uuid, gone_at: DateTime<Utc>) {
+        if self.slot(id).is_none() && self.side.contains_key(&id) {
+            self.side_gone.insert((gone_at, id));
+        }
+    }
+
+    /// Removes the record of `id` at once.
+    pub(super) fn remove(&mut self, id: Uuid) {
+        match self.slot(id) {
+            Some(i) => self.ring[i] = None,
+            None => {
+                if let Some(r) = self.side.remove(&id) {
+                    if let Some(at) = r.gone_at {
+                        self.side_gone.remove(&(at, id));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ids and records that pass `keep`, in no particular order.
+    pub(super) fn ids_where(&self, keep: impl Fn(&Record) -> bool) -> Vec<Uuid> {
+        let ring = self.ring.iter().flatten().map(|(id, r)| (*id, r));
+        ring.chain(self.side.iter().map(|(id, r)| (*id, r)))
+            .filter(|(_, r)| keep(r))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Drops the records gone by `now`, calling `dropped` with each id, and
+    /// moves a record that would hold the ring back past `now + grace` to the
+    /// side map.
+    pub(super) fn purge(
+        &mut self,
+        now: DateTime<Utc>,
+        grace: chrono::Duration,
+        mut dropped: impl FnMut(Uuid),
+    ) {
+        while let Some(front) = self.ring.front() {
+            match front {
+                Some((_, r)) if r.visible(now) => {
+                    if self.ring.len() < SIDE_AFTER || r.earliest_gone(grace) <= now + grace {
+                        break;
+                    }
+                    if let Some(Some((id, r))) = self.ring.pop_front() {
+                        if let Some(at) = r.gone_at {
+                            self.side_gone.insert((at, id));
+                        }
+                        self.side.insert(id, r);
+                    }
+                }
+                Some((id, _)) => {
+                    dropped(*id);
+                    self.ring.pop_front();
+                }
+                None => {
+                    self.ring.pop_front();
+                }
+            }
+            self.base += 1;
+        }
+        while let Some(&(at, id)) = self.side_gone.first() {
+            if at > now {
+                break;
+            }
+            self.side_gone.pop_first();
+            self.side.remove(&id);
+            dropped(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(at: DateTime<Utc>, secs: i64) -> Record {
+        Record {
+            proxy_id: Uuid::nil(),
+            consumer_id: Uuid::nil(),
+            consumer_name: Arc::from("w"),
+            status: LeaseStatus::Active,
+            acquired_at: at,
+            expires_at: at + chrono::Duration::seconds(secs),
+            released_at: None,
+            fencing_token: 1,
+            gone_at: None,
+        }
+    }
+
+    #[test]
+    fn ids_carry_their_sequence_and_are_found_by_it() {
+        let mut recs = Records::default();
+        let t0 = Utc::now();
+        let ids: Vec<Uuid> = (0..10)
+            .map(|_| {
+                let id = recs.next_id();
+                recs.push(id, record(t0, 30));
+                id
+            })
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(seq_of(*id), i as u64);
+            assert_eq!(id.get_version_num(), 8);
+            assert!(recs.get(*id, t0).is_some());
+        }
+        // Same sequence, other random bits: not ours.
+        let mut forged = *ids[3].as_bytes();
+        forged[15] ^= 1;
+        assert!(recs.get(Uuid::from_bytes(forged), t0).is_none());
+    }
+
+    #[test]
+    fn finished_records_go_after_their_grace_and_a_long_lease_moves_aside() {
+        let grace = chrono::Duration::seconds(60);
+        let mut recs = Records::default();
+        let t0 = Utc::now();
+        let long = recs.next_id();
+        recs.push(long, record(t0, 7 * 24 * 3600));
+        let mut short = Vec::new();
+        for _ in 0..200 {
+            let id = recs.next_id();
+            recs.push(id, record(t0, 30));
+            short.push(id);
+        }
+        // All short ones released at t0 + 1 s.
+        let t1 = t0 + chrono::Duration::seconds(1);
+        for id in &short {
+            let r = recs.get_mut(*id, t1).expect("live");
+            r.status = LeaseStatus::Released;
+            r.gone_at = Some(t1 + grace);
+            recs.finished(*id, t1 + grace);
+        }
+        let mut dropped = Vec::new();
+        recs.purge(t1, grace, |id| dropped.push(id));
+        assert!(dropped.is_empty());
+        assert!(recs
+            .get(short[0], t1 + grace - chrono::Duration::milliseconds(1))
+            .is_some());
+        assert!(
+            recs.get(short[0], t1 + grace).is_none(),
+            "gone exactly at its end"
+        );
+        recs.purge(t1 + grace, grace, |id| dropped.push(id));
+        assert_eq!(
+            dropped.len(),
+            200,
+            "the week-long lease does not hold them back"
+        );
+        assert!(recs.ring.is_empty() && recs.side.len() == 1);
+        assert!(recs.get(long, t1 + grace).is_some());
+        // It ends; gone a grace later, from the side map.
+        let t2 = t1 + grace;
+        let r = recs.get_mut(long, t2).expect("live");
+        r.gone_at = Some(t2 + grace);
+        recs.finished(long, t2 + grace);
+        recs.purge(t2 + grace, grace, |id| dropped.push(id));
+        assert_eq!(dropped.last(), Some(&long));
+        assert!(recs.side.is_empty() && recs.side_gone.is_empty());
+    }
+}

@@ -100,7 +100,7 @@ pub use manager::{AcquireOptions, LeaseGuard, ProxyManager, ProxyManagerBuilder,
 pub use memory::InMemoryStorage;
 pub use pool::{IndexOrder, IndexedAttribute, PoolIndexes, ProxyPool};
 pub use proxy::{Proxy, ProxyBuilder, ProxyCredentials, ProxyEndpoint, ProxyProtocol, ProxyStatus};
-pub use renew::RenewingLease;
+pub use renew::{RenewPolicy, RenewTimings, RenewingLease};
 pub use retry::RetryPolicy;
 pub use selector::SelectorStrategy;
 pub use stats::PoolStats;

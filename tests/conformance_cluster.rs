@@ -21,14 +21,19 @@ fn cluster() -> &'static RedisCluster {
     })
 }
 
-fn storage() -> RedisStorage {
-    RedisStorage::new(
-        RedisConfig::from_url(cluster().url())
-            .namespace(support::unique_namespace())
-            .response_timeout(Duration::from_secs(10)),
-    )
-    .expect("cluster config")
+fn config() -> RedisConfig {
+    RedisConfig::from_url(cluster().url())
+        .namespace(support::unique_namespace())
+        .response_timeout(Duration::from_secs(10))
 }
+
+fn storage() -> RedisStorage {
+    RedisStorage::new(config()).expect("cluster config")
+}
+
+/// The record grace of the suite's storages (the default, 60 s, would make the
+/// cases that outlive it wait a minute).
+const RECORD_GRACE: Duration = Duration::from_secs(1);
 
 struct ClusterHarness;
 
@@ -36,7 +41,7 @@ impl Harness for ClusterHarness {
     type Storage = RedisStorage;
 
     async fn storage(&self) -> RedisStorage {
-        storage()
+        RedisStorage::new(config().record_grace(RECORD_GRACE)).expect("cluster config")
     }
 
     async fn advance(&self, _: &RedisStorage, by: Duration) {
@@ -45,6 +50,10 @@ impl Harness for ClusterHarness {
 
     fn short_lease(&self) -> Duration {
         Duration::from_millis(300)
+    }
+
+    fn record_grace(&self) -> Duration {
+        RECORD_GRACE
     }
 }
 

@@ -1526,6 +1526,54 @@ pub async fn multi_slot_guard_refuses_only_expired_holders<H: Harness>(h: &H) {
     }
 }
 
+/// A request id lives exactly as long as its lease's record, renewals included:
+/// past the original expiry plus the record grace, a retry of a renewed lease's
+/// request returns that lease (same id and token, no second slot), while the id
+/// of a lease that was not renewed is forgotten with its record (the retry gets
+/// a new lease).
+pub async fn request_id_lives_as_long_as_its_lease_record<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let p = add(&m, proxy(&pool, 1).max_concurrency(3)).await;
+    let short = h.short_lease();
+    // Past the original expiry plus the grace, with room to spare.
+    let past = short + h.record_grace() + short / 2;
+    let renewed_request = || as_worker().duration(short).request_id("job-7/renewed");
+    let forgotten_request = || as_worker().duration(short).request_id("job-8/expired");
+    let first = take_some(&m, renewed_request()).await;
+    let other = take_some(&m, forgotten_request()).await;
+    let renewed = m.extend_lease(&first, past * 2).await.unwrap();
+    h.advance(m.storage(), past).await;
+    let again = take_some(&m, renewed_request()).await;
+    assert_eq!(
+        (again.id, again.fencing_token, again.status),
+        (first.id, first.fencing_token, LeaseStatus::Active),
+        "a retry of a renewed lease's request returns that lease"
+    );
+    assert_eq!(again.expires_at, renewed.expires_at);
+    assert_eq!(
+        leases_of(&m, p.id).await,
+        1,
+        "the retry took no second slot"
+    );
+    let new = take_some(&m, forgotten_request()).await;
+    assert_ne!(
+        new.id, other.id,
+        "the id of a lease whose record is gone is forgotten with it"
+    );
+    assert_eq!(leases_of(&m, p.id).await, 2);
+    assert_eq!(
+        m.release_proxy(&again).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+    let after = take_some(&m, renewed_request()).await;
+    assert_eq!(
+        (after.id, after.status),
+        (first.id, LeaseStatus::Released),
+        "released, the record (and the id) stay for the grace"
+    );
+    assert_eq!(leases_of(&m, p.id).await, 1);
+}
+
 /// A retry with the same request id returns the same lease, not a second one.
 pub async fn idempotent_acquire_returns_the_same_lease<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;

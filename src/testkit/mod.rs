@@ -30,7 +30,7 @@
 //! The harness gives each case a fresh, isolated storage and a way to make time
 //! pass: storages with an injectable clock move it; storages whose time is
 //! elsewhere (Redis uses its own `TIME`) sleep, so their harness should keep
-//! [`Harness::short_lease`] short.
+//! [`Harness::short_lease`] and [`Harness::record_grace`] short.
 
 use std::future::Future;
 use std::time::Duration;
@@ -53,6 +53,14 @@ pub trait Harness: Send + Sync + 'static {
     /// The lease length expiry cases use; they then advance a little past it.
     fn short_lease(&self) -> Duration {
         Duration::from_secs(1)
+    }
+
+    /// The record grace of the storages [`Harness::storage`] builds (how long a
+    /// finished lease's record, and its request id, are kept). Cases that must
+    /// outlive it advance past it, so a harness whose `advance` sleeps should
+    /// build its storages with a short grace and return it here.
+    fn record_grace(&self) -> Duration {
+        crate::storage::DEFAULT_RECORD_GRACE
     }
 }
 
@@ -131,6 +139,7 @@ macro_rules! conformance_suite {
             lost_lease_is_reported_and_its_token_is_stale,
             multi_slot_guard_refuses_only_expired_holders,
             idempotent_acquire_returns_the_same_lease,
+            request_id_lives_as_long_as_its_lease_record,
             failure_cools_a_proxy_down_until_it_returns,
             cooldown_backs_off_exponentially_to_its_cap,
             failures_in_a_row_ban_a_proxy_and_success_resets,

@@ -50,7 +50,9 @@ pub struct LeaseEvent {
     pub lease_id: Option<Uuid>,
     /// The proxy concerned, if any.
     pub proxy_id: Option<Uuid>,
-    /// The pool's stats right after the call (`None` if they could not be read).
+    /// The pool's stats right after the call, when a hook was added with
+    /// [`crate::ProxyManagerBuilder::hook_with_stats`] (`None` otherwise, or when they
+    /// could not be read).
     pub pool_stats: Option<PoolStats>,
 }
 

@@ -111,6 +111,8 @@ struct Config {
     default_duration: Duration,
     default_selector: SelectorStrategy,
     hooks: Vec<Hook>,
+    /// Whether some hook asked for the pool's stats in its events.
+    hooks_want_stats: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -211,10 +213,26 @@ impl<S: Storage> ProxyManagerBuilder<S> {
         self.config.cooldown = policy;
         self
     }
-    /// Calls `hook` after every acquire and release. With at least one hook the
-    /// manager reads the pool's stats after each call to put them in the event.
+    /// Calls `hook` after every acquire and release, with what the call itself
+    /// knows: no storage call is added ([`LeaseEvent::pool_stats`] is `None`
+    /// unless another hook asked for stats).
+    ///
+    /// ```
+    /// # use lighthouse_lease::*;
+    /// let manager = ProxyManager::builder(InMemoryStorage::new())
+    ///     .hook(|event| eprintln!("{:?} {:?} in {:?}", event.kind, event.outcome, event.elapsed))
+    ///     .build();
+    /// ```
     pub fn hook(mut self, hook: impl Fn(&LeaseEvent) + Send + Sync + 'static) -> Self {
         self.config.hooks.push(Arc::new(hook));
+        self
+    }
+    /// Like [`Self::hook`], and the events carry the pool's stats read right
+    /// after the call: one more storage call per acquire and release (on Redis a
+    /// round trip that also reclaims expired leases), for every hook.
+    pub fn hook_with_stats(mut self, hook: impl Fn(&LeaseEvent) + Send + Sync + 'static) -> Self {
+        self.config.hooks.push(Arc::new(hook));
+        self.config.hooks_want_stats = true;
         self
     }
     /// The manager.
@@ -258,6 +276,7 @@ impl<S: Storage> ProxyManager<S> {
                 default_duration: Self::DEFAULT_LEASE_DURATION,
                 default_selector: SelectorStrategy::default(),
                 hooks: Vec::new(),
+                hooks_want_stats: false,
             },
         }
     }
@@ -311,7 +330,7 @@ impl<S: Storage> ProxyManager<S> {
     }
 
     async fn acquire_request(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
-        let started = Instant::now();
+        let started = self.started();
         let result = self.storage.acquire(request).await;
         if !self.config.hooks.is_empty() {
             let outcome = match &result {
@@ -325,7 +344,7 @@ impl<S: Storage> ProxyManager<S> {
                 pool: request.pool_name.clone(),
                 consumer: request.consumer_name.clone(),
                 outcome,
-                elapsed: started.elapsed(),
+                elapsed: started.map(|t| t.elapsed()).unwrap_or_default(),
                 lease_id: lease.map(|l| l.id),
                 proxy_id: lease.map(|l| l.proxy_id),
                 pool_stats: None,
@@ -335,11 +354,26 @@ impl<S: Storage> ProxyManager<S> {
         result
     }
 
-    async fn emit(&self, mut event: LeaseEvent) {
-        event.pool_stats = self.storage.pool_stats(&event.pool).await.ok();
-        for hook in &self.config.hooks {
-            hook(&event);
-        }
+    /// Hands `event` to the hooks (with the pool's stats if one asked). Boxed:
+    /// kept out of the callers' futures, which it would otherwise more than
+    /// double in size for managers without hooks.
+    fn emit(
+        &self,
+        mut event: LeaseEvent,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if self.config.hooks_want_stats {
+                event.pool_stats = self.storage.pool_stats(&event.pool).await.ok();
+            }
+            for hook in &self.config.hooks {
+                hook(&event);
+            }
+        })
+    }
+
+    /// When a call started, if a hook will want to know how long it took.
+    fn started(&self) -> Option<Instant> {
+        (!self.config.hooks.is_empty()).then(Instant::now)
     }
 
     /// Like [`ProxyManager::acquire_proxy`], but tries again with exponential
@@ -435,7 +469,7 @@ impl<S: Storage> ProxyManager<S> {
     /// outcome says what happened ([`ReleaseOutcome::Released`] only the first time
     /// for a live lease; `AlreadyReleased`, `Expired` or `NotFound` otherwise).
     pub async fn release_proxy(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let started = Instant::now();
+        let started = self.started();
         let result = self.storage.release(lease).await;
         if !self.config.hooks.is_empty() {
             let outcome = match &result {
@@ -447,7 +481,7 @@ impl<S: Storage> ProxyManager<S> {
                 pool: lease.pool_name.clone(),
                 consumer: lease.consumer_name.clone(),
                 outcome,
-                elapsed: started.elapsed(),
+                elapsed: started.map(|t| t.elapsed()).unwrap_or_default(),
                 lease_id: Some(lease.id),
                 proxy_id: Some(lease.proxy_id),
                 pool_stats: None,
@@ -489,7 +523,7 @@ impl<S: Storage> ProxyManager<S> {
         options: AcquireOptions,
     ) -> Result<crate::lease::Rotation> {
         let request = self.request(&lease.pool_name, &options)?;
-        let started = Instant::now();
+        let started = self.started();
         let result = self.storage.rotate(lease, &request).await;
         if !self.config.hooks.is_empty() {
             let (released, acquired) = match &result {
@@ -505,7 +539,7 @@ impl<S: Storage> ProxyManager<S> {
                     LeaseEventOutcome::Failed(e.to_string()),
                 ),
             };
-            let elapsed = started.elapsed();
+            let elapsed = started.map(|t| t.elapsed()).unwrap_or_default();
             self.emit(LeaseEvent {
                 kind: LeaseEventKind::Release,
                 pool: lease.pool_name.clone(),

@@ -18,7 +18,7 @@ async fn manager_with(max: u32) -> (ProxyManager<InMemoryStorage>, Events) {
     let events: Events = Arc::default();
     let sink = events.clone();
     let m = ProxyManager::builder(InMemoryStorage::new())
-        .hook(move |e| sink.lock().unwrap().push(e.clone()))
+        .hook_with_stats(move |e| sink.lock().unwrap().push(e.clone()))
         .build();
     let pool = m
         .storage()

@@ -6,9 +6,13 @@
 -- KEYS[1]  P meta
 -- ARGV[1]  pool prefix P    ARGV[2]  proxy id    ARGV[3]  'success' or 'failure'
 -- ARGV[4]  base cooldown ms (1..MAX_LEASE_MS)   ARGV[5]  cap ms (base..MAX_LEASE_MS)
--- ARGV[6]  jitter in thousandths (0..1000)      ARGV[7]  random 0..1000000
--- ARGV[8]  failures in a row that ban the proxy (0 = never)
--- ARGV[9]  failure reason (0..256 bytes, no control characters)
+-- ARGV[6]  millionths of the cooldown kept after jitter (0..1000000)
+-- ARGV[7]  failures in a row that ban the proxy (0 = never)
+-- ARGV[8]  failure reason (0..256 bytes, no control characters)
+--
+-- The n-th failure in a row cools for max(1, floor(min(cap, base * 2^(n-1)) *
+-- keep / 10^6)) ms: CooldownPolicy::delay_ms in src/cooldown.rs, the one
+-- definition (exact here: every product is an integer below 2^53).
 --
 -- Reply: {'OK', json, live leases, seq} | {'NOT_FOUND'} | {'SCHEMA', found}
 -- Errors (nothing written): bad arguments.
@@ -25,13 +29,12 @@ if not is_uuid(id) then return fail('bad proxy id') end
 if mode ~= 'success' and mode ~= 'failure' then return fail('bad mode') end
 local base = int_in(ARGV[4], 1, MAX_LEASE_MS)
 local cap = int_in(ARGV[5], 1, MAX_LEASE_MS)
-local jitter = int_in(ARGV[6], 0, 1000)
-local rnd = int_in(ARGV[7], 0, 1000000)
-local ban_after = int_in(ARGV[8], 0, MAX_U32)
-if not base or not cap or cap < base or not jitter or not rnd or not ban_after then
+local keep = int_in(ARGV[6], 0, 1000000)
+local ban_after = int_in(ARGV[7], 0, MAX_U32)
+if not base or not cap or cap < base or not keep or not ban_after then
   return fail('bad numeric argument')
 end
-local reason = ARGV[9]
+local reason = ARGV[8]
 if type(reason) ~= 'string' or #reason > 256 or string.find(reason, '%c') then
   return fail('bad reason')
 end
@@ -69,8 +72,8 @@ else
     json = json_set(json, p, 'cool', nil)
     redis.call('ZREM', cooldown, mem)
   else
-    local full = math.min(cap, base * 2 ^ math.min(fails - 1, 62))
-    local delay = math.max(1, math.floor(full - full * (jitter / 1000) * (rnd / 1000000)))
+    local full = math.min(cap, base * 2 ^ math.min(fails - 1, 40))
+    local delay = math.max(1, math.floor(full * keep / 1000000))
     local until_ms = now + delay
     json = json_set(json, p, 'cool', until_ms)
     redis.call('ZADD', cooldown, until_ms, mem)

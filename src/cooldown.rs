@@ -2,7 +2,17 @@
 
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use crate::error::{Error, Result};
+use crate::limits::MAX_LEASE_DURATION;
+
+/// [`CooldownPolicy::delay_ms`]'s `keep` for the whole cooldown.
+pub const KEEP_ALL: u32 = 1_000_000;
+
+/// Doublings past which the cooldown is the cap whatever the base (2^40 ms is
+/// far above the 7-day cap).
+const MAX_SHIFT: u32 = 40;
 
 /// How a proxy is rested after failures reported with
 /// [`crate::ProxyManager::report_failure`].
@@ -37,6 +47,9 @@ pub struct CooldownPolicy {
     pub jitter: f64,
     /// Failures in a row that ban the proxy; `None` never bans (default 5).
     pub ban_after: Option<u32>,
+    /// Makes the jitter a function of this seed and the proxy instead of random
+    /// (tests, reproducible runs): see [`CooldownPolicy::jitter_seed`].
+    pub jitter_seed: Option<u64>,
 }
 
 impl Default for CooldownPolicy {
@@ -46,6 +59,7 @@ impl Default for CooldownPolicy {
             cap: Duration::from_secs(15 * 60),
             jitter: 0.2,
             ban_after: Some(5),
+            jitter_seed: None,
         }
     }
 }
@@ -76,13 +90,61 @@ impl CooldownPolicy {
         self
     }
 
+    /// Draws the jitter for a failure of `proxy`, the same way for every storage
+    /// (it is the one random input of [`Self::delay_ms`]): random, or from
+    /// [`Self::jitter_seed`] and the proxy when a seed is set.
+    pub fn draw_keep(&self, proxy: Uuid) -> u32 {
+        let random = match self.jitter_seed {
+            None => fastrand::f64(),
+            Some(seed) => {
+                // splitmix64 of the seed and the proxy id: stable across runs.
+                let (hi, lo) = proxy.as_u64_pair();
+                let mut z = seed ^ hi ^ lo.rotate_left(32);
+                z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                (z >> 11) as f64 / (1u64 << 53) as f64
+            }
+        };
+        self.keep(random)
+    }
+
+    /// The share of the full cooldown kept, in millionths, when `random` (in
+    /// `0..1`) picks how much of the jitter to take off.
+    fn keep(&self, random: f64) -> u32 {
+        let cut = self.jitter.clamp(0.0, 1.0) * random.clamp(0.0, 1.0) * 1e6;
+        KEEP_ALL - (cut.round() as u32).min(KEEP_ALL)
+    }
+
+    /// The cooldown after the `failures`-th failure in a row, in ms, keeping
+    /// `keep` millionths of it ([`Self::draw_keep`]): `max(1, ⌊min(cap, base ×
+    /// 2^(n-1)) × keep / 10^6⌋)`, in integers. This is the one definition: the
+    /// in-memory storage calls it, and `lua/report.lua` computes the same
+    /// formula (exactly, in doubles below 2^53) from the same `keep`.
+    pub fn delay_ms(&self, failures: u32, keep: u32) -> u64 {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (base, cap) = (ms(self.base), ms(self.cap));
+        let shift = failures.saturating_sub(1).min(MAX_SHIFT);
+        let full = base.checked_shl(shift).filter(|f| f >> shift == base);
+        let full = full.map_or(cap, |f| f.min(cap));
+        let kept = u128::from(full) * u128::from(keep.min(KEEP_ALL)) / u128::from(KEEP_ALL);
+        u64::try_from(kept).unwrap_or(u64::MAX).max(1)
+    }
+
     /// The cooldown after the `failures`-th failure in a row, with `random` in
-    /// `0..1` choosing how much jitter to take off.
+    /// `0..1` choosing how much jitter to take off ([`Self::delay_ms`]).
     pub fn delay(&self, failures: u32, random: f64) -> Duration {
-        let exp = 2f64.powi(failures.saturating_sub(1).min(62) as i32);
-        let full = (self.base.as_secs_f64() * exp).min(self.cap.as_secs_f64());
-        let cut = full * self.jitter.clamp(0.0, 1.0) * random.clamp(0.0, 1.0);
-        Duration::try_from_secs_f64((full - cut).max(0.001)).unwrap_or(self.cap)
+        Duration::from_millis(self.delay_ms(failures, self.keep(random)))
+    }
+
+    /// Makes the jitter a function of `seed` and the proxy instead of random:
+    /// the same failures of the same proxy then cool it for the same time on
+    /// every storage and every run.
+    #[must_use]
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
     }
 
     /// Checks the settings: base at least 1 ms, cap at least base and at most 7
@@ -92,7 +154,7 @@ impl CooldownPolicy {
         if self.base < Duration::from_millis(1) {
             return bad("base must be at least 1 ms");
         }
-        if self.cap < self.base || self.cap > crate::storage::MAX_LEASE_DURATION {
+        if self.cap < self.base || self.cap > MAX_LEASE_DURATION {
             return bad("cap must be between base and 7 days");
         }
         if !(self.jitter.is_finite() && (0.0..=1.0).contains(&self.jitter)) {

@@ -66,6 +66,7 @@ pub mod health;
 pub mod health_check;
 pub mod hooks;
 pub mod lease;
+mod limits;
 pub mod manager;
 pub mod memory;
 pub mod names;

@@ -11,7 +11,6 @@ use crate::error::Result;
 use crate::filters::ProxyFilters;
 use crate::hooks::{Hook, LeaseEvent, LeaseEventKind, LeaseEventOutcome};
 use crate::lease::{Lease, ReleaseOutcome};
-use crate::renew::{RenewPolicy, RenewingLease};
 use crate::retry::RetryPolicy;
 use crate::selector::SelectorStrategy;
 use crate::storage::{AcquireRequest, Storage};
@@ -574,55 +573,9 @@ impl<S: Storage> ProxyManager<S> {
         self.storage.extend(lease, duration).await
     }
 
-    /// Acquires a lease that renews itself every third of its duration until it is
-    /// released or dropped, and signals it lost when no renewal succeeded within
-    /// two thirds of the duration (the default [`RenewPolicy`]); see
-    /// [`RenewingLease`].
-    pub async fn acquire_renewing(
-        &self,
-        pool_name: &str,
-        options: AcquireOptions,
-    ) -> Result<Option<RenewingLease<S>>> {
-        self.acquire_renewing_with(pool_name, options, RenewPolicy::default())
-            .await
-    }
-
-    /// [`ProxyManager::acquire_renewing`] with its own renewal interval, retry
-    /// period, renew deadline and safety margin. A policy that does not fit the
-    /// lease duration is an [`crate::Error::InvalidArgument`] before anything is
-    /// acquired.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use lighthouse_lease::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<()> {
-    /// # let manager = ProxyManager::new(InMemoryStorage::new());
-    /// # let pool = manager.storage().create_pool(ProxyPool::new("p")?).await?;
-    /// # manager.storage().add_proxy(Proxy::builder(pool.id, "1.1.1.1", 80).build()?).await?;
-    /// let options = AcquireOptions::new().duration(Duration::from_secs(60));
-    /// let policy = RenewPolicy::new()
-    ///     .interval(Duration::from_secs(10))
-    ///     .renew_deadline(Duration::from_secs(40));
-    /// let held = manager.acquire_renewing_with("p", options, policy).await?.expect("a free proxy");
-    /// assert!(held.valid_until() > tokio::time::Instant::now());
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn acquire_renewing_with(
-        &self,
-        pool_name: &str,
-        options: AcquireOptions,
-        policy: RenewPolicy,
-    ) -> Result<Option<RenewingLease<S>>> {
-        let duration = options.duration.unwrap_or(self.config.default_duration);
-        let timings = policy.timings(duration)?;
-        // Before the call goes out: the storage's expiry is at least this + duration.
-        let sent = tokio::time::Instant::now();
-        Ok(self
-            .acquire_proxy(pool_name, options.duration(duration))
-            .await?
-            .map(|lease| RenewingLease::start(self.clone(), lease, timings, sent)))
+    /// Lease length when [`AcquireOptions::duration`] is unset.
+    pub(crate) fn default_duration(&self) -> Duration {
+        self.config.default_duration
     }
 
     /// Reports that a proxy worked (after a lease, say): resets its failure count

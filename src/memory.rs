@@ -1038,7 +1038,7 @@ impl Storage for InMemoryStorage {
         let mut guard = self.lock();
         let st = &mut *guard;
         let name = st.pool_name_of_proxy(proxy_id)?;
-        let random = st.rng.f64();
+        let keep = policy.draw_keep(proxy_id);
         let ps = st.pool_mut(&name)?;
         ps.cooling.retain(|(_, id)| *id != proxy_id);
         let mut cool_until = None;
@@ -1052,7 +1052,8 @@ impl Storage for InMemoryStorage {
                 p.status = ProxyStatus::Banned;
                 p.cooldown_until = None;
             } else {
-                let until = now + to_chrono(policy.delay(p.consecutive_failures, random));
+                let delay = policy.delay_ms(p.consecutive_failures, keep);
+                let until = now + to_chrono(Duration::from_millis(delay));
                 p.cooldown_until = Some(until);
                 cool_until = Some(until);
             }

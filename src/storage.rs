@@ -16,10 +16,7 @@ use crate::proxy::{Proxy, ProxyStatus};
 use crate::selector::SelectorStrategy;
 use crate::stats::PoolStats;
 
-/// Longest lease accepted: 7 days. Longer jobs should renew their lease instead.
-pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Shortest lease accepted: 1 ms (storages keep time in milliseconds).
-pub const MIN_LEASE_DURATION: Duration = Duration::from_millis(1);
+pub use crate::limits::{MAX_LEASE_DURATION, MIN_LEASE_DURATION};
 /// How long a lease record is kept after the lease finished (when it was released,
 /// or when it expired), so that a late or repeated release is told
 /// `AlreadyReleased` or `Expired` rather than `NotFound`. Finished records cost

@@ -1668,6 +1668,55 @@ pub async fn failure_cools_a_proxy_down_until_it_returns<H: Harness>(h: &H) {
     assert_eq!(stats(&m).await.available_proxies, 1);
 }
 
+/// One cooldown rule: with jitter drawn from a fixed seed, every failure in a
+/// row cools the proxy for exactly `CooldownPolicy::delay_ms(n, draw_keep(id))`
+/// of storage time, on every storage (so both storages agree to the ms; the
+/// reports are bracketed by leases whose grant times are storage time).
+pub async fn cooldown_delay_is_the_policys_on_every_storage<H: Harness>(h: &H) {
+    let policy = crate::cooldown::CooldownPolicy::default()
+        .base(Duration::from_millis(1_000))
+        .cap(Duration::from_millis(6_000))
+        .jitter(0.5)
+        .jitter_seed(42)
+        .ban_after(None);
+    let (m, pool) = with_policy(h, policy.clone()).await;
+    let p = add(&m, proxy(&pool, 1)).await;
+    add(&m, proxy(&pool, 2).max_concurrency(100)).await; // a clock to read
+    let keep = policy.draw_keep(p.id);
+    assert_eq!(keep, policy.draw_keep(p.id), "a seeded draw is stable");
+    assert!(
+        keep < crate::cooldown::KEEP_ALL,
+        "the seed takes some jitter off"
+    );
+    for n in 1..=4u32 {
+        let before = take_some(&m, as_worker()).await;
+        let until = m
+            .report_failure(&p, "timeout")
+            .await
+            .unwrap()
+            .cooldown_until
+            .expect("cooling down");
+        let after = take_some(&m, as_worker()).await;
+        for lease in [&before, &after] {
+            m.release_proxy(lease).await.unwrap();
+        }
+        let want = chrono::Duration::milliseconds(policy.delay_ms(n, keep) as i64);
+        assert!(
+            until >= before.acquired_at + want && until <= after.acquired_at + want,
+            "failure {n}: cooled until {until}, want {want} after a time in {}..={}",
+            before.acquired_at,
+            after.acquired_at
+        );
+    }
+    // 1 s, 2 s, 4 s, then the 6 s cap, each with the same share kept.
+    assert_eq!(
+        (1..=4)
+            .map(|n| policy.delay_ms(n, 1_000_000))
+            .collect::<Vec<_>>(),
+        [1_000, 2_000, 4_000, 6_000]
+    );
+}
+
 /// Each failure in a row doubles the cooldown, up to the cap.
 pub async fn cooldown_backs_off_exponentially_to_its_cap<H: Harness>(h: &H) {
     let (m, pool) = with_policy(h, rest(h)).await;

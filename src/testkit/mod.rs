@@ -142,6 +142,7 @@ macro_rules! conformance_suite {
             request_id_lives_as_long_as_its_lease_record,
             failure_cools_a_proxy_down_until_it_returns,
             cooldown_backs_off_exponentially_to_its_cap,
+            cooldown_delay_is_the_policys_on_every_storage,
             failures_in_a_row_ban_a_proxy_and_success_resets,
             bad_reports_are_rejected,
             waiting_acquire_is_woken_by_a_release,

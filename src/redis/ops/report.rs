@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::{Op, ProxyReply};
-use crate::cooldown::CooldownPolicy;
+use crate::cooldown::{CooldownPolicy, KEEP_ALL};
 use crate::error::Result;
 use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
@@ -20,14 +20,17 @@ pub(crate) async fn run(
     failure: Option<(&str, &CooldownPolicy)>,
 ) -> Result<ProxyReply> {
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let (mode, reason, base, cap, jitter, ban) = match failure {
-        None => ("success", "", 1, 1, 0, 0),
+    // The cooldown is CooldownPolicy::delay_ms(failures, keep), which the
+    // script computes with the failure count it reads; `keep` is drawn here, as
+    // the in-memory storage draws it.
+    let (mode, reason, base, cap, keep, ban) = match failure {
+        None => ("success", "", 1, 1, KEEP_ALL, 0),
         Some((reason, policy)) => (
             "failure",
             reason,
             ms(policy.base),
             ms(policy.cap),
-            (policy.jitter * 1000.0).round() as u64,
+            policy.draw_keep(id),
             policy.ban_after.unwrap_or(0),
         ),
     };
@@ -38,8 +41,7 @@ pub(crate) async fn run(
         .arg(mode)
         .arg(base)
         .arg(cap)
-        .arg(jitter)
-        .arg(fastrand::u32(0..=1_000_000))
+        .arg(keep)
         .arg(ban)
         .arg(reason)
         .invoke(conn)

@@ -94,7 +94,11 @@ impl Lab {
             watchdog: None,
         };
         let namespaces: Vec<String> = roles.iter().map(|r| format!("lh-{id}-{r}")).collect();
-        lab.watchdog = spawn_watchdog(&namespaces, &lab.bridge);
+        let links: Vec<String> = (0..roles.len())
+            .flat_map(|i| [format!("lh{id}{i}"), format!("lh{id}{i}m")])
+            .chain([lab.bridge.clone()])
+            .collect();
+        lab.watchdog = spawn_watchdog(&namespaces, &links);
         // The first step tells whether namespaces can be made here at all.
         ip(&["netns", "add", &namespaces[0]]).map_err(|e| {
             format!("cannot make a network namespace (root and unshare are needed): {e}")
@@ -280,17 +284,25 @@ fn pick_net() -> Result<u8, String> {
     Err("no free 10.231.<n>.0/24 subnet".into())
 }
 
-/// Removes the lab's namespaces and bridge once the test process is gone.
-fn spawn_watchdog(namespaces: &[String], bridge: &str) -> Option<Child> {
+/// Removes the lab's namespaces and links once the test process is gone.
+/// (A namespace outlives its name while cut-off TCP sockets in it still
+/// retransmit, and keeps its veth pair: the links are deleted by name.)
+fn spawn_watchdog(namespaces: &[String], links: &[String]) -> Option<Child> {
     let me = std::process::id();
-    let list = namespaces.join(" ");
+    let (namespaces, links) = (namespaces.join(" "), links.join(" "));
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; \
-         for ns in {list}; do for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p; done; \
-         ip netns del $ns 2>/dev/null; done; ip link del {bridge} 2>/dev/null; true"
+         for ns in {namespaces}; do for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p; done; \
+         ip netns del $ns 2>/dev/null; done; \
+         for l in {links}; do ip link del $l 2>/dev/null; done; true"
     );
+    sh_watchdog(&script)
+}
+
+/// Runs `script` in the background, detached from the test's pipes.
+fn sh_watchdog(script: &str) -> Option<Child> {
     Command::new("sh")
-        .args(["-c", &script])
+        .args(["-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -485,6 +497,8 @@ pub struct LabRedis {
     proc: Proc,
     dir: PathBuf,
     url: String,
+    /// Kills the server and removes its directory if the test process dies.
+    watchdog: Option<Child>,
 }
 
 impl LabRedis {
@@ -503,11 +517,7 @@ impl LabRedis {
             .arg("--dir")
             .arg(&dir);
         let proc = Proc::spawn(&format!("redis-server in {role}"), cmd)?;
-        let mut server = LabRedis {
-            proc,
-            dir,
-            url: format!("redis://{addr}:{port}"),
-        };
+        let mut server = LabRedis::new(proc, dir, format!("redis://{addr}:{port}"));
         let target = SocketAddr::from((addr, port));
         server.wait_ready(|| {
             TcpStream::connect_timeout(&target, Duration::from_millis(300))
@@ -531,17 +541,30 @@ impl LabRedis {
             .arg("--dir")
             .arg(&dir);
         let proc = Proc::spawn(&format!("redis-server {name}"), cmd)?;
-        let mut server = LabRedis {
-            proc,
-            dir,
-            url: format!("redis+unix://{}", sock.display()),
-        };
+        let mut server = LabRedis::new(proc, dir, format!("redis+unix://{}", sock.display()));
         server.wait_ready(|| {
             std::os::unix::net::UnixStream::connect(&sock)
                 .ok()
                 .is_some_and(|s| ping(s))
         })?;
         Ok(server)
+    }
+
+    fn new(proc: Proc, dir: PathBuf, url: String) -> LabRedis {
+        let me = std::process::id();
+        let watchdog = proc.child.as_ref().and_then(|c| {
+            sh_watchdog(&format!(
+                "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {} 2>/dev/null; rm -rf '{}'",
+                c.id(),
+                dir.display()
+            ))
+        });
+        LabRedis {
+            proc,
+            dir,
+            url,
+            watchdog,
+        }
     }
 
     fn wait_ready(&mut self, mut ready: impl FnMut() -> bool) -> Result<(), String> {
@@ -572,6 +595,10 @@ impl Drop for LabRedis {
         }
         self.proc.child = None;
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(w) = &mut self.watchdog {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 }
 

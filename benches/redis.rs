@@ -48,7 +48,10 @@
 //!   same c) both go through it, in the same round. Chunks are never forwarded early; tokio's timer (1 ms ticks,
 //!   rounded up) is too coarse for this, so the tasks wait on a small clock
 //!   thread instead. The PING round trip measured through the forwarder, and
-//!   the forwarder's CPU, are printed and reported next to the set RTT.
+//!   the forwarder's CPU, are printed and reported next to the set RTT. A
+//!   summary after the table sets ours beside the semaphore through the
+//!   forwarder: cycles/s, and the acquire's own p50/p99 (every cycle case
+//!   times its acquire apart, and `semaphore.js` its `acquire()`).
 //! - **steady run** (after the timed cases, on the 1k pool): released records
 //!   left by earlier steps are deleted, then `LIGHTHOUSE_BENCH_STEADY` (default
 //!   20000; 0 turns it off) acquire→release cycles with 300 s leases at c=64;

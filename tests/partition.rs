@@ -760,7 +760,6 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
             }
         }
     });
-    drop(fail);
     assert!(
         failures.is_empty(),
         "{} check(s) failed:\n- {}",

@@ -522,7 +522,7 @@ impl LabRedis {
         server.wait_ready(|| {
             TcpStream::connect_timeout(&target, Duration::from_millis(300))
                 .ok()
-                .is_some_and(|s| ping(s))
+                .is_some_and(ping)
         })?;
         Ok(server)
     }
@@ -545,7 +545,7 @@ impl LabRedis {
         server.wait_ready(|| {
             std::os::unix::net::UnixStream::connect(&sock)
                 .ok()
-                .is_some_and(|s| ping(s))
+                .is_some_and(ping)
         })?;
         Ok(server)
     }

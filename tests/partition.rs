@@ -382,6 +382,8 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
     let (url, witness_url) = (redis.url().to_string(), witness_srv.url().to_string());
     let ns = format!("lhnet-{}", lab.id());
     let rt = runtime();
+    // The test's own connection to the witness, cloned for each use.
+    let w0 = rt.block_on(witness_conn(&witness_url));
     let manager = ProxyManager::new(storage_on(&url, &ns, Duration::from_secs(5)));
     let storage = manager.storage();
 
@@ -456,7 +458,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
     let mut b = worker(&lab, "b", "taker", &vars);
     let deadline = Instant::now() + Duration::from_secs(20);
     while rt.block_on(async {
-        let mut w = witness_conn(&witness_url).await;
+        let mut w = w0.clone();
         witness_get(&mut w, "b-full").await
     }) < 1
     {
@@ -493,7 +495,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
     let mut b_line = None;
     loop {
         let lost: usize = rt.block_on(async {
-            let mut w = witness_conn(&witness_url).await;
+            let mut w = w0.clone();
             redis::cmd("HLEN")
                 .arg("lost")
                 .query_async(&mut w)
@@ -513,7 +515,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
     // Heal, and let A release what it held.
     lab.heal("a").expect("heal A's link");
     rt.block_on(async {
-        let mut w = witness_conn(&witness_url).await;
+        let mut w = w0.clone();
         let _: i64 = redis::cmd("RPUSH")
             .arg("healed")
             .arg(1)
@@ -552,7 +554,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
             let e = l.map_or(expiry_at_cut[id], |l| l.expires_at.timestamp_millis());
             expiry.insert(*id, e);
         }
-        let mut w = witness_conn(&witness_url).await;
+        let mut w = w0.clone();
         let lost: HashMap<String, i64> = redis::cmd("HGETALL")
             .arg("lost")
             .query_async(&mut w)
@@ -636,7 +638,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
     }
     // 3. The witness never saw more holders than slots.
     let witness_max: HashMap<Uuid, i64> = rt.block_on(async {
-        let mut w = witness_conn(&witness_url).await;
+        let mut w = w0.clone();
         let mut out = HashMap::new();
         for proxy in maxes.keys() {
             out.insert(*proxy, witness_get(&mut w, &format!("max:{proxy}")).await);
@@ -690,7 +692,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
 
     // B releases; then the pool is whole, exactly.
     rt.block_on(async {
-        let mut w = witness_conn(&witness_url).await;
+        let mut w = w0.clone();
         let _: i64 = redis::cmd("RPUSH")
             .arg("release")
             .arg(1)
@@ -752,7 +754,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
         }
     });
     rt.block_on(async {
-        let mut w = witness_conn(&witness_url).await;
+        let mut w = w0.clone();
         for proxy in maxes.keys() {
             let now = witness_get(&mut w, &format!("count:{proxy}")).await;
             if now != 0 {

@@ -48,7 +48,10 @@
 //!   same c) both go through it, in the same round. Chunks are never forwarded early; tokio's timer (1 ms ticks,
 //!   rounded up) is too coarse for this, so the tasks wait on a small clock
 //!   thread instead. The PING round trip measured through the forwarder, and
-//!   the forwarder's CPU, are printed and reported next to the set RTT.
+//!   the forwarder's CPU, are printed and reported next to the set RTT. A
+//!   summary after the table sets ours beside the semaphore through the
+//!   forwarder: cycles/s, and the acquire's own p50/p99 (every cycle case
+//!   times its acquire apart, and `semaphore.js` its `acquire()`).
 //! - **steady run** (after the timed cases, on the 1k pool): released records
 //!   left by earlier steps are deleted, then `LIGHTHOUSE_BENCH_STEADY` (default
 //!   20000; 0 turns it off) acquire→release cycles with 300 s leases at c=64;
@@ -304,6 +307,8 @@ struct WorkerOut {
     all_cycles: u64,
     exhausted: u64,
     latencies_ns: Vec<u64>,
+    /// The acquires' own latencies (cycle cases; not rotate).
+    acquire_ns: Vec<u64>,
     error: Option<String>,
 }
 
@@ -314,6 +319,9 @@ struct CaseResult {
     cycles_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Latency of `acquire_proxy` alone (cycle cases; `None` for rotate).
+    acquire_p50_us: Option<f64>,
+    acquire_p99_us: Option<f64>,
     exhausted: u64,
     error: Option<String>,
     /// Redis's `FCALL` stats over the case (our operations are Redis Functions).
@@ -337,6 +345,9 @@ struct Baseline {
     cycles_per_sec: f64,
     p50_us: Option<f64>,
     p99_us: Option<f64>,
+    /// Latency of the acquire alone (redis-semaphore only).
+    acquire_p50_us: Option<f64>,
+    acquire_p99_us: Option<f64>,
     evalsha: Option<CmdStat>,
     /// The forwarder's CPU (both its threads) over the run, % of a core (slow-link only).
     forwarder_cpu_pct: Option<f64>,
@@ -531,7 +542,7 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
         for case in &cases {
             let r = run_case(&url, &mut admin, case.clone(), timing, slow.as_ref())?;
             println!(
-                "  ours {:<16} {:<9} {:<7} c={:<2} {:>9.0} cycles/s  p50 {:>7.1} us  p99 {:>7.1} us{}{}",
+                "  ours {:<16} {:<9} {:<7} c={:<2} {:>9.0} cycles/s  p50 {:>7.1} us  p99 {:>7.1} us{}{}{}",
                 r.case.name(),
                 r.case.kind.label(),
                 r.case.flavor.label(),
@@ -539,6 +550,7 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
                 r.cycles_per_sec,
                 r.p50_us,
                 r.p99_us,
+                acquire_latency(r.acquire_p50_us, r.acquire_p99_us),
                 r.forwarder_cpu_pct
                     .map(|c| format!("  forwarder CPU {c:.0}%"))
                     .unwrap_or_default(),
@@ -584,6 +596,9 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
     let loadavg_end = loadavg();
     print_table(&summaries, &baselines, &cost, &skipped, rounds);
     print_extras(&pools, slow.as_ref(), steady.as_ref());
+    if let Some(s) = &slow {
+        print_slow_link(s, &summaries, &baselines);
+    }
     println!("load average at start {loadavg_start}, at end {loadavg_end}");
 
     let report = json!({
@@ -726,6 +741,8 @@ struct Summary {
     cycles_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    acquire_p50_us: Option<f64>,
+    acquire_p99_us: Option<f64>,
     script_us: Option<f64>,
     redis_cpu_pct: Option<f64>,
     forwarder_cpu_pct: Option<f64>,
@@ -757,6 +774,8 @@ fn summarize(all: &[(Vec<CaseResult>, Vec<Baseline>)], i: usize) -> Summary {
         cycles_per_sec: pick(&|r| Some(r.cycles_per_sec)).unwrap_or(0.0),
         p50_us: pick(&|r| Some(r.p50_us)).unwrap_or(0.0),
         p99_us: pick(&|r| Some(r.p99_us)).unwrap_or(0.0),
+        acquire_p50_us: pick(&|r| r.acquire_p50_us),
+        acquire_p99_us: pick(&|r| r.acquire_p99_us),
         script_us: pick(&|r| r.script.map(|s| s.usec_per_call)),
         redis_cpu_pct: pick(&|r| r.redis_cpu_pct),
         forwarder_cpu_pct: pick(&|r| r.forwarder_cpu_pct),
@@ -796,6 +815,8 @@ fn summarize_baselines(all: &[(Vec<CaseResult>, Vec<Baseline>)]) -> Vec<Baseline
             cycles_per_sec: pick(&|x| Some(x.cycles_per_sec)).unwrap_or(0.0),
             p50_us: pick(&|x| x.p50_us),
             p99_us: pick(&|x| x.p99_us),
+            acquire_p50_us: pick(&|x| x.acquire_p50_us),
+            acquire_p99_us: pick(&|x| x.acquire_p99_us),
             evalsha: evalsha_us.map(|u| CmdStat {
                 calls: same.iter().filter_map(|x| x.evalsha.map(|s| s.calls)).sum(),
                 usec_per_call: u,
@@ -828,6 +849,8 @@ fn summary_json(s: &Summary) -> Value {
         "cycles_per_sec_rounds": s.rounds_cycles_per_sec,
         "p50_us": s.p50_us,
         "p99_us": s.p99_us,
+        "acquire_p50_us": s.acquire_p50_us,
+        "acquire_p99_us": s.acquire_p99_us,
         "fcall_usec_per_call": s.script_us,
         "redis_cpu_pct": s.redis_cpu_pct,
         "forwarder_cpu_pct": s.forwarder_cpu_pct,
@@ -965,18 +988,21 @@ async fn worker(
         if t0 >= end {
             break;
         }
-        match m.acquire_proxy(&pool, options.clone()).await {
-            Ok(Some(lease)) => match m.release_proxy(&lease).await {
-                Ok(ReleaseOutcome::Released) => {}
-                Ok(other) => {
-                    out.error = Some(format!("release answered {other:?}"));
-                    break;
+        let acquired = match m.acquire_proxy(&pool, options.clone()).await {
+            Ok(Some(lease)) => {
+                let acquired = t0.elapsed();
+                match m.release_proxy(&lease).await {
+                    Ok(ReleaseOutcome::Released) => acquired,
+                    Ok(other) => {
+                        out.error = Some(format!("release answered {other:?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        out.error = Some(format!("release: {e}"));
+                        break;
+                    }
                 }
-                Err(e) => {
-                    out.error = Some(format!("release: {e}"));
-                    break;
-                }
-            },
+            }
             Ok(None) => {
                 out.exhausted += 1;
                 continue;
@@ -985,7 +1011,7 @@ async fn worker(
                 out.error = Some(format!("acquire: {e}"));
                 break;
             }
-        }
+        };
         let t1 = Instant::now();
         out.all_cycles += 1;
         // A cycle counts when it completes inside the measured window.
@@ -993,6 +1019,8 @@ async fn worker(
             out.cycles += 1;
             out.latencies_ns
                 .push(u64::try_from((t1 - t0).as_nanos()).unwrap_or(u64::MAX));
+            out.acquire_ns
+                .push(u64::try_from(acquired.as_nanos()).unwrap_or(u64::MAX));
         }
     }
     out
@@ -1092,6 +1120,7 @@ async fn drive(url: String, case: Case, timing: Timing) -> Result<WorkerOut, Box
         total.all_cycles += w.all_cycles;
         total.exhausted += w.exhausted;
         total.latencies_ns.extend(w.latencies_ns);
+        total.acquire_ns.extend(w.acquire_ns);
         if total.error.is_none() {
             total.error = w.error;
         }
@@ -1131,11 +1160,15 @@ fn run_case(
         _ => None,
     };
     out.latencies_ns.sort_unstable();
+    out.acquire_ns.sort_unstable();
+    let acquire = |q| (!out.acquire_ns.is_empty()).then(|| percentile_us(&out.acquire_ns, q));
     Ok(CaseResult {
         cycles: out.cycles,
         cycles_per_sec: out.cycles as f64 / timing.secs.as_secs_f64(),
         p50_us: percentile_us(&out.latencies_ns, 0.50),
         p99_us: percentile_us(&out.latencies_ns, 0.99),
+        acquire_p50_us: acquire(0.50),
+        acquire_p99_us: acquire(0.99),
         exhausted: out.exhausted,
         error: out.error,
         script: cmdstat(admin, "fcall"),
@@ -1231,6 +1264,8 @@ fn baseline_redis_benchmark(
             cycles_per_sec: rps,
             p50_us: Some(p50_ms * 1_000.0),
             p99_us: Some(p99_ms * 1_000.0),
+            acquire_p50_us: None,
+            acquire_p99_us: None,
             evalsha: cmdstat(admin, "evalsha"),
             forwarder_cpu_pct: None,
             detail: format!("{n} calls in {took:.1} s"),
@@ -1400,13 +1435,16 @@ fn semaphore_run(
         cycles_per_sec: cps,
         p50_us: v["p50_us"].as_f64(),
         p99_us: v["p99_us"].as_f64(),
+        acquire_p50_us: v["acquire_p50_us"].as_f64(),
+        acquire_p99_us: v["acquire_p99_us"].as_f64(),
         evalsha: cmdstat(admin, "evalsha"),
         forwarder_cpu_pct,
         detail: format!("{} cycles{through}", v["cycles"]),
     };
     println!(
-        "  {name} c={concurrency:<2}: {cps:>9.0} cycles/s ({}){}",
+        "  {name} c={concurrency:<2}: {cps:>9.0} cycles/s ({}){}{}",
         b.detail,
+        acquire_latency(b.acquire_p50_us, b.acquire_p99_us),
         forwarder_cpu_pct
             .map(|c| format!("  forwarder CPU {c:.0}%"))
             .unwrap_or_default()
@@ -2587,6 +2625,63 @@ fn print_table(
     println!("Baseline A does acquire+release in ONE call (one round trip per cycle), as our rotate does; our cycle and redis-semaphore take two.");
 }
 
+/// `  acquire p50 … us  p99 … us` when measured.
+fn acquire_latency(p50: Option<f64>, p99: Option<f64>) -> String {
+    match (p50, p99) {
+        (Some(a), Some(b)) => format!("  acquire p50 {a:.1} us  p99 {b:.1} us"),
+        _ => String::new(),
+    }
+}
+
+/// The slow-link case beside redis-semaphore through the same forwarder.
+fn print_slow_link(slow: &SlowLink, results: &[Summary], baselines: &[Baseline]) {
+    let Some(ours) = results.iter().find(|r| r.case.kind == CaseKind::SlowLink) else {
+        return;
+    };
+    let theirs = baselines.iter().find(|b| b.name == SEMAPHORE_SLOW_BASELINE);
+    println!();
+    println!(
+        "slow link, {:.1} ms each way (PING {} us), c={}: cycles/s, acquire p50/p99 us, cycle p50/p99 us",
+        slow.rtt.as_secs_f64() * 1e3 / 2.0,
+        opt(slow.ping_us, 0),
+        ours.case.concurrency
+    );
+    println!(
+        "  ours             {:>9.0}  {:>9} {:>9}  {:>9.0} {:>9.0}",
+        ours.cycles_per_sec,
+        opt(ours.acquire_p50_us, 0),
+        opt(ours.acquire_p99_us, 0),
+        ours.p50_us,
+        ours.p99_us
+    );
+    if let Some(b) = theirs {
+        println!(
+            "  redis-semaphore  {:>9.0}  {:>9} {:>9}  {:>9} {:>9}",
+            b.cycles_per_sec,
+            opt(b.acquire_p50_us, 0),
+            opt(b.acquire_p99_us, 0),
+            opt(b.p50_us, 0),
+            opt(b.p99_us, 0)
+        );
+        println!(
+            "  ours / semaphore: cycles/s {}, acquire p50 {}, acquire p99 {}",
+            opt(ours.vs_semaphore, 2),
+            opt(
+                ours.acquire_p50_us
+                    .zip(b.acquire_p50_us)
+                    .map(|(a, b)| a / b),
+                2
+            ),
+            opt(
+                ours.acquire_p99_us
+                    .zip(b.acquire_p99_us)
+                    .map(|(a, b)| a / b),
+                2
+            ),
+        );
+    }
+}
+
 /// The memory per proxy, the slow link and the steady run, after the table.
 fn print_extras(pools: &[PoolSetup], slow: Option<&SlowLink>, steady: Option<&Steady>) {
     println!();
@@ -2633,6 +2728,8 @@ fn case_json(r: &CaseResult, baselines: &[Baseline]) -> Value {
         "cycles_per_sec": r.cycles_per_sec,
         "p50_us": r.p50_us,
         "p99_us": r.p99_us,
+        "acquire_p50_us": r.acquire_p50_us,
+        "acquire_p99_us": r.acquire_p99_us,
         "exhausted": r.exhausted,
         "error": r.error,
         "fcall_calls": r.script.map(|s| s.calls),
@@ -2659,6 +2756,8 @@ fn baseline_json(b: &Baseline) -> Value {
         "cycles_per_sec": b.cycles_per_sec,
         "p50_us": b.p50_us,
         "p99_us": b.p99_us,
+        "acquire_p50_us": b.acquire_p50_us,
+        "acquire_p99_us": b.acquire_p99_us,
         "evalsha_calls": b.evalsha.map(|s| s.calls),
         "evalsha_usec_per_call": b.evalsha.map(|s| s.usec_per_call),
         "forwarder_cpu_pct": b.forwarder_cpu_pct,

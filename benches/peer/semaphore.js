@@ -43,6 +43,7 @@ async function main() {
   let cycles = 0;
   let all = 0;
   const lat = [];
+  const acq = [];
 
   async function worker() {
     for (;;) {
@@ -50,18 +51,21 @@ async function main() {
       if (t0 >= end) return;
       const s = new Semaphore(client, o.key, o.limit, options);
       await s.acquire();
+      const ta = process.hrtime.bigint();
       await s.release();
       const t1 = process.hrtime.bigint();
       all += 1;
       if (t1 >= warmEnd && t1 <= end) {
         cycles += 1;
         lat.push(Number(t1 - t0) / 1000);
+        acq.push(Number(ta - t0) / 1000);
       }
     }
   }
 
   await Promise.all(Array.from({ length: o.concurrency }, worker));
   lat.sort((x, y) => x - y);
+  acq.sort((x, y) => x - y);
   const seconds = o.secs;
   process.stdout.write(JSON.stringify({
     concurrency: o.concurrency,
@@ -71,6 +75,8 @@ async function main() {
     cycles_per_sec: cycles / seconds,
     p50_us: percentile(lat, 0.5),
     p99_us: percentile(lat, 0.99),
+    acquire_p50_us: percentile(acq, 0.5),
+    acquire_p99_us: percentile(acq, 0.99),
   }) + '\n');
   client.disconnect();
 }

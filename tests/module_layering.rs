@@ -16,7 +16,10 @@ fn uses(module: &str, other: &str) -> bool {
 #[test]
 fn storage_and_cooldown_do_not_depend_on_each_other_both_ways() {
     assert!(uses("storage", "cooldown"));
-    assert!(!uses("cooldown", "storage"), "cooldown.rs uses crate::storage");
+    assert!(
+        !uses("cooldown", "storage"),
+        "cooldown.rs uses crate::storage"
+    );
 }
 
 #[test]

@@ -833,6 +833,7 @@ fn sweeper_healthz_is_unhealthy_while_redis_is_cut_off_and_healthy_after() {
     let mut cmd = lab.command("sweeper", env!("CARGO_BIN_EXE_lighthouse-sweeper"));
     cmd.args(["--redis-url", &url, "--namespace", &ns])
         .args(["--interval", "200ms", "--audit-interval", "0s"])
+        .args(["--response-timeout", "1s", "--connect-timeout", "1s"])
         .args(["--metrics-addr", "0.0.0.0:9464"])
         .env("RUST_LOG", "info");
     let mut sweeper = Proc::spawn("lighthouse-sweeper", cmd).expect("start the sweeper");

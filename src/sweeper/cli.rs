@@ -35,6 +35,13 @@ pub struct SweeperArgs {
     /// Log format.
     #[arg(long, env = "LIGHTHOUSE_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
+    /// How long a Redis call may take before it counts as failed (and
+    /// `/healthz` turns unhealthy), e.g. `5s`, `500ms`.
+    #[arg(long, env = "LIGHTHOUSE_RESPONSE_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub response_timeout: Duration,
+    /// How long connecting to Redis may take, e.g. `2s`.
+    #[arg(long, env = "LIGHTHOUSE_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
     /// Sweep once and exit (no metrics endpoint).
     #[arg(long)]
     pub once: bool,
@@ -66,6 +73,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is out of range (0 to 24h)"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// [`parse_duration`], above zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be above zero")),
+        d => Ok(d),
+    }
 }
 
 fn init_logs(format: &str) {
@@ -104,8 +119,8 @@ pub fn main() -> ExitCode {
 async fn run(args: SweeperArgs) -> ExitCode {
     let config = RedisConfig::from_url(args.redis_url.clone())
         .namespace(args.namespace.clone())
-        .response_timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2));
+        .response_timeout(args.response_timeout)
+        .connect_timeout(args.connect_timeout);
     let storage = match RedisStorage::new(config) {
         Ok(s) => s,
         Err(e) => {

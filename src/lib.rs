@@ -81,6 +81,7 @@ pub mod stats;
 pub mod storage;
 #[cfg(feature = "cli")]
 pub mod sweeper;
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

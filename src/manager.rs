@@ -14,6 +14,8 @@ use crate::lease::{Lease, ReleaseOutcome};
 use crate::retry::RetryPolicy;
 use crate::selector::SelectorStrategy;
 use crate::storage::{AcquireRequest, Storage};
+use crate::telemetry::{PoolMetrics, Telemetry};
+use tracing::Instrument;
 
 /// What to ask for in an acquire; every field has a default.
 ///
@@ -159,6 +161,8 @@ pub struct ProxyManager<S> {
     config: Arc<Config>,
     /// One FIFO queue per pool for waiting acquires (tokio's mutex is fair).
     waiters: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Metric handles by pool ([`crate::telemetry`]).
+    telemetry: Arc<Telemetry>,
 }
 
 impl<S> Clone for ProxyManager<S> {
@@ -167,6 +171,7 @@ impl<S> Clone for ProxyManager<S> {
             storage: Arc::clone(&self.storage),
             config: Arc::clone(&self.config),
             waiters: Arc::clone(&self.waiters),
+            telemetry: Arc::clone(&self.telemetry),
         }
     }
 }
@@ -240,6 +245,7 @@ impl<S: Storage> ProxyManagerBuilder<S> {
             storage: self.storage,
             config: Arc::new(self.config),
             waiters: Arc::default(),
+            telemetry: Arc::default(),
         }
     }
 }
@@ -329,8 +335,14 @@ impl<S: Storage> ProxyManager<S> {
     }
 
     async fn acquire_request(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
-        let started = self.started();
-        let result = self.storage.acquire(request).await;
+        let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
+        let started = Instant::now();
+        let result = self.storage.acquire(request).instrument(span.clone()).await;
+        let took = started.elapsed();
+        span.record("outcome", crate::telemetry::acquire_outcome(&result));
+        if let Some(m) = self.metrics(&request.pool_name) {
+            m.acquire(&result, took);
+        }
         if !self.config.hooks.is_empty() {
             let outcome = match &result {
                 Ok(Some(_)) => LeaseEventOutcome::Acquired,
@@ -343,7 +355,7 @@ impl<S: Storage> ProxyManager<S> {
                 pool: request.pool_name.clone(),
                 consumer: request.consumer_name.clone(),
                 outcome,
-                elapsed: started.map(|t| t.elapsed()).unwrap_or_default(),
+                elapsed: took,
                 lease_id: lease.map(|l| l.id),
                 proxy_id: lease.map(|l| l.proxy_id),
                 pool_stats: None,
@@ -370,9 +382,9 @@ impl<S: Storage> ProxyManager<S> {
         })
     }
 
-    /// When a call started, if a hook will want to know how long it took.
-    fn started(&self) -> Option<Instant> {
-        (!self.config.hooks.is_empty()).then(Instant::now)
+    /// The metric handles of `pool`.
+    fn metrics(&self, pool: &str) -> Option<Arc<PoolMetrics>> {
+        self.telemetry.pool(pool)
     }
 
     /// Like [`ProxyManager::acquire_proxy`], but tries again with exponential
@@ -424,6 +436,25 @@ impl<S: Storage> ProxyManager<S> {
         options: AcquireOptions,
         timeout: Duration,
     ) -> Result<Option<Lease>> {
+        let span = tracing::debug_span!("lighthouse.wait", pool = %pool_name, outcome = tracing::field::Empty);
+        let started = Instant::now();
+        let result = self
+            .wait_for_proxy(pool_name, options, timeout)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", crate::telemetry::acquire_outcome(&result));
+        if let Some(m) = self.metrics(pool_name) {
+            m.wait(&result, started.elapsed());
+        }
+        result
+    }
+
+    async fn wait_for_proxy(
+        &self,
+        pool_name: &str,
+        options: AcquireOptions,
+        timeout: Duration,
+    ) -> Result<Option<Lease>> {
         const SAFETY_POLL: Duration = Duration::from_secs(5);
         let request = self.request(pool_name, &options)?;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -468,8 +499,14 @@ impl<S: Storage> ProxyManager<S> {
     /// outcome says what happened ([`ReleaseOutcome::Released`] only the first time
     /// for a live lease; `AlreadyReleased`, `Expired` or `NotFound` otherwise).
     pub async fn release_proxy(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let started = self.started();
-        let result = self.storage.release(lease).await;
+        let span = tracing::debug_span!("lighthouse.release", pool = %lease.pool_name, outcome = tracing::field::Empty);
+        let started = Instant::now();
+        let result = self.storage.release(lease).instrument(span.clone()).await;
+        let took = started.elapsed();
+        span.record("outcome", crate::telemetry::release_outcome(&result));
+        if let Some(m) = self.metrics(&lease.pool_name) {
+            m.release(&result, Some(took));
+        }
         if !self.config.hooks.is_empty() {
             let outcome = match &result {
                 Ok(o) => LeaseEventOutcome::Released(*o),
@@ -480,7 +517,7 @@ impl<S: Storage> ProxyManager<S> {
                 pool: lease.pool_name.clone(),
                 consumer: lease.consumer_name.clone(),
                 outcome,
-                elapsed: started.map(|t| t.elapsed()).unwrap_or_default(),
+                elapsed: took,
                 lease_id: Some(lease.id),
                 proxy_id: Some(lease.proxy_id),
                 pool_stats: None,
@@ -522,8 +559,36 @@ impl<S: Storage> ProxyManager<S> {
         options: AcquireOptions,
     ) -> Result<crate::lease::Rotation> {
         let request = self.request(&lease.pool_name, &options)?;
-        let started = self.started();
-        let result = self.storage.rotate(lease, &request).await;
+        let span = tracing::debug_span!("lighthouse.rotate", pool = %lease.pool_name, outcome = tracing::field::Empty);
+        let started = Instant::now();
+        let result = self
+            .storage
+            .rotate(lease, &request)
+            .instrument(span.clone())
+            .await;
+        let elapsed = started.elapsed();
+        span.record(
+            "outcome",
+            match &result {
+                Ok(r) if r.next.is_some() => "leased",
+                Ok(_) => "none",
+                Err(_) => "error",
+            },
+        );
+        if let Some(m) = self.metrics(&lease.pool_name) {
+            m.rotate();
+            m.release(
+                &result.as_ref().map(|r| r.released).map_err(Clone::clone),
+                None,
+            );
+        }
+        if let Some(m) = self.metrics(&request.pool_name) {
+            let next = result
+                .as_ref()
+                .map(|r| r.next.clone())
+                .map_err(Clone::clone);
+            m.acquire(&next, elapsed);
+        }
         if !self.config.hooks.is_empty() {
             let (released, acquired) = match &result {
                 Ok(r) => (
@@ -538,7 +603,6 @@ impl<S: Storage> ProxyManager<S> {
                     LeaseEventOutcome::Failed(e.to_string()),
                 ),
             };
-            let elapsed = started.map(|t| t.elapsed()).unwrap_or_default();
             self.emit(LeaseEvent {
                 kind: LeaseEventKind::Release,
                 pool: lease.pool_name.clone(),
@@ -570,7 +634,24 @@ impl<S: Storage> ProxyManager<S> {
     /// Fails with [`crate::Error::LeaseLost`] if it was released, expired or is
     /// unknown; stop using the proxy then.
     pub async fn extend_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
-        self.storage.extend(lease, duration).await
+        let span = tracing::debug_span!("lighthouse.extend", pool = %lease.pool_name, outcome = tracing::field::Empty);
+        let result = self
+            .storage
+            .extend(lease, duration)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", crate::telemetry::extend_outcome(&result));
+        if let Some(m) = self.metrics(&lease.pool_name) {
+            m.extend(&result);
+        }
+        result
+    }
+
+    /// Counts a renewing lease of `pool` that was signalled lost.
+    pub(crate) fn count_renew_lost(&self, pool: &str) {
+        if let Some(m) = self.metrics(pool) {
+            m.renew_lost();
+        }
     }
 
     /// Lease length when [`AcquireOptions::duration`] is unset.
@@ -581,6 +662,7 @@ impl<S: Storage> ProxyManager<S> {
     /// Reports that a proxy worked (after a lease, say): resets its failure count
     /// and lifts a cooldown. Returns the proxy as stored.
     pub async fn report_success(&self, target: &impl ProxyRef) -> Result<crate::proxy::Proxy> {
+        self.telemetry.report(false);
         self.storage.report_success(target.proxy_id()).await
     }
 
@@ -594,6 +676,7 @@ impl<S: Storage> ProxyManager<S> {
         target: &impl ProxyRef,
         reason: &str,
     ) -> Result<crate::proxy::Proxy> {
+        self.telemetry.report(true);
         self.storage
             .report_failure(target.proxy_id(), reason, &self.config.cooldown)
             .await

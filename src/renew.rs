@@ -474,6 +474,7 @@ async fn renew<S: Storage>(
             t.renew_deadline
         )
     });
+    manager.count_renew_lost(&lock().lease.pool_name);
     let _ = lost.send(Some(reason));
 }
 

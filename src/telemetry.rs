@@ -1,0 +1,186 @@
+//! Library metrics, through the [`metrics`] facade: the crate records, the
+//! application chooses the exporter (`metrics-exporter-prometheus`, say). With
+//! no recorder installed every handle is a no-op.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `lighthouse_acquire_total` | counter | `pool`, `outcome`: `leased`, `none`, `error` |
+//! | `lighthouse_acquire_duration_seconds` | histogram | `pool`: one storage acquire call |
+//! | `lighthouse_release_total` | counter | `pool`, `outcome`: `released`, `already_released`, `expired`, `not_found`, `error` |
+//! | `lighthouse_release_duration_seconds` | histogram | `pool` |
+//! | `lighthouse_rotate_total` | counter | `pool` (its release and acquire are counted above too) |
+//! | `lighthouse_wait_duration_seconds` | histogram | `pool`, `outcome`: `leased`, `none` (timed out), `error`: a whole `acquire_proxy_wait` |
+//! | `lighthouse_extend_total` | counter | `pool`, `outcome`: `extended`, `lost`, `error` (renewals included) |
+//! | `lighthouse_renew_lost_total` | counter | `pool`: a `RenewingLease` signalled lost |
+//! | `lighthouse_reports_total` | counter | `kind`: `success`, `failure` |
+//!
+//! Each of the manager's storage calls also runs in a `tracing` span at DEBUG,
+//! `lighthouse.acquire`, `lighthouse.release`, `lighthouse.rotate`,
+//! `lighthouse.extend`, `lighthouse.wait`, with fields `pool` and `outcome`
+//! (the same words as the metrics').
+//!
+//! Labels are low-cardinality: pool names and fixed words, never lease or proxy
+//! ids. A manager registers a pool's handles on its first call for that pool
+//! (so install the recorder before calls start) and reuses them.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+
+use crate::error::Error;
+use crate::lease::{Lease, ReleaseOutcome};
+
+/// Handles of one pool's metrics.
+#[derive(Debug)]
+pub(crate) struct PoolMetrics {
+    acquired: [Counter; 3],
+    acquire_seconds: Histogram,
+    released: [Counter; 5],
+    release_seconds: Histogram,
+    rotated: Counter,
+    waited: [Histogram; 3],
+    extended: [Counter; 3],
+    renew_lost: Counter,
+}
+
+impl PoolMetrics {
+    fn new(pool: &str) -> Self {
+        let pool = pool.to_string();
+        let counter = |name: &'static str, outcome: &'static str| metrics::counter!(name, "pool" => pool.clone(), "outcome" => outcome);
+        PoolMetrics {
+            acquired: ACQUIRE_OUTCOMES.map(|o| counter("lighthouse_acquire_total", o)),
+            acquire_seconds: metrics::histogram!("lighthouse_acquire_duration_seconds", "pool" => pool.clone()),
+            released: RELEASE_OUTCOMES.map(|o| counter("lighthouse_release_total", o)),
+            release_seconds: metrics::histogram!("lighthouse_release_duration_seconds", "pool" => pool.clone()),
+            rotated: metrics::counter!("lighthouse_rotate_total", "pool" => pool.clone()),
+            waited: ACQUIRE_OUTCOMES.map(|o| {
+                metrics::histogram!("lighthouse_wait_duration_seconds", "pool" => pool.clone(), "outcome" => o)
+            }),
+            extended: EXTEND_OUTCOMES.map(|o| counter("lighthouse_extend_total", o)),
+            renew_lost: metrics::counter!("lighthouse_renew_lost_total", "pool" => pool.clone()),
+        }
+    }
+
+    /// An acquire call's outcome and storage time.
+    pub(crate) fn acquire(&self, result: &Result<Option<Lease>, Error>, took: Duration) {
+        let i = acquire_index(result);
+        self.acquired[i].increment(1);
+        self.acquire_seconds.record(took.as_secs_f64());
+    }
+
+    /// A release's outcome, and its storage time when it was a call of its own.
+    pub(crate) fn release(&self, result: &Result<ReleaseOutcome, Error>, took: Option<Duration>) {
+        let i = release_index(result);
+        self.released[i].increment(1);
+        if let Some(took) = took {
+            self.release_seconds.record(took.as_secs_f64());
+        }
+    }
+
+    /// A rotate call (its parts are counted by [`Self::acquire`] and [`Self::release`]).
+    pub(crate) fn rotate(&self) {
+        self.rotated.increment(1);
+    }
+
+    /// A whole waiting acquire.
+    pub(crate) fn wait(&self, result: &Result<Option<Lease>, Error>, took: Duration) {
+        let i = acquire_index(result);
+        self.waited[i].record(took.as_secs_f64());
+    }
+
+    /// An extend (by hand or by a renewing lease).
+    pub(crate) fn extend(&self, result: &Result<Lease, Error>) {
+        let i = extend_index(result);
+        self.extended[i].increment(1);
+    }
+
+    /// A renewing lease signalled lost.
+    pub(crate) fn renew_lost(&self) {
+        self.renew_lost.increment(1);
+    }
+}
+
+const ACQUIRE_OUTCOMES: [&str; 3] = ["leased", "none", "error"];
+const RELEASE_OUTCOMES: [&str; 5] = [
+    "released",
+    "already_released",
+    "expired",
+    "not_found",
+    "error",
+];
+const EXTEND_OUTCOMES: [&str; 3] = ["extended", "lost", "error"];
+
+fn acquire_index(result: &Result<Option<Lease>, Error>) -> usize {
+    match result {
+        Ok(Some(_)) => 0,
+        Ok(None) => 1,
+        Err(_) => 2,
+    }
+}
+
+fn release_index(result: &Result<ReleaseOutcome, Error>) -> usize {
+    match result {
+        Ok(ReleaseOutcome::Released) => 0,
+        Ok(ReleaseOutcome::AlreadyReleased) => 1,
+        Ok(ReleaseOutcome::Expired) => 2,
+        Ok(ReleaseOutcome::NotFound) => 3,
+        Err(_) => 4,
+    }
+}
+
+fn extend_index(result: &Result<Lease, Error>) -> usize {
+    match result {
+        Ok(_) => 0,
+        Err(Error::LeaseLost { .. }) => 1,
+        Err(_) => 2,
+    }
+}
+
+/// An acquire's outcome label (metrics and spans).
+pub(crate) fn acquire_outcome(result: &Result<Option<Lease>, Error>) -> &'static str {
+    ACQUIRE_OUTCOMES[acquire_index(result)]
+}
+
+/// A release's outcome label.
+pub(crate) fn release_outcome(result: &Result<ReleaseOutcome, Error>) -> &'static str {
+    RELEASE_OUTCOMES[release_index(result)]
+}
+
+/// An extend's outcome label.
+pub(crate) fn extend_outcome(result: &Result<Lease, Error>) -> &'static str {
+    EXTEND_OUTCOMES[extend_index(result)]
+}
+
+/// One manager's metric handles, by pool (shared by its clones).
+#[derive(Debug, Default)]
+pub(crate) struct Telemetry {
+    pools: Mutex<Vec<(Box<str>, Arc<PoolMetrics>)>>,
+}
+
+/// Pools past this many are not given handles of their own (their calls go
+/// unrecorded): a bound on label cardinality and on the lookup.
+const MAX_POOLS: usize = 256;
+
+impl Telemetry {
+    /// The handles of `pool` (registered on first use), or `None` past
+    /// [`MAX_POOLS`] pools.
+    pub(crate) fn pool(&self, pool: &str) -> Option<Arc<PoolMetrics>> {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, m)) = pools.iter().find(|(name, _)| &**name == pool) {
+            return Some(Arc::clone(m));
+        }
+        if pools.len() >= MAX_POOLS {
+            return None;
+        }
+        let m = Arc::new(PoolMetrics::new(pool));
+        pools.push((pool.into(), Arc::clone(&m)));
+        Some(m)
+    }
+
+    /// A report of success or failure with a proxy.
+    pub(crate) fn report(&self, failure: bool) {
+        let kind = if failure { "failure" } else { "success" };
+        metrics::counter!("lighthouse_reports_total", "kind" => kind).increment(1);
+    }
+}

@@ -1,0 +1,162 @@
+//! The library's metrics (src/telemetry.rs) as a recorder sees them: names,
+//! labels and counts of a known sequence of calls.
+
+use std::time::Duration;
+
+use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyManager, ProxyPool, Storage};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::{CompositeKey, MetricKind};
+
+type Snapshot = Vec<(
+    CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+    snapshot
+        .iter()
+        .find_map(|(key, _, _, value)| {
+            let k = key.key();
+            let same = key.kind() == MetricKind::Counter
+                && k.name() == name
+                && labels
+                    .iter()
+                    .all(|(l, v)| k.labels().any(|x| x.key() == *l && x.value() == *v));
+            match (same, value) {
+                (true, DebugValue::Counter(n)) => Some(*n),
+                _ => None,
+            }
+        })
+        .unwrap_or(0)
+}
+
+fn histogram_len(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> usize {
+    snapshot
+        .iter()
+        .find_map(|(key, _, _, value)| {
+            let k = key.key();
+            let same = k.name() == name
+                && labels
+                    .iter()
+                    .all(|(l, v)| k.labels().any(|x| x.key() == *l && x.value() == *v));
+            match (same, value) {
+                (true, DebugValue::Histogram(v)) => Some(v.len()),
+                _ => None,
+            }
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn calls_are_counted_by_pool_and_outcome() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let m = ProxyManager::new(InMemoryStorage::new());
+        let pool = m
+            .storage()
+            .create_pool(ProxyPool::new("p").unwrap())
+            .await
+            .unwrap();
+        m.storage()
+            .add_proxy(
+                Proxy::builder(pool.id, "10.0.0.1", 80)
+                    .max_concurrency(1)
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let lease = m
+            .acquire_proxy("p", AcquireOptions::new())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(m
+            .acquire_proxy("p", AcquireOptions::new())
+            .await
+            .unwrap()
+            .is_none());
+        let waited = m
+            .acquire_proxy_wait("p", AcquireOptions::new(), Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert!(waited.is_none());
+        m.extend_lease(&lease, Duration::from_secs(60))
+            .await
+            .unwrap();
+        m.release_proxy(&lease).await.unwrap();
+        m.release_proxy(&lease).await.unwrap();
+        assert!(m
+            .extend_lease(&lease, Duration::from_secs(60))
+            .await
+            .is_err());
+        let next = m
+            .acquire_proxy("p", AcquireOptions::new())
+            .await
+            .unwrap()
+            .unwrap();
+        let rotated = m.rotate_proxy(&next, AcquireOptions::new()).await.unwrap();
+        m.report_failure(&next, "403").await.unwrap();
+        m.report_success(&next).await.unwrap();
+        m.release_proxy(&rotated.next.unwrap()).await.unwrap();
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let p = ("pool", "p");
+    let acquires = |o| counter(&snapshot, "lighthouse_acquire_total", &[p, ("outcome", o)]);
+    // 2 leased by hand + 1 by rotate; 1 none by hand + 1 per attempt of the wait.
+    assert_eq!(acquires("leased"), 3);
+    assert!(acquires("none") >= 2, "{}", acquires("none"));
+    assert_eq!(acquires("error"), 0);
+    let releases = |o| counter(&snapshot, "lighthouse_release_total", &[p, ("outcome", o)]);
+    assert_eq!(
+        (releases("released"), releases("already_released")),
+        (3, 1),
+        "two by hand, one by rotate; then the repeat"
+    );
+    assert_eq!(counter(&snapshot, "lighthouse_rotate_total", &[p]), 1);
+    let extends = |o| counter(&snapshot, "lighthouse_extend_total", &[p, ("outcome", o)]);
+    assert_eq!((extends("extended"), extends("lost")), (1, 1));
+    assert_eq!(
+        counter(
+            &snapshot,
+            "lighthouse_reports_total",
+            &[("kind", "failure")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &snapshot,
+            "lighthouse_reports_total",
+            &[("kind", "success")]
+        ),
+        1
+    );
+    assert_eq!(
+        histogram_len(
+            &snapshot,
+            "lighthouse_wait_duration_seconds",
+            &[p, ("outcome", "none")]
+        ),
+        1
+    );
+    assert_eq!(
+        histogram_len(&snapshot, "lighthouse_acquire_duration_seconds", &[p]) as u64,
+        acquires("leased") + acquires("none")
+    );
+    // No label carries an id.
+    for (key, ..) in &snapshot {
+        for label in key.key().labels() {
+            assert!(uuid::Uuid::parse_str(label.value()).is_err(), "{label:?}");
+        }
+    }
+}

@@ -792,3 +792,56 @@ fn acquire_with_retry_takes_one_lease_when_a_reply_is_lost() {
         );
     });
 }
+
+/// Over a Unix socket (`redis+unix://`) too, the connections the storage opens
+/// itself see the restart: every call after it succeeds.
+#[test]
+fn connections_over_a_unix_socket_recover_too() {
+    let dir = std::env::temp_dir().join(format!("lh-unix-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("socket directory");
+    let socket = dir.join("redis.sock");
+    let socket_arg = socket.to_str().expect("UTF-8 temp dir").to_string();
+    let args = [
+        "--unixsocket",
+        socket_arg.as_str(),
+        "--appendonly",
+        "yes",
+        "--dir",
+        dir.to_str().expect("UTF-8 temp dir"),
+    ];
+    let port = RedisServer::free_port();
+    let server = RedisServer::spawn_with(port, &args).expect("redis-server with a Unix socket");
+    let url = format!("redis+unix://{socket_arg}");
+    let rt = runtime();
+    let storage = storage_on(&url, "restart-unix", Duration::from_secs(5));
+    rt.block_on(async {
+        let pool = storage
+            .create_pool(ProxyPool::new(POOL).unwrap())
+            .await
+            .unwrap();
+        storage
+            .add_proxy(
+                Proxy::builder(pool.id, "10.8.5.1", 8000)
+                    .max_concurrency(100)
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        open_every_connection(&storage).await;
+    });
+    drop(server);
+    let server = RedisServer::spawn_with(port, &args).expect("redis-server again");
+    let results = rt.block_on(async {
+        let req = request(POOL);
+        join_all((0..CALLS).map(|_| storage.acquire(&req))).await
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("call {i} after the restart: {e}"))
+            .expect("a free slot");
+    }
+    let stats = rt.block_on(storage.pool_stats(POOL)).unwrap();
+    assert_eq!(stats.total_leases, CALLS as u64);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -218,6 +218,11 @@ impl Error {
     /// that pass (connection, timeout, loading, out of memory, cluster moves...)
     /// and for a replication shortfall; false for bad input, which fails the same
     /// way every time, and for corrupted state and missing permissions.
+    ///
+    /// The Redis storage has already sent again, within its response timeout,
+    /// what was safe to send again (see the `redis` module, "Connections"). An
+    /// acquire without a request id that failed this way may still have taken
+    /// a lease: retry it with a request id to get that lease back, not a second.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Backend { kind, .. } => !matches!(

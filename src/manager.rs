@@ -391,6 +391,11 @@ impl<S: Storage> ProxyManager<S> {
     /// backoff while no proxy is free or the storage fails (bad input fails at
     /// once). Returns `Ok(None)` or the last error when the attempts run out.
     ///
+    /// An attempt that failed may have taken a lease all the same (its reply was
+    /// lost). So that the next attempt returns that lease instead of taking a
+    /// second one, a request without a request id gets one of its own here
+    /// ([`AcquireOptions::request_id`]; remembered as long as the lease's record).
+    ///
     /// Waiting uses tokio's timer, so tests can run it under paused time.
     pub async fn acquire_proxy_with_retry(
         &self,
@@ -399,7 +404,10 @@ impl<S: Storage> ProxyManager<S> {
         retry: &RetryPolicy,
     ) -> Result<Option<Lease>> {
         retry.validate()?;
-        let request = self.request(pool_name, &options)?;
+        let mut request = self.request(pool_name, &options)?;
+        if request.request_id.is_none() {
+            request.request_id = Some(format!("lh-retry-{}", uuid::Uuid::new_v4().simple()));
+        }
         let mut attempt = 1;
         loop {
             let result = self.acquire_request(&request).await;

@@ -61,7 +61,7 @@ impl RedisConfig {
     /// Settings for this URL (`redis://[user:password@]host:port[/db]`, or
     /// `rediss://` with TLS, feature `tls`), with the defaults:
     /// namespace `lighthouse`, 4 connections, connect timeout 5 s, response
-    /// timeout 5 s, pool wait timeout 5 s.
+    /// timeout 5 s, connection wait timeout 5 s.
     pub fn from_url(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
@@ -214,13 +214,21 @@ impl RedisConfig {
     }
 
     /// How long one command or script may take to answer (`None`: no limit).
+    ///
+    /// It also bounds how long a command is sent again after its connection
+    /// failed (5 s when `None`): reads and idempotent writes after a broken
+    /// connection, any command when no connection could be opened or Redis was
+    /// still loading its data (see the [`crate::redis`] module docs,
+    /// "Connections").
     #[must_use]
     pub fn response_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.response_timeout = timeout.into();
         self
     }
 
-    /// How long to wait for a free connection (`None`: no limit).
+    /// How long a call waits for another call that is opening its connection
+    /// slot's connection (`None`: no limit). Opening one takes at most the
+    /// connect timeout.
     #[must_use]
     pub fn wait_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.wait_timeout = timeout.into();

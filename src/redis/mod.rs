@@ -66,6 +66,34 @@
 //! # }
 //! ```
 //!
+//! # Connections
+//!
+//! The storage keeps [`RedisConfig::pool_size`] multiplexed connections and
+//! spreads calls over them. They recover by themselves when Redis restarts or
+//! drops them, without failing the calls that come after:
+//!
+//! - A connection whose socket closed (Redis restarted, a proxy in between hung
+//!   up) is seen as closed before a call uses it, also while it was idle, and
+//!   replaced before anything is sent: after a restart, once Redis answers, no
+//!   call fails, whatever it does. Seeing it costs no round trip (the storage
+//!   runs each connection's I/O task and notes when it ends).
+//! - A command whose connection broke while it was out may or may not have run.
+//!   Reads are sent again, and so are writes that do the same however often they
+//!   run: release and extend (by lease id), an acquire with a request id (it
+//!   returns the lease the lost attempt took), pool and proxy updates, status
+//!   changes and success reports, cleanup. Writes that must not run twice (an
+//!   acquire without a request id, a rotate, a failure report, adding or removing
+//!   a proxy or a pool) are sent again only when nothing was sent: no connection
+//!   could be opened, or Redis answered `LOADING` (it refuses every command while
+//!   it loads its data after a restart). `WAIT` is never sent again.
+//! - Repeats stop once the response timeout has passed since the first failure
+//!   (waits of 10 ms doubling to 200 ms between them); a timed-out command is
+//!   not repeated. A repeated write reports what its last attempt found: a
+//!   release whose first reply was lost after it ran answers `AlreadyReleased`.
+//!
+//! Redis Cluster uses redis-rs's cluster connection, which reconnects by
+//! itself.
+//!
 //! # Atomicity across keys outside a pool
 //!
 //! The cross-pool registries (`<ns>:pools`, `<ns>:pool-ids`, `<ns>:consumers`)

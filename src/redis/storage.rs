@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use redis::AsyncConnectionConfig;
 use redis::IntoConnectionInfo;
 use uuid::Uuid;
@@ -24,8 +23,8 @@ use crate::storage::{AcquireRequest, Storage};
 use super::batch::{Batcher, Exec};
 use super::codec::{self, corrupt, parse_uuid};
 use super::config::RedisConfig;
-use super::conn::{Conn as Connection, Connections};
-use super::error::{backend, redis_err};
+use super::conn::{Conn as Connection, Connections, Dialer, Repeat};
+use super::error::redis_err;
 use super::keys::{self, Keys, PoolKeys, MAX_ADD, SCHEMA};
 use super::ops::{self, acquire, lease_read, proxy_read, release, rotate, ProxyReply};
 
@@ -76,16 +75,20 @@ async fn wait_for_replicas(
     let Some((wanted, timeout)) = wait else {
         return Ok(());
     };
-    let acknowledged: u32 = redis::cmd("WAIT")
+    // WAIT counts the replicas that acknowledged this connection's writes: it
+    // must run on the connection that carried them, and never again elsewhere.
+    let before = conn.set_repeat(Repeat::Never);
+    let acknowledged: redis::RedisResult<u32> = redis::cmd("WAIT")
         .arg(wanted)
         .arg(
             u64::try_from(timeout.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
         )
-        .query_async(conn)
-        .await
-        .map_err(redis_err("WAIT failed"))?;
+        .query_async(&mut *conn)
+        .await;
+    conn.set_repeat(before);
+    let acknowledged = acknowledged.map_err(redis_err("WAIT failed"))?;
     if acknowledged < wanted {
         return Err(Error::ReplicationShortfall {
             wanted,
@@ -213,19 +216,8 @@ impl RedisStorage {
             conn_config = conn_config.set_response_timeout(None);
         }
         let info = connection_info(config.url.as_str())?;
-        let manager = deadpool_redis::Manager::new_with_config(info.clone(), conn_config)
+        let dialer = Dialer::new(info.clone(), conn_config, config.connect_timeout)
             .map_err(redis_err("invalid connection URL"))?;
-        let mut pool_config = PoolConfig::new(config.pool_size);
-        pool_config.timeouts = Timeouts {
-            wait: config.wait_timeout,
-            create: config.connect_timeout,
-            recycle: config.response_timeout,
-        };
-        let pool = Pool::builder(manager)
-            .config(pool_config)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(backend("cannot build the connection pool"))?;
         let grace_ms = u64::try_from(config.record_grace.as_millis())
             .unwrap_or(u64::MAX)
             .min(super::keys::MAX_GRACE_MS);
@@ -251,7 +243,13 @@ impl RedisStorage {
                     .map_err(redis_err("invalid cluster node URLs"))?,
             )
         };
-        let conns = Arc::new(Connections::new(pool, config.pool_size, cluster));
+        let conns = Arc::new(Connections::new(
+            dialer,
+            config.pool_size,
+            config.wait_timeout,
+            config.response_timeout,
+            cluster,
+        ));
         let keys = Keys::new(&config.namespace);
         let (batch, in_flight) = (config.max_batch, config.max_in_flight);
         Ok(RedisStorage {
@@ -322,6 +320,14 @@ impl RedisStorage {
     /// (`lighthouse_<hash of its text>`).
     pub fn library_name() -> &'static str {
         &ops::LIBRARY.name
+    }
+
+    /// How long a call is repeated after connection failures (the response
+    /// timeout).
+    fn repeat_for(&self) -> std::time::Duration {
+        self.config
+            .response_timeout
+            .unwrap_or(super::conn::DEFAULT_REPEAT_FOR)
     }
 
     pub(super) async fn conn(&self) -> Result<Connection<'_>> {
@@ -1114,13 +1120,26 @@ impl Storage for RedisStorage {
             self.consumer_for(&mut conn, request, &pk).await?
         };
         let item = acquire::AcquireItem::new(&pk, request, self.grace_ms)?;
+        let started = std::time::Instant::now();
         // RETRY means "nothing free yet, but more expired leases wait": reclaim
         // them all in bounded batches and try again.
         for _ in 0..4 {
-            let reply = self
-                .acquires
-                .submit(&request.pool_name, item.clone())
-                .await?;
+            let reply = match self.acquires.submit(&request.pool_name, item.clone()).await {
+                // A request id makes this acquire safe to send again, but its
+                // batch may have held requests without one, and such a batch is
+                // not sent again once it may have run: send this one again (once,
+                // within the response timeout).
+                Err(e)
+                    if request.request_id.is_some()
+                        && e.backend_kind() == Some(BackendErrorKind::Connection)
+                        && started.elapsed() < self.repeat_for() =>
+                {
+                    self.acquires
+                        .submit(&request.pool_name, item.clone())
+                        .await?
+                }
+                other => other?,
+            };
             match Self::settle(reply, consumer_id, request)? {
                 Settled::Lease(lease) => return Ok(Some(*lease)),
                 Settled::Existing(token) => {

@@ -1,13 +1,19 @@
 //! Redis for the integration tests.
 //!
-//! [`redis_url`] picks, once per test binary:
+//! [`redis_url`] picks, once per test binary, the first of these that works
+//! (the tiers are tried in this order, and a later one only when the earlier
+//! ones are not there):
 //!
-//! 1. `REDIS_URL`, when set: an existing server. Tests never flush it; each
-//!    storage gets its own namespace (`lhtest-<uuid>`) instead.
+//! 1. `REDIS_URL`, when set (and not empty): an existing server. Tests never
+//!    flush it; each storage gets its own namespace (`lhtest-<uuid>`) instead.
 //! 2. Else a private `redis-server` from PATH on a free loopback port, without
 //!    persistence, shared by the binary's tests and killed when they end.
-//! 3. Else a `redis:7-alpine` container through Docker, when a Docker engine
-//!    answers.
+//! 3. Else a `redis:7-alpine` container started with the `testcontainers`
+//!    crate ([`container`]), when a Docker daemon answers; where none does, the
+//!    tier is skipped with a line saying so.
+//!
+//! `LIGHTHOUSE_TEST_FORCE_CONTAINER=1` skips tiers 1 and 2 and goes straight to
+//! the container (to run the suite on it, or to test that tier).
 //!
 //! When none works, tests panic with a message naming the three options.
 //! Tests run in parallel: isolation is by namespace.
@@ -15,51 +21,152 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod container;
 pub mod server;
 
+use std::fmt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 
-enum Backend {
-    External(String),
-    Spawned(server::RedisServer),
-    Docker(server::DockerRedis),
+/// The environment variable that sends the harness straight to tier 3.
+pub const FORCE_CONTAINER: &str = "LIGHTHOUSE_TEST_FORCE_CONTAINER";
+
+/// What decides where the tests' Redis comes from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sources {
+    /// `REDIS_URL` (an empty value counts as unset).
+    pub redis_url: Option<String>,
+    /// [`FORCE_CONTAINER`] is `1` (or `true`, `yes`).
+    pub force_container: bool,
 }
+
+impl Sources {
+    /// From `REDIS_URL` and [`FORCE_CONTAINER`].
+    pub fn from_env() -> Sources {
+        Sources::from_vars(
+            std::env::var("REDIS_URL").ok(),
+            std::env::var(FORCE_CONTAINER).ok(),
+        )
+    }
+
+    /// From the two variables' values.
+    pub fn from_vars(redis_url: Option<String>, force_container: Option<String>) -> Sources {
+        Sources {
+            redis_url: redis_url.filter(|u| !u.trim().is_empty()),
+            force_container: force_container.is_some_and(|v| {
+                matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+            }),
+        }
+    }
+}
+
+/// The tier that gave the Redis.
+#[derive(Debug)]
+pub enum Picked<S, C> {
+    /// 1: `REDIS_URL`.
+    External(String),
+    /// 2: a spawned `redis-server`.
+    Spawned(S),
+    /// 3: a container.
+    Container(C),
+}
+
+/// No tier gave a Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoRedis {
+    /// Why `redis-server` could not run (`None` when it was not tried).
+    pub spawn: Option<String>,
+    /// Why the container tier gave none.
+    pub container: container::Unavailable,
+}
+
+impl NoRedis {
+    /// Whether the only thing missing for the container tier is a Docker daemon.
+    pub fn no_daemon(&self) -> bool {
+        matches!(self.container, container::Unavailable::NoDaemon(_))
+    }
+}
+
+impl fmt::Display for NoRedis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no Redis for the tests. Either (1) set REDIS_URL to a Redis the tests may \
+             write to (they use their own namespaces and never flush it), or (2) install \
+             redis-server on PATH (e.g. `apt-get install redis-server`), or (3) make a \
+             Docker engine available (the harness then starts {}:{} with testcontainers). ",
+            container::IMAGE.0,
+            container::IMAGE.1
+        )?;
+        match &self.spawn {
+            Some(e) => write!(f, "redis-server: {e}; ")?,
+            None => write!(f, "redis-server: not tried ({FORCE_CONTAINER} is set); ")?,
+        }
+        write!(f, "container tier: {}", self.container)
+    }
+}
+
+/// Tries the tiers in order: `REDIS_URL`, then `spawn` (a `redis-server`),
+/// then `contain` (a container); [`Sources::force_container`] goes straight to
+/// the container. A tier is tried only when the ones before it gave nothing.
+pub fn pick<S, C>(
+    sources: &Sources,
+    spawn: impl FnOnce() -> Result<S, String>,
+    contain: impl FnOnce() -> Result<C, container::Unavailable>,
+) -> Result<Picked<S, C>, NoRedis> {
+    let mut spawn_err = None;
+    if !sources.force_container {
+        if let Some(url) = &sources.redis_url {
+            return Ok(Picked::External(url.clone()));
+        }
+        match spawn() {
+            Ok(s) => return Ok(Picked::Spawned(s)),
+            Err(e) => spawn_err = Some(e),
+        }
+    }
+    match contain() {
+        Ok(c) => Ok(Picked::Container(c)),
+        Err(container) => Err(NoRedis {
+            spawn: spawn_err,
+            container,
+        }),
+    }
+}
+
+type Backend = Picked<server::RedisServer, container::RedisContainer>;
 
 impl Backend {
     fn url(&self) -> String {
         match self {
-            Backend::External(u) => u.clone(),
-            Backend::Spawned(s) => s.url(),
-            Backend::Docker(d) => d.url(),
+            Picked::External(u) => u.clone(),
+            Picked::Spawned(s) => s.url(),
+            Picked::Container(c) => c.url(),
         }
     }
 }
 
-static BACKEND: OnceLock<Result<Backend, String>> = OnceLock::new();
-
-fn start() -> Result<Backend, String> {
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        if !url.trim().is_empty() {
-            return Ok(Backend::External(url));
+/// The tier these sources give, with the real `redis-server` and container;
+/// says on stderr when the container tier is skipped for want of a daemon.
+pub fn start_from(sources: &Sources) -> Result<Backend, NoRedis> {
+    let picked = pick(
+        sources,
+        server::RedisServer::spawn,
+        container::RedisContainer::start,
+    );
+    if let Err(e) = &picked {
+        if e.no_daemon() {
+            eprintln!("lighthouse-lease tests: container tier {}", e.container);
         }
     }
-    let spawn_err = match server::RedisServer::spawn() {
-        Ok(s) => return Ok(Backend::Spawned(s)),
-        Err(e) => e,
-    };
-    let docker_err = match server::DockerRedis::start() {
-        Ok(d) => return Ok(Backend::Docker(d)),
-        Err(e) => e,
-    };
-    Err(format!(
-        "no Redis for the tests. Either (1) set REDIS_URL to a Redis the tests may \
-         write to (they use their own namespaces and never flush it), or (2) install \
-         redis-server on PATH (e.g. `apt-get install redis-server`), or (3) make a \
-         Docker engine available. redis-server: {spawn_err}; docker: {docker_err}"
-    ))
+    picked
+}
+
+static BACKEND: OnceLock<Result<Backend, NoRedis>> = OnceLock::new();
+
+fn start() -> Result<Backend, NoRedis> {
+    start_from(&Sources::from_env())
 }
 
 /// The URL of the Redis these tests use (see the module docs).
@@ -75,7 +182,7 @@ pub fn redis_url() -> String {
 pub fn owns_server() -> bool {
     matches!(
         BACKEND.get_or_init(start),
-        Ok(Backend::Spawned(_) | Backend::Docker(_))
+        Ok(Picked::Spawned(_) | Picked::Container(_))
     )
 }
 

@@ -7,7 +7,7 @@ use super::{bad, Items, Op};
 use crate::error::{Error, Result};
 use crate::filters::ProxyFilters;
 use crate::redis::codec;
-use crate::redis::conn::Conn;
+use crate::redis::conn::{Conn, Repeat};
 use crate::redis::error::redis_err;
 use crate::redis::keys::{self, PoolKeys};
 use crate::storage::AcquireRequest;
@@ -201,6 +201,11 @@ pub(crate) async fn run(
         if it.request_key.is_some() {
             next_key += 1;
         }
+    }
+    // With a request id, running a request again returns the lease it got:
+    // a batch whose every request has one may be sent again.
+    if items.iter().all(|it| it.request_key.is_some()) {
+        inv.repeat(Repeat::Always);
     }
     let Replies(out) = inv
         .invoke(conn)

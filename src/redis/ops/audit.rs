@@ -9,7 +9,8 @@ use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) const OP: Op = Op::new("audit", include_str!("../../../lua/audit.lua"), false);
+pub(crate) const OP: Op =
+    Op::new("audit", include_str!("../../../lua/audit.lua"), false).idempotent();
 
 /// One call's reply.
 #[derive(Debug, Default)]

@@ -6,7 +6,8 @@ use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) const OP: Op = Op::new("cleanup", include_str!("../../../lua/cleanup.lua"), false);
+pub(crate) const OP: Op =
+    Op::new("cleanup", include_str!("../../../lua/cleanup.lua"), false).idempotent();
 
 /// Runs cleanup.lua once: (leases reclaimed, whether more are due).
 pub(crate) async fn run(conn: &mut Conn<'_>, pk: &PoolKeys, batch: u32) -> Result<(u64, bool)> {

@@ -8,7 +8,8 @@ use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) const OP: Op = Op::new("extend", include_str!("../../../lua/extend.lua"), false);
+pub(crate) const OP: Op =
+    Op::new("extend", include_str!("../../../lua/extend.lua"), false).idempotent();
 
 /// The script's reply.
 #[derive(Debug)]

@@ -25,7 +25,7 @@ use redis::{
 };
 use uuid::Uuid;
 
-use super::conn::Conn;
+use super::conn::{Conn, Repeat};
 
 pub(crate) mod acquire;
 pub(crate) mod audit;
@@ -47,13 +47,16 @@ pub(crate) mod stats;
 pub(crate) mod wait;
 
 /// One operation: its function name (without the library's prefix), its Lua
-/// file, and whether it writes nothing (then it is registered `no-writes` and
-/// called with `FCALL_RO`: it runs when Redis is out of memory, and on replicas).
+/// file, whether it writes nothing (then it is registered `no-writes` and
+/// called with `FCALL_RO`: it runs when Redis is out of memory, and on replicas),
+/// and whether a call may be sent again after its connection broke (see
+/// [`Repeat`]): reads always, writes when [`Op::idempotent`] says so.
 #[derive(Debug)]
 pub(crate) struct Op {
     name: &'static str,
     file: &'static str,
     read_only: bool,
+    repeat: Repeat,
 }
 
 impl Op {
@@ -62,7 +65,20 @@ impl Op {
             name,
             file,
             read_only,
+            repeat: if read_only {
+                Repeat::Always
+            } else {
+                Repeat::IfUnsent
+            },
         }
+    }
+
+    /// A write that does what it did once however often it runs (an update, a
+    /// release by lease id): its calls may be sent again after a broken
+    /// connection.
+    pub(crate) const fn idempotent(mut self) -> Self {
+        self.repeat = Repeat::Always;
+        self
     }
 
     /// A call of this operation, to fill with keys and arguments.
@@ -71,6 +87,7 @@ impl Op {
             op: self,
             keys: Vec::new(),
             args: Vec::new(),
+            repeat: self.repeat,
         }
     }
 }
@@ -147,12 +164,21 @@ pub(crate) struct Call {
     op: &'static Op,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
+    repeat: Repeat,
 }
 
 impl Call {
     /// Adds a key (keys all go before the arguments, whatever the order of calls).
     pub(crate) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
         key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    /// Lets this call be sent again after a broken connection (or not), when
+    /// that depends on its arguments (an acquire whose requests all carry a
+    /// request id).
+    pub(crate) fn repeat(&mut self, repeat: Repeat) -> &mut Self {
+        self.repeat = repeat;
         self
     }
 
@@ -182,13 +208,22 @@ impl Call {
         conn: &mut Conn<'_>,
     ) -> Result<T, RedisError> {
         let cmd = self.cmd();
-        match cmd.query_async(conn).await {
+        let before = conn.set_repeat(self.repeat);
+        let out = match cmd.query_async(&mut *conn).await {
             Err(e) if library_missing(&e) => {
-                load(conn).await?;
-                cmd.query_async(conn).await
+                // Loading is idempotent; the call then goes as it was going to.
+                conn.set_repeat(Repeat::Always);
+                let loaded = load(conn).await;
+                conn.set_repeat(self.repeat);
+                match loaded {
+                    Ok(()) => cmd.query_async(&mut *conn).await,
+                    Err(e) => Err(e),
+                }
             }
             other => other,
-        }
+        };
+        conn.set_repeat(before);
+        out
     }
 }
 

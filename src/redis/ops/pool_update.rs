@@ -13,7 +13,8 @@ pub(crate) const OP: Op = Op::new(
     "pool_update",
     include_str!("../../../lua/pool_update.lua"),
     false,
-);
+)
+.idempotent();
 
 /// The script's reply.
 #[derive(Debug)]

@@ -13,7 +13,8 @@ pub(crate) const OP: Op = Op::new(
     "proxy_status",
     include_str!("../../../lua/proxy_status.lua"),
     false,
-);
+)
+.idempotent();
 
 /// Runs proxy_status.lua: the status, and `checked_at` / latency ms to record
 /// (empty to keep them).

@@ -12,7 +12,8 @@ pub(crate) const OP: Op = Op::new(
     "proxy_update",
     include_str!("../../../lua/proxy_update.lua"),
     false,
-);
+)
+.idempotent();
 
 /// Runs proxy_update.lua with the proxy's new JSON.
 pub(crate) async fn run(

@@ -9,7 +9,8 @@ use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) const OP: Op = Op::new("release", include_str!("../../../lua/release.lua"), false);
+pub(crate) const OP: Op =
+    Op::new("release", include_str!("../../../lua/release.lua"), false).idempotent();
 
 /// A release outcome as the scripts spell it.
 pub(crate) fn outcome(word: &str) -> Result<ReleaseOutcome, ParsingError> {

@@ -5,7 +5,7 @@ use uuid::Uuid;
 use super::{Op, ProxyReply};
 use crate::cooldown::{CooldownPolicy, KEEP_ALL};
 use crate::error::Result;
-use crate::redis::conn::Conn;
+use crate::redis::conn::{Conn, Repeat};
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
@@ -34,8 +34,12 @@ pub(crate) async fn run(
             policy.ban_after.unwrap_or(0),
         ),
     };
-    OP.call()
-        .key(pk.meta())
+    let mut call = OP.call();
+    // A success does the same however often it runs; a failure counts.
+    if failure.is_none() {
+        call.repeat(Repeat::Always);
+    }
+    call.key(pk.meta())
         .arg(pk.prefix())
         .arg(id.to_string())
         .arg(mode)

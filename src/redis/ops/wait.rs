@@ -9,7 +9,8 @@ use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
-pub(crate) const OP: Op = Op::new("wait", include_str!("../../../lua/wait.lua"), false);
+pub(crate) const OP: Op =
+    Op::new("wait", include_str!("../../../lua/wait.lua"), false).idempotent();
 
 /// Runs wait.lua: returns whether the pool exists.
 pub(crate) async fn run(conn: &mut Conn<'_>, pk: &PoolKeys, wait: Duration) -> Result<bool> {

@@ -89,8 +89,8 @@ pub enum Error {
     LeaseLost {
         /// The lease.
         id: Uuid,
-        /// `"was released"`, `"expired"` or `"is unknown"`.
-        reason: &'static str,
+        /// Why: it was released, it expired, or no record of it is left.
+        reason: LostReason,
     },
     /// A fencing token older than one already seen for the same resource.
     #[error("stale fencing token {token}: the resource has seen {highest}")]
@@ -153,6 +153,30 @@ pub enum Error {
         #[source]
         source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
+}
+
+/// Why a lease is lost ([`Error::LeaseLost`]); every storage says it the same
+/// way. Displays as the end of "lease … is lost: it …".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// It was released (by this holder or, with its id, by another process).
+    Released,
+    /// It expired: its slot may already serve someone else.
+    Expired,
+    /// No record of it is left (never granted here, its grace is over, or its
+    /// proxy or pool was removed).
+    Unknown,
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LostReason::Released => "was released",
+            LostReason::Expired => "expired",
+            LostReason::Unknown => "is unknown",
+        })
+    }
 }
 
 /// What kind of storage failure an [`Error::Backend`] is.

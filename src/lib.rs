@@ -90,7 +90,7 @@ pub mod consumer;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use consumer::Consumer;
 pub use cooldown::CooldownPolicy;
-pub use error::{BackendErrorKind, Error, Result};
+pub use error::{BackendErrorKind, Error, LostReason, Result};
 pub use fencing::FencingGuard;
 pub use filters::ProxyFilters;
 pub use health::HealthCheckResult;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, SystemClock};
 use crate::consumer::Consumer;
-use crate::error::{Error, Result};
+use crate::error::{Error, LostReason, Result};
 use crate::filters::{FilterAttribute, ProxyFilters};
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome};
@@ -911,15 +911,15 @@ impl Storage for InMemoryStorage {
             reason,
         };
         let Some(ps) = st.pools.get_mut(&lease.pool_name) else {
-            return Err(lost("is unknown"));
+            return Err(lost(LostReason::Unknown));
         };
         ps.reclaim(now, self.grace);
         let Some(record) = ps.leases.get_mut(lease.id, now) else {
-            return Err(lost("is unknown"));
+            return Err(lost(LostReason::Unknown));
         };
         match record.status {
-            LeaseStatus::Released => return Err(lost("was released")),
-            LeaseStatus::Expired => return Err(lost("expired")),
+            LeaseStatus::Released => return Err(lost(LostReason::Released)),
+            LeaseStatus::Expired => return Err(lost(LostReason::Expired)),
             LeaseStatus::Active => {}
         }
         let old = record.expires_at;
@@ -929,7 +929,7 @@ impl Storage for InMemoryStorage {
         ps.live.insert((new, lease.id));
         ps.lease(lease.id, now).ok_or(Error::LeaseLost {
             id: lease.id,
-            reason: "is unknown",
+            reason: LostReason::Unknown,
         })
     }
 

@@ -11,7 +11,7 @@ use redis::IntoConnectionInfo;
 use uuid::Uuid;
 
 use crate::consumer::Consumer;
-use crate::error::{BackendErrorKind, Error, Result};
+use crate::error::{BackendErrorKind, Error, LostReason, Result};
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 use crate::names::{validate_consumer_name, validate_pool_name};
@@ -1197,10 +1197,10 @@ impl Storage for RedisStorage {
             reason,
         };
         let Some(token) = keys::token_of(lease.id) else {
-            return Err(lost("is unknown"));
+            return Err(lost(LostReason::Unknown));
         };
         if validate_pool_name(&lease.pool_name).is_err() {
-            return Err(lost("is unknown"));
+            return Err(lost(LostReason::Unknown));
         }
         let pk = self.keys.pool(&lease.pool_name);
         let mut conn = self.conn().await?;

@@ -1411,7 +1411,7 @@ pub async fn extend_of_a_lost_lease_fails<H: Harness>(h: &H) {
         matches!(
             err,
             Error::LeaseLost {
-                reason: "was released",
+                reason: crate::error::LostReason::Released,
                 ..
             }
         ),
@@ -1424,7 +1424,7 @@ pub async fn extend_of_a_lost_lease_fails<H: Harness>(h: &H) {
         matches!(
             err,
             Error::LeaseLost {
-                reason: "expired",
+                reason: crate::error::LostReason::Expired,
                 ..
             }
         ),

@@ -1,5 +1,6 @@
 //! `lua/extend.lua`: renew a live lease.
 
+use crate::error::LostReason;
 use redis::{FromRedisValue, ParsingError, Value};
 
 use super::{bad, Items, Op};
@@ -17,7 +18,7 @@ pub(crate) enum ExtendReply {
     /// Renewed: the new expiry, ms.
     Ok(i64),
     /// Not held any more: `released`, `expired` or `unknown`.
-    Lost(&'static str),
+    Lost(LostReason),
     Schema(String),
 }
 
@@ -27,9 +28,9 @@ impl FromRedisValue for ExtendReply {
         match it.text()?.as_str() {
             "OK" => Ok(ExtendReply::Ok(it.int()?)),
             "LOST" => Ok(ExtendReply::Lost(match it.text()?.as_str() {
-                "released" => "was released",
-                "expired" => "expired",
-                _ => "is unknown",
+                "released" => LostReason::Released,
+                "expired" => LostReason::Expired,
+                _ => LostReason::Unknown,
             })),
             "SCHEMA" => Ok(ExtendReply::Schema(it.text().unwrap_or_default())),
             other => Err(bad("extend.lua", other)),

@@ -3,13 +3,14 @@
 //! library's (recorded through a `DebuggingRecorder` while a manager runs every
 //! kind of call) and the sweeper's (its `/metrics` text).
 
+#[path = "support/recording.rs"]
+mod recording;
+
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use lighthouse_lease::sweeper::metrics::{Metrics, PoolGauges};
-use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyManager, ProxyPool, Storage};
-use metrics_util::debugging::DebuggingRecorder;
 use metrics_util::MetricKind;
+use recording::record_every_call;
 
 /// Every `expr` of the dashboard's panels.
 fn queries() -> Vec<String> {
@@ -45,54 +46,7 @@ fn names_in(expr: &str) -> BTreeSet<String> {
 
 /// The library's metrics: (name, is a histogram), after every kind of call.
 fn library_metrics() -> Vec<(String, bool)> {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _guard = metrics::set_default_local_recorder(&recorder);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let m = ProxyManager::new(InMemoryStorage::new());
-        let pool = m
-            .storage()
-            .create_pool(ProxyPool::new("p").unwrap())
-            .await
-            .unwrap();
-        m.storage()
-            .add_proxy(
-                Proxy::builder(pool.id, "10.0.0.1", 80)
-                    .max_concurrency(1)
-                    .build()
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let lease = m
-            .acquire_proxy("p", AcquireOptions::new())
-            .await
-            .unwrap()
-            .unwrap();
-        let _ = m
-            .acquire_proxy_wait("p", AcquireOptions::new(), Duration::from_millis(10))
-            .await;
-        let lease = m
-            .extend_lease(&lease, Duration::from_secs(30))
-            .await
-            .unwrap();
-        let next = m
-            .rotate_proxy(&lease, AcquireOptions::new())
-            .await
-            .unwrap()
-            .next
-            .unwrap();
-        m.report_success(&next).await.unwrap();
-        m.release_proxy(&next).await.unwrap();
-    });
-    snapshotter
-        .snapshot()
-        .into_vec()
+    record_every_call()
         .into_iter()
         .map(|(key, ..)| {
             (

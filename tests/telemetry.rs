@@ -1,18 +1,12 @@
 //! The library's metrics (src/telemetry.rs) as a recorder sees them: names,
 //! labels and counts of a known sequence of calls.
 
-use std::time::Duration;
+#[path = "support/recording.rs"]
+mod recording;
 
-use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyManager, ProxyPool, Storage};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
-
-type Snapshot = Vec<(
-    CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-)>;
+use metrics_util::debugging::DebugValue;
+use metrics_util::MetricKind;
+use recording::{record_every_call, Snapshot};
 
 fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
     snapshot
@@ -51,65 +45,7 @@ fn histogram_len(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> us
 
 #[test]
 fn calls_are_counted_by_pool_and_outcome() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _guard = metrics::set_default_local_recorder(&recorder);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let m = ProxyManager::new(InMemoryStorage::new());
-        let pool = m
-            .storage()
-            .create_pool(ProxyPool::new("p").unwrap())
-            .await
-            .unwrap();
-        m.storage()
-            .add_proxy(
-                Proxy::builder(pool.id, "10.0.0.1", 80)
-                    .max_concurrency(1)
-                    .build()
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let lease = m
-            .acquire_proxy("p", AcquireOptions::new())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(m
-            .acquire_proxy("p", AcquireOptions::new())
-            .await
-            .unwrap()
-            .is_none());
-        let waited = m
-            .acquire_proxy_wait("p", AcquireOptions::new(), Duration::from_millis(50))
-            .await
-            .unwrap();
-        assert!(waited.is_none());
-        m.extend_lease(&lease, Duration::from_secs(60))
-            .await
-            .unwrap();
-        m.release_proxy(&lease).await.unwrap();
-        m.release_proxy(&lease).await.unwrap();
-        assert!(m
-            .extend_lease(&lease, Duration::from_secs(60))
-            .await
-            .is_err());
-        let next = m
-            .acquire_proxy("p", AcquireOptions::new())
-            .await
-            .unwrap()
-            .unwrap();
-        let rotated = m.rotate_proxy(&next, AcquireOptions::new()).await.unwrap();
-        m.report_failure(&next, "403").await.unwrap();
-        m.report_success(&next).await.unwrap();
-        m.release_proxy(&rotated.next.unwrap()).await.unwrap();
-    });
-    let snapshot = snapshotter.snapshot().into_vec();
+    let snapshot = record_every_call();
     let p = ("pool", "p");
     let acquires = |o| counter(&snapshot, "lighthouse_acquire_total", &[p, ("outcome", o)]);
     // 2 leased by hand + 1 by rotate; 1 none by hand + 1 per attempt of the wait.

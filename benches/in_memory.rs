@@ -16,7 +16,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::FutureExt;
 use lighthouse_lease::{
-    AcquireOptions, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool, Storage,
+    AcquireOptions, AdminStorage, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool,
 };
 
 const SIZES: [usize; 3] = [32, 1_000, 100_000];

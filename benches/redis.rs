@@ -82,7 +82,8 @@ use lighthouse_lease::pool::PoolIndexes;
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::storage::DEFAULT_RECORD_GRACE;
 use lighthouse_lease::{
-    AcquireOptions, Lease, Proxy, ProxyFilters, ProxyManager, ProxyPool, ReleaseOutcome, Storage,
+    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyFilters, ProxyManager,
+    ProxyPool, ReleaseOutcome,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

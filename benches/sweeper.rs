@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::sweeper::{Sweeper, SweeperConfig};
-use lighthouse_lease::{AcquireRequest, Proxy, ProxyPool, Storage};
+use lighthouse_lease::{AcquireRequest, AdminStorage, LeaseStorage, Proxy, ProxyPool};
 
 const LEASES: usize = 100_000;
 const CONCURRENCY: usize = 64;

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireOptions, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, RetryPolicy, Storage,
+    AcquireOptions, AdminStorage, LeaseStorage, Proxy, ProxyManager, ProxyPool, ReleaseOutcome,
+    RetryPolicy,
 };
 use uuid::Uuid;
 

@@ -16,7 +16,8 @@
 use std::time::Duration;
 
 use lighthouse_lease::{
-    AcquireOptions, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool, Storage,
+    AcquireOptions, AdminStorage, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool,
+    Storage,
 };
 
 const POOL: &str = "latam-residential";

@@ -10,7 +10,7 @@ use crate::proxy::ProxyStatus;
 
 /// The verdict of one health check on one proxy.
 ///
-/// Applying it ([`crate::Storage::apply_health_check`]) sets the proxy's status and
+/// Applying it ([`crate::LeaseStorage::apply_health_check`]) sets the proxy's status and
 /// `checked_at`. A proxy that turns non-active keeps its live leases (they run out
 /// or are released) but gets no new ones.
 ///

@@ -12,7 +12,7 @@
 //!   proxy authentication refused, timeout, unexpected status code).
 //!
 //! [`HealthChecker::check_pool`] checks a whole pool with bounded concurrency and
-//! applies each verdict with [`Storage::apply_health_check`], so that proxies that
+//! applies each verdict with [`crate::LeaseStorage::apply_health_check`], so that proxies that
 //! fail stop being leased and proxies that recover are leased again.
 //!
 //! ```no_run
@@ -271,7 +271,7 @@ impl HealthChecker {
     /// it took longer, and [`ProxyStatus::Inactive`] (no latency) if no attempt
     /// succeeded. `checked_at` is when the check started. It never fails and
     /// never panics: whatever the network does is a verdict. The result is not
-    /// applied; pass it to [`Storage::apply_health_check`] (or use
+    /// applied; pass it to [`crate::LeaseStorage::apply_health_check`] (or use
     /// [`HealthChecker::check_pool`]).
     ///
     /// ```no_run
@@ -316,7 +316,7 @@ impl HealthChecker {
     }
 
     /// Checks every proxy of a pool, at most [`HealthCheckConfig::concurrency`] at
-    /// once, applies each result with [`Storage::apply_health_check`] as soon as it
+    /// once, applies each result with [`crate::LeaseStorage::apply_health_check`] as soon as it
     /// is known, and returns the results in the pool's order.
     ///
     /// [`ProxyStatus::Banned`] proxies are skipped (a ban is an operator's

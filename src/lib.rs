@@ -10,7 +10,7 @@
 //! `max_concurrency`, [`ProxyStatus`], [`InMemoryStorage`], the [`IStorage`]
 //! interface), made idiomatic and safe under concurrency:
 //!
-//! - **Acquire is one atomic storage step** ([`Storage::acquire`]): reclaim the
+//! - **Acquire is one atomic storage step** ([`LeaseStorage::acquire`]): reclaim the
 //!   pool's expired leases, pick a proxy, count the lease, record it.
 //! - **Release is idempotent** and says what it found ([`ReleaseOutcome`]).
 //! - **Selection is indexed**: acquire and release stay O(log n) up to 100,000
@@ -108,4 +108,4 @@ pub use selector::SelectorStrategy;
 pub use stats::PoolStats;
 /// The original's name for [`Storage`].
 pub use storage::Storage as IStorage;
-pub use storage::{AcquireRequest, Storage};
+pub use storage::{AcquireRequest, AdminStorage, LeaseStorage, Storage};

@@ -12,13 +12,13 @@ use crate::consumer::Consumer;
 use crate::error::{Error, LostReason, Result};
 use crate::filters::{FilterAttribute, ProxyFilters};
 use crate::health::HealthCheckResult;
-use crate::lease::{Lease, LeaseStatus, ReleaseOutcome};
+use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 use crate::names::{validate_consumer_name, validate_pool_name};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::selector::SelectorStrategy;
 use crate::stats::PoolStats;
-use crate::storage::{AcquireRequest, Storage, DEFAULT_RECORD_GRACE};
+use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage, DEFAULT_RECORD_GRACE};
 use records::{Record, Records};
 
 mod records;
@@ -589,7 +589,7 @@ impl State {
     }
 }
 
-impl Storage for InMemoryStorage {
+impl AdminStorage for InMemoryStorage {
     async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         pool.validate()?;
         let mut st = self.lock();
@@ -784,6 +784,21 @@ impl Storage for InMemoryStorage {
         let mut all: Vec<_> = st.consumers.values().map(|c| c.consumer.clone()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
+    }
+}
+
+impl LeaseStorage for InMemoryStorage {
+    /// Checks the request and the pool's selector, releases, then acquires
+    /// (two steps of this storage's lock: a concurrent acquire may take the
+    /// proxy just given back).
+    async fn rotate(&self, lease: &Lease, request: &AcquireRequest) -> Result<Rotation> {
+        request.validate()?;
+        if let Some(pool) = self.get_pool(&request.pool_name).await? {
+            pool.indexes
+                .check_selector(&request.pool_name, request.selector)?;
+        }
+        let released = self.release(lease).await?;
+        Ok(Rotation::new(released, self.acquire(request).await?))
     }
 
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {

@@ -68,7 +68,7 @@ pub struct AcquireRequest {
     pub request_id: Option<String>,
 }
 
-/// Longest failure reason accepted by [`Storage::report_failure`], in bytes.
+/// Longest failure reason accepted by [`LeaseStorage::report_failure`], in bytes.
 pub const MAX_FAILURE_REASON_LEN: usize = 256;
 
 /// Checks a failure reason: at most [`MAX_FAILURE_REASON_LEN`] bytes, no control
@@ -153,19 +153,31 @@ impl AcquireRequest {
     }
 }
 
-/// Where pools, proxies, consumers and leases live (the original's `IStorage`).
+/// Where pools, proxies, consumers and leases live (the original's `IStorage`):
+/// the administration of [`AdminStorage`] and the lease protocol of
+/// [`LeaseStorage`]. It has no methods of its own; every type with both is a
+/// `Storage`, and the manager takes any.
 ///
 /// Every method is one atomic step: it either fails and changes nothing, or does
-/// all it says. In particular [`Storage::acquire`] reclaims the pool's expired
-/// leases, selects a proxy, counts the lease and records it in one step, so that a
-/// distributed storage can do it in one round trip and no two callers anywhere can
-/// both take a proxy's last slot.
+/// all it says. In particular [`LeaseStorage::acquire`] reclaims the pool's
+/// expired leases, selects a proxy, counts the lease and records it in one step,
+/// so that a distributed storage can do it in one round trip and no two callers
+/// anywhere can both take a proxy's last slot.
 ///
 /// Implementations must pass the conformance suite in `lighthouse_lease::testkit`
-/// (feature `testkit`).
+/// (feature `testkit`). An adapter writes the 15 methods of [`AdminStorage`] and
+/// the 10 required ones of [`LeaseStorage`]; waiting (notifications, the next
+/// expiry) and `rotate` have defaults.
 ///
 /// The methods return `Send` futures so a manager can be used from any tokio task.
-pub trait Storage: Send + Sync + 'static {
+/// Bring the two traits into scope to call them on a concrete storage
+/// (`use lighthouse_lease::{AdminStorage, LeaseStorage}`, or `use lighthouse_lease::*`).
+pub trait Storage: AdminStorage + LeaseStorage {}
+
+impl<T: AdminStorage + LeaseStorage> Storage for T {}
+
+/// Pools, proxies and consumers: what operators and imports change.
+pub trait AdminStorage: Send + Sync + 'static {
     /// Creates a pool. Fails with [`Error::PoolAlreadyExists`] if the name is taken.
     fn create_pool(&self, pool: ProxyPool) -> impl Future<Output = Result<ProxyPool>> + Send;
 
@@ -217,7 +229,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Every consumer, sorted by name.
     fn list_consumers(&self) -> impl Future<Output = Result<Vec<Consumer>>> + Send;
+}
 
+/// The lease protocol (acquire, release, rotate, extend, read, clean up), the
+/// feedback that steers selection (reports, health checks) and the waiting
+/// machinery, whose defaults make a minimal adapter small: no notifications
+/// (waiters poll every 5 s) and no expiry hint.
+pub trait LeaseStorage: Send + Sync + 'static {
     /// Atomically reclaims the pool's expired leases, selects an available proxy
     /// that matches, counts the lease against its `max_concurrency` and records it.
     /// `Ok(None)` when no matching proxy has a free slot.
@@ -234,7 +252,9 @@ pub trait Storage: Send + Sync + 'static {
     /// the same pool): the crawler loop that gives a proxy back and takes the
     /// next. Bad input, or a selector the pool cannot serve (`lowest_latency`
     /// without the latency order), fails before anything is released. The
-    /// default checks both, releases, then acquires.
+    /// default checks the request, releases, then acquires: an adapter whose
+    /// pools can refuse a selector should check it first, as both storages of
+    /// this crate do.
     fn rotate(
         &self,
         lease: &Lease,
@@ -242,10 +262,6 @@ pub trait Storage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Rotation>> + Send {
         async move {
             request.validate()?;
-            if let Some(pool) = self.get_pool(&request.pool_name).await? {
-                pool.indexes
-                    .check_selector(&request.pool_name, request.selector)?;
-            }
             let released = self.release(lease).await?;
             let next = self.acquire(request).await?;
             Ok(Rotation::new(released, next))
@@ -298,10 +314,15 @@ pub trait Storage: Send + Sync + 'static {
     /// a cleanup, a cooldown lifted, a proxy added or made active). Waiting
     /// acquires use them to retry at once instead of polling. A notification can
     /// be lost (a Redis outage); waiters also retry at the nearest expiry.
+    /// The default never notifies (waiters then retry at the next expiry, or
+    /// every 5 s).
     fn subscribe_freed(
         &self,
         pool_name: &str,
-    ) -> impl Future<Output = Result<tokio::sync::broadcast::Receiver<()>>> + Send;
+    ) -> impl Future<Output = Result<tokio::sync::broadcast::Receiver<()>>> + Send {
+        let _ = pool_name;
+        async { Ok(never_notified()) }
+    }
 
     /// Says that an acquire on this pool will wait up to `wait` for a slot, so that
     /// the storage notifies freed slots meanwhile (Redis publishes only while
@@ -316,15 +337,29 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// How long until the pool's next live lease expires (storage time), if any
-    /// lease is live. An expiry publishes nothing, so waiters poll then.
+    /// lease is live. An expiry publishes nothing, so waiters poll then. The
+    /// default knows none (waiters poll every 5 s).
     fn next_expiry(
         &self,
         pool_name: &str,
-    ) -> impl Future<Output = Result<Option<std::time::Duration>>> + Send;
+    ) -> impl Future<Output = Result<Option<std::time::Duration>>> + Send {
+        let _ = pool_name;
+        async { Ok(None) }
+    }
 
     /// Applies a health check: sets the proxy's status and `checked_at`.
     fn apply_health_check(
         &self,
         result: &HealthCheckResult,
     ) -> impl Future<Output = Result<Proxy>> + Send;
+}
+
+/// A receiver that never gets a notification and is never closed: its sender
+/// lives for the whole process and sends nothing.
+fn never_notified() -> tokio::sync::broadcast::Receiver<()> {
+    static NEVER: std::sync::OnceLock<tokio::sync::broadcast::Sender<()>> =
+        std::sync::OnceLock::new();
+    NEVER
+        .get_or_init(|| tokio::sync::broadcast::channel(1).0)
+        .subscribe()
 }

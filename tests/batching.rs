@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireOptions, Lease, Proxy, ProxyFilters, ProxyManager, ProxyPool, ReleaseOutcome,
-    SelectorStrategy, Storage,
+    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyFilters, ProxyManager,
+    ProxyPool, ReleaseOutcome, SelectorStrategy,
 };
 use support::server::RedisServer;
 use tokio::task::JoinSet;

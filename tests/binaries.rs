@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
-use lighthouse_lease::{AcquireRequest, Proxy, ProxyPool, Storage};
+use lighthouse_lease::{AcquireRequest, AdminStorage, LeaseStorage, Proxy, ProxyPool};
 
 const CLI: &str = env!("CARGO_BIN_EXE_lighthouse");
 const SWEEPER: &str = env!("CARGO_BIN_EXE_lighthouse-sweeper");

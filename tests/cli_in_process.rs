@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use lighthouse_lease::cli::{manager, run, Cli};
-use lighthouse_lease::{InMemoryStorage, ProxyManager, Storage};
+use lighthouse_lease::{AdminStorage, InMemoryStorage, ProxyManager};
 
 struct Shell {
     m: ProxyManager<InMemoryStorage>,

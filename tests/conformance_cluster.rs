@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::testkit::Harness;
-use lighthouse_lease::{AcquireRequest, Proxy, ProxyPool, ReleaseOutcome, Storage};
+use lighthouse_lease::{
+    AcquireRequest, AdminStorage, LeaseStorage, Proxy, ProxyPool, ReleaseOutcome,
+};
 use support::cluster::RedisCluster;
 
 fn cluster() -> &'static RedisCluster {

@@ -53,8 +53,8 @@ mod redis_specific {
 
     use lighthouse_lease::redis::RedisStorage;
     use lighthouse_lease::{
-        AcquireRequest, InMemoryStorage, PoolIndexes, Proxy, ProxyFilters, ProxyPool,
-        ReleaseOutcome, SelectorStrategy, Storage,
+        AcquireRequest, AdminStorage, InMemoryStorage, LeaseStorage, PoolIndexes, Proxy,
+        ProxyFilters, ProxyPool, ReleaseOutcome, SelectorStrategy,
     };
 
     use super::support;

@@ -70,9 +70,9 @@ use lighthouse_lease::clock::ManualClock;
 use lighthouse_lease::cooldown::CooldownPolicy;
 use lighthouse_lease::redis::RedisStorage;
 use lighthouse_lease::{
-    AcquireOptions, AcquireRequest, Error, HealthCheckResult, InMemoryStorage, IndexOrder, Lease,
-    LeaseStatus, PoolIndexes, Proxy, ProxyFilters, ProxyManager, ProxyPool, ProxyStatus, Result,
-    Rotation, SelectorStrategy, Storage,
+    AcquireOptions, AcquireRequest, AdminStorage, Error, HealthCheckResult, InMemoryStorage,
+    IndexOrder, Lease, LeaseStatus, LeaseStorage, PoolIndexes, Proxy, ProxyFilters, ProxyManager,
+    ProxyPool, ProxyStatus, Result, Rotation, SelectorStrategy,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireOptions, LeaseStatus, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, SelectorStrategy,
-    Storage,
+    AcquireOptions, AdminStorage, LeaseStatus, LeaseStorage, Proxy, ProxyManager, ProxyPool,
+    ReleaseOutcome, SelectorStrategy,
 };
 use uuid::Uuid;
 

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireOptions, Error, LeaseStatus, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, Storage,
+    AcquireOptions, AdminStorage, Error, LeaseStatus, LeaseStorage, Proxy, ProxyManager, ProxyPool,
+    ReleaseOutcome,
 };
 use redis::aio::MultiplexedConnection;
 use uuid::Uuid;

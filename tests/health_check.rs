@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lighthouse_lease::{
-    AcquireOptions, Error, HealthCheckConfig, HealthChecker, InMemoryStorage, Proxy, ProxyManager,
-    ProxyPool, ProxyProtocol, ProxyStatus, Storage,
+    AcquireOptions, AdminStorage, Error, HealthCheckConfig, HealthChecker, InMemoryStorage, Proxy,
+    ProxyManager, ProxyPool, ProxyProtocol, ProxyStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

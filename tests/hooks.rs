@@ -8,7 +8,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
-use lighthouse_lease::{AcquireOptions, LeaseEvent, Proxy, ProxyManager, ProxyPool, Storage};
+use lighthouse_lease::{
+    AcquireOptions, AdminStorage, LeaseEvent, LeaseStorage, Proxy, ProxyManager, ProxyPool,
+};
 use support::server::RedisServer;
 
 const POOL: &str = "hooked";

@@ -7,7 +7,8 @@ use std::time::Duration;
 use lighthouse_lease::clock::ManualClock;
 use lighthouse_lease::storage::DEFAULT_RECORD_GRACE;
 use lighthouse_lease::{
-    AcquireOptions, InMemoryStorage, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, Storage,
+    AcquireOptions, AdminStorage, InMemoryStorage, LeaseStorage, Proxy, ProxyManager, ProxyPool,
+    ReleaseOutcome,
 };
 
 const POOL: &str = "latam-residential";

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use lighthouse_lease::clock::ManualClock;
 use lighthouse_lease::{
-    AcquireRequest, InMemoryStorage, Lease, Proxy, ProxyFilters, ProxyPool, ProxyStatus,
-    ReleaseOutcome, SelectorStrategy, Storage,
+    AcquireRequest, AdminStorage, InMemoryStorage, Lease, LeaseStorage, Proxy, ProxyFilters,
+    ProxyPool, ProxyStatus, ReleaseOutcome, SelectorStrategy,
 };
 use proptest::prelude::*;
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lighthouse_lease::{
-    AcquireOptions, Error, InMemoryStorage, LeaseEvent, LeaseEventKind, LeaseEventOutcome, Proxy,
-    ProxyManager, ProxyPool, ReleaseOutcome, RetryPolicy, Storage,
+    AcquireOptions, AdminStorage, Error, InMemoryStorage, LeaseEvent, LeaseEventKind,
+    LeaseEventOutcome, LeaseStorage, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, RetryPolicy,
 };
 
 const POOL: &str = "latam-residential";

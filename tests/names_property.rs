@@ -36,7 +36,7 @@ use lighthouse_lease::proxy::MAX_ATTRIBUTE_LEN;
 use lighthouse_lease::redis::{validate_namespace, RedisConfig, RedisStorage, MAX_NAMESPACE_LEN};
 use lighthouse_lease::storage::MAX_REQUEST_ID_LEN;
 use lighthouse_lease::{
-    AcquireRequest, Error, PoolIndexes, Proxy, ProxyFilters, ProxyPool, Storage,
+    AcquireRequest, AdminStorage, Error, LeaseStorage, PoolIndexes, Proxy, ProxyFilters, ProxyPool,
 };
 use proptest::prelude::*;
 use uuid::Uuid;

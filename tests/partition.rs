@@ -35,7 +35,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
-use lighthouse_lease::{AcquireOptions, Lease, Proxy, ProxyManager, ProxyPool, Storage};
+use lighthouse_lease::{
+    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyManager, ProxyPool,
+};
 use netns::{Lab, LabRedis, Proc};
 use uuid::Uuid;
 

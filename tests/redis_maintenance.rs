@@ -8,7 +8,9 @@ mod support;
 use std::time::Duration;
 
 use lighthouse_lease::redis::RedisStorage;
-use lighthouse_lease::{AcquireRequest, Proxy, ProxyFilters, ProxyPool, ReleaseOutcome, Storage};
+use lighthouse_lease::{
+    AcquireRequest, AdminStorage, LeaseStorage, Proxy, ProxyFilters, ProxyPool, ReleaseOutcome,
+};
 
 const POOL: &str = "latam-residential";
 

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lighthouse_lease::{
-    AcquireOptions, AcquireRequest, BackendErrorKind, Consumer, CooldownPolicy, Error,
-    HealthCheckResult, InMemoryStorage, Lease, LeaseStatus, PoolStats, Proxy, ProxyManager,
-    ProxyPool, ProxyStatus, ReleaseOutcome, RenewPolicy, Result, Storage,
+    AcquireOptions, AcquireRequest, AdminStorage, BackendErrorKind, Consumer, CooldownPolicy,
+    Error, HealthCheckResult, InMemoryStorage, Lease, LeaseStatus, LeaseStorage, PoolStats, Proxy,
+    ProxyManager, ProxyPool, ProxyStatus, ReleaseOutcome, RenewPolicy, Result, Storage,
 };
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -155,7 +155,7 @@ impl Flaky {
     }
 }
 
-impl Storage for Flaky {
+impl AdminStorage for Flaky {
     async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         self.inner.create_pool(pool).await
     }
@@ -201,6 +201,9 @@ impl Storage for Flaky {
     async fn list_consumers(&self) -> Result<Vec<Consumer>> {
         self.inner.list_consumers().await
     }
+}
+
+impl LeaseStorage for Flaky {
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
         self.inner.acquire(request).await
     }

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
-use lighthouse_lease::{AcquireRequest, Error, Proxy, ProxyPool, Storage};
+use lighthouse_lease::{AcquireRequest, AdminStorage, Error, LeaseStorage, Proxy, ProxyPool};
 use support::server::RedisServer;
 
 fn free_port() -> u16 {

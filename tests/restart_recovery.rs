@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireRequest, BackendErrorKind, CooldownPolicy, Lease, LeaseStatus, Proxy, ProxyPool,
-    ProxyStatus, ReleaseOutcome, Storage,
+    AcquireRequest, AdminStorage, BackendErrorKind, CooldownPolicy, Lease, LeaseStatus,
+    LeaseStorage, Proxy, ProxyPool, ProxyStatus, ReleaseOutcome,
 };
 use support::server::RedisServer;
 use uuid::Uuid;

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use forwarder::Forwarder;
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireOptions, Lease, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, Storage,
+    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyManager, ProxyPool,
+    ReleaseOutcome,
 };
 use support::server::RedisServer;
 use tokio::task::JoinSet;

@@ -18,7 +18,7 @@ use crate::names::{validate_consumer_name, validate_pool_name};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::stats::PoolStats;
-use crate::storage::{AcquireRequest, Storage};
+use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage};
 
 use super::batch::{Batcher, Exec};
 use super::codec::{self, corrupt, parse_uuid};
@@ -833,7 +833,7 @@ enum Settled {
     Retry,
 }
 
-impl Storage for RedisStorage {
+impl AdminStorage for RedisStorage {
     async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         pool.validate()?;
         let pk = self.keys.pool(&pool.name);
@@ -1111,7 +1111,9 @@ impl Storage for RedisStorage {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
 
+impl LeaseStorage for RedisStorage {
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
         request.validate()?;
         let pk = self.keys.pool(&request.pool_name);
@@ -1385,7 +1387,7 @@ impl Storage for RedisStorage {
 }
 
 impl RedisStorage {
-    /// A lease record of this pool by its token (see [`Storage::get_lease`]).
+    /// A lease record of this pool by its token (see [`LeaseStorage::get_lease`]).
     async fn lease_by_token(&self, pool_name: &str, token: u64) -> Result<Option<Lease>> {
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
@@ -1432,7 +1434,7 @@ fn pool_ref(id: Uuid, name: &str) -> ProxyPool {
 
 impl RedisStorage {
     /// A pool's stats as they are now, without reclaiming its expired leases first
-    /// (those still count): one read-only script. [`Storage::pool_stats`]
+    /// (those still count): one read-only script. [`LeaseStorage::pool_stats`]
     /// reclaims first.
     pub async fn pool_stats_snapshot(&self, pool_name: &str) -> Result<PoolStats> {
         validate_pool_name(pool_name)?;

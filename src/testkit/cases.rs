@@ -18,7 +18,7 @@ use crate::pool::{IndexOrder, IndexedAttribute, PoolIndexes, ProxyPool};
 use crate::proxy::{Proxy, ProxyBuilder, ProxyProtocol, ProxyStatus};
 use crate::selector::SelectorStrategy;
 use crate::stats::PoolStats;
-use crate::storage::{AcquireRequest, Storage};
+use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage, Storage};
 
 const POOL: &str = "latam-residential";
 

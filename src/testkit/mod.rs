@@ -31,6 +31,17 @@
 //! pass: storages with an injectable clock move it; storages whose time is
 //! elsewhere (Redis uses its own `TIME`) sleep, so their harness should keep
 //! [`Harness::short_lease`] and [`Harness::record_grace`] short.
+//!
+//! # The smallest adapter
+//!
+//! A storage is [`crate::AdminStorage`] (pools, proxies, consumers: 15 methods)
+//! plus [`crate::LeaseStorage`] (acquire, release, extend, the lease reads,
+//! cleanup, stats, reports and health checks: 10 required methods). What it may
+//! leave out has defaults: `rotate` (release, then acquire), `subscribe_freed`
+//! (never notifies), `announce_waiter` (nothing) and `next_expiry` (none), so
+//! that waiting acquires poll every 5 s instead of waking on a release. The
+//! suite's waiting cases expect a wake-up well before that: an adapter that
+//! keeps the defaults passes the rest (`tests/minimal_adapter.rs` is one).
 
 use std::future::Future;
 use std::time::Duration;

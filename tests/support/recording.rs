@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyManager, ProxyPool, Storage};
+use lighthouse_lease::{
+    AcquireOptions, AdminStorage, InMemoryStorage, Proxy, ProxyManager, ProxyPool,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::CompositeKey;
 

@@ -1,0 +1,168 @@
+//! The smallest adapter: a storage that writes only the required methods of
+//! `AdminStorage` and `LeaseStorage` (here by delegating to the in-memory
+//! storage) works with the manager through the traits' defaults: `rotate`
+//! releases then acquires, and a waiting acquire without notifications or an
+//! expiry hint polls every 5 s instead of spinning.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lighthouse_lease::cooldown::CooldownPolicy;
+use lighthouse_lease::storage::AcquireRequest;
+use lighthouse_lease::{
+    AcquireOptions, AdminStorage, Consumer, HealthCheckResult, InMemoryStorage, Lease,
+    LeaseStorage, PoolStats, Proxy, ProxyManager, ProxyPool, ProxyStatus, ReleaseOutcome, Result,
+};
+use uuid::Uuid;
+
+/// Required methods only; counts acquire calls.
+#[derive(Default)]
+struct Minimal {
+    inner: InMemoryStorage,
+    acquires: Arc<AtomicU32>,
+}
+
+impl AdminStorage for Minimal {
+    async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
+        self.inner.create_pool(pool).await
+    }
+    async fn get_pool(&self, name: &str) -> Result<Option<ProxyPool>> {
+        self.inner.get_pool(name).await
+    }
+    async fn list_pools(&self) -> Result<Vec<ProxyPool>> {
+        self.inner.list_pools().await
+    }
+    async fn update_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
+        self.inner.update_pool(pool).await
+    }
+    async fn remove_pool(&self, name: &str) -> Result<bool> {
+        self.inner.remove_pool(name).await
+    }
+    async fn add_proxy(&self, proxy: Proxy) -> Result<Proxy> {
+        self.inner.add_proxy(proxy).await
+    }
+    async fn add_proxies(&self, proxies: Vec<Proxy>) -> Result<Vec<Proxy>> {
+        self.inner.add_proxies(proxies).await
+    }
+    async fn update_proxy(&self, proxy: Proxy) -> Result<Proxy> {
+        self.inner.update_proxy(proxy).await
+    }
+    async fn set_proxy_status(&self, id: Uuid, status: ProxyStatus) -> Result<Proxy> {
+        self.inner.set_proxy_status(id, status).await
+    }
+    async fn remove_proxy(&self, id: Uuid) -> Result<bool> {
+        self.inner.remove_proxy(id).await
+    }
+    async fn get_proxy(&self, id: Uuid) -> Result<Option<Proxy>> {
+        self.inner.get_proxy(id).await
+    }
+    async fn list_proxies(&self, pool: &str) -> Result<Vec<Proxy>> {
+        self.inner.list_proxies(pool).await
+    }
+    async fn ensure_consumer(&self, name: &str) -> Result<Consumer> {
+        self.inner.ensure_consumer(name).await
+    }
+    async fn get_consumer(&self, name: &str) -> Result<Option<Consumer>> {
+        self.inner.get_consumer(name).await
+    }
+    async fn list_consumers(&self) -> Result<Vec<Consumer>> {
+        self.inner.list_consumers().await
+    }
+}
+
+impl LeaseStorage for Minimal {
+    async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        self.inner.acquire(request).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.inner.release(lease).await
+    }
+    async fn extend(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
+        self.inner.extend(lease, duration).await
+    }
+    async fn get_lease(&self, pool: &str, id: Uuid) -> Result<Option<Lease>> {
+        self.inner.get_lease(pool, id).await
+    }
+    async fn list_leases(&self, pool: &str) -> Result<Vec<Lease>> {
+        self.inner.list_leases(pool).await
+    }
+    async fn cleanup_expired_leases(&self) -> Result<u64> {
+        self.inner.cleanup_expired_leases().await
+    }
+    async fn pool_stats(&self, pool: &str) -> Result<PoolStats> {
+        self.inner.pool_stats(pool).await
+    }
+    async fn report_success(&self, id: Uuid) -> Result<Proxy> {
+        self.inner.report_success(id).await
+    }
+    async fn report_failure(
+        &self,
+        id: Uuid,
+        reason: &str,
+        policy: &CooldownPolicy,
+    ) -> Result<Proxy> {
+        self.inner.report_failure(id, reason, policy).await
+    }
+    async fn apply_health_check(&self, result: &HealthCheckResult) -> Result<Proxy> {
+        self.inner.apply_health_check(result).await
+    }
+}
+
+async fn manager() -> (ProxyManager<Minimal>, Arc<AtomicU32>) {
+    let storage = Minimal::default();
+    let acquires = storage.acquires.clone();
+    let m = ProxyManager::new(storage);
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new("p").unwrap())
+        .await
+        .unwrap();
+    let proxy = Proxy::builder(pool.id, "10.0.0.1", 80)
+        .max_concurrency(1)
+        .build()
+        .unwrap();
+    m.storage().add_proxy(proxy).await.unwrap();
+    (m, acquires)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_acquire_polls_every_5_seconds_without_notifications() {
+    let (m, acquires) = manager().await;
+    let held = m
+        .acquire_proxy("p", AcquireOptions::new())
+        .await
+        .unwrap()
+        .unwrap();
+    acquires.store(0, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let got = m
+        .acquire_proxy_wait("p", AcquireOptions::new(), Duration::from_secs(12))
+        .await
+        .unwrap();
+    assert!(got.is_none());
+    assert_eq!(started.elapsed(), Duration::from_secs(12));
+    // At 0, 5, 10 and 12 s: no spinning on a receiver that never fires.
+    assert_eq!(acquires.load(Ordering::SeqCst), 4);
+    m.release_proxy(&held).await.unwrap();
+}
+
+#[tokio::test]
+async fn rotate_by_default_releases_then_acquires() {
+    let (m, _) = manager().await;
+    let first = m
+        .acquire_proxy("p", AcquireOptions::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let r = m.rotate_proxy(&first, AcquireOptions::new()).await.unwrap();
+    assert_eq!(r.released, ReleaseOutcome::Released);
+    let next = r.next.expect("the proxy just given back");
+    assert_eq!(next.proxy_id, first.proxy_id);
+    assert_ne!(next.id, first.id);
+    assert_eq!(
+        m.release_proxy(&next).await.unwrap(),
+        ReleaseOutcome::Released
+    );
+}

@@ -44,14 +44,14 @@ end
 
 local m, why, found = open_pool('wait_until')
 if not m then return { why, found } end
-local now = clock()
+local now, _, now_s = clock()
 if n == 1 then
-  local o, f = release_one(ids[1], keys[1], POOL.created or '0', now, fmt_int(now), ARGV[2])
+  local o, f = release_one(ids[1], keys[1], POOL.created or '0', now, now_s, ARGV[2])
   if f then notify(m[4], now) end
   return { 'OK', o }
 end
 prepare_releases(ids, keys, POOL.created or '0')
-local out, freed, now_s, grace_s = { 'OK' }, 0, fmt_int(now), ARGV[2]
+local out, freed, grace_s = { 'OK' }, 0, ARGV[2]
 for i = 1, n do
   local o, f = apply_release(i, now, now_s, grace_s)
   out[i + 1] = o

@@ -125,6 +125,7 @@ end
 -- A load-index score (count * 2^32 + seq) in decimal, remembered (bounded):
 -- the same few thousand scores come back call after call.
 local SCS, NSCS = {}, 0
+local NEG_SHIFT = '-' .. LOAD_SHIFT -- one lease less, as a ZADD INCR increment
 local function score_text(n)
   local s = SCS[n]
   if not s then
@@ -947,14 +948,23 @@ local function release_one(id, key, created, now, now_s, grace)
   local info = info_of(json)
   local o = end_record(r, key, present, now, now_s, grace)
   if not present then return o, false end
-  -- Its slot back: the count is the load score's high part while indexed.
-  local sc = info.ok and info.max ~= 1 and num(redis.call('ZSCORE', PK.load_all, m))
-  local n0 = sc and math.floor(sc / LOAD_SHIFT)
-  if n0 and n0 <= 0 then return o, false end
+  -- Its slot back: the count is the load score's high part while indexed. One
+  -- ZADD XX INCR lowers it in `load:all` and answers the new score (nil when
+  -- the proxy is not indexed: nothing written), a ZSCORE and a ZADD in one; the
+  -- proxy's other load keys get that score as Redis wrote it.
+  local n0, got
+  if info.ok and info.max ~= 1 then
+    got = redis.call('ZADD', PK.load_all, 'XX', 'INCR', NEG_SHIFT, m)
+    if got then n0 = math.floor(num(got) / LOAD_SHIFT) + 1 end
+  end
+  if n0 and n0 <= 0 then
+    -- It counted nothing (a count edited by hand): put the score back.
+    redis.call('ZADD', PK.load_all, score_text(num(got) + LOAD_SHIFT), m)
+    return o, false
+  end
   if n0 and (info.max == nil or n0 - 1 < info.max) then
-    local s = score_text((n0 - 1) * LOAD_SHIFT + num(m))
     local keys = info.load
-    for k = 1, #keys do redis.call('ZADD', keys[k], s, m) end
+    for k = 2, #keys do redis.call('ZADD', keys[k], got, m) end
     return o, true
   end
   if n0 then

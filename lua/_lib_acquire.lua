@@ -220,8 +220,7 @@ local function begin(prefix, grace)
   WAIT_UNTIL = m[8]
   CREATED = POOL.created -- a string: rotate compares it as a number
   GRACE = grace
-  NOW, NOW_US = clock()
-  NOW_S = fmt_int(NOW)
+  NOW, NOW_US, NOW_S = clock()
   return nil
 end
 
@@ -601,7 +600,8 @@ local function grant(r, m)
     redis.call('HSET', KEYS[1], 'fence', fmt_int(FENCE_R))
   end
   POOL.fence_r, POOL.fence_last = FENCE_R, FENCE
-  local tok = fmt_int(token)
+  local tok
+  if token == NOW_US then tok = us_text(token, NOW_S) else tok = fmt_int(token) end
   local tail = ''
   if r.reqk > 0 then tail = '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1) end
   redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer
@@ -749,7 +749,7 @@ local function serve_one(r, off)
     for k = 1, #keys do redis.call('ZREM', keys[k], m) end
     redis.call('HSET', PK.held, m, fmt_int(n))
   else
-    local s = fmt_int(n * LOAD_SHIFT + seq)
+    local s = score_text(n * LOAD_SHIFT + seq)
     local keys = info.load
     for k = 1, #keys do redis.call('ZADD', keys[k], s, m) end
   end

@@ -20,11 +20,13 @@
 -- One lease takes the straight way (release_one in _lib.lua), with the same
 -- calls as below and none of the batch's bookkeeping.
 --
--- Calls, one lease: HMGET meta, TIME, GET record, ZMSCORE load (and HMGET held
--- when not indexed), ZREM live, SET record, ZADD (or ZREM) per index key of the
--- proxy: 8 with one declared attribute (HMGET proxies too when the library does
--- not remember the proxy's JSON under the meta's `pver`; the first call after
--- the library loads also reads the pool's fixed settings). n leases: MGET,
+-- Calls, one lease: HMGET meta, TIME, GET record, ZREM live, SET record, ZADD
+-- XX INCR of `load:all` (the count down by one, answering the new score), ZADD
+-- of that score per other load key of the proxy: 7 with one declared attribute
+-- (HGET proxies too when the library does not remember the proxy's JSON under
+-- the meta's `pver`; the first call after the library loads also reads the
+-- pool's fixed settings; a proxy not indexed: HGET held, then HSET or HDEL held
+-- and the index writes of the batch path). n leases: MGET,
 -- ZMSCORE live, ZREM live once each, SET per lease, one command per index key.
 
 local prefix = ARGV[1]
@@ -35,23 +37,23 @@ if not check_meta_live(prefix)
 end
 local grace = int_in(ARGV[2], 0, MAX_GRACE_MS)
 if not grace then return fail('bad grace') end
-local ids, keys = {}, {}
 for i = 1, n do
   local id = ARGV[2 + i]
   if not is_token(id) or KEYS[2 + i] ~= prefix .. id then return fail('bad lease token') end
-  ids[i], keys[i] = id, KEYS[2 + i]
 end
 
 local m, why, found = open_pool('wait_until')
 if not m then return { why, found } end
-local now = clock()
+local now, _, now_s = clock()
 if n == 1 then
-  local o, f = release_one(ids[1], keys[1], POOL.created or '0', now, fmt_int(now), ARGV[2])
+  local o, f = release_one(ARGV[3], KEYS[3], POOL.created or '0', now, now_s, ARGV[2])
   if f then notify(m[4], now) end
   return { 'OK', o }
 end
+local ids, keys = {}, {}
+for i = 1, n do ids[i], keys[i] = ARGV[2 + i], KEYS[2 + i] end
 prepare_releases(ids, keys, POOL.created or '0')
-local out, freed, now_s, grace_s = { 'OK' }, 0, fmt_int(now), ARGV[2]
+local out, freed, grace_s = { 'OK' }, 0, ARGV[2]
 for i = 1, n do
   local o, f = apply_release(i, now, now_s, grace_s)
   out[i + 1] = o

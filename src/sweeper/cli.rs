@@ -136,6 +136,24 @@ async fn run(args: SweeperArgs) -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "cannot check the Redis configuration yet"),
     }
+    // The exporter first, so that the sweeper's metrics and the library's (its
+    // storage calls) are recorded into it from the start.
+    let gauge_idle = (args.interval * 10).max(Duration::from_secs(120));
+    let prometheus = match super::metrics::prometheus_builder(gauge_idle).install_recorder() {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "cannot install the metrics recorder");
+            return ExitCode::FAILURE;
+        }
+    };
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let sweeper = Sweeper::new(
         storage,
         SweeperConfig {
@@ -145,6 +163,7 @@ async fn run(args: SweeperArgs) -> ExitCode {
             ..SweeperConfig::default()
         },
     );
+    let sweeper = std::sync::Arc::new(sweeper);
     let (tx, rx) = tokio::sync::watch::channel(false);
     if args.once {
         return match sweeper.sweep_once(&rx).await {
@@ -178,11 +197,16 @@ async fn run(args: SweeperArgs) -> ExitCode {
             .map(|a| a.to_string())
             .unwrap_or_default();
         info!(addr = %local, "serving /metrics and /healthz");
-        Some(tokio::spawn(super::http::serve(
-            listener,
-            sweeper.metrics(),
-            rx.clone(),
-        )))
+        let endpoint = super::http::Endpoint {
+            sweeper: sweeper.clone(),
+            prometheus,
+        };
+        let shutdown = rx.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = super::http::serve(listener, endpoint, shutdown).await {
+                error!(error = %e, "the HTTP endpoint stopped");
+            }
+        }))
     } else {
         None
     };

@@ -79,13 +79,26 @@ impl std::fmt::Debug for Sweeper {
 }
 
 impl Sweeper {
-    /// A sweeper over a storage.
+    /// A sweeper over a storage. Its metrics go to the recorder installed when
+    /// it is made (none: nothing is recorded); it registers them at zero.
     pub fn new(storage: RedisStorage, config: SweeperConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        metrics.register();
         Sweeper {
             storage,
             config,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         }
+    }
+
+    /// The storage it sweeps.
+    pub fn storage(&self) -> &RedisStorage {
+        &self.storage
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &SweeperConfig {
+        &self.config
     }
 
     /// The metrics it keeps (shared with the HTTP endpoint).
@@ -136,6 +149,8 @@ impl Sweeper {
                         active_leases: st.total_leases,
                         available_proxies: st.available_proxies,
                         total_proxies: st.total_proxies,
+                        active_proxies: st.active_proxies,
+                        leased_proxies: st.leased_proxies,
                     },
                 ),
                 Err(crate::Error::PoolNotFound { .. }) => {}
@@ -144,7 +159,7 @@ impl Sweeper {
         }
         self.metrics.retain_pools(&pools);
         self.metrics
-            .sweep_done(started.elapsed(), report.longest_batch);
+            .sweep_done(started.elapsed(), report.longest_batch, report.reclaimed);
         Ok(report)
     }
 

@@ -42,6 +42,20 @@ pub struct SweeperArgs {
     /// How long connecting to Redis may take, e.g. `2s`.
     #[arg(long, env = "LIGHTHOUSE_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
+    /// Check every pool's proxies through the health checker this often, e.g.
+    /// `5m`; `off` (default) or `0s`: never.
+    #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_INTERVAL", default_value = "off", value_parser = parse_optional_duration)]
+    pub health_check_interval: OptionalDuration,
+    /// URL fetched through each proxy by the scheduled health checks (a 2xx
+    /// answer within the slow threshold: active).
+    #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_TARGET", default_value = crate::health_check::DEFAULT_TARGET_URL)]
+    pub health_check_target: String,
+    /// Proxies checked at once by the scheduled health checks.
+    #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub health_check_concurrency: u32,
+    /// Time allowed for one health-check attempt through a proxy, e.g. `10s`.
+    #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub health_check_timeout: Duration,
     /// Sweep once and exit (no metrics endpoint).
     #[arg(long)]
     pub once: bool,
@@ -73,6 +87,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is out of range (0 to 24h)"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration that may be turned off: `None` for `off` or zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+/// `off`, or [`parse_duration`] (zero is off too).
+pub fn parse_optional_duration(s: &str) -> Result<OptionalDuration, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptionalDuration(None));
+    }
+    let d = parse_duration(s)?;
+    Ok(OptionalDuration((!d.is_zero()).then_some(d)))
 }
 
 /// [`parse_duration`], above zero.
@@ -164,6 +191,22 @@ async fn run(args: SweeperArgs) -> ExitCode {
         },
     );
     let sweeper = std::sync::Arc::new(sweeper);
+    let checker = match args.health_check_interval.0 {
+        None => None,
+        Some(every) => {
+            let config = crate::HealthCheckConfig::new()
+                .target_url(args.health_check_target.clone())
+                .timeout(args.health_check_timeout)
+                .concurrency(args.health_check_concurrency as usize);
+            match crate::HealthChecker::new(config) {
+                Ok(c) => Some((c, every)),
+                Err(e) => {
+                    error!(error = %e, "bad health-check settings");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let (tx, rx) = tokio::sync::watch::channel(false);
     if args.once {
         return match sweeper.sweep_once(&rx).await {
@@ -217,7 +260,16 @@ async fn run(args: SweeperArgs) -> ExitCode {
     });
     info!(namespace = %args.namespace, interval_ms = args.interval.as_millis() as u64,
         batch = args.batch_size, "lighthouse-sweeper started");
+    let checks = checker.map(|(checker, every)| {
+        info!(interval_ms = every.as_millis() as u64, target = %checker.config().target_url,
+            concurrency = checker.config().concurrency, "scheduled health checks on");
+        let (sweeper, stop) = (sweeper.clone(), rx.clone());
+        tokio::spawn(async move { sweeper.run_health_checks(checker, every, stop).await })
+    });
     sweeper.run(rx).await;
+    if let Some(h) = checks {
+        let _ = h.await;
+    }
     if let Some(h) = http {
         let _ = h.await;
     }

@@ -8,6 +8,9 @@
 //!   exactly once, whoever runs them.
 //! - When Redis is unreachable it logs, backs off (up to 30 s) and keeps going;
 //!   `/healthz` answers 503 until Redis is back.
+//! - With `--health-check-interval`, it also checks every pool's proxies on a
+//!   schedule through the crate's [`HealthChecker`](crate::HealthChecker) and
+//!   applies the verdicts (see [`health`]).
 //! - On SIGTERM or SIGINT it finishes the batch in progress and exits 0.
 
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::error::Result;
 use crate::redis::RedisStorage;
 
+pub mod health;
 pub mod http;
 pub mod metrics;
 

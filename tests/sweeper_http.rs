@@ -94,6 +94,7 @@ async fn metrics_after_a_known_sequence_carry_the_sweepers_and_the_librarys_valu
         Endpoint {
             sweeper: sweeper.clone(),
             prometheus: handle,
+            status_page: false,
         },
         stop_rx.clone(),
     ));

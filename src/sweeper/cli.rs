@@ -56,6 +56,11 @@ pub struct SweeperArgs {
     /// Time allowed for one health-check attempt through a proxy, e.g. `10s`.
     #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub health_check_timeout: Duration,
+    /// Serve a read-only HTML status page on `/` of the metrics address (pools,
+    /// resting proxies, oldest leases, last sweep). Unauthenticated: keep the
+    /// port inside the cluster's network policy.
+    #[arg(long, env = "LIGHTHOUSE_STATUS_PAGE")]
+    pub status_page: bool,
     /// Sweep once and exit (no metrics endpoint).
     #[arg(long)]
     pub once: bool,
@@ -239,10 +244,15 @@ async fn run(args: SweeperArgs) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        info!(addr = %local, "serving /metrics and /healthz");
+        if args.status_page {
+            info!(addr = %local, "serving /metrics, /healthz and the status page on /");
+        } else {
+            info!(addr = %local, "serving /metrics and /healthz");
+        }
         let endpoint = super::http::Endpoint {
             sweeper: sweeper.clone(),
             prometheus,
+            status_page: args.status_page,
         };
         let shutdown = rx.clone();
         Some(tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! The sweeper's HTTP endpoint, on axum: `/metrics` (the Prometheus exporter's
 //! text), `/healthz` (200 while Redis answers, 503 otherwise) and, when turned
-//! on, the read-only status page on `/`. GET only; every response closes its
+//! on, the read-only status page on `/` (see [`super::status`]). GET only; every response closes its
 //! connection (a scrape or a probe every few seconds needs no keep-alive).
 
 use std::sync::Arc;
@@ -22,6 +22,8 @@ pub struct Endpoint {
     pub sweeper: Arc<Sweeper>,
     /// The installed exporter's handle, rendered on `/metrics`.
     pub prometheus: PrometheusHandle,
+    /// Whether `/` serves the read-only status page (see [`super::status`]).
+    pub status_page: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -34,9 +36,12 @@ const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The routes.
 pub fn router(endpoint: Endpoint) -> Router {
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz));
+    if endpoint.status_page {
+        router = router.route("/", get(status_page));
+    }
     router
         .fallback(not_found)
         .layer(axum::middleware::map_response(close_connection))
@@ -88,6 +93,23 @@ async fn healthz(State(e): State<Endpoint>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn status_page(State(e): State<Endpoint>) -> Response {
+    let html = super::status::render(&e.sweeper).await;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing to load from elsewhere, no script, no form, no framing.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {

@@ -11,6 +11,8 @@
 //! - With `--health-check-interval`, it also checks every pool's proxies on a
 //!   schedule through the crate's [`HealthChecker`](crate::HealthChecker) and
 //!   applies the verdicts (see [`health`]).
+//! - With `--status-page`, `/` serves a read-only HTML view of the pools,
+//!   resting proxies, oldest leases and the last sweep (see [`status`]).
 //! - On SIGTERM or SIGINT it finishes the batch in progress and exits 0.
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use crate::redis::RedisStorage;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod status;
 
 use metrics::{Metrics, PoolGauges};
 

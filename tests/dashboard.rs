@@ -1,14 +1,15 @@
 #![cfg(feature = "cli")]
 //! `deploy/grafana/lighthouse.json` queries only metrics the code exports: the
 //! library's (recorded through a `DebuggingRecorder` while a manager runs every
-//! kind of call) and the sweeper's (its `/metrics` text).
+//! kind of call) and the sweeper's (the text of its Prometheus exporter).
 
 #[path = "support/recording.rs"]
 mod recording;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use lighthouse_lease::sweeper::metrics::{Metrics, PoolGauges};
+use lighthouse_lease::sweeper::metrics::{prometheus_builder, Metrics, PoolGauges};
 use metrics_util::MetricKind;
 use recording::record_every_call;
 
@@ -57,12 +58,21 @@ fn library_metrics() -> Vec<(String, bool)> {
         .collect()
 }
 
-/// The sweeper's metric names, from the text it serves.
+/// The sweeper's metric names, from the text its exporter serves (the same
+/// exporter settings as the binary's, installed locally).
 fn sweeper_metrics() -> BTreeSet<String> {
+    let recorder = prometheus_builder(Duration::from_secs(120)).build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
     let metrics = Metrics::default();
+    metrics.register();
     metrics.pool("p", PoolGauges::default());
     metrics.reclaimed("p", 1);
-    metrics
+    metrics.sweep_done(Duration::from_millis(3), Duration::from_millis(1), 1);
+    metrics.repairs(0);
+    metrics.error("down");
+    metrics.health_check("p", lighthouse_lease::ProxyStatus::Active);
+    handle
         .render()
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -42,6 +42,25 @@ pub struct SweeperArgs {
     /// How long connecting to Redis may take, e.g. `2s`.
     #[arg(long, env = "LIGHTHOUSE_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
+    /// Check every pool's proxies through the health checker this often, e.g.
+    /// `5m`; `off` (default) or `0s`: never.
+    #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_INTERVAL", default_value = "off", value_parser = parse_optional_duration)]
+    pub health_check_interval: OptionalDuration,
+    /// URL fetched through each proxy by the scheduled health checks (a 2xx
+    /// answer within the slow threshold: active).
+    #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_TARGET", default_value = crate::health_check::DEFAULT_TARGET_URL)]
+    pub health_check_target: String,
+    /// Proxies checked at once by the scheduled health checks.
+    #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub health_check_concurrency: u32,
+    /// Time allowed for one health-check attempt through a proxy, e.g. `10s`.
+    #[arg(long, env = "LIGHTHOUSE_HEALTH_CHECK_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub health_check_timeout: Duration,
+    /// Serve a read-only HTML status page on `/` of the metrics address (pools,
+    /// resting proxies, oldest leases, last sweep). Unauthenticated: keep the
+    /// port inside the cluster's network policy.
+    #[arg(long, env = "LIGHTHOUSE_STATUS_PAGE")]
+    pub status_page: bool,
     /// Sweep once and exit (no metrics endpoint).
     #[arg(long)]
     pub once: bool,
@@ -73,6 +92,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is out of range (0 to 24h)"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration that may be turned off: `None` for `off` or zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+/// `off`, or [`parse_duration`] (zero is off too).
+pub fn parse_optional_duration(s: &str) -> Result<OptionalDuration, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptionalDuration(None));
+    }
+    let d = parse_duration(s)?;
+    Ok(OptionalDuration((!d.is_zero()).then_some(d)))
 }
 
 /// [`parse_duration`], above zero.
@@ -136,6 +168,24 @@ async fn run(args: SweeperArgs) -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "cannot check the Redis configuration yet"),
     }
+    // The exporter first, so that the sweeper's metrics and the library's (its
+    // storage calls) are recorded into it from the start.
+    let gauge_idle = (args.interval * 10).max(Duration::from_secs(120));
+    let prometheus = match super::metrics::prometheus_builder(gauge_idle).install_recorder() {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "cannot install the metrics recorder");
+            return ExitCode::FAILURE;
+        }
+    };
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let sweeper = Sweeper::new(
         storage,
         SweeperConfig {
@@ -145,6 +195,23 @@ async fn run(args: SweeperArgs) -> ExitCode {
             ..SweeperConfig::default()
         },
     );
+    let sweeper = std::sync::Arc::new(sweeper);
+    let checker = match args.health_check_interval.0 {
+        None => None,
+        Some(every) => {
+            let config = crate::HealthCheckConfig::new()
+                .target_url(args.health_check_target.clone())
+                .timeout(args.health_check_timeout)
+                .concurrency(args.health_check_concurrency as usize);
+            match crate::HealthChecker::new(config) {
+                Ok(c) => Some((c, every)),
+                Err(e) => {
+                    error!(error = %e, "bad health-check settings");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let (tx, rx) = tokio::sync::watch::channel(false);
     if args.once {
         return match sweeper.sweep_once(&rx).await {
@@ -177,12 +244,22 @@ async fn run(args: SweeperArgs) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        info!(addr = %local, "serving /metrics and /healthz");
-        Some(tokio::spawn(super::http::serve(
-            listener,
-            sweeper.metrics(),
-            rx.clone(),
-        )))
+        if args.status_page {
+            info!(addr = %local, "serving /metrics, /healthz and the status page on /");
+        } else {
+            info!(addr = %local, "serving /metrics and /healthz");
+        }
+        let endpoint = super::http::Endpoint {
+            sweeper: sweeper.clone(),
+            prometheus,
+            status_page: args.status_page,
+        };
+        let shutdown = rx.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = super::http::serve(listener, endpoint, shutdown).await {
+                error!(error = %e, "the HTTP endpoint stopped");
+            }
+        }))
     } else {
         None
     };
@@ -193,7 +270,16 @@ async fn run(args: SweeperArgs) -> ExitCode {
     });
     info!(namespace = %args.namespace, interval_ms = args.interval.as_millis() as u64,
         batch = args.batch_size, "lighthouse-sweeper started");
+    let checks = checker.map(|(checker, every)| {
+        info!(interval_ms = every.as_millis() as u64, target = %checker.config().target_url,
+            concurrency = checker.config().concurrency, "scheduled health checks on");
+        let (sweeper, stop) = (sweeper.clone(), rx.clone());
+        tokio::spawn(async move { sweeper.run_health_checks(checker, every, stop).await })
+    });
     sweeper.run(rx).await;
+    if let Some(h) = checks {
+        let _ = h.await;
+    }
     if let Some(h) = http {
         let _ = h.await;
     }

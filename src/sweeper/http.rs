@@ -1,85 +1,122 @@
-//! A minimal HTTP/1.1 endpoint for `/metrics` and `/healthz` (GET only, one
-//! request per connection): enough for Prometheus and a kubelet probe, with no
-//! web framework to carry.
+//! The sweeper's HTTP endpoint, on axum: `/metrics` (the Prometheus exporter's
+//! text), `/healthz` (200 while Redis answers, 503 otherwise) and, when turned
+//! on, the read-only status page on `/` (see [`super::status`]). GET only; every response closes its
+//! connection (a scrape or a probe every few seconds needs no keep-alive).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
 
-use super::metrics::Metrics;
+use super::Sweeper;
 
-/// Serves until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    let metrics = metrics.clone();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics)).await;
-                    });
-                }
-            }
-        }
+/// What the endpoint serves from.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The sweeper (its metrics, and its storage for the status page).
+    pub sweeper: Arc<Sweeper>,
+    /// The installed exporter's handle, rendered on `/metrics`.
+    pub prometheus: PrometheusHandle,
+    /// Whether `/` serves the read-only status page (see [`super::status`]).
+    pub status_page: bool,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").finish_non_exhaustive()
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    // Read the request head (we ignore any body).
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
-            || buf[..len].windows(2).any(|w| w == b"\n\n")
-        {
-            break;
-        }
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The routes.
+pub fn router(endpoint: Endpoint) -> Router {
+    let mut router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz));
+    if endpoint.status_page {
+        router = router.route("/", get(status_page));
     }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
+    router
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(close_connection))
+        .with_state(endpoint)
+}
+
+/// Serves until `shutdown` turns true (or its sender is gone).
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(endpoint))
+        .with_graceful_shutdown(async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+}
+
+async fn close_connection(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+async fn metrics(State(e): State<Endpoint>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        ("GET", "/healthz") => match metrics.unhealthy() {
-            None => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
-            Some(e) => (
-                "503 Service Unavailable",
-                "text/plain; charset=utf-8",
-                format!("unhealthy: {e}\n"),
+        )],
+        e.prometheus.render(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(e): State<Endpoint>) -> Response {
+    match e.sweeper.metrics().unhealthy() {
+        None => ([(header::CONTENT_TYPE, TEXT)], "ok\n").into_response(),
+        Some(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, TEXT)],
+            format!("unhealthy: {err}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn status_page(State(e): State<Endpoint>) -> Response {
+    let html = super::status::render(&e.sweeper).await;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing to load from elsewhere, no script, no form, no framing.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
             ),
-        },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "try /metrics or /healthz\n".to_string(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "GET only\n".to_string(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, TEXT)],
+        "try /metrics or /healthz\n",
+    )
+        .into_response()
 }

@@ -8,6 +8,11 @@
 //!   exactly once, whoever runs them.
 //! - When Redis is unreachable it logs, backs off (up to 30 s) and keeps going;
 //!   `/healthz` answers 503 until Redis is back.
+//! - With `--health-check-interval`, it also checks every pool's proxies on a
+//!   schedule through the crate's [`HealthChecker`](crate::HealthChecker) and
+//!   applies the verdicts (see [`health`]).
+//! - With `--status-page`, `/` serves a read-only HTML view of the pools,
+//!   resting proxies, oldest leases and the last sweep (see [`status`]).
 //! - On SIGTERM or SIGINT it finishes the batch in progress and exits 0.
 
 use std::sync::Arc;
@@ -19,8 +24,10 @@ use tracing::{debug, info, warn};
 use crate::error::Result;
 use crate::redis::RedisStorage;
 
+pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod status;
 
 use metrics::{Metrics, PoolGauges};
 
@@ -79,13 +86,26 @@ impl std::fmt::Debug for Sweeper {
 }
 
 impl Sweeper {
-    /// A sweeper over a storage.
+    /// A sweeper over a storage. Its metrics go to the recorder installed when
+    /// it is made (none: nothing is recorded); it registers them at zero.
     pub fn new(storage: RedisStorage, config: SweeperConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        metrics.register();
         Sweeper {
             storage,
             config,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         }
+    }
+
+    /// The storage it sweeps.
+    pub fn storage(&self) -> &RedisStorage {
+        &self.storage
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &SweeperConfig {
+        &self.config
     }
 
     /// The metrics it keeps (shared with the HTTP endpoint).
@@ -136,6 +156,8 @@ impl Sweeper {
                         active_leases: st.total_leases,
                         available_proxies: st.available_proxies,
                         total_proxies: st.total_proxies,
+                        active_proxies: st.active_proxies,
+                        leased_proxies: st.leased_proxies,
                     },
                 ),
                 Err(crate::Error::PoolNotFound { .. }) => {}
@@ -144,7 +166,7 @@ impl Sweeper {
         }
         self.metrics.retain_pools(&pools);
         self.metrics
-            .sweep_done(started.elapsed(), report.longest_batch);
+            .sweep_done(started.elapsed(), report.longest_batch, report.reclaimed);
         Ok(report)
     }
 

@@ -1,7 +1,7 @@
 //! Scheduled health checks: every `interval` the sweeper runs the crate's
 //! [`HealthChecker`] over each pool's proxies (banned ones excepted, as
 //! [`HealthChecker::check_pool`] does), a bounded number at once, and applies
-//! each verdict with [`Storage::apply_health_check`](crate::Storage::apply_health_check):
+//! each verdict with [`LeaseStorage::apply_health_check`](crate::LeaseStorage::apply_health_check):
 //! proxies that fail stop being leased, proxies that recover are leased again.
 //! Off unless `--health-check-interval` is given.
 

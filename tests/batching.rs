@@ -437,3 +437,39 @@ async fn two_batches_may_be_in_flight_at_once() {
     assert_eq!(fcall_calls(&mut admin).await, 4);
     assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 0);
 }
+
+/// `lighthouse_redis_batch_size{op}` records the requests of each script call:
+/// the deterministic 40 acquires above are calls of 1, 32 and 7.
+#[tokio::test(flavor = "current_thread")]
+async fn batch_sizes_are_recorded_per_operation() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let server = RedisServer::spawn().unwrap();
+    let m = setup(&server, 32, 40).await; // its warm-up: one acquire, one release
+    let leases = acquire_all(&m, 40).await;
+    release_all(&m, leases).await;
+    // One snapshot: taking one drains the histograms.
+    let snapshot = snapshotter.snapshot().into_vec();
+    let sizes = |op: &str| -> Vec<f64> {
+        snapshot
+            .iter()
+            .find_map(|(key, _, _, value)| {
+                let k = key.key();
+                let ours = k.name() == "lighthouse_redis_batch_size"
+                    && k.labels().any(|l| l.key() == "op" && l.value() == op);
+                match (ours, value) {
+                    (true, DebugValue::Histogram(v)) => {
+                        Some(v.iter().map(|x| x.into_inner()).collect())
+                    }
+                    _ => None,
+                }
+            })
+            .unwrap_or_default()
+    };
+    let mut acquires = sizes("acquire");
+    acquires.sort_by(f64::total_cmp);
+    assert_eq!(acquires, [1.0, 1.0, 7.0, 32.0], "warm-up, then 1 + 32 + 7");
+    assert_eq!(sizes("release").iter().sum::<f64>(), 41.0);
+}

@@ -83,15 +83,48 @@ pub(crate) struct Batcher<T, R> {
     fit_link: bool,
     link: Mutex<Link>,
     exec: Exec<T, R>,
+    /// `lighthouse_redis_batch_size{op}`: requests per script call.
+    batch_size: metrics::Histogram,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Batches of at most `max` items (at least 1), at most `in_flight` (at
     /// least one) at once per lane, each run by `exec`; with `fit_link`, more
     /// in flight when calls take long (see the module's doc).
+    #[cfg(test)]
     pub(crate) fn new(max: usize, in_flight: usize, fit_link: bool, exec: Exec<T, R>) -> Arc<Self> {
+        Arc::new(Self::build(
+            max,
+            in_flight,
+            fit_link,
+            exec,
+            metrics::Histogram::noop(),
+        ))
+    }
+
+    /// [`Self::new`] for operation `op`, recording its batch sizes in the
+    /// histogram `lighthouse_redis_batch_size{op}` (of the recorder installed
+    /// when the storage is made).
+    pub(crate) fn named(
+        op: &'static str,
+        max: usize,
+        in_flight: usize,
+        fit_link: bool,
+        exec: Exec<T, R>,
+    ) -> Arc<Self> {
+        let sizes = metrics::histogram!("lighthouse_redis_batch_size", "op" => op);
+        Arc::new(Self::build(max, in_flight, fit_link, exec, sizes))
+    }
+
+    fn build(
+        max: usize,
+        in_flight: usize,
+        fit_link: bool,
+        exec: Exec<T, R>,
+        batch_size: metrics::Histogram,
+    ) -> Self {
         let in_flight = in_flight.max(1);
-        Arc::new(Batcher {
+        Batcher {
             lanes: Mutex::new(HashMap::new()),
             max: max.max(1),
             in_flight,
@@ -103,7 +136,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 next: 0,
             }),
             exec,
-        })
+            batch_size,
+        }
     }
 
     /// Calls a lane may have in flight now.
@@ -131,6 +165,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 
     /// Runs one batch through `exec`, noting how long it took.
     async fn exec_timed(&self, key: String, items: Vec<T>) -> Result<Vec<R>> {
+        self.batch_size.record(items.len() as f64);
         let started = Instant::now();
         let out = (self.exec)(key, items).await;
         if out.is_ok() {

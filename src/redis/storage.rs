@@ -254,19 +254,22 @@ impl RedisStorage {
         let (batch, in_flight) = (config.max_batch, config.max_in_flight);
         Ok(RedisStorage {
             notifier: super::notify::Notifier::new(client),
-            acquires: Batcher::new(
+            acquires: Batcher::named(
+                "acquire",
                 batch,
                 in_flight,
                 config.fit_in_flight,
                 acquire_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
-            rotates: Batcher::new(
+            rotates: Batcher::named(
+                "rotate",
                 batch,
                 in_flight,
                 config.fit_in_flight,
                 rotate_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
-            releases: Batcher::new(
+            releases: Batcher::named(
+                "release",
                 batch,
                 in_flight,
                 config.fit_in_flight,

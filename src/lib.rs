@@ -19,7 +19,7 @@
 //! ## Quick start
 //!
 //! ```
-//! use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool, Storage};
+//! use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool, AdminStorage};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> lighthouse_lease::Result<()> {

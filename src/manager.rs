@@ -134,7 +134,7 @@ impl std::fmt::Debug for Config {
 /// lease from the same pools. Cloning is cheap and shares the storage.
 ///
 /// ```
-/// use lighthouse_lease::{AcquireOptions, AdminStorage, InMemoryStorage, LeaseStorage, Proxy, ProxyManager, ProxyPool, Storage};
+/// use lighthouse_lease::{AcquireOptions, AdminStorage, InMemoryStorage, Proxy, ProxyManager, ProxyPool};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> lighthouse_lease::Result<()> {
@@ -722,7 +722,7 @@ impl<S: Storage> ProxyManager<S> {
     /// the hooks and the lease lapses at its expiry.
     ///
     /// ```
-    /// # use lighthouse_lease::{AcquireOptions, AdminStorage, InMemoryStorage, LeaseStorage, Proxy, ProxyManager, ProxyPool, Storage};
+    /// # use lighthouse_lease::{AcquireOptions, AdminStorage, InMemoryStorage, Proxy, ProxyManager, ProxyPool};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> lighthouse_lease::Result<()> {
     /// # let manager = ProxyManager::new(InMemoryStorage::new());

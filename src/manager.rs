@@ -14,7 +14,7 @@ use crate::lease::{Lease, ReleaseOutcome};
 use crate::retry::RetryPolicy;
 use crate::selector::SelectorStrategy;
 use crate::storage::{AcquireRequest, Storage};
-use crate::telemetry::{PoolMetrics, Telemetry};
+use crate::telemetry::Telemetry;
 use tracing::Instrument;
 
 /// What to ask for in an acquire; every field has a default.
@@ -340,9 +340,9 @@ impl<S: Storage> ProxyManager<S> {
         let result = self.storage.acquire(request).instrument(span.clone()).await;
         let took = started.elapsed();
         span.record("outcome", crate::telemetry::acquire_outcome(&result));
-        if let Some(m) = self.metrics(&request.pool_name) {
+        self.telemetry.with_pool(&request.pool_name, |m| {
             m.acquire(&result, took);
-        }
+        });
         if !self.config.hooks.is_empty() {
             let outcome = match &result {
                 Ok(Some(_)) => LeaseEventOutcome::Acquired,
@@ -380,11 +380,6 @@ impl<S: Storage> ProxyManager<S> {
                 hook(&event);
             }
         })
-    }
-
-    /// The metric handles of `pool`.
-    fn metrics(&self, pool: &str) -> Option<Arc<PoolMetrics>> {
-        self.telemetry.pool(pool)
     }
 
     /// Like [`ProxyManager::acquire_proxy`], but tries again with exponential
@@ -451,9 +446,9 @@ impl<S: Storage> ProxyManager<S> {
             .instrument(span.clone())
             .await;
         span.record("outcome", crate::telemetry::acquire_outcome(&result));
-        if let Some(m) = self.metrics(pool_name) {
+        self.telemetry.with_pool(pool_name, |m| {
             m.wait(&result, started.elapsed());
-        }
+        });
         result
     }
 
@@ -512,9 +507,9 @@ impl<S: Storage> ProxyManager<S> {
         let result = self.storage.release(lease).instrument(span.clone()).await;
         let took = started.elapsed();
         span.record("outcome", crate::telemetry::release_outcome(&result));
-        if let Some(m) = self.metrics(&lease.pool_name) {
+        self.telemetry.with_pool(&lease.pool_name, |m| {
             m.release(&result, Some(took));
-        }
+        });
         if !self.config.hooks.is_empty() {
             let outcome = match &result {
                 Ok(o) => LeaseEventOutcome::Released(*o),
@@ -583,20 +578,20 @@ impl<S: Storage> ProxyManager<S> {
                 Err(_) => "error",
             },
         );
-        if let Some(m) = self.metrics(&lease.pool_name) {
+        self.telemetry.with_pool(&lease.pool_name, |m| {
             m.rotate();
             m.release(
                 &result.as_ref().map(|r| r.released).map_err(Clone::clone),
                 None,
             );
-        }
-        if let Some(m) = self.metrics(&request.pool_name) {
+        });
+        self.telemetry.with_pool(&request.pool_name, |m| {
             let next = result
                 .as_ref()
                 .map(|r| r.next.clone())
                 .map_err(Clone::clone);
             m.acquire(&next, elapsed);
-        }
+        });
         if !self.config.hooks.is_empty() {
             let (released, acquired) = match &result {
                 Ok(r) => (
@@ -649,17 +644,17 @@ impl<S: Storage> ProxyManager<S> {
             .instrument(span.clone())
             .await;
         span.record("outcome", crate::telemetry::extend_outcome(&result));
-        if let Some(m) = self.metrics(&lease.pool_name) {
+        self.telemetry.with_pool(&lease.pool_name, |m| {
             m.extend(&result);
-        }
+        });
         result
     }
 
     /// Counts a renewing lease of `pool` that was signalled lost.
     pub(crate) fn count_renew_lost(&self, pool: &str) {
-        if let Some(m) = self.metrics(pool) {
+        self.telemetry.with_pool(pool, |m| {
             m.renew_lost();
-        }
+        });
     }
 
     /// Lease length when [`AcquireOptions::duration`] is unset.

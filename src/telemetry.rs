@@ -171,12 +171,14 @@ impl Default for Telemetry {
     }
 }
 
+/// A thread's cached handles: the manager's id, the pool, its handles.
+type Cached = Option<(u64, Box<str>, Arc<PoolMetrics>)>;
+
 thread_local! {
     /// The handles this thread used last (manager id, pool): a call finds them
     /// without a lock or a reference count (with no recorder installed, those
     /// were most of the cost of the metrics, ~15% of an in-memory cycle).
-    static LAST: std::cell::RefCell<Option<(u64, Box<str>, Arc<PoolMetrics>)>> =
-        const { std::cell::RefCell::new(None) };
+    static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
 }
 
 /// Pools past this many are not given handles of their own (their calls go

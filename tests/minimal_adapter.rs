@@ -4,6 +4,9 @@
 //! releases then acquires, and a waiting acquire without notifications or an
 //! expiry hint polls every 5 s instead of spinning.
 
+#[path = "support/delegate.rs"]
+#[macro_use]
+mod delegate;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +14,8 @@ use std::time::Duration;
 use lighthouse_lease::cooldown::CooldownPolicy;
 use lighthouse_lease::storage::AcquireRequest;
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, Consumer, HealthCheckResult, InMemoryStorage, Lease,
-    LeaseStorage, PoolStats, Proxy, ProxyManager, ProxyPool, ProxyStatus, ReleaseOutcome, Result,
+    AcquireOptions, AdminStorage, HealthCheckResult, InMemoryStorage, Lease, LeaseStorage,
+    PoolStats, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, Result,
 };
 use uuid::Uuid;
 
@@ -23,53 +26,7 @@ struct Minimal {
     acquires: Arc<AtomicU32>,
 }
 
-impl AdminStorage for Minimal {
-    async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
-        self.inner.create_pool(pool).await
-    }
-    async fn get_pool(&self, name: &str) -> Result<Option<ProxyPool>> {
-        self.inner.get_pool(name).await
-    }
-    async fn list_pools(&self) -> Result<Vec<ProxyPool>> {
-        self.inner.list_pools().await
-    }
-    async fn update_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
-        self.inner.update_pool(pool).await
-    }
-    async fn remove_pool(&self, name: &str) -> Result<bool> {
-        self.inner.remove_pool(name).await
-    }
-    async fn add_proxy(&self, proxy: Proxy) -> Result<Proxy> {
-        self.inner.add_proxy(proxy).await
-    }
-    async fn add_proxies(&self, proxies: Vec<Proxy>) -> Result<Vec<Proxy>> {
-        self.inner.add_proxies(proxies).await
-    }
-    async fn update_proxy(&self, proxy: Proxy) -> Result<Proxy> {
-        self.inner.update_proxy(proxy).await
-    }
-    async fn set_proxy_status(&self, id: Uuid, status: ProxyStatus) -> Result<Proxy> {
-        self.inner.set_proxy_status(id, status).await
-    }
-    async fn remove_proxy(&self, id: Uuid) -> Result<bool> {
-        self.inner.remove_proxy(id).await
-    }
-    async fn get_proxy(&self, id: Uuid) -> Result<Option<Proxy>> {
-        self.inner.get_proxy(id).await
-    }
-    async fn list_proxies(&self, pool: &str) -> Result<Vec<Proxy>> {
-        self.inner.list_proxies(pool).await
-    }
-    async fn ensure_consumer(&self, name: &str) -> Result<Consumer> {
-        self.inner.ensure_consumer(name).await
-    }
-    async fn get_consumer(&self, name: &str) -> Result<Option<Consumer>> {
-        self.inner.get_consumer(name).await
-    }
-    async fn list_consumers(&self) -> Result<Vec<Consumer>> {
-        self.inner.list_consumers().await
-    }
-}
+delegate_admin_storage!(Minimal);
 
 impl LeaseStorage for Minimal {
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {

@@ -5,6 +5,9 @@
 //! of this host's wall clock) and whose renewals fail or hang on demand: when it
 //! signals lost, and what its policy accepts.
 
+#[path = "support/delegate.rs"]
+#[macro_use]
+mod delegate;
 mod support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lighthouse_lease::{
-    AcquireOptions, AcquireRequest, AdminStorage, BackendErrorKind, Consumer, CooldownPolicy,
-    Error, HealthCheckResult, InMemoryStorage, Lease, LeaseStatus, LeaseStorage, PoolStats, Proxy,
-    ProxyManager, ProxyPool, ProxyStatus, ReleaseOutcome, RenewPolicy, Result, Storage,
+    AcquireOptions, AcquireRequest, BackendErrorKind, CooldownPolicy, Error, HealthCheckResult,
+    InMemoryStorage, Lease, LeaseStatus, LeaseStorage, PoolStats, Proxy, ProxyManager,
+    ReleaseOutcome, RenewPolicy, Result, Storage,
 };
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -155,53 +158,7 @@ impl Flaky {
     }
 }
 
-impl AdminStorage for Flaky {
-    async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
-        self.inner.create_pool(pool).await
-    }
-    async fn get_pool(&self, name: &str) -> Result<Option<ProxyPool>> {
-        self.inner.get_pool(name).await
-    }
-    async fn list_pools(&self) -> Result<Vec<ProxyPool>> {
-        self.inner.list_pools().await
-    }
-    async fn update_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
-        self.inner.update_pool(pool).await
-    }
-    async fn remove_pool(&self, name: &str) -> Result<bool> {
-        self.inner.remove_pool(name).await
-    }
-    async fn add_proxy(&self, proxy: Proxy) -> Result<Proxy> {
-        self.inner.add_proxy(proxy).await
-    }
-    async fn add_proxies(&self, proxies: Vec<Proxy>) -> Result<Vec<Proxy>> {
-        self.inner.add_proxies(proxies).await
-    }
-    async fn update_proxy(&self, proxy: Proxy) -> Result<Proxy> {
-        self.inner.update_proxy(proxy).await
-    }
-    async fn set_proxy_status(&self, proxy_id: Uuid, status: ProxyStatus) -> Result<Proxy> {
-        self.inner.set_proxy_status(proxy_id, status).await
-    }
-    async fn remove_proxy(&self, proxy_id: Uuid) -> Result<bool> {
-        self.inner.remove_proxy(proxy_id).await
-    }
-    async fn get_proxy(&self, proxy_id: Uuid) -> Result<Option<Proxy>> {
-        self.inner.get_proxy(proxy_id).await
-    }
-    async fn list_proxies(&self, pool_name: &str) -> Result<Vec<Proxy>> {
-        self.inner.list_proxies(pool_name).await
-    }
-    async fn ensure_consumer(&self, name: &str) -> Result<Consumer> {
-        self.inner.ensure_consumer(name).await
-    }
-    async fn get_consumer(&self, name: &str) -> Result<Option<Consumer>> {
-        self.inner.get_consumer(name).await
-    }
-    async fn list_consumers(&self) -> Result<Vec<Consumer>> {
-        self.inner.list_consumers().await
-    }
-}
+delegate_admin_storage!(Flaky);
 
 impl LeaseStorage for Flaky {
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {

@@ -339,9 +339,10 @@ impl<S: Storage> ProxyManager<S> {
         let started = Instant::now();
         let result = self.storage.acquire(request).instrument(span.clone()).await;
         let took = started.elapsed();
-        span.record("outcome", crate::telemetry::acquire_outcome(&result));
+        let leased = crate::telemetry::leased(&result);
+        span.record("outcome", crate::telemetry::acquire_outcome(leased));
         self.telemetry.with_pool(&request.pool_name, |m| {
-            m.acquire(&result, took);
+            m.acquire(leased, took);
         });
         if !self.config.hooks.is_empty() {
             let outcome = match &result {
@@ -445,9 +446,10 @@ impl<S: Storage> ProxyManager<S> {
             .wait_for_proxy(pool_name, options, timeout)
             .instrument(span.clone())
             .await;
-        span.record("outcome", crate::telemetry::acquire_outcome(&result));
+        let leased = crate::telemetry::leased(&result);
+        span.record("outcome", crate::telemetry::acquire_outcome(leased));
         self.telemetry.with_pool(pool_name, |m| {
-            m.wait(&result, started.elapsed());
+            m.wait(leased, started.elapsed());
         });
         result
     }
@@ -506,9 +508,10 @@ impl<S: Storage> ProxyManager<S> {
         let started = Instant::now();
         let result = self.storage.release(lease).instrument(span.clone()).await;
         let took = started.elapsed();
-        span.record("outcome", crate::telemetry::release_outcome(&result));
+        let outcome = result.as_ref().ok().copied();
+        span.record("outcome", crate::telemetry::release_outcome(outcome));
         self.telemetry.with_pool(&lease.pool_name, |m| {
-            m.release(&result, Some(took));
+            m.release(outcome, Some(took));
         });
         if !self.config.hooks.is_empty() {
             let outcome = match &result {
@@ -570,28 +573,16 @@ impl<S: Storage> ProxyManager<S> {
             .instrument(span.clone())
             .await;
         let elapsed = started.elapsed();
-        span.record(
-            "outcome",
-            match &result {
-                Ok(r) if r.next.is_some() => "leased",
-                Ok(_) => "none",
-                Err(_) => "error",
-            },
-        );
+        // The release's outcome and the acquire's, without copying the lease.
+        let released = result.as_ref().ok().map(|r| r.released);
+        let leased = result.as_ref().ok().map(|r| r.next.is_some());
+        span.record("outcome", crate::telemetry::acquire_outcome(leased));
         self.telemetry.with_pool(&lease.pool_name, |m| {
             m.rotate();
-            m.release(
-                &result.as_ref().map(|r| r.released).map_err(Clone::clone),
-                None,
-            );
+            m.release(released, None);
         });
-        self.telemetry.with_pool(&request.pool_name, |m| {
-            let next = result
-                .as_ref()
-                .map(|r| r.next.clone())
-                .map_err(Clone::clone);
-            m.acquire(&next, elapsed);
-        });
+        self.telemetry
+            .with_pool(&request.pool_name, |m| m.acquire(leased, elapsed));
         if !self.config.hooks.is_empty() {
             let (released, acquired) = match &result {
                 Ok(r) => (

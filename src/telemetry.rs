@@ -63,16 +63,17 @@ impl PoolMetrics {
         }
     }
 
-    /// An acquire call's outcome and storage time.
-    pub(crate) fn acquire(&self, result: &Result<Option<Lease>, Error>, took: Duration) {
-        let i = acquire_index(result);
+    /// An acquire call's outcome ([`leased`]) and storage time.
+    pub(crate) fn acquire(&self, leased: Option<bool>, took: Duration) {
+        let i = acquire_index(leased);
         self.acquired[i].increment(1);
         self.acquire_seconds.record(took.as_secs_f64());
     }
 
     /// A release's outcome, and its storage time when it was a call of its own.
-    pub(crate) fn release(&self, result: &Result<ReleaseOutcome, Error>, took: Option<Duration>) {
-        let i = release_index(result);
+    /// (`outcome` is `None` for a failed call.)
+    pub(crate) fn release(&self, outcome: Option<ReleaseOutcome>, took: Option<Duration>) {
+        let i = release_index(outcome);
         self.released[i].increment(1);
         if let Some(took) = took {
             self.release_seconds.record(took.as_secs_f64());
@@ -85,8 +86,8 @@ impl PoolMetrics {
     }
 
     /// A whole waiting acquire.
-    pub(crate) fn wait(&self, result: &Result<Option<Lease>, Error>, took: Duration) {
-        let i = acquire_index(result);
+    pub(crate) fn wait(&self, leased: Option<bool>, took: Duration) {
+        let i = acquire_index(leased);
         self.waited[i].record(took.as_secs_f64());
     }
 
@@ -112,21 +113,27 @@ const RELEASE_OUTCOMES: [&str; 5] = [
 ];
 const EXTEND_OUTCOMES: [&str; 3] = ["extended", "lost", "error"];
 
-fn acquire_index(result: &Result<Option<Lease>, Error>) -> usize {
-    match result {
-        Ok(Some(_)) => 0,
-        Ok(None) => 1,
-        Err(_) => 2,
+/// An acquire's outcome as the metrics and spans count it: leased
+/// (`Some(true)`), none free (`Some(false)`) or failed (`None`).
+pub(crate) fn leased(result: &Result<Option<Lease>, Error>) -> Option<bool> {
+    result.as_ref().ok().map(Option::is_some)
+}
+
+fn acquire_index(leased: Option<bool>) -> usize {
+    match leased {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => 2,
     }
 }
 
-fn release_index(result: &Result<ReleaseOutcome, Error>) -> usize {
-    match result {
-        Ok(ReleaseOutcome::Released) => 0,
-        Ok(ReleaseOutcome::AlreadyReleased) => 1,
-        Ok(ReleaseOutcome::Expired) => 2,
-        Ok(ReleaseOutcome::NotFound) => 3,
-        Err(_) => 4,
+fn release_index(outcome: Option<ReleaseOutcome>) -> usize {
+    match outcome {
+        Some(ReleaseOutcome::Released) => 0,
+        Some(ReleaseOutcome::AlreadyReleased) => 1,
+        Some(ReleaseOutcome::Expired) => 2,
+        Some(ReleaseOutcome::NotFound) => 3,
+        None => 4,
     }
 }
 
@@ -139,13 +146,13 @@ fn extend_index(result: &Result<Lease, Error>) -> usize {
 }
 
 /// An acquire's outcome label (metrics and spans).
-pub(crate) fn acquire_outcome(result: &Result<Option<Lease>, Error>) -> &'static str {
-    ACQUIRE_OUTCOMES[acquire_index(result)]
+pub(crate) fn acquire_outcome(leased: Option<bool>) -> &'static str {
+    ACQUIRE_OUTCOMES[acquire_index(leased)]
 }
 
 /// A release's outcome label.
-pub(crate) fn release_outcome(result: &Result<ReleaseOutcome, Error>) -> &'static str {
-    RELEASE_OUTCOMES[release_index(result)]
+pub(crate) fn release_outcome(outcome: Option<ReleaseOutcome>) -> &'static str {
+    RELEASE_OUTCOMES[release_index(outcome)]
 }
 
 /// An extend's outcome label.

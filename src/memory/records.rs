@@ -14,7 +14,7 @@
 //! the others) moves to a small map on the side instead, so the ring holds
 //! about a grace's worth of records beyond the live ones.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -52,8 +52,6 @@ impl Record {
     }
 }
 
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 /// Records by grant order; see the module docs.
 #[derive(Debug, Default)]
 pub(super) struct Records {
@@ -61,7 +59,7 @@ pub(super) struct Records {
     base: u64,
     ring: VecDeque<Option<(Uuid, Record)>>,
     /// Records moved out of the ring's way, and when the finished ones are gone.
-    side: Map<Uuid, Record>,
+    side: super::FastMap<Uuid, Record>,
     side_gone: BTreeSet<(DateTime<Utc>, Uuid)>,
 }
 

@@ -953,7 +953,9 @@ fn redis_unreachable_then_back() {
     rt.block_on(async {
         let outage = Instant::now();
         let mut failures = 0;
-        while outage.elapsed() < Duration::from_secs(3) {
+        // At least 3 s of outage, and every pooled connection tried at least
+        // twice (a loaded machine may fit fewer rounds in the 3 s).
+        while outage.elapsed() < Duration::from_secs(3) || failures < 2 * POOL_SIZE {
             let started = Instant::now();
             let got = manager.acquire_proxy(POOL, AcquireOptions::new()).await;
             let took = started.elapsed();
@@ -973,7 +975,6 @@ fn redis_unreachable_then_back() {
             failures += 2;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(failures >= 2 * POOL_SIZE);
     });
     server.restart();
     rt.block_on(async {

@@ -8,8 +8,8 @@
 --
 -- The layout (README, "Redis key schema"; `P` is the pool prefix `<ns>:{<pool>}:`):
 --   P meta            hash   schema, id, name, description, attrs, orders, counters
---                            (proxies, active), next_seq, fence, rr, hints (exp, cool_next,
---                            wait_until)
+--                            (proxies, active, banned), next_seq, fence, rr, hints (exp,
+--                            cool_next, wait_until)
 --   P proxies         hash   proxy seq -> the proxy as JSON (short keys, see _lib_proxy.lua)
 --   P ids:<xx>        hash   proxy id -> seq, 256 shards by the id's first two hex digits
 --   P idx:<o>:<tag>   zset   available proxies (active, not cooling, a free slot) by seq;

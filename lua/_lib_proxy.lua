@@ -76,21 +76,43 @@ local function seq_of(id)
 end
 
 -- Loads proxy `m`'s state and replaces its JSON with `json` (already checked):
--- the indexes, `held` and the meta counters follow. Returns the state.
+-- the indexes, `held` and the meta counters follow (`counters`: the meta's
+-- `active` and `banned`, moved here for the caller to write). Returns the state.
 local function rewrite(m, json, counters)
   load_states({ m })
   local st = T[m]
   local old = st.info
   local was_active = old and (old.p.status == nil or old.p.status == 'active')
+  local was_banned = old and old.p.status == 'banned'
   st.j = json
   st.info = info_of(json)
   wmap('pj')[m] = json
   plan(st, old)
   local is_active = st.info.p.status == nil or st.info.p.status == 'active'
-  if was_active ~= is_active and counters then
-    counters.active = counters.active + (is_active and 1 or -1)
+  local is_banned = st.info.p.status == 'banned'
+  if counters then
+    if was_active ~= is_active then
+      counters.active = counters.active + (is_active and 1 or -1)
+    end
+    if was_banned ~= is_banned then
+      counters.banned = counters.banned + (is_banned and 1 or -1)
+    end
   end
   return st
+end
+
+-- The meta counters `active` and `banned` as read (HMGET values, absent = 0),
+-- for rewrite().
+local function read_counters(active, banned)
+  return { active = tonumber(active or '0') or 0, banned = tonumber(banned or '0') or 0 }
+end
+
+-- The HSET arguments that write the meta counters back (never below 0: a pool
+-- created before `banned` was counted has none, and may un-ban a proxy it did
+-- not count).
+local function counter_fields(counters)
+  return 'active', fmt_int(math.max(0, counters.active)), 'banned',
+    fmt_int(math.max(0, counters.banned))
 end
 
 -- `{'OK', json, live leases}` of a proxy state.

@@ -1,5 +1,5 @@
--- pool_create.lua: create a pool's meta hash (schema 2) with zeroed counters and
--- the indexes it declares.
+-- pool_create.lua: create a pool's meta hash (schema 2) with zeroed counters
+-- (proxies, active, banned) and the indexes it declares.
 --
 -- KEYS[1]  P meta
 -- ARGV[1]  pool prefix P
@@ -45,8 +45,8 @@ local _, now_us = clock()
 -- keeps the hash a hash table: reading ten fields of a listpack costs Redis a
 -- scan each.
 redis.call('HSET', KEYS[1], 'schema', SCHEMA, 'id', ARGV[2], 'name', name, 'attrs', ARGV[4],
-  'orders', ARGV[5], 'next_seq', '0', 'proxies', '0', 'active', '0', 'created', fmt_int(now_us),
-  'fence', fmt_int(now_us), 'about',
+  'orders', ARGV[5], 'next_seq', '0', 'proxies', '0', 'active', '0', 'banned', '0',
+  'created', fmt_int(now_us), 'fence', fmt_int(now_us), 'about',
   'lighthouse-lease pool, key layout ' .. SCHEMA .. ': see the README, Redis key schema')
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'description', ARGV[7]) end
 return 1

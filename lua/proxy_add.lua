@@ -12,8 +12,9 @@
 --
 -- Calls: HMGET meta, one HMGET per ids shard touched, then one HSET proxies, one
 -- HSET per ids shard, one ZADD and one ZREM per index key (the ZREM takes out the
--- member that made the index a skiplist, see flush()), SADD tags, HSET meta.
--- Cost O(n log N) for n proxies.
+-- member that made the index a skiplist, see flush()), SADD tags, HSET meta
+-- (next_seq and the counters `proxies`, `active` and `banned`). Cost O(n log N)
+-- for n proxies.
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -30,7 +31,8 @@ for i = 1, n do
   ps[i] = p
 end
 
-local m, why, found = read_meta(KEYS[1], 'next_seq', 'proxies', 'active', 'attrs', 'orders', 'wait_until')
+local m, why, found = read_meta(KEYS[1], 'next_seq', 'proxies', 'active', 'attrs', 'orders', 'wait_until',
+  'banned')
 if not m then return { why, found } end
 if m[2] ~= ARGV[2] then return { 'POOL_MISMATCH', m[2] } end
 read_settings(m[2], m[7], m[8])
@@ -52,6 +54,7 @@ end
 local next_seq = tonumber(m[4] or '0') or 0
 local first = next_seq + 1
 local active = tonumber(m[6] or '0') or 0
+local banned = tonumber(m[10] or '0') or 0
 local writes, infos, eligible = {}, {}, false
 for i, p in ipairs(ps) do
   next_seq = next_seq + 1
@@ -61,6 +64,7 @@ for i, p in ipairs(ps) do
   wmap('pj')[mem] = ARGV[2 + i]
   infos[#infos + 1] = st.info
   if p.status == nil then active = active + 1 end
+  if p.status == 'banned' then banned = banned + 1 end
   if st.info.ok then eligible = true end
   local k = ids_key(p.id)
   local w = writes[k]
@@ -72,6 +76,7 @@ for k, w in pairs(writes) do redis.call('HSET', k, unpack(w)) end
 flush(true)
 remember_tags(infos)
 redis.call('HSET', KEYS[1], 'next_seq', fmt_int(next_seq),
-  'proxies', fmt_int((tonumber(m[5] or '0') or 0) + n), 'active', fmt_int(active))
+  'proxies', fmt_int((tonumber(m[5] or '0') or 0) + n), 'active', fmt_int(active),
+  'banned', fmt_int(banned))
 if eligible then notify(m[9], clock()) end
 return { 'OK', first }

@@ -8,17 +8,18 @@
 -- Reply: 1 when it existed and is removed, else 0.
 -- Errors (nothing written): bad arguments.
 --
--- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, one ZREM
--- per index key, HDEL proxies, ids and held, HINCRBY meta pver, ZREM cooldown, HSET meta; with live
--- leases, ZSCAN of the live set for its members (O(L), stopping once all are
--- found) and one ZREM.
+-- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, HSET meta
+-- (the counters `proxies`, `active` and `banned`), one ZREM per index key, HDEL
+-- proxies, ids and held, HINCRBY meta pver, ZREM cooldown; with live leases,
+-- ZSCAN of the live set for its members (O(L), stopping once all are found) and
+-- one ZREM.
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
 P = prefix
 local id = ARGV[2]
 if not is_uuid(id) then return fail('bad proxy id') end
-local m = read_meta(KEYS[1], 'proxies', 'active', 'attrs', 'orders')
+local m = read_meta(KEYS[1], 'proxies', 'active', 'attrs', 'orders', 'banned')
 if not m then return 0 end
 read_settings(m[2], m[6], m[7])
 local mem = seq_of(id)
@@ -28,11 +29,13 @@ local st = T[mem]
 local live_n = st.n
 if st.info then
   local was_active = st.info.p.status == nil
+  local was_banned = st.info.p.status == 'banned'
   local old = st.info
   st.info = nil
   plan(st, old) -- out of every index, and out of held
   redis.call('HSET', KEYS[1], 'proxies', fmt_int(math.max(0, (tonumber(m[4] or '0') or 0) - 1)),
-    'active', fmt_int(math.max(0, (tonumber(m[5] or '0') or 0) - (was_active and 1 or 0))))
+    'active', fmt_int(math.max(0, (tonumber(m[5] or '0') or 0) - (was_active and 1 or 0))),
+    'banned', fmt_int(math.max(0, (tonumber(m[8] or '0') or 0) - (was_banned and 1 or 0))))
 end
 flush()
 redis.call('HDEL', P .. K_PROXIES, mem)

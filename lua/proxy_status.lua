@@ -13,7 +13,7 @@
 --
 -- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, one
 -- command per index key when availability or latency changes, HSET proxies, HSET
--- meta. Cost O(t log N).
+-- meta (the counters `active` and `banned`). Cost O(t log N).
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -26,7 +26,7 @@ end
 if checked ~= '' and not is_text(checked, 64) then return fail('bad checked_at') end
 if latency ~= '' and not int_in(latency, 0, MAX_U32) then return fail('bad latency') end
 
-local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until')
+local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until', 'banned')
 if not m then
   if why == 'SCHEMA' then return { why, found } end
   return { 'NOT_FOUND' }
@@ -42,9 +42,9 @@ for k, v in pairs(st.info.p) do p[k] = v end
 local json = json_set(st.j, p, 'status', status ~= 'active' and status or nil)
 if checked ~= '' then json = json_set(json, p, 'checked', checked) end
 if latency ~= '' then json = json_set(json, p, 'latency', tonumber(latency)) end
-local counters = { active = tonumber(m[4] or '0') or 0 }
+local counters = read_counters(m[4], m[8])
 st = rewrite(mem, json, counters)
 flush()
-redis.call('HSET', KEYS[1], 'active', fmt_int(counters.active))
+redis.call('HSET', KEYS[1], counter_fields(counters))
 if st.info.ok then notify(m[7], clock()) end
 return proxy_reply(st)

@@ -12,7 +12,8 @@
 --
 -- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, then one
 -- command per index key of the old and new values, HSET proxies, SADD tags, HSET
--- meta. Cost O(t log N), t = index keys.
+-- meta (the counters `active` and `banned`, which follow a new status). Cost
+-- O(t log N), t = index keys.
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -22,7 +23,7 @@ if #ARGV ~= 3 then return fail('bad argument count') end
 local p, err = check_proxy_json(ARGV[3], false)
 if not p then return fail(err) end
 
-local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until')
+local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until', 'banned')
 if not m then
   if why == 'SCHEMA' then return { why, found } end
   return { 'NOT_FOUND' }
@@ -39,10 +40,10 @@ local json = ARGV[3]
 for _, k in ipairs({ 'latency', 'fails', 'cool', 'failure' }) do
   if old.p[k] ~= nil then json = json_set(json, p, k, old.p[k]) end
 end
-local counters = { active = tonumber(m[4] or '0') or 0 }
+local counters = read_counters(m[4], m[8])
 local st = rewrite(mem, json, counters)
 flush()
 remember_tags({ st.info })
-redis.call('HSET', KEYS[1], 'active', fmt_int(counters.active))
+redis.call('HSET', KEYS[1], counter_fields(counters))
 if st.info.ok then notify(m[7], clock()) end
 return proxy_reply(st)

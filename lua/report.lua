@@ -19,7 +19,8 @@
 --
 -- Calls: TIME, HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held,
 -- ZADD or ZREM cooldown, one command per index key when availability changes,
--- HSET proxies, HSET meta. Cost O(t log N).
+-- HSET proxies, HSET meta (the counters `active` and `banned`: a ban moves
+-- both). Cost O(t log N).
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -39,7 +40,8 @@ if type(reason) ~= 'string' or #reason > 256 or string.find(reason, '%c') then
   return fail('bad reason')
 end
 
-local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until', 'cool_next')
+local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until', 'cool_next',
+  'banned')
 if not m then
   if why == 'SCHEMA' then return { why, found } end
   return { 'NOT_FOUND' }
@@ -84,9 +86,9 @@ else
     end
   end
 end
-local counters = { active = tonumber(m[4] or '0') or 0 }
+local counters = read_counters(m[4], m[9])
 st = rewrite(mem, json, counters)
 flush()
-redis.call('HSET', KEYS[1], 'active', fmt_int(counters.active))
+redis.call('HSET', KEYS[1], counter_fields(counters))
 if freed and st.info.ok then notify(m[7], now) end
 return proxy_reply(st)

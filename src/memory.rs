@@ -274,6 +274,11 @@ impl PoolState {
         step(&mut self.stats.available_proxies, p.is_available(), 1);
         step(&mut self.stats.leased_proxies, p.current_leases > 0, 1);
         step(
+            &mut self.stats.banned_proxies,
+            p.status == ProxyStatus::Banned,
+            1,
+        );
+        step(
             &mut self.stats.total_leases,
             true,
             u64::from(p.current_leases),
@@ -1025,7 +1030,10 @@ impl LeaseStorage for InMemoryStorage {
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
-        Ok(ps.stats)
+        // Reclaiming lifted every cooldown that is over: the rest end after now.
+        let mut stats = ps.stats;
+        stats.cooling_proxies = ps.cooling.len() as u64;
+        Ok(stats)
     }
 
     async fn report_success(&self, proxy_id: Uuid) -> Result<Proxy> {

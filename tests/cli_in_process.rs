@@ -78,7 +78,15 @@ async fn pool_proxy_acquire_release_round_trip() {
     let stats = sh.sh("stats").await.unwrap();
     assert_eq!(
         stats.trim(),
-        "latam-residential: 1 proxies, 1 active, 1 available, 0 leased, 0 leases"
+        "latam-residential: 1 proxies, 1 active, 1 available, 0 leased, 0 leases, 0 cooling, 0 banned"
+    );
+    sh.sh("proxy add --pool latam-residential --host 2.2.2.2 --port 8080 --status banned")
+        .await
+        .unwrap();
+    let stats = sh.sh("stats").await.unwrap();
+    assert_eq!(
+        stats.trim(),
+        "latam-residential: 2 proxies, 1 active, 1 available, 0 leased, 0 leases, 0 cooling, 1 banned"
     );
 }
 

@@ -240,6 +240,7 @@ mod redis_specific {
             ("orders", "load"),
             ("proxies", "1"),
             ("active", "1"),
+            ("banned", "0"),
         ] {
             assert_eq!(
                 meta.get(k).map(String::as_str),
@@ -616,5 +617,63 @@ mod redis_specific {
         let again = s.acquire(&req()).await.unwrap().expect("a is back");
         assert_eq!(again.proxy_id, a.id);
         assert_eq!(hint(&mut c).await, None);
+    }
+
+    /// The stats count cooling proxies by the end of their cooldown, not by the
+    /// size of the cooldown set (which is cleaned lazily), and banned proxies by
+    /// the meta's `banned` counter; a pool whose meta has no such counter
+    /// (written before it was kept) reads 0, and lifting a ban there leaves it
+    /// at 0, never below.
+    #[tokio::test]
+    async fn stats_count_cooldowns_by_their_end_and_bans_by_the_meta_counter() {
+        use lighthouse_lease::{CooldownPolicy, ProxyStatus};
+        use redis::AsyncCommands;
+
+        let (s, pool, ns) = setup(support::test_config()).await;
+        let a = s
+            .add_proxy(Proxy::builder(pool.id, "10.0.0.1", 80).build().unwrap())
+            .await
+            .unwrap();
+        let b = s
+            .add_proxy(Proxy::builder(pool.id, "10.0.0.2", 80).build().unwrap())
+            .await
+            .unwrap();
+        let (meta, cooldown) = (
+            format!("{ns}:{{{POOL}}}:meta"),
+            format!("{ns}:{{{POOL}}}:cooldown"),
+        );
+        let mut c = raw().await;
+        let second = CooldownPolicy::default()
+            .base(Duration::from_secs(1))
+            .cap(Duration::from_secs(1))
+            .jitter(0.0)
+            .ban_after(None);
+        s.report_failure(a.id, "slow", &second).await.unwrap();
+        assert_eq!(
+            s.pool_stats_snapshot(POOL).await.unwrap().cooling_proxies,
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        // The snapshot lifts nothing: a is still in the set, its cooldown over.
+        let in_set: u64 = c.zcard(&cooldown).await.unwrap();
+        assert_eq!(in_set, 1);
+        assert_eq!(
+            s.pool_stats_snapshot(POOL).await.unwrap().cooling_proxies,
+            0
+        );
+
+        s.set_proxy_status(b.id, ProxyStatus::Banned).await.unwrap();
+        let banned: Option<String> = c.hget(&meta, "banned").await.unwrap();
+        assert_eq!(banned.as_deref(), Some("1"));
+        assert_eq!(s.pool_stats_snapshot(POOL).await.unwrap().banned_proxies, 1);
+
+        // As a pool created before the counter existed.
+        let _: () = c.hdel(&meta, "banned").await.unwrap();
+        assert_eq!(s.pool_stats_snapshot(POOL).await.unwrap().banned_proxies, 0);
+        s.set_proxy_status(b.id, ProxyStatus::Active).await.unwrap();
+        let banned: Option<String> = c.hget(&meta, "banned").await.unwrap();
+        assert_eq!(banned.as_deref(), Some("0"));
+        let stats = s.pool_stats(POOL).await.unwrap();
+        assert_eq!((stats.banned_proxies, stats.active_proxies), (0, 2));
     }
 }

@@ -107,6 +107,8 @@ fn every_metric_the_dashboard_queries_is_exported() {
     // The panels the issue names are there.
     for needed in [
         "lighthouse_pool_active_leases",
+        "lighthouse_pool_cooling_proxies",
+        "lighthouse_pool_banned_proxies",
         "lighthouse_acquire_total",
         "lighthouse_acquire_duration_seconds_bucket",
         "lighthouse_release_total",

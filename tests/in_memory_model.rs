@@ -199,6 +199,7 @@ proptest! {
             prop_assert_eq!(stats.available_proxies, available);
             prop_assert_eq!(stats.leased_proxies, leased);
             prop_assert_eq!(stats.active_proxies, model.proxies.iter().filter(|p| p.active).count() as u64);
+            prop_assert_eq!(stats.banned_proxies, model.proxies.iter().filter(|p| !p.active).count() as u64);
             prop_assert_eq!(now(s.list_leases("p")).unwrap().len() as u64, total);
         }
     }

@@ -2,7 +2,8 @@
 //! The sweeper's HTTP endpoint (axum) and exporter (`metrics-exporter-prometheus`),
 //! in process against a private `redis-server`: `/metrics` after a known
 //! sequence of operations carries the sweeper's counters and gauges and the
-//! library's metrics with their values, latencies as histograms with buckets;
+//! library's metrics with their values, latencies as histograms with buckets,
+//! and the pool gauges (cooling and banned proxies too);
 //! `/healthz` is 503 before the first sweep and 200 after.
 
 mod support;
@@ -13,7 +14,7 @@ use lighthouse_lease::redis::RedisStorage;
 use lighthouse_lease::sweeper::http::{serve, Endpoint};
 use lighthouse_lease::sweeper::metrics::prometheus_builder;
 use lighthouse_lease::sweeper::{Sweeper, SweeperConfig};
-use lighthouse_lease::{AcquireOptions, AdminStorage, Proxy, ProxyManager, ProxyPool};
+use lighthouse_lease::{AcquireOptions, AdminStorage, Proxy, ProxyManager, ProxyPool, ProxyStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `(status, head, body)` of one request (async: the server runs on this thread).
@@ -70,8 +71,9 @@ async fn metrics_after_a_known_sequence_carry_the_sweepers_and_the_librarys_valu
         .create_pool(ProxyPool::new("p1").unwrap())
         .await
         .unwrap();
+    let mut proxies = Vec::new();
     for i in 1..=3 {
-        manager
+        let added = manager
             .storage()
             .add_proxy(
                 Proxy::builder(pool.id, format!("10.0.0.{i}"), 80)
@@ -81,6 +83,7 @@ async fn metrics_after_a_known_sequence_carry_the_sweepers_and_the_librarys_valu
             )
             .await
             .unwrap();
+        proxies.push(added);
     }
     let sweeper = std::sync::Arc::new(Sweeper::new(
         RedisStorage::new(config).unwrap(),
@@ -166,6 +169,8 @@ async fn metrics_after_a_known_sequence_carry_the_sweepers_and_the_librarys_valu
         ("lighthouse_pool_available_proxies", &p1, 2.0),
         ("lighthouse_pool_active_proxies", &p1, 3.0),
         ("lighthouse_pool_leased_proxies", &p1, 1.0),
+        ("lighthouse_pool_cooling_proxies", &p1, 0.0),
+        ("lighthouse_pool_banned_proxies", &p1, 0.0),
         (
             "lighthouse_acquire_total",
             &[("pool", "p1"), ("outcome", "leased")],
@@ -205,6 +210,36 @@ async fn metrics_after_a_known_sequence_carry_the_sweepers_and_the_librarys_valu
         Some(1.0),
         "{body}"
     );
+
+    // One proxy cools down (the default policy: 30 s less at most 20 % jitter),
+    // one is banned by failures in a row (the default threshold, 5; the ban
+    // ends its cooldown), one by the status API: the next sweep's gauges say so.
+    manager
+        .report_failure(&proxies[0], "timeout")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        manager.report_failure(&proxies[1], "403").await.unwrap();
+    }
+    manager
+        .storage()
+        .set_proxy_status(proxies[2].id, ProxyStatus::Banned)
+        .await
+        .unwrap();
+    sweeper.sweep_once(&stop_rx).await.unwrap();
+    let (_, _, body) = request(port, "GET", "/metrics").await;
+    for (name, want) in [
+        ("lighthouse_pool_cooling_proxies", 1.0),
+        ("lighthouse_pool_banned_proxies", 2.0),
+        ("lighthouse_pool_proxies", 3.0),
+        ("lighthouse_pool_active_proxies", 1.0),
+        ("lighthouse_pool_available_proxies", 0.0),
+        ("lighthouse_pool_active_leases", 0.0),
+    ] {
+        assert_eq!(sample(&body, name, &p1), Some(want), "{name} in\n{body}");
+    }
+    assert!(body.contains("# TYPE lighthouse_pool_cooling_proxies gauge"));
+    assert!(body.contains("# TYPE lighthouse_pool_banned_proxies gauge"));
 
     assert_eq!(
         request(port, "GET", "/healthz").await.0,

@@ -368,8 +368,14 @@ fn lease_line(l: &Lease) -> String {
 
 fn stats_line(name: &str, s: &PoolStats) -> String {
     format!(
-        "{name}: {} proxies, {} active, {} available, {} leased, {} leases",
-        s.total_proxies, s.active_proxies, s.available_proxies, s.leased_proxies, s.total_leases
+        "{name}: {} proxies, {} active, {} available, {} leased, {} leases, {} cooling, {} banned",
+        s.total_proxies,
+        s.active_proxies,
+        s.available_proxies,
+        s.leased_proxies,
+        s.total_leases,
+        s.cooling_proxies,
+        s.banned_proxies
     )
 }
 

@@ -24,6 +24,8 @@
 //! | `lighthouse_pool_proxies{pool}` | gauge | proxies in the pool |
 //! | `lighthouse_pool_active_proxies{pool}` | gauge | proxies whose status is `active` |
 //! | `lighthouse_pool_leased_proxies{pool}` | gauge | proxies with at least one live lease |
+//! | `lighthouse_pool_cooling_proxies{pool}` | gauge | proxies cooling down after a reported failure |
+//! | `lighthouse_pool_banned_proxies{pool}` | gauge | proxies whose status is `banned` |
 //!
 //! Gauges of a pool that no longer exists stop being refreshed and leave the
 //! output after the exporter's idle timeout (see [`prometheus_builder`]).
@@ -76,6 +78,11 @@ pub struct PoolGauges {
     pub active_proxies: u64,
     /// Proxies with at least one live lease.
     pub leased_proxies: u64,
+    /// Proxies cooling down after a reported failure (their cooldown ends
+    /// after Redis's now).
+    pub cooling_proxies: u64,
+    /// Proxies whose status is `banned`.
+    pub banned_proxies: u64,
 }
 
 /// What the status page shows about the sweeper itself.
@@ -130,6 +137,8 @@ const POOL_AVAILABLE: &str = "lighthouse_pool_available_proxies";
 const POOL_PROXIES: &str = "lighthouse_pool_proxies";
 const POOL_ACTIVE: &str = "lighthouse_pool_active_proxies";
 const POOL_LEASED: &str = "lighthouse_pool_leased_proxies";
+const POOL_COOLING: &str = "lighthouse_pool_cooling_proxies";
+const POOL_BANNED: &str = "lighthouse_pool_banned_proxies";
 
 impl Metrics {
     /// Describes every metric and sets the sweeper's counters and gauges to
@@ -176,6 +185,11 @@ impl Metrics {
         describe_gauge!(POOL_PROXIES, "Proxies in the pool.");
         describe_gauge!(POOL_ACTIVE, "Proxies whose status is active.");
         describe_gauge!(POOL_LEASED, "Proxies with at least one live lease.");
+        describe_gauge!(
+            POOL_COOLING,
+            "Proxies cooling down after a reported failure."
+        );
+        describe_gauge!(POOL_BANNED, "Proxies whose status is banned.");
         for name in [SWEEPS, ERRORS, REPAIRS] {
             metrics::counter!(name).increment(0);
         }
@@ -298,6 +312,8 @@ fn set_pool_gauges(pool: &str, g: &PoolGauges) {
         (POOL_PROXIES, g.total_proxies),
         (POOL_ACTIVE, g.active_proxies),
         (POOL_LEASED, g.leased_proxies),
+        (POOL_COOLING, g.cooling_proxies),
+        (POOL_BANNED, g.banned_proxies),
     ];
     for (name, v) in values {
         metrics::gauge!(name, "pool" => pool.to_string()).set(v as f64);

@@ -158,6 +158,8 @@ impl Sweeper {
                         total_proxies: st.total_proxies,
                         active_proxies: st.active_proxies,
                         leased_proxies: st.leased_proxies,
+                        cooling_proxies: st.cooling_proxies,
+                        banned_proxies: st.banned_proxies,
                     },
                 ),
                 Err(crate::Error::PoolNotFound { .. }) => {}

@@ -770,7 +770,9 @@ pub async fn pool_stats_are_exact<H: Harness>(h: &H) {
             active_proxies: 3,
             available_proxies: 3,
             leased_proxies: 0,
-            total_leases: 0
+            total_leases: 0,
+            cooling_proxies: 0,
+            banned_proxies: 1,
         }
     );
     let l1 = take_some(&m, as_worker().selector(SelectorStrategy::FirstAvailable)).await;
@@ -784,7 +786,9 @@ pub async fn pool_stats_are_exact<H: Harness>(h: &H) {
             active_proxies: 3,
             available_proxies: 1,
             leased_proxies: 2,
-            total_leases: 3
+            total_leases: 3,
+            cooling_proxies: 0,
+            banned_proxies: 1,
         }
     );
     m.release_proxy(&l1).await.unwrap();
@@ -795,7 +799,9 @@ pub async fn pool_stats_are_exact<H: Harness>(h: &H) {
             active_proxies: 3,
             available_proxies: 2,
             leased_proxies: 1,
-            total_leases: 2
+            total_leases: 2,
+            cooling_proxies: 0,
+            banned_proxies: 1,
         }
     );
 }
@@ -1794,6 +1800,107 @@ pub async fn failures_in_a_row_ban_a_proxy_and_success_resets<H: Harness>(h: &H)
         "banned proxies never come back by themselves"
     );
     assert_eq!(stats(&m).await.active_proxies, 0);
+}
+
+/// The stats count the banned proxies however they got there (failures in a
+/// row at the ban threshold, the status API, an update, an add) and count them
+/// out when they leave (removed, or their status set again), and the proxies
+/// cooling down until their cooldown is over on the storage's clock.
+pub async fn pool_stats_count_cooling_and_banned<H: Harness>(h: &H) {
+    // Long enough that no cooldown ends by itself while the steps run.
+    let cool = h.short_lease() * 5;
+    let policy = crate::cooldown::CooldownPolicy::default()
+        .base(cool)
+        .cap(cool * 3)
+        .jitter(0.0)
+        .ban_after(Some(3));
+    let (m, pool) = with_policy(h, policy).await;
+    let a = add(&m, proxy(&pool, 1)).await;
+    let b = add(&m, proxy(&pool, 2)).await;
+    let c = add(&m, proxy(&pool, 3)).await;
+    let d = add(&m, proxy(&pool, 4)).await;
+    // (cooling, banned, total, active)
+    async fn counts<S: Storage>(m: &ProxyManager<S>) -> (u64, u64, u64, u64) {
+        let s = stats(m).await;
+        (
+            s.cooling_proxies,
+            s.banned_proxies,
+            s.total_proxies,
+            s.active_proxies,
+        )
+    }
+    assert_eq!(counts(&m).await, (0, 0, 4, 4));
+
+    m.report_failure(&a, "captcha").await.unwrap();
+    assert_eq!(counts(&m).await, (1, 0, 4, 4), "a failure cools a down");
+    m.report_failure(&a, "captcha").await.unwrap();
+    assert_eq!(counts(&m).await, (1, 0, 4, 4), "a second one too");
+    let banned = m.report_failure(&a, "403 forbidden").await.unwrap();
+    assert_eq!(banned.status, ProxyStatus::Banned);
+    assert_eq!(
+        counts(&m).await,
+        (0, 1, 4, 3),
+        "the third bans a, which ends its cooldown"
+    );
+
+    m.storage()
+        .set_proxy_status(c.id, ProxyStatus::Banned)
+        .await
+        .unwrap();
+    assert_eq!(counts(&m).await, (0, 2, 4, 2), "c banned by the status API");
+    m.storage()
+        .set_proxy_status(c.id, ProxyStatus::Banned)
+        .await
+        .unwrap();
+    assert_eq!(counts(&m).await, (0, 2, 4, 2), "banned twice counts once");
+    let mut d_banned = d.clone();
+    d_banned.status = ProxyStatus::Banned;
+    m.storage().update_proxy(d_banned).await.unwrap();
+    assert_eq!(counts(&m).await, (0, 3, 4, 1), "d banned by an update");
+    let e = add(&m, proxy(&pool, 5).status(ProxyStatus::Banned)).await;
+    assert_eq!(counts(&m).await, (0, 4, 5, 1), "e added banned");
+
+    assert!(m.storage().remove_proxy(a.id).await.unwrap());
+    assert_eq!(counts(&m).await, (0, 3, 4, 1), "a banned proxy removed");
+    m.storage()
+        .set_proxy_status(c.id, ProxyStatus::Inactive)
+        .await
+        .unwrap();
+    assert_eq!(counts(&m).await, (0, 2, 4, 1), "c no longer banned");
+    m.storage().update_proxy(d).await.unwrap();
+    assert_eq!(
+        counts(&m).await,
+        (0, 1, 4, 2),
+        "d active again by an update"
+    );
+    assert!(m.storage().remove_proxy(e.id).await.unwrap());
+    assert_eq!(counts(&m).await, (0, 0, 3, 2));
+
+    let cooled = m.report_failure(&b, "timeout").await.unwrap();
+    assert!(cooled.cooldown_until.is_some());
+    assert_eq!(counts(&m).await, (1, 0, 3, 2), "b cooling down");
+    m.storage()
+        .set_proxy_status(b.id, ProxyStatus::Banned)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(&m).await,
+        (1, 1, 3, 1),
+        "banned while cooling: counted in both until the cooldown is over"
+    );
+    h.advance(m.storage(), cool + h.short_lease()).await;
+    assert_eq!(
+        counts(&m).await,
+        (0, 1, 3, 1),
+        "the cooldown is over on the storage's clock"
+    );
+    m.storage()
+        .set_proxy_status(b.id, ProxyStatus::Active)
+        .await
+        .unwrap();
+    let s = stats(&m).await;
+    assert_eq!(counts(&m).await, (0, 0, 3, 2));
+    assert_eq!(s.available_proxies, 2, "b and d; c is inactive");
 }
 
 /// Reports on unknown proxies, with a bad policy or a bad reason, are errors

@@ -155,6 +155,7 @@ macro_rules! conformance_suite {
             cooldown_backs_off_exponentially_to_its_cap,
             cooldown_delay_is_the_policys_on_every_storage,
             failures_in_a_row_ban_a_proxy_and_success_resets,
+            pool_stats_count_cooling_and_banned,
             bad_reports_are_rejected,
             waiting_acquire_is_woken_by_a_release,
             waiting_acquire_gives_up_at_its_timeout,

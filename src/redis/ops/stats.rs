@@ -29,6 +29,8 @@ impl FromRedisValue for StatsReply {
                 available_proxies: it.uint()?,
                 leased_proxies: it.uint()?,
                 total_leases: it.uint()?,
+                cooling_proxies: it.uint()?,
+                banned_proxies: it.uint()?,
             })),
             "NOT_FOUND" => Ok(StatsReply::NotFound),
             "SCHEMA" => Ok(StatsReply::Schema(it.text().unwrap_or_default())),

@@ -9,6 +9,9 @@
 #
 #   bash benches/redis_instructions.sh            # about 2 minutes
 #
+# LIGHTHOUSE_INSTR_KEEP=DIR keeps each run's callgrind dump there (for
+# `callgrind_annotate DIR/lighthouse-c64.cg`: where Redis spends the instructions).
+#
 # Needs valgrind (callgrind_control), redis-server, redis-cli, node and npm. It
 # starts its own server on a free loopback port and stops it at the end; it
 # never touches another Redis.
@@ -74,6 +77,10 @@ counted() {
   callgrind_control -d "$VG" >/dev/null 2>&1
   local dump
   dump="$(ls -t "$WORK"/cg.out.* | head -1)"
+  if [ -n "${LIGHTHOUSE_INSTR_KEEP:-}" ]; then
+    mkdir -p "$LIGHTHOUSE_INSTR_KEEP"
+    cp "$dump" "$LIGHTHOUSE_INSTR_KEEP/$(basename "$1")-$STEP.cg"
+  fi
   grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}'
 }
 
@@ -99,6 +106,7 @@ cycles_of() { # the cycle count in a JSON line of $WORK/out.json
 printf '%-16s %4s %9s %16s %14s\n' who c cycles instructions "per cycle"
 declare -A PER CALLS
 for c in 1 64; do
+  STEP="c$c"
   n="$(counted "$LH" --json bench --pool bench --concurrency "$c" --duration "$SECS")"
   k="$(cycles_of cycles)"
   PER["ours$c"]=$((n / k))

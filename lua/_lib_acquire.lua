@@ -88,7 +88,7 @@ local function req_table(slot)
   if not r then
     r = { consumer = '', dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
       reqk = 0, dtags = {}, test = false, filter = false, order = false, fast = false,
-      noorder = false, exact_s = '', raw_n = false }
+      noorder = false, exact_s = '' }
     REQS[slot] = r
   end
   return r
@@ -112,38 +112,37 @@ end
 --   +5 '1' when the filter is exactly one exact-match attribute, else '0'
 --   +6 random 0..2^31   +7 KEYS index of its request key, or 0
 --   +8 t, then +9.. t required tags `<attr>=<percent-encoded value>`
+-- or, for a request that asks what the one before it asked (the usual batch: a
+-- pool of workers asking the same thing) and has no request id and another
+-- selector than random, the short block: +0 '' (no consumer name is empty),
+-- +1 consumer name. Two arguments instead of nine: Redis parses seven fewer,
+-- FCALL interns seven fewer strings for ARGV, and the request is not checked
+-- and parsed again, only its consumer.
 -- `slot` is the request's position (its table is reused across calls).
 -- Returns the request and the next index, or nil and an error message. Called
 -- after the pool's settings are read (a filter is decoded only when a candidate
 -- must be tested against it), before anything is written.
 local read_request_full
 local function read_request(at, slot)
-  -- A block like the one before it but for its consumer (the usual batch: a
-  -- pool of workers asking the same thing) is not checked and parsed again:
-  -- its strings are compared (interned, so by identity) and the parsed request
-  -- copied.
+  if ARGV[at] ~= '' then return read_request_full(at, slot) end
   local prev = slot > 1 and REQS[slot - 1]
-  if prev and prev.raw_n and ARGV[at + 8] == '0' and prev.raw_n == '0' and ARGV[at + 7] == '0'
-    and prev.reqk == 0 and ARGV[at + 1] == prev.dur_s and ARGV[at + 2] == prev.ttl_s
-    and ARGV[at + 3] == prev.selector and ARGV[at + 4] == prev.json
-    and ARGV[at + 5] == prev.exact_s then
-    local c = ARGV[at]
-    if not consumer_ok(c) then return nil, 'bad consumer name' end
-    local r = req_table(slot)
-    r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, prev.dur, prev.dur_s,
-      prev.ttl_s, prev.selector, prev.json
-    r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
-      prev.fast, prev.noorder
-    r.exact_s, r.raw_n, r.rnd = prev.exact_s, '0', 0
-    local dtags = r.dtags
-    for j = #dtags, 1, -1 do dtags[j] = nil end
-    if r.order == 'rnd' then
-      r.rnd = int_in(ARGV[at + 6], 0, 2147483648)
-      if not r.rnd then return nil, 'bad numeric argument' end
-    end
-    return r, at + 9
+  if not prev or prev.reqk ~= 0 or prev.order == 'rnd' then
+    return nil, 'a short request block must follow one it repeats'
   end
-  return read_request_full(at, slot)
+  local c = ARGV[at + 1]
+  if not consumer_ok(c) then return nil, 'bad consumer name' end
+  local r = req_table(slot)
+  r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, prev.dur, prev.dur_s,
+    prev.ttl_s, prev.selector, prev.json
+  r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
+    prev.fast, prev.noorder
+  r.exact_s, r.rnd = prev.exact_s, 0
+  local dtags, pt = r.dtags, prev.dtags
+  if dtags ~= pt then
+    for j = #dtags, 1, -1 do dtags[j] = nil end
+    for j = 1, #pt do dtags[j] = pt[j] end
+  end
+  return r, at + 2
 end
 
 read_request_full = function(at, slot)
@@ -169,7 +168,7 @@ read_request_full = function(at, slot)
   r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, dur, dur_s, ttl_s, sel, json
   r.rnd, r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, reqk, false, false, false,
     false, false
-  r.exact_s, r.raw_n = exact, false -- raw_n is set once the whole block is checked
+  r.exact_s = exact
   local dtags = r.dtags
   for j = #dtags, 1, -1 do dtags[j] = nil end
   if order == 'rnd' then
@@ -198,7 +197,6 @@ read_request_full = function(at, slot)
   end
   r.order = order
   r.fast = not r.test and r.dtags[2] == nil and (order == 'load' or order == 'lat' or order == 'seq')
-  r.raw_n = ARGV[at + 8]
   return r, at + 9 + nt
 end
 

@@ -63,8 +63,31 @@ impl AcquireItem {
         })
     }
 
+    /// Whether the script may read this request as `prev` again with another
+    /// consumer (the short block, see `read_request` in `lua/_lib_acquire.lua`):
+    /// the same request in every other respect, neither with a request id, and
+    /// not random (each random request draws its own number).
+    fn repeats(&self, prev: &AcquireItem) -> bool {
+        self.request_key.is_none()
+            && prev.request_key.is_none()
+            && self.selector != "random"
+            && self.selector == prev.selector
+            && self.duration_ms == prev.duration_ms
+            && self.ttl_ms == prev.ttl_ms
+            && self.exact == prev.exact
+            && self.filter == prev.filter
+            && self.tags == prev.tags
+    }
+
     /// Appends this request's block; its request key, if any, is `KEYS[key_index]`.
-    pub(crate) fn push(&self, inv: &mut super::Call, key_index: usize) {
+    /// `prev` is the request whose block the script read just before (none for
+    /// the first): a request that repeats it is sent as the short block, its
+    /// consumer alone.
+    pub(crate) fn push(&self, inv: &mut super::Call, key_index: usize, prev: Option<&AcquireItem>) {
+        if prev.is_some_and(|p| self.repeats(p)) {
+            inv.arg("").arg(&self.consumer);
+            return;
+        }
         inv.arg(&self.consumer)
             .arg(self.duration_ms)
             .arg(self.ttl_ms)
@@ -193,11 +216,13 @@ pub(crate) async fn run(
         .arg(grace_ms)
         .arg(items.len());
     let mut next_key = 3;
+    let mut prev = None;
     for it in items {
         if let Some(k) = &it.request_key {
             inv.key(k);
         }
-        it.push(&mut inv, next_key);
+        it.push(&mut inv, next_key, prev);
+        prev = Some(it);
         if it.request_key.is_some() {
             next_key += 1;
         }

@@ -62,12 +62,14 @@ pub(crate) async fn run(
         .arg(grace_ms)
         .arg(items.len());
     let mut next_key = 3;
+    let mut prev = None;
     for it in items {
         if let Some(k) = &it.acquire.request_key {
             inv.key(k);
         }
         inv.arg(it.token);
-        it.acquire.push(&mut inv, next_key);
+        it.acquire.push(&mut inv, next_key, prev);
+        prev = Some(&it.acquire);
         if it.acquire.request_key.is_some() {
             next_key += 1;
         }

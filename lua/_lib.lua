@@ -202,7 +202,7 @@ end
 -- keeps that key as long as the record. Expired is not written: an active
 -- record past its expiry is expired. Numbers stay the strings they were read as
 -- (formatting numbers costs Redis's Lua a snprintf each).
-local function parse_record(v)
+local function parse_record(v, into)
   if not v then return nil end
   local state, seq, at, dur, rel, rest = 'active', string.match(v, '^active (%d+) (%d+) (%d+) (.+)$')
   if seq then
@@ -220,6 +220,11 @@ local function parse_record(v)
   local tab = string.find(rest, '\t', 1, true)
   if tab and tab > 1 and tab < #rest then
     consumer, req = string.sub(rest, 1, tab - 1), string.sub(rest, tab + 1)
+  end
+  if into then
+    into.state, into.seq, into.at, into.dur, into.released = state, seq, at, dur, rel
+    into.consumer, into.req, into.rest, into.member = consumer, req, rest, nil
+    return into
   end
   return { state = state, seq = seq, at = at, dur = dur, released = rel, consumer = consumer,
     req = req, rest = rest }
@@ -640,59 +645,83 @@ end
 -- Proxies that no longer exist get a state with info = nil. With `leased` (each
 -- holds a lease), a proxy that cannot be indexed then (full at max 1, or not
 -- eligible) is looked up in `held` only.
-local function load_states(members, leased)
-  local want = {}
-  for _, m in ipairs(members) do
-    if not T[m] then want[#want + 1] = m end
-  end
-  if #want == 0 then return end
-  local js, miss, at = {}, {}, {}
-  for i, m in ipairs(want) do
-    local j = known_json(m)
-    if j then
-      js[i] = j
-    else
-      miss[#miss + 1] = m
-      at[#at + 1] = i
+-- Scratch arrays of load_states() (by position in `want`) and of
+-- prepare_releases(), kept across calls: a table made per call grows by
+-- doubling, a rehash each time (callgrind, c=64: about 10 per lease), and is
+-- garbage after.
+-- (One table of them: a Lua 5.1 chunk may have 200 locals, and the library's
+-- helpers use most of them.)
+local SCRATCH = { want = {}, js = {}, miss = {}, at = {}, scored = {}, si = {}, av = {},
+  missing = {}, mi = {}, n = {}, pr_held = {}, pr_other = {}, pr_members = {}, pr_firsts = {},
+  pr_gone = {}, pr_seen = {} }
+
+local function load_states(members, leased, count)
+  local S = SCRATCH
+  local want, nw = S.want, 0
+  for k = 1, count or #members do
+    local m = members[k]
+    if not T[m] then
+      nw = nw + 1
+      want[nw] = m
     end
   end
-  if #miss > 0 then
-    local got = redis.call('HMGET', PK.proxies, unpack(miss))
-    for k, i in ipairs(at) do
-      js[i] = got[k]
+  if nw == 0 then return end
+  local js, miss, at, nmiss = S.js, S.miss, S.at, 0
+  for i = 1, nw do
+    local m = want[i]
+    local j = known_json(m)
+    js[i] = j or false
+    if not j then
+      nmiss = nmiss + 1
+      miss[nmiss], at[nmiss] = m, i
+    end
+  end
+  if nmiss > 0 then
+    local got = redis.call('HMGET', PK.proxies, unpack(miss, 1, nmiss))
+    for k = 1, nmiss do
+      js[at[k]] = got[k]
       remember_json(miss[k], got[k])
     end
   end
-  local scored, sc = want, {}
-  if leased then
-    scored = {}
-    for i, m in ipairs(want) do
-      local info = js[i] and info_of(js[i])
-      if info and info.ok and info.max ~= 1 then scored[#scored + 1] = m end
+  -- Each wanted proxy's count: its load score's high part, else its `held`
+  -- field (absent = 0); LS_N[i] = the count, false until known.
+  local cnt, scored, si, ns = S.n, S.scored, S.si, 0
+  for i = 1, nw do
+    cnt[i] = false
+    local ok = true
+    if leased then
+      local j = js[i]
+      local info = j and info_of(j)
+      ok = info and info.ok and info.max ~= 1
+    end
+    if ok then
+      ns = ns + 1
+      scored[ns], si[ns] = want[i], i
     end
   end
-  if #scored > 0 then
-    local got = redis.call('ZMSCORE', PK.load_all, unpack(scored))
-    for i, m in ipairs(scored) do sc[m] = got[i] end
-  end
-  local missing = {}
-  for _, m in ipairs(want) do
-    if not sc[m] then missing[#missing + 1] = m end
-  end
-  local held = {}
-  if #missing > 0 then
-    local h = redis.call('HMGET', PK.held, unpack(missing))
-    for i, m in ipairs(missing) do held[m] = num(h[i]) or 0 end
-  end
-  for i, m in ipairs(want) do
-    if not T[m] then
-      local s = sc[m]
-      if s then
-        touch(m, js[i] or nil, math.floor(num(s) / LOAD_SHIFT), true)
-      else
-        touch(m, js[i] or nil, held[m], false)
-      end
+  if ns > 0 then
+    local got = redis.call('ZMSCORE', PK.load_all, unpack(scored, 1, ns))
+    for k = 1, ns do
+      local sc = got[k]
+      if sc then cnt[si[k]] = math.floor(num(sc) / LOAD_SHIFT) end
     end
+  end
+  local missing, mi, nmi = S.missing, S.mi, 0
+  for i = 1, nw do
+    if not cnt[i] then
+      nmi = nmi + 1
+      missing[nmi], mi[nmi] = want[i], i
+    end
+  end
+  local av = S.av
+  for i = 1, nw do av[i] = cnt[i] and true or false end
+  if nmi > 0 then
+    local h = redis.call('HMGET', PK.held, unpack(missing, 1, nmi))
+    for k = 1, nmi do cnt[mi[k]] = num(h[k]) or 0 end
+  end
+  for i = 1, nw do
+    local m = want[i]
+    if not T[m] then touch(m, js[i] or nil, cnt[i], av[i]) end
   end
 end
 
@@ -832,14 +861,18 @@ end
 -- older than the pool (`created`, its µs in decimal: the pool was removed and
 -- created again) is not found; tokens and `created` are compared as decimal
 -- strings (no leading zeros in either), which saves a strtod per lease.
+-- Its scratch arrays are SCRATCH.pr_* (see load_states()).
+
 local function prepare_releases(tokens, keys, created)
   local recs
   if #keys == 1 then recs = { redis.call('GET', keys[1]) } else recs = redis.call('MGET', unpack(keys)) end
-  local seqs, members, firsts, seen = {}, {}, {}, {}
+  local S = SCRATCH
+  local seen, members, firsts = S.pr_seen, S.pr_members, S.pr_firsts
+  local nseqs, nm = 0, 0
   for i, tok in ipairs(tokens) do
     local item = REL[i]
     if not item then
-      item = { id = '', key = '', dup = false, r = false, present = false }
+      item = { id = '', key = '', dup = false, r = false, present = false, rec = {} }
       REL[i] = item
     end
     item.id, item.key, item.dup, item.r, item.present = tok, keys[i], false, false, false
@@ -848,43 +881,51 @@ local function prepare_releases(tokens, keys, created)
       item.dup = true
     elseif #tok > #created or (#tok == #created and tok >= created) then
       seen[tok] = true
-      local r = parse_record(recs[i] or nil)
+      local r = parse_record(recs[i] or nil, item.rec)
       if r then
         item.r = r
-        r.member = r.seq .. ':' .. tok
-        seqs[#seqs + 1] = r.seq
+        nseqs = nseqs + 1
         if r.state == 'active' then
-          members[#members + 1] = r.member
-          firsts[#firsts + 1] = item
+          r.member = r.seq .. ':' .. tok
+          nm = nm + 1
+          members[nm], firsts[nm] = r.member, item
         end
       end
     end
   end
+  for i = 1, RELN do seen[REL[i].id] = nil end
   local live = PK.live
-  if #members == 1 then
+  if nm == 1 then
     firsts[1].present = redis.call('ZREM', live, members[1]) == 1
     if firsts[1].present then live_gone(1) end
-  elseif #members > 1 then
-    local sc = redis.call('ZMSCORE', live, unpack(members))
-    local gone = {}
-    for k, item in ipairs(firsts) do
+  elseif nm > 1 then
+    local sc = redis.call('ZMSCORE', live, unpack(members, 1, nm))
+    local gone, ng = S.pr_gone, 0
+    for k = 1, nm do
       if sc[k] then
-        item.present = true
-        gone[#gone + 1] = members[k]
+        firsts[k].present = true
+        ng = ng + 1
+        gone[ng] = members[k]
       end
     end
-    if #gone > 0 then live_gone(redis.call('ZREM', live, unpack(gone))) end
+    if ng > 0 then live_gone(redis.call('ZREM', live, unpack(gone, 1, ng))) end
   end
-  if #seqs == 0 then return end
-  local held, other = {}, {}
+  if nseqs == 0 then return end
+  local held, other, nh, no = S.pr_held, S.pr_other, 0, 0
   for i = 1, RELN do
     local item = REL[i]
     if item.r then
-      if item.present then held[#held + 1] = item.r.seq else other[#other + 1] = item.r.seq end
+      if item.present then
+        nh = nh + 1
+        held[nh] = item.r.seq
+      else
+        no = no + 1
+        other[no] = item.r.seq
+      end
     end
   end
-  if #held > 0 then load_states(held, true) end
-  if #other > 0 then load_states(other) end
+  if nh > 0 then load_states(held, true, nh) end
+  if no > 0 then load_states(other, false, no) end
 end
 
 -- The outcome of releasing lease record `r` (at `key`, of a proxy that still
@@ -896,7 +937,7 @@ local function end_record(r, key, present, now, now_s, grace)
   if not present then return 'not_found' end
   if grace ~= '0' then
     redis.call('SET', key, 'released ' .. r.seq .. ' ' .. r.at .. ' ' .. r.dur .. ' ' .. now_s .. ' '
-      .. r.rest, 'PX', grace)
+      .. r.rest, 'PX', grace, 'GET')
   else
     redis.call('DEL', key)
   end

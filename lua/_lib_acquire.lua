@@ -5,7 +5,7 @@
 
 -- Per-call state of an acquire or rotate call (reset_acquire() clears it; the
 -- tables are kept across calls and refilled, see _lib.lua).
-local NOW, NOW_S, NOW_US, GRACE, POOL_ID, CREATED
+local NOW, NOW_S, NOW_US, POOL_ID, CREATED
 local FENCE, FENCE_R, RR, RR_S, EXP, COOL_NEXT, WAIT_UNTIL
 local RR_MOVED, EXP_MOVED, COOL_MOVED
 local FENCE_RESERVE_US = 1000000
@@ -202,7 +202,7 @@ end
 
 -- Reads the pool's meta and settings; nil and a reply for every request when
 -- the pool cannot serve them.
-local function begin(prefix, grace)
+local function begin(prefix)
   local m, why, found = open_pool('fence', 'rr', 'exp', 'cool_next', 'wait_until')
   if not m then return why, found end
   POOL_ID = m[1]
@@ -217,7 +217,6 @@ local function begin(prefix, grace)
   COOL_NEXT = num(m[7])
   WAIT_UNTIL = m[8]
   CREATED = POOL.created -- a string: rotate compares it as a number
-  GRACE = grace
   NOW, NOW_US, NOW_S = clock()
   return nil
 end
@@ -602,8 +601,10 @@ local function grant(r, m)
   if token == NOW_US then tok = us_text(token, NOW_S) else tok = fmt_int(token) end
   local tail = ''
   if r.reqk > 0 then tail = '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1) end
+  -- GET: a SET answers a status, which Redis gives a script as a new table
+  -- ({ok = 'OK'}); with GET it answers the old value, here none (false).
   redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer
-    .. tail, 'PX', r.ttl_s)
+    .. tail, 'PX', r.ttl_s, 'GET')
   return token, tok, NOW + r.dur
 end
 

@@ -53,7 +53,7 @@ local grace = int_in(ARGV[3], 0, MAX_GRACE_MS)
 local n = int_in(ARGV[4], 1, MAX_REQUESTS)
 if not limit or not grace or not n then return fail('bad numeric argument') end
 
-local why, found = begin(prefix, grace)
+local why, found = begin(prefix)
 if why then
   local out = {}
   for i = 1, n do out[i] = { why, found } end

@@ -653,7 +653,8 @@ end
 -- helpers use most of them.)
 local SCRATCH = { want = {}, js = {}, miss = {}, at = {}, scored = {}, si = {}, av = {},
   missing = {}, mi = {}, n = {}, pr_held = {}, pr_other = {}, pr_members = {}, pr_firsts = {},
-  pr_gone = {}, pr_seen = {} }
+  pr_gone = {}, pr_seen = {}, rb_seq = {}, rb_member = {}, rb_rec = {}, rb_rest = {},
+  rb_score = {} }
 
 local function load_states(members, leased, count)
   local S = SCRATCH
@@ -963,6 +964,79 @@ local function apply_release(i, now, now_s, grace)
   end
   DONE[item.id] = o
   return o, freed
+end
+
+-- n leases given back in one call, the common batch, straight: every record
+-- active, not expired and of this pool, no token twice, every lease in the
+-- live set, every proxy indexed (its count in its load score) with a JSON the
+-- library remembers. The same outcomes ('released' each) and writes as
+-- prepare_releases(), apply_release() and flush(), without touched states:
+-- reads (MGET records, ZMSCORE live, ZMSCORE load:all), then ZREM live once,
+-- SET per record, one ZADD per load key. Returns the reply, or nil, having
+-- written nothing, to leave the call to them. Leases `KEYS[3..n+2]` with
+-- tokens `ARGV[3..n+2]`.
+local function release_batch(n, created, now, now_s, grace)
+  local S = SCRATCH
+  local seqs, members, recs, rests, scores = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest,
+    S.rb_score
+  local got = redis.call('MGET', unpack(KEYS, 3, n + 2))
+  for i = 1, n do
+    local tok, v = ARGV[2 + i], got[i]
+    if not v or not (#tok > #created or (#tok == #created and tok >= created)) then return nil end
+    local seq, at, dur, rest = string.match(v, '^active (%d+) (%d+) (%d+) ()')
+    if not seq or num(at) + num(dur) <= now then return nil end
+    seqs[i], members[i], recs[i], rests[i] = seq, seq .. ':' .. tok, v, rest
+  end
+  local live = redis.call('ZMSCORE', PK.live, unpack(members, 1, n))
+  for i = 1, n do
+    if not live[i] then return nil end
+  end
+  local sc = redis.call('ZMSCORE', PK.load_all, unpack(seqs, 1, n))
+  -- The new scores, a lease at a time (a proxy may come twice): scores[m] is
+  -- its score now; a token twice is a lease twice in the live set's answer,
+  -- found by its member (set to false once seen).
+  local ok = true
+  for i = 1, n do
+    local m = seqs[i]
+    local j = sc[i] and known_json(m)
+    local info = j and info_of(j)
+    local cur = scores[m] or (sc[i] and num(sc[i]))
+    if not info or not info.ok or not cur or cur < LOAD_SHIFT or scores[members[i]] == false then
+      ok = false
+      break
+    end
+    scores[m] = cur - LOAD_SHIFT
+    scores[members[i]] = false
+  end
+  if not ok then
+    for i = 1, n do scores[seqs[i]], scores[members[i]] = nil, nil end
+    return nil
+  end
+  live_gone(redis.call('ZREM', PK.live, unpack(members, 1, n)))
+  local out = { 'OK' }
+  for i = 1, n do
+    local key, v = KEYS[2 + i], recs[i]
+    if grace ~= '0' then
+      -- `active <seq> <at> <dur> <rest>` -> `released <seq> <at> <dur> <now> <rest>`
+      local b = rests[i] -- where <rest> starts
+      redis.call('SET', key, 'released' .. string.sub(v, 7, b - 1) .. now_s .. ' ' .. string.sub(v, b),
+        'PX', grace, 'GET')
+    else
+      redis.call('DEL', key)
+    end
+    out[i + 1] = 'released'
+    local m = seqs[i]
+    local s = scores[m]
+    if s then
+      local t = score_text(s)
+      local keys = info_of(known_json(m)).load
+      for k = 1, #keys do za(keys[k], t, m) end
+      scores[m] = nil
+    end
+    scores[members[i]] = nil
+  end
+  flush()
+  return out
 end
 
 -- One lease given back, the most common release call: the same outcome and

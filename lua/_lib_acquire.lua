@@ -8,7 +8,6 @@
 local NOW, NOW_S, NOW_US, POOL_ID, CREATED
 local FENCE, FENCE_R, RR, RR_S, EXP, COOL_NEXT, WAIT_UNTIL
 local RR_MOVED, EXP_MOVED, COOL_MOVED
-local FENCE_RESERVE_US = 1000000
 local LIVE_ADD, LIVE_N = {}, 0 -- pending ZADD of the live set: expiry, member, ...
 local EXP_LAST, EXP_LAST_S -- the last expiry written, and as a string
 -- Pages of index keys read by this call (since the last flush): CACHES[key] =
@@ -593,7 +592,7 @@ local function grant(r, m)
   if token > FENCE_R then
     -- Reserve the next second of tokens: `fence` is written about once a second
     -- per pool, and before any record that holds a token above the old one.
-    FENCE_R = token + FENCE_RESERVE_US
+    FENCE_R = token + 1000000 -- a second of tokens, in µs
     redis.call('HSET', KEYS[1], 'fence', fmt_int(FENCE_R))
   end
   POOL.fence_r, POOL.fence_last = FENCE_R, FENCE

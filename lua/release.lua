@@ -50,9 +50,15 @@ if n == 1 then
   if f then notify(m[4], now) end
   return { 'OK', o }
 end
+local created = POOL.created or '0'
+local out = release_batch(n, created, now, now_s, ARGV[2])
+if out then
+  notify(m[4], now)
+  return out
+end
 local ids, keys = {}, {}
 for i = 1, n do ids[i], keys[i] = ARGV[2 + i], KEYS[2 + i] end
-prepare_releases(ids, keys, POOL.created or '0')
+prepare_releases(ids, keys, created)
 local out, freed, grace_s = { 'OK' }, 0, ARGV[2]
 for i = 1, n do
   local o, f = apply_release(i, now, now_s, grace_s)

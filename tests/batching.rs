@@ -374,6 +374,74 @@ async fn a_lease_released_twice_in_one_batch_frees_one_slot() {
     assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 0);
 }
 
+/// A batch of releases with several leases of one proxy (max_concurrency 4,
+/// three leases each, so the proxies stay in their indexes and the batch takes
+/// the straight path): each lease gives exactly one slot back (a proxy is
+/// counted down once per lease), the records read `released`, and the whole
+/// capacity is there again, round after round.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
+    let server = RedisServer::spawn().unwrap();
+    let ns = support::unique_namespace();
+    let config = RedisConfig::from_url(server.url())
+        .namespace(ns.clone())
+        .max_batch(32)
+        .max_in_flight(1)
+        .fit_in_flight(false);
+    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
+    let proxies: Vec<Proxy> = (0..2)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.3.0.{i}"), 8080)
+                .max_concurrency(4)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    m.storage().add_proxies(proxies).await.unwrap();
+    let mut admin = admin(&server).await;
+    for round in 0..3 {
+        let leases = acquire_all(&m, 6).await;
+        reset_stats(&mut admin).await;
+        let outcomes = release_all(&m, leases.clone()).await;
+        assert!(
+            outcomes.iter().all(|o| *o == ReleaseOutcome::Released),
+            "round {round}: {outcomes:?}"
+        );
+        // The first release goes alone, the other five in one call.
+        assert_eq!(fcall_calls(&mut admin).await, 2, "round {round}");
+        for l in &leases {
+            let record: String = redis::cmd("GET")
+                .arg(format!("{ns}:{{{POOL}}}:{}", l.fencing_token))
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            assert!(record.starts_with("released "), "{record}");
+        }
+        assert_eq!(
+            m.storage().pool_stats(POOL).await.unwrap().total_leases,
+            0,
+            "round {round}"
+        );
+        let listed = m.storage().list_proxies(POOL).await.unwrap();
+        assert!(listed.iter().all(|p| p.current_leases == 0), "{listed:?}");
+        // Every slot is free again: eight leases, not a ninth.
+        let all = acquire_all(&m, 8).await;
+        assert!(
+            m.acquire_proxy(POOL, AcquireOptions::new())
+                .await
+                .unwrap()
+                .is_none(),
+            "round {round}: eight slots"
+        );
+        release_all(&m, all).await;
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn max_batch_one_sends_every_call_alone() {
     let server = RedisServer::spawn().unwrap();

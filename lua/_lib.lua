@@ -654,7 +654,8 @@ end
 local SCRATCH = { want = {}, js = {}, miss = {}, at = {}, scored = {}, si = {}, av = {},
   missing = {}, mi = {}, n = {}, pr_held = {}, pr_other = {}, pr_members = {}, pr_firsts = {},
   pr_gone = {}, pr_seen = {}, rb_seq = {}, rb_member = {}, rb_rec = {}, rb_rest = {},
-  rb_score = {} }
+  rb_score = {}, sb_m = {}, sb_s = {}, sb_j = {}, sb_n = {}, sb_info = {}, sb_pick = {},
+  sb_taken = {} }
 
 local function load_states(members, leased, count)
   local S = SCRATCH
@@ -975,7 +976,10 @@ end
 -- SET per record, one ZADD per load key. Returns the reply, or nil, having
 -- written nothing, to leave the call to them. Leases `KEYS[3..n+2]` with
 -- tokens `ARGV[3..n+2]`.
-local function release_batch(n, created, now, now_s, grace)
+-- The straight batch paths (STRAIGHT.release here, STRAIGHT.acquire in
+-- _lib_acquire.lua): one local for both, as the chunk's 200 are nearly spent.
+local STRAIGHT = {}
+function STRAIGHT.release(n, created, now, now_s, grace)
   local S = SCRATCH
   local seqs, members, recs, rests, scores = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest,
     S.rb_score

@@ -761,3 +761,130 @@ local function serve_one(r, off)
   TAKEN = TAKEN + 1
   return t
 end
+
+-- ---------------------------------------------------------------- a batch
+-- n least_used requests for the same index (one declared tag or none), no
+-- request id, nothing due to reclaim: the usual batch of a pool of workers,
+-- served straight, without touched states and planned writes. One ZRANGE of
+-- the index's first n entries (the n requests take at most n proxies, and a
+-- proxy taken scores higher, so no entry past them can be picked), HMGET
+-- proxies for JSONs not remembered; then per request the lowest of the next
+-- entry of the page and the proxies taken before (scored as they are now),
+-- as serve() would pick; then the writes: SET per record, per proxy taken one
+-- entry in each load index (or, now full, out of every index and its count
+-- in `held`), and finish(). Returns the reply, or nil, having written nothing,
+-- to leave the call to serve() (a stale or unavailable entry, a location
+-- index to update).
+function STRAIGHT.acquire(n)
+  if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
+  local tag = REQS[1].dtags[1] or 'all'
+  for i = 1, n do
+    local r = REQS[i]
+    if not r.fast or r.order ~= 'load' or r.reqk ~= 0 or r.noorder
+      or (r.dtags[1] or 'all') ~= tag then
+      return nil
+    end
+  end
+  local ix = PK.idx.load
+  if not ix then
+    ix = {}
+    PK.idx.load = ix
+  end
+  local key = ix[tag]
+  if not key then
+    key = P .. K_IDX .. 'load:' .. tag
+    ix[tag] = key
+  end
+  local got = redis.call('ZRANGE', key, '0', small_text(n - 1), 'WITHSCORES')
+  local k = #got / 2
+  local S = SCRATCH
+  local cm, cs, cj, cn, ci, pick, taken = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick,
+    S.sb_taken
+  local miss
+  for j = 1, k do
+    local m = got[2 * j - 1]
+    local sc = num(got[2 * j])
+    if not sc then return nil end
+    cm[j], cs[j], cn[j] = m, sc, math.floor(sc / LOAD_SHIFT)
+    local json = known_json(m)
+    cj[j] = json or false
+    if not json then
+      miss = miss or {}
+      miss[#miss + 1] = j
+    end
+  end
+  if miss then
+    local mm = {}
+    for x, j in ipairs(miss) do mm[x] = cm[j] end
+    local read = redis.call('HMGET', PK.proxies, unpack(mm))
+    for x, j in ipairs(miss) do
+      if not read[x] then return nil end
+      cj[j] = read[x]
+      remember_json(mm[x], read[x])
+    end
+  end
+  for j = 1, k do
+    local info = info_of(cj[j])
+    if not info.ok or (info.max ~= nil and cn[j] >= info.max) then return nil end
+    ci[j] = info
+  end
+  -- The picks (page positions, 0: none), all before any write.
+  local nt, p = 0, 1
+  for i = 1, n do
+    local best, bs = 0, nil
+    if p <= k then best, bs = p, cs[p] end
+    for x = 1, nt do
+      local j = taken[x]
+      local info = ci[j]
+      if (info.max == nil or cn[j] < info.max) and (bs == nil or cs[j] < bs) then
+        best, bs = j, cs[j]
+      end
+    end
+    if best > 0 then
+      if best == p then
+        p = p + 1
+        nt = nt + 1
+        taken[nt] = best
+      end
+      local info = ci[best]
+      cn[best], cs[best] = cn[best] + 1, cs[best] + LOAD_SHIFT
+      if info.geo and info.max ~= nil and cn[best] >= info.max then return nil end
+    end
+    pick[i] = best
+  end
+  -- The writes.
+  for i = 1, n do
+    local t = reply_table(i)
+    local j = pick[i]
+    if j == 0 then
+      OUT[i] = short(t, 0, 'NONE')
+    else
+      local m = cm[j]
+      local token, tok, exp = grant(REQS[i], m)
+      if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
+      LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = EXP_LAST_S, m .. ':' .. tok
+      LIVE_N = LIVE_N + 2
+      if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
+      TAKEN = TAKEN + 1
+      t[1], t[2], t[3], t[4] = 'OK', token, NOW, exp
+      t[5], t[6], t[7], t[8] = num(m), cj[j], POOL_ID, nil
+      OUT[i] = t
+    end
+  end
+  OUT[n + 1] = nil
+  for x = 1, nt do
+    local j = taken[x]
+    local info, m = ci[j], cm[j]
+    if info.max ~= nil and cn[j] >= info.max then
+      local keys = info.keys
+      for y = 1, #keys do zr(keys[y], m) end
+      wmap('held')[m] = cn[j]
+    else
+      local s = score_text(cs[j])
+      local keys = info.load
+      for y = 1, #keys do za(keys[y], s, m) end
+    end
+  end
+  finish()
+  return OUT
+end

@@ -31,6 +31,13 @@
 -- index key and HSET held, when it is now full), ZADD live: 7 with one declared
 -- attribute.
 --
+-- A batch of least_used requests for one index (no request id, nothing due)
+-- takes the straight way too (STRAIGHT.acquire in _lib_acquire.lua): HMGET
+-- meta, TIME, one ZRANGE of the index's first n entries (HMGET proxies for
+-- JSONs the library does not remember), SET per record, one ZADD per load key
+-- (ZREM per index key and HSET held for proxies now full), ZADD live, HSET meta
+-- when a hint moved: 6 + n with one declared attribute.
+--
 -- Calls, n requests on the fast path (least_used, one declared tag or none):
 -- HMGET meta, TIME, one ZRANGE per index used per page of candidates read (a
 -- page holds what the call's requests need; HMGET proxies only for proxies whose
@@ -76,6 +83,10 @@ if n == 1 then
       return OUT
     end
   end
+end
+if n > 1 then
+  local out = STRAIGHT.acquire(n)
+  if out then return out end
 end
 reclaim_due(limit)
 for i = 1, n do OUT[i] = serve(REQS[i], n - i, i, 0) end

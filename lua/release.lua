@@ -28,6 +28,11 @@
 -- pool's fixed settings; a proxy not indexed: HGET held, then HSET or HDEL held
 -- and the index writes of the batch path). n leases: MGET,
 -- ZMSCORE live, ZREM live once each, SET per lease, one command per index key.
+-- n live leases of indexed proxies take the straight way (STRAIGHT.release in
+-- _lib.lua): HMGET meta, TIME, MGET records, ZMSCORE live, ZMSCORE load:all,
+-- ZREM live, SET per record, one ZADD per load key: 7 + n with one declared
+-- attribute; anything else (a token twice, a record not active or expired, a
+-- proxy full or unknown) goes the way above, nothing written before.
 
 local prefix = ARGV[1]
 local n = #ARGV - 2
@@ -51,7 +56,7 @@ if n == 1 then
   return { 'OK', o }
 end
 local created = POOL.created or '0'
-local out = release_batch(n, created, now, now_s, ARGV[2])
+local out = STRAIGHT.release(n, created, now, now_s, ARGV[2])
 if out then
   notify(m[4], now)
   return out

@@ -442,6 +442,65 @@ async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
     }
 }
 
+/// Batches of acquires that take each proxy several times (two proxies of
+/// max_concurrency 4): six callers get three leases on each (least used
+/// first, each lease counted in the index), two more fill them (out of the
+/// indexes once full), a ninth gets nothing, and every slot comes back on
+/// release, round after round.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_of_acquires_counts_each_lease_of_a_proxy() {
+    let server = RedisServer::spawn().unwrap();
+    let config = RedisConfig::from_url(server.url())
+        .namespace(support::unique_namespace())
+        .max_batch(32)
+        .max_in_flight(1)
+        .fit_in_flight(false);
+    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
+    let proxies: Vec<Proxy> = (0..2)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.4.0.{i}"), 8080)
+                .max_concurrency(4)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    m.storage().add_proxies(proxies).await.unwrap();
+    let mut admin = admin(&server).await;
+    for round in 0..3 {
+        reset_stats(&mut admin).await;
+        let leases = acquire_all(&m, 6).await;
+        // The first acquire goes alone, the other five in one call.
+        assert_eq!(fcall_calls(&mut admin).await, 2, "round {round}");
+        let listed = m.storage().list_proxies(POOL).await.unwrap();
+        assert!(listed.iter().all(|p| p.current_leases == 3), "{listed:?}");
+        let tokens: HashSet<u64> = leases.iter().map(|l| l.fencing_token).collect();
+        assert_eq!(tokens.len(), 6, "one token per lease");
+        let mut leases = leases;
+        leases.extend(acquire_all(&m, 2).await);
+        let listed = m.storage().list_proxies(POOL).await.unwrap();
+        assert!(listed.iter().all(|p| p.current_leases == 4), "{listed:?}");
+        assert!(
+            m.acquire_proxy(POOL, AcquireOptions::new())
+                .await
+                .unwrap()
+                .is_none(),
+            "round {round}: eight slots"
+        );
+        assert_eq!(
+            m.storage().pool_stats(POOL).await.unwrap().total_leases,
+            8,
+            "round {round}"
+        );
+        let outcomes = release_all(&m, leases).await;
+        assert!(outcomes.iter().all(|o| *o == ReleaseOutcome::Released));
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn max_batch_one_sends_every_call_alone() {
     let server = RedisServer::spawn().unwrap();

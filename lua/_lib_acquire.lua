@@ -828,27 +828,34 @@ function STRAIGHT.acquire(n)
     if not info.ok or (info.max ~= nil and cn[j] >= info.max) then return nil end
     ci[j] = info
   end
-  -- The picks (page positions, 0: none), all before any write.
-  local nt, p = 0, 1
+  -- The picks (page positions, 0: none), all before any write. `low` is the
+  -- taken proxy with a free slot that scores lowest now (nil: none), found
+  -- again by a walk over them only when it is picked itself (its score rises)
+  -- or is full: with many proxies the next page entry wins and that is rare.
+  local nt, p, low = 0, 1, nil
   for i = 1, n do
-    local best, bs = 0, nil
-    if p <= k then best, bs = p, cs[p] end
-    for x = 1, nt do
-      local j = taken[x]
-      local info = ci[j]
-      if (info.max == nil or cn[j] < info.max) and (bs == nil or cs[j] < bs) then
-        best, bs = j, cs[j]
-      end
-    end
+    local best = 0
+    if p <= k then best = p end
+    if low and (best == 0 or cs[low] < cs[best]) then best = low end
     if best > 0 then
+      local info = ci[best]
+      local c = cn[best] + 1
+      cn[best], cs[best] = c, cs[best] + LOAD_SHIFT
+      local free = info.max == nil or c < info.max
+      if info.geo and not free then return nil end
       if best == p then
         p = p + 1
         nt = nt + 1
         taken[nt] = best
+        if free and (not low or cs[best] < cs[low]) then low = best end
+      else
+        low = nil
+        for x = 1, nt do
+          local j = taken[x]
+          local mx = ci[j].max
+          if (mx == nil or cn[j] < mx) and (not low or cs[j] < cs[low]) then low = j end
+        end
       end
-      local info = ci[best]
-      cn[best], cs[best] = cn[best] + 1, cs[best] + LOAD_SHIFT
-      if info.geo and info.max ~= nil and cn[best] >= info.max then return nil end
     end
     pick[i] = best
   end

@@ -508,6 +508,115 @@ async fn a_batch_of_acquires_counts_each_lease_of_a_proxy() {
     }
 }
 
+/// Random rounds of concurrent acquires and releases (batched, so they take
+/// the straight batch paths where they can and the general ones where they
+/// cannot) on proxies of max_concurrency 1 to 4, some filtered by country:
+/// after every round each proxy's count is exactly the leases held on it,
+/// never above its limit, every lease's proxy matches its filter, and an
+/// acquire gets nothing only when no matching proxy has a free slot.
+#[tokio::test(flavor = "current_thread")]
+async fn random_batches_keep_every_count_exact() {
+    let server = RedisServer::spawn().unwrap();
+    let config = RedisConfig::from_url(server.url())
+        .namespace(support::unique_namespace())
+        .max_batch(32)
+        .max_in_flight(1)
+        .fit_in_flight(false);
+    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(0x5eed_1ea5e);
+    let proxies: Vec<Proxy> = (0..12)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.5.0.{i}"), 8080)
+                .max_concurrency(1 + (i % 4) as u32)
+                .country(if i % 3 == 0 { "CL" } else { "AR" })
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let max: std::collections::HashMap<_, _> = proxies
+        .iter()
+        .map(|p| {
+            (
+                p.id,
+                (p.max_concurrency.unwrap_or(u32::MAX), p.country.clone()),
+            )
+        })
+        .collect();
+    m.storage().add_proxies(proxies).await.unwrap();
+    let mut held: Vec<Lease> = Vec::new();
+    for round in 0..60 {
+        // Release a random share of the leases held, all at once.
+        let keep = rng.usize(0..=held.len());
+        rng.shuffle(&mut held);
+        let gone: Vec<Lease> = held.split_off(keep);
+        let outcomes = release_all(&m, gone).await;
+        assert!(
+            outcomes.iter().all(|o| *o == ReleaseOutcome::Released),
+            "round {round}: {outcomes:?}"
+        );
+        // Then a random number of acquires, all at once, some in CL only.
+        let n = rng.usize(1..=20);
+        let chile: Vec<bool> = (0..n).map(|_| rng.bool()).collect();
+        let tasks: Vec<_> = chile
+            .iter()
+            .map(|&cl| {
+                let m = m.clone();
+                let o = if cl {
+                    AcquireOptions::new().filters(ProxyFilters::new().country("CL"))
+                } else {
+                    AcquireOptions::new()
+                };
+                tokio::spawn(async move { m.acquire_proxy(POOL, o).await })
+            })
+            .collect();
+        let mut none_cl = false;
+        let mut none_any = false;
+        for (t, cl) in tasks.into_iter().zip(&chile) {
+            match t.await.unwrap().unwrap() {
+                Some(l) => {
+                    if *cl {
+                        assert_eq!(max[&l.proxy_id].1.as_deref(), Some("CL"), "round {round}");
+                    }
+                    held.push(l);
+                }
+                None if *cl => none_cl = true,
+                None => none_any = true,
+            }
+        }
+        let mut mine: std::collections::HashMap<_, u32> = Default::default();
+        for l in &held {
+            *mine.entry(l.proxy_id).or_default() += 1;
+        }
+        let listed = m.storage().list_proxies(POOL).await.unwrap();
+        for p in &listed {
+            let want = mine.get(&p.id).copied().unwrap_or(0);
+            assert_eq!(p.current_leases, want, "round {round}: {p:?}");
+            assert!(want <= max[&p.id].0, "round {round}: over its limit");
+        }
+        let free = |cl: bool| {
+            listed.iter().any(|p| {
+                p.current_leases < max[&p.id].0 && (!cl || max[&p.id].1.as_deref() == Some("CL"))
+            })
+        };
+        if none_any {
+            assert!(!free(false), "round {round}: refused with a free slot");
+        }
+        if none_cl {
+            assert!(!free(true), "round {round}: refused with a free CL slot");
+        }
+        assert_eq!(
+            m.storage().pool_stats(POOL).await.unwrap().total_leases,
+            held.len() as u64,
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn max_batch_one_sends_every_call_alone() {
     let server = RedisServer::spawn().unwrap();

@@ -1034,7 +1034,14 @@ function STRAIGHT.release(n, created, now, now_s, grace)
     if s then
       local t = score_text(s)
       local keys = info_of(known_json(m)).load
-      for k = 1, #keys do za(keys[k], t, m) end
+      for k = 1, #keys do
+        -- za(), inlined (a Lua call costs Redis more than its body)
+        local key = keys[k]
+        if ZSEEN[key] ~= EPOCH then zkey(key) end
+        local c, a = ZAN[key], ZA[key]
+        a[c + 1], a[c + 2] = t, m
+        ZAN[key] = c + 2
+      end
       scores[m] = nil
     end
     scores[members[i]] = nil

@@ -16,7 +16,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::FutureExt;
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool,
+    AcquireOptions, AdminStorage, ConsumerName, InMemoryStorage, Proxy, ProxyFilters, ProxyManager,
+    ProxyPool,
 };
 
 const SIZES: [usize; 3] = [32, 1_000, 100_000];
@@ -50,7 +51,10 @@ fn manager(n: usize) -> ProxyManager<InMemoryStorage> {
     let m = ProxyManager::new(InMemoryStorage::new());
     let pool = now(m.storage().create_pool(ProxyPool::new("bench").unwrap())).unwrap();
     now(m.storage().add_proxies(proxies(&pool, n))).unwrap();
-    now(m.storage().ensure_consumer("worker-1")).unwrap();
+    now(m
+        .storage()
+        .ensure_consumer(&ConsumerName::new("worker-1").unwrap()))
+    .unwrap();
     // Hold one lease on every other proxy so selection has something to skip.
     for _ in 0..n / 2 {
         now(m.acquire_proxy("bench", AcquireOptions::new().consumer("worker-1"))).unwrap();

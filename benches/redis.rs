@@ -82,8 +82,8 @@ use lighthouse_lease::pool::PoolIndexes;
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::storage::DEFAULT_RECORD_GRACE;
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyFilters, ProxyManager,
-    ProxyPool, ReleaseOutcome,
+    AcquireOptions, AdminStorage, ConsumerName, Lease, LeaseStorage, Proxy, ProxyFilters,
+    ProxyManager, ProxyPool, ReleaseOutcome,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -914,7 +914,9 @@ async fn setup_pool(url: &str, n: usize) -> Result<PoolSetup, BoxError> {
     let name = pool_name(n);
     let started = Instant::now();
     let pool = m.storage().create_pool(ProxyPool::new(&name)?).await?;
-    m.storage().ensure_consumer("worker-1").await?;
+    m.storage()
+        .ensure_consumer(&ConsumerName::new("worker-1")?)
+        .await?;
     let mut chunks: Vec<Vec<Proxy>> = proxies(pool.id, n)?
         .chunks(LOAD_CHUNK)
         .map(<[Proxy]>::to_vec)
@@ -957,7 +959,7 @@ async fn setup_pool(url: &str, n: usize) -> Result<PoolSetup, BoxError> {
         done??;
     }
     let after_leases = settled_memory_async(&mut mem).await?;
-    let stats = m.storage().pool_stats(&name).await?;
+    let stats = m.storage().pool_stats(&pool.name).await?;
     if stats.total_proxies != n as u64 || stats.total_leases != (n / 2) as u64 {
         return Err(format!("pool {name} is not as set up: {stats:?}").into());
     }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::sweeper::{Sweeper, SweeperConfig};
-use lighthouse_lease::{AcquireRequest, AdminStorage, LeaseStorage, Proxy, ProxyPool};
+use lighthouse_lease::{
+    AcquireRequest, AdminStorage, ConsumerName, LeaseStorage, Proxy, ProxyPool,
+};
 
 const LEASES: usize = 100_000;
 const CONCURRENCY: usize = 64;
@@ -64,7 +66,10 @@ async fn main() {
         .create_pool(ProxyPool::new("bench").unwrap())
         .await
         .unwrap();
-    storage.ensure_consumer("w").await.unwrap();
+    storage
+        .ensure_consumer(&ConsumerName::new("w").unwrap())
+        .await
+        .unwrap();
     let proxies: Vec<Proxy> = (0..1000)
         .map(|i| {
             Proxy::builder(pool.id, format!("10.9.{}.{}", i / 250, i % 250), 8080)
@@ -89,7 +94,7 @@ async fn main() {
         for _ in 0..CONCURRENCY {
             let s = storage.clone();
             tasks.push(tokio::spawn(async move {
-                let req = AcquireRequest::new("bench", "w", lease);
+                let req = AcquireRequest::new("bench", "w", lease).unwrap();
                 for _ in 0..LEASES / CONCURRENCY {
                     s.acquire(&req).await.unwrap().expect("unlimited proxies");
                 }
@@ -156,7 +161,7 @@ async fn main() {
             "every lease reclaimed exactly once"
         );
     }
-    let stats = storage.pool_stats("bench").await.unwrap();
+    let stats = storage.pool_stats(&pool.name).await.unwrap();
     assert_eq!(stats.total_leases, 0);
     println!(
         "pool after the sweep: {} live leases, {} proxies available",

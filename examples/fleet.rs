@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, LeaseStorage, Proxy, ProxyManager, ProxyPool, ReleaseOutcome,
-    RetryPolicy,
+    AcquireOptions, AdminStorage, LeaseStorage, PoolName, Proxy, ProxyManager, ProxyPool,
+    ReleaseOutcome, RetryPolicy,
 };
 use uuid::Uuid;
 
@@ -146,8 +146,8 @@ async fn run(hosts: &[ProxyManager<RedisStorage>]) -> Result<(), BoxError> {
             );
         }
     }
-    let stats = admin.pool_stats(POOL).await?;
-    let live = admin.list_leases(POOL).await?;
+    let stats = admin.pool_stats(&pool.name).await?;
+    let live = admin.list_leases(&pool.name).await?;
     let mut counted = 0;
     for p in &proxies {
         counted += admin.get_proxy(p.id).await?.map_or(0, |p| p.current_leases);
@@ -219,7 +219,7 @@ async fn worker(
 /// Removes the pool, then whatever else the example left under its namespace
 /// (the consumers registry, finished lease records kept for late releases).
 async fn teardown(admin: &ProxyManager<RedisStorage>, url: &str, ns: &str) -> Result<(), BoxError> {
-    admin.storage().remove_pool(POOL).await?;
+    admin.storage().remove_pool(&PoolName::new(POOL)?).await?;
     let mut conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;

@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool,
-    Storage,
+    AcquireOptions, AdminStorage, ConsumerName, InMemoryStorage, PoolName, Proxy, ProxyFilters,
+    ProxyManager, ProxyPool, Storage,
 };
 
 const POOL: &str = "latam-residential";
@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let result = run(&manager).await;
             // Leave nothing behind: the pool, then the namespace's other keys
             // (consumer registry, finished lease records waiting for their TTL).
-            manager.storage().remove_pool(POOL).await?;
+            manager.storage().remove_pool(&PoolName::new(POOL)?).await?;
             let mut conn = redis::Client::open(url)?
                 .get_multiplexed_async_connection()
                 .await?;
@@ -109,7 +109,9 @@ async fn run<S: Storage>(manager: &ProxyManager<S>) -> Result<(), Box<dyn std::e
             .map_or("unlimited".to_string(), |m| m.to_string());
         println!("  added {} (max_concurrency {limit})", p.url());
     }
-    storage.ensure_consumer("worker-1").await?;
+    storage
+        .ensure_consumer(&ConsumerName::new("worker-1")?)
+        .await?;
     println!("registered consumer worker-1");
 
     // 2. Lease as worker-1 for 300 s.
@@ -159,7 +161,7 @@ async fn run<S: Storage>(manager: &ProxyManager<S>) -> Result<(), Box<dyn std::e
         held.push(lease);
     }
     println!("all slots in use: acquire_proxy returned None");
-    let stats = storage.pool_stats(POOL).await?;
+    let stats = storage.pool_stats(&pool.name).await?;
     println!(
         "stats: {} proxies, {} available, {} leases",
         stats.total_proxies, stats.available_proxies, stats.total_leases
@@ -191,7 +193,7 @@ async fn run<S: Storage>(manager: &ProxyManager<S>) -> Result<(), Box<dyn std::e
     tokio::time::sleep(Duration::from_millis(300)).await;
     let released = manager.cleanup_expired_leases().await?;
     println!("Expired leases released: {released}");
-    let stats = storage.pool_stats(POOL).await?;
+    let stats = storage.pool_stats(&pool.name).await?;
     println!(
         "stats: {} proxies, {} available, {} leases",
         stats.total_proxies, stats.available_proxies, stats.total_leases

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::names::validate_consumer_name;
+use crate::names::{ConsumerName, IntoConsumerName};
 
 /// A named lease holder, such as `worker-1`.
 ///
@@ -19,17 +19,16 @@ pub struct Consumer {
     /// Unique id.
     pub id: Uuid,
     /// Unique name, see [`crate::names`] for the rules.
-    pub name: String,
+    pub name: ConsumerName,
 }
 
 impl Consumer {
-    /// A new consumer with a fresh id. Fails when the name breaks the naming rules.
-    pub fn new(name: impl Into<String>) -> Result<Self> {
-        let name = name.into();
-        validate_consumer_name(&name)?;
+    /// A new consumer with a fresh id. Fails with [`crate::Error::InvalidName`]
+    /// when the name breaks the naming rules.
+    pub fn new(name: impl IntoConsumerName) -> Result<Self> {
         Ok(Consumer {
             id: Uuid::new_v4(),
-            name,
+            name: name.into_consumer_name()?,
         })
     }
 }

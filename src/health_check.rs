@@ -340,9 +340,9 @@ impl HealthChecker {
     pub async fn check_pool<S: Storage>(
         &self,
         storage: &S,
-        pool_name: &str,
+        pool_name: impl crate::names::IntoPoolName,
     ) -> Result<Vec<HealthCheckResult>> {
-        let proxies = storage.list_proxies(pool_name).await?;
+        let proxies = storage.list_proxies(&pool_name.into_pool_name()?).await?;
         let mut checks = stream::iter(
             proxies
                 .into_iter()

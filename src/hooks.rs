@@ -6,6 +6,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::lease::ReleaseOutcome;
+use crate::names::{ConsumerName, PoolName};
 use crate::stats::PoolStats;
 
 /// Which call an event reports.
@@ -39,9 +40,9 @@ pub struct LeaseEvent {
     /// Acquire or release.
     pub kind: LeaseEventKind,
     /// Pool name.
-    pub pool: String,
+    pub pool: PoolName,
     /// Consumer name.
-    pub consumer: String,
+    pub consumer: ConsumerName,
     /// How it ended.
     pub outcome: LeaseEventOutcome,
     /// How long the storage call took.

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::names::{ConsumerName, PoolName};
 use crate::proxy::ProxyEndpoint;
 
 /// Where a lease is in its life.
@@ -55,11 +56,11 @@ pub struct Lease {
     /// The holder.
     pub consumer_id: Uuid,
     /// The holder's name.
-    pub consumer_name: String,
+    pub consumer_name: ConsumerName,
     /// The pool the proxy belongs to.
     pub pool_id: Uuid,
     /// The pool's name.
-    pub pool_name: String,
+    pub pool_name: PoolName,
     /// Status when this value was produced (a lease returned by acquire is `Active`).
     pub status: LeaseStatus,
     /// When it was granted (storage time).

@@ -19,7 +19,7 @@
 //! ## Quick start
 //!
 //! ```
-//! use lighthouse_lease::{AcquireOptions, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool, AdminStorage};
+//! use lighthouse_lease::{AcquireOptions, AdminStorage, ConsumerName, InMemoryStorage, Proxy, ProxyFilters, ProxyManager, ProxyPool};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> lighthouse_lease::Result<()> {
@@ -29,7 +29,7 @@
 //! storage
 //!     .add_proxy(Proxy::builder(pool.id, "1.1.1.1", 8080).country("AR").max_concurrency(2).build()?)
 //!     .await?;
-//! storage.ensure_consumer("worker-1").await?;
+//! storage.ensure_consumer(&ConsumerName::new("worker-1")?).await?;
 //!
 //! let options = AcquireOptions::new()
 //!     .consumer("worker-1")
@@ -100,6 +100,7 @@ pub use hooks::{LeaseEvent, LeaseEventKind, LeaseEventOutcome};
 pub use lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 pub use manager::{AcquireOptions, LeaseGuard, ProxyManager, ProxyManagerBuilder, ProxyRef};
 pub use memory::InMemoryStorage;
+pub use names::{ConsumerName, IntoConsumerName, IntoPoolName, PoolName};
 pub use pool::{IndexOrder, IndexedAttribute, PoolIndexes, ProxyPool};
 pub use proxy::{Proxy, ProxyBuilder, ProxyCredentials, ProxyEndpoint, ProxyProtocol, ProxyStatus};
 pub use renew::{RenewPolicy, RenewTimings, RenewingLease};

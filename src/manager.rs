@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::filters::ProxyFilters;
 use crate::hooks::{Hook, LeaseEvent, LeaseEventKind, LeaseEventOutcome};
 use crate::lease::{Lease, ReleaseOutcome};
+use crate::names::{ConsumerName, IntoPoolName, PoolName};
 use crate::retry::RetryPolicy;
 use crate::selector::SelectorStrategy;
 use crate::storage::{AcquireRequest, Storage};
@@ -134,7 +135,7 @@ impl std::fmt::Debug for Config {
 /// lease from the same pools. Cloning is cheap and shares the storage.
 ///
 /// ```
-/// use lighthouse_lease::{AcquireOptions, AdminStorage, InMemoryStorage, Proxy, ProxyManager, ProxyPool};
+/// use lighthouse_lease::{AcquireOptions, AdminStorage, ConsumerName, InMemoryStorage, Proxy, ProxyManager, ProxyPool};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> lighthouse_lease::Result<()> {
@@ -144,7 +145,7 @@ impl std::fmt::Debug for Config {
 ///     .storage()
 ///     .add_proxy(Proxy::builder(pool.id, "1.1.1.1", 8080).max_concurrency(2).build()?)
 ///     .await?;
-/// manager.storage().ensure_consumer("worker-1").await?; // named consumers must exist
+/// manager.storage().ensure_consumer(&ConsumerName::new("worker-1")?).await?; // named consumers must exist
 ///
 /// let options = AcquireOptions::new().consumer("worker-1").duration_seconds(300);
 /// if let Some(lease) = manager.acquire_proxy("latam-residential", options).await? {
@@ -160,7 +161,8 @@ pub struct ProxyManager<S> {
     storage: Arc<S>,
     config: Arc<Config>,
     /// One FIFO queue per pool for waiting acquires (tokio's mutex is fair).
-    waiters: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    waiters:
+        Arc<std::sync::Mutex<std::collections::HashMap<PoolName, Arc<tokio::sync::Mutex<()>>>>>,
     /// Metric handles by pool ([`crate::telemetry`]).
     telemetry: Arc<Telemetry>,
 }
@@ -296,16 +298,20 @@ impl<S: Storage> ProxyManager<S> {
         Arc::clone(&self.storage)
     }
 
-    fn request(&self, pool_name: &str, options: &AcquireOptions) -> Result<AcquireRequest> {
+    /// The request for `options`, checked: where names and options enter.
+    fn request(&self, pool_name: PoolName, options: &AcquireOptions) -> Result<AcquireRequest> {
         let (consumer, register) = match &options.consumer {
-            Some(name) => (name.clone(), self.config.auto_register_consumers),
-            None => (Self::DEFAULT_CONSUMER_NAME.to_string(), true),
+            Some(name) => (
+                ConsumerName::new(name)?,
+                self.config.auto_register_consumers,
+            ),
+            None => (ConsumerName::new(Self::DEFAULT_CONSUMER_NAME)?, true),
         };
         let request = AcquireRequest {
-            pool_name: pool_name.to_string(),
+            pool_name,
             consumer_name: consumer,
             duration: options.duration.unwrap_or(self.config.default_duration),
-            filters: options.filters.clone(),
+            filters: Arc::new(options.filters.clone()),
             selector: options.selector.unwrap_or(self.config.default_selector),
             register_consumer: register,
             request_id: options.request_id.clone(),
@@ -325,12 +331,15 @@ impl<S: Storage> ProxyManager<S> {
     ///   named consumer (unless built with
     ///   [`ProxyManagerBuilder::auto_register_consumers`]), or a storage failure.
     ///   Nothing is written on error.
+    ///
+    /// `pool_name` is a [`PoolName`] or a string ([`IntoPoolName`]); a bad one
+    /// fails with [`crate::Error::InvalidName`].
     pub async fn acquire_proxy(
         &self,
-        pool_name: &str,
+        pool_name: impl IntoPoolName,
         options: AcquireOptions,
     ) -> Result<Option<Lease>> {
-        let request = self.request(pool_name, &options)?;
+        let request = self.request(pool_name.into_pool_name()?, &options)?;
         self.acquire_request(&request).await
     }
 
@@ -395,12 +404,12 @@ impl<S: Storage> ProxyManager<S> {
     /// Waiting uses tokio's timer, so tests can run it under paused time.
     pub async fn acquire_proxy_with_retry(
         &self,
-        pool_name: &str,
+        pool_name: impl IntoPoolName,
         options: AcquireOptions,
         retry: &RetryPolicy,
     ) -> Result<Option<Lease>> {
         retry.validate()?;
-        let mut request = self.request(pool_name, &options)?;
+        let mut request = self.request(pool_name.into_pool_name()?, &options)?;
         if request.request_id.is_none() {
             request.request_id = Some(format!("lh-retry-{}", uuid::Uuid::new_v4().simple()));
         }
@@ -436,19 +445,20 @@ impl<S: Storage> ProxyManager<S> {
     /// first (every acquire is atomic, so never to two).
     pub async fn acquire_proxy_wait(
         &self,
-        pool_name: &str,
+        pool_name: impl IntoPoolName,
         options: AcquireOptions,
         timeout: Duration,
     ) -> Result<Option<Lease>> {
+        let pool_name = pool_name.into_pool_name()?;
         let span = tracing::debug_span!("lighthouse.wait", pool = %pool_name, outcome = tracing::field::Empty);
         let started = Instant::now();
         let result = self
-            .wait_for_proxy(pool_name, options, timeout)
+            .wait_for_proxy(&pool_name, options, timeout)
             .instrument(span.clone())
             .await;
         let leased = crate::telemetry::leased(&result);
         span.record("outcome", crate::telemetry::acquire_outcome(leased));
-        self.telemetry.with_pool(pool_name, |m| {
+        self.telemetry.with_pool(&pool_name, |m| {
             m.wait(leased, started.elapsed());
         });
         result
@@ -456,12 +466,12 @@ impl<S: Storage> ProxyManager<S> {
 
     async fn wait_for_proxy(
         &self,
-        pool_name: &str,
+        pool_name: &PoolName,
         options: AcquireOptions,
         timeout: Duration,
     ) -> Result<Option<Lease>> {
         const SAFETY_POLL: Duration = Duration::from_secs(5);
-        let request = self.request(pool_name, &options)?;
+        let request = self.request(pool_name.clone(), &options)?;
         let deadline = tokio::time::Instant::now() + timeout;
         // Subscribe before the first attempt, so no release in between is missed.
         let mut freed = self.storage.subscribe_freed(pool_name).await?;
@@ -471,7 +481,7 @@ impl<S: Storage> ProxyManager<S> {
                 .waiters
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(waiters.entry(pool_name.to_string()).or_default())
+            Arc::clone(waiters.entry(pool_name.clone()).or_default())
         };
         let Ok(_turn) = tokio::time::timeout_at(deadline, queue.lock()).await else {
             return Ok(None);
@@ -564,7 +574,7 @@ impl<S: Storage> ProxyManager<S> {
         lease: &Lease,
         options: AcquireOptions,
     ) -> Result<crate::lease::Rotation> {
-        let request = self.request(&lease.pool_name, &options)?;
+        let request = self.request(lease.pool_name.clone(), &options)?;
         let span = tracing::debug_span!("lighthouse.rotate", pool = %lease.pool_name, outcome = tracing::field::Empty);
         let started = Instant::now();
         let result = self
@@ -686,7 +696,7 @@ impl<S: Storage> ProxyManager<S> {
     /// Acquires a lease wrapped in a [`LeaseGuard`] that releases it when dropped.
     pub async fn acquire_guard(
         &self,
-        pool_name: &str,
+        pool_name: impl IntoPoolName,
         options: AcquireOptions,
     ) -> Result<Option<LeaseGuard<S>>> {
         Ok(self
@@ -726,7 +736,7 @@ impl<S: Storage> ProxyManager<S> {
     /// ```
     pub async fn with_lease<F, Fut, T>(
         &self,
-        pool_name: &str,
+        pool_name: impl IntoPoolName,
         options: AcquireOptions,
         work: F,
     ) -> Result<Option<T>>

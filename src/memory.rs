@@ -13,7 +13,7 @@ use crate::error::{Error, LostReason, Result};
 use crate::filters::{FilterAttribute, ProxyFilters};
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
-use crate::names::{validate_consumer_name, validate_pool_name};
+use crate::names::{ConsumerName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::selector::SelectorStrategy;
@@ -113,20 +113,6 @@ fn fast_map<K, V>() -> FastMap<K, V> {
     HashMap::with_hasher(foldhash::fast::RandomState::default())
 }
 
-/// A registered consumer, with its name shared by the records of its leases.
-#[derive(Debug)]
-struct ConsumerEntry {
-    consumer: Consumer,
-    name: Arc<str>,
-}
-
-impl ConsumerEntry {
-    fn new(consumer: Consumer) -> Self {
-        let name = Arc::from(consumer.name.as_str());
-        ConsumerEntry { consumer, name }
-    }
-}
-
 fn latency_key(p: &Proxy) -> u64 {
     p.latency_ms.map_or(u64::MAX, u64::from)
 }
@@ -138,11 +124,12 @@ fn to_chrono(d: Duration) -> chrono::Duration {
 #[derive(Debug)]
 struct State {
     /// "Capacity may have freed" notifications, per pool name.
-    freed: HashMap<String, tokio::sync::broadcast::Sender<()>>,
-    pools: FastMap<String, PoolState>,
-    pool_names: FastMap<Uuid, String>,
-    proxy_pools: FastMap<Uuid, String>,
-    consumers: FastMap<String, ConsumerEntry>,
+    freed: HashMap<PoolName, tokio::sync::broadcast::Sender<()>>,
+    pools: FastMap<PoolName, PoolState>,
+    pool_names: FastMap<Uuid, PoolName>,
+    proxy_pools: FastMap<Uuid, PoolName>,
+    /// Consumers by name (the name is shared with the records of their leases).
+    consumers: FastMap<ConsumerName, Consumer>,
     rng: fastrand::Rng,
 }
 
@@ -458,7 +445,7 @@ impl PoolState {
             id,
             proxy_id: r.proxy_id,
             consumer_id: r.consumer_id,
-            consumer_name: r.consumer_name.to_string(),
+            consumer_name: r.consumer_name.clone(),
             pool_id: self.pool.id,
             pool_name: self.pool.name.clone(),
             status: r.status,
@@ -541,25 +528,25 @@ impl PoolState {
 
 impl State {
     /// Wakes the pool's waiting acquires.
-    fn notify(&self, pool: &str) {
+    fn notify(&self, pool: &PoolName) {
         if let Some(tx) = self.freed.get(pool) {
             let _ = tx.send(());
         }
     }
 
-    fn pool(&self, name: &str) -> Result<&PoolState> {
+    fn pool(&self, name: &PoolName) -> Result<&PoolState> {
         self.pools.get(name).ok_or_else(|| Error::PoolNotFound {
             name: name.to_string(),
         })
     }
 
-    fn pool_mut(&mut self, name: &str) -> Result<&mut PoolState> {
+    fn pool_mut(&mut self, name: &PoolName) -> Result<&mut PoolState> {
         self.pools.get_mut(name).ok_or_else(|| Error::PoolNotFound {
             name: name.to_string(),
         })
     }
 
-    fn pool_name_of_proxy(&self, id: Uuid) -> Result<String> {
+    fn pool_name_of_proxy(&self, id: Uuid) -> Result<PoolName> {
         self.proxy_pools
             .get(&id)
             .cloned()
@@ -567,7 +554,7 @@ impl State {
     }
 
     /// Validates a proxy for insertion and returns its pool's name.
-    fn check_new_proxy(&self, proxy: &mut Proxy) -> Result<String> {
+    fn check_new_proxy(&self, proxy: &mut Proxy) -> Result<PoolName> {
         proxy.normalize()?;
         if self.proxy_pools.contains_key(&proxy.id) {
             return Err(Error::ProxyAlreadyExists { id: proxy.id });
@@ -599,7 +586,9 @@ impl AdminStorage for InMemoryStorage {
         pool.validate()?;
         let mut st = self.lock();
         if st.pools.contains_key(&pool.name) {
-            return Err(Error::PoolAlreadyExists { name: pool.name });
+            return Err(Error::PoolAlreadyExists {
+                name: pool.name.to_string(),
+            });
         }
         if st.pool_names.contains_key(&pool.id) {
             return Err(Error::InvalidArgument(format!(
@@ -613,8 +602,7 @@ impl AdminStorage for InMemoryStorage {
         Ok(pool)
     }
 
-    async fn get_pool(&self, name: &str) -> Result<Option<ProxyPool>> {
-        validate_pool_name(name)?;
+    async fn get_pool(&self, name: &PoolName) -> Result<Option<ProxyPool>> {
         Ok(self.lock().pools.get(name).map(|p| p.pool.clone()))
     }
 
@@ -645,8 +633,7 @@ impl AdminStorage for InMemoryStorage {
         Ok(ps.pool.clone())
     }
 
-    async fn remove_pool(&self, name: &str) -> Result<bool> {
-        validate_pool_name(name)?;
+    async fn remove_pool(&self, name: &PoolName) -> Result<bool> {
         let mut st = self.lock();
         let Some(ps) = st.pools.remove(name) else {
             return Ok(false);
@@ -753,8 +740,7 @@ impl AdminStorage for InMemoryStorage {
         }
     }
 
-    async fn list_proxies(&self, pool_name: &str) -> Result<Vec<Proxy>> {
-        validate_pool_name(pool_name)?;
+    async fn list_proxies(&self, pool_name: &PoolName) -> Result<Vec<Proxy>> {
         let now = self.clock.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
@@ -767,26 +753,23 @@ impl AdminStorage for InMemoryStorage {
             .collect())
     }
 
-    async fn ensure_consumer(&self, name: &str) -> Result<Consumer> {
-        validate_consumer_name(name)?;
+    async fn ensure_consumer(&self, name: &ConsumerName) -> Result<Consumer> {
         let mut st = self.lock();
         if let Some(c) = st.consumers.get(name) {
-            return Ok(c.consumer.clone());
+            return Ok(c.clone());
         }
         let c = Consumer::new(name)?;
-        st.consumers
-            .insert(name.to_string(), ConsumerEntry::new(c.clone()));
+        st.consumers.insert(name.clone(), c.clone());
         Ok(c)
     }
 
-    async fn get_consumer(&self, name: &str) -> Result<Option<Consumer>> {
-        validate_consumer_name(name)?;
-        Ok(self.lock().consumers.get(name).map(|c| c.consumer.clone()))
+    async fn get_consumer(&self, name: &ConsumerName) -> Result<Option<Consumer>> {
+        Ok(self.lock().consumers.get(name).cloned())
     }
 
     async fn list_consumers(&self) -> Result<Vec<Consumer>> {
         let st = self.lock();
-        let mut all: Vec<_> = st.consumers.values().map(|c| c.consumer.clone()).collect();
+        let mut all: Vec<_> = st.consumers.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
@@ -814,26 +797,26 @@ impl LeaseStorage for InMemoryStorage {
         let st = &mut *guard;
         if !st.pools.contains_key(&request.pool_name) {
             return Err(Error::PoolNotFound {
-                name: request.pool_name.clone(),
+                name: request.pool_name.to_string(),
             });
         }
         let (consumer_id, consumer_name) = match st.consumers.get(&request.consumer_name) {
-            Some(c) => (c.consumer.id, c.name.clone()),
+            Some(c) => (c.id, c.name.clone()),
             None if request.register_consumer => {
-                let c = ConsumerEntry::new(Consumer::new(request.consumer_name.clone())?);
-                let known = (c.consumer.id, c.name.clone());
-                st.consumers.insert(c.consumer.name.clone(), c);
+                let c = Consumer::new(&request.consumer_name)?;
+                let known = (c.id, c.name.clone());
+                st.consumers.insert(c.name.clone(), c);
                 known
             }
             None => {
                 return Err(Error::ConsumerNotFound {
-                    name: request.consumer_name.clone(),
+                    name: request.consumer_name.to_string(),
                 })
             }
         };
         let Some(ps) = st.pools.get_mut(&request.pool_name) else {
             return Err(Error::PoolNotFound {
-                name: request.pool_name.clone(),
+                name: request.pool_name.to_string(),
             });
         };
         ps.pool
@@ -865,7 +848,7 @@ impl LeaseStorage for InMemoryStorage {
             id: ps.leases.next_id(),
             proxy_id,
             consumer_id,
-            consumer_name: consumer_name.to_string(),
+            consumer_name: consumer_name.clone(),
             pool_id: ps.pool.id,
             pool_name: ps.pool.name.clone(),
             status: LeaseStatus::Active,
@@ -953,8 +936,7 @@ impl LeaseStorage for InMemoryStorage {
         })
     }
 
-    async fn get_lease(&self, pool_name: &str, lease_id: Uuid) -> Result<Option<Lease>> {
-        validate_pool_name(pool_name)?;
+    async fn get_lease(&self, pool_name: &PoolName, lease_id: Uuid) -> Result<Option<Lease>> {
         let now = self.clock.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
@@ -962,8 +944,7 @@ impl LeaseStorage for InMemoryStorage {
         Ok(ps.lease(lease_id, now))
     }
 
-    async fn list_leases(&self, pool_name: &str) -> Result<Vec<Lease>> {
-        validate_pool_name(pool_name)?;
+    async fn list_leases(&self, pool_name: &PoolName) -> Result<Vec<Lease>> {
         let now = self.clock.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
@@ -997,20 +978,18 @@ impl LeaseStorage for InMemoryStorage {
 
     async fn subscribe_freed(
         &self,
-        pool_name: &str,
+        pool_name: &PoolName,
     ) -> Result<tokio::sync::broadcast::Receiver<()>> {
-        validate_pool_name(pool_name)?;
         let mut st = self.lock();
         st.pool(pool_name)?;
         Ok(st
             .freed
-            .entry(pool_name.to_string())
+            .entry(pool_name.clone())
             .or_insert_with(|| tokio::sync::broadcast::channel(16).0)
             .subscribe())
     }
 
-    async fn next_expiry(&self, pool_name: &str) -> Result<Option<Duration>> {
-        validate_pool_name(pool_name)?;
+    async fn next_expiry(&self, pool_name: &PoolName) -> Result<Option<Duration>> {
         let now = self.clock.now();
         let st = self.lock();
         let ps = st.pool(pool_name)?;
@@ -1024,8 +1003,7 @@ impl LeaseStorage for InMemoryStorage {
         Ok(next.map(|at| (at - now).to_std().unwrap_or(Duration::ZERO)))
     }
 
-    async fn pool_stats(&self, pool_name: &str) -> Result<PoolStats> {
-        validate_pool_name(pool_name)?;
+    async fn pool_stats(&self, pool_name: &PoolName) -> Result<PoolStats> {
         let now = self.clock.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;

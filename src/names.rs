@@ -1,4 +1,5 @@
-//! Naming rules for pools and consumers.
+//! Naming rules for pools and consumers, and the names that keep them:
+//! [`PoolName`] and [`ConsumerName`].
 //!
 //! Pool names become part of storage keys (in Redis, the hash tag
 //! `<namespace>:{<pool>}:...`), so they are restricted to a small, readable
@@ -8,6 +9,34 @@
 //! Consumer names are stored as values, never as key parts, so they are looser:
 //! 1 to [`MAX_CONSUMER_NAME_LEN`] bytes of printable text without control characters
 //! and without leading or trailing white space.
+//!
+//! A name is checked once, where it enters (a [`PoolName`] or [`ConsumerName`]
+//! cannot be built otherwise, deserializing included); the manager and the
+//! storages take the typed names and trust them. The manager's methods still
+//! take strings ([`IntoPoolName`]), and a bad one is the same
+//! [`Error::InvalidName`] as before:
+//!
+//! ```
+//! use lighthouse_lease::{ConsumerName, Error, PoolName};
+//!
+//! let pool = PoolName::new("latam-residential")?;
+//! assert_eq!(pool, "latam-residential");
+//! assert!(matches!(PoolName::new("a{b}"), Err(Error::InvalidName { kind: "pool", .. })));
+//! assert!(matches!(" worker".parse::<ConsumerName>(), Err(Error::InvalidName { kind: "consumer", .. })));
+//! // Deserializing checks too.
+//! assert!(serde_json::from_str::<PoolName>("\"a b\"").is_err());
+//! # Ok::<(), lighthouse_lease::Error>(())
+//! ```
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -77,8 +106,521 @@ pub fn validate_consumer_name(name: &str) -> Result<()> {
     if name.chars().any(char::is_control) {
         return Err(fail("it contains a control character"));
     }
-    if name.trim() != name {
+    // Only the ends can be white space that `trim` would remove.
+    let ends_blank = name.chars().next().is_some_and(char::is_whitespace)
+        || name.chars().next_back().is_some_and(char::is_whitespace);
+    if ends_blank {
         return Err(fail("it starts or ends with white space"));
     }
     Ok(())
+}
+
+/// A pool name that follows the rules above: built only through
+/// [`PoolName::new`] (or `parse`, `TryFrom`, deserializing), which check them.
+///
+/// It lives inline (at most [`MAX_POOL_NAME_LEN`] bytes, no heap), so making
+/// one, cloning it and putting it in a [`crate::Lease`] allocate nothing. It
+/// reads as a `&str` (`Deref`, `AsRef<str>`, `Display`), compares with strings,
+/// and looks up maps keyed by `PoolName` by `&str` (`Borrow<str>`).
+#[derive(Clone)]
+pub struct PoolName {
+    len: u8,
+    bytes: [u8; MAX_POOL_NAME_LEN],
+}
+
+impl PoolName {
+    /// Checks `name` and keeps it. Fails with [`Error::InvalidName`] (kind
+    /// `"pool"`) when it breaks the naming rules.
+    pub fn new(name: &str) -> Result<PoolName> {
+        validate_pool_name(name)?;
+        let mut bytes = [0; MAX_POOL_NAME_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(PoolName {
+            // At most MAX_POOL_NAME_LEN (64), checked above.
+            len: u8::try_from(name.len()).unwrap_or(u8::MAX),
+            bytes,
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Always ASCII (checked when built), so always UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl Deref for PoolName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for PoolName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for PoolName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for PoolName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for PoolName {}
+
+impl PartialOrd for PoolName {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PoolName {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// Hashes as the `str` it holds (so `Borrow<str>` lookups find it).
+impl Hash for PoolName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq<str> for PoolName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for PoolName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for PoolName {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<PoolName> for str {
+    fn eq(&self, other: &PoolName) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<PoolName> for &str {
+    fn eq(&self, other: &PoolName) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<PoolName> for String {
+    fn eq(&self, other: &PoolName) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl fmt::Debug for PoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for PoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PoolName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        PoolName::new(s)
+    }
+}
+
+impl TryFrom<&str> for PoolName {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self> {
+        PoolName::new(s)
+    }
+}
+
+impl TryFrom<String> for PoolName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        PoolName::new(&s)
+    }
+}
+
+impl TryFrom<&String> for PoolName {
+    type Error = Error;
+    fn try_from(s: &String) -> Result<Self> {
+        PoolName::new(s)
+    }
+}
+
+impl From<PoolName> for String {
+    fn from(name: PoolName) -> String {
+        name.as_str().to_string()
+    }
+}
+
+impl Serialize for PoolName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        PoolName::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A consumer name that follows the rules above: built only through
+/// [`ConsumerName::new`] (or `parse`, `TryFrom`, deserializing), which check
+/// them. Cloning it shares the text (no copy).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConsumerName(Arc<str>);
+
+impl ConsumerName {
+    /// Checks `name` and keeps it. Fails with [`Error::InvalidName`] (kind
+    /// `"consumer"`) when it breaks the naming rules.
+    pub fn new(name: &str) -> Result<ConsumerName> {
+        validate_consumer_name(name)?;
+        Ok(ConsumerName(Arc::from(name)))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for ConsumerName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ConsumerName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for ConsumerName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for ConsumerName {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ConsumerName {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for ConsumerName {
+    fn eq(&self, other: &String) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<ConsumerName> for str {
+    fn eq(&self, other: &ConsumerName) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<ConsumerName> for &str {
+    fn eq(&self, other: &ConsumerName) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<ConsumerName> for String {
+    fn eq(&self, other: &ConsumerName) -> bool {
+        self == &*other.0
+    }
+}
+
+impl fmt::Debug for ConsumerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ConsumerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ConsumerName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ConsumerName::new(s)
+    }
+}
+
+impl TryFrom<&str> for ConsumerName {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self> {
+        ConsumerName::new(s)
+    }
+}
+
+impl TryFrom<String> for ConsumerName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        validate_consumer_name(&s)?;
+        Ok(ConsumerName(Arc::from(s)))
+    }
+}
+
+impl TryFrom<&String> for ConsumerName {
+    type Error = Error;
+    fn try_from(s: &String) -> Result<Self> {
+        ConsumerName::new(s)
+    }
+}
+
+/// Checks shared text without copying it.
+impl TryFrom<Arc<str>> for ConsumerName {
+    type Error = Error;
+    fn try_from(s: Arc<str>) -> Result<Self> {
+        validate_consumer_name(&s)?;
+        Ok(ConsumerName(s))
+    }
+}
+
+impl From<ConsumerName> for Arc<str> {
+    fn from(name: ConsumerName) -> Arc<str> {
+        name.0
+    }
+}
+
+impl From<ConsumerName> for String {
+    fn from(name: ConsumerName) -> String {
+        name.0.to_string()
+    }
+}
+
+impl Serialize for ConsumerName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConsumerName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        ConsumerName::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A name is one Redis argument: its text.
+#[cfg(feature = "redis")]
+impl redis::ToRedisArgs for PoolName {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.as_str().as_bytes());
+    }
+}
+
+#[cfg(feature = "redis")]
+impl redis::ToSingleRedisArg for PoolName {}
+
+/// A name is one Redis argument: its text.
+#[cfg(feature = "redis")]
+impl redis::ToRedisArgs for ConsumerName {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.0.as_bytes());
+    }
+}
+
+#[cfg(feature = "redis")]
+impl redis::ToSingleRedisArg for ConsumerName {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &str {}
+    impl Sealed for String {}
+    impl Sealed for &String {}
+    impl Sealed for super::PoolName {}
+    impl Sealed for &super::PoolName {}
+    impl Sealed for super::ConsumerName {}
+    impl Sealed for &super::ConsumerName {}
+}
+
+/// What the manager's methods take for a pool: a [`PoolName`] (used as it is)
+/// or a string (`&str`, `String`, `&String`), checked on the way in, so a bad
+/// one fails with [`Error::InvalidName`] before anything is read or written.
+pub trait IntoPoolName: sealed::Sealed {
+    /// The checked name.
+    fn into_pool_name(self) -> Result<PoolName>;
+}
+
+impl IntoPoolName for &str {
+    fn into_pool_name(self) -> Result<PoolName> {
+        PoolName::new(self)
+    }
+}
+
+impl IntoPoolName for String {
+    fn into_pool_name(self) -> Result<PoolName> {
+        PoolName::new(&self)
+    }
+}
+
+impl IntoPoolName for &String {
+    fn into_pool_name(self) -> Result<PoolName> {
+        PoolName::new(self)
+    }
+}
+
+impl IntoPoolName for PoolName {
+    fn into_pool_name(self) -> Result<PoolName> {
+        Ok(self)
+    }
+}
+
+impl IntoPoolName for &PoolName {
+    fn into_pool_name(self) -> Result<PoolName> {
+        Ok(self.clone())
+    }
+}
+
+/// What takes a consumer: a [`ConsumerName`] (used as it is) or a string,
+/// checked on the way in ([`Error::InvalidName`] when bad).
+pub trait IntoConsumerName: sealed::Sealed {
+    /// The checked name.
+    fn into_consumer_name(self) -> Result<ConsumerName>;
+}
+
+impl IntoConsumerName for &str {
+    fn into_consumer_name(self) -> Result<ConsumerName> {
+        ConsumerName::new(self)
+    }
+}
+
+impl IntoConsumerName for String {
+    fn into_consumer_name(self) -> Result<ConsumerName> {
+        ConsumerName::try_from(self)
+    }
+}
+
+impl IntoConsumerName for &String {
+    fn into_consumer_name(self) -> Result<ConsumerName> {
+        ConsumerName::new(self)
+    }
+}
+
+impl IntoConsumerName for ConsumerName {
+    fn into_consumer_name(self) -> Result<ConsumerName> {
+        Ok(self)
+    }
+}
+
+impl IntoConsumerName for &ConsumerName {
+    fn into_consumer_name(self) -> Result<ConsumerName> {
+        Ok(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_name_cannot_be_built_by_any_way_in() {
+        for bad in ["", "a{b}", "a b", "pöol", &"p".repeat(65)] {
+            for err in [
+                PoolName::new(bad).err(),
+                bad.parse::<PoolName>().err(),
+                PoolName::try_from(bad.to_string()).err(),
+                bad.into_pool_name().err(),
+            ] {
+                assert!(
+                    matches!(err, Some(Error::InvalidName { kind: "pool", .. })),
+                    "{bad:?}: {err:?}"
+                );
+            }
+            let json = serde_json::to_string(bad).expect("a string");
+            assert!(serde_json::from_str::<PoolName>(&json).is_err(), "{bad:?}");
+            let packed = rmp_serde::to_vec(bad).expect("a string");
+            assert!(
+                rmp_serde::from_slice::<PoolName>(&packed).is_err(),
+                "{bad:?}"
+            );
+        }
+        for bad in ["", " w", "w\t", "a\u{0}b", &"c".repeat(129)] {
+            for err in [
+                ConsumerName::new(bad).err(),
+                ConsumerName::try_from(Arc::<str>::from(bad)).err(),
+                bad.into_consumer_name().err(),
+            ] {
+                assert!(
+                    matches!(
+                        err,
+                        Some(Error::InvalidName {
+                            kind: "consumer",
+                            ..
+                        })
+                    ),
+                    "{bad:?}: {err:?}"
+                );
+            }
+            let json = serde_json::to_string(bad).expect("a string");
+            assert!(
+                serde_json::from_str::<ConsumerName>(&json).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_good_name_reads_back_the_same_and_sorts_and_hashes_as_its_text() {
+        let long = "p".repeat(MAX_POOL_NAME_LEN);
+        for good in ["p", "latam-residential", "a.b_c-1", long.as_str()] {
+            let name = PoolName::new(good).expect("valid");
+            assert_eq!(name.as_str(), good);
+            assert_eq!(name, good);
+            assert_eq!(name.to_string(), good);
+            let json = serde_json::to_string(&name).expect("serializes");
+            assert_eq!(json, serde_json::to_string(good).expect("a string"));
+            assert_eq!(
+                serde_json::from_str::<PoolName>(&json).expect("valid"),
+                name
+            );
+        }
+        let (a, b) = (PoolName::new("b").unwrap(), PoolName::new("ab").unwrap());
+        assert!(b < a, "ordered as text, not by length");
+        let mut map = std::collections::HashMap::new();
+        map.insert(a.clone(), 1);
+        assert_eq!(map.get("b"), Some(&1));
+        let c = ConsumerName::new("worker-1@host a").unwrap();
+        assert_eq!(c, "worker-1@host a");
+        assert_eq!(c.clone().as_str(), c.as_str());
+    }
 }

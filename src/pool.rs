@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::filters::FilterAttribute;
-use crate::names::validate_pool_name;
+use crate::names::{IntoPoolName, PoolName};
 use crate::selector::SelectorStrategy;
 
 /// Longest pool description accepted, in bytes.
@@ -37,7 +37,7 @@ pub struct ProxyPool {
     /// Unique id.
     pub id: Uuid,
     /// Unique name, see [`crate::names`] for the rules.
-    pub name: String,
+    pub name: PoolName,
     /// Free text for humans.
     pub description: Option<String>,
     /// Which attributes and orders the pool indexes, fixed when it is created.
@@ -46,12 +46,12 @@ pub struct ProxyPool {
 }
 
 impl ProxyPool {
-    /// A new pool with a fresh id and the default indexes. Fails when the name
-    /// breaks the naming rules.
-    pub fn new(name: impl Into<String>) -> Result<Self> {
+    /// A new pool with a fresh id and the default indexes. Fails with
+    /// [`Error::InvalidName`] when the name breaks the naming rules.
+    pub fn new(name: impl IntoPoolName) -> Result<Self> {
         let pool = ProxyPool {
             id: Uuid::new_v4(),
-            name: name.into(),
+            name: name.into_pool_name()?,
             description: None,
             indexes: PoolIndexes::default(),
         };
@@ -73,9 +73,9 @@ impl ProxyPool {
         self
     }
 
-    /// Checks every field; storages call it before they write.
+    /// Checks the description and the indexes (the name was checked when it
+    /// was made); storages call it before they write.
     pub fn validate(&self) -> Result<()> {
-        validate_pool_name(&self.name)?;
         if let Some(d) = &self.description {
             if d.len() > MAX_DESCRIPTION_LEN {
                 return Err(Error::InvalidArgument(format!(

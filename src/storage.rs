@@ -1,6 +1,7 @@
 //! The storage seam: every state change of the product goes through [`Storage`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -10,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::filters::ProxyFilters;
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, ReleaseOutcome, Rotation};
-use crate::names::{validate_consumer_name, validate_pool_name};
+use crate::names::{ConsumerName, IntoConsumerName, IntoPoolName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::selector::SelectorStrategy;
@@ -48,13 +49,14 @@ pub fn validate_lease_duration(duration: Duration) -> Result<()> {
 #[non_exhaustive]
 pub struct AcquireRequest {
     /// Pool to lease from; it must exist.
-    pub pool_name: String,
+    pub pool_name: PoolName,
     /// Who holds the lease.
-    pub consumer_name: String,
+    pub consumer_name: ConsumerName,
     /// Lease length.
     pub duration: Duration,
-    /// Which proxies qualify.
-    pub filters: ProxyFilters,
+    /// Which proxies qualify (shared: a request and the options it came from
+    /// hold the same filters).
+    pub filters: Arc<ProxyFilters>,
     /// How to pick among them.
     pub selector: SelectorStrategy,
     /// Register the consumer if it is unknown, instead of failing with
@@ -96,21 +98,35 @@ pub fn validate_request_id(id: &str) -> Result<()> {
 }
 
 impl AcquireRequest {
-    /// A request with no filters, the default selector, and no consumer registration.
+    /// A request with no filters, the default selector, and no consumer
+    /// registration. The names are checked here ([`Error::InvalidName`] when
+    /// bad); pass a [`PoolName`] and a [`ConsumerName`] to skip that.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use lighthouse_lease::{AcquireRequest, Error};
+    /// let request = AcquireRequest::new("latam-residential", "worker-1", Duration::from_secs(60))?;
+    /// assert_eq!(request.pool_name, "latam-residential");
+    /// assert!(matches!(
+    ///     AcquireRequest::new("a{b}", "worker-1", Duration::from_secs(60)),
+    ///     Err(Error::InvalidName { kind: "pool", .. })
+    /// ));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn new(
-        pool_name: impl Into<String>,
-        consumer_name: impl Into<String>,
+        pool_name: impl IntoPoolName,
+        consumer_name: impl IntoConsumerName,
         duration: Duration,
-    ) -> Self {
-        AcquireRequest {
-            pool_name: pool_name.into(),
-            consumer_name: consumer_name.into(),
+    ) -> Result<Self> {
+        Ok(AcquireRequest {
+            pool_name: pool_name.into_pool_name()?,
+            consumer_name: consumer_name.into_consumer_name()?,
             duration,
-            filters: ProxyFilters::default(),
+            filters: Arc::default(),
             selector: SelectorStrategy::default(),
             register_consumer: false,
             request_id: None,
-        }
+        })
     }
 
     /// Makes the acquire idempotent under this id; see [`AcquireRequest::request_id`].
@@ -122,8 +138,8 @@ impl AcquireRequest {
 
     /// Sets the filters.
     #[must_use]
-    pub fn with_filters(mut self, filters: ProxyFilters) -> Self {
-        self.filters = filters;
+    pub fn with_filters(mut self, filters: impl Into<Arc<ProxyFilters>>) -> Self {
+        self.filters = filters.into();
         self
     }
 
@@ -141,10 +157,9 @@ impl AcquireRequest {
         self
     }
 
-    /// Checks names, duration and filters. Storages call it before touching state.
+    /// Checks the duration, the request id and the filters (the names were
+    /// checked when they were made). Storages call it before touching state.
     pub fn validate(&self) -> Result<()> {
-        validate_pool_name(&self.pool_name)?;
-        validate_consumer_name(&self.consumer_name)?;
         validate_lease_duration(self.duration)?;
         if let Some(id) = &self.request_id {
             validate_request_id(id)?;
@@ -169,6 +184,11 @@ impl AcquireRequest {
 /// the 10 required ones of [`LeaseStorage`]; waiting (notifications, the next
 /// expiry) and `rotate` have defaults.
 ///
+/// Names arrive typed ([`PoolName`], [`ConsumerName`], and in the
+/// [`AcquireRequest`], [`Lease`] and [`ProxyPool`] they carry), so they were
+/// checked where they entered: a storage uses them as keys without checking
+/// them again.
+///
 /// The methods return `Send` futures so a manager can be used from any tokio task.
 /// Bring the two traits into scope to call them on a concrete storage
 /// (`use lighthouse_lease::{AdminStorage, LeaseStorage}`, or `use lighthouse_lease::*`).
@@ -182,7 +202,7 @@ pub trait AdminStorage: Send + Sync + 'static {
     fn create_pool(&self, pool: ProxyPool) -> impl Future<Output = Result<ProxyPool>> + Send;
 
     /// The pool with this name, if any.
-    fn get_pool(&self, name: &str) -> impl Future<Output = Result<Option<ProxyPool>>> + Send;
+    fn get_pool(&self, name: &PoolName) -> impl Future<Output = Result<Option<ProxyPool>>> + Send;
 
     /// Every pool, sorted by name.
     fn list_pools(&self) -> impl Future<Output = Result<Vec<ProxyPool>>> + Send;
@@ -192,7 +212,7 @@ pub trait AdminStorage: Send + Sync + 'static {
 
     /// Removes a pool with its proxies and leases. Returns whether it existed.
     /// Releasing one of its leases afterwards reports [`ReleaseOutcome::NotFound`].
-    fn remove_pool(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+    fn remove_pool(&self, name: &PoolName) -> impl Future<Output = Result<bool>> + Send;
 
     /// Adds a proxy to the pool named by its `pool_id`, with `current_leases` 0.
     fn add_proxy(&self, proxy: Proxy) -> impl Future<Output = Result<Proxy>> + Send;
@@ -219,13 +239,18 @@ pub trait AdminStorage: Send + Sync + 'static {
     fn get_proxy(&self, proxy_id: Uuid) -> impl Future<Output = Result<Option<Proxy>>> + Send;
 
     /// Every proxy of a pool, in the order they were added.
-    fn list_proxies(&self, pool_name: &str) -> impl Future<Output = Result<Vec<Proxy>>> + Send;
+    fn list_proxies(&self, pool_name: &PoolName)
+        -> impl Future<Output = Result<Vec<Proxy>>> + Send;
 
     /// The consumer with this name, created if it does not exist yet.
-    fn ensure_consumer(&self, name: &str) -> impl Future<Output = Result<Consumer>> + Send;
+    fn ensure_consumer(&self, name: &ConsumerName)
+        -> impl Future<Output = Result<Consumer>> + Send;
 
     /// The consumer with this name, if any.
-    fn get_consumer(&self, name: &str) -> impl Future<Output = Result<Option<Consumer>>> + Send;
+    fn get_consumer(
+        &self,
+        name: &ConsumerName,
+    ) -> impl Future<Output = Result<Option<Consumer>>> + Send;
 
     /// Every consumer, sorted by name.
     fn list_consumers(&self) -> impl Future<Output = Result<Vec<Consumer>>> + Send;
@@ -281,19 +306,19 @@ pub trait LeaseStorage: Send + Sync + 'static {
     /// A lease record (live, or finished within the record grace period).
     fn get_lease(
         &self,
-        pool_name: &str,
+        pool_name: &PoolName,
         lease_id: Uuid,
     ) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
     /// The live leases of a pool, oldest first.
-    fn list_leases(&self, pool_name: &str) -> impl Future<Output = Result<Vec<Lease>>> + Send;
+    fn list_leases(&self, pool_name: &PoolName) -> impl Future<Output = Result<Vec<Lease>>> + Send;
 
     /// Gives back the slots of every expired lease in every pool. Returns how many
     /// leases it expired.
     fn cleanup_expired_leases(&self) -> impl Future<Output = Result<u64>> + Send;
 
     /// Occupancy of a pool.
-    fn pool_stats(&self, pool_name: &str) -> impl Future<Output = Result<PoolStats>> + Send;
+    fn pool_stats(&self, pool_name: &PoolName) -> impl Future<Output = Result<PoolStats>> + Send;
 
     /// Records a success with a proxy: resets its failure count and lifts a
     /// cooldown. Returns the proxy as stored.
@@ -318,7 +343,7 @@ pub trait LeaseStorage: Send + Sync + 'static {
     /// every 5 s).
     fn subscribe_freed(
         &self,
-        pool_name: &str,
+        pool_name: &PoolName,
     ) -> impl Future<Output = Result<tokio::sync::broadcast::Receiver<()>>> + Send {
         let _ = pool_name;
         async { Ok(never_notified()) }
@@ -329,7 +354,7 @@ pub trait LeaseStorage: Send + Sync + 'static {
     /// someone waits). The default does nothing.
     fn announce_waiter(
         &self,
-        pool_name: &str,
+        pool_name: &PoolName,
         wait: std::time::Duration,
     ) -> impl Future<Output = Result<()>> + Send {
         let _ = (pool_name, wait);
@@ -341,7 +366,7 @@ pub trait LeaseStorage: Send + Sync + 'static {
     /// default knows none (waiters poll every 5 s).
     fn next_expiry(
         &self,
-        pool_name: &str,
+        pool_name: &PoolName,
     ) -> impl Future<Output = Result<Option<std::time::Duration>>> + Send {
         let _ = pool_name;
         async { Ok(None) }

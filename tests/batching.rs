@@ -6,6 +6,7 @@
 //! queues before the first one's reply is read (the batches are deterministic).
 
 mod support;
+use support::{cn, pn};
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -129,11 +130,11 @@ async fn concurrent_acquires_and_releases_share_script_calls_and_keep_limits() {
     let calls = fcall_calls(&mut admin).await;
     assert_eq!(calls, 3, "40 releases in {calls} script calls");
     assert!(outcomes.iter().all(|o| *o == ReleaseOutcome::Released));
-    let stats = m.storage().pool_stats(POOL).await.unwrap();
+    let stats = m.storage().pool_stats(&pn(POOL)).await.unwrap();
     assert_eq!(stats.total_leases, 0);
     assert!(m
         .storage()
-        .list_proxies(POOL)
+        .list_proxies(&pn(POOL))
         .await
         .unwrap()
         .iter()
@@ -211,7 +212,7 @@ async fn each_request_of_a_batch_is_served_its_own_way() {
         again.id, first.id,
         "the same request id gets the same lease"
     );
-    let proxies = m.storage().list_proxies(POOL).await.unwrap();
+    let proxies = m.storage().list_proxies(&pn(POOL)).await.unwrap();
     let chile_proxy = proxies.iter().find(|p| p.id == chile.proxy_id).unwrap();
     assert_eq!(chile_proxy.country.as_deref(), Some("CL"));
     assert_eq!(
@@ -228,7 +229,14 @@ async fn each_request_of_a_batch_is_served_its_own_way() {
     .into_iter()
     .collect();
     assert_eq!(taken.len(), 4, "no proxy leased twice");
-    assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 4);
+    assert_eq!(
+        m.storage()
+            .pool_stats(&pn(POOL))
+            .await
+            .unwrap()
+            .total_leases,
+        4
+    );
 }
 
 /// A request like the one before it in a batch is not parsed again (the
@@ -240,7 +248,7 @@ async fn repeated_requests_in_a_batch_keep_their_own_options() {
     let server = RedisServer::spawn().unwrap();
     let m = setup(&server, 32, 12).await;
     for name in ["worker-2", "worker-3"] {
-        m.storage().ensure_consumer(name).await.unwrap();
+        m.storage().ensure_consumer(&cn(name)).await.unwrap();
     }
     let mut admin = admin(&server).await;
     reset_stats(&mut admin).await;
@@ -279,7 +287,7 @@ async fn repeated_requests_in_a_batch_keep_their_own_options() {
     );
     assert!(names[..9].iter().all(|n| *n == names[0]));
     assert_eq!(fcall_calls(&mut admin).await, 2, "one lone call, one batch");
-    let proxies = m.storage().list_proxies(POOL).await.unwrap();
+    let proxies = m.storage().list_proxies(&pn(POOL)).await.unwrap();
     let default = leases[0].expires_at - leases[0].acquired_at;
     assert_ne!(default, chrono::Duration::seconds(90));
     for (i, (lease, (_, in_chile, long))) in leases.iter().zip(&plan).enumerate() {
@@ -369,9 +377,16 @@ async fn a_lease_released_twice_in_one_batch_frees_one_slot() {
             ReleaseOutcome::Released
         ]
     );
-    let proxies = m.storage().list_proxies(POOL).await.unwrap();
+    let proxies = m.storage().list_proxies(&pn(POOL)).await.unwrap();
     assert!(proxies.iter().all(|p| p.current_leases == 0), "{proxies:?}");
-    assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 0);
+    assert_eq!(
+        m.storage()
+            .pool_stats(&pn(POOL))
+            .await
+            .unwrap()
+            .total_leases,
+        0
+    );
 }
 
 /// A batch of releases with several leases of one proxy (max_concurrency 4,
@@ -423,11 +438,15 @@ async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
             assert!(record.starts_with("released "), "{record}");
         }
         assert_eq!(
-            m.storage().pool_stats(POOL).await.unwrap().total_leases,
+            m.storage()
+                .pool_stats(&pn(POOL))
+                .await
+                .unwrap()
+                .total_leases,
             0,
             "round {round}"
         );
-        let listed = m.storage().list_proxies(POOL).await.unwrap();
+        let listed = m.storage().list_proxies(&pn(POOL)).await.unwrap();
         assert!(listed.iter().all(|p| p.current_leases == 0), "{listed:?}");
         // Every slot is free again: eight leases, not a ninth.
         let all = acquire_all(&m, 8).await;
@@ -483,13 +502,13 @@ async fn a_batch_of_acquires_counts_each_lease_of_a_proxy() {
         let leases = acquire_all(&m, 6).await;
         // The first acquire goes alone, the other five in one call.
         assert_eq!(fcall_calls(&mut admin).await, 2, "round {round}");
-        let listed = m.storage().list_proxies(POOL).await.unwrap();
+        let listed = m.storage().list_proxies(&pn(POOL)).await.unwrap();
         assert!(listed.iter().all(|p| p.current_leases == 3), "{listed:?}");
         let tokens: HashSet<u64> = leases.iter().map(|l| l.fencing_token).collect();
         assert_eq!(tokens.len(), 6, "one token per lease");
         let mut leases = leases;
         leases.extend(acquire_all(&m, 2).await);
-        let listed = m.storage().list_proxies(POOL).await.unwrap();
+        let listed = m.storage().list_proxies(&pn(POOL)).await.unwrap();
         assert!(listed.iter().all(|p| p.current_leases == 4), "{listed:?}");
         assert!(
             m.acquire_proxy(POOL, AcquireOptions::new())
@@ -499,7 +518,11 @@ async fn a_batch_of_acquires_counts_each_lease_of_a_proxy() {
             "round {round}: eight slots"
         );
         assert_eq!(
-            m.storage().pool_stats(POOL).await.unwrap().total_leases,
+            m.storage()
+                .pool_stats(&pn(POOL))
+                .await
+                .unwrap()
+                .total_leases,
             8,
             "round {round}"
         );
@@ -592,7 +615,7 @@ async fn random_batches_keep_every_count_exact() {
         for l in &held {
             *mine.entry(l.proxy_id).or_default() += 1;
         }
-        let listed = m.storage().list_proxies(POOL).await.unwrap();
+        let listed = m.storage().list_proxies(&pn(POOL)).await.unwrap();
         for p in &listed {
             let want = mine.get(&p.id).copied().unwrap_or(0);
             assert_eq!(p.current_leases, want, "round {round}: {p:?}");
@@ -610,7 +633,11 @@ async fn random_batches_keep_every_count_exact() {
             assert!(!free(true), "round {round}: refused with a free CL slot");
         }
         assert_eq!(
-            m.storage().pool_stats(POOL).await.unwrap().total_leases,
+            m.storage()
+                .pool_stats(&pn(POOL))
+                .await
+                .unwrap()
+                .total_leases,
             held.len() as u64,
             "round {round}"
         );
@@ -678,7 +705,14 @@ async fn two_batches_may_be_in_flight_at_once() {
     let outcomes = release_all(&m, leases).await;
     assert!(outcomes.iter().all(|o| *o == ReleaseOutcome::Released));
     assert_eq!(fcall_calls(&mut admin).await, 4);
-    assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 0);
+    assert_eq!(
+        m.storage()
+            .pool_stats(&pn(POOL))
+            .await
+            .unwrap()
+            .total_leases,
+        0
+    );
 }
 
 /// `lighthouse_redis_batch_size{op}` records the requests of each script call:

@@ -5,6 +5,7 @@
 //! surviving a Redis restart, and repairing counter drift.
 
 mod support;
+use support::{cn, pn};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -152,7 +153,7 @@ fn storage(url: &str, ns: &str) -> RedisStorage {
 
 async fn pool_with(s: &RedisStorage, name: &str, proxies: usize, max: u32) -> Vec<Proxy> {
     let pool = s.create_pool(ProxyPool::new(name).unwrap()).await.unwrap();
-    s.ensure_consumer("w").await.unwrap();
+    s.ensure_consumer(&cn("w")).await.unwrap();
     let list = (0..proxies)
         .map(|i| {
             Proxy::builder(pool.id, format!("10.1.{}.{}", i / 250, i % 250), 8080)
@@ -303,7 +304,7 @@ async fn sweeper_reclaims_a_1s_lease_within_its_interval_plus_1s_serves_metrics_
     let proxies = pool_with(&s, "p1", 2, 1).await;
     let side = Sidecar::start(&url, &ns, &[]);
     let lease = s
-        .acquire(&AcquireRequest::new("p1", "w", Duration::from_secs(1)))
+        .acquire(&AcquireRequest::new("p1", "w", Duration::from_secs(1)).unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -356,7 +357,7 @@ async fn two_sweepers_never_release_a_lease_twice() {
     let lease = Duration::from_secs(4);
     let started = Instant::now();
     for _ in 0..n {
-        s.acquire(&AcquireRequest::new("p1", "w", lease))
+        s.acquire(&AcquireRequest::new("p1", "w", lease).unwrap())
             .await
             .unwrap()
             .unwrap();
@@ -380,7 +381,7 @@ async fn two_sweepers_never_release_a_lease_twice() {
     for p in &proxies {
         assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);
     }
-    assert_eq!(s.pool_stats("p1").await.unwrap().total_leases, 0);
+    assert_eq!(s.pool_stats(&pn("p1")).await.unwrap().total_leases, 0);
     let both = a
         .metric("lighthouse_sweeper_leases_reclaimed_total{pool=\"p1\"}")
         .unwrap_or(0.0)
@@ -414,7 +415,7 @@ async fn sweeper_survives_a_redis_restart() {
     // It sweeps the new server: a lease there is reclaimed.
     let s = storage(&url, &ns);
     let proxies = pool_with(&s, "p1", 1, 1).await;
-    s.acquire(&AcquireRequest::new("p1", "w", Duration::from_millis(300)))
+    s.acquire(&AcquireRequest::new("p1", "w", Duration::from_millis(300)).unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -442,7 +443,7 @@ async fn sweeper_repairs_counter_drift() {
     let s = storage(&url, &ns);
     let proxies = pool_with(&s, "p1", 3, 2).await;
     let lease = s
-        .acquire(&AcquireRequest::new("p1", "w", Duration::from_secs(60)))
+        .acquire(&AcquireRequest::new("p1", "w", Duration::from_secs(60)).unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -485,7 +486,7 @@ async fn sweeper_repairs_counter_drift() {
             .current_leases,
         1
     );
-    assert_eq!(s.pool_stats("p1").await.unwrap().total_leases, 1);
+    assert_eq!(s.pool_stats(&pn("p1")).await.unwrap().total_leases, 1);
     assert_eq!(proxies.len(), 3);
     let (status, _, logs) = side.terminate();
     assert_eq!(status.code(), Some(0));

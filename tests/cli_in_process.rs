@@ -136,7 +136,7 @@ async fn import_reads_csv_json_and_jsonl() {
         .await
         .unwrap()
         .contains("imported 2"));
-    let proxies = sh.m.storage().list_proxies("p1").await.unwrap();
+    let proxies = sh.m.storage().list_proxies(&pn("p1")).await.unwrap();
     assert_eq!(proxies.len(), 5);
     assert_eq!(proxies[0].max_concurrency, Some(2));
     assert_eq!(proxies[0].latitude, Some(-34.6));
@@ -164,7 +164,13 @@ async fn a_bad_import_names_the_line_and_imports_nothing() {
         err.contains("and 1 more invalid records") && err.contains("nothing was imported"),
         "{err}"
     );
-    assert!(sh.m.storage().list_proxies("p1").await.unwrap().is_empty());
+    assert!(sh
+        .m
+        .storage()
+        .list_proxies(&pn("p1"))
+        .await
+        .unwrap()
+        .is_empty());
 
     let out = sh
         .sh(&format!("proxy import --pool p1 {csv} --skip-invalid"))
@@ -197,7 +203,10 @@ async fn a_bad_import_names_the_line_and_imports_nothing() {
         .await
         .unwrap_err();
     assert!(err.contains("--format csv|json|jsonl"), "{err}");
-    assert_eq!(sh.m.storage().list_proxies("p1").await.unwrap().len(), 1);
+    assert_eq!(
+        sh.m.storage().list_proxies(&pn("p1")).await.unwrap().len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -279,4 +288,9 @@ async fn pool_create_declares_indexes() {
         .await
         .unwrap_err();
     assert!(err.contains("latency order"), "{err}");
+}
+
+/// A pool name the test knows to be valid.
+fn pn(name: &str) -> lighthouse_lease::PoolName {
+    lighthouse_lease::PoolName::new(name).expect("a valid pool name")
 }

@@ -4,6 +4,7 @@
 //! spread over the masters, and the CLI and the sweeper against the cluster.
 
 mod support;
+use support::cn;
 
 use std::process::Command;
 use std::sync::OnceLock;
@@ -67,7 +68,7 @@ lighthouse_lease::conformance_suite!(ClusterHarness);
 async fn pools_spread_over_the_masters() {
     let s = storage();
     assert!(RedisConfig::from_url(cluster().url()).is_cluster());
-    s.ensure_consumer("w").await.unwrap();
+    s.ensure_consumer(&cn("w")).await.unwrap();
     let names: Vec<String> = (0..12).map(|i| format!("pool-{i}")).collect();
     for name in &names {
         let pool = s
@@ -83,22 +84,14 @@ async fn pools_spread_over_the_masters() {
         .await
         .unwrap();
         let lease = s
-            .acquire(&AcquireRequest::new(
-                name.clone(),
-                "w",
-                Duration::from_secs(60),
-            ))
+            .acquire(&AcquireRequest::new(name.clone(), "w", Duration::from_secs(60)).unwrap())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(
-            s.acquire(&AcquireRequest::new(
-                name.clone(),
-                "w",
-                Duration::from_secs(60)
-            ))
-            .await
-            .unwrap(),
+            s.acquire(&AcquireRequest::new(name.clone(), "w", Duration::from_secs(60)).unwrap())
+                .await
+                .unwrap(),
             None
         );
         assert_eq!(s.release(&lease).await.unwrap(), ReleaseOutcome::Released);
@@ -191,7 +184,7 @@ fn cli_and_sweeper_work_against_the_cluster() {
 #[tokio::test]
 async fn scripts_reload_on_the_owning_node_after_script_flush() {
     let s = storage();
-    s.ensure_consumer("w").await.unwrap();
+    s.ensure_consumer(&cn("w")).await.unwrap();
     let mut proxies = Vec::new();
     for i in 0..6 {
         let name = format!("flush-{i}");
@@ -220,11 +213,7 @@ async fn scripts_reload_on_the_owning_node_after_script_flush() {
     }
     for (name, proxy) in &proxies {
         let lease = s
-            .acquire(&AcquireRequest::new(
-                name.clone(),
-                "w",
-                Duration::from_secs(60),
-            ))
+            .acquire(&AcquireRequest::new(name.clone(), "w", Duration::from_secs(60)).unwrap())
             .await
             .unwrap()
             .unwrap();

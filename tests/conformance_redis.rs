@@ -48,6 +48,7 @@ lighthouse_lease::conformance_suite!(RedisHarness::new().await);
 /// Behaviour specific to the Redis storage: script recovery, the key schema as
 /// ops see it in `redis-cli`, bounded batches, and the GEO index.
 mod redis_specific {
+    use crate::support::{cn, pn};
     use std::collections::HashMap;
     use std::time::Duration;
 
@@ -71,12 +72,12 @@ mod redis_specific {
         let ns = config.get_namespace().to_string();
         let s = RedisStorage::new(config).unwrap();
         let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
-        s.ensure_consumer("worker-1").await.unwrap();
+        s.ensure_consumer(&cn("worker-1")).await.unwrap();
         (s, pool, ns)
     }
 
     fn req() -> AcquireRequest {
-        AcquireRequest::new(POOL, "worker-1", Duration::from_secs(60))
+        AcquireRequest::new(POOL, "worker-1", Duration::from_secs(60)).unwrap()
     }
 
     async fn keys_of(ns: &str) -> Vec<String> {
@@ -264,7 +265,7 @@ mod redis_specific {
             )
             .await
             .unwrap();
-        s.ensure_consumer("worker-1").await.unwrap();
+        s.ensure_consumer(&cn("worker-1")).await.unwrap();
         let nasty = "a{b}:c d%20é";
         s.add_proxy(
             Proxy::builder(pool.id, "10.0.0.1", 8001)
@@ -309,7 +310,7 @@ mod redis_specific {
         // Long enough that no lease expires (and is reclaimed by a later acquire)
         // before all 350 are taken, even on a slow, busy machine.
         let lease = Duration::from_millis(2500);
-        let short = AcquireRequest::new(POOL, "worker-1", lease);
+        let short = AcquireRequest::new(POOL, "worker-1", lease).unwrap();
         let started = std::time::Instant::now();
         for _ in 0..350 {
             s.acquire(&short).await.unwrap().unwrap();
@@ -320,8 +321,8 @@ mod redis_specific {
         assert_eq!(s.cleanup_expired_leases().await.unwrap(), 350);
         assert_eq!(s.cleanup_expired_leases().await.unwrap(), 0);
         assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);
-        assert_eq!(s.pool_stats(POOL).await.unwrap().total_leases, 0);
-        assert!(s.list_leases(POOL).await.unwrap().is_empty());
+        assert_eq!(s.pool_stats(&pn(POOL)).await.unwrap().total_leases, 0);
+        assert!(s.list_leases(&pn(POOL)).await.unwrap().is_empty());
     }
 
     /// SLOWLOG shows cleanup as many short script calls, never one long one.
@@ -335,7 +336,7 @@ mod redis_specific {
         s.add_proxy(Proxy::builder(pool.id, "10.0.0.1", 8001).build().unwrap())
             .await
             .unwrap();
-        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(2));
+        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(2)).unwrap();
         let mut tasks = Vec::new();
         let s = std::sync::Arc::new(s);
         for _ in 0..8 {
@@ -440,7 +441,7 @@ mod redis_specific {
             .await
             .unwrap();
         }
-        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_millis(200));
+        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_millis(200)).unwrap();
         for _ in 0..30 {
             s.acquire(&short).await.unwrap().unwrap();
         }
@@ -452,7 +453,7 @@ mod redis_specific {
             assert!(s.acquire(&filtered).await.unwrap().is_some());
         }
         assert!(s.acquire(&req()).await.unwrap().is_none());
-        assert_eq!(s.pool_stats(POOL).await.unwrap().total_leases, 30);
+        assert_eq!(s.pool_stats(&pn(POOL)).await.unwrap().total_leases, 30);
     }
 
     #[tokio::test]
@@ -470,7 +471,7 @@ mod redis_specific {
         let ids: Vec<_> = batch.iter().map(|p| p.id).collect();
         s.add_proxies(batch).await.unwrap();
         let _held = s.acquire(&req()).await.unwrap().unwrap();
-        assert!(s.remove_pool(POOL).await.unwrap());
+        assert!(s.remove_pool(&pn(POOL)).await.unwrap());
         assert_eq!(s.get_proxy(ids[0]).await.unwrap(), None);
         let left: Vec<String> = keys_of(&ns)
             .await
@@ -491,7 +492,7 @@ mod redis_specific {
         let (s, pool, _) = setup(support::test_config()).await;
         let mem = InMemoryStorage::new();
         let mpool = mem.create_pool(pool.clone()).await.unwrap();
-        mem.ensure_consumer("worker-1").await.unwrap();
+        mem.ensure_consumer(&cn("worker-1")).await.unwrap();
         let mut proxies = Vec::new();
         for i in 0..200u32 {
             let lat = -40.0 + f64::from(i % 20) * 0.5;
@@ -673,7 +674,7 @@ mod redis_specific {
         s.set_proxy_status(b.id, ProxyStatus::Active).await.unwrap();
         let banned: Option<String> = c.hget(&meta, "banned").await.unwrap();
         assert_eq!(banned.as_deref(), Some("0"));
-        let stats = s.pool_stats(POOL).await.unwrap();
+        let stats = s.pool_stats(&pn(POOL)).await.unwrap();
         assert_eq!((stats.banned_proxies, stats.active_proxies), (0, 2));
     }
 }

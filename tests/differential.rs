@@ -62,6 +62,7 @@
 //! shortest sequences that show them, each with both answers in its doc.
 
 mod support;
+use support::{cn, pn};
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -211,6 +212,7 @@ impl Want {
 
     fn request(&self) -> AcquireRequest {
         let r = AcquireRequest::new(POOL, CONSUMER, self.duration())
+            .unwrap()
             .with_filters(self.filter.build())
             .with_selector(self.selector);
         match self.request {
@@ -509,9 +511,9 @@ impl World {
         let m = mem.create_pool(pool.clone()).await.unwrap();
         let r = red.create_pool(pool.clone()).await.unwrap();
         assert_eq!((&m, &r), (&pool, &pool));
-        assert_eq!(red.get_pool(POOL).await.unwrap().as_ref(), Some(&pool));
-        mem.ensure_consumer(CONSUMER).await.unwrap();
-        red.ensure_consumer(CONSUMER).await.unwrap();
+        assert_eq!(red.get_pool(&pn(POOL)).await.unwrap().as_ref(), Some(&pool));
+        mem.ensure_consumer(&cn(CONSUMER)).await.unwrap();
+        red.ensure_consumer(&cn(CONSUMER)).await.unwrap();
         World {
             mem_manager: ProxyManager::from_arc(Arc::clone(&mem)),
             red_manager: ProxyManager::from_arc(Arc::clone(&red)),
@@ -936,20 +938,20 @@ impl World {
 
     /// Compares everything both storages hold (each reclaims what is due first).
     async fn snapshot(&mut self, label: &str) -> Result<(), TestCaseError> {
-        let m = self.mem.pool_stats(POOL).await;
-        let r = self.red.pool_stats(POOL).await;
+        let m = self.mem.pool_stats(&pn(POOL)).await;
+        let r = self.red.pool_stats(&pn(POOL)).await;
         if let Some((m, r)) = same_outcome(label, m, r)? {
             prop_assert_eq!(m, r, "{}: pool_stats", label);
         }
-        let m = self.mem.list_proxies(POOL).await;
-        let r = self.red.list_proxies(POOL).await;
+        let m = self.mem.list_proxies(&pn(POOL)).await;
+        let r = self.red.list_proxies(&pn(POOL)).await;
         if let Some((m, r)) = same_outcome(label, m, r)? {
             let (vm, vr): (Vec<_>, Vec<_>) =
                 (m.iter().map(view).collect(), r.iter().map(view).collect());
             prop_assert_eq!(vm, vr, "{}: list_proxies", label);
         }
-        let m = self.mem.list_leases(POOL).await;
-        let r = self.red.list_leases(POOL).await;
+        let m = self.mem.list_leases(&pn(POOL)).await;
+        let r = self.red.list_leases(&pn(POOL)).await;
         if let Some((m, r)) = same_outcome(label, m, r)? {
             let mut lm: Vec<Option<usize>> = m
                 .iter()
@@ -964,8 +966,8 @@ impl World {
             prop_assert_eq!(lm, lr, "{}: live leases (by position in the pairs)", label);
         }
         for (i, pair) in self.pairs.iter().enumerate() {
-            let m = self.mem.get_lease(POOL, pair.mem.id).await;
-            let r = self.red.get_lease(POOL, pair.red.id).await;
+            let m = self.mem.get_lease(&pn(POOL), pair.mem.id).await;
+            let r = self.red.get_lease(&pn(POOL), pair.red.id).await;
             if let Some((m, r)) = same_outcome(label, m, r)? {
                 prop_assert_eq!(
                     m.as_ref().map(|l| (l.status, l.proxy_id)),

@@ -16,6 +16,7 @@
 //! (see `tests/support`), so a child never starts a server of its own.
 
 mod support;
+use support::pn;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
@@ -474,11 +475,11 @@ fn no_over_lease_across_processes() {
                 .unwrap();
             assert_eq!(holders, 0, "holders left on {}", p.id);
         }
-        let stats = storage.pool_stats(POOL).await.unwrap();
+        let stats = storage.pool_stats(&pn(POOL)).await.unwrap();
         assert_eq!(stats.total_leases, 0, "{stats:?}");
         assert_eq!(stats.leased_proxies, 0, "{stats:?}");
         assert_eq!(stats.available_proxies, proxies.len() as u64, "{stats:?}");
-        assert!(storage.list_leases(POOL).await.unwrap().is_empty());
+        assert!(storage.list_leases(&pn(POOL)).await.unwrap().is_empty());
         assert_eq!(storage.cleanup_expired_leases().await.unwrap(), 0);
         let live: i64 = redis::cmd("ZCARD")
             .arg(format!("{ns}:{{{POOL}}}:live"))
@@ -501,7 +502,7 @@ fn no_over_lease_across_processes() {
         );
         assert_eq!(statuses.len(), 1, "{statuses:?}");
 
-        assert!(storage.remove_pool(POOL).await.unwrap());
+        assert!(storage.remove_pool(&pn(POOL)).await.unwrap());
         let mut del = redis::cmd("DEL");
         for suffix in [
             "ready",
@@ -608,11 +609,11 @@ fn sigkill_loses_leases_only_at_expiry() {
                 .await
                 .unwrap();
             assert!(got.is_none(), "{pool}: a slot came back before expiry");
-            let stats = storage.pool_stats(pool).await.unwrap();
+            let stats = storage.pool_stats(&pn(pool)).await.unwrap();
             assert_eq!(stats.total_leases, PER_POOL as u64, "{pool}: {stats:?}");
             assert_eq!(stats.available_proxies, 0, "{pool}: {stats:?}");
             let live: HashSet<Uuid> = storage
-                .list_leases(pool)
+                .list_leases(&pn(pool))
                 .await
                 .unwrap()
                 .iter()
@@ -679,14 +680,14 @@ fn sigkill_loses_leases_only_at_expiry() {
         assert_eq!(storage.cleanup_expired_leases().await.unwrap(), 0);
 
         for pool in [POOL_A, POOL_B] {
-            let stats = storage.pool_stats(pool).await.unwrap();
+            let stats = storage.pool_stats(&pn(pool)).await.unwrap();
             assert_eq!(stats.total_leases, 0, "{pool}: {stats:?}");
             assert_eq!(stats.leased_proxies, 0, "{pool}: {stats:?}");
             assert_eq!(
                 stats.available_proxies, PER_POOL as u64,
                 "{pool}: {stats:?}"
             );
-            assert!(storage.list_leases(pool).await.unwrap().is_empty());
+            assert!(storage.list_leases(&pn(pool)).await.unwrap().is_empty());
             for id in &proxies[pool] {
                 let p = storage.get_proxy(*id).await.unwrap().unwrap();
                 assert_eq!(p.current_leases, 0, "{pool}: proxy {id}");
@@ -695,12 +696,16 @@ fn sigkill_loses_leases_only_at_expiry() {
             assert!(live.is_empty(), "{pool}: live records left: {live:?}");
         }
         for id in &held {
-            let pool = if storage.get_lease(POOL_A, *id).await.unwrap().is_some() {
+            let pool = if storage.get_lease(&pn(POOL_A), *id).await.unwrap().is_some() {
                 POOL_A
             } else {
                 POOL_B
             };
-            let record = storage.get_lease(pool, *id).await.unwrap().expect("record");
+            let record = storage
+                .get_lease(&pn(pool), *id)
+                .await
+                .unwrap()
+                .expect("record");
             assert_eq!(record.status, LeaseStatus::Expired, "lease {id}");
         }
 
@@ -719,7 +724,7 @@ fn sigkill_loses_leases_only_at_expiry() {
         }
 
         for pool in [POOL_A, POOL_B] {
-            assert!(storage.remove_pool(pool).await.unwrap());
+            assert!(storage.remove_pool(&pn(pool)).await.unwrap());
         }
     });
 }

@@ -13,6 +13,7 @@
 //! again as `<exe> worker_entry --exact` with `LIGHTHOUSE_FAULT_WORKER` set.
 
 mod support;
+use support::{cn, pn};
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -306,7 +307,7 @@ async fn assert_consistent(
     expected_live: usize,
 ) {
     let leased = assert_counts_match(storage, pool, proxies, expected_live).await;
-    let stats = storage.pool_stats(pool).await.expect("pool stats");
+    let stats = storage.pool_stats(&pn(pool)).await.expect("pool stats");
     assert_eq!(stats.total_leases, expected_live as u64, "{stats:?}");
     assert_eq!(stats.leased_proxies, leased, "{stats:?}");
 }
@@ -319,7 +320,7 @@ async fn assert_counts_match(
     proxies: &[Proxy],
     expected_live: usize,
 ) -> u64 {
-    let leases = storage.list_leases(pool).await.expect("list leases");
+    let leases = storage.list_leases(&pn(pool)).await.expect("list leases");
     assert_eq!(leases.len(), expected_live, "live leases: {leases:#?}");
     let mut per_proxy: HashMap<Uuid, i64> = HashMap::new();
     for l in &leases {
@@ -367,7 +368,7 @@ async fn assert_no_leak(
 ) {
     assert_eq!(storage.cleanup_expired_leases().await.unwrap(), 0);
     assert_consistent(storage, pool, proxies, 0).await;
-    let stats = storage.pool_stats(pool).await.unwrap();
+    let stats = storage.pool_stats(&pn(pool)).await.unwrap();
     assert_eq!(stats.available_proxies, proxies.len() as u64, "{stats:?}");
     let n: i64 = redis::cmd("ZCARD")
         .arg(format!("{ns}:{{{pool}}}:live"))
@@ -645,13 +646,13 @@ fn restart_with_aof_keeps_acknowledged_leases() {
         let storage = manager.storage();
         // The pooled connections died with the server: they are replaced.
         wait_recovered(storage, 4).await;
-        let listed = storage.list_leases(POOL).await.unwrap();
+        let listed = storage.list_leases(&pn(POOL)).await.unwrap();
         let ids: HashSet<Uuid> = listed.iter().map(|l| l.id).collect();
         let want: HashSet<Uuid> = held.iter().map(|l| l.id).collect();
         assert_eq!(ids, want, "the acknowledged leases survived");
         for l in &held {
             let now = storage
-                .get_lease(POOL, l.id)
+                .get_lease(&pn(POOL), l.id)
                 .await
                 .unwrap()
                 .expect("record");
@@ -842,7 +843,7 @@ fn sigstopped_holder_loses_its_lease() {
         // A renewal already on the wire still lands: read the expiry after it.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let before = storage
-            .get_lease(POOL, old_id)
+            .get_lease(&pn(POOL), old_id)
             .await
             .unwrap()
             .expect("record");
@@ -877,7 +878,7 @@ fn sigstopped_holder_loses_its_lease() {
             new.fencing_token
         );
         let old = storage
-            .get_lease(POOL, old_id)
+            .get_lease(&pn(POOL), old_id)
             .await
             .unwrap()
             .expect("record");
@@ -945,7 +946,7 @@ fn redis_unreachable_then_back() {
             .expect("a free slot");
         // Use every pooled connection before the outage.
         for _ in 0..2 * POOL_SIZE {
-            manager.storage().pool_stats(POOL).await.unwrap();
+            manager.storage().pool_stats(&pn(POOL)).await.unwrap();
         }
         (proxies, held)
     });
@@ -982,7 +983,7 @@ fn redis_unreachable_then_back() {
         // The first call that works marks the recovery...
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut failed_after_restart = 0;
-        while let Err(e) = storage.pool_stats(POOL).await {
+        while let Err(e) = storage.pool_stats(&pn(POOL)).await {
             failed_after_restart += 1;
             assert!(Instant::now() < deadline, "never recovered: {e}");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1012,7 +1013,7 @@ fn redis_unreachable_then_back() {
         }
         // The lease from before the outage survived (AOF) and releases once.
         let still = storage
-            .get_lease(POOL, held.id)
+            .get_lease(&pn(POOL), held.id)
             .await
             .unwrap()
             .expect("record");
@@ -1144,7 +1145,11 @@ fn lost_acquire_reply_retry_returns_the_same_lease() {
         let manager = ProxyManager::new(storage_on(&proxy.url(), ns));
         // Functions loaded and the consumer known: the armed FCALL is the acquire.
         manager.storage().load_scripts().await.unwrap();
-        manager.storage().ensure_consumer("lossy").await.unwrap();
+        manager
+            .storage()
+            .ensure_consumer(&cn("lossy"))
+            .await
+            .unwrap();
         let request_id = format!("lostreply{}", Uuid::new_v4().simple());
         let options = AcquireOptions::new()
             .consumer("lossy")
@@ -1166,7 +1171,7 @@ fn lost_acquire_reply_retry_returns_the_same_lease() {
             String::from_utf8_lossy(&swallowed)
         );
         // The script ran once: Redis holds one lease, the one the call returned.
-        let live = direct.list_leases(POOL).await.unwrap();
+        let live = direct.list_leases(&pn(POOL)).await.unwrap();
         assert_eq!(live.len(), 1, "{live:#?}");
         assert_eq!(first.id, live[0].id, "the lease the lost attempt took");
 
@@ -1314,7 +1319,7 @@ fn out_of_memory_fails_cleanly() {
         assert!(error_count(&mut conn, "OOM").await >= oom_before + 7);
         // Reads still work, and nothing was half-written.
         assert_counts_match(storage, POOL, &proxies, held.len()).await;
-        let stats = storage.pool_stats(POOL).await;
+        let stats = storage.pool_stats(&pn(POOL)).await;
         eprintln!("pool_stats out of memory: {stats:?}");
 
         let _: () = redis::cmd("CONFIG")
@@ -1326,7 +1331,7 @@ fn out_of_memory_fails_cleanly() {
             .unwrap();
         assert_consistent(storage, POOL, &proxies, held.len()).await;
         for l in &held {
-            let record = storage.get_lease(POOL, l.id).await.unwrap().unwrap();
+            let record = storage.get_lease(&pn(POOL), l.id).await.unwrap().unwrap();
             assert_eq!(
                 (record.status, record.expires_at),
                 (LeaseStatus::Active, l.expires_at),
@@ -1368,7 +1373,7 @@ fn pool_stats_readable_out_of_memory() {
                 break;
             }
         }
-        let stats = storage.pool_stats(POOL).await;
+        let stats = storage.pool_stats(&pn(POOL)).await;
         assert!(
             matches!(&stats, Ok(s) if s.total_proxies == 2 && s.total_leases == 0),
             "{stats:?}"

@@ -4,6 +4,7 @@
 //! that was acknowledged survive, and the next token is above the reservation.
 
 mod support;
+use support::{cn, pn};
 
 use std::time::{Duration, Instant};
 
@@ -53,8 +54,8 @@ async fn fencing_tokens_and_acknowledged_leases_survive_a_crash_with_aof() {
     )
     .await
     .unwrap();
-    s.ensure_consumer("w").await.unwrap();
-    let req = AcquireRequest::new("p1", "w", Duration::from_secs(600));
+    s.ensure_consumer(&cn("w")).await.unwrap();
+    let req = AcquireRequest::new("p1", "w", Duration::from_secs(600)).unwrap();
     let first = s.acquire(&req).await.unwrap().unwrap();
     drop(s);
     drop(server); // SIGKILL: a crash, not a clean shutdown
@@ -64,7 +65,7 @@ async fn fencing_tokens_and_acknowledged_leases_survive_a_crash_with_aof() {
     let s = RedisStorage::new(config()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let survived = loop {
-        match s.get_lease("p1", first.id).await {
+        match s.get_lease(&pn("p1"), first.id).await {
             Ok(l) => break l,
             Err(e) => {
                 assert!(Instant::now() < deadline, "Redis did not come back: {e}");

@@ -4,6 +4,7 @@
 //! `redis-server`), and a hook that asks for stats adds one stats read per call.
 
 mod support;
+use support::pn;
 
 use std::sync::{Arc, Mutex};
 
@@ -90,7 +91,7 @@ async fn a_hook_that_does_not_ask_for_stats_costs_no_storage_call() {
     assert!(plain.iter().all(|e| e.pool_stats.is_none()));
     // What one stats read costs (on Redis: a reclaim, then the read).
     let before = script_calls(&mut conn).await;
-    bare.storage().pool_stats(POOL).await.unwrap();
+    bare.storage().pool_stats(&pn(POOL)).await.unwrap();
     let per_read = script_calls(&mut conn).await - before;
     assert!(per_read >= 1);
     assert_eq!(

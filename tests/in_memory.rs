@@ -56,7 +56,7 @@ async fn finished_records_are_kept_for_the_grace_period_then_forgotten() {
         ReleaseOutcome::NotFound
     );
     assert_eq!(
-        m.storage().get_lease(POOL, released.id).await.unwrap(),
+        m.storage().get_lease(&pn(POOL), released.id).await.unwrap(),
         None
     );
 
@@ -78,7 +78,14 @@ async fn finished_records_are_kept_for_the_grace_period_then_forgotten() {
         m.release_proxy(&expired).await.unwrap(),
         ReleaseOutcome::NotFound
     );
-    assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 0);
+    assert_eq!(
+        m.storage()
+            .pool_stats(&pn(POOL))
+            .await
+            .unwrap()
+            .total_leases,
+        0
+    );
 }
 
 #[tokio::test]
@@ -168,7 +175,12 @@ fn many_threads_share_one_storage_without_over_leasing() {
             tasks.push(tokio::spawn(async move {
                 for _ in 0..500 {
                     if let Some(l) = m.acquire_proxy(POOL, AcquireOptions::new()).await.unwrap() {
-                        let live = m.storage().pool_stats(POOL).await.unwrap().total_leases;
+                        let live = m
+                            .storage()
+                            .pool_stats(&pn(POOL))
+                            .await
+                            .unwrap()
+                            .total_leases;
                         peak.fetch_max(live, std::sync::atomic::Ordering::Relaxed);
                         m.release_proxy(&l).await.unwrap();
                     }
@@ -182,6 +194,18 @@ fn many_threads_share_one_storage_without_over_leasing() {
             peak.load(std::sync::atomic::Ordering::Relaxed) <= 8,
             "4 proxies x 2 slots"
         );
-        assert_eq!(m.storage().pool_stats(POOL).await.unwrap().total_leases, 0);
+        assert_eq!(
+            m.storage()
+                .pool_stats(&pn(POOL))
+                .await
+                .unwrap()
+                .total_leases,
+            0
+        );
     });
+}
+
+/// A pool name the test knows to be valid.
+fn pn(name: &str) -> lighthouse_lease::PoolName {
+    lighthouse_lease::PoolName::new(name).expect("a valid pool name")
 }

@@ -113,7 +113,7 @@ proptest! {
         let clock = ManualClock::new();
         let s = InMemoryStorage::with_clock(clock.clone()).with_record_grace(Duration::from_secs(1_000_000));
         let pool = now(s.create_pool(ProxyPool::new("p").unwrap())).unwrap();
-        now(s.ensure_consumer("w")).unwrap();
+        now(s.ensure_consumer(&cn("w"))).unwrap();
         let mut model = Model { t: 0, proxies: vec![], leases: vec![] };
         for (i, (max, ar)) in limits.iter().enumerate() {
             let mut b = Proxy::builder(pool.id, format!("10.0.0.{}", i + 1), 80)
@@ -131,7 +131,7 @@ proptest! {
                         Some(true) => ProxyFilters::new().country("AR"),
                         Some(false) => ProxyFilters::new().country("BR"),
                     };
-                    let req = AcquireRequest::new("p", "w", Duration::from_millis(ms))
+                    let req = AcquireRequest::new("p", "w", Duration::from_millis(ms)).unwrap()
                         .with_filters(filters)
                         .with_selector(selector);
                     let got = now(s.acquire(&req)).unwrap();
@@ -181,7 +181,7 @@ proptest! {
                 }
             }
             // Invariants after every step (stats reclaim first, like the model).
-            let stats = now(s.pool_stats("p")).unwrap();
+            let stats = now(s.pool_stats(&pn("p"))).unwrap();
             model.reclaim();
             let mut total = 0;
             let mut available = 0;
@@ -200,7 +200,17 @@ proptest! {
             prop_assert_eq!(stats.leased_proxies, leased);
             prop_assert_eq!(stats.active_proxies, model.proxies.iter().filter(|p| p.active).count() as u64);
             prop_assert_eq!(stats.banned_proxies, model.proxies.iter().filter(|p| !p.active).count() as u64);
-            prop_assert_eq!(now(s.list_leases("p")).unwrap().len() as u64, total);
+            prop_assert_eq!(now(s.list_leases(&pn("p"))).unwrap().len() as u64, total);
         }
     }
+}
+
+/// A pool name the test knows to be valid.
+fn pn(name: &str) -> lighthouse_lease::PoolName {
+    lighthouse_lease::PoolName::new(name).expect("a valid pool name")
+}
+
+/// A consumer name the test knows to be valid.
+fn cn(name: &str) -> lighthouse_lease::ConsumerName {
+    lighthouse_lease::ConsumerName::new(name).expect("a valid consumer name")
 }

@@ -135,7 +135,11 @@ async fn retry_never_retries_bad_input() {
 }
 
 async fn live(m: &ProxyManager<InMemoryStorage>) -> u64 {
-    m.storage().pool_stats(POOL).await.unwrap().total_leases
+    m.storage()
+        .pool_stats(&pn(POOL))
+        .await
+        .unwrap()
+        .total_leases
 }
 
 #[tokio::test]
@@ -331,4 +335,9 @@ fn manager_futures_are_send_so_they_run_on_any_tokio_task() {
     assert_send(&m.acquire_proxy(POOL, AcquireOptions::new()));
     assert_send(&m.cleanup_expired_leases());
     assert_send(&m.with_lease(POOL, AcquireOptions::new(), |_| async {}));
+}
+
+/// A pool name the test knows to be valid.
+fn pn(name: &str) -> lighthouse_lease::PoolName {
+    lighthouse_lease::PoolName::new(name).expect("a valid pool name")
 }

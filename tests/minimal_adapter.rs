@@ -15,7 +15,7 @@ use lighthouse_lease::cooldown::CooldownPolicy;
 use lighthouse_lease::storage::AcquireRequest;
 use lighthouse_lease::{
     AcquireOptions, AdminStorage, HealthCheckResult, InMemoryStorage, Lease, LeaseStorage,
-    PoolStats, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, Result,
+    PoolName, PoolStats, Proxy, ProxyManager, ProxyPool, ReleaseOutcome, Result,
 };
 use uuid::Uuid;
 
@@ -39,16 +39,16 @@ impl LeaseStorage for Minimal {
     async fn extend(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
         self.inner.extend(lease, duration).await
     }
-    async fn get_lease(&self, pool: &str, id: Uuid) -> Result<Option<Lease>> {
+    async fn get_lease(&self, pool: &PoolName, id: Uuid) -> Result<Option<Lease>> {
         self.inner.get_lease(pool, id).await
     }
-    async fn list_leases(&self, pool: &str) -> Result<Vec<Lease>> {
+    async fn list_leases(&self, pool: &PoolName) -> Result<Vec<Lease>> {
         self.inner.list_leases(pool).await
     }
     async fn cleanup_expired_leases(&self) -> Result<u64> {
         self.inner.cleanup_expired_leases().await
     }
-    async fn pool_stats(&self, pool: &str) -> Result<PoolStats> {
+    async fn pool_stats(&self, pool: &PoolName) -> Result<PoolStats> {
         self.inner.pool_stats(pool).await
     }
     async fn report_success(&self, id: Uuid) -> Result<Proxy> {
@@ -122,4 +122,24 @@ async fn rotate_by_default_releases_then_acquires() {
         m.release_proxy(&next).await.unwrap(),
         ReleaseOutcome::Released
     );
+}
+
+#[tokio::test]
+async fn bad_names_are_refused_at_the_manager_before_the_adapter_is_called() {
+    let (m, acquires) = manager().await;
+    acquires.store(0, Ordering::SeqCst);
+    for (pool, consumer, kind) in [("a{b}", "w", "pool"), ("p", " w", "consumer")] {
+        let err = m
+            .acquire_proxy(pool, AcquireOptions::new().consumer(consumer))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, lighthouse_lease::Error::InvalidName { kind: k, .. } if k == kind),
+            "{pool:?}/{consumer:?}: {err:?}"
+        );
+    }
+    // The adapter takes typed names, so it never sees a bad one: the manager
+    // refused both before calling it.
+    assert_eq!(acquires.load(Ordering::SeqCst), 0);
+    assert!(PoolName::new("a{b}").is_err());
 }

@@ -2,8 +2,8 @@
 
 use lighthouse_lease::filters::haversine_km;
 use lighthouse_lease::{
-    Error, Lease, LeaseStatus, Proxy, ProxyEndpoint, ProxyFilters, ProxyPool, ProxyProtocol,
-    ProxyStatus, SelectorStrategy,
+    ConsumerName, Error, Lease, LeaseStatus, PoolName, Proxy, ProxyEndpoint, ProxyFilters,
+    ProxyPool, ProxyProtocol, ProxyStatus, SelectorStrategy,
 };
 use uuid::Uuid;
 
@@ -146,9 +146,9 @@ fn lease_round_trips_through_json() {
         id: Uuid::new_v4(),
         proxy_id: Uuid::new_v4(),
         consumer_id: Uuid::new_v4(),
-        consumer_name: "worker-1".into(),
+        consumer_name: ConsumerName::new("worker-1").unwrap(),
         pool_id: Uuid::new_v4(),
-        pool_name: "latam-residential".into(),
+        pool_name: PoolName::new("latam-residential").unwrap(),
         status: LeaseStatus::Active,
         acquired_at: chrono::Utc::now(),
         expires_at: chrono::Utc::now(),
@@ -211,9 +211,9 @@ fn lease_hands_over_as_compact_msgpack() {
         id: Uuid::new_v4(),
         proxy_id: Uuid::new_v4(),
         consumer_id: Uuid::new_v4(),
-        consumer_name: "dispatcher".into(),
+        consumer_name: ConsumerName::new("dispatcher").unwrap(),
         pool_id: Uuid::new_v4(),
-        pool_name: "latam-residential".into(),
+        pool_name: PoolName::new("latam-residential").unwrap(),
         status: LeaseStatus::Active,
         acquired_at: chrono::Utc::now(),
         expires_at: chrono::Utc::now(),

@@ -24,6 +24,7 @@
 //! and invoked by SHA with input only in `KEYS`/`ARGV`.
 
 mod support;
+use support::{cn, pn};
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -399,10 +400,14 @@ proptest! {
         }
         // Every other way in checks the same rule.
         let req = AcquireRequest::new(name.clone(), "worker-1", Duration::from_secs(60));
-        prop_assert_eq!(req.validate().is_ok(), expected);
-        if let Err(e) = req.validate() {
+        prop_assert_eq!(req.is_ok(), expected);
+        if let Err(e) = req {
             clear(&e, "invalid pool name")?;
         }
+        let typed = lighthouse_lease::PoolName::new(&name);
+        prop_assert_eq!(typed.is_ok(), expected);
+        let decoded = serde_json::from_value::<lighthouse_lease::PoolName>(serde_json::json!(name));
+        prop_assert_eq!(decoded.is_ok(), expected);
     }
 
     #[test]
@@ -441,7 +446,7 @@ proptest! {
 
     #[test]
     fn request_ids_are_accepted_only_when_printable(id in hostile()) {
-        let req = AcquireRequest::new("latam-residential", "worker-1", Duration::from_secs(60))
+        let req = AcquireRequest::new("latam-residential", "worker-1", Duration::from_secs(60)).unwrap()
             .with_request_id(id.clone());
         let expected = request_id_ok(&id);
         match req.validate() {
@@ -652,7 +657,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         None => support::unique_namespace(),
     };
     let s = RedisStorage::new(support::test_config().namespace(ns.clone())).unwrap();
-    s.ensure_consumer(&case.consumer).await.unwrap();
+    s.ensure_consumer(&cn(&case.consumer)).await.unwrap();
     let v = &case.values;
     let mut contents = [Contents::default(), Contents::default()];
     let names = [case.pools.0.as_str(), case.pools.1.as_str()];
@@ -696,6 +701,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     // An idempotent, filtered acquire on the first pool, twice.
     let pa = &first_proxy[0][0];
     let req = AcquireRequest::new(names[0], case.consumer.clone(), Duration::from_secs(60))
+        .unwrap()
         .with_filters(
             ProxyFilters::new()
                 .city(pa.city.clone().unwrap())
@@ -712,6 +718,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     // A radius acquire on the second pool, a failure, a re-index, a release.
     let pb = &first_proxy[1][0];
     let near = AcquireRequest::new(names[1], case.consumer.clone(), Duration::from_secs(60))
+        .unwrap()
         .with_filters(
             ProxyFilters::new()
                 .source(pb.source.clone().unwrap())
@@ -750,7 +757,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     // Removing the first pool leaves every key of the second one alone.
     let p1 = pool_prefix(&ns, names[1]);
     let second: BTreeSet<&String> = found.iter().filter(|k| k.starts_with(&p1)).collect();
-    prop_assert!(s.remove_pool(names[0]).await.unwrap());
+    prop_assert!(s.remove_pool(&pn(names[0])).await.unwrap());
     let after = scan(&ns).await;
     // Only finished lease records and request keys stay, until their TTL
     // (pool_remove.lua leaves them; a pool created again under the name starts

@@ -30,6 +30,7 @@
 #[path = "support/netns.rs"]
 mod netns;
 mod support;
+use support::pn;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -437,7 +438,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
             let mut all = true;
             for (id, _, first_expiry) in &a_leases {
                 let l = storage
-                    .get_lease(POOL, *id)
+                    .get_lease(&pn(POOL), *id)
                     .await
                     .unwrap()
                     .expect("A's lease");
@@ -479,7 +480,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
         let mut out = HashMap::new();
         for (id, _, _) in &a_leases {
             let l = storage
-                .get_lease(POOL, *id)
+                .get_lease(&pn(POOL), *id)
                 .await
                 .unwrap()
                 .expect("A's lease");
@@ -552,7 +553,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
     let (expiry, lost_ms, lost_why, log) = rt.block_on(async {
         let mut expiry = HashMap::new();
         for (id, _, _) in &a_leases {
-            let l = storage.get_lease(POOL, *id).await.unwrap();
+            let l = storage.get_lease(&pn(POOL), *id).await.unwrap();
             let e = l.map_or(expiry_at_cut[id], |l| l.expires_at.timestamp_millis());
             expiry.insert(*id, e);
         }
@@ -668,7 +669,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
     //    still full and every counter matches the live leases.
     if b_leases.len() == slots as usize {
         rt.block_on(async {
-            let stats = storage.pool_stats(POOL).await.unwrap();
+            let stats = storage.pool_stats(&pn(POOL)).await.unwrap();
             if stats.total_leases != slots as u64 || stats.available_proxies != 0 {
                 fail(format!(
                     "after A's late releases, with B holding every slot: {stats:?}"
@@ -711,7 +712,7 @@ fn a_cut_off_holder_loses_its_leases_and_the_other_worker_gets_them_only_after_e
         }
     }
     rt.block_on(async {
-        let stats = storage.pool_stats(POOL).await.unwrap();
+        let stats = storage.pool_stats(&pn(POOL)).await.unwrap();
         if stats.total_leases != 0 || stats.available_proxies != maxes.len() as u64 {
             fail(format!("after every release: {stats:?}"));
         }
@@ -931,6 +932,6 @@ fn sweeper_healthz_is_unhealthy_while_redis_is_cut_off_and_healthy_after() {
     rt.block_on(async {
         let p = storage.get_proxy(proxy.id).await.unwrap().expect("proxy");
         assert_eq!(p.current_leases, 0, "the reclaimed slot is free");
-        assert_eq!(storage.pool_stats(POOL).await.unwrap().total_leases, 0);
+        assert_eq!(storage.pool_stats(&pn(POOL)).await.unwrap().total_leases, 0);
     });
 }

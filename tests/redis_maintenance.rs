@@ -4,6 +4,7 @@
 //! its live leases.
 
 mod support;
+use support::{cn, pn};
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ async fn setup(max: u32) -> (RedisStorage, Proxy) {
 /// A pool with consumer `w` and one proxy of `max_concurrency` `max` on `s`.
 async fn setup_on(s: RedisStorage, max: u32) -> (RedisStorage, Proxy) {
     let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
-    s.ensure_consumer("w").await.unwrap();
+    s.ensure_consumer(&cn("w")).await.unwrap();
     let p = s
         .add_proxy(
             Proxy::builder(pool.id, "10.0.0.1", 80)
@@ -39,7 +40,7 @@ async fn setup_on(s: RedisStorage, max: u32) -> (RedisStorage, Proxy) {
 }
 
 fn req(d: Duration) -> AcquireRequest {
-    AcquireRequest::new(POOL, "w", d)
+    AcquireRequest::new(POOL, "w", d).unwrap()
 }
 
 /// Sets a proxy's recorded live lease count by hand, as an operator editing keys
@@ -130,14 +131,14 @@ async fn audit_repairs_a_deflated_counter_so_the_limit_holds_again() {
         None,
         "max 3 holds"
     );
-    assert_eq!(s.pool_stats(POOL).await.unwrap().total_leases, 3);
+    assert_eq!(s.pool_stats(&pn(POOL)).await.unwrap().total_leases, 3);
 }
 
 #[tokio::test]
 async fn audit_walks_large_pools_in_batches() {
     let s = support::storage();
     let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
-    s.ensure_consumer("w").await.unwrap();
+    s.ensure_consumer(&cn("w")).await.unwrap();
     let proxies: Vec<Proxy> = (0..250)
         .map(|i| {
             Proxy::builder(pool.id, format!("10.0.{}.{}", i / 200, i % 200), 80)
@@ -153,7 +154,10 @@ async fn audit_walks_large_pools_in_batches() {
     let fixes = s.audit_pool(POOL, 50).await.unwrap();
     let ids: Vec<_> = fixes.iter().map(|f| f.proxy_id).collect();
     assert_eq!(ids, vec![proxies[0].id, proxies[120].id, proxies[249].id]);
-    assert_eq!(s.pool_stats(POOL).await.unwrap().available_proxies, 250);
+    assert_eq!(
+        s.pool_stats(&pn(POOL)).await.unwrap().available_proxies,
+        250
+    );
 }
 
 #[tokio::test]
@@ -261,7 +265,7 @@ async fn a_cleanup_call_stops_at_its_time_budget_whatever_the_batch() {
 async fn remembered_proxies_follow_updates_and_removals() {
     let s = support::storage();
     let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
-    s.ensure_consumer("w").await.unwrap();
+    s.ensure_consumer(&cn("w")).await.unwrap();
     let p = s
         .add_proxy(
             Proxy::builder(pool.id, "10.0.0.1", 80)
@@ -381,8 +385,8 @@ async fn a_request_id_lives_as_long_as_its_renewed_lease() {
     let again = s.acquire(&request).await.unwrap().unwrap();
     assert_eq!(again.id, first.id, "the same lease, not a second one");
     assert_eq!(again.expires_at, renewed.expires_at);
-    assert_eq!(s.pool_stats(POOL).await.unwrap().total_leases, 1);
-    let lease = s.get_lease(POOL, first.id).await.unwrap().unwrap();
+    assert_eq!(s.pool_stats(&pn(POOL)).await.unwrap().total_leases, 1);
+    let lease = s.get_lease(&pn(POOL), first.id).await.unwrap().unwrap();
     assert_eq!(
         lease.consumer_name, "w",
         "the record's request part is not the consumer"

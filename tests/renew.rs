@@ -9,6 +9,7 @@
 #[macro_use]
 mod delegate;
 mod support;
+use support::pn;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use lighthouse_lease::{
     AcquireOptions, AcquireRequest, BackendErrorKind, CooldownPolicy, Error, HealthCheckResult,
-    InMemoryStorage, Lease, LeaseStatus, LeaseStorage, PoolStats, Proxy, ProxyManager,
+    InMemoryStorage, Lease, LeaseStatus, LeaseStorage, PoolName, PoolStats, Proxy, ProxyManager,
     ReleaseOutcome, RenewPolicy, Result, Storage,
 };
 use tokio::sync::broadcast;
@@ -78,7 +79,13 @@ async fn releases_on_drop<S: Storage>(m: ProxyManager<S>) {
         .unwrap();
     drop(held);
     for _ in 0..100 {
-        if m.storage().pool_stats(POOL).await.unwrap().total_leases == 0 {
+        if m.storage()
+            .pool_stats(&pn(POOL))
+            .await
+            .unwrap()
+            .total_leases
+            == 0
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -180,16 +187,16 @@ impl LeaseStorage for Flaky {
             Extend::Hangs => std::future::pending().await,
         }
     }
-    async fn get_lease(&self, pool_name: &str, lease_id: Uuid) -> Result<Option<Lease>> {
+    async fn get_lease(&self, pool_name: &PoolName, lease_id: Uuid) -> Result<Option<Lease>> {
         self.inner.get_lease(pool_name, lease_id).await
     }
-    async fn list_leases(&self, pool_name: &str) -> Result<Vec<Lease>> {
+    async fn list_leases(&self, pool_name: &PoolName) -> Result<Vec<Lease>> {
         self.inner.list_leases(pool_name).await
     }
     async fn cleanup_expired_leases(&self) -> Result<u64> {
         self.inner.cleanup_expired_leases().await
     }
-    async fn pool_stats(&self, pool_name: &str) -> Result<PoolStats> {
+    async fn pool_stats(&self, pool_name: &PoolName) -> Result<PoolStats> {
         self.inner.pool_stats(pool_name).await
     }
     async fn report_success(&self, proxy_id: Uuid) -> Result<Proxy> {
@@ -203,10 +210,10 @@ impl LeaseStorage for Flaky {
     ) -> Result<Proxy> {
         self.inner.report_failure(proxy_id, reason, policy).await
     }
-    async fn subscribe_freed(&self, pool_name: &str) -> Result<broadcast::Receiver<()>> {
+    async fn subscribe_freed(&self, pool_name: &PoolName) -> Result<broadcast::Receiver<()>> {
         self.inner.subscribe_freed(pool_name).await
     }
-    async fn next_expiry(&self, pool_name: &str) -> Result<Option<Duration>> {
+    async fn next_expiry(&self, pool_name: &PoolName) -> Result<Option<Duration>> {
         self.inner.next_expiry(pool_name).await
     }
     async fn apply_health_check(&self, result: &HealthCheckResult) -> Result<Proxy> {
@@ -271,7 +278,7 @@ async fn storage_still_holds(
     use lighthouse_lease::Clock;
     let rec = m
         .storage()
-        .get_lease(POOL, lease.id)
+        .get_lease(&pn(POOL), lease.id)
         .await
         .unwrap()
         .unwrap();
@@ -532,7 +539,11 @@ async fn renew_policy_is_checked_before_acquiring() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     assert_eq!(
-        m.storage().pool_stats(POOL).await.unwrap().total_leases,
+        m.storage()
+            .pool_stats(&pn(POOL))
+            .await
+            .unwrap()
+            .total_leases,
         0,
         "nothing acquired"
     );

@@ -4,6 +4,7 @@
 //! shortfall, and a retry with the request id gets the same lease, not a second.
 
 mod support;
+use support::{cn, pn};
 
 use std::time::{Duration, Instant};
 
@@ -68,8 +69,8 @@ async fn wait_for_replicas_confirms_and_reports_a_shortfall() {
         )
         .await
         .unwrap();
-    s.ensure_consumer("w").await.unwrap();
-    let req = AcquireRequest::new("p1", "w", Duration::from_secs(600));
+    s.ensure_consumer(&cn("w")).await.unwrap();
+    let req = AcquireRequest::new("p1", "w", Duration::from_secs(600)).unwrap();
 
     // Acknowledged: the lease record is on the replica when acquire returns.
     let first = s.acquire(&req).await.unwrap().unwrap();
@@ -108,7 +109,7 @@ async fn wait_for_replicas_confirms_and_reports_a_shortfall() {
         "one lease for job-7, not two"
     );
     assert_eq!(
-        s.get_lease("p1", again.id).await.unwrap().unwrap().id,
+        s.get_lease(&pn("p1"), again.id).await.unwrap().unwrap().id,
         again.id
     );
 

@@ -14,6 +14,7 @@
 //!   `acquire_proxy_with_retry` take a second lease.
 
 mod support;
+use support::{cn, pn};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -163,7 +164,9 @@ async fn wait_for_pong(url: &str) {
 }
 
 fn request(pool: &str) -> AcquireRequest {
-    AcquireRequest::new(pool, CONSUMER, Duration::from_secs(600)).registering_consumer(true)
+    AcquireRequest::new(pool, CONSUMER, Duration::from_secs(600))
+        .unwrap()
+        .registering_consumer(true)
 }
 
 /// `n` leases on `POOL` (set-up, not under test: a failed attempt is made again).
@@ -181,7 +184,7 @@ async fn acquire_n(storage: &RedisStorage, n: usize) -> Vec<Lease> {
 
 /// The live leases of `POOL`, after checking that its proxy counts them all.
 async fn live_leases(storage: &RedisStorage, proxy: Uuid) -> Vec<Lease> {
-    let live = storage.list_leases(POOL).await.expect("list_leases");
+    let live = storage.list_leases(&pn(POOL)).await.expect("list_leases");
     let proxy = storage
         .get_proxy(proxy)
         .await
@@ -297,12 +300,15 @@ async fn call(
             Outcome::Leased(Box::new(r.next.expect("a free slot")))
         }
         Kind::GetLease => {
-            let l = storage.get_lease(POOL, held[i].id).await?.expect("record");
+            let l = storage
+                .get_lease(&pn(POOL), held[i].id)
+                .await?
+                .expect("record");
             assert_eq!(l.fencing_token, held[i].fencing_token);
             Outcome::Other
         }
         Kind::ListLeases => {
-            storage.list_leases(POOL).await?;
+            storage.list_leases(&pn(POOL)).await?;
             Outcome::Other
         }
         Kind::Release => Outcome::Released(storage.release(&held[i]).await?),
@@ -312,7 +318,7 @@ async fn call(
             Outcome::Other
         }
         Kind::PoolStats => {
-            storage.pool_stats(POOL).await?;
+            storage.pool_stats(&pn(POOL)).await?;
             Outcome::Other
         }
         Kind::ListPools => {
@@ -320,7 +326,7 @@ async fn call(
             Outcome::Other
         }
         Kind::ListProxies => {
-            assert!(!storage.list_proxies(POOL).await?.is_empty());
+            assert!(!storage.list_proxies(&pn(POOL)).await?.is_empty());
             Outcome::Other
         }
         Kind::GetProxy => {
@@ -465,7 +471,7 @@ fn every_kind_of_call_succeeds_on_the_first_try_after_a_restart() {
         for l in live_leases(&storage, proxies.0).await {
             assert_eq!(storage.release(&l).await.unwrap(), ReleaseOutcome::Released);
         }
-        assert_eq!(storage.pool_stats(POOL).await.unwrap().total_leases, 0);
+        assert_eq!(storage.pool_stats(&pn(POOL)).await.unwrap().total_leases, 0);
     });
 }
 
@@ -507,8 +513,9 @@ fn calls_wait_for_redis_within_the_response_timeout() {
         let lease = held[0].clone();
         rt.spawn(async move {
             let acquire = request(POOL);
+            let pool = pn(POOL);
             tokio::join!(
-                storage.pool_stats(POOL),
+                storage.pool_stats(&pool),
                 storage.acquire(&acquire),
                 storage.release(&lease),
             )
@@ -532,7 +539,7 @@ fn calls_wait_for_redis_within_the_response_timeout() {
     );
     assert!(stats.total_leases <= 2, "{stats:?}");
     rt.block_on(async {
-        let live = storage.list_leases(POOL).await.unwrap();
+        let live = storage.list_leases(&pn(POOL)).await.unwrap();
         assert_eq!(live.len(), 1, "only the new lease is live: {live:#?}");
         assert_eq!(live[0].id, lease.id);
     });
@@ -544,7 +551,7 @@ fn calls_wait_for_redis_within_the_response_timeout() {
     server.kill();
     let started = Instant::now();
     let err = rt
-        .block_on(short.pool_stats(POOL))
+        .block_on(short.pool_stats(&pn(POOL)))
         .expect_err("pool_stats with Redis down");
     let took = started.elapsed();
     assert_eq!(
@@ -685,7 +692,7 @@ fn a_lost_acquire_is_repeated_only_with_a_request_id() {
         let with_id = "lost-with-id";
         let without_id = "lost-without-id";
         for c in [with_id, without_id] {
-            storage.ensure_consumer(c).await.unwrap();
+            storage.ensure_consumer(&cn(c)).await.unwrap();
         }
 
         let request_id = format!("lost-{}", Uuid::new_v4().simple());
@@ -693,13 +700,14 @@ fn a_lost_acquire_is_repeated_only_with_a_request_id() {
         let lease = storage
             .acquire(
                 &AcquireRequest::new(POOL, with_id, Duration::from_secs(60))
+                    .unwrap()
                     .with_request_id(&request_id),
             )
             .await
             .expect("the acquire with a request id is sent again")
             .expect("a free slot");
         assert_eq!(*forwarder.swallowed.lock().unwrap(), 1, "a reply was lost");
-        let live = direct.list_leases(POOL).await.unwrap();
+        let live = direct.list_leases(&pn(POOL)).await.unwrap();
         assert_eq!(live.len(), 1, "{live:#?}");
         assert_eq!(live[0].id, lease.id, "the lease the lost attempt took");
         let p = direct.get_proxy(proxy.id).await.unwrap().unwrap();
@@ -707,11 +715,7 @@ fn a_lost_acquire_is_repeated_only_with_a_request_id() {
 
         forwarder.arm(without_id);
         let lost = storage
-            .acquire(&AcquireRequest::new(
-                POOL,
-                without_id,
-                Duration::from_secs(60),
-            ))
+            .acquire(&AcquireRequest::new(POOL, without_id, Duration::from_secs(60)).unwrap())
             .await;
         assert_eq!(*forwarder.swallowed.lock().unwrap(), 2, "a reply was lost");
         let err = lost.expect_err("an acquire without a request id is not sent again");
@@ -720,7 +724,7 @@ fn a_lost_acquire_is_repeated_only_with_a_request_id() {
             Some(BackendErrorKind::Connection),
             "{err}"
         );
-        let live = direct.list_leases(POOL).await.unwrap();
+        let live = direct.list_leases(&pn(POOL)).await.unwrap();
         assert_eq!(
             live.len(),
             2,
@@ -768,7 +772,11 @@ fn acquire_with_retry_takes_one_lease_when_a_reply_is_lost() {
         .build();
         let consumer = "retry-policy-worker";
         manager.storage().load_scripts().await.unwrap();
-        manager.storage().ensure_consumer(consumer).await.unwrap();
+        manager
+            .storage()
+            .ensure_consumer(&cn(consumer))
+            .await
+            .unwrap();
 
         forwarder.arm(consumer);
         let lease = manager
@@ -781,7 +789,7 @@ fn acquire_with_retry_takes_one_lease_when_a_reply_is_lost() {
             .expect("acquire_proxy_with_retry")
             .expect("a free slot");
         assert_eq!(*forwarder.swallowed.lock().unwrap(), 1, "a reply was lost");
-        let live = direct.list_leases(POOL).await.unwrap();
+        let live = direct.list_leases(&pn(POOL)).await.unwrap();
         assert_eq!(live.len(), 1, "one lease, not two: {live:#?}");
         assert_eq!(live[0].id, lease.id);
         let p = direct.get_proxy(proxy.id).await.unwrap().unwrap();
@@ -840,7 +848,7 @@ fn connections_over_a_unix_socket_recover_too() {
         r.unwrap_or_else(|e| panic!("call {i} after the restart: {e}"))
             .expect("a free slot");
     }
-    let stats = rt.block_on(storage.pool_stats(POOL)).unwrap();
+    let stats = rt.block_on(storage.pool_stats(&pn(POOL))).unwrap();
     assert_eq!(stats.total_leases, CALLS as u64);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

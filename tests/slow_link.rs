@@ -14,6 +14,7 @@
 #[path = "support/forwarder.rs"]
 mod forwarder;
 mod support;
+use support::pn;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -112,7 +113,7 @@ async fn burst(m: &Manager, admin: &mut redis::aio::MultiplexedConnection) -> (u
     let outcomes = release_all(m, leases).await;
     let releases = support::command_calls(admin, "fcall").await;
     assert!(outcomes.iter().all(|o| *o == ReleaseOutcome::Released));
-    let stats = m.storage().pool_stats(POOL).await.unwrap();
+    let stats = m.storage().pool_stats(&pn(POOL)).await.unwrap();
     assert_eq!(stats.total_leases, 0, "{stats:?}");
     assert_eq!(stats.available_proxies, CALLERS as u64, "{stats:?}");
     (acquires, releases)

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::manager::{AcquireOptions, ProxyManager};
+use crate::names::PoolName;
 use crate::pool::ProxyPool;
 use crate::proxy::Proxy;
 use crate::storage::Storage;
@@ -28,7 +29,7 @@ pub struct BenchArgs {
     pub proxies: usize,
     /// Use this existing pool instead of a temporary one.
     #[arg(long)]
-    pub pool: Option<String>,
+    pub pool: Option<PoolName>,
 }
 
 /// What a bench run measured.
@@ -90,10 +91,13 @@ pub async fn run<S: Storage>(
                     "--proxies must be in 1..=1000000".into(),
                 ));
             }
-            let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let name = PoolName::new(&format!(
+                "bench-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ))?;
             let pool = manager
                 .storage()
-                .create_pool(ProxyPool::new(name.clone())?)
+                .create_pool(ProxyPool::new(&name)?)
                 .await?;
             let mut batch = Vec::with_capacity(1000);
             for i in 0..args.proxies {
@@ -128,7 +132,7 @@ pub async fn run<S: Storage>(
 
 async fn load<S: Storage>(
     manager: &ProxyManager<S>,
-    pool: &str,
+    pool: &PoolName,
     args: &BenchArgs,
     progress: bool,
 ) -> Result<BenchReport> {
@@ -148,12 +152,7 @@ async fn load<S: Storage>(
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(args.concurrency);
     for i in 0..args.concurrency {
-        let (m, stop, done, pool) = (
-            manager.clone(),
-            stop.clone(),
-            done.clone(),
-            pool.to_string(),
-        );
+        let (m, stop, done, pool) = (manager.clone(), stop.clone(), done.clone(), pool.clone());
         tasks.push(tokio::spawn(async move {
             let options = AcquireOptions::new().consumer(format!("bench-{i}"));
             let mut lat = Vec::new();

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::filters::ProxyFilters;
 use crate::lease::Lease;
 use crate::manager::{AcquireOptions, ProxyManager};
+use crate::names::{ConsumerName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyProtocol, ProxyStatus};
 use crate::selector::SelectorStrategy;
@@ -381,7 +382,7 @@ fn stats_line(name: &str, s: &PoolStats) -> String {
 
 async fn pool_id<S: Storage>(storage: &S, name: &str) -> Result<Uuid> {
     storage
-        .get_pool(name)
+        .get_pool(&PoolName::new(name)?)
         .await?
         .map(|p| p.id)
         .ok_or_else(|| Error::PoolNotFound {
@@ -451,10 +452,10 @@ pub async fn run<S: Storage, W: Write>(
             })
         }
         Command::Pool(PoolCommand::Show { name }) => {
-            let pool = s
-                .get_pool(name)
-                .await?
-                .ok_or_else(|| Error::PoolNotFound { name: name.clone() })?;
+            let name = &PoolName::new(name)?;
+            let pool = s.get_pool(name).await?.ok_or_else(|| Error::PoolNotFound {
+                name: name.to_string(),
+            })?;
             let stats = s.pool_stats(name).await?;
             #[derive(Serialize)]
             struct Show<'a> {
@@ -482,8 +483,11 @@ pub async fn run<S: Storage, W: Write>(
             )
         }
         Command::Pool(PoolCommand::Delete { name }) => {
+            let name = &PoolName::new(name)?;
             if !s.remove_pool(name).await? {
-                return Err(Error::PoolNotFound { name: name.clone() });
+                return Err(Error::PoolNotFound {
+                    name: name.to_string(),
+                });
             }
             p.print(&serde_json::json!({ "deleted": name }), |w| {
                 writeln!(w, "deleted pool {name}")
@@ -578,7 +582,7 @@ pub async fn run<S: Storage, W: Write>(
             )
         }
         Command::Proxy(ProxyCommand::List { pool }) => {
-            let proxies = s.list_proxies(pool).await?;
+            let proxies = s.list_proxies(&PoolName::new(pool)?).await?;
             p.print(&proxies, |w| {
                 for proxy in &proxies {
                     writeln!(w, "{}", proxy_line(proxy))?;
@@ -599,7 +603,7 @@ pub async fn run<S: Storage, W: Write>(
             })
         }
         Command::Consumer(ConsumerCommand::Add { name }) => {
-            let c = s.ensure_consumer(name).await?;
+            let c = s.ensure_consumer(&ConsumerName::new(name)?).await?;
             p.print(&c, |w| writeln!(w, "consumer {} ({})", c.name, c.id))
         }
         Command::Consumer(ConsumerCommand::List) => {
@@ -653,7 +657,7 @@ pub async fn run<S: Storage, W: Write>(
         }
         Command::Release { lease, pool } => {
             let pools = match pool {
-                Some(p) => vec![p.clone()],
+                Some(p) => vec![PoolName::new(p)?],
                 None => s.list_pools().await?.into_iter().map(|p| p.name).collect(),
             };
             let mut found = None;
@@ -680,7 +684,7 @@ pub async fn run<S: Storage, W: Write>(
             )
         }
         Command::Leases { pool } => {
-            let leases = s.list_leases(pool).await?;
+            let leases = s.list_leases(&PoolName::new(pool)?).await?;
             p.print(&leases, |w| {
                 for l in &leases {
                     writeln!(w, "{}", lease_line(l))?;
@@ -690,7 +694,7 @@ pub async fn run<S: Storage, W: Write>(
         }
         Command::Stats { pool } => {
             let names = match pool {
-                Some(p) => vec![p.clone()],
+                Some(p) => vec![PoolName::new(p)?],
                 None => s.list_pools().await?.into_iter().map(|p| p.name).collect(),
             };
             let mut all = std::collections::BTreeMap::new();

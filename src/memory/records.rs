@@ -15,12 +15,12 @@
 //! about a grace's worth of records beyond the live ones.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::lease::LeaseStatus;
+use crate::names::ConsumerName;
 
 /// What the storage keeps of a lease; the pool's name and id and the proxy's
 /// endpoint are filled in when a [`crate::Lease`] is handed out (as the Redis
@@ -29,7 +29,7 @@ use crate::lease::LeaseStatus;
 pub(super) struct Record {
     pub(super) proxy_id: Uuid,
     pub(super) consumer_id: Uuid,
-    pub(super) consumer_name: Arc<str>,
+    pub(super) consumer_name: ConsumerName,
     pub(super) status: LeaseStatus,
     pub(super) acquired_at: DateTime<Utc>,
     pub(super) expires_at: DateTime<Utc>,
@@ -195,7 +195,7 @@ mod tests {
         Record {
             proxy_id: Uuid::nil(),
             consumer_id: Uuid::nil(),
-            consumer_name: Arc::from("w"),
+            consumer_name: ConsumerName::new("w").expect("valid"),
             status: LeaseStatus::Active,
             acquired_at: at,
             expires_at: at + chrono::Duration::seconds(secs),

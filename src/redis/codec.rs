@@ -223,7 +223,8 @@ pub(crate) fn lease_from_record(
             .ok_or_else(|| corrupt(format!("lease token {token}")))?,
         proxy_id,
         consumer_id,
-        consumer_name: r.consumer,
+        consumer_name: crate::names::ConsumerName::try_from(r.consumer)
+            .map_err(|e| corrupt(format!("lease record: {e}")))?,
         pool_id: pool.id,
         pool_name: pool.name.clone(),
         status,
@@ -246,8 +247,8 @@ pub(crate) fn pool_from_hash(h: &HashMap<String, String>) -> Result<Option<Proxy
         .ok_or_else(|| corrupt("pool meta has no valid id"))?;
     let name = h
         .get("name")
-        .cloned()
         .ok_or_else(|| corrupt("pool meta has no name"))?;
+    let name = crate::names::PoolName::new(name).map_err(|e| corrupt(format!("pool meta: {e}")))?;
     let indexes = match (h.get("attrs"), h.get("orders")) {
         (Some(a), Some(o)) => PoolIndexes::from_texts(a, o)?,
         _ => PoolIndexes::default(),

@@ -10,7 +10,7 @@ use super::error::redis_err;
 use super::ops;
 use super::storage::RedisStorage;
 use crate::error::{Error, Result};
-use crate::names::validate_pool_name;
+use crate::names::{IntoPoolName, PoolName};
 
 /// Live leases read per page when the audit counts them.
 const AUDIT_LIVE_PAGE: isize = 5_000;
@@ -41,7 +41,7 @@ pub struct CounterFix {
 
 impl RedisStorage {
     /// The names in the pool registry (`<ns>:pools`), sorted. One command.
-    pub async fn pool_names(&self) -> Result<Vec<String>> {
+    pub async fn pool_names(&self) -> Result<Vec<PoolName>> {
         let mut conn = self.conn().await?;
         let names: Vec<String> = redis::cmd("ZRANGE")
             .arg(self.keys.pools())
@@ -52,21 +52,21 @@ impl RedisStorage {
             .map_err(redis_err("cannot read the pool registry"))?;
         Ok(names
             .into_iter()
-            .filter(|n| validate_pool_name(n).is_ok())
+            .filter_map(|n| PoolName::new(&n).ok())
             .collect())
     }
 
     /// Expires at most `batch` due leases of one pool in one script call (so Redis
     /// is never blocked for long) and gives their slots back, each exactly once even
     /// when several sweepers run at the same time.
-    pub async fn cleanup_batch(&self, pool: &str, batch: u32) -> Result<CleanupBatch> {
-        validate_pool_name(pool)?;
+    pub async fn cleanup_batch(&self, pool: impl IntoPoolName, batch: u32) -> Result<CleanupBatch> {
+        let pool = pool.into_pool_name()?;
         if batch == 0 || batch > 100_000 {
             return Err(Error::InvalidArgument(
                 "cleanup batch size must be in 1..=100000".into(),
             ));
         }
-        let pk = self.keys.pool(pool);
+        let pk = self.keys.pool(&pool);
         let mut conn = self.conn().await?;
         let (reclaimed, more) = ops::cleanup::run(&mut conn, &pk, batch).await?;
         if reclaimed > 0 {
@@ -87,14 +87,14 @@ impl RedisStorage {
     ///    the pages were read) is recounted atomically from the whole live set,
     ///    O(L) per call of up to 1,000 proxies, and repaired only if the count
     ///    is wrong there too.
-    pub async fn audit_pool(&self, pool: &str, batch: u32) -> Result<Vec<CounterFix>> {
-        validate_pool_name(pool)?;
+    pub async fn audit_pool(&self, pool: impl IntoPoolName, batch: u32) -> Result<Vec<CounterFix>> {
+        let pool = pool.into_pool_name()?;
         if batch == 0 || batch > 10_000 {
             return Err(Error::InvalidArgument(
                 "audit batch size must be in 1..=10000".into(),
             ));
         }
-        let pk = self.keys.pool(pool);
+        let pk = self.keys.pool(&pool);
         let mut conn = self.conn().await?;
         let fix = |(proxy_id, recorded, actual): (Uuid, i64, i64)| CounterFix {
             pool: pool.to_string(),

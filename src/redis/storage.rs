@@ -14,7 +14,7 @@ use crate::consumer::Consumer;
 use crate::error::{BackendErrorKind, Error, LostReason, Result};
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
-use crate::names::{validate_consumer_name, validate_pool_name};
+use crate::names::{validate_pool_name, ConsumerName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::stats::PoolStats;
@@ -411,7 +411,7 @@ impl RedisStorage {
                 .map_err(redis_err("cannot read the consumer"))?;
         if pool_id.is_none() || removing.is_some() {
             return Err(Error::PoolNotFound {
-                name: request.pool_name.clone(),
+                name: request.pool_name.to_string(),
             });
         }
         match id {
@@ -424,7 +424,7 @@ impl RedisStorage {
                 self.ensure_consumer_on(conn, &request.consumer_name).await
             }
             None => Err(Error::ConsumerNotFound {
-                name: request.consumer_name.clone(),
+                name: request.consumer_name.to_string(),
             }),
         }
     }
@@ -530,7 +530,7 @@ impl RedisStorage {
                 for ((_, members), values) in chunk.iter().zip(got) {
                     for (id, v) in members.iter().zip(values) {
                         if v.is_some() {
-                            found.insert(*id, pool.clone());
+                            found.insert(*id, pool.to_string());
                         }
                     }
                 }
@@ -820,7 +820,7 @@ impl RedisStorage {
                 order.parse().unwrap_or(crate::pool::IndexOrder::Latency),
             )),
             acquire::AcquireReply::PoolNotFound => Err(Error::PoolNotFound {
-                name: request.pool_name.clone(),
+                name: request.pool_name.to_string(),
             }),
             acquire::AcquireReply::Schema(found) => Err(schema_error(&request.pool_name, found)),
         }
@@ -848,7 +848,9 @@ impl AdminStorage for RedisStorage {
             .await
             .map_err(redis_err("cannot read the pool registry"))?;
         if exists {
-            return Err(Error::PoolAlreadyExists { name: pool.name });
+            return Err(Error::PoolAlreadyExists {
+                name: pool.name.to_string(),
+            });
         }
         if owner.is_some() {
             return Err(Error::InvalidArgument(format!(
@@ -857,7 +859,9 @@ impl AdminStorage for RedisStorage {
             )));
         }
         if !ops::pool_create::run(&mut conn, &pk, &pool).await? {
-            return Err(Error::PoolAlreadyExists { name: pool.name });
+            return Err(Error::PoolAlreadyExists {
+                name: pool.name.to_string(),
+            });
         }
         redis::pipe()
             .hset(self.keys.pool_ids(), pool.id.to_string(), &pool.name)
@@ -870,8 +874,7 @@ impl AdminStorage for RedisStorage {
         Ok(pool)
     }
 
-    async fn get_pool(&self, name: &str) -> Result<Option<ProxyPool>> {
-        validate_pool_name(name)?;
+    async fn get_pool(&self, name: &PoolName) -> Result<Option<ProxyPool>> {
         let mut conn = self.conn().await?;
         let h: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.pool(name).meta())
@@ -909,9 +912,9 @@ impl AdminStorage for RedisStorage {
         let mut conn = self.conn().await?;
         match ops::pool_update::run(&mut conn, &pk, &pool).await? {
             ops::pool_update::PoolUpdateReply::Ok => Ok(pool),
-            ops::pool_update::PoolUpdateReply::NotFound => {
-                Err(Error::PoolNotFound { name: pool.name })
-            }
+            ops::pool_update::PoolUpdateReply::NotFound => Err(Error::PoolNotFound {
+                name: pool.name.to_string(),
+            }),
             ops::pool_update::PoolUpdateReply::IdMismatch(id) => Err(Error::InvalidArgument(
                 format!("pool {:?} has id {id}, not {}", pool.name, pool.id),
             )),
@@ -921,8 +924,7 @@ impl AdminStorage for RedisStorage {
         }
     }
 
-    async fn remove_pool(&self, name: &str) -> Result<bool> {
-        validate_pool_name(name)?;
+    async fn remove_pool(&self, name: &PoolName) -> Result<bool> {
         let pk = self.keys.pool(name);
         let mut conn = self.conn().await?;
         let mut start = true;
@@ -1036,7 +1038,7 @@ impl AdminStorage for RedisStorage {
         Ok(None)
     }
 
-    async fn list_proxies(&self, pool_name: &str) -> Result<Vec<Proxy>> {
+    async fn list_proxies(&self, pool_name: &PoolName) -> Result<Vec<Proxy>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
         self.reclaim_for_reading(&mut conn, &pk).await?;
@@ -1067,18 +1069,16 @@ impl AdminStorage for RedisStorage {
         Ok(out.into_iter().map(|(_, p)| p).collect())
     }
 
-    async fn ensure_consumer(&self, name: &str) -> Result<Consumer> {
-        validate_consumer_name(name)?;
+    async fn ensure_consumer(&self, name: &ConsumerName) -> Result<Consumer> {
         let mut conn = self.conn().await?;
         let id = self.ensure_consumer_on(&mut conn, name).await?;
         Ok(Consumer {
             id,
-            name: name.to_string(),
+            name: name.clone(),
         })
     }
 
-    async fn get_consumer(&self, name: &str) -> Result<Option<Consumer>> {
-        validate_consumer_name(name)?;
+    async fn get_consumer(&self, name: &ConsumerName) -> Result<Option<Consumer>> {
         let mut conn = self.conn().await?;
         let id: Option<String> = redis::cmd("HGET")
             .arg(self.keys.consumers())
@@ -1089,7 +1089,7 @@ impl AdminStorage for RedisStorage {
         id.map(|id| {
             Ok(Consumer {
                 id: parse_uuid(&id)?,
-                name: name.to_string(),
+                name: name.clone(),
             })
         })
         .transpose()
@@ -1107,7 +1107,8 @@ impl AdminStorage for RedisStorage {
             .map(|(name, id)| {
                 Ok(Consumer {
                     id: parse_uuid(&id)?,
-                    name,
+                    name: ConsumerName::try_from(name)
+                        .map_err(|e| corrupt(format!("consumer list: {e}")))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1234,8 +1235,7 @@ impl LeaseStorage for RedisStorage {
         self.releases.submit(&lease.pool_name, token).await
     }
 
-    async fn get_lease(&self, pool_name: &str, lease_id: Uuid) -> Result<Option<Lease>> {
-        validate_pool_name(pool_name)?;
+    async fn get_lease(&self, pool_name: &PoolName, lease_id: Uuid) -> Result<Option<Lease>> {
         match keys::token_of(lease_id) {
             Some(token) => self.lease_by_token(pool_name, token).await,
             None => {
@@ -1246,7 +1246,7 @@ impl LeaseStorage for RedisStorage {
         }
     }
 
-    async fn list_leases(&self, pool_name: &str) -> Result<Vec<Lease>> {
+    async fn list_leases(&self, pool_name: &PoolName) -> Result<Vec<Lease>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
         self.reclaim_for_reading(&mut conn, &pk).await?;
@@ -1306,8 +1306,7 @@ impl LeaseStorage for RedisStorage {
         Ok(total)
     }
 
-    async fn pool_stats(&self, pool_name: &str) -> Result<PoolStats> {
-        validate_pool_name(pool_name)?;
+    async fn pool_stats(&self, pool_name: &PoolName) -> Result<PoolStats> {
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
         self.reclaim_for_reading(&mut conn, &pk).await?;
@@ -1316,7 +1315,7 @@ impl LeaseStorage for RedisStorage {
 
     async fn subscribe_freed(
         &self,
-        pool_name: &str,
+        pool_name: &PoolName,
     ) -> Result<tokio::sync::broadcast::Receiver<()>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
@@ -1324,15 +1323,14 @@ impl LeaseStorage for RedisStorage {
         Ok(self.notifier.subscribe(pk.freed()).await)
     }
 
-    async fn announce_waiter(&self, pool_name: &str, wait: std::time::Duration) -> Result<()> {
-        validate_pool_name(pool_name)?;
+    async fn announce_waiter(&self, pool_name: &PoolName, wait: std::time::Duration) -> Result<()> {
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
         ops::wait::run(&mut conn, &pk, wait).await?;
         Ok(())
     }
 
-    async fn next_expiry(&self, pool_name: &str) -> Result<Option<std::time::Duration>> {
+    async fn next_expiry(&self, pool_name: &PoolName) -> Result<Option<std::time::Duration>> {
         let mut conn = self.conn().await?;
         let pk = self.require_pool(&mut conn, pool_name).await?;
         type Next = ((i64, i64), Vec<(String, f64)>, Vec<(String, f64)>);
@@ -1391,7 +1389,7 @@ impl LeaseStorage for RedisStorage {
 
 impl RedisStorage {
     /// A lease record of this pool by its token (see [`LeaseStorage::get_lease`]).
-    async fn lease_by_token(&self, pool_name: &str, token: u64) -> Result<Option<Lease>> {
+    async fn lease_by_token(&self, pool_name: &PoolName, token: u64) -> Result<Option<Lease>> {
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
         match lease_read::get(&mut conn, &pk, token).await? {
@@ -1426,10 +1424,10 @@ impl RedisStorage {
 }
 
 /// A pool known by its id and name only (for building leases).
-fn pool_ref(id: Uuid, name: &str) -> ProxyPool {
+fn pool_ref(id: Uuid, name: &PoolName) -> ProxyPool {
     ProxyPool {
         id,
-        name: name.to_string(),
+        name: name.clone(),
         description: None,
         indexes: crate::pool::PoolIndexes::default(),
     }

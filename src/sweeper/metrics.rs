@@ -246,8 +246,8 @@ impl Metrics {
 
     /// Forgets the pools that no longer exist: their gauges are no longer set,
     /// and the exporter drops them after its idle timeout.
-    pub fn retain_pools(&self, live: &[String]) {
-        self.with(|s| s.status.pools.retain(|p, _| live.contains(p)));
+    pub fn retain_pools(&self, live: &[crate::names::PoolName]) {
+        self.with(|s| s.status.pools.retain(|p, _| live.iter().any(|l| l == p)));
     }
 
     /// Records a failed sweep (Redis unreachable or erroring).

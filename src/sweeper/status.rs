@@ -92,7 +92,7 @@ async fn read(sweeper: &Sweeper, view: &mut View) -> crate::Result<()> {
             .map(|p| p.max_concurrency.map(u64::from))
             .sum::<Option<u64>>();
         view.pools.push(PoolView {
-            name: name.clone(),
+            name: name.to_string(),
             proxies: proxies.len(),
             active: active.len(),
             slots,
@@ -105,7 +105,7 @@ async fn read(sweeper: &Sweeper, view: &mut View) -> crate::Result<()> {
                 .filter(|p| {
                     p.status != ProxyStatus::Active || p.cooldown_until.is_some_and(|t| t > now)
                 })
-                .map(|p| (name.clone(), p)),
+                .map(|p| (name.to_string(), p)),
         );
         view.leases.extend(leases);
     }

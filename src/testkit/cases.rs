@@ -14,6 +14,7 @@ use crate::filters::ProxyFilters;
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome};
 use crate::manager::{AcquireOptions, ProxyManager};
+use crate::names::{ConsumerName, PoolName};
 use crate::pool::{IndexOrder, IndexedAttribute, PoolIndexes, ProxyPool};
 use crate::proxy::{Proxy, ProxyBuilder, ProxyProtocol, ProxyStatus};
 use crate::selector::SelectorStrategy;
@@ -21,6 +22,16 @@ use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage, Storage};
 
 const POOL: &str = "latam-residential";
+
+/// A pool name the suite knows to be valid.
+fn pn(name: &str) -> PoolName {
+    PoolName::new(name).expect("the suite's pool names are valid")
+}
+
+/// A consumer name the suite knows to be valid.
+fn cn(name: &str) -> ConsumerName {
+    ConsumerName::new(name).expect("the suite's consumer names are valid")
+}
 
 /// A manager over a fresh storage with one empty pool named `latam-residential`
 /// with the default indexes and the latency order (so every selector works;
@@ -50,7 +61,7 @@ async fn setup_with<H: Harness>(
         .expect("create_pool");
     manager
         .storage()
-        .ensure_consumer("worker-1")
+        .ensure_consumer(&cn("worker-1"))
         .await
         .expect("ensure_consumer");
     (manager, pool)
@@ -86,7 +97,7 @@ async fn take_some<S: Storage>(m: &ProxyManager<S>, options: AcquireOptions) -> 
 }
 
 async fn stats<S: Storage>(m: &ProxyManager<S>) -> PoolStats {
-    m.storage().pool_stats(POOL).await.expect("pool_stats")
+    m.storage().pool_stats(&pn(POOL)).await.expect("pool_stats")
 }
 
 async fn leases_of<S: Storage>(m: &ProxyManager<S>, id: Uuid) -> u32 {
@@ -101,12 +112,15 @@ async fn leases_of<S: Storage>(m: &ProxyManager<S>, id: Uuid) -> u32 {
 /// `ensure_consumer` creates once and then returns the same consumer.
 pub async fn consumer_round_trip<H: Harness>(h: &H) {
     let s = h.storage().await;
-    assert_eq!(s.get_consumer("worker-7").await.unwrap(), None);
-    let a = s.ensure_consumer("worker-7").await.unwrap();
+    assert_eq!(s.get_consumer(&cn("worker-7")).await.unwrap(), None);
+    let a = s.ensure_consumer(&cn("worker-7")).await.unwrap();
     assert_eq!(a.name, "worker-7");
-    let b = s.ensure_consumer("worker-7").await.unwrap();
+    let b = s.ensure_consumer(&cn("worker-7")).await.unwrap();
     assert_eq!(a, b, "ensure_consumer must return the existing consumer");
-    assert_eq!(s.get_consumer("worker-7").await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        s.get_consumer(&cn("worker-7")).await.unwrap(),
+        Some(a.clone())
+    );
     let all = s.list_consumers().await.unwrap();
     assert_eq!(all.iter().filter(|c| c.name == "worker-7").count(), 1);
 }
@@ -120,7 +134,7 @@ pub async fn default_consumer_is_registered<H: Harness>(h: &H) {
         lease.consumer_name,
         ProxyManager::<H::Storage>::DEFAULT_CONSUMER_NAME
     );
-    let c = m.storage().get_consumer("default").await.unwrap();
+    let c = m.storage().get_consumer(&cn("default")).await.unwrap();
     assert_eq!(c.map(|c| c.id), Some(lease.consumer_id));
 }
 
@@ -141,8 +155,8 @@ pub async fn unknown_named_consumer_is_an_error<H: Harness>(h: &H) {
         0,
         "a failed acquire must not count a lease"
     );
-    assert_eq!(m.storage().get_consumer("ghost").await.unwrap(), None);
-    assert!(m.storage().list_leases(POOL).await.unwrap().is_empty());
+    assert_eq!(m.storage().get_consumer(&cn("ghost")).await.unwrap(), None);
+    assert!(m.storage().list_leases(&pn(POOL)).await.unwrap().is_empty());
 }
 
 /// A manager built with `auto_register_consumers` registers unknown consumers.
@@ -160,7 +174,7 @@ pub async fn auto_registered_consumer<H: Harness>(h: &H) {
         .auto_register_consumers(true)
         .build();
     let lease = take_some(&m, AcquireOptions::new().consumer("newcomer")).await;
-    let c = m.storage().get_consumer("newcomer").await.unwrap();
+    let c = m.storage().get_consumer(&cn("newcomer")).await.unwrap();
     assert_eq!(c.map(|c| c.id), Some(lease.consumer_id));
 }
 
@@ -176,11 +190,15 @@ pub async fn unknown_pool_is_an_error<H: Harness>(h: &H) {
         "{err:?}"
     );
     assert_eq!(
-        m.storage().get_consumer("default").await.unwrap(),
+        m.storage().get_consumer(&cn("default")).await.unwrap(),
         None,
         "a failed acquire must not register the default consumer"
     );
-    let err = m.storage().pool_stats("no-such-pool").await.unwrap_err();
+    let err = m
+        .storage()
+        .pool_stats(&pn("no-such-pool"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::PoolNotFound { .. }), "{err:?}");
 }
 
@@ -248,7 +266,7 @@ async fn filter_case<H: Harness>(
             None,
             "the only matching proxy is full: acquire must return None, not another proxy"
         );
-        m.storage().remove_pool(POOL).await.unwrap();
+        m.storage().remove_pool(&pn(POOL)).await.unwrap();
     }
 }
 
@@ -531,7 +549,7 @@ pub async fn release_cycle<H: Harness>(h: &H) {
         assert_eq!(leases_of(&m, p.id).await, 0);
         let rec = m
             .storage()
-            .get_lease(POOL, lease.id)
+            .get_lease(&pn(POOL), lease.id)
             .await
             .unwrap()
             .expect("record kept after release");
@@ -575,7 +593,7 @@ pub async fn release_of_unknown_lease_is_not_found<H: Harness>(h: &H) {
         ReleaseOutcome::NotFound
     );
     let mut elsewhere = real.clone();
-    elsewhere.pool_name = "other-pool".into();
+    elsewhere.pool_name = pn("other-pool");
     assert_eq!(
         m.release_proxy(&elsewhere).await.unwrap(),
         ReleaseOutcome::NotFound
@@ -606,7 +624,7 @@ pub async fn expiry_and_cleanup_count<H: Harness>(h: &H) {
         "cleanup counts each lease once"
     );
     assert_eq!(leases_of(&m, p.id).await, 0);
-    assert!(m.storage().list_leases(POOL).await.unwrap().is_empty());
+    assert!(m.storage().list_leases(&pn(POOL)).await.unwrap().is_empty());
     assert_eq!(stats(&m).await.total_leases, 0);
 }
 
@@ -623,7 +641,7 @@ pub async fn acquire_reclaims_expired_leases<H: Harness>(h: &H) {
     assert_eq!(leases_of(&m, p.id).await, 1);
     let rec = m
         .storage()
-        .get_lease(POOL, old.id)
+        .get_lease(&pn(POOL), old.id)
         .await
         .unwrap()
         .expect("expired record kept for the grace period");
@@ -917,14 +935,14 @@ pub async fn list_and_get_leases<H: Harness>(h: &H) {
     let b = take_some(&m, as_worker()).await;
     let listed: HashSet<Uuid> = m
         .storage()
-        .list_leases(POOL)
+        .list_leases(&pn(POOL))
         .await
         .unwrap()
         .into_iter()
         .map(|l| l.id)
         .collect();
     assert_eq!(listed, HashSet::from([a.id, b.id]));
-    let got = m.storage().get_lease(POOL, a.id).await.unwrap();
+    let got = m.storage().get_lease(&pn(POOL), a.id).await.unwrap();
     assert_eq!(
         got.as_ref().map(|l| (&l.id, &l.proxy, l.status)),
         Some((&a.id, &a.proxy, LeaseStatus::Active))
@@ -932,7 +950,7 @@ pub async fn list_and_get_leases<H: Harness>(h: &H) {
     m.release_proxy(&a).await.unwrap();
     let listed: Vec<Uuid> = m
         .storage()
-        .list_leases(POOL)
+        .list_leases(&pn(POOL))
         .await
         .unwrap()
         .into_iter()
@@ -940,7 +958,10 @@ pub async fn list_and_get_leases<H: Harness>(h: &H) {
         .collect();
     assert_eq!(listed, vec![b.id]);
     assert_eq!(
-        m.storage().get_lease(POOL, Uuid::new_v4()).await.unwrap(),
+        m.storage()
+            .get_lease(&pn(POOL), Uuid::new_v4())
+            .await
+            .unwrap(),
         None
     );
 }
@@ -1009,9 +1030,9 @@ pub async fn remove_proxy_and_pool<H: Harness>(h: &H) {
     );
     assert_eq!(stats(&m).await.total_proxies, 1);
     assert_eq!(take_some(&m, as_worker()).await.proxy_id, q.id);
-    assert!(m.storage().remove_pool(POOL).await.unwrap());
-    assert!(!m.storage().remove_pool(POOL).await.unwrap());
-    assert_eq!(m.storage().get_pool(POOL).await.unwrap(), None);
+    assert!(m.storage().remove_pool(&pn(POOL)).await.unwrap());
+    assert!(!m.storage().remove_pool(&pn(POOL)).await.unwrap());
+    assert_eq!(m.storage().get_pool(&pn(POOL)).await.unwrap(), None);
     assert_eq!(m.storage().get_proxy(q.id).await.unwrap(), None);
     assert!(matches!(
         m.acquire_proxy(POOL, as_worker()).await,
@@ -1022,7 +1043,12 @@ pub async fn remove_proxy_and_pool<H: Harness>(h: &H) {
         .create_pool(ProxyPool::new(POOL).unwrap())
         .await
         .unwrap();
-    assert!(m.storage().list_proxies(POOL).await.unwrap().is_empty());
+    assert!(m
+        .storage()
+        .list_proxies(&pn(POOL))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Bad pool names are rejected before anything is written.
@@ -1046,17 +1072,15 @@ pub async fn bad_pool_name_is_rejected<H: Harness>(h: &H) {
             ),
             "{bad:?}"
         );
-        let forged = ProxyPool {
-            id: Uuid::new_v4(),
-            name: bad.to_string(),
-            description: None,
-            indexes: crate::pool::PoolIndexes::default(),
-        };
+        // No pool with a bad name reaches a storage: it cannot be built,
+        // not even by deserializing one.
+        let forged = serde_json::json!({
+            "id": Uuid::new_v4(),
+            "name": bad,
+            "description": null,
+        });
         assert!(
-            matches!(
-                m.storage().create_pool(forged).await,
-                Err(Error::InvalidName { .. })
-            ),
+            serde_json::from_value::<ProxyPool>(forged).is_err(),
             "{bad:?}"
         );
         let err = m
@@ -1069,7 +1093,10 @@ pub async fn bad_pool_name_is_rejected<H: Harness>(h: &H) {
         );
     }
     assert_eq!(m.storage().list_pools().await.unwrap().len(), 1);
-    assert_eq!(m.storage().get_consumer("default").await.unwrap(), None);
+    assert_eq!(
+        m.storage().get_consumer(&cn("default")).await.unwrap(),
+        None
+    );
 }
 
 /// Bad consumer names are rejected before anything is written.
@@ -1093,8 +1120,11 @@ pub async fn bad_consumer_name_is_rejected<H: Harness>(h: &H) {
             "{bad:?}: {err:?}"
         );
         assert!(matches!(
-            m.storage().ensure_consumer(bad).await,
-            Err(Error::InvalidName { .. })
+            ConsumerName::new(bad),
+            Err(Error::InvalidName {
+                kind: "consumer",
+                ..
+            })
         ));
     }
     assert_eq!(leases_of(&m, p.id).await, 0);
@@ -1119,7 +1149,7 @@ pub async fn bad_duration_is_rejected<H: Harness>(h: &H) {
             matches!(err, Error::InvalidDuration { .. }),
             "{d:?}: {err:?}"
         );
-        let req = AcquireRequest::new(POOL, "worker-1", d);
+        let req = AcquireRequest::new(POOL, "worker-1", d).expect("valid names");
         assert!(matches!(
             m.storage().acquire(&req).await,
             Err(Error::InvalidDuration { .. })
@@ -1171,7 +1201,9 @@ pub async fn bad_filters_are_rejected<H: Harness>(h: &H) {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::InvalidFilter(_)), "{f:?}: {err:?}");
-        let req = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(1)).with_filters(f);
+        let req = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(1))
+            .expect("valid names")
+            .with_filters(f);
         assert!(matches!(
             m.storage().acquire(&req).await,
             Err(Error::InvalidFilter(_))
@@ -1275,7 +1307,11 @@ pub async fn bulk_add_is_all_or_nothing<H: Harness>(h: &H) {
         "{err:?}"
     );
     assert!(
-        m.storage().list_proxies(POOL).await.unwrap().is_empty(),
+        m.storage()
+            .list_proxies(&pn(POOL))
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing from a bad batch is stored"
     );
     let mut dup = batch.clone();
@@ -1285,13 +1321,18 @@ pub async fn bulk_add_is_all_or_nothing<H: Harness>(h: &H) {
         m.storage().add_proxies(dup).await,
         Err(Error::ProxyAlreadyExists { .. })
     ));
-    assert!(m.storage().list_proxies(POOL).await.unwrap().is_empty());
+    assert!(m
+        .storage()
+        .list_proxies(&pn(POOL))
+        .await
+        .unwrap()
+        .is_empty());
     batch[3].port = 8080;
     let added = m.storage().add_proxies(batch.clone()).await.unwrap();
     assert_eq!(added.len(), 5);
     let listed: Vec<Uuid> = m
         .storage()
-        .list_proxies(POOL)
+        .list_proxies(&pn(POOL))
         .await
         .unwrap()
         .into_iter()
@@ -1358,7 +1399,7 @@ pub async fn fencing_tokens_strictly_increase<H: Harness>(h: &H) {
     }
     let listed = m
         .storage()
-        .get_lease(POOL, take_some(&m, as_worker()).await.id)
+        .get_lease(&pn(POOL), take_some(&m, as_worker()).await.id)
         .await
         .unwrap()
         .unwrap();
@@ -1390,7 +1431,7 @@ pub async fn extend_renews_a_live_lease<H: Harness>(h: &H) {
     assert_eq!(leases_of(&m, p.id).await, 1);
     let rec = m
         .storage()
-        .get_lease(POOL, lease.id)
+        .get_lease(&pn(POOL), lease.id)
         .await
         .unwrap()
         .unwrap();
@@ -2153,7 +2194,7 @@ pub async fn pools_keep_their_declared_indexes<H: Harness>(h: &H) {
         .attribute(IndexedAttribute::Asn)
         .order(IndexOrder::Sequence);
     let (m, pool) = setup_with(h, indexes.clone()).await;
-    let stored = m.storage().get_pool(POOL).await.unwrap().unwrap();
+    let stored = m.storage().get_pool(&pn(POOL)).await.unwrap().unwrap();
     assert_eq!(stored.indexes, indexes);
     let mut changed = stored.clone();
     changed.indexes = PoolIndexes::default();
@@ -2250,6 +2291,6 @@ pub async fn undeclared_indexes_select_the_same<H: Harness>(h: &H) {
         let s = stats(&m).await;
         assert_eq!(s.total_leases, 8, "{indexes:?}: {s:?}");
         assert_eq!(s.available_proxies, 2, "{indexes:?}: {s:?}");
-        m.storage().remove_pool(POOL).await.unwrap();
+        m.storage().remove_pool(&pn(POOL)).await.unwrap();
     }
 }

@@ -13,7 +13,7 @@ macro_rules! delegate_admin_storage {
             }
             async fn get_pool(
                 &self,
-                name: &str,
+                name: &lighthouse_lease::PoolName,
             ) -> lighthouse_lease::Result<Option<lighthouse_lease::ProxyPool>> {
                 self.inner.get_pool(name).await
             }
@@ -28,7 +28,10 @@ macro_rules! delegate_admin_storage {
             ) -> lighthouse_lease::Result<lighthouse_lease::ProxyPool> {
                 self.inner.update_pool(pool).await
             }
-            async fn remove_pool(&self, name: &str) -> lighthouse_lease::Result<bool> {
+            async fn remove_pool(
+                &self,
+                name: &lighthouse_lease::PoolName,
+            ) -> lighthouse_lease::Result<bool> {
                 self.inner.remove_pool(name).await
             }
             async fn add_proxy(
@@ -67,19 +70,19 @@ macro_rules! delegate_admin_storage {
             }
             async fn list_proxies(
                 &self,
-                pool: &str,
+                pool: &lighthouse_lease::PoolName,
             ) -> lighthouse_lease::Result<Vec<lighthouse_lease::Proxy>> {
                 self.inner.list_proxies(pool).await
             }
             async fn ensure_consumer(
                 &self,
-                name: &str,
+                name: &lighthouse_lease::ConsumerName,
             ) -> lighthouse_lease::Result<lighthouse_lease::Consumer> {
                 self.inner.ensure_consumer(name).await
             }
             async fn get_consumer(
                 &self,
-                name: &str,
+                name: &lighthouse_lease::ConsumerName,
             ) -> lighthouse_lease::Result<Option<lighthouse_lease::Consumer>> {
                 self.inner.get_consumer(name).await
             }

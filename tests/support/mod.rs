@@ -360,3 +360,13 @@ pub async fn live_lease_records(
         .map(|(k, _)| k)
         .collect()
 }
+
+/// A pool name the test knows to be valid.
+pub fn pn(name: &str) -> lighthouse_lease::PoolName {
+    lighthouse_lease::PoolName::new(name).expect("a valid pool name")
+}
+
+/// A consumer name the test knows to be valid.
+pub fn cn(name: &str) -> lighthouse_lease::ConsumerName {
+    lighthouse_lease::ConsumerName::new(name).expect("a valid consumer name")
+}

@@ -52,7 +52,7 @@ impl AcquireItem {
             codec::filter_json(&request.filters)
         };
         Ok(AcquireItem {
-            consumer: request.consumer_name.clone(),
+            consumer: request.consumer_name.to_string(),
             duration_ms,
             ttl_ms: duration_ms + grace_ms,
             selector: request.selector.as_str(),

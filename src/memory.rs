@@ -52,8 +52,8 @@ mod records;
 /// every acquire (`options.clone()`).
 ///
 /// A lease's record is kept for the record grace after it finished (see
-/// [`InMemoryStorage::with_record_grace`]), in a ring in grant order: about
-/// 90 bytes per lease, so memory grows with the lease rate times the grace.
+/// [`InMemoryStorage::with_record_grace`]), in a ring in grant order: 64
+/// bytes per lease, so memory grows with the lease rate times the grace.
 ///
 /// # Time
 ///
@@ -101,6 +101,9 @@ impl InMemoryStorage {
     #[must_use]
     pub fn with_record_grace(mut self, grace: Duration) -> Self {
         self.grace = to_nanos(grace);
+        for ps in self.lock().pools.values_mut() {
+            ps.leases.set_grace(self.grace);
+        }
         self
     }
 
@@ -175,6 +178,10 @@ struct State {
     /// them by position), and their positions by name.
     consumer_list: Vec<Consumer>,
     consumers: FastMap<ConsumerName, u32>,
+    /// The name an acquire asked for last and its position: the next acquire
+    /// of a worker brings a clone of the same name (its options'), found by
+    /// identity instead of by hashing it.
+    last_consumer: Option<(ConsumerName, u32)>,
     rng: fastrand::Rng,
 }
 
@@ -187,6 +194,7 @@ impl Default for State {
             proxy_pools: fast_map(),
             consumer_list: Vec::new(),
             consumers: fast_map(),
+            last_consumer: None,
             rng: fastrand::Rng::new(),
         }
     }
@@ -386,7 +394,7 @@ struct FilterPlan {
 }
 
 impl PoolState {
-    fn new(pool: ProxyPool) -> Self {
+    fn new(pool: ProxyPool, grace: Nanos) -> Self {
         PoolState {
             pool,
             next_seq: 0,
@@ -394,7 +402,7 @@ impl PoolState {
             seqs: fast_map(),
             index_ids: std::array::from_fn(|_| fast_map()),
             indexes: vec![AvailIndex::default()],
-            leases: Records::default(),
+            leases: Records::new(grace),
             live: Expiries::default(),
             rr_cursor: None,
             stats: PoolStats::default(),
@@ -632,7 +640,7 @@ impl PoolState {
                 self.live.stale = self.live.stale.saturating_sub(1);
             }
         }
-        self.purge(now, grace);
+        self.purge(now);
         n
     }
 
@@ -647,7 +655,7 @@ impl PoolState {
         }
         lease.status = status;
         if status == LeaseStatus::Released {
-            lease.released_at = Some(now);
+            lease.released_at = now;
         }
         let (proxy_seq, expires_at) = (lease.proxy_seq, lease.expires_at);
         // Kept for `grace` after it finished: released now, or expired at its expiry.
@@ -656,18 +664,16 @@ impl PoolState {
         } else {
             expires_at
         };
-        let gone_at = finished_at.saturating_add(grace);
-        lease.gone_at = Some(gone_at);
-        self.leases.finished(id, gone_at);
+        self.leases.finished(id, finished_at.saturating_add(grace));
         self.change_proxy(proxy_seq, |p| {
             p.current_leases = p.current_leases.saturating_sub(1)
         });
     }
 
     /// Drops the records whose grace is over, and their request ids.
-    fn purge(&mut self, now: Nanos, grace: Nanos) {
+    fn purge(&mut self, now: Nanos) {
         let (requests, request_of) = (&mut self.requests, &mut self.request_of);
-        self.leases.purge(now, grace, |id| {
+        self.leases.purge(now, |id| {
             if !request_of.is_empty() {
                 if let Some(request) = request_of.remove(&id) {
                     requests.remove(&request);
@@ -692,7 +698,7 @@ impl PoolState {
             status: r.status,
             acquired_at: to_time(r.acquired_at),
             expires_at: to_time(r.expires_at),
-            released_at: r.released_at.map(to_time),
+            released_at: (r.status == LeaseStatus::Released).then(|| to_time(r.released_at)),
             proxy: Arc::clone(&entry.endpoint),
             fencing_token: r.fencing_token,
         })
@@ -735,27 +741,30 @@ impl PoolState {
     /// on the way that are behind their counts are brought up to date (they
     /// move later in the order) and the walk goes on from where it was.
     fn least_used(&mut self, at: IndexId, ok: impl Fn(&Proxy) -> bool) -> Option<u64> {
-        let mut from = (0, 0);
+        // The first proxy in `keys` that is behind or passes `ok`.
+        fn first<'a>(
+            mut keys: impl Iterator<Item = &'a (u32, u64)>,
+            proxies: &FastMap<u64, Entry>,
+            ok: &impl Fn(&Proxy) -> bool,
+        ) -> Option<((u32, u64), bool)> {
+            keys.find_map(|&(key, seq)| match proxies.get(&seq) {
+                Some(e) if e.proxy.current_leases != key => Some(((key, seq), true)),
+                Some(e) if ok(&e.proxy) => Some(((key, seq), false)),
+                _ => None,
+            })
+        }
+        let mut from = None;
         loop {
             let idx = self.indexes.get(at)?;
-            let mut behind = None;
-            let found =
-                idx.by_load
-                    .range(from..)
-                    .find(|&&(key, seq)| match self.proxies.get(&seq) {
-                        Some(e) if e.proxy.current_leases != key => {
-                            behind = Some((key, seq));
-                            true
-                        }
-                        Some(e) => ok(&e.proxy),
-                        None => false,
-                    });
-            let &(_, seq) = found?;
-            match behind {
-                None => return Some(seq),
-                Some(entry) => {
-                    self.refresh_load_key(seq);
-                    from = entry;
+            let found = match from {
+                None => first(idx.by_load.iter(), &self.proxies, &ok),
+                Some(from) => first(idx.by_load.range(from..), &self.proxies, &ok),
+            };
+            match found? {
+                ((_, seq), false) => return Some(seq),
+                (entry, true) => {
+                    self.refresh_load_key(entry.1);
+                    from = Some(entry);
                 }
             }
         }
@@ -999,7 +1008,7 @@ impl AdminStorage for InMemoryStorage {
         }
         st.pool_names.insert(pool.id, pool.name.clone());
         st.pools
-            .insert(pool.name.clone(), PoolState::new(pool.clone()));
+            .insert(pool.name.clone(), PoolState::new(pool.clone(), self.grace));
         Ok(pool)
     }
 
@@ -1191,6 +1200,7 @@ impl LeaseStorage for InMemoryStorage {
             pools,
             consumers,
             consumer_list,
+            last_consumer,
             rng,
             ..
         } = &mut *guard;
@@ -1202,16 +1212,27 @@ impl LeaseStorage for InMemoryStorage {
         ps.pool
             .indexes
             .check_selector(&request.pool_name, request.selector)?;
-        let Some(consumer) = consumer_at(
-            consumers,
-            consumer_list,
-            &request.consumer_name,
-            request.register_consumer,
-        )?
-        else {
-            return Err(Error::ConsumerNotFound {
-                name: request.consumer_name.to_string(),
-            });
+        let known = last_consumer
+            .as_ref()
+            .filter(|(name, _)| name.same_text(&request.consumer_name))
+            .map(|&(_, at)| at);
+        let consumer = match known {
+            Some(at) => at,
+            None => {
+                let Some(at) = consumer_at(
+                    consumers,
+                    consumer_list,
+                    &request.consumer_name,
+                    request.register_consumer,
+                )?
+                else {
+                    return Err(Error::ConsumerNotFound {
+                        name: request.consumer_name.to_string(),
+                    });
+                };
+                *last_consumer = Some((request.consumer_name.clone(), at));
+                at
+            }
         };
         let holder = usize::try_from(consumer)
             .ok()
@@ -1262,9 +1283,8 @@ impl LeaseStorage for InMemoryStorage {
                 status: LeaseStatus::Active,
                 acquired_at: now,
                 expires_at,
-                released_at: None,
+                released_at: 0,
                 fencing_token: lease.fencing_token,
-                gone_at: None,
             },
         );
         if let Some(request_id) = &request.request_id {
@@ -1280,7 +1300,7 @@ impl LeaseStorage for InMemoryStorage {
         let Some(ps) = st.pools.get_mut(&lease.pool_name) else {
             return Ok(ReleaseOutcome::NotFound);
         };
-        ps.purge(now, self.grace);
+        ps.purge(now);
         let Some(record) = ps.leases.get(lease.id, now) else {
             return Ok(ReleaseOutcome::NotFound);
         };

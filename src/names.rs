@@ -49,6 +49,11 @@ fn shown(name: &str) -> String {
     name.chars().take(80).collect()
 }
 
+/// Whether a byte may appear in a pool name.
+fn pool_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
 /// Checks a pool name against the rules above.
 ///
 /// ```
@@ -71,11 +76,10 @@ pub fn validate_pool_name(name: &str) -> Result<()> {
             "it is longer than {MAX_POOL_NAME_LEN} bytes"
         )));
     }
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    if !name.bytes().all(allowed) {
+    if !name.bytes().all(pool_name_byte) {
         let c = name
             .chars()
-            .find(|&c| !u8::try_from(c).is_ok_and(allowed))
+            .find(|&c| !u8::try_from(c).is_ok_and(pool_name_byte))
             .unwrap_or(char::REPLACEMENT_CHARACTER);
         return Err(fail(&format!(
             "character {c:?} is not allowed (use ASCII letters, digits, '-', '_' and '.')"
@@ -140,9 +144,18 @@ impl PoolName {
     /// Checks `name` and keeps it. Fails with [`Error::InvalidName`] (kind
     /// `"pool"`) when it breaks the naming rules.
     pub fn new(name: &str) -> Result<PoolName> {
-        validate_pool_name(name)?;
+        // Checked and copied in one pass; the rest stays zero (equality
+        // compares whole arrays). `validate_pool_name` words the error.
         let mut bytes = [0; MAX_POOL_NAME_LEN];
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        let fits = !name.is_empty()
+            && name.len() <= MAX_POOL_NAME_LEN
+            && name.bytes().zip(bytes.iter_mut()).all(|(b, slot)| {
+                *slot = b;
+                pool_name_byte(b)
+            });
+        if !fits {
+            validate_pool_name(name)?;
+        }
         Ok(PoolName {
             // At most MAX_POOL_NAME_LEN (64), checked above.
             len: u8::try_from(name.len()).unwrap_or(u8::MAX),
@@ -175,9 +188,10 @@ impl AsRef<str> for PoolName {
     }
 }
 
+/// Whole arrays (past the name they are zero), which compare without a call.
 impl PartialEq for PoolName {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.len == other.len && self.bytes == other.bytes
     }
 }
 
@@ -315,6 +329,12 @@ impl ConsumerName {
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether both share the same text (are clones of one name): then they
+    /// are equal, whatever else may be.
+    pub(crate) fn same_text(&self, other: &ConsumerName) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

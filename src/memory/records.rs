@@ -38,22 +38,35 @@ pub(super) struct Record {
     pub(super) status: LeaseStatus,
     pub(super) acquired_at: Nanos,
     pub(super) expires_at: Nanos,
-    pub(super) released_at: Option<Nanos>,
+    /// When it was released (only meant when `status` is `Released`).
+    pub(super) released_at: Nanos,
     pub(super) fencing_token: u64,
-    /// Once finished: when the record is gone (finished + grace).
-    pub(super) gone_at: Option<Nanos>,
 }
 
 impl Record {
+    /// When it finished: released, or expired at its expiry (`None` while live).
+    pub(super) fn finished_at(&self) -> Option<Nanos> {
+        match self.status {
+            LeaseStatus::Active => None,
+            LeaseStatus::Released => Some(self.released_at),
+            LeaseStatus::Expired => Some(self.expires_at),
+        }
+    }
+
+    /// Once finished, when the record is gone: a grace after it finished.
+    fn gone_at(&self, grace: Nanos) -> Option<Nanos> {
+        self.finished_at().map(|at| at.saturating_add(grace))
+    }
+
     /// Whether the record still exists at `now`.
-    fn visible(&self, now: Nanos) -> bool {
-        self.gone_at.is_none_or(|at| at > now)
+    fn visible(&self, now: Nanos, grace: Nanos) -> bool {
+        self.gone_at(grace).is_none_or(|at| at > now)
     }
 
     /// The earliest time the record can be gone: its end, or its expiry plus
     /// `grace` while it is live.
     fn earliest_gone(&self, grace: Nanos) -> Nanos {
-        self.gone_at
+        self.gone_at(grace)
             .unwrap_or(self.expires_at.saturating_add(grace))
     }
 }
@@ -61,6 +74,8 @@ impl Record {
 /// Records by grant order; see the module docs.
 #[derive(Debug, Default)]
 pub(super) struct Records {
+    /// How long a record is kept after its lease finished.
+    grace: Nanos,
     /// The sequence number of `ring[0]`.
     base: u64,
     ring: VecDeque<Option<(Uuid, Record)>>,
@@ -83,6 +98,20 @@ fn seq_of(id: Uuid) -> u64 {
 }
 
 impl Records {
+    /// No records yet; finished ones are kept for `grace`.
+    pub(super) fn new(grace: Nanos) -> Self {
+        Records {
+            grace,
+            ..Records::default()
+        }
+    }
+
+    /// Keeps finished records for `grace` from now on.
+    pub(super) fn set_grace(&mut self, grace: Nanos) {
+        self.grace = grace;
+        self.idle_until = None;
+    }
+
     /// The id for the next record: its sequence number, then random bits from
     /// `rng` (a version-8 UUID, RFC 9562's custom layout). The random bits tell
     /// a forged or stale id from the record's; they are not a secret (in one
@@ -136,21 +165,22 @@ impl Records {
             Some(i) => self.ring[i].as_ref().map(|(_, r)| r),
             None => self.side.get(&id),
         }?;
-        r.visible(now).then_some(r)
+        r.visible(now, self.grace).then_some(r)
     }
 
     /// The record of `id` if it exists at `now`, to change it (see [`Self::finished`]).
     pub(super) fn get_mut(&mut self, id: Uuid, now: Nanos) -> Option<&mut Record> {
         let slot = self.slot(id);
         self.touched(slot);
+        let grace = self.grace;
         let r = match slot {
             Some(i) => self.ring[i].as_mut().map(|(_, r)| r),
             None => self.side.get_mut(&id),
         }?;
-        r.visible(now).then_some(r)
+        r.visible(now, grace).then_some(r)
     }
 
-    /// Call after setting `gone_at` of the record of `id`.
+    /// Call after finishing the record of `id`, with when it is gone.
     pub(super) fn finished(&mut self, id: Uuid, gone_at: Nanos) {
         if self.slot(id).is_none() && self.side.contains_key(&id) {
             self.side_gone.insert((gone_at, id));
@@ -165,7 +195,7 @@ impl Records {
             Some(i) => self.ring[i] = None,
             None => {
                 if let Some(r) = self.side.remove(&id) {
-                    if let Some(at) = r.gone_at {
+                    if let Some(at) = r.gone_at(self.grace) {
                         self.side_gone.remove(&(at, id));
                     }
                 }
@@ -185,20 +215,21 @@ impl Records {
     /// Drops the records gone by `now`, calling `dropped` with each id, and
     /// moves a record that would hold the ring back past `now + grace` to the
     /// side map.
-    pub(super) fn purge(&mut self, now: Nanos, grace: Nanos, mut dropped: impl FnMut(Uuid)) {
+    pub(super) fn purge(&mut self, now: Nanos, mut dropped: impl FnMut(Uuid)) {
+        let grace = self.grace;
         if self.idle_until.is_some_and(|until| now < until) {
             return;
         }
         while let Some(front) = self.ring.front() {
             match front {
-                Some((_, r)) if r.visible(now) => {
+                Some((_, r)) if r.visible(now, grace) => {
                     if self.ring.len() < SIDE_AFTER
                         || r.earliest_gone(grace) <= now.saturating_add(grace)
                     {
                         break;
                     }
                     if let Some(Some((id, r))) = self.ring.pop_front() {
-                        if let Some(at) = r.gone_at {
+                        if let Some(at) = r.gone_at(grace) {
                             self.side_gone.insert((at, id));
                         }
                         self.side.insert(id, r);
@@ -225,7 +256,7 @@ impl Records {
         // Nothing to do until the front's record or the first of the side
         // map is gone (a live front stays until it finishes, which touches it).
         let front = match self.ring.front() {
-            Some(Some((_, r))) => r.gone_at.unwrap_or(Nanos::MAX),
+            Some(Some((_, r))) => r.gone_at(grace).unwrap_or(Nanos::MAX),
             _ => Nanos::MAX,
         };
         let side = self.side_gone.first().map_or(Nanos::MAX, |&(at, _)| at);
@@ -246,15 +277,21 @@ mod tests {
             status: LeaseStatus::Active,
             acquired_at: at,
             expires_at: at + secs * SEC,
-            released_at: None,
+            released_at: 0,
             fencing_token: 1,
-            gone_at: None,
         }
     }
 
     #[test]
+    fn a_kept_record_is_small() {
+        // Every lease's record stays for the grace: its size is the memory
+        // (and the first-touch page faults) a lease costs.
+        assert!(std::mem::size_of::<Option<(Uuid, Record)>>() <= 64);
+    }
+
+    #[test]
     fn ids_carry_their_sequence_and_are_found_by_it() {
-        let mut recs = Records::default();
+        let mut recs = Records::new(60 * SEC);
         let mut rng = fastrand::Rng::with_seed(7);
         let t0 = 1_700_000_000 * SEC;
         let ids: Vec<Uuid> = (0..10)
@@ -278,7 +315,7 @@ mod tests {
     #[test]
     fn finished_records_go_after_their_grace_and_a_long_lease_moves_aside() {
         let grace = 60 * SEC;
-        let mut recs = Records::default();
+        let mut recs = Records::new(60 * SEC);
         let mut rng = fastrand::Rng::with_seed(7);
         let t0 = 1_700_000_000 * SEC;
         let long = recs.next_id(&mut rng);
@@ -294,18 +331,18 @@ mod tests {
         for id in &short {
             let r = recs.get_mut(*id, t1).expect("live");
             r.status = LeaseStatus::Released;
-            r.gone_at = Some(t1 + grace);
+            r.released_at = t1;
             recs.finished(*id, t1 + grace);
         }
         let mut dropped = Vec::new();
-        recs.purge(t1, grace, |id| dropped.push(id));
+        recs.purge(t1, |id| dropped.push(id));
         assert!(dropped.is_empty());
         assert!(recs.get(short[0], t1 + grace - 1_000_000).is_some());
         assert!(
             recs.get(short[0], t1 + grace).is_none(),
             "gone exactly at its end"
         );
-        recs.purge(t1 + grace, grace, |id| dropped.push(id));
+        recs.purge(t1 + grace, |id| dropped.push(id));
         assert_eq!(
             dropped.len(),
             200,
@@ -316,9 +353,10 @@ mod tests {
         // It ends; gone a grace later, from the side map.
         let t2 = t1 + grace;
         let r = recs.get_mut(long, t2).expect("live");
-        r.gone_at = Some(t2 + grace);
+        r.status = LeaseStatus::Released;
+        r.released_at = t2;
         recs.finished(long, t2 + grace);
-        recs.purge(t2 + grace, grace, |id| dropped.push(id));
+        recs.purge(t2 + grace, |id| dropped.push(id));
         assert_eq!(dropped.last(), Some(&long));
         assert!(recs.side.is_empty() && recs.side_gone.is_empty());
     }

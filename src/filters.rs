@@ -194,9 +194,32 @@ impl ProxyFilters {
         self
     }
 
-    /// Whether this filter matches every proxy.
+    /// Whether this filter matches every proxy (no field set).
     pub fn is_empty(&self) -> bool {
-        *self == ProxyFilters::default()
+        let ProxyFilters {
+            country,
+            source,
+            city,
+            isp,
+            asn,
+            latitude,
+            longitude,
+            radius_km,
+            any_of,
+            all_of,
+            none_of,
+        } = self;
+        country.is_none()
+            && source.is_none()
+            && city.is_none()
+            && isp.is_none()
+            && asn.is_none()
+            && latitude.is_none()
+            && longitude.is_none()
+            && radius_km.is_none()
+            && any_of.is_empty()
+            && all_of.is_empty()
+            && none_of.is_empty()
     }
 
     /// Checks the filter (and every nested one): a point needs both coordinates, in

@@ -1,6 +1,7 @@
 //! Leases: who holds which proxy, until when.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -69,8 +70,9 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
     /// When it was released, if it was.
     pub released_at: Option<DateTime<Utc>>,
-    /// How to connect to the leased proxy.
-    pub proxy: ProxyEndpoint,
+    /// How to connect to the leased proxy (shared with the storage and the
+    /// other leases of the proxy: a lease does not copy it).
+    pub proxy: Arc<ProxyEndpoint>,
     /// Fencing token: strictly greater than the token of every lease granted
     /// before it on the same proxy. Pass it to the resources you touch so they can
     /// turn away a holder whose lease was lost ([`crate::fencing::FencingGuard`]).

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 
@@ -20,6 +20,10 @@ use tracing::Instrument;
 
 /// What to ask for in an acquire; every field has a default.
 ///
+/// Cloning is cheap (the consumer name and the filters are shared, not
+/// copied), so a worker can build its options once and pass a clone to every
+/// acquire. The consumer name is checked by the acquire that uses it.
+///
 /// ```
 /// use std::time::Duration;
 /// use lighthouse_lease::{AcquireOptions, ProxyFilters, SelectorStrategy};
@@ -34,11 +38,13 @@ use tracing::Instrument;
 #[must_use]
 pub struct AcquireOptions {
     /// Consumer name; `None` is [`ProxyManager::DEFAULT_CONSUMER_NAME`].
-    pub consumer: Option<String>,
+    /// Checked by the acquire ([`crate::Error::InvalidName`] when bad).
+    pub consumer: Option<Arc<str>>,
     /// Lease length; `None` is the manager's default (300 s unless configured).
     pub duration: Option<Duration>,
-    /// Which proxies qualify (default: all).
-    pub filters: ProxyFilters,
+    /// Which proxies qualify (default: all); shared with the requests made
+    /// from these options.
+    pub filters: Arc<ProxyFilters>,
     /// How to pick; `None` is the manager's default ([`SelectorStrategy::default`] unless configured).
     pub selector: Option<SelectorStrategy>,
     /// Idempotency key; see [`AcquireRequest::request_id`].
@@ -50,8 +56,8 @@ impl AcquireOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Acquire as this consumer.
-    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+    /// Acquire as this consumer (a `&str`, `String` or [`ConsumerName`]).
+    pub fn consumer(mut self, name: impl Into<Arc<str>>) -> Self {
         self.consumer = Some(name.into());
         self
     }
@@ -64,9 +70,9 @@ impl AcquireOptions {
     pub fn duration_seconds(self, secs: u64) -> Self {
         self.duration(Duration::from_secs(secs))
     }
-    /// Filters.
-    pub fn filters(mut self, filters: ProxyFilters) -> Self {
-        self.filters = filters;
+    /// Filters (a [`ProxyFilters`], or one already shared in an `Arc`).
+    pub fn filters(mut self, filters: impl Into<Arc<ProxyFilters>>) -> Self {
+        self.filters = filters.into();
         self
     }
     /// Selector.
@@ -80,6 +86,14 @@ impl AcquireOptions {
         self.request_id = Some(id.into());
         self
     }
+}
+
+/// A call's result once the hooks have seen its events ([`ProxyManager::emit`]).
+enum Emitted<'a, T> {
+    /// No hook asked for stats: here it is.
+    Done(T),
+    /// Reading the stats first; the future gives the result.
+    Reading(std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>),
 }
 
 /// Anything that names a proxy: a [`Lease`], a [`crate::Proxy`] or a proxy id.
@@ -115,6 +129,8 @@ struct Config {
     hooks: Vec<Hook>,
     /// Whether some hook asked for the pool's stats in its events.
     hooks_want_stats: bool,
+    /// [`ProxyManager::DEFAULT_CONSUMER_NAME`], checked once.
+    default_consumer: ConsumerName,
 }
 
 impl std::fmt::Debug for Config {
@@ -284,6 +300,7 @@ impl<S: Storage> ProxyManager<S> {
                 default_selector: SelectorStrategy::default(),
                 hooks: Vec::new(),
                 hooks_want_stats: false,
+                default_consumer: crate::names::default_consumer(),
             },
         }
     }
@@ -299,22 +316,23 @@ impl<S: Storage> ProxyManager<S> {
     }
 
     /// The request for `options`, checked: where names and options enter.
-    fn request(&self, pool_name: PoolName, options: &AcquireOptions) -> Result<AcquireRequest> {
-        let (consumer, register) = match &options.consumer {
+    /// The options are taken apart, not copied.
+    fn request(&self, pool_name: PoolName, options: AcquireOptions) -> Result<AcquireRequest> {
+        let (consumer, register) = match options.consumer {
             Some(name) => (
-                ConsumerName::new(name)?,
+                ConsumerName::try_from(name)?,
                 self.config.auto_register_consumers,
             ),
-            None => (ConsumerName::new(Self::DEFAULT_CONSUMER_NAME)?, true),
+            None => (self.config.default_consumer.clone(), true),
         };
         let request = AcquireRequest {
             pool_name,
             consumer_name: consumer,
             duration: options.duration.unwrap_or(self.config.default_duration),
-            filters: Arc::new(options.filters.clone()),
+            filters: options.filters,
             selector: options.selector.unwrap_or(self.config.default_selector),
             register_consumer: register,
-            request_id: options.request_id.clone(),
+            request_id: options.request_id,
         };
         request.validate()?;
         Ok(request)
@@ -334,62 +352,99 @@ impl<S: Storage> ProxyManager<S> {
     ///
     /// `pool_name` is a [`PoolName`] or a string ([`IntoPoolName`]); a bad one
     /// fails with [`crate::Error::InvalidName`].
-    pub async fn acquire_proxy(
+    pub fn acquire_proxy(
         &self,
         pool_name: impl IntoPoolName,
         options: AcquireOptions,
-    ) -> Result<Option<Lease>> {
-        let request = self.request(pool_name.into_pool_name()?, &options)?;
-        self.acquire_request(&request).await
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send + '_ {
+        // Checked now, so the future holds only the request (not the options
+        // and the name it came from): small futures are cheap to move.
+        let request = pool_name
+            .into_pool_name()
+            .and_then(|pool| self.request(pool, options));
+        self.acquire_request(request)
     }
 
-    async fn acquire_request(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
-        let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
-        let started = Instant::now();
-        let result = self.storage.acquire(request).instrument(span.clone()).await;
-        let took = started.elapsed();
-        let leased = crate::telemetry::leased(&result);
-        span.record("outcome", crate::telemetry::acquire_outcome(leased));
-        self.telemetry.with_pool(&request.pool_name, |m| {
-            m.acquire(leased, took);
-        });
-        if !self.config.hooks.is_empty() {
-            let outcome = match &result {
-                Ok(Some(_)) => LeaseEventOutcome::Acquired,
-                Ok(None) => LeaseEventOutcome::Exhausted,
-                Err(e) => LeaseEventOutcome::Failed(e.to_string()),
+    /// One acquire of a checked request (owned, or borrowed by the retrying
+    /// and waiting loops), as one future: no inner future to move into it.
+    /// (A block, not an `async fn`, whose arguments would be kept twice.)
+    #[allow(clippy::manual_async_fn)]
+    fn acquire_request<'a, R>(
+        &'a self,
+        request: Result<R>,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send + 'a
+    where
+        R: std::borrow::Borrow<AcquireRequest> + Send + 'a,
+    {
+        async move {
+            // Borrowed where it is, not moved into a second place.
+            let request: &AcquireRequest = match request {
+                Ok(ref request) => request.borrow(),
+                Err(e) => return Err(e),
             };
-            let lease = result.as_ref().ok().and_then(Option::as_ref);
-            self.emit(LeaseEvent {
-                kind: LeaseEventKind::Acquire,
-                pool: request.pool_name.clone(),
-                consumer: request.consumer_name.clone(),
-                outcome,
-                elapsed: took,
-                lease_id: lease.map(|l| l.id),
-                proxy_id: lease.map(|l| l.proxy_id),
-                pool_stats: None,
-            })
-            .await;
+            // Everything of the call lives in this block, so the future keeps only
+            // the box of a stats-reading hook across its last await.
+            let with_stats = {
+                let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
+                let started = crate::telemetry::CallTimer::start();
+                let result = self.storage.acquire(request).instrument(span.clone()).await;
+                let took = started.elapsed();
+                let leased = crate::telemetry::leased(&result);
+                span.record("outcome", crate::telemetry::acquire_outcome(leased));
+                self.telemetry.with_pool(&request.pool_name, |m| {
+                    m.acquire(leased, took);
+                });
+                if self.config.hooks.is_empty() {
+                    return result;
+                }
+                let outcome = match &result {
+                    Ok(Some(_)) => LeaseEventOutcome::Acquired,
+                    Ok(None) => LeaseEventOutcome::Exhausted,
+                    Err(e) => LeaseEventOutcome::Failed(e.to_string()),
+                };
+                let lease = result.as_ref().ok().and_then(Option::as_ref);
+                let event = LeaseEvent {
+                    kind: LeaseEventKind::Acquire,
+                    pool: request.pool_name.clone(),
+                    consumer: request.consumer_name.clone(),
+                    outcome,
+                    elapsed: took,
+                    lease_id: lease.map(|l| l.id),
+                    proxy_id: lease.map(|l| l.proxy_id),
+                    pool_stats: None,
+                };
+                match self.emit(vec![event], result) {
+                    Emitted::Done(result) => return result,
+                    Emitted::Reading(with_stats) => with_stats,
+                }
+            };
+            with_stats.await
         }
-        result
     }
 
-    /// Hands `event` to the hooks (with the pool's stats if one asked). Boxed:
-    /// kept out of the callers' futures, which it would otherwise more than
-    /// double in size for managers without hooks.
-    fn emit(
-        &self,
-        mut event: LeaseEvent,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            if self.config.hooks_want_stats {
+    /// Hands `events` to the hooks and gives `result` back: at once, unless a
+    /// hook asked for the pool's stats. That case reads them first, in a boxed
+    /// future that holds `result`: awaiting it keeps only the box in the
+    /// callers' futures, which stay small (and cheap to move) for managers
+    /// without such hooks.
+    fn emit<'a, T: Send + 'a>(&'a self, mut events: Vec<LeaseEvent>, result: T) -> Emitted<'a, T> {
+        if !self.config.hooks_want_stats {
+            for event in &events {
+                for hook in &self.config.hooks {
+                    hook(event);
+                }
+            }
+            return Emitted::Done(result);
+        }
+        Emitted::Reading(Box::pin(async move {
+            for event in &mut events {
                 event.pool_stats = self.storage.pool_stats(&event.pool).await.ok();
+                for hook in &self.config.hooks {
+                    hook(event);
+                }
             }
-            for hook in &self.config.hooks {
-                hook(&event);
-            }
-        })
+            result
+        }))
     }
 
     /// Like [`ProxyManager::acquire_proxy`], but tries again with exponential
@@ -409,13 +464,13 @@ impl<S: Storage> ProxyManager<S> {
         retry: &RetryPolicy,
     ) -> Result<Option<Lease>> {
         retry.validate()?;
-        let mut request = self.request(pool_name.into_pool_name()?, &options)?;
+        let mut request = self.request(pool_name.into_pool_name()?, options)?;
         if request.request_id.is_none() {
             request.request_id = Some(format!("lh-retry-{}", uuid::Uuid::new_v4().simple()));
         }
         let mut attempt = 1;
         loop {
-            let result = self.acquire_request(&request).await;
+            let result = self.acquire_request(Ok(&request)).await;
             let again = match &result {
                 Ok(Some(_)) => false,
                 Ok(None) => true,
@@ -451,7 +506,7 @@ impl<S: Storage> ProxyManager<S> {
     ) -> Result<Option<Lease>> {
         let pool_name = pool_name.into_pool_name()?;
         let span = tracing::debug_span!("lighthouse.wait", pool = %pool_name, outcome = tracing::field::Empty);
-        let started = Instant::now();
+        let started = crate::telemetry::CallTimer::start();
         let result = self
             .wait_for_proxy(&pool_name, options, timeout)
             .instrument(span.clone())
@@ -471,7 +526,7 @@ impl<S: Storage> ProxyManager<S> {
         timeout: Duration,
     ) -> Result<Option<Lease>> {
         const SAFETY_POLL: Duration = Duration::from_secs(5);
-        let request = self.request(pool_name.clone(), &options)?;
+        let request = self.request(pool_name.clone(), options)?;
         let deadline = tokio::time::Instant::now() + timeout;
         // Subscribe before the first attempt, so no release in between is missed.
         let mut freed = self.storage.subscribe_freed(pool_name).await?;
@@ -487,7 +542,7 @@ impl<S: Storage> ProxyManager<S> {
             return Ok(None);
         };
         loop {
-            if let Some(lease) = self.acquire_request(&request).await? {
+            if let Some(lease) = self.acquire_request(Ok(&request)).await? {
                 return Ok(Some(lease));
             }
             let now = tokio::time::Instant::now();
@@ -514,21 +569,25 @@ impl<S: Storage> ProxyManager<S> {
     /// outcome says what happened ([`ReleaseOutcome::Released`] only the first time
     /// for a live lease; `AlreadyReleased`, `Expired` or `NotFound` otherwise).
     pub async fn release_proxy(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let span = tracing::debug_span!("lighthouse.release", pool = %lease.pool_name, outcome = tracing::field::Empty);
-        let started = Instant::now();
-        let result = self.storage.release(lease).instrument(span.clone()).await;
-        let took = started.elapsed();
-        let outcome = result.as_ref().ok().copied();
-        span.record("outcome", crate::telemetry::release_outcome(outcome));
-        self.telemetry.with_pool(&lease.pool_name, |m| {
-            m.release(outcome, Some(took));
-        });
-        if !self.config.hooks.is_empty() {
+        // As in `acquire_request`: only the box is kept across the last await.
+        let with_stats = {
+            let span = tracing::debug_span!("lighthouse.release", pool = %lease.pool_name, outcome = tracing::field::Empty);
+            let started = crate::telemetry::CallTimer::start();
+            let result = self.storage.release(lease).instrument(span.clone()).await;
+            let took = started.elapsed();
+            let outcome = result.as_ref().ok().copied();
+            span.record("outcome", crate::telemetry::release_outcome(outcome));
+            self.telemetry.with_pool(&lease.pool_name, |m| {
+                m.release(outcome, Some(took));
+            });
+            if self.config.hooks.is_empty() {
+                return result;
+            }
             let outcome = match &result {
                 Ok(o) => LeaseEventOutcome::Released(*o),
                 Err(e) => LeaseEventOutcome::Failed(e.to_string()),
             };
-            self.emit(LeaseEvent {
+            let event = LeaseEvent {
                 kind: LeaseEventKind::Release,
                 pool: lease.pool_name.clone(),
                 consumer: lease.consumer_name.clone(),
@@ -537,10 +596,13 @@ impl<S: Storage> ProxyManager<S> {
                 lease_id: Some(lease.id),
                 proxy_id: Some(lease.proxy_id),
                 pool_stats: None,
-            })
-            .await;
-        }
-        result
+            };
+            match self.emit(vec![event], result) {
+                Emitted::Done(result) => return result,
+                Emitted::Reading(with_stats) => with_stats,
+            }
+        };
+        with_stats.await
     }
 
     /// Gives `lease` back and acquires the next proxy of `pool_name`, in one
@@ -574,9 +636,9 @@ impl<S: Storage> ProxyManager<S> {
         lease: &Lease,
         options: AcquireOptions,
     ) -> Result<crate::lease::Rotation> {
-        let request = self.request(lease.pool_name.clone(), &options)?;
+        let request = self.request(lease.pool_name.clone(), options)?;
         let span = tracing::debug_span!("lighthouse.rotate", pool = %lease.pool_name, outcome = tracing::field::Empty);
-        let started = Instant::now();
+        let started = crate::telemetry::CallTimer::start();
         let result = self
             .storage
             .rotate(lease, &request)
@@ -593,21 +655,25 @@ impl<S: Storage> ProxyManager<S> {
         });
         self.telemetry
             .with_pool(&request.pool_name, |m| m.acquire(leased, elapsed));
-        if !self.config.hooks.is_empty() {
-            let (released, acquired) = match &result {
-                Ok(r) => (
-                    LeaseEventOutcome::Released(r.released),
-                    match &r.next {
-                        Some(_) => LeaseEventOutcome::Acquired,
-                        None => LeaseEventOutcome::Exhausted,
-                    },
-                ),
-                Err(e) => (
-                    LeaseEventOutcome::Failed(e.to_string()),
-                    LeaseEventOutcome::Failed(e.to_string()),
-                ),
-            };
-            self.emit(LeaseEvent {
+        if self.config.hooks.is_empty() {
+            return result;
+        }
+        let (released, acquired) = match &result {
+            Ok(r) => (
+                LeaseEventOutcome::Released(r.released),
+                match &r.next {
+                    Some(_) => LeaseEventOutcome::Acquired,
+                    None => LeaseEventOutcome::Exhausted,
+                },
+            ),
+            Err(e) => (
+                LeaseEventOutcome::Failed(e.to_string()),
+                LeaseEventOutcome::Failed(e.to_string()),
+            ),
+        };
+        let next = result.as_ref().ok().and_then(|r| r.next.as_ref());
+        let events = vec![
+            LeaseEvent {
                 kind: LeaseEventKind::Release,
                 pool: lease.pool_name.clone(),
                 consumer: lease.consumer_name.clone(),
@@ -616,10 +682,8 @@ impl<S: Storage> ProxyManager<S> {
                 lease_id: Some(lease.id),
                 proxy_id: Some(lease.proxy_id),
                 pool_stats: None,
-            })
-            .await;
-            let next = result.as_ref().ok().and_then(|r| r.next.as_ref());
-            self.emit(LeaseEvent {
+            },
+            LeaseEvent {
                 kind: LeaseEventKind::Acquire,
                 pool: request.pool_name.clone(),
                 consumer: request.consumer_name.clone(),
@@ -628,10 +692,14 @@ impl<S: Storage> ProxyManager<S> {
                 lease_id: next.map(|l| l.id),
                 proxy_id: next.map(|l| l.proxy_id),
                 pool_stats: None,
-            })
-            .await;
-        }
-        result
+            },
+        ];
+        // The match ends before the await, so only the box is kept across it.
+        let with_stats = match self.emit(events, result) {
+            Emitted::Done(result) => return result,
+            Emitted::Reading(with_stats) => with_stats,
+        };
+        with_stats.await
     }
 
     /// Renews a live lease: it now expires `duration` from now (storage time).
@@ -652,7 +720,7 @@ impl<S: Storage> ProxyManager<S> {
     }
 
     /// Counts a renewing lease of `pool` that was signalled lost.
-    pub(crate) fn count_renew_lost(&self, pool: &str) {
+    pub(crate) fn count_renew_lost(&self, pool: &PoolName) {
         self.telemetry.with_pool(pool, |m| {
             m.renew_lost();
         });

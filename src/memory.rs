@@ -1,6 +1,6 @@
 //! [`InMemoryStorage`]: the embedded, indexed default storage.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,11 +15,11 @@ use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 use crate::names::{ConsumerName, PoolName};
 use crate::pool::ProxyPool;
-use crate::proxy::{Proxy, ProxyStatus};
+use crate::proxy::{Proxy, ProxyEndpoint, ProxyStatus};
 use crate::selector::SelectorStrategy;
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage, DEFAULT_RECORD_GRACE};
-use records::{Record, Records};
+use records::{Nanos, Record, Records};
 
 mod records;
 
@@ -42,6 +42,19 @@ mod records;
 /// Filters that an index cannot answer (a radius, `any_of`, `none_of`) walk the
 /// chosen index until the first match, and scan it when nothing matches.
 ///
+/// The usual acquire→release of a proxy that stays available moves nothing in
+/// the by-load order: a proxy's key there is a lower bound of its lease count,
+/// lowered by a release only below it and raised by `least_used` when it meets
+/// a key that is behind. Live leases wait for their expiry in a heap from which
+/// a release does not remove them (they are dropped when they come up, or in
+/// bulk when they outnumber the live ones). The index that serves a filter is
+/// worked out once for the filters' `Arc`, which a worker usually sends with
+/// every acquire (`options.clone()`).
+///
+/// A lease's record is kept for the record grace after it finished (see
+/// [`InMemoryStorage::with_record_grace`]), in a ring in grant order: 64
+/// bytes per lease, so memory grows with the lease rate times the grace.
+///
 /// # Time
 ///
 /// Expiry follows a [`Clock`], the system clock by default; tests inject a
@@ -58,7 +71,8 @@ mod records;
 pub struct InMemoryStorage {
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
-    grace: chrono::Duration,
+    /// How long finished lease records are kept.
+    grace: Nanos,
 }
 
 impl Default for InMemoryStorage {
@@ -78,7 +92,7 @@ impl InMemoryStorage {
         InMemoryStorage {
             state: Mutex::new(State::default()),
             clock: Arc::new(clock),
-            grace: to_chrono(DEFAULT_RECORD_GRACE),
+            grace: to_nanos(DEFAULT_RECORD_GRACE),
         }
     }
 
@@ -86,7 +100,10 @@ impl InMemoryStorage {
     /// [`DEFAULT_RECORD_GRACE`]).
     #[must_use]
     pub fn with_record_grace(mut self, grace: Duration) -> Self {
-        self.grace = to_chrono(grace);
+        self.grace = to_nanos(grace);
+        for ps in self.lock().pools.values_mut() {
+            ps.leases.set_grace(self.grace);
+        }
         self
     }
 
@@ -117,8 +134,37 @@ fn latency_key(p: &Proxy) -> u64 {
     p.latency_ms.map_or(u64::MAX, u64::from)
 }
 
-fn to_chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+/// A length of time in nanoseconds (saturating: about 292 years at most).
+fn to_nanos(d: Duration) -> Nanos {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// A storage time as callers see it. The calendar date of the last day
+/// converted on this thread is kept: turning a day number into a date is most
+/// of the cost of a conversion, and the times of one storage share their day.
+fn to_time(at: Nanos) -> DateTime<Utc> {
+    const SECOND: Nanos = 1_000_000_000;
+    const DAY: Nanos = 86_400 * SECOND;
+    thread_local! {
+        static LAST_DAY: std::cell::Cell<(Nanos, chrono::NaiveDate)> =
+            const { std::cell::Cell::new((Nanos::MIN, chrono::NaiveDate::MIN)) };
+    }
+    let (day, within) = (at.div_euclid(DAY), at.rem_euclid(DAY));
+    let date = LAST_DAY.with(|last| match last.get() {
+        (d, date) if d == day => date,
+        _ => {
+            let date = DateTime::from_timestamp_nanos(at).date_naive();
+            last.set((day, date));
+            date
+        }
+    });
+    // Both within range: `within` is in 0..DAY.
+    let secs = u32::try_from(within / SECOND).unwrap_or(0);
+    let nanos = u32::try_from(within % SECOND).unwrap_or(0);
+    match chrono::NaiveTime::from_num_seconds_from_midnight_opt(secs, nanos) {
+        Some(time) => date.and_time(time).and_utc(),
+        None => DateTime::from_timestamp_nanos(at),
+    }
 }
 
 #[derive(Debug)]
@@ -128,8 +174,14 @@ struct State {
     pools: FastMap<PoolName, PoolState>,
     pool_names: FastMap<Uuid, PoolName>,
     proxy_pools: FastMap<Uuid, PoolName>,
-    /// Consumers by name (the name is shared with the records of their leases).
-    consumers: FastMap<ConsumerName, Consumer>,
+    /// Consumers in the order they were registered (lease records refer to
+    /// them by position), and their positions by name.
+    consumer_list: Vec<Consumer>,
+    consumers: FastMap<ConsumerName, u32>,
+    /// The name an acquire asked for last and its position: the next acquire
+    /// of a worker brings a clone of the same name (its options'), found by
+    /// identity instead of by hashing it.
+    last_consumer: Option<(ConsumerName, u32)>,
     rng: fastrand::Rng,
 }
 
@@ -140,10 +192,33 @@ impl Default for State {
             pools: fast_map(),
             pool_names: fast_map(),
             proxy_pools: fast_map(),
+            consumer_list: Vec::new(),
             consumers: fast_map(),
+            last_consumer: None,
             rng: fastrand::Rng::new(),
         }
     }
+}
+
+/// [`State::consumer_at`], on the two fields it needs (so a pool can be
+/// borrowed meanwhile).
+fn consumer_at(
+    consumers: &mut FastMap<ConsumerName, u32>,
+    list: &mut Vec<Consumer>,
+    name: &ConsumerName,
+    register: bool,
+) -> Result<Option<u32>> {
+    if let Some(&at) = consumers.get(name) {
+        return Ok(Some(at));
+    }
+    if !register {
+        return Ok(None);
+    }
+    let at = u32::try_from(list.len())
+        .map_err(|_| Error::InvalidArgument("too many consumers".into()))?;
+    list.push(Consumer::new(name)?);
+    consumers.insert(name.clone(), at);
+    Ok(Some(at))
 }
 
 /// Position of an index in `PoolState::indexes`; 0 is the whole pool.
@@ -153,6 +228,7 @@ type IndexId = usize;
 #[derive(Debug, Default)]
 struct AvailIndex {
     by_seq: BTreeSet<u64>,
+    /// (a lower bound of the live lease count, seq): see [`Entry::load_key`].
     by_load: BTreeSet<(u32, u64)>,
     /// (latency in ms, or u64::MAX when never measured; seq)
     by_latency: BTreeSet<(u64, u64)>,
@@ -189,60 +265,173 @@ impl AvailIndex {
 #[derive(Debug)]
 struct Entry {
     proxy: Proxy,
-    seq: u64,
+    /// What its leases hand out, shared by all of them.
+    endpoint: Arc<ProxyEndpoint>,
     /// The indexes this proxy belongs to while available (interned attribute values).
     keys: Vec<IndexId>,
+    /// Its key in the by-load orders, while available: a lower bound of its
+    /// live lease count, not the count itself. A new lease leaves the key as
+    /// it is; a release lowers it only below the key; `least_used` brings a
+    /// key up to date when it meets one that is behind. So the usual
+    /// acquire→release of a proxy moves nothing in the orders, and the first
+    /// up-to-date key met is still the least used proxy (every key after it
+    /// is at most its count).
+    load_key: u32,
+}
+
+impl Entry {
+    fn new(proxy: Proxy, keys: Vec<IndexId>) -> Self {
+        Entry {
+            endpoint: Arc::new(proxy.endpoint()),
+            load_key: proxy.current_leases,
+            proxy,
+            keys,
+        }
+    }
+}
+
+/// Live leases by expiry, for reclaiming: a min-heap of (expiry, lease id).
+/// Releasing a lease leaves its entry in place (a heap cannot remove from the
+/// middle cheaply); an entry counts only while its record is active with the
+/// same expiry. Stale entries are dropped when they come up, or all at once
+/// when they outnumber the live ones.
+#[derive(Debug, Default)]
+struct Expiries {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Nanos, Uuid)>>,
+    stale: usize,
+}
+
+impl Expiries {
+    fn push(&mut self, at: Nanos, id: Uuid) {
+        self.heap.push(std::cmp::Reverse((at, id)));
+    }
+
+    /// The earliest entry, live or stale.
+    fn first(&self) -> Option<(Nanos, Uuid)> {
+        self.heap.peek().map(|e| e.0)
+    }
+
+    fn pop(&mut self) {
+        self.heap.pop();
+    }
+
+    /// Every entry, in no order.
+    fn iter(&self) -> impl Iterator<Item = (Nanos, Uuid)> + '_ {
+        self.heap.iter().map(|e| e.0)
+    }
+}
+
+/// What of a proxy the counters and indexes depend on.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    active: bool,
+    banned: bool,
+    available: bool,
+    leases: u32,
+    latency: u64,
+}
+
+impl Standing {
+    fn of(p: &Proxy) -> Self {
+        Standing {
+            active: p.status == ProxyStatus::Active,
+            banned: p.status == ProxyStatus::Banned,
+            available: p.is_available(),
+            leases: p.current_leases,
+            latency: latency_key(p),
+        }
+    }
+}
+
+/// Position of an attribute in `PoolState::index_ids`.
+fn attribute_slot(attr: FilterAttribute) -> usize {
+    match attr {
+        FilterAttribute::Country => 0,
+        FilterAttribute::Source => 1,
+        FilterAttribute::City => 2,
+        FilterAttribute::Isp => 3,
+        FilterAttribute::Asn => 4,
+    }
 }
 
 #[derive(Debug)]
 struct PoolState {
     pool: ProxyPool,
     next_seq: u64,
-    proxies: FastMap<Uuid, Entry>,
-    by_seq: BTreeMap<u64, Uuid>,
-    /// Attribute value -> index id, so hot paths never hash or allocate strings.
-    index_ids: FastMap<(FilterAttribute, String), IndexId>,
+    /// Proxies by sequence number (the order they were added), and the
+    /// sequence number of each proxy id.
+    proxies: FastMap<u64, Entry>,
+    seqs: FastMap<Uuid, u64>,
+    /// Attribute value -> index id, one map per attribute, so a look-up by
+    /// value neither hashes nor allocates a key of its own.
+    index_ids: [FastMap<Box<str>, IndexId>; 5],
     indexes: Vec<AvailIndex>,
     leases: Records,
-    live: BTreeSet<(DateTime<Utc>, Uuid)>,
+    live: Expiries,
     rr_cursor: Option<u64>,
     stats: PoolStats,
     /// Last fencing token granted in this pool.
     fence: u64,
     /// Proxies cooling down after a failure, by the end of their cooldown.
-    cooling: BTreeSet<(DateTime<Utc>, Uuid)>,
+    cooling: BTreeSet<(Nanos, Uuid)>,
     /// Idempotent acquires: request id -> lease id, and back (for purging).
     requests: FastMap<String, Uuid>,
     request_of: FastMap<Uuid, String>,
+    /// How the last filters were served; see [`PoolState::plan`].
+    plan: Option<FilterPlan>,
+}
+
+/// Which index serves a filter, and whether its proxies must still be
+/// matched one by one. Kept for the filters' `Arc`, which a worker sends with
+/// every acquire: holding a clone keeps it alive and unchanged (see
+/// `storage::validate_shared_filters`), so the same pointer is the same filter.
+#[derive(Debug)]
+struct FilterPlan {
+    filters: Arc<ProxyFilters>,
+    /// `None`: some value it requires has no index (no proxy has it).
+    index: Option<IndexId>,
+    check_all: bool,
+    /// How many indexes there were: a value missing then may have one now.
+    indexes: usize,
 }
 
 impl PoolState {
-    fn new(pool: ProxyPool) -> Self {
+    fn new(pool: ProxyPool, grace: Nanos) -> Self {
         PoolState {
             pool,
             next_seq: 0,
             proxies: fast_map(),
-            by_seq: BTreeMap::new(),
-            index_ids: fast_map(),
+            seqs: fast_map(),
+            index_ids: std::array::from_fn(|_| fast_map()),
             indexes: vec![AvailIndex::default()],
-            leases: Records::default(),
-            live: BTreeSet::new(),
+            leases: Records::new(grace),
+            live: Expiries::default(),
             rr_cursor: None,
             stats: PoolStats::default(),
             fence: 0,
             cooling: BTreeSet::new(),
             requests: fast_map(),
             request_of: fast_map(),
+            plan: None,
         }
     }
 
+    fn seq_of(&self, id: Uuid) -> Option<u64> {
+        self.seqs.get(&id).copied()
+    }
+
+    fn entry(&self, id: Uuid) -> Option<&Entry> {
+        self.proxies.get(&self.seq_of(id)?)
+    }
+
     /// Adds (`add`) or removes a proxy's share of the counters and, when
-    /// `indexes`, its index entries. Every change to a proxy goes remove, change, add.
-    fn account(&mut self, id: Uuid, add: bool, indexes: bool) {
-        let Some(entry) = self.proxies.get(&id) else {
+    /// `indexes`, its index entries. Every change to a proxy's attributes goes
+    /// remove, change, add.
+    fn account(&mut self, seq: u64, add: bool, indexes: bool) {
+        let Some(entry) = self.proxies.get(&seq) else {
             return;
         };
-        let p = &entry.proxy;
+        let s = Standing::of(&entry.proxy);
         let step = |v: &mut u64, yes: bool, by: u64| {
             if yes {
                 if add {
@@ -253,32 +442,25 @@ impl PoolState {
             }
         };
         step(&mut self.stats.total_proxies, true, 1);
-        step(
-            &mut self.stats.active_proxies,
-            p.status == ProxyStatus::Active,
-            1,
-        );
-        step(&mut self.stats.available_proxies, p.is_available(), 1);
-        step(&mut self.stats.leased_proxies, p.current_leases > 0, 1);
-        step(
-            &mut self.stats.banned_proxies,
-            p.status == ProxyStatus::Banned,
-            1,
-        );
-        step(
-            &mut self.stats.total_leases,
-            true,
-            u64::from(p.current_leases),
-        );
-        if indexes && p.is_available() {
-            let (seq, load, lat) = (entry.seq, p.current_leases, latency_key(p));
+        step(&mut self.stats.active_proxies, s.active, 1);
+        step(&mut self.stats.available_proxies, s.available, 1);
+        step(&mut self.stats.leased_proxies, s.leases > 0, 1);
+        step(&mut self.stats.banned_proxies, s.banned, 1);
+        step(&mut self.stats.total_leases, true, u64::from(s.leases));
+        if indexes && s.available {
+            let load_key = if add { s.leases } else { entry.load_key };
             for &key in &entry.keys {
                 if let Some(idx) = self.indexes.get_mut(key) {
                     if add {
-                        idx.insert(seq, load, lat);
+                        idx.insert(seq, load_key, s.latency);
                     } else {
-                        idx.remove(seq, load, lat);
+                        idx.remove(seq, load_key, s.latency);
                     }
+                }
+            }
+            if add {
+                if let Some(e) = self.proxies.get_mut(&seq) {
+                    e.load_key = load_key;
                 }
             }
         }
@@ -290,7 +472,9 @@ impl PoolState {
         for attr in FilterAttribute::ALL {
             if let Some(value) = attr.value_of(proxy) {
                 let next = self.indexes.len();
-                let id = *self.index_ids.entry((attr, value)).or_insert(next);
+                let id = *self.index_ids[attribute_slot(attr)]
+                    .entry(value.into_boxed_str())
+                    .or_insert(next);
                 if id == next {
                     self.indexes.push(AvailIndex::default());
                 }
@@ -300,57 +484,107 @@ impl PoolState {
         keys
     }
 
-    /// Changes a proxy's lease count or status (not its attributes). When the
-    /// proxy stays available, only its place in the by-load order moves.
-    fn change_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) {
-        let Some(e) = self.proxies.get(&id) else {
+    /// Changes a proxy's lease count or status (not its attributes), in one
+    /// look-up: the counters move by the difference, and while the proxy stays
+    /// available only its place in the by-load order moves.
+    fn change_proxy(&mut self, seq: u64, f: impl FnOnce(&mut Proxy)) {
+        let Some(e) = self.proxies.get_mut(&seq) else {
             return;
         };
-        let (was_available, old_load, lat) = (
-            e.proxy.is_available(),
-            e.proxy.current_leases,
-            latency_key(&e.proxy),
-        );
-        self.account(id, false, false);
-        let Some(e) = self.proxies.get_mut(&id) else {
-            return;
-        };
+        let before = Standing::of(&e.proxy);
         f(&mut e.proxy);
-        let (now_available, new_load, seq) =
-            (e.proxy.is_available(), e.proxy.current_leases, e.seq);
-        self.account(id, true, false);
-        let Some(e) = self.proxies.get(&id) else {
-            return;
+        let after = Standing::of(&e.proxy);
+        let st = &mut self.stats;
+        let moved = |v: &mut u64, was: bool, now: bool| match (was, now) {
+            (false, true) => *v += 1,
+            (true, false) => *v = v.saturating_sub(1),
+            _ => {}
         };
+        moved(&mut st.active_proxies, before.active, after.active);
+        moved(&mut st.banned_proxies, before.banned, after.banned);
+        moved(&mut st.available_proxies, before.available, after.available);
+        moved(&mut st.leased_proxies, before.leases > 0, after.leases > 0);
+        st.total_leases =
+            (st.total_leases + u64::from(after.leases)).saturating_sub(u64::from(before.leases));
+        let old_key = e.load_key;
+        let new_key = match (before.available, after.available) {
+            // More leases (or fewer, still at or above the key): the key
+            // stays a lower bound.
+            (true, true) if after.leases >= old_key => return,
+            (true, true) | (false, true) => after.leases,
+            (true, false) => old_key,
+            (false, false) => return,
+        };
+        e.load_key = new_key;
         for &key in &e.keys {
             let Some(idx) = self.indexes.get_mut(key) else {
                 continue;
             };
-            match (was_available, now_available) {
-                (true, true) if old_load != new_load => {
-                    idx.by_load.remove(&(old_load, seq));
-                    idx.by_load.insert((new_load, seq));
+            match (before.available, after.available) {
+                (true, true) => {
+                    idx.by_load.remove(&(old_key, seq));
+                    idx.by_load.insert((new_key, seq));
                 }
-                (true, false) => idx.remove(seq, old_load, lat),
-                (false, true) => idx.insert(seq, new_load, lat),
-                _ => {}
+                (true, false) => idx.remove(seq, old_key, before.latency),
+                _ => idx.insert(seq, new_key, after.latency),
             }
         }
     }
 
+    /// Brings a proxy's by-load key up to its live lease count (in every
+    /// index it is in); see [`Entry::load_key`].
+    fn refresh_load_key(&mut self, seq: u64) {
+        let Some(e) = self.proxies.get_mut(&seq) else {
+            return;
+        };
+        let (old_key, new_key) = (e.load_key, e.proxy.current_leases);
+        e.load_key = new_key;
+        for &key in &e.keys {
+            if let Some(idx) = self.indexes.get_mut(key) {
+                if idx.by_load.remove(&(old_key, seq)) {
+                    idx.by_load.insert((new_key, seq));
+                }
+            }
+        }
+    }
+
+    /// Whether an expiry entry is a live lease's (its record is active with
+    /// that expiry).
+    fn is_live(&self, at: Nanos, id: Uuid) -> bool {
+        self.leases
+            .peek(id)
+            .is_some_and(|r| r.status == LeaseStatus::Active && r.expires_at == at)
+    }
+
+    /// Counts a stale expiry entry (a lease released, expired or renewed other
+    /// than by reclaiming it), and drops the stale entries when they outnumber
+    /// the live ones.
+    fn expiry_gone_stale(&mut self) {
+        self.live.stale += 1;
+        // Each entry is looked at about once per stale entry dropped.
+        let live = self.live.heap.len().saturating_sub(self.live.stale);
+        if self.live.stale > 64 && self.live.stale > 2 * live {
+            let mut heap = std::mem::take(&mut self.live.heap);
+            heap.retain(|e| self.is_live(e.0 .0, e.0 .1));
+            self.live.heap = heap;
+            self.live.stale = 0;
+        }
+    }
+
     /// Replaces a proxy's fields, moving it between attribute indexes.
-    fn replace_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) {
-        self.account(id, false, true);
-        let Some(e) = self.proxies.get_mut(&id) else {
+    fn replace_proxy(&mut self, seq: u64, f: impl FnOnce(&mut Proxy)) {
+        self.account(seq, false, true);
+        let Some(e) = self.proxies.get_mut(&seq) else {
             return;
         };
         f(&mut e.proxy);
         let proxy = e.proxy.clone();
         let keys = self.intern(&proxy);
-        if let Some(e) = self.proxies.get_mut(&id) {
+        if let Some(e) = self.proxies.get_mut(&seq) {
+            e.endpoint = Arc::new(proxy.endpoint());
             e.keys = keys;
         }
-        self.account(id, true, true);
+        self.account(seq, true, true);
     }
 
     fn insert_proxy(&mut self, mut proxy: Proxy) {
@@ -361,44 +595,62 @@ impl PoolState {
         proxy.latency_ms = None;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let id = proxy.id;
         let keys = self.intern(&proxy);
-        self.by_seq.insert(seq, id);
-        self.proxies.insert(id, Entry { proxy, seq, keys });
-        self.account(id, true, true);
+        self.seqs.insert(proxy.id, seq);
+        self.proxies.insert(seq, Entry::new(proxy, keys));
+        self.account(seq, true, true);
+    }
+
+    /// Removes a proxy with its leases and records.
+    fn remove_proxy(&mut self, id: Uuid) {
+        let Some(seq) = self.seqs.remove(&id) else {
+            return;
+        };
+        self.account(seq, false, true);
+        self.proxies.remove(&seq);
+        let gone = self.leases.ids_where(|l| l.proxy_seq == seq);
+        for &lease in &gone {
+            self.leases.remove(lease);
+            if let Some(request) = self.request_of.remove(&lease) {
+                self.requests.remove(&request);
+            }
+        }
+        self.live.heap.retain(|e| !gone.contains(&e.0 .1));
+        self.cooling.retain(|(_, proxy)| *proxy != id);
     }
 
     /// Expires every live lease whose time has come (and lifts the cooldowns
     /// that are over); returns how many leases.
-    fn reclaim(&mut self, now: DateTime<Utc>, grace: chrono::Duration) -> u64 {
+    fn reclaim(&mut self, now: Nanos, grace: Nanos) -> u64 {
         while let Some(&(until, id)) = self.cooling.first() {
             if until > now {
                 break;
             }
             self.cooling.pop_first();
-            self.change_proxy(id, |p| p.cooldown_until = None);
+            if let Some(seq) = self.seq_of(id) {
+                self.change_proxy(seq, |p| p.cooldown_until = None);
+            }
         }
         let mut n = 0;
-        while let Some(&(at, id)) = self.live.first() {
+        while let Some((at, id)) = self.live.first() {
             if at > now {
                 break;
             }
-            self.live.pop_first();
-            self.finish(id, LeaseStatus::Expired, now, grace);
-            n += 1;
+            self.live.pop();
+            if self.is_live(at, id) {
+                self.finish(id, LeaseStatus::Expired, now, grace);
+                n += 1;
+            } else {
+                self.live.stale = self.live.stale.saturating_sub(1);
+            }
         }
-        self.purge(now, grace);
+        self.purge(now);
         n
     }
 
-    /// Ends a live lease: gives its slot back and schedules the record's removal.
-    fn finish(
-        &mut self,
-        id: Uuid,
-        status: LeaseStatus,
-        now: DateTime<Utc>,
-        grace: chrono::Duration,
-    ) {
+    /// Ends a live lease: gives its slot back and schedules the record's
+    /// removal. Its expiry entry is the caller's to pop or count stale.
+    fn finish(&mut self, id: Uuid, status: LeaseStatus, now: Nanos, grace: Nanos) {
         let Some(lease) = self.leases.get_mut(id, now) else {
             return;
         };
@@ -407,27 +659,25 @@ impl PoolState {
         }
         lease.status = status;
         if status == LeaseStatus::Released {
-            lease.released_at = Some(now);
+            lease.released_at = now;
         }
-        let (proxy_id, expires_at) = (lease.proxy_id, lease.expires_at);
+        let (proxy_seq, expires_at) = (lease.proxy_seq, lease.expires_at);
         // Kept for `grace` after it finished: released now, or expired at its expiry.
         let finished_at = if status == LeaseStatus::Released {
             now
         } else {
             expires_at
         };
-        lease.gone_at = Some(finished_at + grace);
-        self.leases.finished(id, finished_at + grace);
-        self.live.remove(&(expires_at, id));
-        self.change_proxy(proxy_id, |p| {
+        self.leases.finished(id, finished_at.saturating_add(grace));
+        self.change_proxy(proxy_seq, |p| {
             p.current_leases = p.current_leases.saturating_sub(1)
         });
     }
 
     /// Drops the records whose grace is over, and their request ids.
-    fn purge(&mut self, now: DateTime<Utc>, grace: chrono::Duration) {
+    fn purge(&mut self, now: Nanos) {
         let (requests, request_of) = (&mut self.requests, &mut self.request_of);
-        self.leases.purge(now, grace, |id| {
+        self.leases.purge(now, |id| {
             if !request_of.is_empty() {
                 if let Some(request) = request_of.remove(&id) {
                     requests.remove(&request);
@@ -438,62 +688,137 @@ impl PoolState {
 
     /// The lease `id` as callers see it, from its record (none once purged, or
     /// when its proxy is gone).
-    fn lease(&self, id: Uuid, now: DateTime<Utc>) -> Option<Lease> {
+    fn lease(&self, id: Uuid, now: Nanos, consumers: &[Consumer]) -> Option<Lease> {
         let r = self.leases.get(id, now)?;
-        let entry = self.proxies.get(&r.proxy_id)?;
+        let entry = self.proxies.get(&r.proxy_seq)?;
+        let holder = consumers.get(usize::try_from(r.consumer).ok()?)?;
         Some(Lease {
             id,
-            proxy_id: r.proxy_id,
-            consumer_id: r.consumer_id,
-            consumer_name: r.consumer_name.clone(),
+            proxy_id: entry.proxy.id,
+            consumer_id: holder.id,
+            consumer_name: holder.name.clone(),
             pool_id: self.pool.id,
             pool_name: self.pool.name.clone(),
             status: r.status,
-            acquired_at: r.acquired_at,
-            expires_at: r.expires_at,
-            released_at: r.released_at,
-            proxy: entry.proxy.endpoint(),
+            acquired_at: to_time(r.acquired_at),
+            expires_at: to_time(r.expires_at),
+            released_at: (r.status == LeaseStatus::Released).then(|| to_time(r.released_at)),
+            proxy: Arc::clone(&entry.endpoint),
             fencing_token: r.fencing_token,
         })
     }
 
     fn proxy_by_seq(&self, seq: u64) -> Option<&Proxy> {
-        self.by_seq
-            .get(&seq)
-            .and_then(|id| self.proxies.get(id))
-            .map(|e| &e.proxy)
+        self.proxies.get(&seq).map(|e| &e.proxy)
     }
 
-    /// Picks an available proxy that matches, without scanning the pool when an
-    /// index answers the filter.
-    fn select(
-        &mut self,
-        filters: &ProxyFilters,
-        selector: SelectorStrategy,
-        rng: &mut fastrand::Rng,
-    ) -> Option<Uuid> {
-        let mut best: Option<&AvailIndex> = self.indexes.first();
-        for key in filters.required_attributes() {
-            match self
-                .index_ids
-                .get(&key)
-                .and_then(|&id| self.indexes.get(id))
-            {
-                None => return None, // no proxy has this value
-                Some(idx) => {
-                    if best.is_none_or(|b| idx.len() < b.len()) {
-                        best = Some(idx);
+    /// The index that holds the available proxies meeting the exact-match
+    /// constraints (the smallest, when there are several), or `None` when no
+    /// proxy has one of the values.
+    fn index_for(&self, filters: &ProxyFilters) -> Option<IndexId> {
+        // The whole pool's index unless a value is required; then the
+        // smallest index of a required value (never larger than the pool's,
+        // and it holds only proxies with that value).
+        let mut best: Option<(IndexId, usize)> = None;
+        let mut missing = false;
+        each_required(filters, &mut |attr, value| {
+            let found = self.index_ids[attribute_slot(attr)]
+                .get(value)
+                .and_then(|&id| Some((id, self.indexes.get(id)?.len())));
+            match found {
+                None => missing = true, // no proxy has this value
+                Some((id, len)) => {
+                    if best.is_none_or(|(_, smallest)| len < smallest) {
+                        best = Some((id, len));
                     }
                 }
             }
+        });
+        if missing {
+            return None;
         }
-        let idx = best?;
-        let check_all = !filters.is_empty();
+        Some(best.map_or(0, |(id, _)| id))
+    }
+
+    /// The least used available proxy of index `at` that passes `ok`: the
+    /// first in the by-load order whose key is its live lease count. Keys met
+    /// on the way that are behind their counts are brought up to date (they
+    /// move later in the order) and the walk goes on from where it was.
+    fn least_used(&mut self, at: IndexId, ok: impl Fn(&Proxy) -> bool) -> Option<u64> {
+        // The first proxy in `keys` that is behind or passes `ok`.
+        fn first<'a>(
+            mut keys: impl Iterator<Item = &'a (u32, u64)>,
+            proxies: &FastMap<u64, Entry>,
+            ok: &impl Fn(&Proxy) -> bool,
+        ) -> Option<((u32, u64), bool)> {
+            keys.find_map(|&(key, seq)| match proxies.get(&seq) {
+                Some(e) if e.proxy.current_leases != key => Some(((key, seq), true)),
+                Some(e) if ok(&e.proxy) => Some(((key, seq), false)),
+                _ => None,
+            })
+        }
+        let mut from = None;
+        loop {
+            let idx = self.indexes.get(at)?;
+            let found = match from {
+                None => first(idx.by_load.iter(), &self.proxies, &ok),
+                Some(from) => first(idx.by_load.range(from..), &self.proxies, &ok),
+            };
+            match found? {
+                ((_, seq), false) => return Some(seq),
+                (entry, true) => {
+                    self.refresh_load_key(entry.1);
+                    from = Some(entry);
+                }
+            }
+        }
+    }
+
+    /// The index to walk for `filters`, and whether its proxies must be
+    /// matched one by one; worked out once for the filters' `Arc` (an index
+    /// found stays right: indexes are never dropped, and any index of a value
+    /// the filter requires holds every proxy that matches, if not always the
+    /// smallest one).
+    fn plan(&mut self, filters: &Arc<ProxyFilters>) -> (Option<IndexId>, bool) {
+        if let Some(p) = &self.plan {
+            if Arc::ptr_eq(&p.filters, filters)
+                && (p.index.is_some() || p.indexes == self.indexes.len())
+            {
+                return (p.index, p.check_all);
+            }
+        }
+        let index = self.index_for(filters);
+        // Every proxy of the index passes a filter of one exact-match
+        // attribute: the index holds exactly those, now and later.
+        let check_all = !(filters.is_empty() || single_exact(filters));
+        self.plan = Some(FilterPlan {
+            filters: Arc::clone(filters),
+            index,
+            check_all,
+            indexes: self.indexes.len(),
+        });
+        (index, check_all)
+    }
+
+    /// Picks an available proxy that matches, without scanning the pool when an
+    /// index answers the filter; returns its sequence number.
+    fn select(
+        &mut self,
+        filters: &Arc<ProxyFilters>,
+        selector: SelectorStrategy,
+        rng: &mut fastrand::Rng,
+    ) -> Option<u64> {
+        let (at, check_all) = self.plan(filters);
+        let at = at?;
+        if selector == SelectorStrategy::LeastUsed {
+            return self.least_used(at, |p| !check_all || filters.matches(p));
+        }
+        let idx = self.indexes.get(at)?;
         let ok =
             |seq: &u64| !check_all || self.proxy_by_seq(*seq).is_some_and(|p| filters.matches(p));
         let seq = match selector {
             SelectorStrategy::FirstAvailable => idx.by_seq.iter().copied().find(|s| ok(s)),
-            SelectorStrategy::LeastUsed => idx.by_load.iter().map(|(_, s)| *s).find(|s| ok(s)),
+            SelectorStrategy::LeastUsed => None,
             SelectorStrategy::LowestLatency => {
                 idx.by_latency.iter().map(|(_, s)| *s).find(|s| ok(s))
             }
@@ -522,13 +847,101 @@ impl PoolState {
         if selector == SelectorStrategy::RoundRobin {
             self.rr_cursor = Some(seq);
         }
-        self.by_seq.get(&seq).copied()
+        Some(seq)
     }
 }
 
+/// Calls `visit` with each exact-match constraint every matching proxy must
+/// meet (the filter's own, and those of its `all_of` filters, recursively),
+/// as the indexes key them: country upper-case, ASN as decimal text. Unlike
+/// [`ProxyFilters::required_attributes`] it allocates nothing in the common
+/// case (a country given upper-case).
+fn each_required(filters: &ProxyFilters, visit: &mut impl FnMut(FilterAttribute, &str)) {
+    if let Some(v) = &filters.country {
+        if v.bytes().any(|b| b.is_ascii_lowercase()) {
+            visit(FilterAttribute::Country, &v.to_ascii_uppercase());
+        } else {
+            visit(FilterAttribute::Country, v);
+        }
+    }
+    for (attr, value) in [
+        (FilterAttribute::Source, &filters.source),
+        (FilterAttribute::City, &filters.city),
+        (FilterAttribute::Isp, &filters.isp),
+    ] {
+        if let Some(v) = value {
+            visit(attr, v);
+        }
+    }
+    if let Some(asn) = filters.asn {
+        let mut digits = [0u8; 10];
+        visit(FilterAttribute::Asn, decimal(asn, &mut digits));
+    }
+    for f in &filters.all_of {
+        each_required(f, visit);
+    }
+}
+
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        // A digit: n % 10 < 10.
+        buf[at] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
+}
+
+/// Whether the filter is one exact-match attribute and nothing else.
+fn single_exact(f: &ProxyFilters) -> bool {
+    let set = usize::from(f.country.is_some())
+        + usize::from(f.source.is_some())
+        + usize::from(f.city.is_some())
+        + usize::from(f.isp.is_some())
+        + usize::from(f.asn.is_some());
+    set == 1
+        && f.latitude.is_none()
+        && f.longitude.is_none()
+        && f.radius_km.is_none()
+        && f.any_of.is_empty()
+        && f.all_of.is_empty()
+        && f.none_of.is_empty()
+}
+
 impl State {
+    /// The position of a registered consumer, registering it first when
+    /// `register` (else `None` for an unknown one).
+    fn consumer_at(&mut self, name: &ConsumerName, register: bool) -> Result<Option<u32>> {
+        consumer_at(&mut self.consumers, &mut self.consumer_list, name, register)
+    }
+
+    /// A pool, with the consumers its lease records refer to.
+    fn pool_with_consumers(&mut self, name: &PoolName) -> Result<(&mut PoolState, &[Consumer])> {
+        let State {
+            pools,
+            consumer_list,
+            ..
+        } = self;
+        let ps = pools.get_mut(name).ok_or_else(|| Error::PoolNotFound {
+            name: name.to_string(),
+        })?;
+        Ok((ps, consumer_list))
+    }
+
+    fn consumer(&self, at: u32) -> Option<&Consumer> {
+        self.consumer_list.get(usize::try_from(at).ok()?)
+    }
+
     /// Wakes the pool's waiting acquires.
     fn notify(&self, pool: &PoolName) {
+        if self.freed.is_empty() {
+            return;
+        }
         if let Some(tx) = self.freed.get(pool) {
             let _ = tx.send(());
         }
@@ -567,15 +980,16 @@ impl State {
     fn proxy_snapshot(&self, id: Uuid) -> Result<Proxy> {
         let name = self.pool_name_of_proxy(id)?;
         self.pool(&name)?
-            .proxies
-            .get(&id)
+            .entry(id)
             .map(|e| e.proxy.clone())
             .ok_or(Error::ProxyNotFound { id })
     }
 
     fn change_proxy(&mut self, id: Uuid, f: impl FnOnce(&mut Proxy)) -> Result<Proxy> {
         let name = self.pool_name_of_proxy(id)?;
-        self.pool_mut(&name)?.change_proxy(id, f);
+        let ps = self.pool_mut(&name)?;
+        let seq = ps.seq_of(id).ok_or(Error::ProxyNotFound { id })?;
+        ps.change_proxy(seq, f);
         self.notify(&name);
         self.proxy_snapshot(id)
     }
@@ -598,7 +1012,7 @@ impl AdminStorage for InMemoryStorage {
         }
         st.pool_names.insert(pool.id, pool.name.clone());
         st.pools
-            .insert(pool.name.clone(), PoolState::new(pool.clone()));
+            .insert(pool.name.clone(), PoolState::new(pool.clone(), self.grace));
         Ok(pool)
     }
 
@@ -639,7 +1053,7 @@ impl AdminStorage for InMemoryStorage {
             return Ok(false);
         };
         st.pool_names.remove(&ps.pool.id);
-        for id in ps.proxies.keys() {
+        for id in ps.seqs.keys() {
             st.proxy_pools.remove(id);
         }
         Ok(true)
@@ -693,7 +1107,9 @@ impl AdminStorage for InMemoryStorage {
         }
         let name = st.pool_name_of_proxy(proxy.id)?;
         let id = proxy.id;
-        st.pool_mut(&name)?.replace_proxy(id, move |p| {
+        let ps = st.pool_mut(&name)?;
+        let seq = ps.seq_of(id).ok_or(Error::ProxyNotFound { id })?;
+        ps.replace_proxy(seq, move |p| {
             proxy.current_leases = p.current_leases;
             proxy.consecutive_failures = p.consecutive_failures;
             proxy.cooldown_until = p.cooldown_until;
@@ -715,20 +1131,7 @@ impl AdminStorage for InMemoryStorage {
             return Ok(false);
         };
         st.proxy_pools.remove(&proxy_id);
-        let ps = st.pool_mut(&name)?;
-        ps.account(proxy_id, false, true);
-        if let Some(e) = ps.proxies.remove(&proxy_id) {
-            ps.by_seq.remove(&e.seq);
-        }
-        let gone = ps.leases.ids_where(|l| l.proxy_id == proxy_id);
-        for &id in &gone {
-            ps.leases.remove(id);
-            if let Some(request) = ps.request_of.remove(&id) {
-                ps.requests.remove(&request);
-            }
-        }
-        ps.live.retain(|(_, id)| !gone.contains(id));
-        ps.cooling.retain(|(_, id)| *id != proxy_id);
+        st.pool_mut(&name)?.remove_proxy(proxy_id);
         Ok(true)
     }
 
@@ -741,35 +1144,38 @@ impl AdminStorage for InMemoryStorage {
     }
 
     async fn list_proxies(&self, pool_name: &PoolName) -> Result<Vec<Proxy>> {
-        let now = self.clock.now();
+        let now = self.clock.now_nanos();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
-        Ok(ps
-            .by_seq
-            .values()
-            .filter_map(|id| ps.proxies.get(id))
+        let mut seqs: Vec<u64> = ps.proxies.keys().copied().collect();
+        seqs.sort_unstable();
+        Ok(seqs
+            .iter()
+            .filter_map(|seq| ps.proxies.get(seq))
             .map(|e| e.proxy.clone())
             .collect())
     }
 
     async fn ensure_consumer(&self, name: &ConsumerName) -> Result<Consumer> {
         let mut st = self.lock();
-        if let Some(c) = st.consumers.get(name) {
-            return Ok(c.clone());
-        }
-        let c = Consumer::new(name)?;
-        st.consumers.insert(name.clone(), c.clone());
-        Ok(c)
+        let at = st.consumer_at(name, true)?;
+        at.and_then(|at| st.consumer(at).cloned())
+            .ok_or_else(|| Error::backend("registered consumer vanished", None))
     }
 
     async fn get_consumer(&self, name: &ConsumerName) -> Result<Option<Consumer>> {
-        Ok(self.lock().consumers.get(name).cloned())
+        let st = self.lock();
+        Ok(st
+            .consumers
+            .get(name)
+            .and_then(|&at| st.consumer(at))
+            .cloned())
     }
 
     async fn list_consumers(&self) -> Result<Vec<Consumer>> {
         let st = self.lock();
-        let mut all: Vec<_> = st.consumers.values().cloned().collect();
+        let mut all: Vec<_> = st.consumer_list.clone();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
@@ -791,30 +1197,18 @@ impl LeaseStorage for InMemoryStorage {
 
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
         request.validate()?;
-        let duration = to_chrono(request.duration);
-        let now = self.clock.now();
+        let duration = to_nanos(request.duration);
+        let now = self.clock.now_nanos();
         let mut guard = self.lock();
-        let st = &mut *guard;
-        if !st.pools.contains_key(&request.pool_name) {
-            return Err(Error::PoolNotFound {
-                name: request.pool_name.to_string(),
-            });
-        }
-        let (consumer_id, consumer_name) = match st.consumers.get(&request.consumer_name) {
-            Some(c) => (c.id, c.name.clone()),
-            None if request.register_consumer => {
-                let c = Consumer::new(&request.consumer_name)?;
-                let known = (c.id, c.name.clone());
-                st.consumers.insert(c.name.clone(), c);
-                known
-            }
-            None => {
-                return Err(Error::ConsumerNotFound {
-                    name: request.consumer_name.to_string(),
-                })
-            }
-        };
-        let Some(ps) = st.pools.get_mut(&request.pool_name) else {
+        let State {
+            pools,
+            consumers,
+            consumer_list,
+            last_consumer,
+            rng,
+            ..
+        } = &mut *guard;
+        let Some(ps) = pools.get_mut(&request.pool_name) else {
             return Err(Error::PoolNotFound {
                 name: request.pool_name.to_string(),
             });
@@ -822,54 +1216,79 @@ impl LeaseStorage for InMemoryStorage {
         ps.pool
             .indexes
             .check_selector(&request.pool_name, request.selector)?;
+        let known = last_consumer
+            .as_ref()
+            .filter(|(name, _)| name.same_text(&request.consumer_name))
+            .map(|&(_, at)| at);
+        let consumer = match known {
+            Some(at) => at,
+            None => {
+                let Some(at) = consumer_at(
+                    consumers,
+                    consumer_list,
+                    &request.consumer_name,
+                    request.register_consumer,
+                )?
+                else {
+                    return Err(Error::ConsumerNotFound {
+                        name: request.consumer_name.to_string(),
+                    });
+                };
+                *last_consumer = Some((request.consumer_name.clone(), at));
+                at
+            }
+        };
+        let holder = usize::try_from(consumer)
+            .ok()
+            .and_then(|at| consumer_list.get(at))
+            .ok_or_else(|| Error::backend("registered consumer vanished", None))?;
         ps.reclaim(now, self.grace);
         if let Some(request_id) = &request.request_id {
             if let Some(earlier) = ps
                 .requests
                 .get(request_id)
-                .and_then(|&id| ps.lease(id, now))
+                .and_then(|&id| ps.lease(id, now, consumer_list))
             {
                 return Ok(Some(earlier));
             }
         }
-        let Some(proxy_id) = ps.select(&request.filters, request.selector, &mut st.rng) else {
+        let Some(seq) = ps.select(&request.filters, request.selector, rng) else {
             return Ok(None);
         };
-        ps.change_proxy(proxy_id, |p| p.current_leases += 1);
-        let Some(entry) = ps.proxies.get(&proxy_id) else {
+        ps.change_proxy(seq, |p| p.current_leases += 1);
+        let Some(entry) = ps.proxies.get(&seq) else {
             return Err(Error::backend("selected proxy vanished", None));
         };
         // Strictly increasing per pool (so per proxy), with the clock as a floor so
         // a pool created again never reuses a token.
-        let floor = u64::try_from(now.timestamp_micros()).unwrap_or(0);
+        let floor = u64::try_from(now / 1_000).unwrap_or(0);
+        let expires_at = now.saturating_add(duration);
         ps.fence = (ps.fence + 1).max(floor);
         let lease = Lease {
             fencing_token: ps.fence,
-            id: ps.leases.next_id(),
-            proxy_id,
-            consumer_id,
-            consumer_name: consumer_name.clone(),
+            id: ps.leases.next_id(rng),
+            proxy_id: entry.proxy.id,
+            consumer_id: holder.id,
+            consumer_name: holder.name.clone(),
             pool_id: ps.pool.id,
             pool_name: ps.pool.name.clone(),
             status: LeaseStatus::Active,
-            acquired_at: now,
-            expires_at: now + duration,
+            acquired_at: to_time(now),
+            expires_at: to_time(expires_at),
             released_at: None,
-            proxy: entry.proxy.endpoint(),
+            proxy: Arc::clone(&entry.endpoint),
         };
-        ps.live.insert((lease.expires_at, lease.id));
+        ps.live.push(expires_at, lease.id);
         ps.leases.push(
             lease.id,
             Record {
-                proxy_id,
-                consumer_id,
-                consumer_name,
+                proxy_seq: seq,
+                consumer,
                 status: LeaseStatus::Active,
                 acquired_at: now,
-                expires_at: lease.expires_at,
-                released_at: None,
+                expires_at,
+                released_at: 0,
                 fencing_token: lease.fencing_token,
-                gone_at: None,
             },
         );
         if let Some(request_id) = &request.request_id {
@@ -880,12 +1299,12 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let now = self.clock.now();
+        let now = self.clock.now_nanos();
         let mut st = self.lock();
         let Some(ps) = st.pools.get_mut(&lease.pool_name) else {
             return Ok(ReleaseOutcome::NotFound);
         };
-        ps.purge(now, self.grace);
+        ps.purge(now);
         let Some(record) = ps.leases.get(lease.id, now) else {
             return Ok(ReleaseOutcome::NotFound);
         };
@@ -894,10 +1313,12 @@ impl LeaseStorage for InMemoryStorage {
             LeaseStatus::Expired => return Ok(ReleaseOutcome::Expired),
             LeaseStatus::Active if record.expires_at <= now => {
                 ps.finish(lease.id, LeaseStatus::Expired, now, self.grace);
+                ps.expiry_gone_stale();
                 ReleaseOutcome::Expired
             }
             LeaseStatus::Active => {
                 ps.finish(lease.id, LeaseStatus::Released, now, self.grace);
+                ps.expiry_gone_stale();
                 ReleaseOutcome::Released
             }
         };
@@ -907,13 +1328,13 @@ impl LeaseStorage for InMemoryStorage {
 
     async fn extend(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
         crate::storage::validate_lease_duration(duration)?;
-        let now = self.clock.now();
+        let now = self.clock.now_nanos();
         let mut st = self.lock();
         let lost = |reason| Error::LeaseLost {
             id: lease.id,
             reason,
         };
-        let Some(ps) = st.pools.get_mut(&lease.pool_name) else {
+        let Ok((ps, consumers)) = st.pool_with_consumers(&lease.pool_name) else {
             return Err(lost(LostReason::Unknown));
         };
         ps.reclaim(now, self.grace);
@@ -926,40 +1347,43 @@ impl LeaseStorage for InMemoryStorage {
             LeaseStatus::Active => {}
         }
         let old = record.expires_at;
-        let new = now + to_chrono(duration);
+        let new = now.saturating_add(to_nanos(duration));
         record.expires_at = new;
-        ps.live.remove(&(old, lease.id));
-        ps.live.insert((new, lease.id));
-        ps.lease(lease.id, now).ok_or(Error::LeaseLost {
+        if new != old {
+            ps.live.push(new, lease.id);
+            ps.expiry_gone_stale();
+        }
+        ps.lease(lease.id, now, consumers).ok_or(Error::LeaseLost {
             id: lease.id,
             reason: LostReason::Unknown,
         })
     }
 
     async fn get_lease(&self, pool_name: &PoolName, lease_id: Uuid) -> Result<Option<Lease>> {
-        let now = self.clock.now();
+        let now = self.clock.now_nanos();
         let mut st = self.lock();
-        let ps = st.pool_mut(pool_name)?;
+        let (ps, consumers) = st.pool_with_consumers(pool_name)?;
         ps.reclaim(now, self.grace);
-        Ok(ps.lease(lease_id, now))
+        Ok(ps.lease(lease_id, now, consumers))
     }
 
     async fn list_leases(&self, pool_name: &PoolName) -> Result<Vec<Lease>> {
-        let now = self.clock.now();
+        let now = self.clock.now_nanos();
         let mut st = self.lock();
-        let ps = st.pool_mut(pool_name)?;
+        let (ps, consumers) = st.pool_with_consumers(pool_name)?;
         ps.reclaim(now, self.grace);
         let mut out: Vec<Lease> = ps
             .live
             .iter()
-            .filter_map(|&(_, id)| ps.lease(id, now))
+            .filter(|&(at, id)| ps.is_live(at, id))
+            .filter_map(|(_, id)| ps.lease(id, now, consumers))
             .collect();
         out.sort_by_key(|l| (l.acquired_at, l.id));
         Ok(out)
     }
 
     async fn cleanup_expired_leases(&self) -> Result<u64> {
-        let now = self.clock.now();
+        let now = self.clock.now_nanos();
         let mut st = self.lock();
         let mut total = 0;
         let mut freed = Vec::new();
@@ -990,21 +1414,30 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn next_expiry(&self, pool_name: &PoolName) -> Result<Option<Duration>> {
-        let now = self.clock.now();
-        let st = self.lock();
-        let ps = st.pool(pool_name)?;
+        let now = self.clock.now_nanos();
+        let mut st = self.lock();
+        let ps = st.pool_mut(pool_name)?;
+        // Stale entries first out of the way, so the first is a live lease's.
+        while let Some((at, id)) = ps.live.first() {
+            if ps.is_live(at, id) {
+                break;
+            }
+            ps.live.pop();
+            ps.live.stale = ps.live.stale.saturating_sub(1);
+        }
         // The nearest lease expiry or cooldown end: either may free capacity
         // without anyone being notified.
         let next = match (ps.live.first(), ps.cooling.first()) {
-            (Some((a, _)), Some((b, _))) => Some(*a.min(b)),
-            (Some((a, _)), None) | (None, Some((a, _))) => Some(*a),
+            (Some((a, _)), Some((b, _))) => Some(a.min(*b)),
+            (Some((a, _)), None) => Some(a),
+            (None, Some((b, _))) => Some(*b),
             (None, None) => None,
         };
-        Ok(next.map(|at| (at - now).to_std().unwrap_or(Duration::ZERO)))
+        Ok(next.map(|at| Duration::from_nanos(u64::try_from(at.saturating_sub(now)).unwrap_or(0))))
     }
 
     async fn pool_stats(&self, pool_name: &PoolName) -> Result<PoolStats> {
-        let now = self.clock.now();
+        let now = self.clock.now_nanos();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1018,8 +1451,11 @@ impl LeaseStorage for InMemoryStorage {
         let mut st = self.lock();
         let name = st.pool_name_of_proxy(proxy_id)?;
         let ps = st.pool_mut(&name)?;
+        let seq = ps
+            .seq_of(proxy_id)
+            .ok_or(Error::ProxyNotFound { id: proxy_id })?;
         ps.cooling.retain(|(_, id)| *id != proxy_id);
-        ps.change_proxy(proxy_id, |p| {
+        ps.change_proxy(seq, |p| {
             p.consecutive_failures = 0;
             p.cooldown_until = None;
         });
@@ -1035,15 +1471,18 @@ impl LeaseStorage for InMemoryStorage {
     ) -> Result<Proxy> {
         policy.validate()?;
         crate::storage::validate_failure_reason(reason)?;
-        let now = self.clock.now();
+        let now = self.clock.now_nanos();
         let mut guard = self.lock();
         let st = &mut *guard;
         let name = st.pool_name_of_proxy(proxy_id)?;
         let keep = policy.draw_keep(proxy_id);
         let ps = st.pool_mut(&name)?;
+        let seq = ps
+            .seq_of(proxy_id)
+            .ok_or(Error::ProxyNotFound { id: proxy_id })?;
         ps.cooling.retain(|(_, id)| *id != proxy_id);
         let mut cool_until = None;
-        ps.change_proxy(proxy_id, |p| {
+        ps.change_proxy(seq, |p| {
             p.consecutive_failures = p.consecutive_failures.saturating_add(1);
             p.last_failure = Some(reason.to_string());
             if policy
@@ -1054,8 +1493,8 @@ impl LeaseStorage for InMemoryStorage {
                 p.cooldown_until = None;
             } else {
                 let delay = policy.delay_ms(p.consecutive_failures, keep);
-                let until = now + to_chrono(Duration::from_millis(delay));
-                p.cooldown_until = Some(until);
+                let until = now.saturating_add(to_nanos(Duration::from_millis(delay)));
+                p.cooldown_until = Some(to_time(until));
                 cool_until = Some(until);
             }
         });
@@ -1073,7 +1512,11 @@ impl LeaseStorage for InMemoryStorage {
         let mut st = self.lock();
         let name = st.pool_name_of_proxy(result.proxy_id)?;
         // A new latency moves the proxy in the lowest-latency order: re-index it.
-        st.pool_mut(&name)?.replace_proxy(result.proxy_id, |p| {
+        let ps = st.pool_mut(&name)?;
+        let seq = ps.seq_of(result.proxy_id).ok_or(Error::ProxyNotFound {
+            id: result.proxy_id,
+        })?;
+        ps.replace_proxy(seq, |p| {
             p.status = status;
             p.checked_at = Some(at);
             if latency.is_some() {
@@ -1082,5 +1525,32 @@ impl LeaseStorage for InMemoryStorage {
         });
         st.notify(&name);
         st.proxy_snapshot(result.proxy_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_convert_as_chrono_does_across_days_and_before_the_epoch() {
+        let day = 86_400 * 1_000_000_000_i64;
+        for at in [
+            0,
+            1,
+            day - 1,
+            day,
+            1_767_225_599_999_999_999,
+            1_767_225_600_000_000_000,
+            -1,
+            -day,
+            -day - 1,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(to_time(at), DateTime::from_timestamp_nanos(at), "{at}");
+            // Again, from the kept day.
+            assert_eq!(to_time(at), DateTime::from_timestamp_nanos(at), "{at}");
+        }
     }
 }

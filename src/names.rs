@@ -49,6 +49,11 @@ fn shown(name: &str) -> String {
     name.chars().take(80).collect()
 }
 
+/// Whether a byte may appear in a pool name.
+fn pool_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
 /// Checks a pool name against the rules above.
 ///
 /// ```
@@ -71,10 +76,11 @@ pub fn validate_pool_name(name: &str) -> Result<()> {
             "it is longer than {MAX_POOL_NAME_LEN} bytes"
         )));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    if !name.bytes().all(pool_name_byte) {
+        let c = name
+            .chars()
+            .find(|&c| !u8::try_from(c).is_ok_and(pool_name_byte))
+            .unwrap_or(char::REPLACEMENT_CHARACTER);
         return Err(fail(&format!(
             "character {c:?} is not allowed (use ASCII letters, digits, '-', '_' and '.')"
         )));
@@ -103,7 +109,13 @@ pub fn validate_consumer_name(name: &str) -> Result<()> {
             "it is longer than {MAX_CONSUMER_NAME_LEN} bytes"
         )));
     }
-    if name.chars().any(char::is_control) {
+    // ASCII names (the usual ones) are checked byte by byte.
+    let control = if name.is_ascii() {
+        name.bytes().any(|b| b.is_ascii_control())
+    } else {
+        name.chars().any(char::is_control)
+    };
+    if control {
         return Err(fail("it contains a control character"));
     }
     // Only the ends can be white space that `trim` would remove.
@@ -119,9 +131,9 @@ pub fn validate_consumer_name(name: &str) -> Result<()> {
 /// [`PoolName::new`] (or `parse`, `TryFrom`, deserializing), which check them.
 ///
 /// It lives inline (at most [`MAX_POOL_NAME_LEN`] bytes, no heap), so making
-/// one, cloning it and putting it in a [`crate::Lease`] allocate nothing. It
-/// reads as a `&str` (`Deref`, `AsRef<str>`, `Display`), compares with strings,
-/// and looks up maps keyed by `PoolName` by `&str` (`Borrow<str>`).
+/// one, cloning it and putting it in a [`crate::Lease`] allocate nothing, and
+/// it compares and hashes as bytes. It reads as a `&str` (`Deref`,
+/// `AsRef<str>`, `Display`) and compares with strings.
 #[derive(Clone)]
 pub struct PoolName {
     len: u8,
@@ -132,9 +144,18 @@ impl PoolName {
     /// Checks `name` and keeps it. Fails with [`Error::InvalidName`] (kind
     /// `"pool"`) when it breaks the naming rules.
     pub fn new(name: &str) -> Result<PoolName> {
-        validate_pool_name(name)?;
+        // Checked and copied in one pass; the rest stays zero (equality
+        // compares whole arrays). `validate_pool_name` words the error.
         let mut bytes = [0; MAX_POOL_NAME_LEN];
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        let fits = !name.is_empty()
+            && name.len() <= MAX_POOL_NAME_LEN
+            && name.bytes().zip(bytes.iter_mut()).all(|(b, slot)| {
+                *slot = b;
+                pool_name_byte(b)
+            });
+        if !fits {
+            validate_pool_name(name)?;
+        }
         Ok(PoolName {
             // At most MAX_POOL_NAME_LEN (64), checked above.
             len: u8::try_from(name.len()).unwrap_or(u8::MAX),
@@ -145,7 +166,12 @@ impl PoolName {
     /// The name.
     pub fn as_str(&self) -> &str {
         // Always ASCII (checked when built), so always UTF-8.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The name's bytes (ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -162,15 +188,10 @@ impl AsRef<str> for PoolName {
     }
 }
 
-impl Borrow<str> for PoolName {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
+/// Whole arrays (past the name they are zero), which compare without a call.
 impl PartialEq for PoolName {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.len == other.len && self.bytes == other.bytes
     }
 }
 
@@ -182,52 +203,53 @@ impl PartialOrd for PoolName {
     }
 }
 
+/// In the order of the text (ASCII: byte order).
 impl Ord for PoolName {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
-/// Hashes as the `str` it holds (so `Borrow<str>` lookups find it).
 impl Hash for PoolName {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
 impl PartialEq<str> for PoolName {
     fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<&str> for PoolName {
     fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<String> for PoolName {
     fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<PoolName> for str {
     fn eq(&self, other: &PoolName) -> bool {
-        self == other.as_str()
+        other == self
     }
 }
 
 impl PartialEq<PoolName> for &str {
     fn eq(&self, other: &PoolName) -> bool {
-        *self == other.as_str()
+        other == *self
     }
 }
 
 impl PartialEq<PoolName> for String {
     fn eq(&self, other: &PoolName) -> bool {
-        self == other.as_str()
+        other == self
     }
 }
 
@@ -307,6 +329,12 @@ impl ConsumerName {
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether both share the same text (are clones of one name): then they
+    /// are equal, whatever else may be.
+    pub(crate) fn same_text(&self, other: &ConsumerName) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -406,11 +434,27 @@ impl TryFrom<&String> for ConsumerName {
     }
 }
 
-/// Checks shared text without copying it.
+thread_local! {
+    /// The shared text this thread found to be a valid consumer name last.
+    /// The clone held here keeps it alive and shared, so its address is not
+    /// reused and the text cannot change (`Arc::get_mut` needs it unshared):
+    /// the same pointer is the same, valid, name.
+    static VALID_CONSUMER: std::cell::RefCell<Option<Arc<str>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Checks shared text without copying it; the text this thread checked last
+/// (the consumer of the options a worker clones for every acquire) is not
+/// checked again.
 impl TryFrom<Arc<str>> for ConsumerName {
     type Error = Error;
     fn try_from(s: Arc<str>) -> Result<Self> {
-        validate_consumer_name(&s)?;
+        let known = VALID_CONSUMER
+            .with(|valid| valid.borrow().as_ref().is_some_and(|v| Arc::ptr_eq(v, &s)));
+        if !known {
+            validate_consumer_name(&s)?;
+            VALID_CONSUMER.with(|valid| *valid.borrow_mut() = Some(Arc::clone(&s)));
+        }
         Ok(ConsumerName(s))
     }
 }
@@ -461,6 +505,14 @@ impl redis::ToRedisArgs for ConsumerName {
 
 #[cfg(feature = "redis")]
 impl redis::ToSingleRedisArg for ConsumerName {}
+
+/// The manager's default consumer name, `"default"` (checked by a test).
+pub(crate) fn default_consumer() -> ConsumerName {
+    static DEFAULT: std::sync::OnceLock<ConsumerName> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(|| ConsumerName(Arc::from("default")))
+        .clone()
+}
 
 mod sealed {
     pub trait Sealed {}
@@ -600,6 +652,14 @@ mod tests {
     }
 
     #[test]
+    fn the_default_consumer_name_is_a_valid_one() {
+        assert_eq!(
+            ConsumerName::new("default").expect("valid"),
+            default_consumer()
+        );
+    }
+
+    #[test]
     fn a_good_name_reads_back_the_same_and_sorts_and_hashes_as_its_text() {
         let long = "p".repeat(MAX_POOL_NAME_LEN);
         for good in ["p", "latam-residential", "a.b_c-1", long.as_str()] {
@@ -618,7 +678,7 @@ mod tests {
         assert!(b < a, "ordered as text, not by length");
         let mut map = std::collections::HashMap::new();
         map.insert(a.clone(), 1);
-        assert_eq!(map.get("b"), Some(&1));
+        assert_eq!(map.get(&PoolName::new("b").unwrap()), Some(&1));
         let c = ConsumerName::new("worker-1@host a").unwrap();
         assert_eq!(c, "worker-1@host a");
         assert_eq!(c.clone().as_str(), c.as_str());

@@ -159,13 +159,44 @@ impl AcquireRequest {
 
     /// Checks the duration, the request id and the filters (the names were
     /// checked when they were made). Storages call it before touching state.
+    ///
+    /// Filters shared by many requests (the `Arc` of the options a worker
+    /// clones for every acquire) are checked once per thread, not once per
+    /// call.
     pub fn validate(&self) -> Result<()> {
         validate_lease_duration(self.duration)?;
         if let Some(id) = &self.request_id {
             validate_request_id(id)?;
         }
-        self.filters.validate()
+        validate_shared_filters(&self.filters)
     }
+}
+
+thread_local! {
+    /// The filters this thread found valid last. The clone held here keeps
+    /// them alive and shared: their address is not reused, and they cannot be
+    /// changed in place (`Arc::get_mut` and `Arc::make_mut` change only an
+    /// unshared value), so the same pointer is the same, valid, filter.
+    static VALID_FILTERS: std::cell::RefCell<Option<Arc<ProxyFilters>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// [`ProxyFilters::validate`], skipped for the `Arc` this thread checked last
+/// (the manager checks a request, then the storage does again; a worker sends
+/// the same filters with every acquire).
+fn validate_shared_filters(filters: &Arc<ProxyFilters>) -> Result<()> {
+    let known = VALID_FILTERS.with(|valid| {
+        valid
+            .borrow()
+            .as_ref()
+            .is_some_and(|v| Arc::ptr_eq(v, filters))
+    });
+    if known {
+        return Ok(());
+    }
+    filters.validate()?;
+    VALID_FILTERS.with(|valid| *valid.borrow_mut() = Some(Arc::clone(filters)));
+    Ok(())
 }
 
 /// Where pools, proxies, consumers and leases live (the original's `IStorage`):

@@ -31,6 +31,28 @@ use metrics::{Counter, Histogram};
 
 use crate::error::Error;
 use crate::lease::{Lease, ReleaseOutcome};
+use crate::names::PoolName;
+
+/// Times the manager's storage calls (for the duration histograms and the
+/// hooks' `elapsed`) on the CPU's time-stamp counter ([`crate::clock`]'s,
+/// through `quanta`, or the monotonic clock where the counter is not steady).
+/// Start and read cost a third of `std::time::Instant`'s here (27 vs 76 ns),
+/// which was a tenth of an in-memory acquire→release.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallTimer(u64);
+
+impl CallTimer {
+    /// Starts timing.
+    pub(crate) fn start() -> Self {
+        CallTimer(crate::clock::tsc().raw())
+    }
+
+    /// The time since [`Self::start`].
+    pub(crate) fn elapsed(self) -> Duration {
+        let clock = crate::clock::tsc();
+        clock.delta(self.0, clock.raw())
+    }
+}
 
 /// Handles of one pool's metrics.
 #[derive(Debug)]
@@ -46,7 +68,7 @@ pub(crate) struct PoolMetrics {
 }
 
 impl PoolMetrics {
-    fn new(pool: &str) -> Self {
+    fn new(pool: &PoolName) -> Self {
         let pool = pool.to_string();
         let counter = |name: &'static str, outcome: &'static str| metrics::counter!(name, "pool" => pool.clone(), "outcome" => outcome);
         PoolMetrics {
@@ -165,7 +187,7 @@ pub(crate) fn extend_outcome(result: &Result<Lease, Error>) -> &'static str {
 pub(crate) struct Telemetry {
     /// Tells this manager's handles from another's in the thread's cache.
     id: u64,
-    pools: Mutex<Vec<(Box<str>, Arc<PoolMetrics>)>>,
+    pools: Mutex<Vec<(PoolName, Arc<PoolMetrics>)>>,
 }
 
 impl Default for Telemetry {
@@ -179,7 +201,7 @@ impl Default for Telemetry {
 }
 
 /// A thread's cached handles: the manager's id, the pool, its handles.
-type Cached = Option<(u64, Box<str>, Arc<PoolMetrics>)>;
+type Cached = Option<(u64, PoolName, Arc<PoolMetrics>)>;
 
 thread_local! {
     /// The handles this thread used last (manager id, pool): a call finds them
@@ -195,25 +217,25 @@ const MAX_POOLS: usize = 256;
 impl Telemetry {
     /// The handles of `pool` (registered on first use), or `None` past
     /// [`MAX_POOLS`] pools.
-    pub(crate) fn pool(&self, pool: &str) -> Option<Arc<PoolMetrics>> {
+    pub(crate) fn pool(&self, pool: &PoolName) -> Option<Arc<PoolMetrics>> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, m)) = pools.iter().find(|(name, _)| &**name == pool) {
+        if let Some((_, m)) = pools.iter().find(|(name, _)| name == pool) {
             return Some(Arc::clone(m));
         }
         if pools.len() >= MAX_POOLS {
             return None;
         }
         let m = Arc::new(PoolMetrics::new(pool));
-        pools.push((pool.into(), Arc::clone(&m)));
+        pools.push((pool.clone(), Arc::clone(&m)));
         Some(m)
     }
 
     /// Runs `f` with the handles of `pool` (none past [`MAX_POOLS`] pools).
-    pub(crate) fn with_pool(&self, pool: &str, f: impl FnOnce(&PoolMetrics)) {
+    pub(crate) fn with_pool(&self, pool: &PoolName, f: impl FnOnce(&PoolMetrics)) {
         let mut f = Some(f);
         LAST.with(|last| {
             if let Some((id, name, m)) = &*last.borrow() {
-                if *id == self.id && &**name == pool {
+                if *id == self.id && name == pool {
                     if let Some(f) = f.take() {
                         f(m);
                     }
@@ -223,7 +245,7 @@ impl Telemetry {
         let Some(f) = f else { return };
         let Some(m) = self.pool(pool) else { return };
         f(&m);
-        LAST.with(|last| *last.borrow_mut() = Some((self.id, pool.into(), m)));
+        LAST.with(|last| *last.borrow_mut() = Some((self.id, pool.clone(), m)));
     }
 
     /// A report of success or failure with a proxy.

@@ -153,12 +153,12 @@ fn lease_round_trips_through_json() {
         acquired_at: chrono::Utc::now(),
         expires_at: chrono::Utc::now(),
         released_at: None,
-        proxy: ProxyEndpoint {
+        proxy: std::sync::Arc::new(ProxyEndpoint {
             host: "1.1.1.1".into(),
             port: 8080,
             protocol: ProxyProtocol::Http,
             credentials: None,
-        },
+        }),
         fencing_token: 7,
     };
     let json = serde_json::to_string(&lease).unwrap();
@@ -218,12 +218,12 @@ fn lease_hands_over_as_compact_msgpack() {
         acquired_at: chrono::Utc::now(),
         expires_at: chrono::Utc::now(),
         released_at: None,
-        proxy: ProxyEndpoint {
+        proxy: std::sync::Arc::new(ProxyEndpoint {
             host: "2001:db8::1".into(),
             port: 1080,
             protocol: ProxyProtocol::Socks5,
             credentials: Some(lighthouse_lease::ProxyCredentials::new("u", "p@ss")),
-        },
+        }),
         fencing_token: 1_795_683_609_435_123,
     };
     let bytes = lease.to_msgpack().unwrap();

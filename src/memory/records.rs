@@ -16,51 +16,76 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::lease::LeaseStatus;
-use crate::names::ConsumerName;
+
+/// A time as nanoseconds since the Unix epoch (the storage's clock), or a
+/// length of time in nanoseconds: plain integers, so the hot path compares and
+/// adds without calendar arithmetic.
+pub(super) type Nanos = i64;
 
 /// What the storage keeps of a lease; the pool's name and id and the proxy's
 /// endpoint are filled in when a [`crate::Lease`] is handed out (as the Redis
 /// storage does), so keeping a record allocates nothing.
 #[derive(Debug, Clone)]
 pub(super) struct Record {
-    pub(super) proxy_id: Uuid,
-    pub(super) consumer_id: Uuid,
-    pub(super) consumer_name: ConsumerName,
+    /// The proxy's sequence number in its pool.
+    pub(super) proxy_seq: u64,
+    /// The holder: its place in the storage's list of consumers (which only
+    /// grows), so a record is small and holds no reference count.
+    pub(super) consumer: u32,
     pub(super) status: LeaseStatus,
-    pub(super) acquired_at: DateTime<Utc>,
-    pub(super) expires_at: DateTime<Utc>,
-    pub(super) released_at: Option<DateTime<Utc>>,
+    pub(super) acquired_at: Nanos,
+    pub(super) expires_at: Nanos,
+    /// When it was released (only meant when `status` is `Released`).
+    pub(super) released_at: Nanos,
     pub(super) fencing_token: u64,
-    /// Once finished: when the record is gone (finished + grace).
-    pub(super) gone_at: Option<DateTime<Utc>>,
 }
 
 impl Record {
+    /// When it finished: released, or expired at its expiry (`None` while live).
+    pub(super) fn finished_at(&self) -> Option<Nanos> {
+        match self.status {
+            LeaseStatus::Active => None,
+            LeaseStatus::Released => Some(self.released_at),
+            LeaseStatus::Expired => Some(self.expires_at),
+        }
+    }
+
+    /// Once finished, when the record is gone: a grace after it finished.
+    fn gone_at(&self, grace: Nanos) -> Option<Nanos> {
+        self.finished_at().map(|at| at.saturating_add(grace))
+    }
+
     /// Whether the record still exists at `now`.
-    fn visible(&self, now: DateTime<Utc>) -> bool {
-        self.gone_at.is_none_or(|at| at > now)
+    fn visible(&self, now: Nanos, grace: Nanos) -> bool {
+        self.gone_at(grace).is_none_or(|at| at > now)
     }
 
     /// The earliest time the record can be gone: its end, or its expiry plus
     /// `grace` while it is live.
-    fn earliest_gone(&self, grace: chrono::Duration) -> DateTime<Utc> {
-        self.gone_at.unwrap_or(self.expires_at + grace)
+    fn earliest_gone(&self, grace: Nanos) -> Nanos {
+        self.gone_at(grace)
+            .unwrap_or(self.expires_at.saturating_add(grace))
     }
 }
 
 /// Records by grant order; see the module docs.
 #[derive(Debug, Default)]
 pub(super) struct Records {
+    /// How long a record is kept after its lease finished.
+    grace: Nanos,
     /// The sequence number of `ring[0]`.
     base: u64,
     ring: VecDeque<Option<(Uuid, Record)>>,
     /// Records moved out of the ring's way, and when the finished ones are gone.
     side: super::FastMap<Uuid, Record>,
-    side_gone: BTreeSet<(DateTime<Utc>, Uuid)>,
+    side_gone: BTreeSet<(Nanos, Uuid)>,
+    /// Before this time [`Self::purge`] has nothing to do (`None`: it may
+    /// have now). Only changes at the ring's front or in the side map
+    /// move it, so most acquires and releases skip the purge.
+    idle_until: Option<Nanos>,
 }
 
 /// Rings shorter than this are never cleared to the side map.
@@ -73,12 +98,30 @@ fn seq_of(id: Uuid) -> u64 {
 }
 
 impl Records {
-    /// The id for the next record: its sequence number, then random bits (a
-    /// version-8 UUID, RFC 9562's custom layout).
-    pub(super) fn next_id(&self) -> Uuid {
+    /// No records yet; finished ones are kept for `grace`.
+    pub(super) fn new(grace: Nanos) -> Self {
+        Records {
+            grace,
+            ..Records::default()
+        }
+    }
+
+    /// Keeps finished records for `grace` from now on.
+    pub(super) fn set_grace(&mut self, grace: Nanos) {
+        self.grace = grace;
+        self.idle_until = None;
+    }
+
+    /// The id for the next record: its sequence number, then random bits from
+    /// `rng` (a version-8 UUID, RFC 9562's custom layout). The random bits tell
+    /// a forged or stale id from the record's; they are not a secret (in one
+    /// process, whoever holds the storage reads its records anyway).
+    pub(super) fn next_id(&self, rng: &mut fastrand::Rng) -> Uuid {
         let seq = self.base + self.ring.len() as u64;
-        let mut bytes = *Uuid::new_v4().as_bytes();
+        let mut bytes = [0u8; 16];
         bytes[..6].copy_from_slice(&seq.to_be_bytes()[2..]);
+        bytes[6..14].copy_from_slice(&rng.u64(..).to_be_bytes());
+        bytes[14..].copy_from_slice(&rng.u16(..).to_be_bytes());
         uuid::Builder::from_custom_bytes(bytes).into_uuid()
     }
 
@@ -86,6 +129,18 @@ impl Records {
     pub(super) fn push(&mut self, id: Uuid, record: Record) {
         debug_assert_eq!(seq_of(id), self.base + self.ring.len() as u64);
         self.ring.push_back(Some((id, record)));
+        // A new front, or a ring now long enough to clear to the side map.
+        if self.ring.len() == 1 || self.ring.len() == SIDE_AFTER {
+            self.idle_until = None;
+        }
+    }
+
+    /// Notes a change to the record in ring slot `slot` (`None`: in the side
+    /// map) that may give [`Self::purge`] something to do.
+    fn touched(&mut self, slot: Option<usize>) {
+        if slot.is_none_or(|i| i == 0) {
+            self.idle_until = None;
+        }
     }
 
     fn slot(&self, id: Uuid) -> Option<usize> {
@@ -96,26 +151,37 @@ impl Records {
         }
     }
 
+    /// The record of `id`, whether or not its grace is over (until purged).
+    pub(super) fn peek(&self, id: Uuid) -> Option<&Record> {
+        match self.slot(id) {
+            Some(i) => self.ring[i].as_ref().map(|(_, r)| r),
+            None => self.side.get(&id),
+        }
+    }
+
     /// The record of `id` if it exists at `now`.
-    pub(super) fn get(&self, id: Uuid, now: DateTime<Utc>) -> Option<&Record> {
+    pub(super) fn get(&self, id: Uuid, now: Nanos) -> Option<&Record> {
         let r = match self.slot(id) {
             Some(i) => self.ring[i].as_ref().map(|(_, r)| r),
             None => self.side.get(&id),
         }?;
-        r.visible(now).then_some(r)
+        r.visible(now, self.grace).then_some(r)
     }
 
     /// The record of `id` if it exists at `now`, to change it (see [`Self::finished`]).
-    pub(super) fn get_mut(&mut self, id: Uuid, now: DateTime<Utc>) -> Option<&mut Record> {
-        let r = match self.slot(id) {
+    pub(super) fn get_mut(&mut self, id: Uuid, now: Nanos) -> Option<&mut Record> {
+        let slot = self.slot(id);
+        self.touched(slot);
+        let grace = self.grace;
+        let r = match slot {
             Some(i) => self.ring[i].as_mut().map(|(_, r)| r),
             None => self.side.get_mut(&id),
         }?;
-        r.visible(now).then_some(r)
+        r.visible(now, grace).then_some(r)
     }
 
-    /// Call after setting `gone_at` of the record of `id`.
-    pub(super) fn finished(&mut self, id: Uuid, gone_at: DateTime<Utc>) {
+    /// Call after finishing the record of `id`, with when it is gone.
+    pub(super) fn finished(&mut self, id: Uuid, gone_at: Nanos) {
         if self.slot(id).is_none() && self.side.contains_key(&id) {
             self.side_gone.insert((gone_at, id));
         }
@@ -123,11 +189,13 @@ impl Records {
 
     /// Removes the record of `id` at once.
     pub(super) fn remove(&mut self, id: Uuid) {
-        match self.slot(id) {
+        let slot = self.slot(id);
+        self.touched(slot);
+        match slot {
             Some(i) => self.ring[i] = None,
             None => {
                 if let Some(r) = self.side.remove(&id) {
-                    if let Some(at) = r.gone_at {
+                    if let Some(at) = r.gone_at(self.grace) {
                         self.side_gone.remove(&(at, id));
                     }
                 }
@@ -147,20 +215,21 @@ impl Records {
     /// Drops the records gone by `now`, calling `dropped` with each id, and
     /// moves a record that would hold the ring back past `now + grace` to the
     /// side map.
-    pub(super) fn purge(
-        &mut self,
-        now: DateTime<Utc>,
-        grace: chrono::Duration,
-        mut dropped: impl FnMut(Uuid),
-    ) {
+    pub(super) fn purge(&mut self, now: Nanos, mut dropped: impl FnMut(Uuid)) {
+        let grace = self.grace;
+        if self.idle_until.is_some_and(|until| now < until) {
+            return;
+        }
         while let Some(front) = self.ring.front() {
             match front {
-                Some((_, r)) if r.visible(now) => {
-                    if self.ring.len() < SIDE_AFTER || r.earliest_gone(grace) <= now + grace {
+                Some((_, r)) if r.visible(now, grace) => {
+                    if self.ring.len() < SIDE_AFTER
+                        || r.earliest_gone(grace) <= now.saturating_add(grace)
+                    {
                         break;
                     }
                     if let Some(Some((id, r))) = self.ring.pop_front() {
-                        if let Some(at) = r.gone_at {
+                        if let Some(at) = r.gone_at(grace) {
                             self.side_gone.insert((at, id));
                         }
                         self.side.insert(id, r);
@@ -184,6 +253,14 @@ impl Records {
             self.side.remove(&id);
             dropped(id);
         }
+        // Nothing to do until the front's record or the first of the side
+        // map is gone (a live front stays until it finishes, which touches it).
+        let front = match self.ring.front() {
+            Some(Some((_, r))) => r.gone_at(grace).unwrap_or(Nanos::MAX),
+            _ => Nanos::MAX,
+        };
+        let side = self.side_gone.first().map_or(Nanos::MAX, |&(at, _)| at);
+        self.idle_until = Some(front.min(side));
     }
 }
 
@@ -191,27 +268,35 @@ impl Records {
 mod tests {
     use super::*;
 
-    fn record(at: DateTime<Utc>, secs: i64) -> Record {
+    const SEC: Nanos = 1_000_000_000;
+
+    fn record(at: Nanos, secs: i64) -> Record {
         Record {
-            proxy_id: Uuid::nil(),
-            consumer_id: Uuid::nil(),
-            consumer_name: ConsumerName::new("w").expect("valid"),
+            proxy_seq: 0,
+            consumer: 0,
             status: LeaseStatus::Active,
             acquired_at: at,
-            expires_at: at + chrono::Duration::seconds(secs),
-            released_at: None,
+            expires_at: at + secs * SEC,
+            released_at: 0,
             fencing_token: 1,
-            gone_at: None,
         }
     }
 
     #[test]
+    fn a_kept_record_is_small() {
+        // Every lease's record stays for the grace: its size is the memory
+        // (and the first-touch page faults) a lease costs.
+        assert!(std::mem::size_of::<Option<(Uuid, Record)>>() <= 64);
+    }
+
+    #[test]
     fn ids_carry_their_sequence_and_are_found_by_it() {
-        let mut recs = Records::default();
-        let t0 = Utc::now();
+        let mut recs = Records::new(60 * SEC);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let t0 = 1_700_000_000 * SEC;
         let ids: Vec<Uuid> = (0..10)
             .map(|_| {
-                let id = recs.next_id();
+                let id = recs.next_id(&mut rng);
                 recs.push(id, record(t0, 30));
                 id
             })
@@ -229,36 +314,35 @@ mod tests {
 
     #[test]
     fn finished_records_go_after_their_grace_and_a_long_lease_moves_aside() {
-        let grace = chrono::Duration::seconds(60);
-        let mut recs = Records::default();
-        let t0 = Utc::now();
-        let long = recs.next_id();
+        let grace = 60 * SEC;
+        let mut recs = Records::new(60 * SEC);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let t0 = 1_700_000_000 * SEC;
+        let long = recs.next_id(&mut rng);
         recs.push(long, record(t0, 7 * 24 * 3600));
         let mut short = Vec::new();
         for _ in 0..200 {
-            let id = recs.next_id();
+            let id = recs.next_id(&mut rng);
             recs.push(id, record(t0, 30));
             short.push(id);
         }
         // All short ones released at t0 + 1 s.
-        let t1 = t0 + chrono::Duration::seconds(1);
+        let t1 = t0 + SEC;
         for id in &short {
             let r = recs.get_mut(*id, t1).expect("live");
             r.status = LeaseStatus::Released;
-            r.gone_at = Some(t1 + grace);
+            r.released_at = t1;
             recs.finished(*id, t1 + grace);
         }
         let mut dropped = Vec::new();
-        recs.purge(t1, grace, |id| dropped.push(id));
+        recs.purge(t1, |id| dropped.push(id));
         assert!(dropped.is_empty());
-        assert!(recs
-            .get(short[0], t1 + grace - chrono::Duration::milliseconds(1))
-            .is_some());
+        assert!(recs.get(short[0], t1 + grace - 1_000_000).is_some());
         assert!(
             recs.get(short[0], t1 + grace).is_none(),
             "gone exactly at its end"
         );
-        recs.purge(t1 + grace, grace, |id| dropped.push(id));
+        recs.purge(t1 + grace, |id| dropped.push(id));
         assert_eq!(
             dropped.len(),
             200,
@@ -269,9 +353,10 @@ mod tests {
         // It ends; gone a grace later, from the side map.
         let t2 = t1 + grace;
         let r = recs.get_mut(long, t2).expect("live");
-        r.gone_at = Some(t2 + grace);
+        r.status = LeaseStatus::Released;
+        r.released_at = t2;
         recs.finished(long, t2 + grace);
-        recs.purge(t2 + grace, grace, |id| dropped.push(id));
+        recs.purge(t2 + grace, |id| dropped.push(id));
         assert_eq!(dropped.last(), Some(&long));
         assert!(recs.side.is_empty() && recs.side_gone.is_empty());
     }

@@ -231,7 +231,7 @@ pub(crate) fn lease_from_record(
         acquired_at: ms_to_time(r.acquired_ms)?,
         expires_at: ms_to_time(expires_ms)?,
         released_at: r.released.map(ms_to_time).transpose()?,
-        proxy: endpoint,
+        proxy: endpoint.into(),
         fencing_token: token,
     })
 }

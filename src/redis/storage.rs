@@ -796,7 +796,7 @@ impl RedisStorage {
             acquired_at: codec::ms_to_time(g.acquired_ms)?,
             expires_at: codec::ms_to_time(g.expires_ms)?,
             released_at: None,
-            proxy: endpoint,
+            proxy: endpoint.into(),
             fencing_token: g.token,
         })
     }

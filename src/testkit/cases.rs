@@ -220,7 +220,7 @@ pub async fn lease_carries_connection_details<H: Harness>(h: &H) {
     assert_eq!(lease.consumer_name, "worker-1");
     assert_eq!(lease.status, LeaseStatus::Active);
     assert_eq!(lease.released_at, None);
-    assert_eq!(lease.proxy, p.endpoint());
+    assert_eq!(*lease.proxy, p.endpoint());
     assert_eq!(
         lease.proxy_url(),
         "socks5://user:p%40ss%3Aword@[2001:db8::7]:1080"

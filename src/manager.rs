@@ -387,7 +387,13 @@ impl<S: Storage> ProxyManager<S> {
             let with_stats = {
                 let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
                 let started = crate::telemetry::CallTimer::start();
-                let result = self.storage.acquire(request).instrument(span.clone()).await;
+                // Without a subscriber the span is off: no wrapper to poll
+                // (and move the lease through).
+                let result = if span.is_disabled() {
+                    self.storage.acquire(request).await
+                } else {
+                    self.storage.acquire(request).instrument(span.clone()).await
+                };
                 let took = started.elapsed();
                 let leased = crate::telemetry::leased(&result);
                 span.record("outcome", crate::telemetry::acquire_outcome(leased));
@@ -573,7 +579,11 @@ impl<S: Storage> ProxyManager<S> {
         let with_stats = {
             let span = tracing::debug_span!("lighthouse.release", pool = %lease.pool_name, outcome = tracing::field::Empty);
             let started = crate::telemetry::CallTimer::start();
-            let result = self.storage.release(lease).instrument(span.clone()).await;
+            let result = if span.is_disabled() {
+                self.storage.release(lease).await
+            } else {
+                self.storage.release(lease).instrument(span.clone()).await
+            };
             let took = started.elapsed();
             let outcome = result.as_ref().ok().copied();
             span.record("outcome", crate::telemetry::release_outcome(outcome));

@@ -45,9 +45,11 @@ mod records;
 /// The usual acquire→release of a proxy that stays available moves nothing in
 /// the by-load order: a proxy's key there is a lower bound of its lease count,
 /// lowered by a release only below it and raised by `least_used` when it meets
-/// a key that is behind. Live leases wait for their expiry in a heap from which
-/// a release does not remove them (they are dropped when they come up, or in
-/// bulk when they outnumber the live ones). The index that serves a filter is
+/// a key that is behind. Live leases wait for their expiry in a heap; a
+/// release takes its lease out when it is the heap's last entry (the newest
+/// lease of the usual duration), and otherwise leaves it to be dropped when it
+/// comes up (or in bulk, when such entries outnumber the live ones). The index
+/// that serves a filter is
 /// worked out once for the filters' `Arc`, which a worker usually sends with
 /// every acquire (`options.clone()`).
 ///
@@ -290,34 +292,88 @@ impl Entry {
     }
 }
 
-/// Live leases by expiry, for reclaiming: a min-heap of (expiry, lease id).
-/// Releasing a lease leaves its entry in place (a heap cannot remove from the
-/// middle cheaply); an entry counts only while its record is active with the
-/// same expiry. Stale entries are dropped when they come up, or all at once
-/// when they outnumber the live ones.
+/// Live leases by expiry, for reclaiming: a binary min-heap of (expiry,
+/// lease id) in a `Vec`. A lease ending otherwise than by coming up (a
+/// release, an expiry seen by a release, a renewal) is taken out when it is
+/// the heap's last entry, which is where the newest lease of the usual
+/// duration sits (its expiry is the latest): the common acquire→release
+/// leaves nothing behind. Else its entry stays, stale (an entry counts only
+/// while its record is active with the same expiry), and stale entries are
+/// dropped when they come up, or all at once when they outnumber the live ones.
 #[derive(Debug, Default)]
 struct Expiries {
-    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Nanos, Uuid)>>,
+    heap: Vec<(Nanos, Uuid)>,
     stale: usize,
 }
 
 impl Expiries {
     fn push(&mut self, at: Nanos, id: Uuid) {
-        self.heap.push(std::cmp::Reverse((at, id)));
+        self.heap.push((at, id));
+        let mut i = self.heap.len() - 1;
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.heap[parent] <= self.heap[i] {
+                break;
+            }
+            self.heap.swap(parent, i);
+            i = parent;
+        }
     }
 
     /// The earliest entry, live or stale.
     fn first(&self) -> Option<(Nanos, Uuid)> {
-        self.heap.peek().map(|e| e.0)
+        self.heap.first().copied()
     }
 
+    /// Drops the earliest entry.
     fn pop(&mut self) {
-        self.heap.pop();
+        if self.heap.is_empty() {
+            return;
+        }
+        self.heap.swap_remove(0);
+        self.sift_down(0);
+    }
+
+    /// Takes out the entry of a lease that ended, if it is the last one (no
+    /// order to restore); `false` leaves it to be counted stale.
+    fn take_last(&mut self, at: Nanos, id: Uuid) -> bool {
+        if self.heap.last() == Some(&(at, id)) {
+            self.heap.pop();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Keeps the entries that pass `keep`.
+    fn retain(&mut self, keep: impl FnMut(&(Nanos, Uuid)) -> bool) {
+        self.heap.retain(keep);
+        for i in (0..self.heap.len() / 2).rev() {
+            self.sift_down(i);
+        }
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        loop {
+            let (left, right) = (2 * i + 1, 2 * i + 2);
+            let mut least = i;
+            if left < self.heap.len() && self.heap[left] < self.heap[least] {
+                least = left;
+            }
+            if right < self.heap.len() && self.heap[right] < self.heap[least] {
+                least = right;
+            }
+            if least == i {
+                return;
+            }
+            self.heap.swap(i, least);
+            i = least;
+        }
     }
 
     /// Every entry, in no order.
     fn iter(&self) -> impl Iterator<Item = (Nanos, Uuid)> + '_ {
-        self.heap.iter().map(|e| e.0)
+        self.heap.iter().copied()
     }
 }
 
@@ -556,18 +612,21 @@ impl PoolState {
             .is_some_and(|r| r.status == LeaseStatus::Active && r.expires_at == at)
     }
 
-    /// Counts a stale expiry entry (a lease released, expired or renewed other
-    /// than by reclaiming it), and drops the stale entries when they outnumber
-    /// the live ones.
-    fn expiry_gone_stale(&mut self) {
+    /// The expiry entry `(at, id)` of a lease that ended otherwise than by
+    /// reclaiming it (released, expired as a release found it, renewed):
+    /// taken out when it is the last, else counted stale; the stale entries
+    /// are dropped when they outnumber the live ones.
+    fn expiry_gone(&mut self, at: Nanos, id: Uuid) {
+        if self.live.take_last(at, id) {
+            return;
+        }
         self.live.stale += 1;
         // Each entry is looked at about once per stale entry dropped.
         let live = self.live.heap.len().saturating_sub(self.live.stale);
         if self.live.stale > 64 && self.live.stale > 2 * live {
-            let mut heap = std::mem::take(&mut self.live.heap);
-            heap.retain(|e| self.is_live(e.0 .0, e.0 .1));
-            self.live.heap = heap;
-            self.live.stale = 0;
+            let mut expiries = std::mem::take(&mut self.live);
+            expiries.retain(|&(at, id)| self.is_live(at, id));
+            self.live = expiries;
         }
     }
 
@@ -615,7 +674,7 @@ impl PoolState {
                 self.requests.remove(&request);
             }
         }
-        self.live.heap.retain(|e| !gone.contains(&e.0 .1));
+        self.live.retain(|(_, lease)| !gone.contains(lease));
         self.cooling.retain(|(_, proxy)| *proxy != id);
     }
 
@@ -1308,17 +1367,18 @@ impl LeaseStorage for InMemoryStorage {
         let Some(record) = ps.leases.get(lease.id, now) else {
             return Ok(ReleaseOutcome::NotFound);
         };
+        let expires_at = record.expires_at;
         let outcome = match record.status {
             LeaseStatus::Released => return Ok(ReleaseOutcome::AlreadyReleased),
             LeaseStatus::Expired => return Ok(ReleaseOutcome::Expired),
-            LeaseStatus::Active if record.expires_at <= now => {
+            LeaseStatus::Active if expires_at <= now => {
                 ps.finish(lease.id, LeaseStatus::Expired, now, self.grace);
-                ps.expiry_gone_stale();
+                ps.expiry_gone(expires_at, lease.id);
                 ReleaseOutcome::Expired
             }
             LeaseStatus::Active => {
                 ps.finish(lease.id, LeaseStatus::Released, now, self.grace);
-                ps.expiry_gone_stale();
+                ps.expiry_gone(expires_at, lease.id);
                 ReleaseOutcome::Released
             }
         };
@@ -1350,8 +1410,8 @@ impl LeaseStorage for InMemoryStorage {
         let new = now.saturating_add(to_nanos(duration));
         record.expires_at = new;
         if new != old {
+            ps.expiry_gone(old, lease.id);
             ps.live.push(new, lease.id);
-            ps.expiry_gone_stale();
         }
         ps.lease(lease.id, now, consumers).ok_or(Error::LeaseLost {
             id: lease.id,
@@ -1531,6 +1591,32 @@ impl LeaseStorage for InMemoryStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiries_come_out_earliest_first_and_the_last_is_taken_out_in_place() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut e = Expiries::default();
+        let mut all = Vec::new();
+        for _ in 0..500 {
+            let entry = (rng.i64(0..1_000), Uuid::from_u128(rng.u128(..)));
+            e.push(entry.0, entry.1);
+            all.push(entry);
+            // The newest, when it is the latest, is the last entry.
+            if entry == *all.iter().max().unwrap_or(&entry) && rng.bool() {
+                assert!(e.take_last(entry.0, entry.1));
+                all.pop();
+            }
+        }
+        e.retain(|&(at, _)| at % 7 != 0);
+        all.retain(|&(at, _)| at % 7 != 0);
+        all.sort();
+        let mut out = Vec::new();
+        while let Some(first) = e.first() {
+            out.push(first);
+            e.pop();
+        }
+        assert_eq!(out, all);
+    }
 
     #[test]
     fn times_convert_as_chrono_does_across_days_and_before_the_epoch() {

@@ -58,6 +58,23 @@ async fn setup(server: &RedisServer, max_batch: usize, n: usize) -> Manager {
     m
 }
 
+/// A manager in namespace `ns` on a private server with an empty pool `POOL`
+/// (batches of up to 32, one call in flight per lane, not fitted to the link).
+async fn empty_pool(server: &RedisServer, ns: &str) -> (Manager, ProxyPool) {
+    let config = RedisConfig::from_url(server.url())
+        .namespace(ns)
+        .max_batch(32)
+        .max_in_flight(1)
+        .fit_in_flight(false);
+    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
+    (m, pool)
+}
+
 async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     support::raw_conn(&server.url()).await
 }
@@ -398,17 +415,7 @@ async fn a_lease_released_twice_in_one_batch_frees_one_slot() {
 async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
     let server = RedisServer::spawn().unwrap();
     let ns = support::unique_namespace();
-    let config = RedisConfig::from_url(server.url())
-        .namespace(ns.clone())
-        .max_batch(32)
-        .max_in_flight(1)
-        .fit_in_flight(false);
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
+    let (m, pool) = empty_pool(&server, &ns).await;
     let proxies: Vec<Proxy> = (0..2)
         .map(|i| {
             Proxy::builder(pool.id, format!("10.3.0.{i}"), 8080)
@@ -469,17 +476,7 @@ async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_batch_of_acquires_counts_each_lease_of_a_proxy() {
     let server = RedisServer::spawn().unwrap();
-    let config = RedisConfig::from_url(server.url())
-        .namespace(support::unique_namespace())
-        .max_batch(32)
-        .max_in_flight(1)
-        .fit_in_flight(false);
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
+    let (m, pool) = empty_pool(&server, &support::unique_namespace()).await;
     let proxies: Vec<Proxy> = (0..2)
         .map(|i| {
             Proxy::builder(pool.id, format!("10.4.0.{i}"), 8080)
@@ -540,17 +537,7 @@ async fn a_batch_of_acquires_counts_each_lease_of_a_proxy() {
 #[tokio::test(flavor = "current_thread")]
 async fn random_batches_keep_every_count_exact() {
     let server = RedisServer::spawn().unwrap();
-    let config = RedisConfig::from_url(server.url())
-        .namespace(support::unique_namespace())
-        .max_batch(32)
-        .max_in_flight(1)
-        .fit_in_flight(false);
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
+    let (m, pool) = empty_pool(&server, &support::unique_namespace()).await;
     let mut rng = fastrand::Rng::with_seed(0x5eed_1ea5e);
     let proxies: Vec<Proxy> = (0..12)
         .map(|i| {

@@ -118,9 +118,19 @@ for c in 1 64; do
   printf '%-16s %4s %9s %16s %14s\n' redis-semaphore "$c" "$k" "$n" "${PER[sem$c]}"
   CALLS["sem$c"]="$(calls_of "$k")"
 done
+# The crawler loop of rotate_proxy (release and acquire in one call) at c=1,
+# held against the semaphore's acquire→release cycle as `cargo bench` does.
+STEP="rotate"
+n="$(counted "$LH" --json bench --pool bench --concurrency 1 --duration "$SECS" --rotate)"
+k="$(cycles_of cycles)"
+PER[rotate]=$((n / k))
+printf '%-16s %4s %9s %16s %14s\n' "ours rotate" 1 "$k" "$n" "${PER[rotate]}"
+CALLS[rotate]="$(calls_of "$k")"
 for c in 1 64; do
   echo "c=$c Redis commands per cycle: ours ${CALLS[ours$c]}; redis-semaphore ${CALLS[sem$c]}"
 done
+echo "rotate (c=1) Redis commands per rotate: ${CALLS[rotate]}"
 for c in 1 64; do
   python3 -c "print('c=$c: semaphore / ours instructions per cycle = %.2f' % (${PER[sem$c]} / ${PER[ours$c]}))"
 done
+python3 -c "print('c=1 rotate: semaphore cycle / ours rotate instructions = %.2f' % (${PER[sem1]} / ${PER[rotate]}))"

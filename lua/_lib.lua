@@ -61,7 +61,7 @@ local function set_prefix(prefix)
   local k = PKS[prefix]
   if not k then
     if NPKS >= 256 then PKS, NPKS = {}, 0 end
-    k = { meta = prefix .. K_META, live = prefix .. K_LIVE, proxies = prefix .. K_PROXIES,
+    k = { p = prefix, meta = prefix .. K_META, live = prefix .. K_LIVE, proxies = prefix .. K_PROXIES,
       held = prefix .. K_HELD, load_all = prefix .. K_IDX .. 'load:all', req = prefix .. K_REQ,
       idx = {} }
     PKS[prefix] = k
@@ -111,7 +111,7 @@ end
 -- decimal (TIME's seconds and the ms of its µs, zero-padded).
 local function clock()
   local t = redis.call('TIME')
-  local s, us = num(t[1]), tonumber(t[2])
+  local s, us = NUM[t[1]] or num(t[1]), tonumber(t[2])
   if not PAD3 then pad3_table() end
   local ms = math.floor(us / 1000)
   return s * 1000 + ms, s * 1000000 + us, t[1] .. PAD3[ms]
@@ -139,7 +139,7 @@ end
 
 -- An integer in [lo, hi], or nil.
 local function int_in(s, lo, hi)
-  local n = num(s)
+  local n = s and NUM[s] or num(s)
   if n == nil or n < lo or n > hi or n % 1 ~= 0 then
     return nil
   end
@@ -173,7 +173,13 @@ local function check_prefix(prefix, key, suffix)
 end
 
 -- The same for the hot operations: KEYS[1] must be P meta and KEYS[2] P live.
+-- The prefix of the previous call was checked then (the usual case: calls of
+-- one pool in a row).
 local function check_meta_live(prefix)
+  if PK and PK.p == prefix then
+    P = prefix
+    return KEYS[1] == PK.meta and KEYS[2] == PK.live
+  end
   return check_prefix(prefix, KEYS[1], K_META) and KEYS[2] == PK.live
 end
 

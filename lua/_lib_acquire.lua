@@ -117,20 +117,32 @@ end
 -- +1 consumer name. Two arguments instead of nine: Redis parses seven fewer,
 -- FCALL interns seven fewer strings for ARGV, and the request is not checked
 -- and parsed again, only its consumer.
+-- or the spec block of a request with no request id and another selector than
+-- random: +0 '\1' (no consumer name holds a control character), +1 consumer
+-- name, +2 the spec: the full block's +1..+8.. joined by '\n' (the random
+-- number and the request key index both '0'). A spec is read and checked once
+-- per pool settings and kept (SPECS in POOL): the usual request, the same
+-- spec call after call, costs a table look-up and its consumer's check.
 -- `slot` is the request's position (its table is reused across calls).
 -- Returns the request and the next index, or nil and an error message. Called
 -- after the pool's settings are read (a filter is decoded only when a candidate
 -- must be tested against it), before anything is written.
 local read_request_full
 local function read_request(at, slot)
-  if ARGV[at] ~= '' then return read_request_full(at, slot) end
+  local a = ARGV[at]
+  if a == '\1' then return STRAIGHT.spec(at, slot) end
+  if a ~= '' then return read_request_full(at, slot, ARGV) end
   local prev = slot > 1 and REQS[slot - 1]
   if not prev or prev.reqk ~= 0 or prev.order == 'rnd' then
     return nil, 'a short request block must follow one it repeats'
   end
   local c = ARGV[at + 1]
   if not consumer_ok(c) then return nil, 'bad consumer name' end
-  local r = req_table(slot)
+  return STRAIGHT.copy_request(req_table(slot), prev, c), at + 2
+end
+
+-- Request `r` as `prev` but for its consumer `c`; returns r.
+function STRAIGHT.copy_request(r, prev, c)
   r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, prev.dur, prev.dur_s,
     prev.ttl_s, prev.selector, prev.json
   r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
@@ -141,12 +153,52 @@ local function read_request(at, slot)
     for j = #dtags, 1, -1 do dtags[j] = nil end
     for j = 1, #pt do dtags[j] = pt[j] end
   end
-  return r, at + 2
+  return r
 end
 
-read_request_full = function(at, slot)
-  local c, dur_s, ttl_s, sel, json, exact = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3],
-    ARGV[at + 4], ARGV[at + 5]
+-- The spec block at ARGV[at] (see read_request()).
+STRAIGHT.spec_args = {}
+function STRAIGHT.spec(at, slot)
+  local c, spec = ARGV[at + 1], ARGV[at + 2]
+  local specs = POOL.specs
+  if not specs or POOL.nspecs >= 256 then
+    specs = {}
+    POOL.specs, POOL.nspecs = specs, 0
+  end
+  local t = specs[spec]
+  if t then
+    if not consumer_ok(c) then return nil, 'bad consumer name' end
+    return STRAIGHT.copy_request(req_table(slot), t, c), at + 3
+  end
+  if type(spec) ~= 'string' or #spec > 70000 then return nil, 'bad request spec' end
+  -- Read once: split into a full block (after the consumer) and read that.
+  local A, k, pos = STRAIGHT.spec_args, 1, 1
+  A[1] = c
+  while true do
+    local e = string.find(spec, '\n', pos, true)
+    k = k + 1
+    if k > 74 then return nil, 'bad request spec' end
+    if not e then
+      A[k] = string.sub(spec, pos)
+      break
+    end
+    A[k] = string.sub(spec, pos, e - 1)
+    pos = e + 1
+  end
+  for j = #A, k + 1, -1 do A[j] = nil end
+  local r, nxt = read_request_full(1, slot, A)
+  if not r then return nil, nxt end
+  if nxt ~= k + 1 or r.reqk ~= 0 or r.order == 'rnd' then return nil, 'bad request spec' end
+  t = STRAIGHT.copy_request({ dtags = {} }, r, '')
+  specs[spec] = t
+  POOL.nspecs = POOL.nspecs + 1
+  return r, at + 3
+end
+
+-- Reads a full block from A[at...] (ARGV, or a spec split into its fields).
+read_request_full = function(at, slot, A)
+  local c, dur_s, ttl_s, sel, json, exact = A[at], A[at + 1], A[at + 2], A[at + 3],
+    A[at + 4], A[at + 5]
   if not consumer_ok(c) then return nil, 'bad consumer name' end
   local dur, ttl = int_in(dur_s, 1, MAX_LEASE_MS), int_in(ttl_s, 1, MAX_LEASE_MS + MAX_GRACE_MS)
   if not dur or not ttl or ttl < dur then return nil, 'bad duration' end
@@ -156,7 +208,7 @@ read_request_full = function(at, slot)
     return nil, 'bad filter'
   end
   if not SMALL then small_numbers() end
-  local reqk, nt = SMALL[ARGV[at + 7]], SMALL[ARGV[at + 8]]
+  local reqk, nt = SMALL[A[at + 7]], SMALL[A[at + 8]]
   if not reqk or not nt or nt > 64 or reqk > #KEYS or reqk == 1 or reqk == 2 then
     return nil, 'bad numeric argument'
   end
@@ -171,11 +223,11 @@ read_request_full = function(at, slot)
   local dtags = r.dtags
   for j = #dtags, 1, -1 do dtags[j] = nil end
   if order == 'rnd' then
-    r.rnd = int_in(ARGV[at + 6], 0, 2147483648)
+    r.rnd = int_in(A[at + 6], 0, 2147483648)
     if not r.rnd then return nil, 'bad numeric argument' end
   end
   for j = 1, nt do
-    local tag = ARGV[at + 8 + j]
+    local tag = A[at + 8 + j]
     if not is_tag(tag) then return nil, 'bad tag' end
     if declared(tag) then r.dtags[#r.dtags + 1] = tag else r.test = true end
   end

@@ -10,9 +10,11 @@
 -- ARGV[3]  record grace ms (0..MAX_GRACE_MS)
 -- ARGV[4]  n, the number of requests (1..MAX_REQUESTS), then n blocks as read by
 --          read_request() in _lib_acquire.lua (consumer, duration, record TTL,
---          selector, filter, exact flag, random, request key index, tags), or
---          the short block ('', consumer) of a request that repeats the one
---          before it but for its consumer
+--          selector, filter, exact flag, random, request key index, tags), the
+--          spec block ('\1', consumer, those fields after the consumer joined by
+--          newlines: a request with no request id, not random) or the short
+--          block ('', consumer) of a request that repeats the one before it but
+--          for its consumer
 --
 -- Reply: one entry per request, in order:
 --   {'OK', token, acquired_ms, expires_ms, proxy_seq, proxy_json, pool_id}: the

@@ -329,6 +329,100 @@ async fn repeated_requests_in_a_batch_keep_their_own_options() {
     assert_eq!(again.id, leases[8].id, "the request id was kept");
 }
 
+/// A request without a request id goes to the script as its consumer and one
+/// "spec" argument, which the script reads once per pool and keeps: calls one
+/// after another with different options each get their own, and a pool created
+/// again under the same name with other indexes does not reuse what the script
+/// kept for the first (the spec `country=CL` is an index look-up in the first
+/// pool, a filter to test in the second).
+#[tokio::test(flavor = "current_thread")]
+async fn request_specs_kept_by_the_script_serve_each_call_its_own_options() {
+    let server = RedisServer::spawn().unwrap();
+    let ns = support::unique_namespace();
+    let chile = || ProxyFilters::new().country("CL");
+    let long = Duration::from_secs(90);
+    let (m, _) = empty_pool(&server, &ns).await;
+    for indexes in [
+        lighthouse_lease::PoolIndexes::default(),
+        lighthouse_lease::PoolIndexes::new(),
+    ] {
+        assert!(m.storage().remove_pool(&pn(POOL)).await.unwrap());
+        let pool = m
+            .storage()
+            .create_pool(ProxyPool::new(POOL).unwrap().with_indexes(indexes.clone()))
+            .await
+            .unwrap();
+        // Eight in AR, then four in CL: unfiltered requests take AR proxies
+        // first (least used, then the lowest sequence number).
+        let proxies: Vec<Proxy> = (0..12)
+            .map(|i| {
+                Proxy::builder(pool.id, format!("10.2.0.{i}"), 8080)
+                    .max_concurrency(1)
+                    .country(if i >= 8 { "CL" } else { "AR" })
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        m.storage().add_proxies(proxies).await.unwrap();
+        // (options, in CL, 90 s), each call alone and held until the end.
+        let plan: Vec<(AcquireOptions, bool, bool)> = vec![
+            (AcquireOptions::new().filters(chile()), true, false),
+            (AcquireOptions::new(), false, false),
+            (AcquireOptions::new().duration(long), false, true),
+            (AcquireOptions::new().filters(chile()), true, false),
+            (
+                AcquireOptions::new().filters(chile()).duration(long),
+                true,
+                true,
+            ),
+            (AcquireOptions::new().duration(long), false, true),
+            (AcquireOptions::new().filters(chile()), true, false),
+        ];
+        let mut leases = Vec::new();
+        for (o, _, _) in &plan {
+            leases.push(
+                m.acquire_proxy(POOL, o.clone())
+                    .await
+                    .unwrap()
+                    .expect("a free proxy"),
+            );
+        }
+        let listed = m.storage().list_proxies(&pn(POOL)).await.unwrap();
+        let default = leases[1].expires_at - leases[1].acquired_at;
+        assert_ne!(default, chrono::Duration::seconds(90));
+        for (i, (lease, (_, in_chile, is_long))) in leases.iter().zip(&plan).enumerate() {
+            let p = listed.iter().find(|p| p.id == lease.proxy_id).unwrap();
+            if *in_chile {
+                assert_eq!(p.country.as_deref(), Some("CL"), "{indexes:?}: request {i}");
+            }
+            let want = if *is_long {
+                chrono::Duration::seconds(90)
+            } else {
+                default
+            };
+            assert_eq!(
+                lease.expires_at - lease.acquired_at,
+                want,
+                "{indexes:?}: request {i}"
+            );
+        }
+        // The four CL proxies are all held: the next CL request finds none,
+        // while a request without the filter still gets an AR proxy.
+        assert!(m
+            .acquire_proxy(POOL, AcquireOptions::new().filters(chile()))
+            .await
+            .unwrap()
+            .is_none());
+        let last = m
+            .acquire_proxy(POOL, AcquireOptions::new())
+            .await
+            .unwrap()
+            .expect("AR proxies left");
+        let p = listed.iter().find(|p| p.id == last.proxy_id).unwrap();
+        assert_eq!(p.country.as_deref(), Some("AR"));
+    }
+}
+
 /// The live set is a skiplist as soon as a batch adds several leases to it
 /// (a listpack, Redis's small-set encoding, would be scanned by every ZADD, ZREM
 /// and ZMSCORE), and the member that converts it leaves no trace; once emptied

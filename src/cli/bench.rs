@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Use this existing pool instead of a temporary one.
     #[arg(long)]
     pub pool: Option<PoolName>,
+    /// Each caller acquires once, then loops on `rotate_proxy` (release and
+    /// acquire in one storage call); a cycle is one rotate.
+    #[arg(long)]
+    pub rotate: bool,
 }
 
 /// What a bench run measured.
@@ -41,7 +45,7 @@ pub struct BenchReport {
     pub concurrency: usize,
     /// Wall time, seconds.
     pub seconds: f64,
-    /// Completed acquire+release cycles.
+    /// Completed acquire+release cycles (rotates, with `--rotate`).
     pub cycles: u64,
     /// Acquires that found no free proxy.
     pub exhausted: u64,
@@ -153,11 +157,13 @@ async fn load<S: Storage>(
     let mut tasks = Vec::with_capacity(args.concurrency);
     for i in 0..args.concurrency {
         let (m, stop, done, pool) = (manager.clone(), stop.clone(), done.clone(), pool.clone());
+        let rotate = args.rotate;
         tasks.push(tokio::spawn(async move {
             let options = AcquireOptions::new().consumer(format!("bench-{i}"));
             let mut lat = Vec::new();
             let mut exhausted = 0u64;
             let mut n = 0u64;
+            let mut held = None;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 if n.is_multiple_of(64) {
@@ -166,6 +172,29 @@ async fn load<S: Storage>(
                     tokio::task::yield_now().await;
                 }
                 let t = Instant::now();
+                if rotate {
+                    // Rotate the lease in hand; the first lease (or the next one
+                    // after a rotate that found none) is acquired, not counted.
+                    match held.take() {
+                        Some(lease) => {
+                            held = m.rotate_proxy(&lease, options.clone()).await?.next;
+                            if held.is_some() {
+                                lat.push(t.elapsed().as_micros() as u64);
+                                done.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                        None => {
+                            held = m.acquire_proxy(&pool, options.clone()).await?;
+                            if held.is_some() {
+                                continue;
+                            }
+                        }
+                    }
+                    exhausted += 1;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 match m.acquire_proxy(&pool, options.clone()).await? {
                     Some(lease) => {
                         m.release_proxy(&lease).await?;
@@ -177,6 +206,9 @@ async fn load<S: Storage>(
                         tokio::task::yield_now().await;
                     }
                 }
+            }
+            if let Some(lease) = held {
+                m.release_proxy(&lease).await?;
             }
             Ok::<_, Error>((lat, exhausted))
         }));

@@ -17,6 +17,10 @@ pub(crate) const OP: Op = Op::new("acquire", include_str!("../../../lua/acquire.
 /// Most required index tags sent per request (more only narrow less).
 const MAX_TAGS: usize = 64;
 
+/// The first argument of a spec block (no consumer name holds a control
+/// character, so it cannot be read as one).
+const SPEC_MARK: &str = "\u{1}";
+
 /// One acquire request as the script reads it (a block of its ARGV).
 #[derive(Debug, Clone)]
 pub(crate) struct AcquireItem {
@@ -32,6 +36,9 @@ pub(crate) struct AcquireItem {
     pub(crate) exact: bool,
     pub(crate) request_key: Option<String>,
     pub(crate) tags: Vec<String>,
+    /// The request but for its consumer as one argument (see [`Self::spec_of`]),
+    /// when it has no request id and is not random.
+    pub(crate) spec: Option<String>,
 }
 
 impl AcquireItem {
@@ -51,7 +58,7 @@ impl AcquireItem {
         } else {
             codec::filter_json(&request.filters)
         };
-        Ok(AcquireItem {
+        let mut item = AcquireItem {
             consumer: request.consumer_name.to_string(),
             duration_ms,
             ttl_ms: duration_ms + grace_ms,
@@ -60,7 +67,39 @@ impl AcquireItem {
             exact: single_tag_filter(&request.filters),
             request_key: request.request_id.as_deref().map(|r| pk.request(r)),
             tags,
-        })
+            spec: None,
+        };
+        if item.request_key.is_none() && item.selector != "random" {
+            item.spec = Some(item.spec_of());
+        }
+        Ok(item)
+    }
+
+    /// The spec block's second argument: the full block's fields after the
+    /// consumer, joined by newlines (`duration`, `ttl`, `selector`, `filter`,
+    /// `exact`, `0` (random), `0` (request key), tag count, tags). None of them
+    /// holds a newline: tags are percent-encoded and the filter JSON escapes
+    /// control characters. The script parses a spec once per pool and keeps
+    /// what it read, so a request costs it a table look-up instead of eight
+    /// arguments to read and check (see `read_request` in `lua/_lib_acquire.lua`).
+    fn spec_of(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(32 + self.filter.len());
+        let _ = write!(
+            s,
+            "{}\n{}\n{}\n{}\n{}\n0\n0\n{}",
+            self.duration_ms,
+            self.ttl_ms,
+            self.selector,
+            self.filter,
+            if self.exact { "1" } else { "0" },
+            self.tags.len()
+        );
+        for t in &self.tags {
+            s.push('\n');
+            s.push_str(t);
+        }
+        s
     }
 
     /// Whether the script may read this request as `prev` again with another
@@ -82,10 +121,14 @@ impl AcquireItem {
     /// Appends this request's block; its request key, if any, is `KEYS[key_index]`.
     /// `prev` is the request whose block the script read just before (none for
     /// the first): a request that repeats it is sent as the short block, its
-    /// consumer alone.
+    /// consumer alone; one with a spec as the spec block (mark, consumer, spec).
     pub(crate) fn push(&self, inv: &mut super::Call, key_index: usize, prev: Option<&AcquireItem>) {
         if prev.is_some_and(|p| self.repeats(p)) {
             inv.arg("").arg(&self.consumer);
+            return;
+        }
+        if let Some(spec) = &self.spec {
+            inv.arg(SPEC_MARK).arg(&self.consumer).arg(spec);
             return;
         }
         inv.arg(&self.consumer)

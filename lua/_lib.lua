@@ -560,6 +560,7 @@ local SKIPLIST_MEMBER = '~ lighthouse: a member longer than zset-max-listpack-va
 -- acquire path are stale after it (EPOCH moves on). With `skiplist` (proxy_add),
 -- every index written is made a skiplist (see SKIPLIST_MEMBER): one more ZREM each.
 local function flush(skiplist)
+  if TLN == 0 and ZKN == 0 and not (W.held or W.pj or W.g) then return end
   for i = 1, TLN do
     local st = TL[i]
     if st.dirty then plan(st) end

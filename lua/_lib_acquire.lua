@@ -730,6 +730,12 @@ local function finish()
     end
     POOL.live_est = est
   end
+  if RR_MOVED or EXP_MOVED or COOL_MOVED then STRAIGHT.write_hints() end
+  if FREED > TAKEN then notify(WAIT_UNTIL, NOW) end
+end
+
+-- The meta's cursor and hints that moved in this call (HSET, HDEL).
+function STRAIGHT.write_hints()
   local set, del = { KEYS[1] }, nil
   if RR_MOVED then
     set[#set + 1] = 'rr'
@@ -754,7 +760,6 @@ local function finish()
   end
   if set[2] then redis.call('HSET', unpack(set)) end
   if del then redis.call('HDEL', unpack(del)) end
-  if FREED > TAKEN then notify(WAIT_UNTIL, NOW) end
 end
 
 -- ---------------------------------------------------------------- one request

@@ -39,6 +39,26 @@ if why then
   for i = 1, n do out[i] = { why, found } end
   return out
 end
+-- The crawler loop's call, one lease in hand and one least_used request with
+-- nothing due to reclaim: released and served straight (release_one, then
+-- serve_one or, when that leaves it, serve), without the tables of a batch.
+if n == 1 then
+  local id = ARGV[5]
+  if not is_token(id) then return fail('bad lease token') end
+  local r, nxt = read_request(6, 1)
+  if not r then return fail(nxt) end
+  if nxt ~= #ARGV + 1 then return fail('bad argument count') end
+  if r.fast and r.order == 'load' and r.reqk == 0 and not r.noorder
+    and not (EXP and EXP <= NOW) and not (COOL_NEXT and COOL_NEXT <= NOW) then
+    local outcome, freed = release_one(id, prefix .. id, CREATED or '0', NOW, NOW_S, ARGV[3])
+    if freed then FREED = FREED + 1 end
+    local reply = serve_one(r, 1) or serve(r, 0, 1, 1)
+    reply[1] = outcome
+    OUT[1], OUT[2] = reply, nil
+    finish()
+    return OUT
+  end
+end
 local ids, keys, at = {}, {}, 5
 for i = 1, n do
   local id = ARGV[at]
@@ -58,20 +78,6 @@ for i = 1, n do
     rel_ids[#rel_ids + 1], rel_keys[#rel_keys + 1] = ids[i], keys[i]
     slot[i] = #rel_ids
   end
-end
--- The crawler loop's call, one lease in hand and one least_used request with
--- nothing due to reclaim: released and served straight (release_one, then
--- serve_one or, when that leaves it, serve).
-local r1 = REQS[1]
-if n == 1 and r1.fast and r1.order == 'load' and r1.reqk == 0 and not r1.noorder
-  and not (EXP and EXP <= NOW) and not (COOL_NEXT and COOL_NEXT <= NOW) then
-  local outcome, freed = release_one(ids[1], keys[1], CREATED or '0', NOW, NOW_S, ARGV[3])
-  if freed then FREED = FREED + 1 end
-  local reply = serve_one(r1, 1) or serve(r1, 0, 1, 1)
-  reply[1] = outcome
-  OUT[1], OUT[2] = reply, nil
-  finish()
-  return OUT
 end
 reclaim_due(limit)
 if rel_ids[1] then prepare_releases(rel_ids, rel_keys, CREATED or '0') end

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use lighthouse_lease::cli::{manager, run, Cli};
-use lighthouse_lease::{AdminStorage, InMemoryStorage, ProxyManager};
+use lighthouse_lease::{AdminStorage, InMemoryStorage, LeaseStorage, ProxyManager};
 
 struct Shell {
     m: ProxyManager<InMemoryStorage>,
@@ -253,6 +253,34 @@ async fn bench_reports_cycles_and_percentiles_and_cleans_up() {
     assert!(
         sh.m.storage().list_pools().await.unwrap().is_empty(),
         "the temporary pool is removed"
+    );
+}
+
+/// `bench --rotate` loops on rotate_proxy: each cycle a rotate that released
+/// the lease in hand and got the next, and the last lease is given back.
+#[tokio::test]
+async fn bench_rotate_counts_rotates_and_gives_the_last_lease_back() {
+    let sh = Shell::new();
+    sh.sh("pool create r").await.unwrap();
+    for i in 0..3 {
+        sh.sh(&format!("proxy add --pool r --host 10.0.0.{i} --port 80"))
+            .await
+            .unwrap();
+    }
+    let out = sh
+        .sh("bench --pool r --concurrency 2 --duration 0.2 --rotate --json")
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["cycles"].as_u64().unwrap() > 0);
+    let stats =
+        sh.m.storage()
+            .pool_stats(&"r".try_into().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        stats.total_leases, 0,
+        "every caller's last lease was released"
     );
 }
 

@@ -47,26 +47,65 @@ impl Clock for SystemClock {
     }
 
     fn now_nanos(&self) -> i64 {
-        thread_local! {
-            /// The counter and the wall clock (ns since the epoch) read together last.
-            static ANCHOR: std::cell::Cell<Option<(u64, i64)>> =
-                const { std::cell::Cell::new(None) };
-        }
-        let counter = tsc();
-        let raw = counter.raw();
-        ANCHOR.with(|anchor| {
-            if let Some((at, wall)) = anchor.get() {
-                let since = counter.delta_as_nanos(at, raw);
-                if since < REANCHOR_NANOS {
-                    // Less than a millisecond: fits.
-                    return wall.saturating_add(i64::try_from(since).unwrap_or(0));
-                }
-            }
-            let wall = wall_clock_nanos();
-            anchor.set(Some((raw, wall)));
-            wall
-        })
+        system_nanos_at(tsc().raw())
     }
+}
+
+thread_local! {
+    /// A counter value read by a manager as it called a storage, and that
+    /// storage's address: see [`lend_counter`].
+    static LENT: std::cell::Cell<Option<(usize, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Lends `raw`, the time-stamp counter value a manager read as it started a
+/// call of the storage at address `storage` (the start of the call's timer),
+/// to that storage: its first [`system_nanos_for`] takes it as the time
+/// instead of reading the counter again (six reads were a tenth of an
+/// in-memory acquire→release). The manager ends the loan ([`end_loan`]) when
+/// the call returns, and only that storage takes it, only once: the in-memory
+/// storage reads its clock at once, in the same poll, so no later time, of
+/// that call or another, is an old one.
+pub(crate) fn lend_counter(storage: usize, raw: u64) {
+    LENT.set(Some((storage, raw)));
+}
+
+/// Ends a loan of [`lend_counter`] (if not taken).
+pub(crate) fn end_loan() {
+    LENT.set(None);
+}
+
+/// [`SystemClock::now_nanos`] for the storage at address `storage`, on the
+/// counter value lent to it if there is one.
+pub(crate) fn system_nanos_for(storage: usize) -> i64 {
+    let raw = match LENT.take() {
+        Some((to, raw)) if to == storage => raw,
+        _ => tsc().raw(),
+    };
+    system_nanos_at(raw)
+}
+
+/// The wall clock at counter value `raw` (a value just read on this thread).
+fn system_nanos_at(raw: u64) -> i64 {
+    thread_local! {
+        /// The counter and the wall clock (ns since the epoch) read together last.
+        static ANCHOR: std::cell::Cell<Option<(u64, i64)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    let counter = tsc();
+    ANCHOR.with(|anchor| {
+        if let Some((at, wall)) = anchor.get() {
+            let since = counter.delta_as_nanos(at, raw);
+            if since < REANCHOR_NANOS {
+                // Less than a millisecond: fits.
+                return wall.saturating_add(i64::try_from(since).unwrap_or(0));
+            }
+        }
+        // Anchored on a fresh count, read with the wall clock.
+        let raw = counter.raw();
+        let wall = wall_clock_nanos();
+        anchor.set(Some((raw, wall)));
+        wall
+    })
 }
 
 /// The wall clock, in nanoseconds since the epoch (saturating).

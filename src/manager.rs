@@ -305,6 +305,12 @@ impl<S: Storage> ProxyManager<S> {
         }
     }
 
+    /// The storage's address, which names it in a loan of the clock
+    /// ([`crate::telemetry::CallTimer::start_lending`]).
+    fn storage_address(&self) -> usize {
+        Arc::as_ptr(&self.storage) as *const () as usize
+    }
+
     /// The storage, for administration (pools, proxies, consumers, stats).
     pub fn storage(&self) -> &S {
         &self.storage
@@ -386,7 +392,9 @@ impl<S: Storage> ProxyManager<S> {
             // the box of a stats-reading hook across its last await.
             let with_stats = {
                 let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
-                let started = crate::telemetry::CallTimer::start();
+                // The storage may take its time from this timer's start (one
+                // counter read fewer; the in-memory storage does).
+                let started = crate::telemetry::CallTimer::start_lending(self.storage_address());
                 // Without a subscriber the span is off: no wrapper to poll
                 // (and move the lease through).
                 let result = if span.is_disabled() {
@@ -394,7 +402,7 @@ impl<S: Storage> ProxyManager<S> {
                 } else {
                     self.storage.acquire(request).instrument(span.clone()).await
                 };
-                let took = started.elapsed();
+                let took = started.end_loan();
                 let leased = crate::telemetry::leased(&result);
                 span.record("outcome", crate::telemetry::acquire_outcome(leased));
                 self.telemetry.with_pool(&request.pool_name, |m| {
@@ -578,13 +586,15 @@ impl<S: Storage> ProxyManager<S> {
         // As in `acquire_request`: only the box is kept across the last await.
         let with_stats = {
             let span = tracing::debug_span!("lighthouse.release", pool = %lease.pool_name, outcome = tracing::field::Empty);
-            let started = crate::telemetry::CallTimer::start();
+            // The storage may take its time from this timer's start (one
+            // counter read fewer; the in-memory storage does).
+            let started = crate::telemetry::CallTimer::start_lending(self.storage_address());
             let result = if span.is_disabled() {
                 self.storage.release(lease).await
             } else {
                 self.storage.release(lease).instrument(span.clone()).await
             };
-            let took = started.elapsed();
+            let took = started.end_loan();
             let outcome = result.as_ref().ok().copied();
             span.record("outcome", crate::telemetry::release_outcome(outcome));
             self.telemetry.with_pool(&lease.pool_name, |m| {

@@ -73,6 +73,8 @@ mod records;
 pub struct InMemoryStorage {
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
+    /// Whether `clock` is the [`SystemClock`].
+    system_clock: bool,
     /// How long finished lease records are kept.
     grace: Nanos,
 }
@@ -91,8 +93,10 @@ impl InMemoryStorage {
 
     /// An empty storage on the given clock.
     pub fn with_clock(clock: impl Clock) -> Self {
+        let system_clock = (&clock as &dyn std::any::Any).is::<SystemClock>();
         InMemoryStorage {
             state: Mutex::new(State::default()),
+            system_clock,
             clock: Arc::new(clock),
             grace: to_nanos(DEFAULT_RECORD_GRACE),
         }
@@ -114,6 +118,17 @@ impl InMemoryStorage {
     pub fn with_seed(self, seed: u64) -> Self {
         self.lock().rng = fastrand::Rng::with_seed(seed);
         self
+    }
+
+    /// Now, on the storage's clock. On the system clock, the first read of
+    /// a manager's call takes the count the manager read as it started it
+    /// (see [`crate::clock::lend_counter`]).
+    fn now(&self) -> Nanos {
+        if self.system_clock {
+            crate::clock::system_nanos_for(self as *const Self as usize)
+        } else {
+            self.clock.now_nanos()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -1203,7 +1218,7 @@ impl AdminStorage for InMemoryStorage {
     }
 
     async fn list_proxies(&self, pool_name: &PoolName) -> Result<Vec<Proxy>> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1257,7 +1272,7 @@ impl LeaseStorage for InMemoryStorage {
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
         request.validate()?;
         let duration = to_nanos(request.duration);
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut guard = self.lock();
         let State {
             pools,
@@ -1358,7 +1373,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let Some(ps) = st.pools.get_mut(&lease.pool_name) else {
             return Ok(ReleaseOutcome::NotFound);
@@ -1388,7 +1403,7 @@ impl LeaseStorage for InMemoryStorage {
 
     async fn extend(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
         crate::storage::validate_lease_duration(duration)?;
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let lost = |reason| Error::LeaseLost {
             id: lease.id,
@@ -1420,7 +1435,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn get_lease(&self, pool_name: &PoolName, lease_id: Uuid) -> Result<Option<Lease>> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let (ps, consumers) = st.pool_with_consumers(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1428,7 +1443,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn list_leases(&self, pool_name: &PoolName) -> Result<Vec<Lease>> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let (ps, consumers) = st.pool_with_consumers(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1443,7 +1458,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn cleanup_expired_leases(&self) -> Result<u64> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let mut total = 0;
         let mut freed = Vec::new();
@@ -1474,7 +1489,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn next_expiry(&self, pool_name: &PoolName) -> Result<Option<Duration>> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         // Stale entries first out of the way, so the first is a live lease's.
@@ -1497,7 +1512,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn pool_stats(&self, pool_name: &PoolName) -> Result<PoolStats> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1531,7 +1546,7 @@ impl LeaseStorage for InMemoryStorage {
     ) -> Result<Proxy> {
         policy.validate()?;
         crate::storage::validate_failure_reason(reason)?;
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut guard = self.lock();
         let st = &mut *guard;
         let name = st.pool_name_of_proxy(proxy_id)?;

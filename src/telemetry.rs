@@ -48,6 +48,22 @@ impl CallTimer {
     }
 
     /// The time since [`Self::start`].
+    /// [`CallTimer::start`] of a call of the storage at address `storage`,
+    /// lending the start to it as its time; see
+    /// [`crate::clock::lend_counter`]. End with [`CallTimer::end_loan`].
+    pub(crate) fn start_lending(storage: usize) -> Self {
+        let t = Self::start();
+        crate::clock::lend_counter(storage, t.0);
+        t
+    }
+
+    /// The time since the start, ending the loan of
+    /// [`CallTimer::start_lending`].
+    pub(crate) fn end_loan(self) -> Duration {
+        crate::clock::end_loan();
+        self.elapsed()
+    }
+
     pub(crate) fn elapsed(self) -> Duration {
         let clock = crate::clock::tsc();
         clock.delta(self.0, clock.raw())

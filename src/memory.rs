@@ -414,6 +414,28 @@ impl Standing {
     }
 }
 
+/// Ends a live lease's record as `status` at `now`: returns its proxy and
+/// when the record is gone (`grace` after it finished: released now, or
+/// expired at its expiry), or `None` when it was not live.
+fn end_record(
+    lease: &mut Record,
+    status: LeaseStatus,
+    now: Nanos,
+    grace: Nanos,
+) -> Option<(u64, Nanos)> {
+    if lease.status != LeaseStatus::Active {
+        return None;
+    }
+    lease.status = status;
+    let finished_at = if status == LeaseStatus::Released {
+        lease.released_at = now;
+        now
+    } else {
+        lease.expires_at
+    };
+    Some((lease.proxy_seq, finished_at.saturating_add(grace)))
+}
+
 /// Position of an attribute in `PoolState::index_ids`.
 fn attribute_slot(attr: FilterAttribute) -> usize {
     match attr {
@@ -558,10 +580,8 @@ impl PoolState {
     /// Changes a proxy's lease count or status (not its attributes), in one
     /// look-up: the counters move by the difference, and while the proxy stays
     /// available only its place in the by-load order moves.
-    fn change_proxy(&mut self, seq: u64, f: impl FnOnce(&mut Proxy)) {
-        let Some(e) = self.proxies.get_mut(&seq) else {
-            return;
-        };
+    fn change_proxy(&mut self, seq: u64, f: impl FnOnce(&mut Proxy)) -> Option<&Entry> {
+        let e = self.proxies.get_mut(&seq)?;
         let before = Standing::of(&e.proxy);
         f(&mut e.proxy);
         let after = Standing::of(&e.proxy);
@@ -581,10 +601,10 @@ impl PoolState {
         let new_key = match (before.available, after.available) {
             // More leases (or fewer, still at or above the key): the key
             // stays a lower bound.
-            (true, true) if after.leases >= old_key => return,
+            (true, true) if after.leases >= old_key => return Some(e),
             (true, true) | (false, true) => after.leases,
             (true, false) => old_key,
-            (false, false) => return,
+            (false, false) => return Some(e),
         };
         e.load_key = new_key;
         for &key in &e.keys {
@@ -600,6 +620,7 @@ impl PoolState {
                 _ => idx.insert(seq, new_key, after.latency),
             }
         }
+        Some(e)
     }
 
     /// Brings a proxy's by-load key up to its live lease count (in every
@@ -728,21 +749,15 @@ impl PoolState {
         let Some(lease) = self.leases.get_mut(id, now) else {
             return;
         };
-        if lease.status != LeaseStatus::Active {
-            return;
+        if let Some((proxy_seq, gone_at)) = end_record(lease, status, now, grace) {
+            self.record_ended(id, proxy_seq, gone_at);
         }
-        lease.status = status;
-        if status == LeaseStatus::Released {
-            lease.released_at = now;
-        }
-        let (proxy_seq, expires_at) = (lease.proxy_seq, lease.expires_at);
-        // Kept for `grace` after it finished: released now, or expired at its expiry.
-        let finished_at = if status == LeaseStatus::Released {
-            now
-        } else {
-            expires_at
-        };
-        self.leases.finished(id, finished_at.saturating_add(grace));
+    }
+
+    /// After [`end_record`]: schedules the record's removal and gives the
+    /// proxy's slot back.
+    fn record_ended(&mut self, id: Uuid, proxy_seq: u64, gone_at: Nanos) {
+        self.leases.finished(id, gone_at);
         self.change_proxy(proxy_seq, |p| {
             p.current_leases = p.current_leases.saturating_sub(1)
         });
@@ -1329,10 +1344,10 @@ impl LeaseStorage for InMemoryStorage {
         let Some(seq) = ps.select(&request.filters, request.selector, rng) else {
             return Ok(None);
         };
-        ps.change_proxy(seq, |p| p.current_leases += 1);
-        let Some(entry) = ps.proxies.get(&seq) else {
+        let Some(entry) = ps.change_proxy(seq, |p| p.current_leases += 1) else {
             return Err(Error::backend("selected proxy vanished", None));
         };
+        let (proxy_id, endpoint) = (entry.proxy.id, Arc::clone(&entry.endpoint));
         // Strictly increasing per pool (so per proxy), with the clock as a floor so
         // a pool created again never reuses a token.
         let floor = u64::try_from(now / 1_000).unwrap_or(0);
@@ -1341,7 +1356,7 @@ impl LeaseStorage for InMemoryStorage {
         let lease = Lease {
             fencing_token: ps.fence,
             id: ps.leases.next_id(rng),
-            proxy_id: entry.proxy.id,
+            proxy_id,
             consumer_id: holder.id,
             consumer_name: holder.name.clone(),
             pool_id: ps.pool.id,
@@ -1350,7 +1365,7 @@ impl LeaseStorage for InMemoryStorage {
             acquired_at: to_time(now),
             expires_at: to_time(expires_at),
             released_at: None,
-            proxy: Arc::clone(&entry.endpoint),
+            proxy: endpoint,
         };
         ps.live.push(expires_at, lease.id);
         ps.leases.push(
@@ -1379,24 +1394,23 @@ impl LeaseStorage for InMemoryStorage {
             return Ok(ReleaseOutcome::NotFound);
         };
         ps.purge(now);
-        let Some(record) = ps.leases.get(lease.id, now) else {
+        // One look-up of the record, to read and to end it.
+        let Some(record) = ps.leases.get_mut(lease.id, now) else {
             return Ok(ReleaseOutcome::NotFound);
         };
         let expires_at = record.expires_at;
-        let outcome = match record.status {
+        let (status, outcome) = match record.status {
             LeaseStatus::Released => return Ok(ReleaseOutcome::AlreadyReleased),
             LeaseStatus::Expired => return Ok(ReleaseOutcome::Expired),
             LeaseStatus::Active if expires_at <= now => {
-                ps.finish(lease.id, LeaseStatus::Expired, now, self.grace);
-                ps.expiry_gone(expires_at, lease.id);
-                ReleaseOutcome::Expired
+                (LeaseStatus::Expired, ReleaseOutcome::Expired)
             }
-            LeaseStatus::Active => {
-                ps.finish(lease.id, LeaseStatus::Released, now, self.grace);
-                ps.expiry_gone(expires_at, lease.id);
-                ReleaseOutcome::Released
-            }
+            LeaseStatus::Active => (LeaseStatus::Released, ReleaseOutcome::Released),
         };
+        if let Some((proxy_seq, gone_at)) = end_record(record, status, now, self.grace) {
+            ps.record_ended(lease.id, proxy_seq, gone_at);
+        }
+        ps.expiry_gone(expires_at, lease.id);
         st.notify(&lease.pool_name);
         Ok(outcome)
     }

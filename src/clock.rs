@@ -52,35 +52,41 @@ impl Clock for SystemClock {
 }
 
 thread_local! {
-    /// A counter value read by a manager as it called a storage, and that
-    /// storage's address: see [`lend_counter`].
-    static LENT: std::cell::Cell<Option<(usize, u64)>> = const { std::cell::Cell::new(None) };
+    /// The storage (by address; 0: none) a manager's call on this thread is
+    /// timing, and the counter value of its first read of the system clock
+    /// (0: none yet): see [`watch_clock`].
+    static WATCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static WATCHED_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Lends `raw`, the time-stamp counter value a manager read as it started a
-/// call of the storage at address `storage` (the start of the call's timer),
-/// to that storage: its first [`system_nanos_for`] takes it as the time
-/// instead of reading the counter again (six reads were a tenth of an
-/// in-memory acquire→release). The manager ends the loan ([`end_loan`]) when
-/// the call returns, and only that storage takes it, only once: the in-memory
-/// storage reads its clock at once, in the same poll, so no later time, of
-/// that call or another, is an old one.
-pub(crate) fn lend_counter(storage: usize, raw: u64) {
-    LENT.set(Some((storage, raw)));
+/// Starts watching this thread's reads of the system clock by the storage at
+/// address `storage` ([`system_nanos_for`]): the first one is kept, for
+/// [`unwatch_clock`]. A manager times a call of a storage that reads the
+/// clock as it starts (the in-memory storage) from that read, and need not
+/// read the counter itself (each read was about 3% of an in-memory
+/// acquire→release). Only that storage's reads count, so a call that waits
+/// meanwhile (another task, another storage) changes nothing.
+pub(crate) fn watch_clock(storage: usize) {
+    WATCHED.set(storage);
+    WATCHED_READ.set(0);
 }
 
-/// Ends a loan of [`lend_counter`] (if not taken).
-pub(crate) fn end_loan() {
-    LENT.set(None);
+/// Stops watching ([`watch_clock`]): the counter value of the watched
+/// storage's first read, if it read the clock.
+pub(crate) fn unwatch_clock() -> Option<u64> {
+    WATCHED.set(0);
+    Some(WATCHED_READ.take()).filter(|&raw| raw != 0)
 }
 
-/// [`SystemClock::now_nanos`] for the storage at address `storage`, on the
-/// counter value lent to it if there is one.
+/// [`SystemClock::now_nanos`] for the storage at address `storage` (kept
+/// when it is watched; see [`watch_clock`]).
 pub(crate) fn system_nanos_for(storage: usize) -> i64 {
-    let raw = match LENT.take() {
-        Some((to, raw)) if to == storage => raw,
-        _ => tsc().raw(),
-    };
+    let raw = tsc().raw();
+    if WATCHED.get() == storage {
+        // Once: the first read.
+        WATCHED.set(0);
+        WATCHED_READ.set(raw);
+    }
     system_nanos_at(raw)
 }
 
@@ -100,8 +106,6 @@ fn system_nanos_at(raw: u64) -> i64 {
                 return wall.saturating_add(i64::try_from(since).unwrap_or(0));
             }
         }
-        // Anchored on a fresh count, read with the wall clock.
-        let raw = counter.raw();
         let wall = wall_clock_nanos();
         anchor.set(Some((raw, wall)));
         wall

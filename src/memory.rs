@@ -1353,9 +1353,28 @@ impl LeaseStorage for InMemoryStorage {
         let floor = u64::try_from(now / 1_000).unwrap_or(0);
         let expires_at = now.saturating_add(duration);
         ps.fence = (ps.fence + 1).max(floor);
-        let lease = Lease {
+        let id = ps.leases.next_id(rng);
+        ps.live.push(expires_at, id);
+        ps.leases.push(
+            id,
+            Record {
+                proxy_seq: seq,
+                consumer,
+                status: LeaseStatus::Active,
+                acquired_at: now,
+                expires_at,
+                released_at: 0,
+                fencing_token: ps.fence,
+            },
+        );
+        if let Some(request_id) = &request.request_id {
+            ps.requests.insert(request_id.clone(), id);
+            ps.request_of.insert(id, request_id.clone());
+        }
+        // Built last, where it is returned (not moved there).
+        Ok(Some(Lease {
             fencing_token: ps.fence,
-            id: ps.leases.next_id(rng),
+            id,
             proxy_id,
             consumer_id: holder.id,
             consumer_name: holder.name.clone(),
@@ -1366,25 +1385,7 @@ impl LeaseStorage for InMemoryStorage {
             expires_at: to_time(expires_at),
             released_at: None,
             proxy: endpoint,
-        };
-        ps.live.push(expires_at, lease.id);
-        ps.leases.push(
-            lease.id,
-            Record {
-                proxy_seq: seq,
-                consumer,
-                status: LeaseStatus::Active,
-                acquired_at: now,
-                expires_at,
-                released_at: 0,
-                fencing_token: lease.fencing_token,
-            },
-        );
-        if let Some(request_id) = &request.request_id {
-            ps.requests.insert(request_id.clone(), lease.id);
-            ps.request_of.insert(lease.id, request_id.clone());
-        }
-        Ok(Some(lease))
+        }))
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {

@@ -207,6 +207,26 @@ mod tests {
     }
 
     #[test]
+    fn a_watched_storage_reports_its_first_clock_read_only() {
+        // Another storage's reads do not count.
+        watch_clock(1);
+        let other = system_nanos_for(2);
+        assert_eq!(unwatch_clock(), None);
+        // The watched one's first read is kept.
+        watch_clock(1);
+        let first = system_nanos_for(1);
+        let second = system_nanos_for(1);
+        assert!(
+            unwatch_clock().is_some(),
+            "the watched storage read the clock"
+        );
+        assert!(other <= first && first <= second);
+        // Not watched any more.
+        system_nanos_for(1);
+        assert_eq!(unwatch_clock(), None);
+    }
+
+    #[test]
     fn a_manual_clock_in_nanoseconds_is_exact() {
         let clock = ManualClock::new();
         assert_eq!(

@@ -121,8 +121,9 @@ impl InMemoryStorage {
     }
 
     /// Now, on the storage's clock. On the system clock, the first read of
-    /// a manager's call takes the count the manager read as it started it
-    /// (see [`crate::clock::lend_counter`]).
+    /// a manager's call is kept for the manager, which times the call from
+    /// it instead of reading the counter itself (see
+    /// [`crate::clock::watch_clock`]).
     fn now(&self) -> Nanos {
         if self.system_clock {
             crate::clock::system_nanos_for(self as *const Self as usize)

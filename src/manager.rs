@@ -305,6 +305,12 @@ impl<S: Storage> ProxyManager<S> {
         }
     }
 
+    /// Starts timing a call of the storage (see [`crate::telemetry::StorageTimer`]).
+    fn storage_timer(&self) -> crate::telemetry::StorageTimer {
+        let storage = Arc::as_ptr(&self.storage) as *const () as usize;
+        crate::telemetry::StorageTimer::start(storage, &self.telemetry.storage_reads_clock)
+    }
+
     /// The storage, for administration (pools, proxies, consumers, stats).
     pub fn storage(&self) -> &S {
         &self.storage
@@ -385,18 +391,29 @@ impl<S: Storage> ProxyManager<S> {
             // Everything of the call lives in this block, so the future keeps only
             // the box of a stats-reading hook across its last await.
             let with_stats = {
-                let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
-                let started = crate::telemetry::CallTimer::start();
-                // Without a subscriber the span is off: no wrapper to poll
-                // (and move the lease through).
-                let result = if span.is_disabled() {
-                    self.storage.acquire(request).await
-                } else {
-                    self.storage.acquire(request).instrument(span.clone()).await
+                // A span that is on (a subscriber wants it) runs the call in a
+                // box of its own, with the span. Without one the future keeps
+                // no span and no wrapper (smaller, so cheaper to move) and
+                // the lease is not moved through them.
+                let traced = {
+                    let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
+                    (!span.is_disabled()).then(|| {
+                        Box::pin(async move {
+                            let result =
+                                self.storage.acquire(request).instrument(span.clone()).await;
+                            let leased = crate::telemetry::leased(&result);
+                            span.record("outcome", crate::telemetry::acquire_outcome(leased));
+                            result
+                        })
+                    })
                 };
-                let took = started.elapsed();
+                let timer = self.storage_timer();
+                let result = match traced {
+                    None => self.storage.acquire(request).await,
+                    Some(traced) => traced.await,
+                };
+                let took = timer.stop(&self.telemetry.storage_reads_clock);
                 let leased = crate::telemetry::leased(&result);
-                span.record("outcome", crate::telemetry::acquire_outcome(leased));
                 self.telemetry.with_pool(&request.pool_name, |m| {
                     m.acquire(leased, took);
                 });
@@ -577,16 +594,25 @@ impl<S: Storage> ProxyManager<S> {
     pub async fn release_proxy(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         // As in `acquire_request`: only the box is kept across the last await.
         let with_stats = {
-            let span = tracing::debug_span!("lighthouse.release", pool = %lease.pool_name, outcome = tracing::field::Empty);
-            let started = crate::telemetry::CallTimer::start();
-            let result = if span.is_disabled() {
-                self.storage.release(lease).await
-            } else {
-                self.storage.release(lease).instrument(span.clone()).await
+            // As in `acquire_request`: a span that is on runs the call in a box.
+            let traced = {
+                let span = tracing::debug_span!("lighthouse.release", pool = %lease.pool_name, outcome = tracing::field::Empty);
+                (!span.is_disabled()).then(|| {
+                    Box::pin(async move {
+                        let result = self.storage.release(lease).instrument(span.clone()).await;
+                        let outcome = result.as_ref().ok().copied();
+                        span.record("outcome", crate::telemetry::release_outcome(outcome));
+                        result
+                    })
+                })
             };
-            let took = started.elapsed();
+            let timer = self.storage_timer();
+            let result = match traced {
+                None => self.storage.release(lease).await,
+                Some(traced) => traced.await,
+            };
+            let took = timer.stop(&self.telemetry.storage_reads_clock);
             let outcome = result.as_ref().ok().copied();
-            span.record("outcome", crate::telemetry::release_outcome(outcome));
             self.telemetry.with_pool(&lease.pool_name, |m| {
                 m.release(outcome, Some(took));
             });

@@ -73,6 +73,8 @@ mod records;
 pub struct InMemoryStorage {
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
+    /// Whether `clock` is the [`SystemClock`].
+    system_clock: bool,
     /// How long finished lease records are kept.
     grace: Nanos,
 }
@@ -91,8 +93,10 @@ impl InMemoryStorage {
 
     /// An empty storage on the given clock.
     pub fn with_clock(clock: impl Clock) -> Self {
+        let system_clock = (&clock as &dyn std::any::Any).is::<SystemClock>();
         InMemoryStorage {
             state: Mutex::new(State::default()),
+            system_clock,
             clock: Arc::new(clock),
             grace: to_nanos(DEFAULT_RECORD_GRACE),
         }
@@ -114,6 +118,18 @@ impl InMemoryStorage {
     pub fn with_seed(self, seed: u64) -> Self {
         self.lock().rng = fastrand::Rng::with_seed(seed);
         self
+    }
+
+    /// Now, on the storage's clock. On the system clock, the first read of
+    /// a manager's call is kept for the manager, which times the call from
+    /// it instead of reading the counter itself (see
+    /// [`crate::clock::watch_clock`]).
+    fn now(&self) -> Nanos {
+        if self.system_clock {
+            crate::clock::system_nanos_for(self as *const Self as usize)
+        } else {
+            self.clock.now_nanos()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -399,6 +415,28 @@ impl Standing {
     }
 }
 
+/// Ends a live lease's record as `status` at `now`: returns its proxy and
+/// when the record is gone (`grace` after it finished: released now, or
+/// expired at its expiry), or `None` when it was not live.
+fn end_record(
+    lease: &mut Record,
+    status: LeaseStatus,
+    now: Nanos,
+    grace: Nanos,
+) -> Option<(u64, Nanos)> {
+    if lease.status != LeaseStatus::Active {
+        return None;
+    }
+    lease.status = status;
+    let finished_at = if status == LeaseStatus::Released {
+        lease.released_at = now;
+        now
+    } else {
+        lease.expires_at
+    };
+    Some((lease.proxy_seq, finished_at.saturating_add(grace)))
+}
+
 /// Position of an attribute in `PoolState::index_ids`.
 fn attribute_slot(attr: FilterAttribute) -> usize {
     match attr {
@@ -543,10 +581,8 @@ impl PoolState {
     /// Changes a proxy's lease count or status (not its attributes), in one
     /// look-up: the counters move by the difference, and while the proxy stays
     /// available only its place in the by-load order moves.
-    fn change_proxy(&mut self, seq: u64, f: impl FnOnce(&mut Proxy)) {
-        let Some(e) = self.proxies.get_mut(&seq) else {
-            return;
-        };
+    fn change_proxy(&mut self, seq: u64, f: impl FnOnce(&mut Proxy)) -> Option<&Entry> {
+        let e = self.proxies.get_mut(&seq)?;
         let before = Standing::of(&e.proxy);
         f(&mut e.proxy);
         let after = Standing::of(&e.proxy);
@@ -566,10 +602,10 @@ impl PoolState {
         let new_key = match (before.available, after.available) {
             // More leases (or fewer, still at or above the key): the key
             // stays a lower bound.
-            (true, true) if after.leases >= old_key => return,
+            (true, true) if after.leases >= old_key => return Some(e),
             (true, true) | (false, true) => after.leases,
             (true, false) => old_key,
-            (false, false) => return,
+            (false, false) => return Some(e),
         };
         e.load_key = new_key;
         for &key in &e.keys {
@@ -585,6 +621,7 @@ impl PoolState {
                 _ => idx.insert(seq, new_key, after.latency),
             }
         }
+        Some(e)
     }
 
     /// Brings a proxy's by-load key up to its live lease count (in every
@@ -713,21 +750,15 @@ impl PoolState {
         let Some(lease) = self.leases.get_mut(id, now) else {
             return;
         };
-        if lease.status != LeaseStatus::Active {
-            return;
+        if let Some((proxy_seq, gone_at)) = end_record(lease, status, now, grace) {
+            self.record_ended(id, proxy_seq, gone_at);
         }
-        lease.status = status;
-        if status == LeaseStatus::Released {
-            lease.released_at = now;
-        }
-        let (proxy_seq, expires_at) = (lease.proxy_seq, lease.expires_at);
-        // Kept for `grace` after it finished: released now, or expired at its expiry.
-        let finished_at = if status == LeaseStatus::Released {
-            now
-        } else {
-            expires_at
-        };
-        self.leases.finished(id, finished_at.saturating_add(grace));
+    }
+
+    /// After [`end_record`]: schedules the record's removal and gives the
+    /// proxy's slot back.
+    fn record_ended(&mut self, id: Uuid, proxy_seq: u64, gone_at: Nanos) {
+        self.leases.finished(id, gone_at);
         self.change_proxy(proxy_seq, |p| {
             p.current_leases = p.current_leases.saturating_sub(1)
         });
@@ -1203,7 +1234,7 @@ impl AdminStorage for InMemoryStorage {
     }
 
     async fn list_proxies(&self, pool_name: &PoolName) -> Result<Vec<Proxy>> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1257,7 +1288,7 @@ impl LeaseStorage for InMemoryStorage {
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
         request.validate()?;
         let duration = to_nanos(request.duration);
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut guard = self.lock();
         let State {
             pools,
@@ -1314,19 +1345,38 @@ impl LeaseStorage for InMemoryStorage {
         let Some(seq) = ps.select(&request.filters, request.selector, rng) else {
             return Ok(None);
         };
-        ps.change_proxy(seq, |p| p.current_leases += 1);
-        let Some(entry) = ps.proxies.get(&seq) else {
+        let Some(entry) = ps.change_proxy(seq, |p| p.current_leases += 1) else {
             return Err(Error::backend("selected proxy vanished", None));
         };
+        let (proxy_id, endpoint) = (entry.proxy.id, Arc::clone(&entry.endpoint));
         // Strictly increasing per pool (so per proxy), with the clock as a floor so
         // a pool created again never reuses a token.
         let floor = u64::try_from(now / 1_000).unwrap_or(0);
         let expires_at = now.saturating_add(duration);
         ps.fence = (ps.fence + 1).max(floor);
-        let lease = Lease {
+        let id = ps.leases.next_id(rng);
+        ps.live.push(expires_at, id);
+        ps.leases.push(
+            id,
+            Record {
+                proxy_seq: seq,
+                consumer,
+                status: LeaseStatus::Active,
+                acquired_at: now,
+                expires_at,
+                released_at: 0,
+                fencing_token: ps.fence,
+            },
+        );
+        if let Some(request_id) = &request.request_id {
+            ps.requests.insert(request_id.clone(), id);
+            ps.request_of.insert(id, request_id.clone());
+        }
+        // Built last, where it is returned (not moved there).
+        Ok(Some(Lease {
             fencing_token: ps.fence,
-            id: ps.leases.next_id(rng),
-            proxy_id: entry.proxy.id,
+            id,
+            proxy_id,
             consumer_id: holder.id,
             consumer_name: holder.name.clone(),
             pool_id: ps.pool.id,
@@ -1335,60 +1385,41 @@ impl LeaseStorage for InMemoryStorage {
             acquired_at: to_time(now),
             expires_at: to_time(expires_at),
             released_at: None,
-            proxy: Arc::clone(&entry.endpoint),
-        };
-        ps.live.push(expires_at, lease.id);
-        ps.leases.push(
-            lease.id,
-            Record {
-                proxy_seq: seq,
-                consumer,
-                status: LeaseStatus::Active,
-                acquired_at: now,
-                expires_at,
-                released_at: 0,
-                fencing_token: lease.fencing_token,
-            },
-        );
-        if let Some(request_id) = &request.request_id {
-            ps.requests.insert(request_id.clone(), lease.id);
-            ps.request_of.insert(lease.id, request_id.clone());
-        }
-        Ok(Some(lease))
+            proxy: endpoint,
+        }))
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let Some(ps) = st.pools.get_mut(&lease.pool_name) else {
             return Ok(ReleaseOutcome::NotFound);
         };
         ps.purge(now);
-        let Some(record) = ps.leases.get(lease.id, now) else {
+        // One look-up of the record, to read and to end it.
+        let Some(record) = ps.leases.get_mut(lease.id, now) else {
             return Ok(ReleaseOutcome::NotFound);
         };
         let expires_at = record.expires_at;
-        let outcome = match record.status {
+        let (status, outcome) = match record.status {
             LeaseStatus::Released => return Ok(ReleaseOutcome::AlreadyReleased),
             LeaseStatus::Expired => return Ok(ReleaseOutcome::Expired),
             LeaseStatus::Active if expires_at <= now => {
-                ps.finish(lease.id, LeaseStatus::Expired, now, self.grace);
-                ps.expiry_gone(expires_at, lease.id);
-                ReleaseOutcome::Expired
+                (LeaseStatus::Expired, ReleaseOutcome::Expired)
             }
-            LeaseStatus::Active => {
-                ps.finish(lease.id, LeaseStatus::Released, now, self.grace);
-                ps.expiry_gone(expires_at, lease.id);
-                ReleaseOutcome::Released
-            }
+            LeaseStatus::Active => (LeaseStatus::Released, ReleaseOutcome::Released),
         };
+        if let Some((proxy_seq, gone_at)) = end_record(record, status, now, self.grace) {
+            ps.record_ended(lease.id, proxy_seq, gone_at);
+        }
+        ps.expiry_gone(expires_at, lease.id);
         st.notify(&lease.pool_name);
         Ok(outcome)
     }
 
     async fn extend(&self, lease: &Lease, duration: Duration) -> Result<Lease> {
         crate::storage::validate_lease_duration(duration)?;
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let lost = |reason| Error::LeaseLost {
             id: lease.id,
@@ -1420,7 +1451,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn get_lease(&self, pool_name: &PoolName, lease_id: Uuid) -> Result<Option<Lease>> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let (ps, consumers) = st.pool_with_consumers(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1428,7 +1459,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn list_leases(&self, pool_name: &PoolName) -> Result<Vec<Lease>> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let (ps, consumers) = st.pool_with_consumers(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1443,7 +1474,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn cleanup_expired_leases(&self) -> Result<u64> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let mut total = 0;
         let mut freed = Vec::new();
@@ -1474,7 +1505,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn next_expiry(&self, pool_name: &PoolName) -> Result<Option<Duration>> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         // Stale entries first out of the way, so the first is a live lease's.
@@ -1497,7 +1528,7 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn pool_stats(&self, pool_name: &PoolName) -> Result<PoolStats> {
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
@@ -1531,7 +1562,7 @@ impl LeaseStorage for InMemoryStorage {
     ) -> Result<Proxy> {
         policy.validate()?;
         crate::storage::validate_failure_reason(reason)?;
-        let now = self.clock.now_nanos();
+        let now = self.now();
         let mut guard = self.lock();
         let st = &mut *guard;
         let name = st.pool_name_of_proxy(proxy_id)?;

@@ -24,6 +24,7 @@
 //! ids. A manager registers a pool's handles on its first call for that pool
 //! (so install the recorder before calls start) and reuses them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,6 +52,41 @@ impl CallTimer {
     pub(crate) fn elapsed(self) -> Duration {
         let clock = crate::clock::tsc();
         clock.delta(self.0, clock.raw())
+    }
+}
+
+/// Times a manager's call of a storage. A storage that reads the system
+/// clock as it starts (the in-memory storage) is timed from that read, so
+/// the call reads the counter once, at its end; another is timed from a read
+/// of the counter before the call. Which one a storage is shows after its
+/// first call, and `reads_clock` (kept by the caller) remembers it.
+pub(crate) struct StorageTimer {
+    start: Option<u64>,
+}
+
+impl StorageTimer {
+    /// Before calling the storage at address `storage`.
+    pub(crate) fn start(storage: usize, reads_clock: &AtomicBool) -> Self {
+        crate::clock::watch_clock(storage);
+        let start = if reads_clock.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(crate::clock::tsc().raw())
+        };
+        StorageTimer { start }
+    }
+
+    /// After the call: how long it took (from the storage's first clock read
+    /// when it did not read the counter before; zero when neither).
+    pub(crate) fn stop(self, reads_clock: &AtomicBool) -> Duration {
+        let read = crate::clock::unwatch_clock();
+        if read.is_some() != reads_clock.load(Ordering::Relaxed) {
+            reads_clock.store(read.is_some(), Ordering::Relaxed);
+        }
+        match self.start.or(read) {
+            Some(start) => CallTimer(start).elapsed(),
+            None => Duration::ZERO,
+        }
     }
 }
 
@@ -188,6 +224,9 @@ pub(crate) struct Telemetry {
     /// Tells this manager's handles from another's in the thread's cache.
     id: u64,
     pools: Mutex<Vec<(PoolName, Arc<PoolMetrics>)>>,
+    /// Whether the storage reads the system clock as a call starts (see
+    /// [`StorageTimer`]).
+    pub(crate) storage_reads_clock: AtomicBool,
 }
 
 impl Default for Telemetry {
@@ -196,6 +235,7 @@ impl Default for Telemetry {
         Telemetry {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             pools: Mutex::default(),
+            storage_reads_clock: AtomicBool::new(false),
         }
     }
 }

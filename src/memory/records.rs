@@ -182,7 +182,7 @@ impl Records {
 
     /// Call after finishing the record of `id`, with when it is gone.
     pub(super) fn finished(&mut self, id: Uuid, gone_at: Nanos) {
-        if self.slot(id).is_none() && self.side.contains_key(&id) {
+        if !self.side.is_empty() && self.slot(id).is_none() && self.side.contains_key(&id) {
             self.side_gone.insert((gone_at, id));
         }
     }

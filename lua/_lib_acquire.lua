@@ -81,15 +81,21 @@ local function declared(tag)
   return DECLARED[string.match(tag, '^([a-z]+)=')] == true
 end
 
--- The request table of position `slot` (reused across calls).
+-- The request table that position `slot` owns (reused across calls), now the
+-- request of that position. REQS[slot] may instead be a table it shares: the
+-- request before it, or a spec kept by the pool (see read_request()), which
+-- nothing writes; a request's consumer is STRAIGHT.cons[slot], not in its table.
+STRAIGHT.own, STRAIGHT.cons = {}, {}
 local function req_table(slot)
-  local r = REQS[slot]
+  local own = STRAIGHT.own
+  local r = own[slot]
   if not r then
-    r = { consumer = '', dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
+    r = { dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
       reqk = 0, dtags = {}, test = false, filter = false, order = false, fast = false,
       noorder = false, exact_s = '' }
-    REQS[slot] = r
+    own[slot] = r
   end
+  REQS[slot] = r
   return r
 end
 
@@ -138,12 +144,13 @@ local function read_request(at, slot)
   end
   local c = ARGV[at + 1]
   if not consumer_ok(c) then return nil, 'bad consumer name' end
-  return STRAIGHT.copy_request(req_table(slot), prev, c), at + 2
+  REQS[slot], STRAIGHT.cons[slot] = prev, c
+  return prev, at + 2
 end
 
--- Request `r` as `prev` but for its consumer `c`; returns r.
-function STRAIGHT.copy_request(r, prev, c)
-  r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, prev.dur, prev.dur_s,
+-- A copy of request `prev` in `r`; returns r.
+function STRAIGHT.copy_request(r, prev)
+  r.dur, r.dur_s, r.ttl_s, r.selector, r.json = prev.dur, prev.dur_s,
     prev.ttl_s, prev.selector, prev.json
   r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
     prev.fast, prev.noorder
@@ -168,7 +175,8 @@ function STRAIGHT.spec(at, slot)
   local t = specs[spec]
   if t then
     if not consumer_ok(c) then return nil, 'bad consumer name' end
-    return STRAIGHT.copy_request(req_table(slot), t, c), at + 3
+    REQS[slot], STRAIGHT.cons[slot] = t, c
+    return t, at + 3
   end
   if type(spec) ~= 'string' or #spec > 70000 then return nil, 'bad request spec' end
   -- Read once: split into a full block (after the consumer) and read that.
@@ -189,7 +197,7 @@ function STRAIGHT.spec(at, slot)
   local r, nxt = read_request_full(1, slot, A)
   if not r then return nil, nxt end
   if nxt ~= k + 1 or r.reqk ~= 0 or r.order == 'rnd' then return nil, 'bad request spec' end
-  t = STRAIGHT.copy_request({ dtags = {} }, r, '')
+  t = STRAIGHT.copy_request({ dtags = {} }, r)
   specs[spec] = t
   POOL.nspecs = POOL.nspecs + 1
   return r, at + 3
@@ -216,7 +224,8 @@ read_request_full = function(at, slot, A)
     return nil, 'bad request key'
   end
   local r = req_table(slot)
-  r.consumer, r.dur, r.dur_s, r.ttl_s, r.selector, r.json = c, dur, dur_s, ttl_s, sel, json
+  STRAIGHT.cons[slot] = c
+  r.dur, r.dur_s, r.ttl_s, r.selector, r.json = dur, dur_s, ttl_s, sel, json
   r.rnd, r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, reqk, false, false, false,
     false, false
   r.exact_s = exact
@@ -637,7 +646,7 @@ end
 
 -- Grants request `r` a lease on proxy `m`: the next fencing token, and the
 -- lease record. Returns the token, as a number and in decimal, and the expiry.
-local function grant(r, m)
+local function grant(r, m, consumer)
   local token = FENCE + 1
   if NOW_US > token then token = NOW_US end
   FENCE = token
@@ -654,7 +663,7 @@ local function grant(r, m)
   if r.reqk > 0 then tail = '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1) end
   -- GET: a SET answers a status, which Redis gives a script as a new table
   -- ({ok = 'OK'}); with GET it answers the old value, here none (false).
-  redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. r.consumer
+  redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
     .. tail, 'PX', r.ttl_s, 'GET')
   return token, tok, NOW + r.dur
 end
@@ -693,7 +702,7 @@ local function serve(r, remaining, slot, off)
   st.n = st.n + 1
   st.dirty = true
   bound(st)
-  local token, tok, exp = grant(r, st.m)
+  local token, tok, exp = grant(r, st.m, STRAIGHT.cons[slot])
   -- The expiry as a string (a number argument costs Redis a '%.17g'), once per
   -- duration in a call.
   if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
@@ -797,7 +806,7 @@ local function serve_one(r, off)
   local full = info.max ~= nil and n >= info.max
   if not info.ok or (info.max ~= nil and n > info.max) or (full and info.geo) then return nil end
   local seq = num(m)
-  local token, tok, exp = grant(r, m)
+  local token, tok, exp = grant(r, m, STRAIGHT.cons[1])
   if full then
     -- Out of every index; its count goes to `held`.
     local keys = info.keys
@@ -854,7 +863,7 @@ function STRAIGHT.acquire(n)
   end
   local got = redis.call('ZRANGE', key, '0', small_text(n - 1), 'WITHSCORES')
   local k = #got / 2
-  local S = SCRATCH
+  local S, cons = SCRATCH, STRAIGHT.cons
   local cm, cs, cj, cn, ci, pick, taken = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick,
     S.sb_taken
   local miss
@@ -924,7 +933,7 @@ function STRAIGHT.acquire(n)
       OUT[i] = short(t, 0, 'NONE')
     else
       local m = cm[j]
-      local token, tok, exp = grant(REQS[i], m)
+      local token, tok, exp = grant(REQS[i], m, cons[i])
       if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
       LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = EXP_LAST_S, m .. ':' .. tok
       LIVE_N = LIVE_N + 2

@@ -29,6 +29,9 @@
 //! before each case and `INFO commandstats` after it give Redis's own time per
 //! script call (acquire and release averaged); a last step splits it into
 //! acquire, release and rotate. Results also go to `target/bench-redis.json`.
+//! The last lines give the load average and the share of the machine's CPU time
+//! the hypervisor took during the run (`/proc/stat` steal): above 5%, cycles/s
+//! of ours and of the baselines alike are not comparable with a quiet run's.
 //!
 //! Ours uses Redis Functions, so its per-call time is `FCALL`'s (`cmdstat_fcall`);
 //! the baselines' is `EVALSHA`'s.
@@ -421,6 +424,7 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
     let url = server.url();
     let port = server.port();
     let loadavg_start = loadavg();
+    let cpu_start = cpu_times();
     let mut admin = redis::Client::open(url.as_str())?.get_connection()?;
     let version = info_field(&mut admin, "server", "redis_version").unwrap_or_default();
     println!(
@@ -595,12 +599,25 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
     };
 
     let loadavg_end = loadavg();
+    let steal = steal_share(cpu_start, cpu_times());
     print_table(&summaries, &baselines, &cost, &skipped, rounds);
     print_extras(&pools, slow.as_ref(), steady.as_ref());
     if let Some(s) = &slow {
         print_slow_link(s, &summaries, &baselines);
     }
     println!("load average at start {loadavg_start}, at end {loadavg_end}");
+    match steal {
+        Some(share) => println!(
+            "CPU stolen by the hypervisor during the run: {:.0}% of the machine's time{}",
+            share * 100.0,
+            if share > 0.05 {
+                " (more than 5%: cycles/s, ours and the baselines', are not comparable with a quiet run's; read the ratios, or the instruction counts of benches/redis_instructions.sh)"
+            } else {
+                ""
+            }
+        ),
+        None => println!("CPU steal: unknown (no /proc/stat)"),
+    }
 
     let report = json!({
         "bench": "benches/redis.rs",
@@ -610,6 +627,7 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "loadavg_start": loadavg_start,
         "loadavg_end": loadavg_end,
+        "cpu_steal_share": steal,
         "default_c1_runtime": DEFAULT_FLAVOR.label(),
         "rounds": rounds,
         "pools": pools.iter().map(|p| json!({
@@ -868,6 +886,28 @@ fn summary_json(s: &Summary) -> Value {
 /// `<crate>/target`, whatever `CARGO_TARGET_DIR` says (the report's fixed place).
 fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
+/// The machine's CPU time so far from `/proc/stat` (all CPUs, in ticks): the
+/// total and the part the hypervisor took from this VM ("steal").
+fn cpu_times() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest times are in user).
+    let total = fields.iter().take(8).sum();
+    Some((total, *fields.get(7)?))
+}
+
+/// The share of the machine's time stolen between two [`cpu_times`] readings.
+fn steal_share(start: Option<(u64, u64)>, end: Option<(u64, u64)>) -> Option<f64> {
+    let ((t0, s0), (t1, s1)) = (start?, end?);
+    let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
+    Some(s1.saturating_sub(s0) as f64 / total as f64)
 }
 
 fn loadavg() -> String {

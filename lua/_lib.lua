@@ -421,7 +421,7 @@ end
 -- JSON, W.g[member] = {lon, lat} or false (geo set): maps made when first used.
 local ZA, ZAN, ZR, ZRN, ZSEEN, NZKEYS = {}, {}, {}, {}, {}, 0
 local ZK, ZKN = {}, 0
-local EPOCH = 0 -- bumped by every flush and every call: what ZSEEN and caches compare with
+local EPOCH = 0 -- bumped by every call and every flush that wrote: what ZSEEN and caches compare with
 local W = { held = false, pj = false, g = false }
 
 local function zkey(key)

@@ -127,7 +127,7 @@ end
 -- random: +0 '\1' (no consumer name holds a control character), +1 consumer
 -- name, +2 the spec: the full block's +1..+8.. joined by '\n' (the random
 -- number and the request key index both '0'). A spec is read and checked once
--- per pool settings and kept (SPECS in POOL): the usual request, the same
+-- per pool settings and kept (POOL.specs): the usual request, the same
 -- spec call after call, costs a table look-up and its consumer's check.
 -- `slot` is the request's position (its table is reused across calls).
 -- Returns the request and the next index, or nil and an error message. Called
@@ -178,7 +178,9 @@ function STRAIGHT.spec(at, slot)
     REQS[slot], STRAIGHT.cons[slot] = t, c
     return t, at + 3
   end
-  if type(spec) ~= 'string' or #spec > 70000 then return nil, 'bad request spec' end
+  -- Longer than any full block read_request_full() accepts (a 65,536-byte
+  -- filter and 64 tags of 1,024 bytes); the library sends at most 4,096.
+  if type(spec) ~= 'string' or #spec > 140000 then return nil, 'bad request spec' end
   -- Read once: split into a full block (after the consumer) and read that.
   local A, k, pos = STRAIGHT.spec_args, 1, 1
   A[1] = c

@@ -257,7 +257,7 @@ async fn each_request_of_a_batch_is_served_its_own_way() {
 }
 
 /// A request like the one before it in a batch is not parsed again (the
-/// script copies the previous one): each still gets its own options, whether
+/// script shares the previous one's table): each still gets its own options, whether
 /// it repeats its neighbour, differs from it in one option only (its consumer,
 /// say), or names a request id.
 #[tokio::test(flavor = "current_thread")]
@@ -421,6 +421,29 @@ async fn request_specs_kept_by_the_script_serve_each_call_its_own_options() {
         let p = listed.iter().find(|p| p.id == last.proxy_id).unwrap();
         assert_eq!(p.country.as_deref(), Some("AR"));
     }
+}
+
+/// A request too large for a spec (a filter of tens of kilobytes) goes as the
+/// full block and is read as before: the script's bound on a spec is not a
+/// bound on requests.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_too_large_for_a_spec_goes_as_a_full_block() {
+    let server = RedisServer::spawn().unwrap();
+    let m = setup(&server, 32, 4).await;
+    // 60 required cities of 1,000 bytes: about 60 kB of filter JSON and as much
+    // in index tags, each within the script's limits for a full block.
+    let cities = (0..60).map(|i| ProxyFilters::new().city(format!("{i:02}{}", "x".repeat(998))));
+    let big = AcquireOptions::new().filters(ProxyFilters::new().all_of(cities));
+    assert!(
+        m.acquire_proxy(POOL, big).await.unwrap().is_none(),
+        "no proxy is in those cities"
+    );
+    // The pool still serves a plain request after it.
+    assert!(m
+        .acquire_proxy(POOL, AcquireOptions::new())
+        .await
+        .unwrap()
+        .is_some());
 }
 
 /// The live set is a skiplist as soon as a batch adds several leases to it

@@ -17,6 +17,10 @@ pub(crate) const OP: Op = Op::new("acquire", include_str!("../../../lua/acquire.
 /// Most required index tags sent per request (more only narrow less).
 const MAX_TAGS: usize = 64;
 
+/// The longest spec sent: a longer request (a big filter) goes as the full
+/// block, so the specs the script keeps (256 per pool) stay small.
+const MAX_SPEC: usize = 4096;
+
 /// The first argument of a spec block (no consumer name holds a control
 /// character, so it cannot be read as one).
 const SPEC_MARK: &str = "\u{1}";
@@ -37,7 +41,8 @@ pub(crate) struct AcquireItem {
     pub(crate) request_key: Option<String>,
     pub(crate) tags: Vec<String>,
     /// The request but for its consumer as one argument (see [`Self::spec_of`]),
-    /// when it has no request id and is not random.
+    /// when it has no request id, is not random and its spec is at most
+    /// [`MAX_SPEC`] bytes.
     pub(crate) spec: Option<String>,
 }
 
@@ -70,7 +75,10 @@ impl AcquireItem {
             spec: None,
         };
         if item.request_key.is_none() && item.selector != "random" {
-            item.spec = Some(item.spec_of());
+            let spec = item.spec_of();
+            if spec.len() <= MAX_SPEC {
+                item.spec = Some(spec);
+            }
         }
         Ok(item)
     }

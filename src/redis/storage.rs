@@ -56,6 +56,8 @@ pub struct RedisStorage {
     /// Proxy id → pool name (proxies never move; a stale entry is dropped when
     /// its pool no longer has the proxy).
     proxy_pools: Mutex<HashMap<Uuid, String>>,
+    /// Acquire specs sent before (a spec goes as such from its second use on).
+    specs_seen: acquire::SpecsSeen,
 }
 
 impl std::fmt::Debug for RedisStorage {
@@ -281,6 +283,7 @@ impl RedisStorage {
             grace_ms,
             consumers: Mutex::new(HashMap::new()),
             proxy_pools: Mutex::new(HashMap::new()),
+            specs_seen: acquire::SpecsSeen::new(),
         })
     }
 
@@ -1125,7 +1128,7 @@ impl LeaseStorage for RedisStorage {
             let mut conn = self.conn().await?;
             self.consumer_for(&mut conn, request, &pk).await?
         };
-        let item = acquire::AcquireItem::new(&pk, request, self.grace_ms)?;
+        let item = acquire::AcquireItem::new(&pk, request, self.grace_ms, &self.specs_seen)?;
         let started = std::time::Instant::now();
         // RETRY means "nothing free yet, but more expired leases wait": reclaim
         // them all in bounded batches and try again.
@@ -1184,7 +1187,7 @@ impl LeaseStorage for RedisStorage {
         };
         let item = rotate::RotateItem {
             token: token.unwrap_or_default(),
-            acquire: acquire::AcquireItem::new(&pk, request, self.grace_ms)?,
+            acquire: acquire::AcquireItem::new(&pk, request, self.grace_ms, &self.specs_seen)?,
         };
         let (released, reply) = self.rotates.submit(&request.pool_name, item).await?;
         let next = match Self::settle(reply, consumer_id, request)? {

@@ -1,5 +1,7 @@
 //! `lua/acquire.lua`: n acquire requests on one pool in one atomic call.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use redis::{FromRedisValue, ParsingError, Value};
 use uuid::Uuid;
 
@@ -20,6 +22,38 @@ const MAX_TAGS: usize = 64;
 /// The longest spec sent: a longer request (a big filter) goes as the full
 /// block, so the specs the script keeps (256 per pool) stay small.
 const MAX_SPEC: usize = 4096;
+
+/// The specs a storage made before, by hash: a spec goes to the script only
+/// from its second use on. The script parses a spec it has not kept and keeps
+/// it (256 per pool), which costs more than reading the full block once; a
+/// request whose options never repeat (a point filter with new coordinates
+/// each time) is thus sent as its full block and leaves the script's specs
+/// alone. A direct-mapped table of hashes without a lock: a collision only
+/// sends one request as its full block once more.
+pub(crate) struct SpecsSeen(Box<[AtomicU64]>);
+
+impl SpecsSeen {
+    const SLOTS: usize = 1024;
+
+    pub(crate) fn new() -> Self {
+        SpecsSeen((0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Whether `spec` was made before (and notes that it now was).
+    fn seen_before(&self, spec: &str) -> bool {
+        use std::hash::BuildHasher as _;
+        // Never 0, the value of an empty slot.
+        let h = foldhash::fast::FixedState::with_seed(0x6c68_7370).hash_one(spec) | 1;
+        let slot = &self.0[(h % Self::SLOTS as u64) as usize];
+        slot.swap(h, Ordering::Relaxed) == h
+    }
+}
+
+impl Default for SpecsSeen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// The first argument of a spec block (no consumer name holds a control
 /// character, so it cannot be read as one).
@@ -47,8 +81,14 @@ pub(crate) struct AcquireItem {
 }
 
 impl AcquireItem {
-    /// The script's view of a request that [`AcquireRequest::validate`] accepted.
-    pub(crate) fn new(pk: &PoolKeys, request: &AcquireRequest, grace_ms: u64) -> Result<Self> {
+    /// The script's view of a request that [`AcquireRequest::validate`] accepted;
+    /// `seen` tells whether its spec was sent before (see [`SpecsSeen`]).
+    pub(crate) fn new(
+        pk: &PoolKeys,
+        request: &AcquireRequest,
+        grace_ms: u64,
+        seen: &SpecsSeen,
+    ) -> Result<Self> {
         let duration_ms = u64::try_from(request.duration.as_millis())
             .map_err(|_| Error::InvalidArgument("lease duration overflows".into()))?;
         let mut tags: Vec<String> = Vec::new();
@@ -76,7 +116,7 @@ impl AcquireItem {
         };
         if item.request_key.is_none() && item.selector != "random" {
             let spec = item.spec_of();
-            if spec.len() <= MAX_SPEC {
+            if spec.len() <= MAX_SPEC && seen.seen_before(&spec) {
                 item.spec = Some(spec);
             }
         }
@@ -288,4 +328,18 @@ pub(crate) async fn run(
         .await
         .map_err(redis_err("acquire script failed"))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpecsSeen;
+
+    #[test]
+    fn a_spec_counts_as_seen_from_its_second_use() {
+        let seen = SpecsSeen::new();
+        assert!(!seen.seen_before("300000\n360000\nleast_used\n\n0\n0\n0\n0"));
+        assert!(seen.seen_before("300000\n360000\nleast_used\n\n0\n0\n0\n0"));
+        assert!(!seen.seen_before("90000\n150000\nleast_used\n\n0\n0\n0\n0"));
+        assert!(seen.seen_before("300000\n360000\nleast_used\n\n0\n0\n0\n0"));
+    }
 }

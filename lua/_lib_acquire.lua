@@ -303,9 +303,9 @@ end
 -- pick is the lowest of (a) the first member of that index Redis holds that no
 -- earlier request of this call touched, and (b) every touched proxy in that
 -- index that is still available, scored as it is now.
-local function pick_fast(r, remaining)
-  local tag = r.dtags[1] or 'all'
-  local order = r.order
+-- The key of the pool's index of order `order` and tag `tag` (`all` or
+-- `<attr>=<value>`), built once per pool (in PK.idx).
+function STRAIGHT.index_key(order, tag)
   local ix = PK.idx[order]
   if not ix then
     ix = {}
@@ -316,6 +316,13 @@ local function pick_fast(r, remaining)
     key = P .. K_IDX .. order .. ':' .. tag
     ix[tag] = key
   end
+  return key
+end
+
+local function pick_fast(r, remaining)
+  local tag = r.dtags[1] or 'all'
+  local order = r.order
+  local key = STRAIGHT.index_key(order, tag)
   local c = CACHES[key]
   if not c then
     c = { items = {}, n = 0, done = false, i = 1, epoch = -1 }
@@ -784,16 +791,7 @@ end
 local function serve_one(r, off)
   if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
   local tag = r.dtags[1] or 'all'
-  local ix = PK.idx.load
-  if not ix then
-    ix = {}
-    PK.idx.load = ix
-  end
-  local key = ix[tag]
-  if not key then
-    key = P .. K_IDX .. 'load:' .. tag
-    ix[tag] = key
-  end
+  local key = STRAIGHT.index_key('load', tag)
   local got = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
   local m, sc = got[1], num(got[2])
   if not m or not sc then return nil end
@@ -853,16 +851,7 @@ function STRAIGHT.acquire(n)
       return nil
     end
   end
-  local ix = PK.idx.load
-  if not ix then
-    ix = {}
-    PK.idx.load = ix
-  end
-  local key = ix[tag]
-  if not key then
-    key = P .. K_IDX .. 'load:' .. tag
-    ix[tag] = key
-  end
+  local key = STRAIGHT.index_key('load', tag)
   local got = redis.call('ZRANGE', key, '0', small_text(n - 1), 'WITHSCORES')
   local k = #got / 2
   local S, cons = SCRATCH, STRAIGHT.cons

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyFilters, ProxyManager,
-    ProxyPool, ReleaseOutcome, SelectorStrategy,
+    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyBuilder, ProxyFilters,
+    ProxyManager, ProxyPool, ReleaseOutcome, SelectorStrategy,
 };
 use support::server::RedisServer;
 use tokio::task::JoinSet;
@@ -39,22 +39,12 @@ async fn setup(server: &RedisServer, max_batch: usize, n: usize) -> Manager {
         .create_pool(ProxyPool::new(POOL).unwrap())
         .await
         .unwrap();
-    let proxies: Vec<Proxy> = (0..n)
-        .map(|i| {
-            Proxy::builder(pool.id, format!("10.1.0.{i}"), 8080)
-                .max_concurrency(1)
-                .country(if i % 2 == 0 { "CL" } else { "AR" })
-                .build()
-                .unwrap()
-        })
-        .collect();
-    m.storage().add_proxies(proxies).await.unwrap();
-    let warm = m
-        .acquire_proxy(POOL, AcquireOptions::new())
-        .await
-        .unwrap()
-        .unwrap();
-    m.release_proxy(&warm).await.unwrap();
+    add_proxies(&m, &pool, 1, n, |i, b| {
+        b.max_concurrency(1)
+            .country(if i % 2 == 0 { "CL" } else { "AR" })
+    })
+    .await;
+    warm(&m).await;
     m
 }
 
@@ -73,6 +63,37 @@ async fn empty_pool(server: &RedisServer, ns: &str) -> (Manager, ProxyPool) {
         .await
         .unwrap();
     (m, pool)
+}
+
+/// Adds `n` proxies `10.<net>.0.<i>` to `pool`, each builder finished by
+/// `shape(i, builder)`; returns them as added.
+async fn add_proxies(
+    m: &Manager,
+    pool: &ProxyPool,
+    net: u8,
+    n: usize,
+    shape: impl Fn(usize, ProxyBuilder) -> ProxyBuilder,
+) -> Vec<Proxy> {
+    let proxies: Vec<Proxy> = (0..n)
+        .map(|i| {
+            shape(i, Proxy::builder(pool.id, format!("10.{net}.0.{i}"), 8080))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    m.storage().add_proxies(proxies.clone()).await.unwrap();
+    proxies
+}
+
+/// One acquire and its release: the library loads on the first call (one
+/// FCALL more), so tests that count calls do this first.
+async fn warm(m: &Manager) {
+    let lease = m
+        .acquire_proxy(POOL, AcquireOptions::new())
+        .await
+        .unwrap()
+        .unwrap();
+    m.release_proxy(&lease).await.unwrap();
 }
 
 async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
@@ -354,16 +375,11 @@ async fn request_specs_kept_by_the_script_serve_each_call_its_own_options() {
             .unwrap();
         // Eight in AR, then four in CL: unfiltered requests take AR proxies
         // first (least used, then the lowest sequence number).
-        let proxies: Vec<Proxy> = (0..12)
-            .map(|i| {
-                Proxy::builder(pool.id, format!("10.2.0.{i}"), 8080)
-                    .max_concurrency(1)
-                    .country(if i >= 8 { "CL" } else { "AR" })
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        m.storage().add_proxies(proxies).await.unwrap();
+        add_proxies(&m, &pool, 2, 12, |i, b| {
+            b.max_concurrency(1)
+                .country(if i >= 8 { "CL" } else { "AR" })
+        })
+        .await;
         // (options, in CL, 90 s), each call alone and held until the end.
         let plan: Vec<(AcquireOptions, bool, bool)> = vec![
             (AcquireOptions::new().filters(chile()), true, false),
@@ -533,15 +549,7 @@ async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
     let server = RedisServer::spawn().unwrap();
     let ns = support::unique_namespace();
     let (m, pool) = empty_pool(&server, &ns).await;
-    let proxies: Vec<Proxy> = (0..2)
-        .map(|i| {
-            Proxy::builder(pool.id, format!("10.3.0.{i}"), 8080)
-                .max_concurrency(4)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    m.storage().add_proxies(proxies).await.unwrap();
+    add_proxies(&m, &pool, 3, 2, |_, b| b.max_concurrency(4)).await;
     let mut admin = admin(&server).await;
     for round in 0..3 {
         let leases = acquire_all(&m, 6).await;
@@ -594,22 +602,8 @@ async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
 async fn a_batch_of_acquires_counts_each_lease_of_a_proxy() {
     let server = RedisServer::spawn().unwrap();
     let (m, pool) = empty_pool(&server, &support::unique_namespace()).await;
-    let proxies: Vec<Proxy> = (0..2)
-        .map(|i| {
-            Proxy::builder(pool.id, format!("10.4.0.{i}"), 8080)
-                .max_concurrency(4)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    m.storage().add_proxies(proxies).await.unwrap();
-    // The library loads on the first call (one FCALL more): before counting.
-    let warm = m
-        .acquire_proxy(POOL, AcquireOptions::new())
-        .await
-        .unwrap()
-        .unwrap();
-    m.release_proxy(&warm).await.unwrap();
+    add_proxies(&m, &pool, 4, 2, |_, b| b.max_concurrency(4)).await;
+    warm(&m).await;
     let mut admin = admin(&server).await;
     for round in 0..3 {
         reset_stats(&mut admin).await;
@@ -656,15 +650,11 @@ async fn random_batches_keep_every_count_exact() {
     let server = RedisServer::spawn().unwrap();
     let (m, pool) = empty_pool(&server, &support::unique_namespace()).await;
     let mut rng = fastrand::Rng::with_seed(0x5eed_1ea5e);
-    let proxies: Vec<Proxy> = (0..12)
-        .map(|i| {
-            Proxy::builder(pool.id, format!("10.5.0.{i}"), 8080)
-                .max_concurrency(1 + (i % 4) as u32)
-                .country(if i % 3 == 0 { "CL" } else { "AR" })
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let proxies = add_proxies(&m, &pool, 5, 12, |i, b| {
+        b.max_concurrency(1 + (i % 4) as u32)
+            .country(if i % 3 == 0 { "CL" } else { "AR" })
+    })
+    .await;
     let max: std::collections::HashMap<_, _> = proxies
         .iter()
         .map(|p| {
@@ -674,7 +664,6 @@ async fn random_batches_keep_every_count_exact() {
             )
         })
         .collect();
-    m.storage().add_proxies(proxies).await.unwrap();
     let mut held: Vec<Lease> = Vec::new();
     for round in 0..60 {
         // Release a random share of the leases held, all at once.
@@ -777,21 +766,8 @@ async fn two_batches_may_be_in_flight_at_once() {
         .create_pool(ProxyPool::new(POOL).unwrap())
         .await
         .unwrap();
-    let proxies: Vec<Proxy> = (0..40)
-        .map(|i| {
-            Proxy::builder(pool.id, format!("10.2.0.{i}"), 8080)
-                .max_concurrency(1)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    m.storage().add_proxies(proxies).await.unwrap();
-    let warm = m
-        .acquire_proxy(POOL, AcquireOptions::new())
-        .await
-        .unwrap()
-        .unwrap();
-    m.release_proxy(&warm).await.unwrap();
+    add_proxies(&m, &pool, 2, 40, |_, b| b.max_concurrency(1)).await;
+    warm(&m).await;
     let mut admin = admin(&server).await;
     reset_stats(&mut admin).await;
     let leases = acquire_all(&m, 40).await;

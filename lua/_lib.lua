@@ -63,7 +63,7 @@ local function set_prefix(prefix)
     if NPKS >= 256 then PKS, NPKS = {}, 0 end
     k = { p = prefix, meta = prefix .. K_META, live = prefix .. K_LIVE, proxies = prefix .. K_PROXIES,
       held = prefix .. K_HELD, load_all = prefix .. K_IDX .. 'load:all', req = prefix .. K_REQ,
-      idx = {} }
+      sess = prefix .. K_SESS, idx = {} }
     PKS[prefix] = k
     NPKS = NPKS + 1
   end

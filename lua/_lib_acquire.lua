@@ -27,7 +27,8 @@ end
 -- Consumer names already found valid (most calls repeat a few).
 local NAMES, NNAMES = {}, 0
 
-local SPACE = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
+-- (A field, not a local: the chunk's 200 locals are spent.)
+STRAIGHT.space = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
 
 -- '0'..'1100' -> the number: small arguments read by a table look-up, not
 -- tonumber (filled on first use: loading a library runs no standard library).
@@ -91,8 +92,8 @@ local function req_table(slot)
   local r = own[slot]
   if not r then
     r = { dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
-      reqk = 0, dtags = {}, test = false, filter = false, order = false, fast = false,
-      noorder = false, exact_s = '' }
+      reqk = 0, sessk = 0, sess_ms_s = '', dtags = {}, test = false, filter = false,
+      order = false, fast = false, noorder = false, exact_s = '' }
     own[slot] = r
   end
   REQS[slot] = r
@@ -102,7 +103,8 @@ end
 -- Whether `c` is a good consumer name (remembered once found good).
 local function consumer_ok(c)
   if NAMES[c] then return true end
-  if not is_text(c, 128) or SPACE[string.byte(c, 1)] or SPACE[string.byte(c, -1)] then
+  if not is_text(c, 128) or STRAIGHT.space[string.byte(c, 1)]
+    or STRAIGHT.space[string.byte(c, -1)] then
     return false
   end
   if NNAMES >= 4096 then NAMES, NNAMES = {}, 0 end
@@ -116,17 +118,19 @@ end
 --   +3 selector   +4 filter JSON or ''
 --   +5 '1' when the filter is exactly one exact-match attribute, else '0'
 --   +6 random 0..2^31   +7 KEYS index of its request key, or 0
---   +8 t, then +9.. t required tags `<attr>=<percent-encoded value>`
+--   +8 KEYS index of its sticky session's key, or 0   +9 how long the session
+--   keeps its proxy, ms (0 without one)
+--   +10 t, then +11.. t required tags `<attr>=<percent-encoded value>`
 -- or, for a request that asks what the one before it asked (the usual batch: a
--- pool of workers asking the same thing) and has no request id and another
--- selector than random, the short block: +0 '' (no consumer name is empty),
+-- pool of workers asking the same thing) and has no request id, no session and
+-- another selector than random, the short block: +0 '' (no consumer name is empty),
 -- +1 consumer name. Two arguments instead of nine: Redis parses seven fewer,
 -- FCALL interns seven fewer strings for ARGV, and the request is not checked
 -- and parsed again, only its consumer.
--- or the spec block of a request with no request id and another selector than
--- random: +0 '\1' (no consumer name holds a control character), +1 consumer
--- name, +2 the spec: the full block's +1..+8.. joined by '\n' (the random
--- number and the request key index both '0'). A spec is read and checked once
+-- or the spec block of a request with no request id, no session and another
+-- selector than random: +0 '\1' (no consumer name holds a control character),
+-- +1 consumer name, +2 the spec: the full block's +1..+10.. joined by '\n' (the
+-- random number, the request and session key indexes and the session's ms '0'). A spec is read and checked once
 -- per pool settings and kept (POOL.specs): the usual request, the same
 -- spec call after call, costs a table look-up and its consumer's check.
 -- `slot` is the request's position (its table is reused across calls).
@@ -139,7 +143,7 @@ local function read_request(at, slot)
   if a == '\1' then return STRAIGHT.spec(at, slot) end
   if a ~= '' then return read_request_full(at, slot, ARGV) end
   local prev = slot > 1 and REQS[slot - 1]
-  if not prev or prev.reqk ~= 0 or prev.order == 'rnd' then
+  if not prev or prev.reqk ~= 0 or prev.sessk ~= 0 or prev.order == 'rnd' then
     return nil, 'a short request block must follow one it repeats'
   end
   local c = ARGV[at + 1]
@@ -154,6 +158,7 @@ function STRAIGHT.copy_request(r, prev)
     prev.ttl_s, prev.selector, prev.json
   r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
     prev.fast, prev.noorder
+  r.sessk, r.sess_ms_s = 0, ''
   r.exact_s, r.rnd = prev.exact_s, 0
   local dtags, pt = r.dtags, prev.dtags
   if dtags ~= pt then
@@ -187,7 +192,7 @@ function STRAIGHT.spec(at, slot)
   while true do
     local e = string.find(spec, '\n', pos, true)
     k = k + 1
-    if k > 74 then return nil, 'bad request spec' end
+    if k > 76 then return nil, 'bad request spec' end
     if not e then
       A[k] = string.sub(spec, pos)
       break
@@ -198,7 +203,9 @@ function STRAIGHT.spec(at, slot)
   for j = #A, k + 1, -1 do A[j] = nil end
   local r, nxt = read_request_full(1, slot, A)
   if not r then return nil, nxt end
-  if nxt ~= k + 1 or r.reqk ~= 0 or r.order == 'rnd' then return nil, 'bad request spec' end
+  if nxt ~= k + 1 or r.reqk ~= 0 or r.sessk ~= 0 or r.order == 'rnd' then
+    return nil, 'bad request spec'
+  end
   t = STRAIGHT.copy_request({ dtags = {} }, r)
   specs[spec] = t
   POOL.nspecs = POOL.nspecs + 1
@@ -218,19 +225,27 @@ read_request_full = function(at, slot, A)
     return nil, 'bad filter'
   end
   if not SMALL then small_numbers() end
-  local reqk, nt = SMALL[A[at + 7]], SMALL[A[at + 8]]
-  if not reqk or not nt or nt > 64 or reqk > #KEYS or reqk == 1 or reqk == 2 then
+  local reqk, sessk, nt = SMALL[A[at + 7]], SMALL[A[at + 8]], SMALL[A[at + 10]]
+  if not reqk or not sessk or not nt or nt > 64 or reqk > #KEYS or reqk == 1 or reqk == 2
+    or sessk > #KEYS or sessk == 1 or sessk == 2 or (sessk > 0 and sessk == reqk) then
     return nil, 'bad numeric argument'
   end
   if reqk > 0 and string.sub(KEYS[reqk], 1, #PK.req) ~= PK.req then
     return nil, 'bad request key'
+  end
+  local sess_ms_s = A[at + 9]
+  if sessk > 0 then
+    if string.sub(KEYS[sessk], 1, #PK.sess) ~= PK.sess then return nil, 'bad session key' end
+    if not int_in(sess_ms_s, 1, MAX_LEASE_MS) then return nil, 'bad session ttl' end
+  elseif sess_ms_s ~= '0' then
+    return nil, 'bad session ttl'
   end
   local r = req_table(slot)
   STRAIGHT.cons[slot] = c
   r.dur, r.dur_s, r.ttl_s, r.selector, r.json = dur, dur_s, ttl_s, sel, json
   r.rnd, r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, reqk, false, false, false,
     false, false
-  r.exact_s = exact
+  r.exact_s, r.sessk, r.sess_ms_s = exact, sessk, sess_ms_s
   local dtags = r.dtags
   for j = #dtags, 1, -1 do dtags[j] = nil end
   if order == 'rnd' then
@@ -238,7 +253,7 @@ read_request_full = function(at, slot, A)
     if not r.rnd then return nil, 'bad numeric argument' end
   end
   for j = 1, nt do
-    local tag = A[at + 8 + j]
+    local tag = A[at + 10 + j]
     if not is_tag(tag) then return nil, 'bad tag' end
     if declared(tag) then r.dtags[#r.dtags + 1] = tag else r.test = true end
   end
@@ -258,8 +273,9 @@ read_request_full = function(at, slot, A)
     order = false
   end
   r.order = order
-  r.fast = not r.test and r.dtags[2] == nil and (order == 'load' or order == 'lat' or order == 'seq')
-  return r, at + 9 + nt
+  r.fast = not r.test and r.dtags[2] == nil and sessk == 0
+    and (order == 'load' or order == 'lat' or order == 'seq')
+  return r, at + 11 + nt
 end
 
 -- Reads the pool's meta and settings; nil and a reply for every request when
@@ -609,6 +625,7 @@ local function make_general()
     if sel == 'random' and #matched > 0 then best = matched[(rnd % #matched) + 1] end
     return best
   end
+  STRAIGHT.matches = matches
 
   return function(r)
     filter, test, sel, rnd = r.filter or nil, r.test, r.selector, r.rnd
@@ -677,6 +694,30 @@ local function grant(r, m, consumer)
   return token, tok, NOW + r.dur
 end
 
+-- The proxy state of the sticky session of request `r` when it can serve `r`
+-- (the proxy exists, may be leased, has a free slot and matches), else nil.
+-- Its key holds `<seq> <pool id>`: a session of an earlier pool of this name
+-- keeps nothing. Only requests with a session call it: GET, and the proxy's
+-- state when no request of this call touched it yet.
+function STRAIGHT.session_pick(r)
+  local v = redis.call('GET', KEYS[r.sessk])
+  if not v then return nil end
+  local m, id = string.match(v, '^(%d+) (.+)$')
+  if not m or id ~= POOL_ID then return nil end
+  if not T[m] then load_states({ m }) end
+  local st = T[m]
+  if not st or not st.info or not avail(st.info, st.n) then return nil end
+  local tagset = st.info.tagset
+  for _, t in ipairs(r.dtags) do
+    if not tagset[t] then return nil end
+  end
+  if r.test then
+    general = general or make_general()
+    if not STRAIGHT.matches(r.filter, st.info.p) then return nil end
+  end
+  return st
+end
+
 -- Serves one acquire request; its reply, in the reply table of `slot` from
 -- index off + 1 (rotate.lua puts the release outcome before it).
 local function serve(r, remaining, slot, off)
@@ -692,7 +733,9 @@ local function serve(r, remaining, slot, off)
     end
   end
   local st
-  for _ = 1, 8 do
+  if r.sessk > 0 then st = STRAIGHT.session_pick(r) end
+  local kept = st ~= nil
+  for _ = 1, (kept and 0 or 8) do
     local m
     if r.fast then st, m = pick_fast(r, remaining) else st, m = pick_general(r) end
     if not m then break end
@@ -719,7 +762,10 @@ local function serve(r, remaining, slot, off)
   LIVE_N = LIVE_N + 2
   if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
   if r.reqk > 0 then redis.call('SET', KEYS[r.reqk], tok, 'PX', r.ttl_s) end
-  if r.selector == 'round_robin' then RR, RR_S, RR_MOVED = st.seq, st.m, true end
+  if r.sessk > 0 then
+    redis.call('SET', KEYS[r.sessk], st.m .. ' ' .. POOL_ID, 'PX', r.sess_ms_s)
+  end
+  if r.selector == 'round_robin' and not kept then RR, RR_S, RR_MOVED = st.seq, st.m, true end
   TAKEN = TAKEN + 1
   t[off + 1], t[off + 2], t[off + 3], t[off + 4] = 'OK', token, NOW, exp
   t[off + 5], t[off + 6], t[off + 7], t[off + 8] = st.seq, st.j, POOL_ID, nil

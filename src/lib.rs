@@ -77,6 +77,7 @@ pub mod redis;
 pub mod renew;
 pub mod retry;
 pub mod selector;
+pub mod session;
 pub mod stats;
 pub mod storage;
 #[cfg(feature = "cli")]
@@ -106,6 +107,7 @@ pub use proxy::{Proxy, ProxyBuilder, ProxyCredentials, ProxyEndpoint, ProxyProto
 pub use renew::{RenewPolicy, RenewTimings, RenewingLease};
 pub use retry::RetryPolicy;
 pub use selector::SelectorStrategy;
+pub use session::StickySession;
 pub use stats::PoolStats;
 /// The original's name for [`Storage`].
 pub use storage::Storage as IStorage;

@@ -14,6 +14,7 @@ use crate::lease::{Lease, ReleaseOutcome};
 use crate::names::{ConsumerName, IntoPoolName, PoolName};
 use crate::retry::RetryPolicy;
 use crate::selector::SelectorStrategy;
+use crate::session::StickySession;
 use crate::storage::{AcquireRequest, Storage};
 use crate::telemetry::Telemetry;
 use tracing::Instrument;
@@ -49,6 +50,8 @@ pub struct AcquireOptions {
     pub selector: Option<SelectorStrategy>,
     /// Idempotency key; see [`AcquireRequest::request_id`].
     pub request_id: Option<String>,
+    /// Sticky session; see [`AcquireOptions::session`].
+    pub session: Option<StickySession>,
 }
 
 impl AcquireOptions {
@@ -84,6 +87,23 @@ impl AcquireOptions {
     /// lease instead of a second one (see [`AcquireRequest::request_id`]).
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.request_id = Some(id.into());
+        self
+    }
+    /// Acquires in a sticky session (a name, or a [`StickySession`] with its
+    /// TTL): the proxy the session had last, whenever it can serve this
+    /// request, else another one, which the session keeps from then on (see
+    /// [`crate::session`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lighthouse_lease::{AcquireOptions, StickySession};
+    /// let cart = AcquireOptions::new().session("cart-42");
+    /// let long = AcquireOptions::new()
+    ///     .session(StickySession::new("login-7").with_ttl(Duration::from_secs(1800)));
+    /// # let _ = (cart, long);
+    /// ```
+    pub fn session(mut self, session: impl Into<StickySession>) -> Self {
+        self.session = Some(session.into());
         self
     }
 }
@@ -339,6 +359,7 @@ impl<S: Storage> ProxyManager<S> {
             selector: options.selector.unwrap_or(self.config.default_selector),
             register_consumer: register,
             request_id: options.request_id,
+            session: options.session,
         };
         request.validate()?;
         Ok(request)

@@ -17,11 +17,13 @@ use crate::names::{ConsumerName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyEndpoint, ProxyStatus};
 use crate::selector::SelectorStrategy;
+use crate::session::StickySession;
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage, DEFAULT_RECORD_GRACE};
 use records::{Nanos, Record, Records};
 
 mod records;
+mod sessions;
 
 /// A thread-safe storage that keeps everything in this process.
 ///
@@ -473,6 +475,8 @@ struct PoolState {
     request_of: FastMap<Uuid, String>,
     /// How the last filters were served; see [`PoolState::plan`].
     plan: Option<FilterPlan>,
+    /// Sticky sessions: the proxy each keeps.
+    sessions: sessions::Sessions,
 }
 
 /// Which index serves a filter, and whether its proxies must still be
@@ -507,6 +511,7 @@ impl PoolState {
             requests: fast_map(),
             request_of: fast_map(),
             plan: None,
+            sessions: sessions::Sessions::default(),
         }
     }
 
@@ -764,8 +769,10 @@ impl PoolState {
         });
     }
 
-    /// Drops the records whose grace is over, and their request ids.
+    /// Drops the records whose grace is over, and their request ids, and
+    /// the sessions that ended.
     fn purge(&mut self, now: Nanos) {
+        self.sessions.purge(now);
         let (requests, request_of) = (&mut self.requests, &mut self.request_of);
         self.leases.purge(now, |id| {
             if !request_of.is_empty() {
@@ -800,6 +807,19 @@ impl PoolState {
 
     fn proxy_by_seq(&self, seq: u64) -> Option<&Proxy> {
         self.proxies.get(&seq).map(|e| &e.proxy)
+    }
+
+    /// The proxy sticky session `session` keeps, when it can serve a request
+    /// with these filters now (active, not cooling down, a free slot, a match).
+    fn session_proxy(
+        &self,
+        session: &StickySession,
+        filters: &ProxyFilters,
+        now: Nanos,
+    ) -> Option<u64> {
+        let seq = self.sessions.proxy_of(&session.id, now)?;
+        let p = self.proxy_by_seq(seq)?;
+        (p.is_available() && filters.matches(p)).then_some(seq)
     }
 
     /// The index that holds the available proxies meeting the exact-match
@@ -1342,7 +1362,11 @@ impl LeaseStorage for InMemoryStorage {
                 return Ok(Some(earlier));
             }
         }
-        let Some(seq) = ps.select(&request.filters, request.selector, rng) else {
+        let kept = request
+            .session
+            .as_ref()
+            .and_then(|s| ps.session_proxy(s, &request.filters, now));
+        let Some(seq) = kept.or_else(|| ps.select(&request.filters, request.selector, rng)) else {
             return Ok(None);
         };
         let Some(entry) = ps.change_proxy(seq, |p| p.current_leases += 1) else {
@@ -1371,6 +1395,10 @@ impl LeaseStorage for InMemoryStorage {
         if let Some(request_id) = &request.request_id {
             ps.requests.insert(request_id.clone(), id);
             ps.request_of.insert(id, request_id.clone());
+        }
+        if let Some(session) = &request.session {
+            let until = now.saturating_add(to_nanos(session.ttl_for(request.duration)));
+            ps.sessions.bind(&session.id, seq, until);
         }
         // Built last, where it is returned (not moved there).
         Ok(Some(Lease {

@@ -15,6 +15,7 @@ use crate::names::{ConsumerName, IntoConsumerName, IntoPoolName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::selector::SelectorStrategy;
+use crate::session::StickySession;
 use crate::stats::PoolStats;
 
 pub use crate::limits::{MAX_LEASE_DURATION, MIN_LEASE_DURATION};
@@ -68,6 +69,10 @@ pub struct AcquireRequest {
     /// Remembered as long as that lease's record (until its expiry plus the record
     /// grace). 1 to [`MAX_REQUEST_ID_LEN`] printable bytes.
     pub request_id: Option<String>,
+    /// Sticky session: the proxy this session had last, when it can serve the
+    /// request, else another, which the session then keeps (see
+    /// [`crate::session`]).
+    pub session: Option<StickySession>,
 }
 
 /// Longest failure reason accepted by [`LeaseStorage::report_failure`], in bytes.
@@ -126,7 +131,15 @@ impl AcquireRequest {
             selector: SelectorStrategy::default(),
             register_consumer: false,
             request_id: None,
+            session: None,
         })
+    }
+
+    /// Acquires in this sticky session; see [`AcquireRequest::session`].
+    #[must_use]
+    pub fn with_session(mut self, session: impl Into<StickySession>) -> Self {
+        self.session = Some(session.into());
+        self
     }
 
     /// Makes the acquire idempotent under this id; see [`AcquireRequest::request_id`].
@@ -167,6 +180,9 @@ impl AcquireRequest {
         validate_lease_duration(self.duration)?;
         if let Some(id) = &self.request_id {
             validate_request_id(id)?;
+        }
+        if let Some(session) = &self.session {
+            session.validate()?;
         }
         validate_shared_filters(&self.filters)
     }

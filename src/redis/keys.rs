@@ -15,6 +15,7 @@
 //! | `<ns>:{<pool>}:live` | zset | live leases `<seq>:<token>` by expiry (ms) |
 //! | `<ns>:{<pool>}:<lease-id>` | string | one lease record, with a TTL |
 //! | `<ns>:{<pool>}:req:<id>` | string | the lease an idempotent acquire got |
+//! | `<ns>:{<pool>}:sess:<id>` | string | `<seq> <pool id>`: the proxy a sticky session keeps, with a TTL |
 //! | `<ns>:{<pool>}:cooldown` | zset | cooling proxies by cooldown end (ms) |
 //! | `<ns>:{<pool>}:geo`, `…:polar` | geo, zset | available proxies with a location |
 //! | `<ns>:{<pool>}:tags` | set | index tags in use |
@@ -45,7 +46,7 @@ pub const MAX_NAMESPACE_LEN: usize = 64;
 pub const SCHEMA: u32 = 2;
 
 /// Pool key suffixes: (Lua constant, suffix). The one key table of Rust and Lua.
-pub(crate) const SUFFIXES: [(&str, &str); 12] = [
+pub(crate) const SUFFIXES: [(&str, &str); 13] = [
     ("K_META", "meta"),
     ("K_PROXIES", "proxies"),
     ("K_IDS", "ids:"),
@@ -53,6 +54,7 @@ pub(crate) const SUFFIXES: [(&str, &str); 12] = [
     ("K_HELD", "held"),
     ("K_LIVE", "live"),
     ("K_REQ", "req:"),
+    ("K_SESS", "sess:"),
     ("K_COOLDOWN", "cooldown"),
     ("K_GEO", "geo"),
     ("K_POLAR", "polar"),
@@ -220,6 +222,16 @@ impl PoolKeys {
             self.prefix,
             suffix("K_REQ"),
             utf8_percent_encode(request_id, TAG_VALUE)
+        )
+    }
+
+    /// A sticky session's key: `sess:<percent-encoded session id>`.
+    pub(crate) fn session(&self, session_id: &str) -> String {
+        format!(
+            "{}{}{}",
+            self.prefix,
+            suffix("K_SESS"),
+            utf8_percent_encode(session_id, TAG_VALUE)
         )
     }
 

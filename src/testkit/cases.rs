@@ -2294,3 +2294,125 @@ pub async fn undeclared_indexes_select_the_same<H: Harness>(h: &H) {
         m.storage().remove_pool(&pn(POOL)).await.unwrap();
     }
 }
+
+fn in_session(id: &str) -> AcquireOptions {
+    as_worker().session(id)
+}
+
+/// A sticky session gets the proxy it had last while that proxy has a free
+/// slot, even when least_used would pick another; other sessions and plain
+/// acquires select as usual; a rotate in the session stays on its proxy.
+pub async fn sticky_session_keeps_its_proxy<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(3)).await;
+    let y = add(&m, proxy(&pool, 2).max_concurrency(3)).await;
+    let first = take_some(&m, in_session("cart-42")).await;
+    assert_eq!(first.proxy_id, x.id, "least_used, ties by seq");
+    let again = take_some(&m, in_session("cart-42")).await;
+    assert_eq!(
+        again.proxy_id, x.id,
+        "the session keeps its proxy though least_used would pick the idle one"
+    );
+    let other = take_some(&m, in_session("cart-43")).await;
+    assert_eq!(other.proxy_id, y.id, "another session selects as usual");
+    let plain = take_some(&m, as_worker()).await;
+    assert_eq!(plain.proxy_id, y.id, "a plain acquire ignores sessions");
+    let rotated = m
+        .rotate_proxy(&again, in_session("cart-42"))
+        .await
+        .expect("rotate_proxy");
+    assert_eq!(rotated.released, ReleaseOutcome::Released);
+    let next = rotated.next.expect("a lease");
+    assert_eq!(
+        next.proxy_id, x.id,
+        "rotating in the session keeps its proxy"
+    );
+    assert_eq!(leases_of(&m, x.id).await, 2);
+    assert_eq!(leases_of(&m, y.id).await, 2);
+}
+
+/// A session whose proxy cannot serve the acquire (full, cooling down, or not
+/// matching its filters) gets another proxy, and keeps that one from then on.
+pub async fn sticky_session_moves_when_its_proxy_cannot_serve<H: Harness>(h: &H) {
+    let (m, pool) = with_policy(h, rest(h)).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(1).country("AR")).await;
+    let y = add(&m, proxy(&pool, 2).max_concurrency(3).country("BR")).await;
+    let z = add(&m, proxy(&pool, 3).max_concurrency(3).country("BR")).await;
+    let a = take_some(&m, in_session("s")).await;
+    assert_eq!(a.proxy_id, x.id);
+    let b = take_some(&m, in_session("s")).await;
+    assert_eq!(b.proxy_id, y.id, "its proxy is full: the session moves");
+    m.release_proxy(&a).await.unwrap();
+    let c = take_some(&m, in_session("s")).await;
+    assert_eq!(
+        c.proxy_id, y.id,
+        "it stays where it moved, though x is free again"
+    );
+    m.report_failure(&c, "429 from target").await.unwrap();
+    let d = take_some(&m, in_session("s")).await;
+    assert_eq!(d.proxy_id, x.id, "its proxy cools down: the session moves");
+    let e = take_some(
+        &m,
+        in_session("s").filters(ProxyFilters::new().country("BR")),
+    )
+    .await;
+    assert_eq!(
+        e.proxy_id, z.id,
+        "its proxy does not match the filter (and y cools): the session moves"
+    );
+    let f = take_some(&m, in_session("s")).await;
+    assert_eq!(f.proxy_id, z.id);
+}
+
+/// A session keeps its proxy for its TTL after its last acquire (on the
+/// storage's clock), then selects afresh.
+pub async fn sticky_session_ends_after_its_ttl<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(3)).await;
+    let y = add(&m, proxy(&pool, 2).max_concurrency(3)).await;
+    let short = crate::session::StickySession::new("login-7").with_ttl(h.short_lease());
+    let first = take_some(&m, as_worker().session(short.clone())).await;
+    assert_eq!(first.proxy_id, x.id);
+    let held = take_some(&m, as_worker().session(short.clone())).await;
+    assert_eq!(held.proxy_id, x.id, "within its TTL the session keeps x");
+    h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
+        .await;
+    let after = take_some(&m, as_worker().session(short)).await;
+    assert_eq!(
+        after.proxy_id, y.id,
+        "the session ended: least_used picks the idle proxy"
+    );
+    let again = take_some(&m, in_session("login-7")).await;
+    assert_eq!(again.proxy_id, y.id, "and the session now keeps y");
+}
+
+/// A bad session (empty, a control character, too long, a TTL of zero) is an
+/// InvalidArgument, and writes nothing.
+pub async fn bad_sessions_are_rejected<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(3)).await;
+    let long = "s".repeat(crate::session::MAX_SESSION_ID_LEN + 1);
+    let bad = [
+        crate::session::StickySession::new(""),
+        crate::session::StickySession::new("a\nb"),
+        crate::session::StickySession::new(long),
+        crate::session::StickySession::new("ok").with_ttl(Duration::ZERO),
+    ];
+    for session in bad {
+        let err = m
+            .acquire_proxy(POOL, as_worker().session(session.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument(_)),
+            "{session:?}: {err:?}"
+        );
+    }
+    assert_eq!(leases_of(&m, x.id).await, 0, "nothing was leased");
+    let ok = take_some(
+        &m,
+        in_session(&"s".repeat(crate::session::MAX_SESSION_ID_LEN)),
+    )
+    .await;
+    assert_eq!(ok.proxy_id, x.id, "the longest name is accepted");
+}

@@ -160,6 +160,10 @@ macro_rules! conformance_suite {
             waiting_acquire_is_woken_by_a_release,
             waiting_acquire_gives_up_at_its_timeout,
             waiting_acquires_are_served_in_fifo_order,
+            sticky_session_keeps_its_proxy,
+            sticky_session_moves_when_its_proxy_cannot_serve,
+            sticky_session_ends_after_its_ttl,
+            bad_sessions_are_rejected,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -73,6 +73,8 @@ pub(crate) struct AcquireItem {
     /// index is the whole test (when the pool indexes the attribute).
     pub(crate) exact: bool,
     pub(crate) request_key: Option<String>,
+    /// The sticky session's key, and how long it keeps its proxy (ms).
+    pub(crate) session: Option<(String, u64)>,
     pub(crate) tags: Vec<String>,
     /// The request but for its consumer as one argument (see [`Self::spec_of`]),
     /// when it has no request id, is not random and its spec is at most
@@ -111,10 +113,14 @@ impl AcquireItem {
             filter,
             exact: single_tag_filter(&request.filters),
             request_key: request.request_id.as_deref().map(|r| pk.request(r)),
+            session: match &request.session {
+                Some(s) => Some((pk.session(&s.id), millis(s.ttl_for(request.duration))?)),
+                None => None,
+            },
             tags,
             spec: None,
         };
-        if item.request_key.is_none() && item.selector != "random" {
+        if item.request_key.is_none() && item.session.is_none() && item.selector != "random" {
             let spec = item.spec_of();
             if spec.len() <= MAX_SPEC && seen.seen_before(&spec) {
                 item.spec = Some(spec);
@@ -125,7 +131,8 @@ impl AcquireItem {
 
     /// The spec block's second argument: the full block's fields after the
     /// consumer, joined by newlines (`duration`, `ttl`, `selector`, `filter`,
-    /// `exact`, `0` (random), `0` (request key), tag count, tags). None of them
+    /// `exact`, `0` (random), `0` (request key), `0` (session key), `0`
+    /// (session ms), tag count, tags). None of them
     /// holds a newline: tags are percent-encoded and the filter JSON escapes
     /// control characters. The script parses a spec once per pool and keeps
     /// what it read, so a request costs it a table look-up instead of eight
@@ -135,7 +142,7 @@ impl AcquireItem {
         let mut s = String::with_capacity(32 + self.filter.len());
         let _ = write!(
             s,
-            "{}\n{}\n{}\n{}\n{}\n0\n0\n{}",
+            "{}\n{}\n{}\n{}\n{}\n0\n0\n0\n0\n{}",
             self.duration_ms,
             self.ttl_ms,
             self.selector,
@@ -157,6 +164,8 @@ impl AcquireItem {
     fn repeats(&self, prev: &AcquireItem) -> bool {
         self.request_key.is_none()
             && prev.request_key.is_none()
+            && self.session.is_none()
+            && prev.session.is_none()
             && self.selector != "random"
             && self.selector == prev.selector
             && self.duration_ms == prev.duration_ms
@@ -166,11 +175,27 @@ impl AcquireItem {
             && self.tags == prev.tags
     }
 
-    /// Appends this request's block; its request key, if any, is `KEYS[key_index]`.
-    /// `prev` is the request whose block the script read just before (none for
-    /// the first): a request that repeats it is sent as the short block, its
-    /// consumer alone; one with a spec as the spec block (mark, consumer, spec).
-    pub(crate) fn push(&self, inv: &mut super::Call, key_index: usize, prev: Option<&AcquireItem>) {
+    /// Appends this request's block, and its request and session keys, if
+    /// any, as `KEYS[next_key]` on (moving `next_key` past them). `prev` is the
+    /// request whose block the script read just before (none for the first): a
+    /// request that repeats it is sent as the short block, its consumer alone;
+    /// one with a spec as the spec block (mark, consumer, spec).
+    pub(crate) fn push(
+        &self,
+        inv: &mut super::Call,
+        next_key: &mut usize,
+        prev: Option<&AcquireItem>,
+    ) {
+        let mut key_of = |key: Option<&String>| match key {
+            Some(k) => {
+                inv.key(k);
+                *next_key += 1;
+                *next_key - 1
+            }
+            None => 0,
+        };
+        let request_index = key_of(self.request_key.as_ref());
+        let session_index = key_of(self.session.as_ref().map(|(k, _)| k));
         if prev.is_some_and(|p| self.repeats(p)) {
             inv.arg("").arg(&self.consumer);
             return;
@@ -190,14 +215,17 @@ impl AcquireItem {
             } else {
                 0
             })
-            .arg(if self.request_key.is_some() {
-                key_index
-            } else {
-                0
-            })
+            .arg(request_index)
+            .arg(session_index)
+            .arg(self.session.as_ref().map_or(0, |(_, ms)| *ms))
             .arg(self.tags.len())
             .arg(&self.tags);
     }
+}
+
+/// A duration in whole milliseconds, as the scripts read durations.
+fn millis(d: std::time::Duration) -> Result<u64> {
+    u64::try_from(d.as_millis()).map_err(|_| Error::InvalidArgument("duration overflows".into()))
 }
 
 /// Whether `f` is exactly one attribute compared for equality (`country`,
@@ -309,14 +337,8 @@ pub(crate) async fn run(
     let mut next_key = 3;
     let mut prev = None;
     for it in items {
-        if let Some(k) = &it.request_key {
-            inv.key(k);
-        }
-        it.push(&mut inv, next_key, prev);
+        it.push(&mut inv, &mut next_key, prev);
         prev = Some(it);
-        if it.request_key.is_some() {
-            next_key += 1;
-        }
     }
     // With a request id, running a request again returns the lease it got:
     // a batch whose every request has one may be sent again.

@@ -64,15 +64,9 @@ pub(crate) async fn run(
     let mut next_key = 3;
     let mut prev = None;
     for it in items {
-        if let Some(k) = &it.acquire.request_key {
-            inv.key(k);
-        }
         inv.arg(it.token);
-        it.acquire.push(&mut inv, next_key, prev);
+        it.acquire.push(&mut inv, &mut next_key, prev);
         prev = Some(&it.acquire);
-        if it.acquire.request_key.is_some() {
-            next_key += 1;
-        }
     }
     let Replies(out) = inv
         .invoke(conn)

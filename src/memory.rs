@@ -17,7 +17,7 @@ use crate::names::{ConsumerName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyEndpoint, ProxyStatus};
 use crate::selector::SelectorStrategy;
-use crate::session::StickySession;
+use crate::session::{SessionBinding, StickySession};
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage, DEFAULT_RECORD_GRACE};
 use records::{Nanos, Record, Records};
@@ -1499,6 +1499,19 @@ impl LeaseStorage for InMemoryStorage {
             .collect();
         out.sort_by_key(|l| (l.acquired_at, l.id));
         Ok(out)
+    }
+
+    async fn session(&self, pool_name: &PoolName, session: &str) -> Result<Option<SessionBinding>> {
+        StickySession::new(session).validate()?;
+        let now = self.now();
+        let st = self.lock();
+        let ps = st.pools.get(pool_name).ok_or_else(|| Error::PoolNotFound {
+            name: pool_name.to_string(),
+        })?;
+        Ok(ps.sessions.binding(session, now).and_then(|(seq, until)| {
+            let proxy = ps.proxy_by_seq(seq)?;
+            Some(SessionBinding::new(proxy.id, to_time(until)))
+        }))
     }
 
     async fn cleanup_expired_leases(&self) -> Result<u64> {

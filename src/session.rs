@@ -36,6 +36,9 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
 use crate::error::{Error, Result};
 use crate::limits::MAX_LEASE_DURATION;
 
@@ -100,6 +103,24 @@ impl StickySession {
             }
         }
         Ok(())
+    }
+}
+
+/// The proxy a sticky session keeps, as [`crate::LeaseStorage::session`]
+/// reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionBinding {
+    /// The proxy the session's next acquire gets, when it can serve it.
+    pub proxy_id: Uuid,
+    /// When the session ends unless an acquire in it renews it (storage time).
+    pub until: DateTime<Utc>,
+}
+
+impl SessionBinding {
+    /// A binding of the proxy `proxy_id` until `until`.
+    pub fn new(proxy_id: Uuid, until: DateTime<Utc>) -> Self {
+        SessionBinding { proxy_id, until }
     }
 }
 

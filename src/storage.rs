@@ -15,7 +15,7 @@ use crate::names::{ConsumerName, IntoConsumerName, IntoPoolName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::selector::SelectorStrategy;
-use crate::session::StickySession;
+use crate::session::{SessionBinding, StickySession};
 use crate::stats::PoolStats;
 
 pub use crate::limits::{MAX_LEASE_DURATION, MIN_LEASE_DURATION};
@@ -359,6 +359,19 @@ pub trait LeaseStorage: Send + Sync + 'static {
 
     /// The live leases of a pool, oldest first.
     fn list_leases(&self, pool_name: &PoolName) -> impl Future<Output = Result<Vec<Lease>>> + Send;
+
+    /// The proxy sticky session `session` keeps in a pool, and until when
+    /// (`None`: it keeps none). [`Error::PoolNotFound`] for an unknown pool. The
+    /// default keeps no sessions: a storage that does not override it answers
+    /// `None`, and its acquires select as if they had no session.
+    fn session(
+        &self,
+        pool_name: &PoolName,
+        session: &str,
+    ) -> impl Future<Output = Result<Option<SessionBinding>>> + Send {
+        let _ = (pool_name, session);
+        async { Ok(None) }
+    }
 
     /// Gives back the slots of every expired lease in every pool. Returns how many
     /// leases it expired.

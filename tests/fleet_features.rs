@@ -35,7 +35,12 @@ async fn setup(server: &RedisServer, ns: &str) -> Manager {
             .unwrap()
             .unwrap(),
     };
-    if m.storage().list_proxies(&support::pn(POOL)).await.unwrap().is_empty() {
+    if m.storage()
+        .list_proxies(&support::pn(POOL))
+        .await
+        .unwrap()
+        .is_empty()
+    {
         let proxies: Vec<Proxy> = (0..16)
             .map(|i| {
                 Proxy::builder(pool.id, format!("10.9.0.{i}"), 8080)

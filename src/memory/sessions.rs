@@ -15,9 +15,15 @@ pub(super) struct Sessions {
 impl Sessions {
     /// The proxy (sequence number) session `id` keeps at `now`, if any.
     pub(super) fn proxy_of(&self, id: &str, now: Nanos) -> Option<u64> {
+        self.binding(id, now).map(|(seq, _)| seq)
+    }
+
+    /// The proxy session `id` keeps at `now`, and until when, if any.
+    pub(super) fn binding(&self, id: &str, now: Nanos) -> Option<(u64, Nanos)> {
         self.bound
             .get(id)
-            .and_then(|&(seq, until)| (until > now).then_some(seq))
+            .copied()
+            .filter(|&(_, until)| until > now)
     }
 
     /// Binds session `id` to proxy `seq` until `until` (moving or renewing it).

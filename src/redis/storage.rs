@@ -17,6 +17,7 @@ use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 use crate::names::{validate_pool_name, ConsumerName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
+use crate::session::{SessionBinding, StickySession};
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage};
 
@@ -1314,6 +1315,29 @@ impl LeaseStorage for RedisStorage {
         let mut conn = self.conn().await?;
         self.reclaim_for_reading(&mut conn, &pk).await?;
         self.read_stats(&mut conn, &pk, pool_name).await
+    }
+
+    async fn session(&self, pool_name: &PoolName, session: &str) -> Result<Option<SessionBinding>> {
+        StickySession::new(session).validate()?;
+        let pk = self.keys.pool(pool_name);
+        let mut conn = self.conn().await?;
+        match ops::session_read::run(&mut conn, &pk, session).await? {
+            ops::session_read::SessionReply::Bound {
+                proxy_json,
+                until_ms,
+            } => {
+                let (proxy_id, _) = codec::endpoint_from_json(&proxy_json)?;
+                Ok(Some(SessionBinding::new(
+                    proxy_id,
+                    codec::ms_to_time(until_ms)?,
+                )))
+            }
+            ops::session_read::SessionReply::None => Ok(None),
+            ops::session_read::SessionReply::NotFound => Err(Error::PoolNotFound {
+                name: pool_name.to_string(),
+            }),
+            ops::session_read::SessionReply::Schema(found) => Err(schema_error(pool_name, found)),
+        }
     }
 
     async fn subscribe_freed(

@@ -2299,6 +2299,13 @@ fn in_session(id: &str) -> AcquireOptions {
     as_worker().session(id)
 }
 
+async fn session_of<S: Storage>(
+    m: &ProxyManager<S>,
+    id: &str,
+) -> Option<crate::session::SessionBinding> {
+    m.storage().session(&pn(POOL), id).await.expect("session")
+}
+
 /// A sticky session gets the proxy it had last while that proxy has a free
 /// slot, even when least_used would pick another; other sessions and plain
 /// acquires select as usual; a rotate in the session stays on its proxy.
@@ -2306,8 +2313,22 @@ pub async fn sticky_session_keeps_its_proxy<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
     let x = add(&m, proxy(&pool, 1).max_concurrency(3)).await;
     let y = add(&m, proxy(&pool, 2).max_concurrency(3)).await;
+    assert_eq!(session_of(&m, "cart-42").await, None, "no session yet");
     let first = take_some(&m, in_session("cart-42")).await;
     assert_eq!(first.proxy_id, x.id, "least_used, ties by seq");
+    let bound = session_of(&m, "cart-42")
+        .await
+        .expect("the session keeps a proxy");
+    assert_eq!(bound.proxy_id, x.id);
+    let off = (bound.until - first.expires_at).num_milliseconds().abs();
+    assert!(
+        off < 2_000,
+        "the session lasts as long as its lease by default ({off} ms apart)"
+    );
+    assert!(matches!(
+        m.storage().session(&pn("no-such-pool"), "cart-42").await,
+        Err(Error::PoolNotFound { .. })
+    ));
     let again = take_some(&m, in_session("cart-42")).await;
     assert_eq!(
         again.proxy_id, x.id,
@@ -2377,6 +2398,7 @@ pub async fn sticky_session_ends_after_its_ttl<H: Harness>(h: &H) {
     assert_eq!(held.proxy_id, x.id, "within its TTL the session keeps x");
     h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
         .await;
+    assert_eq!(session_of(&m, "login-7").await, None, "ended");
     let after = take_some(&m, as_worker().session(short)).await;
     assert_eq!(
         after.proxy_id, y.id,
@@ -2409,6 +2431,10 @@ pub async fn bad_sessions_are_rejected<H: Harness>(h: &H) {
         );
     }
     assert_eq!(leases_of(&m, x.id).await, 0, "nothing was leased");
+    assert!(matches!(
+        m.storage().session(&pn(POOL), "").await,
+        Err(Error::InvalidArgument(_))
+    ));
     let ok = take_some(
         &m,
         in_session(&"s".repeat(crate::session::MAX_SESSION_ID_LEN)),

@@ -43,6 +43,7 @@ pub(crate) mod proxy_update;
 pub(crate) mod release;
 pub(crate) mod report;
 pub(crate) mod rotate;
+pub(crate) mod session_read;
 pub(crate) mod stats;
 pub(crate) mod wait;
 
@@ -93,13 +94,14 @@ impl Op {
 }
 
 /// Every operation of the library.
-const OPS: [&Op; 18] = [
+const OPS: [&Op; 19] = [
     &acquire::OP,
     &rotate::OP,
     &release::OP,
     &extend::OP,
     &cleanup::OP,
     &stats::OP,
+    &session_read::OP,
     &proxy_add::OP,
     &proxy_update::OP,
     &proxy_status::OP,

@@ -322,3 +322,43 @@ async fn pool_create_declares_indexes() {
 fn pn(name: &str) -> lighthouse_lease::PoolName {
     lighthouse_lease::PoolName::new(name).expect("a valid pool name")
 }
+
+#[tokio::test]
+async fn acquire_in_a_session_and_show_the_proxy_it_keeps() {
+    let sh = Shell::new();
+    sh.sh("pool create p1").await.unwrap();
+    for host in ["10.0.0.1", "10.0.0.2"] {
+        sh.sh(&format!(
+            "proxy add --pool p1 --host {host} --port 3128 --max-concurrency 4"
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        sh.sh("session cart-42 --pool p1").await.unwrap().trim(),
+        "session cart-42: keeps no proxy"
+    );
+    let first = sh
+        .sh("acquire --pool p1 --session cart-42 --session-ttl 600")
+        .await
+        .unwrap();
+    assert!(first.contains("proxy http://10.0.0.1:3128"), "{first}");
+    let again = sh.sh("acquire --pool p1 --session cart-42").await.unwrap();
+    assert!(
+        again.contains("proxy http://10.0.0.1:3128"),
+        "the session keeps its proxy though 10.0.0.2 is idle: {again}"
+    );
+    let shown = sh.sh("session cart-42 --pool p1").await.unwrap();
+    assert!(
+        shown.starts_with("session cart-42: proxy ") && shown.contains("(10.0.0.1:3128) until "),
+        "{shown}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&sh.sh("--json session cart-42 --pool p1").await.unwrap()).unwrap();
+    assert_eq!(v["proxy"], "10.0.0.1:3128");
+    let err = sh
+        .sh("acquire --pool p1 --session-ttl 5")
+        .await
+        .unwrap_err();
+    assert!(err.contains("--session"), "a TTL needs a session: {err}");
+}

@@ -77,6 +77,14 @@ pub enum Command {
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Show the proxy a sticky session keeps, and until when.
+    Session {
+        /// The session's name.
+        name: String,
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+    },
     /// List a pool's live leases.
     Leases {
         /// The pool.
@@ -266,6 +274,14 @@ pub struct AcquireArgs {
     /// Radius around the point, in km.
     #[arg(long)]
     pub radius_km: Option<f64>,
+    /// Acquire in this sticky session: the proxy it had last when that one can
+    /// serve, else another, which it keeps from then on.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// How long the session keeps its proxy after this acquire, in seconds
+    /// (default: the lease's duration).
+    #[arg(long, requires = "session")]
+    pub session_ttl: Option<u64>,
 }
 
 /// Runs the CLI: parses arguments and the environment, connects to Redis, runs
@@ -635,6 +651,13 @@ pub async fn run<S: Storage, W: Write>(
             if let Some(c) = &a.consumer {
                 options = options.consumer(c.clone());
             }
+            if let Some(id) = &a.session {
+                let mut session = crate::session::StickySession::new(id.clone());
+                if let Some(secs) = a.session_ttl {
+                    session = session.with_ttl(Duration::from_secs(secs));
+                }
+                options = options.session(session);
+            }
             match manager.acquire_proxy(&a.pool, options).await? {
                 Some(lease) => {
                     #[derive(Serialize)]
@@ -682,6 +705,32 @@ pub async fn run<S: Storage, W: Write>(
                 &serde_json::json!({ "lease": lease, "outcome": outcome }),
                 |w| writeln!(w, "{lease}: {outcome}"),
             )
+        }
+        Command::Session { name, pool } => {
+            let binding = s.session(&PoolName::new(pool)?, name).await?;
+            let proxy = match &binding {
+                Some(b) => s.get_proxy(b.proxy_id).await?,
+                None => None,
+            };
+            let until = binding
+                .as_ref()
+                .map(|b| b.until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            let json = serde_json::json!({
+                "session": name,
+                "proxy_id": binding.as_ref().map(|b| b.proxy_id),
+                "proxy": proxy.as_ref().map(|p| format!("{}:{}", p.host, p.port)),
+                "until": until,
+            });
+            p.print(&json, |w| match (&binding, &until) {
+                (Some(b), Some(until)) => {
+                    let at = proxy
+                        .as_ref()
+                        .map(|p| format!(" ({}:{})", p.host, p.port))
+                        .unwrap_or_default();
+                    writeln!(w, "session {name}: proxy {}{at} until {until}", b.proxy_id)
+                }
+                _ => writeln!(w, "session {name}: keeps no proxy"),
+            })
         }
         Command::Leases { pool } => {
             let leases = s.list_leases(&PoolName::new(pool)?).await?;

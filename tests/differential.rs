@@ -17,7 +17,7 @@
 //! none, country in either case, city, which the pool may not index, country
 //! and source, `any_of`, `none_of`, a radius; selectors: first_available,
 //! least_used, round_robin, lowest_latency; an optional request id from a small
-//! set; a short or long lease), releasing a lease (once or twice in a row),
+//! set; an optional sticky session from a small set; a short or long lease), releasing a lease (once or twice in a row),
 //! extending one, rotating one (through `ProxyManager::rotate_proxy` or
 //! `Storage::rotate`), reporting failures and successes (a cooldown policy
 //! without jitter, so delays are exact), advancing time, cleanup, pool stats.
@@ -104,6 +104,9 @@ const SOURCES: [&str; 2] = ["oxylabs", "brightdata"];
 const PLACES: [(f64, f64); 3] = [(-34.60, -58.38), (-33.45, -70.66), (-23.55, -46.63)];
 const NEAR_KM: f64 = 1300.0;
 const REQUEST_IDS: [&str; 2] = ["job-1", "job-2"];
+/// Sticky sessions; each lasts as long as the lease of its last acquire, so a
+/// short one ends at the next advance, as a short lease does.
+const SESSIONS: [&str; 2] = ["cart-1", "cart-2"];
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -198,6 +201,7 @@ struct Want {
     filter: Filter,
     selector: SelectorStrategy,
     request: Option<usize>,
+    session: Option<usize>,
     long: bool,
 }
 
@@ -215,8 +219,12 @@ impl Want {
             .unwrap()
             .with_filters(self.filter.build())
             .with_selector(self.selector);
-        match self.request {
+        let r = match self.request {
             Some(i) => r.with_request_id(REQUEST_IDS[i]),
+            None => r,
+        };
+        match self.session {
+            Some(i) => r.with_session(SESSIONS[i]),
             None => r,
         }
     }
@@ -227,8 +235,12 @@ impl Want {
             .duration(self.duration())
             .filters(self.filter.build())
             .selector(self.selector);
-        match self.request {
+        let o = match self.request {
             Some(i) => o.request_id(REQUEST_IDS[i]),
+            None => o,
+        };
+        match self.session {
+            Some(i) => o.session(SESSIONS[i]),
             None => o,
         }
     }
@@ -329,12 +341,14 @@ fn want() -> impl Strategy<Value = Want> {
             2 => Just(SelectorStrategy::LowestLatency),
         ],
         proptest::option::weighted(0.3, 0..REQUEST_IDS.len()),
+        proptest::option::weighted(0.3, 0..SESSIONS.len()),
         any::<bool>(),
     )
-        .prop_map(|(filter, selector, request, long)| Want {
+        .prop_map(|(filter, selector, request, session, long)| Want {
             filter,
             selector,
             request,
+            session,
             long,
         })
 }
@@ -1087,6 +1101,7 @@ fn short(selector: SelectorStrategy, request: Option<usize>) -> Want {
         filter: Filter::Any,
         selector,
         request,
+        session: None,
         long: false,
     }
 }

@@ -63,7 +63,7 @@ local function set_prefix(prefix)
     if NPKS >= 256 then PKS, NPKS = {}, 0 end
     k = { p = prefix, meta = prefix .. K_META, live = prefix .. K_LIVE, proxies = prefix .. K_PROXIES,
       held = prefix .. K_HELD, load_all = prefix .. K_IDX .. 'load:all', req = prefix .. K_REQ,
-      sess = prefix .. K_SESS, idx = {} }
+      sess = prefix .. K_SESS, site = prefix .. K_SITE, idx = {} }
     PKS[prefix] = k
     NPKS = NPKS + 1
   end
@@ -255,7 +255,8 @@ local ATTRS, ORDERS, GEO, HAS_ORDER, DECLARED
 local POOL -- this call's entry of POOLS
 local SEQS -- POOL.seqs when open_pool() found them good in this call, else nil
 local POOLS, NPOOLS = {}, 0
-local INFO_CACHE_MAX = 4096
+-- At most 4,096 proxy JSONs (and their parsed forms) kept per pool (a literal,
+-- not a local: the chunk's 200 locals are spent).
 
 -- Selects the settings of pool P (id `pool_id`, texts from its meta).
 local function read_settings(pool_id, attrs, orders)
@@ -326,7 +327,7 @@ end
 -- Remembers the JSON of proxy `m` read from `P proxies` in this call (bounded).
 local function remember_json(m, json)
   if not SEQS or not json then return end
-  if POOL.nseqs >= INFO_CACHE_MAX then
+  if POOL.nseqs >= 4096 then
     SEQS = {}
     POOL.seqs, POOL.nseqs = SEQS, 0
   end
@@ -397,7 +398,7 @@ local function info_of(json)
     end
   end
   i.keys, i.korder, i.load = keys, korder, load
-  if POOL.ninfos >= INFO_CACHE_MAX then
+  if POOL.ninfos >= 4096 then
     infos = {}
     POOL.infos, POOL.ninfos = infos, 0
   end
@@ -986,6 +987,35 @@ end
 -- The straight batch paths (STRAIGHT.release here, STRAIGHT.acquire in
 -- _lib_acquire.lua): one local for both, as the chunk's 200 are nearly spent.
 local STRAIGHT = {}
+
+-- The cooldown after the `fails`-th failure in a row, ms: max(1, floor(min(cap,
+-- base * 2^(fails-1)) * keep / 10^6)), CooldownPolicy::delay_ms in
+-- src/cooldown.rs, the one definition (exact here: every product is an integer
+-- below 2^53). report.lua and site_report.lua use it.
+function STRAIGHT.cooldown_ms(fails, base, cap, keep)
+  local full = math.min(cap, base * 2 ^ math.min(fails - 1, 40))
+  return math.max(1, math.floor(full * keep / 1000000))
+end
+
+-- A site's state (`P site:<site>`, see site_report.lua) for the proxies `ms`:
+-- blocked[i] is true when proxy ms[i] rests (until after now) or is banned for
+-- the site. A hash of an earlier pool of this name blocks nothing. One HMGET.
+STRAIGHT.blocked = {}
+function STRAIGHT.site_blocked(key, ms, pool_id, now)
+  local got = redis.call('HMGET', key, 'pool', unpack(ms))
+  local b = STRAIGHT.blocked
+  for i = 1, #ms do b[i] = false end
+  for i = #ms + 1, #b do b[i] = nil end
+  if got[1] ~= pool_id then return b end
+  for i = 1, #ms do
+    local v = got[i + 1]
+    if v then
+      local _, until_ms = string.match(v, '^(%d+) (%S+)')
+      b[i] = until_ms == 'ban' or (tonumber(until_ms) or 0) > now
+    end
+  end
+  return b
+end
 function STRAIGHT.release(n, created, now, now_s, grace)
   local S = SCRATCH
   local seqs, members, recs, rests, scores = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest,

@@ -92,7 +92,7 @@ local function req_table(slot)
   local r = own[slot]
   if not r then
     r = { dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
-      reqk = 0, sessk = 0, sess_ms_s = '', dtags = {}, test = false, filter = false,
+      reqk = 0, sessk = 0, sess_ms_s = '', sitek = 0, dtags = {}, test = false, filter = false,
       order = false, fast = false, noorder = false, exact_s = '' }
     own[slot] = r
   end
@@ -119,18 +119,19 @@ end
 --   +5 '1' when the filter is exactly one exact-match attribute, else '0'
 --   +6 random 0..2^31   +7 KEYS index of its request key, or 0
 --   +8 KEYS index of its sticky session's key, or 0   +9 how long the session
---   keeps its proxy, ms (0 without one)
---   +10 t, then +11.. t required tags `<attr>=<percent-encoded value>`
+--   keeps its proxy, ms (0 without one)   +10 KEYS index of its site's key, or 0
+--   +11 t, then +12.. t required tags `<attr>=<percent-encoded value>`
 -- or, for a request that asks what the one before it asked (the usual batch: a
--- pool of workers asking the same thing) and has no request id, no session and
--- another selector than random, the short block: +0 '' (no consumer name is empty),
+-- pool of workers asking the same thing) and has no request id, no session, no
+-- site and another selector than random, the short block: +0 '' (no consumer name is empty),
 -- +1 consumer name. Two arguments instead of nine: Redis parses seven fewer,
 -- FCALL interns seven fewer strings for ARGV, and the request is not checked
 -- and parsed again, only its consumer.
--- or the spec block of a request with no request id, no session and another
--- selector than random: +0 '\1' (no consumer name holds a control character),
--- +1 consumer name, +2 the spec: the full block's +1..+10.. joined by '\n' (the
--- random number, the request and session key indexes and the session's ms '0'). A spec is read and checked once
+-- or the spec block of a request with no request id, no session, no site and
+-- another selector than random: +0 '\1' (no consumer name holds a control
+-- character), +1 consumer name, +2 the spec: the full block's +1..+11.. joined by
+-- '\n' (the random number, the request, session and site key indexes and the
+-- session's ms '0'). A spec is read and checked once
 -- per pool settings and kept (POOL.specs): the usual request, the same
 -- spec call after call, costs a table look-up and its consumer's check.
 -- `slot` is the request's position (its table is reused across calls).
@@ -143,7 +144,7 @@ local function read_request(at, slot)
   if a == '\1' then return STRAIGHT.spec(at, slot) end
   if a ~= '' then return read_request_full(at, slot, ARGV) end
   local prev = slot > 1 and REQS[slot - 1]
-  if not prev or prev.reqk ~= 0 or prev.sessk ~= 0 or prev.order == 'rnd' then
+  if not prev or prev.reqk ~= 0 or prev.sessk ~= 0 or prev.sitek ~= 0 or prev.order == 'rnd' then
     return nil, 'a short request block must follow one it repeats'
   end
   local c = ARGV[at + 1]
@@ -158,7 +159,7 @@ function STRAIGHT.copy_request(r, prev)
     prev.ttl_s, prev.selector, prev.json
   r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
     prev.fast, prev.noorder
-  r.sessk, r.sess_ms_s = 0, ''
+  r.sessk, r.sess_ms_s, r.sitek = 0, '', 0
   r.exact_s, r.rnd = prev.exact_s, 0
   local dtags, pt = r.dtags, prev.dtags
   if dtags ~= pt then
@@ -192,7 +193,7 @@ function STRAIGHT.spec(at, slot)
   while true do
     local e = string.find(spec, '\n', pos, true)
     k = k + 1
-    if k > 76 then return nil, 'bad request spec' end
+    if k > 77 then return nil, 'bad request spec' end
     if not e then
       A[k] = string.sub(spec, pos)
       break
@@ -203,7 +204,7 @@ function STRAIGHT.spec(at, slot)
   for j = #A, k + 1, -1 do A[j] = nil end
   local r, nxt = read_request_full(1, slot, A)
   if not r then return nil, nxt end
-  if nxt ~= k + 1 or r.reqk ~= 0 or r.sessk ~= 0 or r.order == 'rnd' then
+  if nxt ~= k + 1 or r.reqk ~= 0 or r.sessk ~= 0 or r.sitek ~= 0 or r.order == 'rnd' then
     return nil, 'bad request spec'
   end
   t = STRAIGHT.copy_request({ dtags = {} }, r)
@@ -225,10 +226,16 @@ read_request_full = function(at, slot, A)
     return nil, 'bad filter'
   end
   if not SMALL then small_numbers() end
-  local reqk, sessk, nt = SMALL[A[at + 7]], SMALL[A[at + 8]], SMALL[A[at + 10]]
-  if not reqk or not sessk or not nt or nt > 64 or reqk > #KEYS or reqk == 1 or reqk == 2
-    or sessk > #KEYS or sessk == 1 or sessk == 2 or (sessk > 0 and sessk == reqk) then
+  local reqk, sessk, sitek, nt = SMALL[A[at + 7]], SMALL[A[at + 8]], SMALL[A[at + 10]],
+    SMALL[A[at + 11]]
+  if not reqk or not sessk or not sitek or not nt or nt > 64 or reqk > #KEYS or reqk == 1
+    or reqk == 2 or sessk > #KEYS or sessk == 1 or sessk == 2 or (sessk > 0 and sessk == reqk)
+    or sitek > #KEYS or sitek == 1 or sitek == 2
+    or (sitek > 0 and (sitek == reqk or sitek == sessk)) then
     return nil, 'bad numeric argument'
+  end
+  if sitek > 0 and string.sub(KEYS[sitek], 1, #PK.site) ~= PK.site then
+    return nil, 'bad site key'
   end
   if reqk > 0 and string.sub(KEYS[reqk], 1, #PK.req) ~= PK.req then
     return nil, 'bad request key'
@@ -245,7 +252,7 @@ read_request_full = function(at, slot, A)
   r.dur, r.dur_s, r.ttl_s, r.selector, r.json = dur, dur_s, ttl_s, sel, json
   r.rnd, r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, reqk, false, false, false,
     false, false
-  r.exact_s, r.sessk, r.sess_ms_s = exact, sessk, sess_ms_s
+  r.exact_s, r.sessk, r.sess_ms_s, r.sitek = exact, sessk, sess_ms_s, sitek
   local dtags = r.dtags
   for j = #dtags, 1, -1 do dtags[j] = nil end
   if order == 'rnd' then
@@ -253,7 +260,7 @@ read_request_full = function(at, slot, A)
     if not r.rnd then return nil, 'bad numeric argument' end
   end
   for j = 1, nt do
-    local tag = A[at + 10 + j]
+    local tag = A[at + 11 + j]
     if not is_tag(tag) then return nil, 'bad tag' end
     if declared(tag) then r.dtags[#r.dtags + 1] = tag else r.test = true end
   end
@@ -273,9 +280,9 @@ read_request_full = function(at, slot, A)
     order = false
   end
   r.order = order
-  r.fast = not r.test and r.dtags[2] == nil and sessk == 0
+  r.fast = not r.test and r.dtags[2] == nil and sessk == 0 and sitek == 0
     and (order == 'load' or order == 'lat' or order == 'seq')
-  return r, at + 11 + nt
+  return r, at + 12 + nt
 end
 
 -- Reads the pool's meta and settings; nil and a reply for every request when
@@ -447,7 +454,7 @@ local function make_general()
   local S = LOAD_SHIFT
   local BATCH = 32
   local EARTH_RADIUS_KM = 6371.0088
-  local filter, test, sel, rnd
+  local filter, test, sel, rnd, site
 
   local function fmt_num(x)
     local s = string.format('%.15g', x)
@@ -501,12 +508,17 @@ local function make_general()
     return true
   end
 
-  -- The first of these members (in order) that matches the filter.
+  -- The first of these members (in order) that matches the filter and is not
+  -- blocked for the request's site.
   local function first_ok(ms)
-    if not test or #ms == 0 then return ms[1] end
-    local js = redis.call('HMGET', PK.proxies, unpack(ms))
+    if #ms == 0 or (not test and not site) then return ms[1] end
+    local js = test and redis.call('HMGET', PK.proxies, unpack(ms))
+    local blocked = site and STRAIGHT.site_blocked(site, ms, POOL_ID, NOW)
     for i, m in ipairs(ms) do
-      if js[i] and matches(filter, cjson.decode(js[i])) then return m end
+      if not (blocked and blocked[i])
+        and (not test or (js[i] and matches(filter, cjson.decode(js[i])))) then
+        return m
+      end
     end
     return nil
   end
@@ -598,9 +610,10 @@ local function make_general()
     if #ms == 0 then return nil end
     local js = redis.call('HMGET', PK.proxies, unpack(ms))
     local sc = redis.call('ZMSCORE', PK.load_all, unpack(ms))
+    local blocked = site and STRAIGHT.site_blocked(site, ms, POOL_ID, NOW)
     local best, best_k, matched = nil, nil, {}
     for i, m in ipairs(ms) do
-      if js[i] and sc[i] then
+      if js[i] and sc[i] and not (blocked and blocked[i]) then
         local p = cjson.decode(js[i])
         if matches(filter, p) then
           local seq, k = tonumber(m), nil
@@ -629,6 +642,7 @@ local function make_general()
 
   return function(r)
     filter, test, sel, rnd = r.filter or nil, r.test, r.selector, r.rnd
+    site = r.sitek > 0 and KEYS[r.sitek] or nil
     -- The smallest declared index every match must be in; an empty one: no match.
     local base, base_n = 'all', nil
     for _, t in ipairs(r.dtags) do
@@ -714,6 +728,9 @@ function STRAIGHT.session_pick(r)
   if r.test then
     general = general or make_general()
     if not STRAIGHT.matches(r.filter, st.info.p) then return nil end
+  end
+  if r.sitek > 0 and STRAIGHT.site_blocked(KEYS[r.sitek], { m }, POOL_ID, NOW)[1] then
+    return nil
   end
   return st
 end

@@ -10,9 +10,8 @@
 -- ARGV[7]  failures in a row that ban the proxy (0 = never)
 -- ARGV[8]  failure reason (0..256 bytes, no control characters)
 --
--- The n-th failure in a row cools for max(1, floor(min(cap, base * 2^(n-1)) *
--- keep / 10^6)) ms: CooldownPolicy::delay_ms in src/cooldown.rs, the one
--- definition (exact here: every product is an integer below 2^53).
+-- The n-th failure in a row cools for STRAIGHT.cooldown_ms(n, base, cap, keep)
+-- ms (_lib.lua): CooldownPolicy::delay_ms in src/cooldown.rs.
 --
 -- Reply: {'OK', json, live leases, seq} | {'NOT_FOUND'} | {'SCHEMA', found}
 -- Errors (nothing written): bad arguments.
@@ -74,9 +73,7 @@ else
     json = json_set(json, p, 'cool', nil)
     redis.call('ZREM', cooldown, mem)
   else
-    local full = math.min(cap, base * 2 ^ math.min(fails - 1, 40))
-    local delay = math.max(1, math.floor(full * keep / 1000000))
-    local until_ms = now + delay
+    local until_ms = now + STRAIGHT.cooldown_ms(fails, base, cap, keep)
     json = json_set(json, p, 'cool', until_ms)
     redis.call('ZADD', cooldown, until_ms, mem)
     -- Acquires lift cooldowns only once the pool's `cool_next` hint is due.

@@ -78,6 +78,7 @@ pub mod renew;
 pub mod retry;
 pub mod selector;
 pub mod session;
+pub mod site;
 pub mod stats;
 pub mod storage;
 #[cfg(feature = "cli")]
@@ -108,6 +109,7 @@ pub use renew::{RenewPolicy, RenewTimings, RenewingLease};
 pub use retry::RetryPolicy;
 pub use selector::SelectorStrategy;
 pub use session::StickySession;
+pub use site::{Site, SiteStanding};
 pub use stats::PoolStats;
 /// The original's name for [`Storage`].
 pub use storage::Storage as IStorage;

@@ -15,6 +15,7 @@ use crate::names::{ConsumerName, IntoPoolName, PoolName};
 use crate::retry::RetryPolicy;
 use crate::selector::SelectorStrategy;
 use crate::session::StickySession;
+use crate::site::{Site, SiteStanding};
 use crate::storage::{AcquireRequest, Storage};
 use crate::telemetry::Telemetry;
 use tracing::Instrument;
@@ -52,6 +53,8 @@ pub struct AcquireOptions {
     pub request_id: Option<String>,
     /// Sticky session; see [`AcquireOptions::session`].
     pub session: Option<StickySession>,
+    /// The site the lease is for; see [`AcquireOptions::site`].
+    pub site: Option<String>,
 }
 
 impl AcquireOptions {
@@ -104,6 +107,14 @@ impl AcquireOptions {
     /// ```
     pub fn session(mut self, session: impl Into<StickySession>) -> Self {
         self.session = Some(session.into());
+        self
+    }
+    /// Leases for this site (`shop.example`): proxies resting or banned for
+    /// it ([`ProxyManager::report_site_failure`]) are skipped; see
+    /// [`crate::site`]. Checked by the acquire ([`crate::Error::InvalidArgument`]
+    /// when bad).
+    pub fn site(mut self, site: impl Into<String>) -> Self {
+        self.site = Some(site.into());
         self
     }
 }
@@ -360,6 +371,7 @@ impl<S: Storage> ProxyManager<S> {
             register_consumer: register,
             request_id: options.request_id,
             session: options.session,
+            site: options.site.map(Site::new).transpose()?,
         };
         request.validate()?;
         Ok(request)
@@ -808,6 +820,36 @@ impl<S: Storage> ProxyManager<S> {
         self.telemetry.report(true);
         self.storage
             .report_failure(target.proxy_id(), reason, &self.config.cooldown)
+            .await
+    }
+
+    /// Reports that a proxy failed with one site (a 403 or a 429 from
+    /// `shop.example`): it rests for that site only, for the cooldown policy's
+    /// delay after each failure in a row, and is banned for the site at its
+    /// `ban_after`; acquires for other sites still get it (see [`crate::site`]).
+    /// Returns its standing with the site.
+    pub async fn report_site_failure(
+        &self,
+        target: &impl ProxyRef,
+        site: impl AsRef<str>,
+        reason: &str,
+    ) -> Result<SiteStanding> {
+        let site = Site::new(site)?;
+        self.storage
+            .report_site_failure(target.proxy_id(), &site, reason, &self.config.cooldown)
+            .await
+    }
+
+    /// Reports that a proxy worked with one site: its failures for the site are
+    /// forgotten and a rest or ban for the site lifted.
+    pub async fn report_site_success(
+        &self,
+        target: &impl ProxyRef,
+        site: impl AsRef<str>,
+    ) -> Result<SiteStanding> {
+        let site = Site::new(site)?;
+        self.storage
+            .report_site_success(target.proxy_id(), &site)
             .await
     }
 

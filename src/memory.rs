@@ -18,12 +18,14 @@ use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyEndpoint, ProxyStatus};
 use crate::selector::SelectorStrategy;
 use crate::session::{SessionBinding, StickySession};
+use crate::site::{Site, SiteStanding};
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage, DEFAULT_RECORD_GRACE};
 use records::{Nanos, Record, Records};
 
 mod records;
 mod sessions;
+mod sites;
 
 /// A thread-safe storage that keeps everything in this process.
 ///
@@ -477,6 +479,8 @@ struct PoolState {
     plan: Option<FilterPlan>,
     /// Sticky sessions: the proxy each keeps.
     sessions: sessions::Sessions,
+    /// Site-scoped cooldowns and bans.
+    sites: sites::Sites,
 }
 
 /// Which index serves a filter, and whether its proxies must still be
@@ -512,6 +516,7 @@ impl PoolState {
             request_of: fast_map(),
             plan: None,
             sessions: sessions::Sessions::default(),
+            sites: sites::Sites::default(),
         }
     }
 
@@ -718,6 +723,7 @@ impl PoolState {
         }
         self.live.retain(|(_, lease)| !gone.contains(lease));
         self.cooling.retain(|(_, proxy)| *proxy != id);
+        self.sites.forget(id);
     }
 
     /// Expires every live lease whose time has come (and lifts the cooldowns
@@ -815,11 +821,13 @@ impl PoolState {
         &self,
         session: &StickySession,
         filters: &ProxyFilters,
+        site: Option<&Site>,
         now: Nanos,
     ) -> Option<u64> {
         let seq = self.sessions.proxy_of(&session.id, now)?;
         let p = self.proxy_by_seq(seq)?;
-        (p.is_available() && filters.matches(p)).then_some(seq)
+        let blocked = site.is_some_and(|s| self.sites.blocks(s.as_str(), p.id, now));
+        (p.is_available() && filters.matches(p) && !blocked).then_some(seq)
     }
 
     /// The index that holds the available proxies meeting the exact-match
@@ -912,20 +920,28 @@ impl PoolState {
 
     /// Picks an available proxy that matches, without scanning the pool when an
     /// index answers the filter; returns its sequence number.
+    /// `blocked`: proxies to skip besides the filters' (those resting or banned
+    /// for the request's site), or `None`.
     fn select(
         &mut self,
         filters: &Arc<ProxyFilters>,
         selector: SelectorStrategy,
         rng: &mut fastrand::Rng,
+        blocked: Option<&dyn Fn(Uuid) -> bool>,
     ) -> Option<u64> {
         let (at, check_all) = self.plan(filters);
         let at = at?;
+        let skip = |p: &Proxy| blocked.is_some_and(|b| b(p.id));
         if selector == SelectorStrategy::LeastUsed {
-            return self.least_used(at, |p| !check_all || filters.matches(p));
+            return self.least_used(at, |p| (!check_all || filters.matches(p)) && !skip(p));
         }
         let idx = self.indexes.get(at)?;
-        let ok =
-            |seq: &u64| !check_all || self.proxy_by_seq(*seq).is_some_and(|p| filters.matches(p));
+        let ok = |seq: &u64| {
+            (!check_all && blocked.is_none())
+                || self
+                    .proxy_by_seq(*seq)
+                    .is_some_and(|p| (!check_all || filters.matches(p)) && !skip(p))
+        };
         let seq = match selector {
             SelectorStrategy::FirstAvailable => idx.by_seq.iter().copied().find(|s| ok(s)),
             SelectorStrategy::LeastUsed => None,
@@ -1362,11 +1378,23 @@ impl LeaseStorage for InMemoryStorage {
                 return Ok(Some(earlier));
             }
         }
+        let site = request.site.as_ref();
         let kept = request
             .session
             .as_ref()
-            .and_then(|s| ps.session_proxy(s, &request.filters, now));
-        let Some(seq) = kept.or_else(|| ps.select(&request.filters, request.selector, rng)) else {
+            .and_then(|s| ps.session_proxy(s, &request.filters, site, now));
+        let picked = match (kept, site) {
+            (Some(seq), _) => Some(seq),
+            (None, Some(site)) if !ps.sites.is_empty() => {
+                let sites = std::mem::take(&mut ps.sites);
+                let blocked = |id: Uuid| sites.blocks(site.as_str(), id, now);
+                let seq = ps.select(&request.filters, request.selector, rng, Some(&blocked));
+                ps.sites = sites;
+                seq
+            }
+            (None, _) => ps.select(&request.filters, request.selector, rng, None),
+        };
+        let Some(seq) = picked else {
             return Ok(None);
         };
         let Some(entry) = ps.change_proxy(seq, |p| p.current_leases += 1) else {
@@ -1593,6 +1621,45 @@ impl LeaseStorage for InMemoryStorage {
         });
         st.notify(&name);
         st.proxy_snapshot(proxy_id)
+    }
+
+    async fn report_site_failure(
+        &self,
+        proxy_id: Uuid,
+        site: &Site,
+        reason: &str,
+        policy: &crate::cooldown::CooldownPolicy,
+    ) -> Result<SiteStanding> {
+        policy.validate()?;
+        crate::storage::validate_failure_reason(reason)?;
+        let now = self.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let name = st.pool_name_of_proxy(proxy_id)?;
+        let ps = st.pool_mut(&name)?;
+        Ok(ps.sites.fail(site.as_str(), proxy_id, reason, now, policy))
+    }
+
+    async fn report_site_success(&self, proxy_id: Uuid, site: &Site) -> Result<SiteStanding> {
+        let now = self.now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let name = st.pool_name_of_proxy(proxy_id)?;
+        st.pool_mut(&name)?
+            .sites
+            .succeed(site.as_str(), proxy_id, now);
+        // A rest or ban lifted may serve a waiter for the site.
+        st.notify(&name);
+        Ok(SiteStanding::clear(proxy_id))
+    }
+
+    async fn site_standings(&self, pool_name: &PoolName, site: &Site) -> Result<Vec<SiteStanding>> {
+        let now = self.now();
+        let st = self.lock();
+        let ps = st.pools.get(pool_name).ok_or_else(|| Error::PoolNotFound {
+            name: pool_name.to_string(),
+        })?;
+        Ok(ps.sites.standings(site.as_str(), now))
     }
 
     async fn report_failure(

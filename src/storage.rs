@@ -16,6 +16,7 @@ use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::selector::SelectorStrategy;
 use crate::session::{SessionBinding, StickySession};
+use crate::site::{Site, SiteStanding};
 use crate::stats::PoolStats;
 
 pub use crate::limits::{MAX_LEASE_DURATION, MIN_LEASE_DURATION};
@@ -73,6 +74,16 @@ pub struct AcquireRequest {
     /// request, else another, which the session then keeps (see
     /// [`crate::session`]).
     pub session: Option<StickySession>,
+    /// The site this lease is for: proxies resting or banned for it are
+    /// skipped (see [`crate::site`]).
+    pub site: Option<Site>,
+}
+
+/// The error of a storage that keeps no site state.
+fn no_sites() -> Error {
+    Error::InvalidArgument(
+        "this storage keeps no site cooldowns (see lighthouse_lease::site)".into(),
+    )
 }
 
 /// Longest failure reason accepted by [`LeaseStorage::report_failure`], in bytes.
@@ -132,7 +143,15 @@ impl AcquireRequest {
             register_consumer: false,
             request_id: None,
             session: None,
+            site: None,
         })
+    }
+
+    /// Acquires for this site; see [`AcquireRequest::site`].
+    #[must_use]
+    pub fn with_site(mut self, site: Site) -> Self {
+        self.site = Some(site);
+        self
     }
 
     /// Acquires in this sticky session; see [`AcquireRequest::session`].
@@ -371,6 +390,46 @@ pub trait LeaseStorage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<SessionBinding>>> + Send {
         let _ = (pool_name, session);
         async { Ok(None) }
+    }
+
+    /// Records a failure of a proxy with one site: counts it, and rests the
+    /// proxy for that site for `policy.delay_ms(n, policy.draw_keep(id))` after
+    /// the n-th failure in a row, or bans it for the site at `policy.ban_after`
+    /// (see [`crate::site`]). Returns its standing with the site. The default
+    /// keeps no site state: an error saying so.
+    fn report_site_failure(
+        &self,
+        proxy_id: Uuid,
+        site: &Site,
+        reason: &str,
+        policy: &crate::cooldown::CooldownPolicy,
+    ) -> impl Future<Output = Result<SiteStanding>> + Send {
+        let _ = (proxy_id, site, reason, policy);
+        async { Err(no_sites()) }
+    }
+
+    /// Records a success of a proxy with one site: its failures for the site
+    /// are forgotten, and a rest or a ban for it lifted. The default keeps no
+    /// site state: an error saying so.
+    fn report_site_success(
+        &self,
+        proxy_id: Uuid,
+        site: &Site,
+    ) -> impl Future<Output = Result<SiteStanding>> + Send {
+        let _ = (proxy_id, site);
+        async { Err(no_sites()) }
+    }
+
+    /// The proxies of a pool with something counted against them for `site`
+    /// (failures, a rest, a ban), by proxy id. The default keeps no site
+    /// state: none.
+    fn site_standings(
+        &self,
+        pool_name: &PoolName,
+        site: &Site,
+    ) -> impl Future<Output = Result<Vec<SiteStanding>>> + Send {
+        let _ = (pool_name, site);
+        async { Ok(Vec::new()) }
     }
 
     /// Gives back the slots of every expired lease in every pool. Returns how many

@@ -16,6 +16,7 @@
 //! | `<ns>:{<pool>}:<lease-id>` | string | one lease record, with a TTL |
 //! | `<ns>:{<pool>}:req:<id>` | string | the lease an idempotent acquire got |
 //! | `<ns>:{<pool>}:sess:<id>` | string | `<seq> <pool id>`: the proxy a sticky session keeps, with a TTL |
+//! | `<ns>:{<pool>}:site:<site>` | hash | `pool` → pool id; seq → `<failures> <until-ms or ban> <reason>` for one site, with a TTL |
 //! | `<ns>:{<pool>}:cooldown` | zset | cooling proxies by cooldown end (ms) |
 //! | `<ns>:{<pool>}:geo`, `…:polar` | geo, zset | available proxies with a location |
 //! | `<ns>:{<pool>}:tags` | set | index tags in use |
@@ -46,7 +47,7 @@ pub const MAX_NAMESPACE_LEN: usize = 64;
 pub const SCHEMA: u32 = 2;
 
 /// Pool key suffixes: (Lua constant, suffix). The one key table of Rust and Lua.
-pub(crate) const SUFFIXES: [(&str, &str); 13] = [
+pub(crate) const SUFFIXES: [(&str, &str); 14] = [
     ("K_META", "meta"),
     ("K_PROXIES", "proxies"),
     ("K_IDS", "ids:"),
@@ -55,6 +56,7 @@ pub(crate) const SUFFIXES: [(&str, &str); 13] = [
     ("K_LIVE", "live"),
     ("K_REQ", "req:"),
     ("K_SESS", "sess:"),
+    ("K_SITE", "site:"),
     ("K_COOLDOWN", "cooldown"),
     ("K_GEO", "geo"),
     ("K_POLAR", "polar"),
@@ -232,6 +234,16 @@ impl PoolKeys {
             self.prefix,
             suffix("K_SESS"),
             utf8_percent_encode(session_id, TAG_VALUE)
+        )
+    }
+
+    /// A site's cooldowns and bans: `site:<percent-encoded site>`.
+    pub(crate) fn site(&self, site: &str) -> String {
+        format!(
+            "{}{}{}",
+            self.prefix,
+            suffix("K_SITE"),
+            utf8_percent_encode(site, TAG_VALUE)
         )
     }
 

@@ -18,6 +18,7 @@ use crate::names::{validate_pool_name, ConsumerName, PoolName};
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyStatus};
 use crate::session::{SessionBinding, StickySession};
+use crate::site::{Site, SiteStanding};
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage};
 
@@ -1317,6 +1318,43 @@ impl LeaseStorage for RedisStorage {
         self.read_stats(&mut conn, &pk, pool_name).await
     }
 
+    async fn report_site_failure(
+        &self,
+        proxy_id: Uuid,
+        site: &Site,
+        reason: &str,
+        policy: &crate::cooldown::CooldownPolicy,
+    ) -> Result<SiteStanding> {
+        policy.validate()?;
+        crate::storage::validate_failure_reason(reason)?;
+        self.site_report(proxy_id, site, Some((reason, policy)))
+            .await
+    }
+
+    async fn report_site_success(&self, proxy_id: Uuid, site: &Site) -> Result<SiteStanding> {
+        self.site_report(proxy_id, site, None).await
+    }
+
+    async fn site_standings(&self, pool_name: &PoolName, site: &Site) -> Result<Vec<SiteStanding>> {
+        let pk = self.keys.pool(pool_name);
+        let mut conn = self.conn().await?;
+        match ops::site_read::run(&mut conn, &pk, site).await? {
+            ops::site_read::SiteReadReply::Ok { now_ms, entries } => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (json, state) in entries {
+                    let (proxy_id, _) = codec::endpoint_from_json(&json)?;
+                    out.push(site_standing(proxy_id, &state, now_ms)?);
+                }
+                out.sort_by_key(|s| s.proxy_id);
+                Ok(out)
+            }
+            ops::site_read::SiteReadReply::NotFound => Err(Error::PoolNotFound {
+                name: pool_name.to_string(),
+            }),
+            ops::site_read::SiteReadReply::Schema(found) => Err(schema_error(pool_name, found)),
+        }
+    }
+
     async fn session(&self, pool_name: &PoolName, session: &str) -> Result<Option<SessionBinding>> {
         StickySession::new(session).validate()?;
         let pk = self.keys.pool(pool_name);
@@ -1414,7 +1452,85 @@ impl LeaseStorage for RedisStorage {
     }
 }
 
+/// A proxy's standing with a site from its state as site_report.lua writes it
+/// (`<failures> <until-ms | ban> <reason>`), at Redis's `now_ms`.
+fn site_standing(proxy_id: Uuid, state: &str, now_ms: i64) -> Result<SiteStanding> {
+    let corrupt = || Error::backend(format!("unreadable site state {state:?}"), None);
+    let mut parts = state.splitn(3, ' ');
+    let failures: u32 = parts
+        .next()
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(corrupt)?;
+    let until = parts.next().ok_or_else(corrupt)?;
+    let reason = parts.next().unwrap_or_default().to_string();
+    let (banned, until_ms) = match until {
+        "ban" => (true, 0),
+        ms => (false, ms.parse::<i64>().map_err(|_| corrupt())?),
+    };
+    let cooldown_until = if !banned && until_ms > now_ms {
+        Some(codec::ms_to_time(until_ms)?)
+    } else {
+        None
+    };
+    Ok(SiteStanding::new(
+        proxy_id,
+        failures,
+        cooldown_until,
+        banned,
+        Some(reason),
+    ))
+}
+
 impl RedisStorage {
+    /// Runs site_report.lua on the proxy's pool (a success when `failure` is None).
+    async fn site_report(
+        &self,
+        proxy_id: Uuid,
+        site: &Site,
+        failure: Option<(&str, &crate::cooldown::CooldownPolicy)>,
+    ) -> Result<SiteStanding> {
+        let mut conn = self.conn().await?;
+        for attempt in 0..2 {
+            let Some(pool) = self.pool_of_proxy(&mut conn, proxy_id).await? else {
+                return Err(Error::ProxyNotFound { id: proxy_id });
+            };
+            let pk = self.keys.pool(&pool);
+            match ops::site_report::run(&mut conn, &pk, proxy_id, site, failure).await? {
+                ops::site_report::SiteReply::Ok {
+                    failures,
+                    until_ms,
+                    banned,
+                    reason,
+                } => {
+                    self.replicated(&mut conn).await?;
+                    if failures == 0 {
+                        return Ok(SiteStanding::clear(proxy_id));
+                    }
+                    let until = if banned {
+                        None
+                    } else {
+                        Some(codec::ms_to_time(until_ms)?)
+                    };
+                    return Ok(SiteStanding::new(
+                        proxy_id,
+                        failures,
+                        until,
+                        banned,
+                        Some(reason),
+                    ));
+                }
+                ops::site_report::SiteReply::NotFound if attempt == 0 => {
+                    self.cache_pool_of(proxy_id, None)
+                }
+                ops::site_report::SiteReply::NotFound => break,
+                ops::site_report::SiteReply::Schema(found) => {
+                    return Err(schema_error(&pool, found))
+                }
+            }
+        }
+        Err(Error::ProxyNotFound { id: proxy_id })
+    }
+
     /// A lease record of this pool by its token (see [`LeaseStorage::get_lease`]).
     async fn lease_by_token(&self, pool_name: &PoolName, token: u64) -> Result<Option<Lease>> {
         let pk = self.keys.pool(pool_name);

@@ -2442,3 +2442,161 @@ pub async fn bad_sessions_are_rejected<H: Harness>(h: &H) {
     .await;
     assert_eq!(ok.proxy_id, x.id, "the longest name is accepted");
 }
+
+async fn site_standings<S: Storage>(
+    m: &ProxyManager<S>,
+    site: &str,
+) -> Vec<crate::site::SiteStanding> {
+    let site = crate::site::Site::new(site).expect("a good site");
+    m.storage()
+        .site_standings(&pn(POOL), &site)
+        .await
+        .expect("site_standings")
+}
+
+/// A failure reported for one site rests the proxy for that site only (site
+/// names compare case-insensitively), on every selector and for a session
+/// that had it; other sites and plain acquires still get it; the rest ends by
+/// itself on the storage's clock.
+pub async fn site_failure_rests_a_proxy_for_that_site_only<H: Harness>(h: &H) {
+    let (m, pool) = with_policy(h, rest(h)).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(20)).await;
+    let y = add(&m, proxy(&pool, 2).max_concurrency(20)).await;
+    let first = take_some(&m, in_session("s").site("shop.example")).await;
+    assert_eq!(first.proxy_id, x.id);
+    let standing = m
+        .report_site_failure(&first, "shop.example", "403 from target")
+        .await
+        .expect("report_site_failure");
+    assert_eq!(standing.proxy_id, x.id);
+    assert_eq!(standing.consecutive_failures, 1);
+    assert!(!standing.banned);
+    assert!(standing.cooldown_until.expect("resting") > first.acquired_at);
+    assert_eq!(standing.last_failure.as_deref(), Some("403 from target"));
+    for selector in SelectorStrategy::ALL {
+        for site in ["shop.example", "SHOP.Example"] {
+            let l = take_some(&m, as_worker().selector(selector).site(site)).await;
+            assert_eq!(
+                l.proxy_id, y.id,
+                "{selector} for {site} leased a proxy resting for it"
+            );
+        }
+    }
+    let moved = take_some(&m, in_session("s").site("shop.example")).await;
+    assert_eq!(
+        moved.proxy_id, y.id,
+        "the session's proxy rests for the site: it moves"
+    );
+    let other = take_some(
+        &m,
+        as_worker()
+            .selector(SelectorStrategy::FirstAvailable)
+            .site("news.example"),
+    )
+    .await;
+    assert_eq!(other.proxy_id, x.id, "another site still gets it");
+    let plain = take_some(&m, as_worker().selector(SelectorStrategy::FirstAvailable)).await;
+    assert_eq!(
+        plain.proxy_id, x.id,
+        "an acquire naming no site still gets it"
+    );
+    let listed = site_standings(&m, "shop.example").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].proxy_id, x.id);
+    assert!(listed[0].cooldown_until.is_some());
+    assert!(site_standings(&m, "news.example").await.is_empty());
+    h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
+        .await;
+    let back = take_some(
+        &m,
+        as_worker()
+            .selector(SelectorStrategy::FirstAvailable)
+            .site("shop.example"),
+    )
+    .await;
+    assert_eq!(
+        back.proxy_id, x.id,
+        "the rest is over on the storage's clock"
+    );
+    let listed = site_standings(&m, "shop.example").await;
+    assert_eq!(
+        (listed[0].consecutive_failures, listed[0].cooldown_until),
+        (1, None),
+        "the count stays until a success"
+    );
+}
+
+/// At the policy's `ban_after` failures in a row a proxy is banned for the
+/// site until a success is reported; a success forgets the count.
+pub async fn site_failures_in_a_row_ban_for_that_site_until_a_success<H: Harness>(h: &H) {
+    let (m, pool) = with_policy(h, rest(h).ban_after(Some(2))).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(20)).await;
+    let lease = take_some(&m, as_worker()).await;
+    let one = m
+        .report_site_failure(&lease, "shop.example", "403")
+        .await
+        .unwrap();
+    assert_eq!((one.consecutive_failures, one.banned), (1, false));
+    let two = m
+        .report_site_failure(&lease, "shop.example", "403")
+        .await
+        .unwrap();
+    assert_eq!((two.consecutive_failures, two.banned), (2, true));
+    assert_eq!(two.cooldown_until, None, "a ban is not a rest");
+    h.advance(m.storage(), h.short_lease() * 4).await;
+    assert_eq!(
+        take(&m, as_worker().site("shop.example")).await,
+        None,
+        "banned for the site past any cooldown"
+    );
+    assert_eq!(
+        m.storage().get_proxy(x.id).await.unwrap().unwrap().status,
+        ProxyStatus::Active,
+        "a site ban leaves the proxy's status alone"
+    );
+    assert!(take(&m, as_worker().site("news.example")).await.is_some());
+    let cleared = m.report_site_success(&lease, "shop.example").await.unwrap();
+    assert_eq!((cleared.consecutive_failures, cleared.banned), (0, false));
+    assert!(site_standings(&m, "shop.example").await.is_empty());
+    assert!(take(&m, as_worker().site("shop.example")).await.is_some());
+    let again = m
+        .report_site_failure(&lease, "shop.example", "403")
+        .await
+        .unwrap();
+    assert_eq!(again.consecutive_failures, 1, "the success reset the count");
+}
+
+/// Bad site names are an InvalidArgument (nothing written); reports about an
+/// unknown proxy are ProxyNotFound; standings of an unknown pool PoolNotFound.
+pub async fn bad_sites_are_rejected<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(3)).await;
+    let long = "s".repeat(crate::site::MAX_SITE_LEN + 1);
+    for bad in ["", "two words", "tab\there", long.as_str()] {
+        let err = m
+            .acquire_proxy(POOL, as_worker().site(bad))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err:?}");
+        let err = m.report_site_failure(&x.id, bad, "403").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err:?}");
+    }
+    assert_eq!(leases_of(&m, x.id).await, 0);
+    assert!(site_standings(&m, "shop.example").await.is_empty());
+    assert!(matches!(
+        m.report_site_failure(&Uuid::new_v4(), "shop.example", "403")
+            .await,
+        Err(Error::ProxyNotFound { .. })
+    ));
+    assert!(matches!(
+        m.report_site_failure(&x.id, "shop.example", "bad\nreason")
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(site_standings(&m, "shop.example").await.is_empty());
+    let site = crate::site::Site::new("shop.example").unwrap();
+    assert!(matches!(
+        m.storage().site_standings(&pn("no-such-pool"), &site).await,
+        Err(Error::PoolNotFound { .. })
+    ));
+}

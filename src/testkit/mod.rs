@@ -164,6 +164,9 @@ macro_rules! conformance_suite {
             sticky_session_moves_when_its_proxy_cannot_serve,
             sticky_session_ends_after_its_ttl,
             bad_sessions_are_rejected,
+            site_failure_rests_a_proxy_for_that_site_only,
+            site_failures_in_a_row_ban_for_that_site_until_a_success,
+            bad_sites_are_rejected,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

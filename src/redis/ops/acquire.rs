@@ -75,6 +75,8 @@ pub(crate) struct AcquireItem {
     pub(crate) request_key: Option<String>,
     /// The sticky session's key, and how long it keeps its proxy (ms).
     pub(crate) session: Option<(String, u64)>,
+    /// The key of the site's cooldowns and bans.
+    pub(crate) site_key: Option<String>,
     pub(crate) tags: Vec<String>,
     /// The request but for its consumer as one argument (see [`Self::spec_of`]),
     /// when it has no request id, is not random and its spec is at most
@@ -117,10 +119,15 @@ impl AcquireItem {
                 Some(s) => Some((pk.session(&s.id), millis(s.ttl_for(request.duration))?)),
                 None => None,
             },
+            site_key: request.site.as_ref().map(|s| pk.site(s.as_str())),
             tags,
             spec: None,
         };
-        if item.request_key.is_none() && item.session.is_none() && item.selector != "random" {
+        if item.request_key.is_none()
+            && item.session.is_none()
+            && item.site_key.is_none()
+            && item.selector != "random"
+        {
             let spec = item.spec_of();
             if spec.len() <= MAX_SPEC && seen.seen_before(&spec) {
                 item.spec = Some(spec);
@@ -132,7 +139,7 @@ impl AcquireItem {
     /// The spec block's second argument: the full block's fields after the
     /// consumer, joined by newlines (`duration`, `ttl`, `selector`, `filter`,
     /// `exact`, `0` (random), `0` (request key), `0` (session key), `0`
-    /// (session ms), tag count, tags). None of them
+    /// (session ms), `0` (site key), tag count, tags). None of them
     /// holds a newline: tags are percent-encoded and the filter JSON escapes
     /// control characters. The script parses a spec once per pool and keeps
     /// what it read, so a request costs it a table look-up instead of eight
@@ -142,7 +149,7 @@ impl AcquireItem {
         let mut s = String::with_capacity(32 + self.filter.len());
         let _ = write!(
             s,
-            "{}\n{}\n{}\n{}\n{}\n0\n0\n0\n0\n{}",
+            "{}\n{}\n{}\n{}\n{}\n0\n0\n0\n0\n0\n{}",
             self.duration_ms,
             self.ttl_ms,
             self.selector,
@@ -166,6 +173,8 @@ impl AcquireItem {
             && prev.request_key.is_none()
             && self.session.is_none()
             && prev.session.is_none()
+            && self.site_key.is_none()
+            && prev.site_key.is_none()
             && self.selector != "random"
             && self.selector == prev.selector
             && self.duration_ms == prev.duration_ms
@@ -196,6 +205,7 @@ impl AcquireItem {
         };
         let request_index = key_of(self.request_key.as_ref());
         let session_index = key_of(self.session.as_ref().map(|(k, _)| k));
+        let site_index = key_of(self.site_key.as_ref());
         if prev.is_some_and(|p| self.repeats(p)) {
             inv.arg("").arg(&self.consumer);
             return;
@@ -218,6 +228,7 @@ impl AcquireItem {
             .arg(request_index)
             .arg(session_index)
             .arg(self.session.as_ref().map_or(0, |(_, ms)| *ms))
+            .arg(site_index)
             .arg(self.tags.len())
             .arg(&self.tags);
     }

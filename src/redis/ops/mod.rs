@@ -44,6 +44,8 @@ pub(crate) mod release;
 pub(crate) mod report;
 pub(crate) mod rotate;
 pub(crate) mod session_read;
+pub(crate) mod site_read;
+pub(crate) mod site_report;
 pub(crate) mod stats;
 pub(crate) mod wait;
 
@@ -94,7 +96,7 @@ impl Op {
 }
 
 /// Every operation of the library.
-const OPS: [&Op; 19] = [
+const OPS: [&Op; 21] = [
     &acquire::OP,
     &rotate::OP,
     &release::OP,
@@ -102,6 +104,8 @@ const OPS: [&Op; 19] = [
     &cleanup::OP,
     &stats::OP,
     &session_read::OP,
+    &site_report::OP,
+    &site_read::OP,
     &proxy_add::OP,
     &proxy_update::OP,
     &proxy_status::OP,

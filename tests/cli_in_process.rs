@@ -362,3 +362,54 @@ async fn acquire_in_a_session_and_show_the_proxy_it_keeps() {
         .unwrap_err();
     assert!(err.contains("--session"), "a TTL needs a session: {err}");
 }
+
+#[tokio::test]
+async fn site_show_lists_rests_and_bans_and_lift_clears_them() {
+    let sh = Shell::new();
+    sh.sh("pool create p1").await.unwrap();
+    for host in ["10.0.0.1", "10.0.0.2"] {
+        sh.sh(&format!(
+            "proxy add --pool p1 --host {host} --port 3128 --max-concurrency 4"
+        ))
+        .await
+        .unwrap();
+    }
+    let proxies = sh.m.storage().list_proxies(&pn("p1")).await.unwrap();
+    let x = proxies.iter().find(|p| p.host == "10.0.0.1").unwrap().id;
+    sh.m.report_site_failure(&x, "shop.example", "403 from target")
+        .await
+        .unwrap();
+    let shown = sh.sh("site show shop.example --pool p1").await.unwrap();
+    assert!(
+        shown.starts_with(&format!("{x} resting until "))
+            && shown.contains("1 failures in a row, last: 403 from target"),
+        "{shown}"
+    );
+    let out = sh
+        .sh("acquire --pool p1 --site Shop.Example")
+        .await
+        .unwrap();
+    assert!(
+        out.contains("proxy http://10.0.0.2:3128"),
+        "x rests for the site: {out}"
+    );
+    assert_eq!(
+        sh.sh(&format!("site lift shop.example {x}"))
+            .await
+            .unwrap()
+            .trim(),
+        format!("{x}: lifted for shop.example")
+    );
+    assert_eq!(
+        sh.sh("site show shop.example --pool p1")
+            .await
+            .unwrap()
+            .trim(),
+        "no proxy has a standing for shop.example"
+    );
+    let out = sh
+        .sh("acquire --pool p1 --site shop.example")
+        .await
+        .unwrap();
+    assert!(out.contains("proxy http://10.0.0.1:3128"), "lifted: {out}");
+}

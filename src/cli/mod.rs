@@ -77,6 +77,9 @@ pub enum Command {
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Show or lift the site-scoped cooldowns and bans of a pool.
+    #[command(subcommand)]
+    Site(SiteCommand),
     /// Show the proxy a sticky session keeps, and until when.
     Session {
         /// The session's name.
@@ -235,6 +238,26 @@ pub struct Attributes {
     pub asn: Option<u32>,
 }
 
+/// `lighthouse site ...`
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// List the proxies resting, banned or with failures counted for a site.
+    Show {
+        /// The site, e.g. shop.example.
+        site: String,
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+    },
+    /// Lift a proxy's rest or ban for a site (as a reported success does).
+    Lift {
+        /// The site.
+        site: String,
+        /// The proxy id.
+        proxy: Uuid,
+    },
+}
+
 /// `lighthouse consumer ...`
 #[derive(Debug, Subcommand)]
 pub enum ConsumerCommand {
@@ -282,6 +305,9 @@ pub struct AcquireArgs {
     /// (default: the lease's duration).
     #[arg(long, requires = "session")]
     pub session_ttl: Option<u64>,
+    /// Lease for this site: skip proxies resting or banned for it.
+    #[arg(long)]
+    pub site: Option<String>,
 }
 
 /// Runs the CLI: parses arguments and the environment, connects to Redis, runs
@@ -651,6 +677,9 @@ pub async fn run<S: Storage, W: Write>(
             if let Some(c) = &a.consumer {
                 options = options.consumer(c.clone());
             }
+            if let Some(site) = &a.site {
+                options = options.site(site.clone());
+            }
             if let Some(id) = &a.session {
                 let mut session = crate::session::StickySession::new(id.clone());
                 if let Some(secs) = a.session_ttl {
@@ -705,6 +734,37 @@ pub async fn run<S: Storage, W: Write>(
                 &serde_json::json!({ "lease": lease, "outcome": outcome }),
                 |w| writeln!(w, "{lease}: {outcome}"),
             )
+        }
+        Command::Site(SiteCommand::Show { site, pool }) => {
+            let site = crate::site::Site::new(site)?;
+            let all = s.site_standings(&PoolName::new(pool)?, &site).await?;
+            p.print(&all, |w| {
+                if all.is_empty() {
+                    return writeln!(w, "no proxy has a standing for {site}");
+                }
+                for st in &all {
+                    let state = match (st.banned, st.cooldown_until) {
+                        (true, _) => "banned".to_string(),
+                        (false, Some(t)) => format!(
+                            "resting until {}",
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        ),
+                        (false, None) => "usable".to_string(),
+                    };
+                    writeln!(
+                        w,
+                        "{} {state}, {} failures in a row, last: {}",
+                        st.proxy_id,
+                        st.consecutive_failures,
+                        st.last_failure.as_deref().unwrap_or("")
+                    )?;
+                }
+                Ok(())
+            })
+        }
+        Command::Site(SiteCommand::Lift { site, proxy }) => {
+            let st = manager.report_site_success(proxy, site).await?;
+            p.print(&st, |w| writeln!(w, "{proxy}: lifted for {site}"))
         }
         Command::Session { name, pool } => {
             let binding = s.session(&PoolName::new(pool)?, name).await?;

@@ -2,7 +2,8 @@
 # Redis's own work per acquire→release cycle, counted in CPU instructions by
 # callgrind: ours (`lighthouse bench` on a 1,000-proxy pool) against the npm
 # `redis-semaphore` peer (benches/peer/semaphore.js), at 1 and 64 concurrent
-# callers, on one private redis-server run under valgrind. Instruction counts do
+# callers, on one private redis-server run under valgrind; then the same cycle
+# with a site named by every acquire, and with a sticky session per caller. Instruction counts do
 # not move with the machine's load, unlike cycles/s, so this is the stable
 # companion of `cargo bench --bench redis`. It also prints the Redis commands per
 # cycle (INFO commandstats: FCALL/EVALSHA and the commands the scripts run).
@@ -126,8 +127,26 @@ k="$(cycles_of cycles)"
 PER[rotate]=$((n / k))
 printf '%-16s %4s %9s %16s %14s\n' "ours rotate" 1 "$k" "$n" "${PER[rotate]}"
 CALLS[rotate]="$(calls_of "$k")"
+# What the fleet features cost when used: every acquire names a site (none of
+# its proxies blocked for it), or every caller keeps its own sticky session.
+for feature in site sessions; do
+  for c in 1 64; do
+    STEP="$feature-c$c"
+    if [ "$feature" = site ]; then flag=(--site shop.example); else flag=(--sessions); fi
+    n="$(counted "$LH" --json bench --pool bench --concurrency "$c" --duration "$SECS" "${flag[@]}")"
+    k="$(cycles_of cycles)"
+    PER["$feature$c"]=$((n / k))
+    printf '%-16s %4s %9s %16s %14s\n' "ours $feature" "$c" "$k" "$n" "${PER[$feature$c]}"
+    CALLS["$feature$c"]="$(calls_of "$k")"
+  done
+done
 for c in 1 64; do
   echo "c=$c Redis commands per cycle: ours ${CALLS[ours$c]}; redis-semaphore ${CALLS[sem$c]}"
+done
+for feature in site sessions; do
+  for c in 1 64; do
+    echo "c=$c with $feature: Redis commands per cycle ${CALLS[$feature$c]}; instructions $(python3 -c "print('%.2f' % (${PER[$feature$c]} / ${PER[ours$c]}))")x the plain cycle's"
+  done
 done
 echo "rotate (c=1) Redis commands per rotate: ${CALLS[rotate]}"
 for c in 1 64; do

@@ -34,6 +34,14 @@ pub struct BenchArgs {
     /// acquire in one storage call); a cycle is one rotate.
     #[arg(long)]
     pub rotate: bool,
+    /// Every acquire names this site (skipping proxies resting or banned for
+    /// it): measures what site-scoped cooldowns cost.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Every caller acquires in its own sticky session: measures what
+    /// sessions cost.
+    #[arg(long)]
+    pub sessions: bool,
 }
 
 /// What a bench run measured.
@@ -158,8 +166,14 @@ async fn load<S: Storage>(
     for i in 0..args.concurrency {
         let (m, stop, done, pool) = (manager.clone(), stop.clone(), done.clone(), pool.clone());
         let rotate = args.rotate;
+        let mut options = AcquireOptions::new().consumer(format!("bench-{i}"));
+        if let Some(site) = &args.site {
+            options = options.site(site.clone());
+        }
+        if args.sessions {
+            options = options.session(format!("bench-session-{i}"));
+        }
         tasks.push(tokio::spawn(async move {
-            let options = AcquireOptions::new().consumer(format!("bench-{i}"));
             let mut lat = Vec::new();
             let mut exhausted = 0u64;
             let mut n = 0u64;

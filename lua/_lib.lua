@@ -301,10 +301,13 @@ local function open_pool(...)
   if not id or m[2] then return nil, 'POOL_NOT_FOUND' end
   local s = PK.pool
   if not s or PK.pool_id ~= id or not s.created then
-    local f = redis.call('HMGET', PK.meta, 'schema', 'attrs', 'orders', 'created')
+    local f = redis.call('HMGET', PK.meta, 'schema', 'attrs', 'orders', 'created', 'rate')
     if f[1] ~= SCHEMA then return nil, 'SCHEMA', f[1] or '' end
     read_settings(id, f[2], f[3])
     POOL.created = f[4] or '0'
+    -- The rate limit's rest after each lease, ms (fixed when the pool was created).
+    local leases, per = string.match(f[5] or '', '^(%d+) (%d+)$')
+    POOL.rate_ms = leases and math.floor(tonumber(per) / tonumber(leases)) or nil
     PK.pool, PK.pool_id = POOL, id
   else
     POOL = s
@@ -367,7 +370,8 @@ local function info_of(json)
   local i = infos[json]
   if i then return i end
   local p = cjson.decode(json)
-  i = { p = p, max = p.max, ok = (p.status == nil or p.status == 'active') and p.cool == nil }
+  i = { p = p, max = p.max,
+    ok = (p.status == nil or p.status == 'active') and p.cool == nil and p.rest == nil }
   local tags, set = {}, {}
   for _, a in ipairs(ATTRS) do
     local v = p[a]
@@ -816,7 +820,9 @@ local function json_set(j, p, key, value)
 end
 
 -- Lifts up to `limit` cooldowns that are over: their proxies become available
--- again. Returns how many, and the earliest cooldown end left (or nil).
+-- again. A member of `P cooldown` is scored by the later of its failure
+-- cooldown's end (`cool`) and its rate-limit rest's end (`rest`): both are over
+-- when it is due. Returns how many, and the earliest end left (or nil).
 local function lift_cooldowns(now, limit)
   local key = P .. K_COOLDOWN
   local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
@@ -824,10 +830,10 @@ local function lift_cooldowns(now, limit)
     load_states(due)
     for _, m in ipairs(due) do
       local st = T[m]
-      if st and st.info and st.info.p.cool ~= nil then
+      if st and st.info and (st.info.p.cool ~= nil or st.info.p.rest ~= nil) then
         local p = {}
         for k, v in pairs(st.info.p) do p[k] = v end
-        st.j = json_set(st.j, p, 'cool', nil)
+        st.j = json_set(json_set(st.j, p, 'cool', nil), p, 'rest', nil)
         wmap('pj')[m] = st.j
         st.info = info_of(st.j)
         st.dirty = true

@@ -281,7 +281,7 @@ read_request_full = function(at, slot, A)
   end
   r.order = order
   r.fast = not r.test and r.dtags[2] == nil and sessk == 0 and sitek == 0
-    and (order == 'load' or order == 'lat' or order == 'seq')
+    and not POOL.rate_ms and (order == 'load' or order == 'lat' or order == 'seq')
   return r, at + 12 + nt
 end
 
@@ -735,6 +735,24 @@ function STRAIGHT.session_pick(r)
   return st
 end
 
+-- Rests proxy state `st` after a lease under its pool's rate limit: out of the
+-- indexes until NOW + the rest (its JSON's `rest`, written at the flush with
+-- every library's cached JSON made stale), in P cooldown (scored by the later of
+-- a cooldown's and the rest's ends; the lift in reclaim_due brings it back),
+-- and the `cool_next` hint moved when it comes first. Only rate-limited pools.
+function STRAIGHT.rest(st)
+  local until_ms = NOW + POOL.rate_ms
+  local p = {}
+  for k, v in pairs(st.info.p) do p[k] = v end
+  st.j = json_set(st.j, p, 'rest', until_ms)
+  wmap('pj')[st.m] = st.j
+  st.info = info_of(st.j)
+  st.dirty = true
+  bound(st)
+  redis.call('ZADD', P .. K_COOLDOWN, math.max(until_ms, p.cool or 0), st.m)
+  if COOL_NEXT == nil or until_ms < COOL_NEXT then COOL_NEXT, COOL_MOVED = until_ms, true end
+end
+
 -- Serves one acquire request; its reply, in the reply table of `slot` from
 -- index off + 1 (rotate.lua puts the release outcome before it).
 local function serve(r, remaining, slot, off)
@@ -772,6 +790,7 @@ local function serve(r, remaining, slot, off)
   st.dirty = true
   bound(st)
   local token, tok, exp = grant(r, st.m, STRAIGHT.cons[slot])
+  if POOL.rate_ms then STRAIGHT.rest(st) end
   -- The expiry as a string (a number argument costs Redis a '%.17g'), once per
   -- duration in a call.
   if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end

@@ -57,6 +57,7 @@ local function check_proxy_json(json, mutable)
   if p.latency ~= nil and not uint(p.latency, MAX_U32) then return nil, 'bad latency' end
   if p.fails ~= nil and not uint(p.fails, MAX_U32) then return nil, 'bad failure count' end
   if p.cool ~= nil and not uint(p.cool, 9007199254740991) then return nil, 'bad cooldown' end
+  if p.rest ~= nil and not uint(p.rest, 9007199254740991) then return nil, 'bad rest' end
   if p.failure ~= nil and (type(p.failure) ~= 'string' or #p.failure > 256) then
     return nil, 'bad failure reason'
   end

@@ -8,6 +8,8 @@
 -- ARGV[4]  declared attributes, space-separated (country source city isp asn geo)
 -- ARGV[5]  kept orders, space-separated: load, then seq and lat when wanted
 -- ARGV[6]  '1' with a description in ARGV[7], '0' without
+-- ARGV[8]  rate limit per proxy: '<leases> <per ms>' (per / leases: 1 ms to
+--          MAX_LEASE_MS), or '' for none; kept as the meta's `rate`
 --
 -- Reply: 1 when created, 0 when a pool with this name exists (or is being removed).
 -- Errors (nothing written): bad arguments.
@@ -37,6 +39,15 @@ if ARGV[6] ~= '0' and ARGV[6] ~= '1' then return fail('bad description flag') en
 if ARGV[6] == '1' and (type(ARGV[7]) ~= 'string' or #ARGV[7] > 1024) then
   return fail('bad description')
 end
+local rate = ARGV[8]
+if rate ~= '' then
+  local l, per = string.match(rate or '', '^(%d+) (%d+)$')
+  l, per = tonumber(l), tonumber(per)
+  if not l or l < 1 or l > MAX_U32 or not per or math.floor(per / l) < 1
+    or math.floor(per / l) > MAX_LEASE_MS then
+    return fail('bad rate limit')
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 -- Tokens of this pool start after every token an earlier pool of this name
 -- gave (they are at least Redis's time in µs); `created` tells them apart.
@@ -49,4 +60,5 @@ redis.call('HSET', KEYS[1], 'schema', SCHEMA, 'id', ARGV[2], 'name', name, 'attr
   'created', fmt_int(now_us), 'fence', fmt_int(now_us), 'about',
   'lighthouse-lease pool, key layout ' .. SCHEMA .. ': see the README, Redis key schema')
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'description', ARGV[7]) end
+if rate ~= '' then redis.call('HSET', KEYS[1], 'rate', rate) end
 return 1

@@ -37,7 +37,7 @@ local old = T[mem].info
 if not old then return { 'NOT_FOUND' } end
 -- What the scripts keep carries over.
 local json = ARGV[3]
-for _, k in ipairs({ 'latency', 'fails', 'cool', 'failure' }) do
+for _, k in ipairs({ 'latency', 'fails', 'cool', 'rest', 'failure' }) do
   if old.p[k] ~= nil then json = json_set(json, p, k, old.p[k]) end
 end
 local counters = read_counters(m[4], m[8])

@@ -57,12 +57,19 @@ for k, v in pairs(st.info.p) do p[k] = v end
 local json = st.j
 local cooldown = P .. K_COOLDOWN
 local freed = false
+-- A rate-limit rest (`rest`) outlasts what a report does: the proxy's member of
+-- P cooldown is scored by the later of the cooldown's and the rest's ends.
+local rest = p.rest
 if mode == 'success' then
   json = json_set(json, p, 'fails', nil)
   if p.cool ~= nil then
     json = json_set(json, p, 'cool', nil)
-    redis.call('ZREM', cooldown, mem)
-    freed = true
+    if rest then
+      redis.call('ZADD', cooldown, rest, mem)
+    else
+      redis.call('ZREM', cooldown, mem)
+      freed = true
+    end
   end
 else
   local fails = (p.fails or 0) + 1
@@ -71,11 +78,11 @@ else
   if ban_after > 0 and fails >= ban_after then
     json = json_set(json, p, 'status', 'banned')
     json = json_set(json, p, 'cool', nil)
-    redis.call('ZREM', cooldown, mem)
+    if rest then redis.call('ZADD', cooldown, rest, mem) else redis.call('ZREM', cooldown, mem) end
   else
     local until_ms = now + STRAIGHT.cooldown_ms(fails, base, cap, keep)
     json = json_set(json, p, 'cool', until_ms)
-    redis.call('ZADD', cooldown, until_ms, mem)
+    redis.call('ZADD', cooldown, math.max(until_ms, rest or 0), mem)
     -- Acquires lift cooldowns only once the pool's `cool_next` hint is due.
     local hint = tonumber(m[8] or '')
     if hint == nil or until_ms < hint then

@@ -103,7 +103,7 @@ pub use lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 pub use manager::{AcquireOptions, LeaseGuard, ProxyManager, ProxyManagerBuilder, ProxyRef};
 pub use memory::InMemoryStorage;
 pub use names::{ConsumerName, IntoConsumerName, IntoPoolName, PoolName};
-pub use pool::{IndexOrder, IndexedAttribute, PoolIndexes, ProxyPool};
+pub use pool::{IndexOrder, IndexedAttribute, PoolIndexes, ProxyPool, RateLimit};
 pub use proxy::{Proxy, ProxyBuilder, ProxyCredentials, ProxyEndpoint, ProxyProtocol, ProxyStatus};
 pub use renew::{RenewPolicy, RenewTimings, RenewingLease};
 pub use retry::RetryPolicy;

@@ -481,6 +481,8 @@ struct PoolState {
     sessions: sessions::Sessions,
     /// Site-scoped cooldowns and bans.
     sites: sites::Sites,
+    /// Ends of the rate-limit rests of resting proxies (see `reschedule`).
+    rests: FastMap<Uuid, Nanos>,
 }
 
 /// Which index serves a filter, and whether its proxies must still be
@@ -517,6 +519,7 @@ impl PoolState {
             plan: None,
             sessions: sessions::Sessions::default(),
             sites: sites::Sites::default(),
+            rests: fast_map(),
         }
     }
 
@@ -697,6 +700,7 @@ impl PoolState {
         proxy.current_leases = 0;
         proxy.consecutive_failures = 0;
         proxy.cooldown_until = None;
+        proxy.rest_until = None;
         proxy.last_failure = None;
         proxy.latency_ms = None;
         let seq = self.next_seq;
@@ -723,7 +727,17 @@ impl PoolState {
         }
         self.live.retain(|(_, lease)| !gone.contains(lease));
         self.cooling.retain(|(_, proxy)| *proxy != id);
+        self.rests.remove(&id);
         self.sites.forget(id);
+    }
+
+    /// Makes proxy `id`'s one entry in `cooling`: the later of its failure
+    /// cooldown's end (`cool`) and its rate-limit rest's end, if either.
+    fn reschedule(&mut self, id: Uuid, cool: Option<Nanos>) {
+        self.cooling.retain(|(_, p)| *p != id);
+        if let Some(end) = cool.max(self.rests.get(&id).copied()) {
+            self.cooling.insert((end, id));
+        }
     }
 
     /// Expires every live lease whose time has come (and lifts the cooldowns
@@ -734,8 +748,13 @@ impl PoolState {
                 break;
             }
             self.cooling.pop_first();
+            // The entry is the later of the cooldown's and the rest's ends.
+            self.rests.remove(&id);
             if let Some(seq) = self.seq_of(id) {
-                self.change_proxy(seq, |p| p.cooldown_until = None);
+                self.change_proxy(seq, |p| {
+                    p.cooldown_until = None;
+                    p.rest_until = None;
+                });
             }
         }
         let mut n = 0;
@@ -1239,6 +1258,7 @@ impl AdminStorage for InMemoryStorage {
             proxy.current_leases = p.current_leases;
             proxy.consecutive_failures = p.consecutive_failures;
             proxy.cooldown_until = p.cooldown_until;
+            proxy.rest_until = p.rest_until;
             proxy.last_failure = p.last_failure.take();
             proxy.latency_ms = p.latency_ms;
             *p = proxy;
@@ -1401,6 +1421,13 @@ impl LeaseStorage for InMemoryStorage {
             return Err(Error::backend("selected proxy vanished", None));
         };
         let (proxy_id, endpoint) = (entry.proxy.id, Arc::clone(&entry.endpoint));
+        if let Some(rate) = ps.pool.rate_limit {
+            // It rests before its next lease (it was available: no cooldown).
+            let until = now.saturating_add(to_nanos(rate.spacing()));
+            ps.rests.insert(proxy_id, until);
+            ps.change_proxy(seq, |p| p.rest_until = Some(to_time(until)));
+            ps.reschedule(proxy_id, None);
+        }
         // Strictly increasing per pool (so per proxy), with the clock as a floor so
         // a pool created again never reuses a token.
         let floor = u64::try_from(now / 1_000).unwrap_or(0);
@@ -1614,11 +1641,12 @@ impl LeaseStorage for InMemoryStorage {
         let seq = ps
             .seq_of(proxy_id)
             .ok_or(Error::ProxyNotFound { id: proxy_id })?;
-        ps.cooling.retain(|(_, id)| *id != proxy_id);
         ps.change_proxy(seq, |p| {
             p.consecutive_failures = 0;
             p.cooldown_until = None;
         });
+        // A success ends a cooldown, not a rate-limit rest.
+        ps.reschedule(proxy_id, None);
         st.notify(&name);
         st.proxy_snapshot(proxy_id)
     }
@@ -1697,9 +1725,7 @@ impl LeaseStorage for InMemoryStorage {
                 cool_until = Some(until);
             }
         });
-        if let Some(until) = cool_until {
-            ps.cooling.insert((until, proxy_id));
-        }
+        ps.reschedule(proxy_id, cool_until);
         st.proxy_snapshot(proxy_id)
     }
 

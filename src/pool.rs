@@ -1,6 +1,7 @@
 //! Proxy pools, and the indexes a pool keeps.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -43,6 +44,71 @@ pub struct ProxyPool {
     /// Which attributes and orders the pool indexes, fixed when it is created.
     #[serde(default)]
     pub indexes: PoolIndexes,
+    /// The pool's rate limit per proxy, fixed when it is created (see
+    /// [`RateLimit`]); `None`: leases are limited by `max_concurrency` only.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A pool's rate limit per proxy: at most `leases` new leases of one proxy in
+/// any window of `per`, fleet-wide (every manager and host of the storage).
+///
+/// Kept by spacing: after each lease a proxy *rests* for `per / leases`
+/// (whole milliseconds, on the storage's clock) before it can be leased again,
+/// out of the availability indexes as a cooling proxy is, so acquires skip it
+/// at no cost and waiting acquires wake when it is back. Leases of a proxy thus
+/// start at least `per / leases` apart, hence at most `leases` in any window of
+/// `per` (no bursts). A rest is not a failure: a success report does not end
+/// it, and [`crate::Proxy::rest_until`] shows it. A pool with no rate limit pays
+/// nothing for it.
+///
+/// ```
+/// use std::time::Duration;
+/// use lighthouse_lease::{ProxyPool, RateLimit};
+/// let polite = RateLimit::new(10, Duration::from_secs(60))?; // a lease every 6 s per proxy
+/// assert_eq!(polite.spacing(), Duration::from_secs(6));
+/// let pool = ProxyPool::new("polite")?.with_rate_limit(polite);
+/// # Ok::<(), lighthouse_lease::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// New leases of one proxy allowed per `per`.
+    pub leases: u32,
+    /// The window.
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// At most `leases` new leases per proxy in any window of `per`
+    /// ([`Error::InvalidArgument`] unless `leases` ≥ 1 and `per / leases` is
+    /// 1 ms to 7 days).
+    pub fn new(leases: u32, per: Duration) -> Result<Self> {
+        let r = RateLimit { leases, per };
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// The rest after each lease: `per / leases`, in whole milliseconds.
+    pub fn spacing(&self) -> Duration {
+        Duration::from_millis(self.spacing_ms())
+    }
+
+    /// [`RateLimit::spacing`] in milliseconds.
+    pub fn spacing_ms(&self) -> u64 {
+        let per = u64::try_from(self.per.as_millis()).unwrap_or(u64::MAX);
+        per / u64::from(self.leases.max(1))
+    }
+
+    /// Checks the limit (see [`RateLimit::new`]).
+    pub fn validate(&self) -> Result<()> {
+        let max = u64::try_from(crate::limits::MAX_LEASE_DURATION.as_millis()).unwrap_or(u64::MAX);
+        if self.leases == 0 || self.spacing_ms() == 0 || self.spacing_ms() > max {
+            return Err(Error::InvalidArgument(
+                "rate limit: leases must be at least 1, and per / leases 1 ms to 7 days".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl ProxyPool {
@@ -54,6 +120,7 @@ impl ProxyPool {
             name: name.into_pool_name()?,
             description: None,
             indexes: PoolIndexes::default(),
+            rate_limit: None,
         };
         pool.validate()?;
         Ok(pool)
@@ -63,6 +130,13 @@ impl ProxyPool {
     #[must_use]
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
+        self
+    }
+
+    /// Sets the pool's rate limit per proxy (see [`RateLimit`]).
+    #[must_use]
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
         self
     }
 
@@ -82,6 +156,9 @@ impl ProxyPool {
                     "pool description is longer than {MAX_DESCRIPTION_LEN} bytes"
                 )));
             }
+        }
+        if let Some(r) = &self.rate_limit {
+            r.validate()?;
         }
         self.indexes.validate()
     }

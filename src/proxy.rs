@@ -281,6 +281,11 @@ pub struct Proxy {
     /// this time (kept by the storage).
     #[serde(default)]
     pub cooldown_until: Option<DateTime<Utc>>,
+    /// Resting under its pool's rate limit until then (see
+    /// [`crate::RateLimit`]): not leased meanwhile, back by itself (kept by the
+    /// storage).
+    #[serde(default)]
+    pub rest_until: Option<DateTime<Utc>>,
     /// The reason given with the last reported failure (kept by the storage).
     #[serde(default)]
     pub last_failure: Option<String>,
@@ -314,6 +319,7 @@ impl Proxy {
                 checked_at: None,
                 consecutive_failures: 0,
                 cooldown_until: None,
+                rest_until: None,
                 last_failure: None,
                 latency_ms: None,
             },
@@ -343,7 +349,10 @@ impl Proxy {
 
     /// Whether an acquire may pick it now: active, not full, not cooling down.
     pub fn is_available(&self) -> bool {
-        self.status == ProxyStatus::Active && self.has_capacity() && self.cooldown_until.is_none()
+        self.status == ProxyStatus::Active
+            && self.has_capacity()
+            && self.cooldown_until.is_none()
+            && self.rest_until.is_none()
     }
 
     /// Brings fields to their canonical form (upper-case country, host without

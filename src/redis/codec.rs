@@ -58,6 +58,8 @@ struct ProxyJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cool: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    rest: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     failure: Option<String>,
 }
 
@@ -84,6 +86,7 @@ pub(crate) fn proxy_json(p: &Proxy) -> String {
         latency: None,
         fails: None,
         cool: None,
+        rest: None,
         failure: None,
     };
     // A struct of plain fields always serializes.
@@ -127,6 +130,7 @@ pub(crate) fn proxy_from_json(json: &str, pool_id: Uuid, leases: u64) -> Result<
         checked_at,
         consecutive_failures: j.fails.unwrap_or(0),
         cooldown_until: j.cool.map(ms_to_time).transpose()?,
+        rest_until: j.rest.map(ms_to_time).transpose()?,
         last_failure: j.failure,
         latency_ms: j.latency,
     })
@@ -253,11 +257,27 @@ pub(crate) fn pool_from_hash(h: &HashMap<String, String>) -> Result<Option<Proxy
         (Some(a), Some(o)) => PoolIndexes::from_texts(a, o)?,
         _ => PoolIndexes::default(),
     };
+    let rate_limit = match h.get("rate") {
+        None => None,
+        Some(text) => {
+            let mut words = text.split(' ');
+            let leases = words.next().and_then(|w| w.parse().ok());
+            let per = words.next().and_then(|w| w.parse().ok());
+            match (leases, per) {
+                (Some(leases), Some(per_ms)) => Some(crate::pool::RateLimit {
+                    leases,
+                    per: std::time::Duration::from_millis(per_ms),
+                }),
+                _ => return Err(corrupt(format!("pool meta rate {text:?}"))),
+            }
+        }
+    };
     Ok(Some(ProxyPool {
         id,
         name,
         description: h.get("description").cloned(),
         indexes,
+        rate_limit,
     }))
 }
 

@@ -1573,6 +1573,7 @@ fn pool_ref(id: Uuid, name: &PoolName) -> ProxyPool {
         name: name.clone(),
         description: None,
         indexes: crate::pool::PoolIndexes::default(),
+        rate_limit: None,
     }
 }
 

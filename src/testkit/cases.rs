@@ -2600,3 +2600,83 @@ pub async fn bad_sites_are_rejected<H: Harness>(h: &H) {
         Err(Error::PoolNotFound { .. })
     ));
 }
+
+/// A pool's rate limit holds per proxy: after each lease a proxy rests for
+/// `per / leases` before its next lease (a release does not end the rest, nor
+/// does a reported success), acquires meanwhile get other proxies or none, and
+/// it is back by itself on the storage's clock.
+pub async fn rate_limit_rests_a_proxy_between_leases<H: Harness>(h: &H) {
+    let m = ProxyManager::builder(h.storage().await)
+        .cooldown_policy(rest(h))
+        .build();
+    let limit = crate::pool::RateLimit::new(2, h.short_lease() * 2).expect("a good limit");
+    assert_eq!(limit.spacing(), h.short_lease());
+    let pool = m
+        .storage()
+        .create_pool(
+            ProxyPool::new(POOL)
+                .expect("valid pool name")
+                .with_indexes(suite_indexes())
+                .with_rate_limit(limit),
+        )
+        .await
+        .expect("create_pool");
+    assert_eq!(pool.rate_limit, Some(limit));
+    let stored = m.storage().get_pool(&pn(POOL)).await.unwrap().unwrap();
+    assert_eq!(stored.rate_limit, Some(limit), "the pool keeps its limit");
+    m.storage().ensure_consumer(&cn("worker-1")).await.unwrap();
+    let x = add(&m, proxy(&pool, 1).max_concurrency(10)).await;
+    let y = add(&m, proxy(&pool, 2).max_concurrency(10)).await;
+    let a = take_some(&m, as_worker()).await;
+    assert_eq!(a.proxy_id, x.id);
+    let resting = m.storage().get_proxy(x.id).await.unwrap().unwrap();
+    let until = resting.rest_until.expect("x rests after its lease");
+    assert!(
+        until > a.acquired_at,
+        "the rest ends after the lease started"
+    );
+    assert_eq!(
+        resting.cooldown_until, None,
+        "a rest is not a failure's cooldown"
+    );
+    let b = take_some(&m, as_worker()).await;
+    assert_eq!(
+        b.proxy_id, y.id,
+        "x rests: least_used takes y though x has room"
+    );
+    for selector in SelectorStrategy::ALL {
+        assert_eq!(
+            take(&m, as_worker().selector(selector)).await,
+            None,
+            "{selector}: both proxies rest"
+        );
+    }
+    m.release_proxy(&a).await.unwrap();
+    m.report_success(&x.id).await.unwrap();
+    assert_eq!(
+        take(&m, as_worker()).await,
+        None,
+        "neither a release nor a success ends a rest"
+    );
+    m.report_failure(&y.id, "timeout").await.unwrap();
+    h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
+        .await;
+    let c = take_some(&m, as_worker()).await;
+    assert_eq!(c.proxy_id, x.id, "x is back by itself (and least used)");
+    assert_eq!(leases_of(&m, x.id).await, 1);
+    let bad = ProxyPool::new("limited").unwrap();
+    assert!(crate::pool::RateLimit::new(0, Duration::from_secs(1)).is_err());
+    assert!(
+        crate::pool::RateLimit::new(2000, Duration::from_secs(1)).is_err(),
+        "0.5 ms apart"
+    );
+    let mut zero = bad.clone();
+    zero.rate_limit = Some(crate::pool::RateLimit {
+        leases: 0,
+        per: Duration::from_secs(1),
+    });
+    assert!(matches!(
+        m.storage().create_pool(zero).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}

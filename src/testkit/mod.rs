@@ -167,6 +167,7 @@ macro_rules! conformance_suite {
             site_failure_rests_a_proxy_for_that_site_only,
             site_failures_in_a_row_ban_for_that_site_until_a_success,
             bad_sites_are_rejected,
+            rate_limit_rests_a_proxy_between_leases,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -25,6 +25,9 @@ pub(crate) async fn run(conn: &mut Conn<'_>, pk: &PoolKeys, pool: &ProxyPool) ->
         .arg(pool.indexes.orders_text())
         .arg(if pool.description.is_some() { "1" } else { "0" })
         .arg(pool.description.as_deref().unwrap_or(""))
+        .arg(pool.rate_limit.map_or(String::new(), |r| {
+            format!("{} {}", r.leases, r.per.as_millis())
+        }))
         .invoke(conn)
         .await
         .map_err(redis_err("pool create script failed"))?;

@@ -413,3 +413,31 @@ async fn site_show_lists_rests_and_bans_and_lift_clears_them() {
         .unwrap();
     assert!(out.contains("proxy http://10.0.0.1:3128"), "lifted: {out}");
 }
+
+#[tokio::test]
+async fn pool_create_with_a_rate_limit_rests_proxies_between_leases() {
+    let sh = Shell::new();
+    let out = sh
+        .sh("pool create polite --rate-limit 10/60")
+        .await
+        .unwrap();
+    assert!(out.starts_with("created pool polite"), "{out}");
+    let shown = sh.sh("pool show polite").await.unwrap();
+    assert!(
+        shown.contains("rate limit: 10 leases per proxy per 60s (a rest of 6s after each)"),
+        "{shown}"
+    );
+    sh.sh("proxy add --pool polite --host 10.0.0.1 --port 3128 --max-concurrency 4")
+        .await
+        .unwrap();
+    sh.sh("acquire --pool polite").await.unwrap();
+    let err = sh.sh("acquire --pool polite").await.unwrap_err();
+    assert!(err.contains("no proxy available"), "it rests 6 s: {err}");
+    for bad in ["10", "0/60", "10/0", "x/60", "2000/1"] {
+        let err = sh
+            .sh(&format!("pool create p-{} --rate-limit {bad}", bad.len()))
+            .await
+            .unwrap_err();
+        assert!(err.contains("rate limit"), "{bad}: {err}");
+    }
+}

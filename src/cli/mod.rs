@@ -124,6 +124,11 @@ pub enum PoolCommand {
         /// default: none. `lowest_latency` needs `latency`.
         #[arg(long, value_delimiter = ',')]
         orders: Option<Vec<String>>,
+        /// Rate limit per proxy, `<leases>/<seconds>`: at most that many new
+        /// leases of one proxy in any window of that many seconds, fleet-wide
+        /// (e.g. `10/60`: one every 6 s). Default: none.
+        #[arg(long)]
+        rate_limit: Option<String>,
     },
     /// List pools.
     List,
@@ -310,6 +315,22 @@ pub struct AcquireArgs {
     pub site: Option<String>,
 }
 
+/// `<leases>/<seconds>` (seconds may have a fraction) as a [`crate::RateLimit`].
+fn parse_rate_limit(text: &str) -> Result<crate::RateLimit> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "rate limit {text:?}: expected <leases>/<seconds>, e.g. 10/60"
+        ))
+    };
+    let (leases, secs) = text.split_once('/').ok_or_else(bad)?;
+    let leases: u32 = leases.trim().parse().map_err(|_| bad())?;
+    let secs: f64 = secs.trim().parse().map_err(|_| bad())?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(bad());
+    }
+    crate::RateLimit::new(leases, Duration::from_secs_f64(secs))
+}
+
 /// Runs the CLI: parses arguments and the environment, connects to Redis, runs
 /// the command, prints the result. Errors are one line on stderr and exit code 1.
 pub fn main() -> ExitCode {
@@ -457,8 +478,12 @@ pub async fn run<S: Storage, W: Write>(
             description,
             attributes,
             orders,
+            rate_limit,
         }) => {
             let mut pool = ProxyPool::new(name.clone())?;
+            if let Some(text) = rate_limit {
+                pool.rate_limit = Some(parse_rate_limit(text)?);
+            }
             pool.description = description.clone();
             if let Some(list) = attributes {
                 let mut ix = crate::pool::PoolIndexes::new();
@@ -520,6 +545,15 @@ pub async fn run<S: Storage, W: Write>(
                         pool.indexes.attributes_text(),
                         pool.indexes.orders_text()
                     )?;
+                    if let Some(r) = &pool.rate_limit {
+                        writeln!(
+                            w,
+                            "  rate limit: {} leases per proxy per {:?} (a rest of {:?} after each)",
+                            r.leases,
+                            r.per,
+                            r.spacing()
+                        )?;
+                    }
                     writeln!(w, "  {}", stats_line(&pool.name, &stats))
                 },
             )

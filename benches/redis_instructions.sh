@@ -67,6 +67,10 @@ with open(sys.argv[1], "w", newline="") as f:
 PY
 "$LH" pool create bench >/dev/null
 "$LH" proxy import --pool bench "$WORK/proxies.csv" >/dev/null
+# The same proxies in a pool with a rate limit of one lease per proxy per ms
+# (so the limit itself never holds the load back): what the limit costs.
+"$LH" pool create bench-rate --rate-limit 1000/1 >/dev/null
+"$LH" proxy import --pool bench-rate "$WORK/proxies.csv" >/dev/null
 
 # Runs a command with the counters zeroed first (callgrind's and Redis's command
 # statistics); prints the instructions counted.
@@ -128,12 +132,18 @@ PER[rotate]=$((n / k))
 printf '%-16s %4s %9s %16s %14s\n' "ours rotate" 1 "$k" "$n" "${PER[rotate]}"
 CALLS[rotate]="$(calls_of "$k")"
 # What the fleet features cost when used: every acquire names a site (none of
-# its proxies blocked for it), or every caller keeps its own sticky session.
-for feature in site sessions; do
+# its proxies blocked for it), every caller keeps its own sticky session, or
+# the pool has a rate limit and every acquire names a site.
+for feature in site sessions rate_site; do
   for c in 1 64; do
     STEP="$feature-c$c"
-    if [ "$feature" = site ]; then flag=(--site shop.example); else flag=(--sessions); fi
-    n="$(counted "$LH" --json bench --pool bench --concurrency "$c" --duration "$SECS" "${flag[@]}")"
+    pool=bench
+    case "$feature" in
+      site) flag=(--site shop.example) ;;
+      sessions) flag=(--sessions) ;;
+      rate_site) flag=(--site shop.example); pool=bench-rate ;;
+    esac
+    n="$(counted "$LH" --json bench --pool "$pool" --concurrency "$c" --duration "$SECS" "${flag[@]}")"
     k="$(cycles_of cycles)"
     PER["$feature$c"]=$((n / k))
     printf '%-16s %4s %9s %16s %14s\n' "ours $feature" "$c" "$k" "$n" "${PER[$feature$c]}"
@@ -143,7 +153,7 @@ done
 for c in 1 64; do
   echo "c=$c Redis commands per cycle: ours ${CALLS[ours$c]}; redis-semaphore ${CALLS[sem$c]}"
 done
-for feature in site sessions; do
+for feature in site sessions rate_site; do
   for c in 1 64; do
     echo "c=$c with $feature: Redis commands per cycle ${CALLS[$feature$c]}; instructions $(python3 -c "print('%.2f' % (${PER[$feature$c]} / ${PER[ours$c]}))")x the plain cycle's"
   done

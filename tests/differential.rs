@@ -73,7 +73,7 @@ use lighthouse_lease::redis::RedisStorage;
 use lighthouse_lease::{
     AcquireOptions, AcquireRequest, AdminStorage, Error, HealthCheckResult, InMemoryStorage,
     IndexOrder, Lease, LeaseStatus, LeaseStorage, PoolIndexes, Proxy, ProxyFilters, ProxyManager,
-    ProxyPool, ProxyStatus, Result, Rotation, SelectorStrategy,
+    ProxyPool, ProxyStatus, RateLimit, Result, Rotation, SelectorStrategy, Site, SiteStanding,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -107,6 +107,8 @@ const REQUEST_IDS: [&str; 2] = ["job-1", "job-2"];
 /// Sticky sessions; each lasts as long as the lease of its last acquire, so a
 /// short one ends at the next advance, as a short lease does.
 const SESSIONS: [&str; 2] = ["cart-1", "cart-2"];
+/// Sites for site-scoped cooldowns and bans (the cooldown policy's delays).
+const SITES: [&str; 2] = ["shop.example", "news.example"];
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -131,9 +133,13 @@ fn policy() -> CooldownPolicy {
 // ---------------------------------------------------------------------------
 // Generated input.
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Indexes {
     Default,
+    /// The default indexes, and a rate limit of one lease per proxy per
+    /// second: a rest ends at the first advance after its lease, as a short
+    /// lease does.
+    DefaultRateLimited,
     Bare,
     All,
     DefaultWithLatency,
@@ -142,7 +148,7 @@ enum Indexes {
 impl Indexes {
     fn build(self) -> PoolIndexes {
         match self {
-            Indexes::Default => PoolIndexes::default(),
+            Indexes::Default | Indexes::DefaultRateLimited => PoolIndexes::default(),
             Indexes::Bare => PoolIndexes::new(),
             Indexes::All => PoolIndexes::all(),
             Indexes::DefaultWithLatency => PoolIndexes::default().order(IndexOrder::Latency),
@@ -202,6 +208,7 @@ struct Want {
     selector: SelectorStrategy,
     request: Option<usize>,
     session: Option<usize>,
+    site: Option<usize>,
     long: bool,
 }
 
@@ -223,8 +230,12 @@ impl Want {
             Some(i) => r.with_request_id(REQUEST_IDS[i]),
             None => r,
         };
-        match self.session {
+        let r = match self.session {
             Some(i) => r.with_session(SESSIONS[i]),
+            None => r,
+        };
+        match self.site {
+            Some(i) => r.with_site(Site::new(SITES[i]).unwrap()),
             None => r,
         }
     }
@@ -239,8 +250,12 @@ impl Want {
             Some(i) => o.request_id(REQUEST_IDS[i]),
             None => o,
         };
-        match self.session {
+        let o = match self.session {
             Some(i) => o.session(SESSIONS[i]),
+            None => o,
+        };
+        match self.site {
+            Some(i) => o.site(SITES[i]),
             None => o,
         }
     }
@@ -295,6 +310,14 @@ enum Op {
     ReportSuccess {
         proxy: usize,
     },
+    ReportSiteFailure {
+        proxy: usize,
+        site: usize,
+    },
+    ReportSiteSuccess {
+        proxy: usize,
+        site: usize,
+    },
     Advance,
     Cleanup,
     Stats,
@@ -342,13 +365,15 @@ fn want() -> impl Strategy<Value = Want> {
         ],
         proptest::option::weighted(0.3, 0..REQUEST_IDS.len()),
         proptest::option::weighted(0.3, 0..SESSIONS.len()),
+        proptest::option::weighted(0.4, 0..SITES.len()),
         any::<bool>(),
     )
-        .prop_map(|(filter, selector, request, session, long)| Want {
+        .prop_map(|(filter, selector, request, session, site, long)| Want {
             filter,
             selector,
             request,
             session,
+            site,
             long,
         })
 }
@@ -382,6 +407,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(lease, via_manager, want)| Op::Rotate { lease, via_manager, want }),
         3 => (0..16usize).prop_map(|proxy| Op::ReportFailure { proxy }),
         1 => (0..16usize).prop_map(|proxy| Op::ReportSuccess { proxy }),
+        2 => (0..16usize, 0..SITES.len()).prop_map(|(proxy, site)| Op::ReportSiteFailure { proxy, site }),
+        1 => (0..16usize, 0..SITES.len()).prop_map(|(proxy, site)| Op::ReportSiteSuccess { proxy, site }),
         3 => Just(Op::Advance),
         1 => Just(Op::Cleanup),
         1 => Just(Op::Stats),
@@ -439,6 +466,7 @@ struct ProxyView {
     checked_at: Option<chrono::DateTime<chrono::Utc>>,
     consecutive_failures: u32,
     cooling: bool,
+    resting: bool,
     last_failure: Option<String>,
     latency_ms: Option<u32>,
 }
@@ -459,6 +487,7 @@ fn view(p: &Proxy) -> ProxyView {
         checked_at: p.checked_at,
         consecutive_failures: p.consecutive_failures,
         cooling: p.cooldown_until.is_some(),
+        resting: p.rest_until.is_some(),
         last_failure: p.last_failure.clone(),
         latency_ms: p.latency_ms,
     }
@@ -521,7 +550,10 @@ impl World {
             config = config.cleanup_batch(1);
         }
         let red = Arc::new(RedisStorage::new(config).expect("valid test config"));
-        let pool = ProxyPool::new(POOL).unwrap().with_indexes(indexes.build());
+        let mut pool = ProxyPool::new(POOL).unwrap().with_indexes(indexes.build());
+        if indexes == Indexes::DefaultRateLimited {
+            pool = pool.with_rate_limit(RateLimit::new(1, Duration::from_secs(1)).unwrap());
+        }
         let m = mem.create_pool(pool.clone()).await.unwrap();
         let r = red.create_pool(pool.clone()).await.unwrap();
         assert_eq!((&m, &r), (&pool, &pool));
@@ -696,6 +728,40 @@ impl World {
             ));
         }
         Ok(text)
+    }
+
+    /// A site report answered alike (failures, resting, banned), and then
+    /// every site's standings listed alike.
+    async fn standings_answered(
+        &self,
+        label: &str,
+        m: Result<SiteStanding>,
+        r: Result<SiteStanding>,
+    ) -> Result<String, TestCaseError> {
+        let short =
+            |s: &SiteStanding| (s.consecutive_failures, s.cooldown_until.is_some(), s.banned);
+        let text = err_text(&m);
+        let Some((m, r)) = same_outcome(label, m, r)? else {
+            return Ok(text);
+        };
+        prop_assert_eq!(short(&m), short(&r), "{}: site standing", label);
+        for site in SITES {
+            let site = Site::new(site).unwrap();
+            let lm = self.mem.site_standings(&pn(POOL), &site).await;
+            let lr = self.red.site_standings(&pn(POOL), &site).await;
+            if let Some((lm, lr)) = same_outcome(label, lm, lr)? {
+                let a: Vec<_> = lm.iter().map(|s| (s.proxy_id, short(s))).collect();
+                let b: Vec<_> = lr.iter().map(|s| (s.proxy_id, short(s))).collect();
+                prop_assert_eq!(a, b, "{}: standings for {}", label, site);
+            }
+        }
+        Ok(format!(
+            "{} fails={} resting={} banned={}",
+            self.name_of(m.proxy_id),
+            m.consecutive_failures,
+            m.cooldown_until.is_some(),
+            m.banned
+        ))
     }
 
     async fn step(&mut self, label: &str, op: &Op) -> Result<String, TestCaseError> {
@@ -931,6 +997,30 @@ impl World {
                 let r = self.red.report_success(id).await;
                 self.proxies_answered(label, m, r)
             }
+            Op::ReportSiteFailure { proxy, site } => {
+                let Some(i) = self.pick_proxy(*proxy) else {
+                    return Ok("skipped".into());
+                };
+                let (id, site) = (self.proxies[i].proxy.id, Site::new(SITES[*site]).unwrap());
+                let m = self
+                    .mem
+                    .report_site_failure(id, &site, "403", &policy())
+                    .await;
+                let r = self
+                    .red
+                    .report_site_failure(id, &site, "403", &policy())
+                    .await;
+                self.standings_answered(label, m, r).await
+            }
+            Op::ReportSiteSuccess { proxy, site } => {
+                let Some(i) = self.pick_proxy(*proxy) else {
+                    return Ok("skipped".into());
+                };
+                let (id, site) = (self.proxies[i].proxy.id, Site::new(SITES[*site]).unwrap());
+                let m = self.mem.report_site_success(id, &site).await;
+                let r = self.red.report_site_success(id, &site).await;
+                self.standings_answered(label, m, r).await
+            }
             Op::Advance => {
                 self.advance(false).await;
                 Ok("time advanced".into())
@@ -1063,6 +1153,7 @@ proptest! {
     fn redis_storage_answers_like_the_in_memory_storage(
         indexes in prop_oneof![
             Just(Indexes::Default),
+            Just(Indexes::DefaultRateLimited),
             Just(Indexes::Bare),
             Just(Indexes::All),
             Just(Indexes::DefaultWithLatency),
@@ -1102,6 +1193,7 @@ fn short(selector: SelectorStrategy, request: Option<usize>) -> Want {
         selector,
         request,
         session: None,
+        site: None,
         long: false,
     }
 }

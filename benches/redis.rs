@@ -285,7 +285,18 @@ impl Case {
         let options = AcquireOptions::new().consumer("worker-1");
         match self.filter {
             "country" => options.filters(ProxyFilters::new().country("CL")),
+            // The fleet features on (issue "Beyond every peer"): every acquire
+            // names a site; with "rate+site" on the rate-limited pool too.
+            SITE_CASE | RATE_SITE_CASE => options.site("shop.example"),
             _ => options,
+        }
+    }
+    /// The pool the case runs on: the size's pool, or its rate-limited twin.
+    fn pool(&self) -> String {
+        if self.filter == RATE_SITE_CASE {
+            rate_pool_name(self.size)
+        } else {
+            pool_name(self.size)
         }
     }
     fn name(&self) -> String {
@@ -303,6 +314,31 @@ fn size_label(n: usize) -> String {
 
 fn pool_name(n: usize) -> String {
     format!("bench-{}", size_label(n))
+}
+
+/// The case whose acquires name a site (on the plain pool).
+const SITE_CASE: &str = "site";
+/// The case whose acquires name a site, on a pool with a rate limit of one
+/// lease per proxy per ms (so the limit itself never holds the load back).
+const RATE_SITE_CASE: &str = "rate+site";
+
+/// The rate-limited twin of pool `n` (the same proxies; only [`SMALL_POOL`]).
+fn rate_pool_name(n: usize) -> String {
+    format!("bench-{}-rate", size_label(n))
+}
+
+/// Makes the rate-limited twin of the [`SMALL_POOL`]-proxy pool: its proxies, a
+/// rest of 1 ms after each lease, no standing leases.
+async fn setup_rate_pool(url: &str, n: usize) -> Result<(), BoxError> {
+    let m = manager(url)?;
+    let pool = ProxyPool::new(rate_pool_name(n))?.with_rate_limit(
+        lighthouse_lease::RateLimit::new(1_000, Duration::from_secs(1))?,
+    );
+    let pool = m.storage().create_pool(pool).await?;
+    for chunk in proxies(pool.id, n)?.chunks(LOAD_CHUNK) {
+        m.storage().add_proxies(chunk.to_vec()).await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default)]
@@ -518,6 +554,23 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
                     flavor,
                     concurrency,
                     kind,
+                });
+            }
+        }
+    }
+    if small_loaded {
+        // The fleet features, beside the plain cases in the same rounds.
+        Flavor::MultiThread
+            .runtime()
+            .block_on(setup_rate_pool(&url, SMALL_POOL))?;
+        for filter in [SITE_CASE, RATE_SITE_CASE] {
+            for concurrency in [1, WIDE] {
+                cases.push(Case {
+                    size: SMALL_POOL,
+                    filter,
+                    flavor: Flavor::MultiThread,
+                    concurrency,
+                    kind: CaseKind::Cycle,
                 });
             }
         }
@@ -858,7 +911,7 @@ fn summary_json(s: &Summary) -> Value {
     let (evalsha_name, semaphore_name) = s.case.kind.baselines();
     json!({
         "kind": s.case.kind.json(),
-        "pool": pool_name(s.case.size),
+        "pool": s.case.pool(),
         "proxies": s.case.size,
         "filter": s.case.filter,
         "runtime": s.case.flavor.label(),
@@ -1139,7 +1192,7 @@ async fn rotate_worker(
 
 async fn drive(url: String, case: Case, timing: Timing) -> Result<WorkerOut, BoxError> {
     let m = manager(&url)?;
-    let pool = pool_name(case.size);
+    let pool = case.pool();
     let options = case.options();
     let start = Instant::now();
     let warm_end = start + timing.warmup;
@@ -2761,7 +2814,7 @@ fn case_json(r: &CaseResult, baselines: &[Baseline]) -> Value {
     let (evalsha_name, semaphore_name) = r.case.kind.baselines();
     json!({
         "kind": r.case.kind.json(),
-        "pool": pool_name(r.case.size),
+        "pool": r.case.pool(),
         "proxies": r.case.size,
         "filter": r.case.filter,
         "runtime": r.case.flavor.label(),

@@ -307,7 +307,8 @@ local function open_pool(...)
     POOL.created = f[4] or '0'
     -- The rate limit's rest after each lease, ms (fixed when the pool was created).
     local leases, per = string.match(f[5] or '', '^(%d+) (%d+)$')
-    POOL.rate_ms = leases and math.floor(tonumber(per) / tonumber(leases)) or nil
+    -- per / leases rounded up: at most `leases` in any window of `per`.
+    POOL.rate_ms = leases and math.ceil(tonumber(per) / tonumber(leases)) or nil
     PK.pool, PK.pool_id = POOL, id
   else
     POOL = s

@@ -315,9 +315,12 @@ local function reclaim_due(limit)
     if first ~= EXP then EXP, EXP_MOVED = first, true end
   end
   if COOL_NEXT and COOL_NEXT <= NOW then
-    local lifted, first = lift_cooldowns(NOW, 16)
+    -- As many as the reclaim batch; more still due (a rate-limited pool rests
+    -- a proxy per lease) make NONE a RETRY, and the storage runs cleanup.
+    local lifted, first = lift_cooldowns(NOW, limit)
     FREED = FREED + lifted
     COOL_NEXT, COOL_MOVED = first, true
+    if first and first <= NOW then MORE = true end
   end
 end
 
@@ -741,7 +744,9 @@ end
 -- a cooldown's and the rest's ends; the lift in reclaim_due brings it back),
 -- and the `cool_next` hint moved when it comes first. Only rate-limited pools.
 function STRAIGHT.rest(st)
-  local until_ms = NOW + POOL.rate_ms
+  -- Whole ms at or after the grant's µs plus the rest: leases start at least
+  -- the spacing apart in real time, not 1 ms less.
+  local until_ms = math.floor((NOW_US + POOL.rate_ms * 1000 + 999) / 1000)
   local p = {}
   for k, v in pairs(st.info.p) do p[k] = v end
   st.j = json_set(st.j, p, 'rest', until_ms)

@@ -43,8 +43,8 @@ local rate = ARGV[8]
 if rate ~= '' then
   local l, per = string.match(rate or '', '^(%d+) (%d+)$')
   l, per = tonumber(l), tonumber(per)
-  if not l or l < 1 or l > MAX_U32 or not per or math.floor(per / l) < 1
-    or math.floor(per / l) > MAX_LEASE_MS then
+  if not l or l < 1 or l > MAX_U32 or not per or math.ceil(per / l) < 1
+    or math.ceil(per / l) > MAX_LEASE_MS then
     return fail('bad rate limit')
   end
 end

@@ -58,18 +58,27 @@ local json = st.j
 local cooldown = P .. K_COOLDOWN
 local freed = false
 -- A rate-limit rest (`rest`) outlasts what a report does: the proxy's member of
--- P cooldown is scored by the later of the cooldown's and the rest's ends.
+-- P cooldown is scored by the later of the cooldown's and the rest's ends. When
+-- a report ends the cooldown, a rest that is over ends with it; one that is not
+-- keeps the member, scored by its end, and the `cool_next` hint (which may sit
+-- at the old cooldown's end) comes down to it.
 local rest = p.rest
+local function end_cooldown()
+  if rest and rest > now then
+    redis.call('ZADD', cooldown, rest, mem)
+    local hint = tonumber(m[8] or '')
+    if hint == nil or rest < hint then redis.call('HSET', KEYS[1], 'cool_next', fmt_int(rest)) end
+    return false
+  end
+  if rest then json = json_set(json, p, 'rest', nil) end
+  redis.call('ZREM', cooldown, mem)
+  return true
+end
 if mode == 'success' then
   json = json_set(json, p, 'fails', nil)
   if p.cool ~= nil then
     json = json_set(json, p, 'cool', nil)
-    if rest then
-      redis.call('ZADD', cooldown, rest, mem)
-    else
-      redis.call('ZREM', cooldown, mem)
-      freed = true
-    end
+    freed = end_cooldown()
   end
 else
   local fails = (p.fails or 0) + 1
@@ -78,7 +87,7 @@ else
   if ban_after > 0 and fails >= ban_after then
     json = json_set(json, p, 'status', 'banned')
     json = json_set(json, p, 'cool', nil)
-    if rest then redis.call('ZADD', cooldown, rest, mem) else redis.call('ZREM', cooldown, mem) end
+    end_cooldown()
   else
     local until_ms = now + STRAIGHT.cooldown_ms(fails, base, cap, keep)
     json = json_set(json, p, 'cool', until_ms)

@@ -1182,9 +1182,9 @@ impl AdminStorage for InMemoryStorage {
                 pool.name, ps.pool.id, pool.id
             )));
         }
-        if ps.pool.indexes != pool.indexes {
+        if ps.pool.indexes != pool.indexes || ps.pool.rate_limit != pool.rate_limit {
             return Err(Error::InvalidArgument(format!(
-                "pool {:?}: its indexes are fixed when it is created (remove it and create it again to change them)",
+                "pool {:?}: its indexes and rate limit are fixed when it is created (remove it and create it again to change them)",
                 pool.name
             )));
         }
@@ -1426,7 +1426,8 @@ impl LeaseStorage for InMemoryStorage {
             let until = now.saturating_add(to_nanos(rate.spacing()));
             ps.rests.insert(proxy_id, until);
             ps.change_proxy(seq, |p| p.rest_until = Some(to_time(until)));
-            ps.reschedule(proxy_id, None);
+            // Available, it had no entry in `cooling`: no scan for one.
+            ps.cooling.insert((until, proxy_id));
         }
         // Strictly increasing per pool (so per proxy), with the clock as a floor so
         // a pool created again never reuses a token.

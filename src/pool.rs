@@ -88,7 +88,8 @@ impl RateLimit {
         Ok(r)
     }
 
-    /// The rest after each lease: `per / leases`, in whole milliseconds.
+    /// The rest after each lease: `per / leases`, rounded up to whole
+    /// milliseconds (so never more than `leases` in a window of `per`).
     pub fn spacing(&self) -> Duration {
         Duration::from_millis(self.spacing_ms())
     }
@@ -96,7 +97,7 @@ impl RateLimit {
     /// [`RateLimit::spacing`] in milliseconds.
     pub fn spacing_ms(&self) -> u64 {
         let per = u64::try_from(self.per.as_millis()).unwrap_or(u64::MAX);
-        per / u64::from(self.leases.max(1))
+        per.div_ceil(u64::from(self.leases.max(1)))
     }
 
     /// Checks the limit (see [`RateLimit::new`]).

@@ -906,9 +906,11 @@ impl AdminStorage for RedisStorage {
     async fn update_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         pool.validate()?;
         if let Some(current) = self.get_pool(&pool.name).await? {
-            if current.id == pool.id && current.indexes != pool.indexes {
+            if current.id == pool.id
+                && (current.indexes != pool.indexes || current.rate_limit != pool.rate_limit)
+            {
                 return Err(Error::InvalidArgument(format!(
-                    "pool {:?}: its indexes are fixed when it is created (remove it and create it again to change them)",
+                    "pool {:?}: its indexes and rate limit are fixed when it is created (remove it and create it again to change them)",
                     pool.name
                 )));
             }

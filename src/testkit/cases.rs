@@ -2664,11 +2664,36 @@ pub async fn rate_limit_rests_a_proxy_between_leases<H: Harness>(h: &H) {
     let c = take_some(&m, as_worker()).await;
     assert_eq!(c.proxy_id, x.id, "x is back by itself (and least used)");
     assert_eq!(leases_of(&m, x.id).await, 1);
+    let mut changed = stored.clone();
+    changed.rate_limit = None;
+    assert!(
+        matches!(
+            m.storage().update_pool(changed).await,
+            Err(Error::InvalidArgument(_))
+        ),
+        "a pool's rate limit is fixed when it is created"
+    );
+    assert_eq!(
+        m.storage()
+            .get_pool(&pn(POOL))
+            .await
+            .unwrap()
+            .unwrap()
+            .rate_limit,
+        Some(limit)
+    );
+    assert_eq!(
+        crate::pool::RateLimit::new(3, Duration::from_secs(1))
+            .unwrap()
+            .spacing(),
+        Duration::from_millis(334),
+        "rounded up: never 4 leases in a second"
+    );
     let bad = ProxyPool::new("limited").unwrap();
     assert!(crate::pool::RateLimit::new(0, Duration::from_secs(1)).is_err());
     assert!(
-        crate::pool::RateLimit::new(2000, Duration::from_secs(1)).is_err(),
-        "0.5 ms apart"
+        crate::pool::RateLimit::new(1, Duration::from_micros(500)).is_err(),
+        "under 1 ms"
     );
     let mut zero = bad.clone();
     zero.rate_limit = Some(crate::pool::RateLimit {
@@ -2679,4 +2704,76 @@ pub async fn rate_limit_rests_a_proxy_between_leases<H: Harness>(h: &H) {
         m.storage().create_pool(zero).await,
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// A pool with a rate limit of one lease per proxy per `short` and the suite's
+/// one consumer; `policy` for the failures.
+async fn rate_limited<H: Harness>(
+    h: &H,
+    policy: crate::cooldown::CooldownPolicy,
+) -> (ProxyManager<H::Storage>, ProxyPool) {
+    let m = ProxyManager::builder(h.storage().await)
+        .cooldown_policy(policy)
+        .build();
+    let limit = crate::pool::RateLimit::new(1, h.short_lease()).expect("a good limit");
+    let pool = m
+        .storage()
+        .create_pool(ProxyPool::new(POOL).unwrap().with_rate_limit(limit))
+        .await
+        .expect("create_pool");
+    m.storage().ensure_consumer(&cn("worker-1")).await.unwrap();
+    (m, pool)
+}
+
+/// A rest and a failure's cooldown run side by side: a success that ends the
+/// cooldown after the rest is over makes the proxy available at once.
+pub async fn rate_limit_rest_and_cooldown_end_independently<H: Harness>(h: &H) {
+    let policy = rest(h).base(h.short_lease() * 6).cap(h.short_lease() * 6);
+    let (m, pool) = rate_limited(h, policy).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(4)).await;
+    let lease = take_some(&m, as_worker()).await;
+    m.release_proxy(&lease).await.unwrap();
+    m.report_failure(&lease, "timeout").await.unwrap();
+    h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
+        .await;
+    assert_eq!(take(&m, as_worker()).await, None, "the cooldown goes on");
+    m.report_success(&x.id).await.unwrap();
+    let back = take(&m, as_worker()).await;
+    assert_eq!(
+        back.map(|l| l.proxy_id),
+        Some(x.id),
+        "the rest was over: the success makes it available at once"
+    );
+}
+
+/// Every rest that is over is lifted before an acquire answers none, however
+/// many there are.
+pub async fn rate_limit_lifts_every_rest_that_is_over<H: Harness>(h: &H) {
+    let (m, pool) = rate_limited(h, rest(h)).await;
+    let n = 40u8;
+    let proxies: Vec<Proxy> = {
+        let mut v = Vec::new();
+        for i in 1..=n {
+            v.push(add(&m, proxy(&pool, i).max_concurrency(1)).await);
+        }
+        v
+    };
+    let mut leases = Vec::new();
+    for _ in 0..n {
+        leases.push(take_some(&m, as_worker()).await);
+    }
+    assert_eq!(take(&m, as_worker()).await, None, "all full and resting");
+    // The last leased proxies are the ones freed; their rests are the latest.
+    for l in &leases[leases.len() - 4..] {
+        m.release_proxy(l).await.unwrap();
+    }
+    h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
+        .await;
+    let got = take(&m, as_worker())
+        .await
+        .expect("a freed proxy whose rest is over");
+    assert!(proxies.iter().any(|p| p.id == got.proxy_id));
+    assert!(leases[leases.len() - 4..]
+        .iter()
+        .any(|l| l.proxy_id == got.proxy_id));
 }

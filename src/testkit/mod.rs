@@ -168,6 +168,8 @@ macro_rules! conformance_suite {
             site_failures_in_a_row_ban_for_that_site_until_a_success,
             bad_sites_are_rejected,
             rate_limit_rests_a_proxy_between_leases,
+            rate_limit_rest_and_cooldown_end_independently,
+            rate_limit_lifts_every_rest_that_is_over,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -124,8 +124,8 @@ end
 -- or, for a request that asks what the one before it asked (the usual batch: a
 -- pool of workers asking the same thing) and has no request id, no session, no
 -- site and another selector than random, the short block: +0 '' (no consumer name is empty),
--- +1 consumer name. Two arguments instead of nine: Redis parses seven fewer,
--- FCALL interns seven fewer strings for ARGV, and the request is not checked
+-- +1 consumer name. Two arguments instead of twelve: Redis parses ten fewer,
+-- FCALL interns ten fewer strings for ARGV, and the request is not checked
 -- and parsed again, only its consumer.
 -- or the spec block of a request with no request id, no session, no site and
 -- another selector than random: +0 '\1' (no consumer name holds a control

@@ -4,13 +4,16 @@
 -- proxy that matches, count the lease and record it.
 --
 -- KEYS[1]    P meta        KEYS[2]  P live
--- KEYS[3..]  P req:<percent-encoded request id>, one per request that has one
+-- KEYS[3..]  per request, in order: its request key `P req:<id>`, its sticky
+--            session's key `P sess:<id>` and its site's `P site:<site>`, each
+--            only when it has one (the block names their indexes)
 -- ARGV[1]  pool prefix P = `<ns>:{<pool>}:` (KEYS must be built from it)
 -- ARGV[2]  most due leases to reclaim in this call (1..MAX_RECLAIM)
 -- ARGV[3]  record grace ms (0..MAX_GRACE_MS)
 -- ARGV[4]  n, the number of requests (1..MAX_REQUESTS), then n blocks as read by
 --          read_request() in _lib_acquire.lua (consumer, duration, record TTL,
---          selector, filter, exact flag, random, request key index, tags), the
+--          selector, filter, exact flag, random, request key index, session
+--          key index and ms, site key index, tags), the
 --          spec block ('\1', consumer, those fields after the consumer joined by
 --          newlines: a request with no request id, not random) or the short
 --          block ('', consumer) of a request that repeats the one before it but

@@ -17,9 +17,11 @@
 -- Errors (nothing written): bad arguments.
 --
 -- Calls: per batch b, ZRANGE live, UNLINK of b records, ZREM live; then one
--- UNLINK per tag, one UNLINK of the rest. Finished records and request keys are
--- left to their TTL: a pool created again under this name starts its tokens
--- after them (`created`), so it never takes them for its own.
+-- UNLINK per tag, one UNLINK of the rest. Finished records, request keys,
+-- sticky sessions' keys and sites' hashes are left to their TTL (a site's hash
+-- up to 7 days): a pool created again under this name starts its tokens after
+-- them (`created`), and a session or site hash holds the id of its pool, so it
+-- never takes them for its own.
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end

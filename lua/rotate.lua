@@ -4,7 +4,9 @@
 -- release i, then acquire i (which may get the proxy it just gave back).
 --
 -- KEYS[1]    P meta        KEYS[2]  P live
--- KEYS[3..]  P req:<percent-encoded request id>, one per request that has one
+-- KEYS[3..]  per request, in order: its request key `P req:<id>`, its sticky
+--            session's key `P sess:<id>` and its site's `P site:<site>`, each
+--            only when it has one (the block names their indexes)
 -- ARGV[1..4] as acquire.lua (prefix, reclaim limit, grace ms, n), then n blocks:
 --   +0 the token of the lease to release (a lease of this pool), then an acquire
 --   block as acquire.lua reads it

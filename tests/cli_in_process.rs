@@ -433,6 +433,11 @@ async fn pool_create_with_a_rate_limit_rests_proxies_between_leases() {
     sh.sh("acquire --pool polite").await.unwrap();
     let err = sh.sh("acquire --pool polite").await.unwrap_err();
     assert!(err.contains("no proxy available"), "it rests 6 s: {err}");
+    let listed = sh.sh("proxy list --pool polite").await.unwrap();
+    assert!(
+        listed.contains(" resting-until="),
+        "the rest shows: {listed}"
+    );
     for bad in ["10", "0/60", "10/0", "x/60", "1/0.0004"] {
         let err = sh
             .sh(&format!("pool create p-{} --rate-limit {bad}", bad.len()))

@@ -407,6 +407,14 @@ fn proxy_line(p: &Proxy) -> String {
     if let Some(a) = p.asn {
         attrs.push(format!("asn={a}"));
     }
+    let ms =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if let Some(t) = p.cooldown_until {
+        attrs.push(format!("cooling-until={}", ms(t)));
+    }
+    if let Some(t) = p.rest_until {
+        attrs.push(format!("resting-until={}", ms(t)));
+    }
     format!(
         "{}  {:<8} {}/{:<9} {}  {}",
         p.id,

@@ -124,6 +124,7 @@ impl InMemoryStorage {
     /// a manager's call is kept for the manager, which times the call from
     /// it instead of reading the counter itself (see
     /// [`crate::clock::watch_clock`]).
+    #[inline]
     fn now(&self) -> Nanos {
         if self.system_clock {
             crate::clock::system_nanos_for(self as *const Self as usize)
@@ -132,6 +133,7 @@ impl InMemoryStorage {
         }
     }
 
+    #[inline]
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // No method panics half-way through a change, so a poisoned lock still
         // guards consistent state.
@@ -160,6 +162,7 @@ fn to_nanos(d: Duration) -> Nanos {
 /// A storage time as callers see it. The calendar date of the last day
 /// converted on this thread is kept: turning a day number into a date is most
 /// of the cost of a conversion, and the times of one storage share their day.
+#[inline]
 fn to_time(at: Nanos) -> DateTime<Utc> {
     const SECOND: Nanos = 1_000_000_000;
     const DAY: Nanos = 86_400 * SECOND;

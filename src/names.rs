@@ -143,6 +143,7 @@ pub struct PoolName {
 impl PoolName {
     /// Checks `name` and keeps it. Fails with [`Error::InvalidName`] (kind
     /// `"pool"`) when it breaks the naming rules.
+    #[inline]
     pub fn new(name: &str) -> Result<PoolName> {
         // Checked and copied in one pass; the rest stays zero (equality
         // compares whole arrays). `validate_pool_name` words the error.
@@ -164,12 +165,14 @@ impl PoolName {
     }
 
     /// The name.
+    #[inline]
     pub fn as_str(&self) -> &str {
         // Always ASCII (checked when built), so always UTF-8.
         std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 
     /// The name's bytes (ASCII).
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
@@ -192,6 +195,7 @@ impl AsRef<str> for PoolName {
 /// no call to `memcmp` (comparing the whole arrays was one, twice a cycle
 /// in the in-memory storage's pool look-ups and once in the telemetry's).
 impl PartialEq for PoolName {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         let word = |b: &[u8; MAX_POOL_NAME_LEN], i: usize| {
             let mut w = [0; 8];
@@ -456,6 +460,7 @@ thread_local! {
 /// checked again.
 impl TryFrom<Arc<str>> for ConsumerName {
     type Error = Error;
+    #[inline]
     fn try_from(s: Arc<str>) -> Result<Self> {
         let known = VALID_CONSUMER
             .with(|valid| valid.borrow().as_ref().is_some_and(|v| Arc::ptr_eq(v, &s)));
@@ -542,6 +547,7 @@ pub trait IntoPoolName: sealed::Sealed {
 }
 
 impl IntoPoolName for &str {
+    #[inline]
     fn into_pool_name(self) -> Result<PoolName> {
         PoolName::new(self)
     }

@@ -25,23 +25,30 @@ pub use crate::limits::{MAX_LEASE_DURATION, MIN_LEASE_DURATION};
 pub const DEFAULT_RECORD_GRACE: Duration = Duration::from_secs(60);
 
 /// Checks a lease duration: at least [`MIN_LEASE_DURATION`], at most [`MAX_LEASE_DURATION`].
+#[inline]
 pub fn validate_lease_duration(duration: Duration) -> Result<()> {
-    if duration < MIN_LEASE_DURATION {
-        return Err(Error::InvalidDuration {
-            duration,
-            reason: "a lease must last at least 1 ms".into(),
-        });
-    }
-    if duration > MAX_LEASE_DURATION {
-        return Err(Error::InvalidDuration {
-            duration,
-            reason: format!(
-                "longer than the maximum of {} s",
-                MAX_LEASE_DURATION.as_secs()
-            ),
-        });
+    if duration < MIN_LEASE_DURATION || duration > MAX_LEASE_DURATION {
+        return Err(lease_duration_error(duration));
     }
     Ok(())
+}
+
+/// Why `duration` is not a lease length (it is out of range).
+#[cold]
+fn lease_duration_error(duration: Duration) -> Error {
+    if duration < MIN_LEASE_DURATION {
+        return Error::InvalidDuration {
+            duration,
+            reason: "a lease must last at least 1 ms".into(),
+        };
+    }
+    Error::InvalidDuration {
+        duration,
+        reason: format!(
+            "longer than the maximum of {} s",
+            MAX_LEASE_DURATION.as_secs()
+        ),
+    }
 }
 
 /// One atomic acquire, as the manager hands it to a storage.
@@ -163,6 +170,7 @@ impl AcquireRequest {
     /// Filters shared by many requests (the `Arc` of the options a worker
     /// clones for every acquire) are checked once per thread, not once per
     /// call.
+    #[inline]
     pub fn validate(&self) -> Result<()> {
         validate_lease_duration(self.duration)?;
         if let Some(id) = &self.request_id {
@@ -184,6 +192,7 @@ thread_local! {
 /// [`ProxyFilters::validate`], skipped for the `Arc` this thread checked last
 /// (the manager checks a request, then the storage does again; a worker sends
 /// the same filters with every acquire).
+#[inline]
 fn validate_shared_filters(filters: &Arc<ProxyFilters>) -> Result<()> {
     let known = VALID_FILTERS.with(|valid| {
         valid

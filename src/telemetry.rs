@@ -44,11 +44,13 @@ pub(crate) struct CallTimer(u64);
 
 impl CallTimer {
     /// Starts timing.
+    #[inline]
     pub(crate) fn start() -> Self {
         CallTimer(crate::clock::tsc().raw())
     }
 
     /// The time since [`Self::start`].
+    #[inline]
     pub(crate) fn elapsed(self) -> Duration {
         let clock = crate::clock::tsc();
         clock.delta(self.0, clock.raw())
@@ -66,6 +68,7 @@ pub(crate) struct StorageTimer {
 
 impl StorageTimer {
     /// Before calling the storage at address `storage`.
+    #[inline]
     pub(crate) fn start(storage: usize, reads_clock: &AtomicBool) -> Self {
         crate::clock::watch_clock(storage);
         let start = if reads_clock.load(Ordering::Relaxed) {
@@ -78,6 +81,7 @@ impl StorageTimer {
 
     /// After the call: how long it took (from the storage's first clock read
     /// when it did not read the counter before; zero when neither).
+    #[inline]
     pub(crate) fn stop(self, reads_clock: &AtomicBool) -> Duration {
         let read = crate::clock::unwatch_clock();
         if read.is_some() != reads_clock.load(Ordering::Relaxed) {
@@ -122,6 +126,7 @@ impl PoolMetrics {
     }
 
     /// An acquire call's outcome ([`leased`]) and storage time.
+    #[inline]
     pub(crate) fn acquire(&self, leased: Option<bool>, took: Duration) {
         let i = acquire_index(leased);
         self.acquired[i].increment(1);
@@ -130,6 +135,7 @@ impl PoolMetrics {
 
     /// A release's outcome, and its storage time when it was a call of its own.
     /// (`outcome` is `None` for a failed call.)
+    #[inline]
     pub(crate) fn release(&self, outcome: Option<ReleaseOutcome>, took: Option<Duration>) {
         let i = release_index(outcome);
         self.released[i].increment(1);
@@ -173,10 +179,12 @@ const EXTEND_OUTCOMES: [&str; 3] = ["extended", "lost", "error"];
 
 /// An acquire's outcome as the metrics and spans count it: leased
 /// (`Some(true)`), none free (`Some(false)`) or failed (`None`).
+#[inline]
 pub(crate) fn leased(result: &Result<Option<Lease>, Error>) -> Option<bool> {
     result.as_ref().ok().map(Option::is_some)
 }
 
+#[inline]
 fn acquire_index(leased: Option<bool>) -> usize {
     match leased {
         Some(true) => 0,
@@ -185,6 +193,7 @@ fn acquire_index(leased: Option<bool>) -> usize {
     }
 }
 
+#[inline]
 fn release_index(outcome: Option<ReleaseOutcome>) -> usize {
     match outcome {
         Some(ReleaseOutcome::Released) => 0,

@@ -88,6 +88,30 @@ impl AcquireOptions {
     }
 }
 
+/// The hooks' event for an acquire of `request` that gave `result` after `took`.
+fn acquire_event(
+    request: &AcquireRequest,
+    result: &Result<Option<Lease>>,
+    took: Duration,
+) -> LeaseEvent {
+    let outcome = match result {
+        Ok(Some(_)) => LeaseEventOutcome::Acquired,
+        Ok(None) => LeaseEventOutcome::Exhausted,
+        Err(e) => LeaseEventOutcome::Failed(e.to_string()),
+    };
+    let lease = result.as_ref().ok().and_then(Option::as_ref);
+    LeaseEvent {
+        kind: LeaseEventKind::Acquire,
+        pool: request.pool_name.clone(),
+        consumer: request.consumer_name.clone(),
+        outcome,
+        elapsed: took,
+        lease_id: lease.map(|l| l.id),
+        proxy_id: lease.map(|l| l.proxy_id),
+        pool_stats: None,
+    }
+}
+
 /// A call's result once the hooks have seen its events ([`ProxyManager::emit`]).
 enum Emitted<'a, T> {
     /// No hook asked for stats: here it is.
@@ -374,6 +398,13 @@ impl<S: Storage> ProxyManager<S> {
     /// One acquire of a checked request (owned, or borrowed by the retrying
     /// and waiting loops), as one future: no inner future to move into it.
     /// (A block, not an `async fn`, whose arguments would be kept twice.)
+    ///
+    /// The usual call (no span on, no hook that reads stats) awaits the
+    /// storage and hands its result straight back; the metrics and any hooks
+    /// see it by reference. The lease (about 200 bytes) is then copied once on
+    /// its way out instead of three times (into the result's slot, the
+    /// block's return and the future's output), and each copy of it was a
+    /// store-forwarding stall.
     #[allow(clippy::manual_async_fn)]
     fn acquire_request<'a, R>(
         &'a self,
@@ -388,60 +419,62 @@ impl<S: Storage> ProxyManager<S> {
                 Ok(ref request) => request.borrow(),
                 Err(e) => return Err(e),
             };
-            // Everything of the call lives in this block, so the future keeps only
-            // the box of a stats-reading hook across its last await.
-            let with_stats = {
-                // A span that is on (a subscriber wants it) runs the call in a
-                // box of its own, with the span. Without one the future keeps
-                // no span and no wrapper (smaller, so cheaper to move) and
-                // the lease is not moved through them.
-                let traced = {
-                    let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
-                    (!span.is_disabled()).then(|| {
-                        Box::pin(async move {
-                            let result =
-                                self.storage.acquire(request).instrument(span.clone()).await;
-                            let leased = crate::telemetry::leased(&result);
-                            span.record("outcome", crate::telemetry::acquire_outcome(leased));
-                            result
-                        })
-                    })
-                };
-                let timer = self.storage_timer();
-                let result = match traced {
-                    None => self.storage.acquire(request).await,
-                    Some(traced) => traced.await,
-                };
-                let took = timer.stop(&self.telemetry.storage_reads_clock);
-                let leased = crate::telemetry::leased(&result);
-                self.telemetry.with_pool(&request.pool_name, |m| {
-                    m.acquire(leased, took);
-                });
-                if self.config.hooks.is_empty() {
-                    return result;
-                }
-                let outcome = match &result {
-                    Ok(Some(_)) => LeaseEventOutcome::Acquired,
-                    Ok(None) => LeaseEventOutcome::Exhausted,
-                    Err(e) => LeaseEventOutcome::Failed(e.to_string()),
-                };
-                let lease = result.as_ref().ok().and_then(Option::as_ref);
-                let event = LeaseEvent {
-                    kind: LeaseEventKind::Acquire,
-                    pool: request.pool_name.clone(),
-                    consumer: request.consumer_name.clone(),
-                    outcome,
-                    elapsed: took,
-                    lease_id: lease.map(|l| l.id),
-                    proxy_id: lease.map(|l| l.proxy_id),
-                    pool_stats: None,
-                };
-                match self.emit(vec![event], result) {
-                    Emitted::Done(result) => return result,
-                    Emitted::Reading(with_stats) => with_stats,
-                }
+            let observed = {
+                let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
+                (!span.is_disabled() || self.config.hooks_want_stats)
+                    .then(|| Box::pin(self.acquire_observed(request, span)))
             };
-            with_stats.await
+            if let Some(observed) = observed {
+                // In a box of its own: the usual call's future keeps no span
+                // and no stats-reading state (smaller, so cheaper to move).
+                return observed.await;
+            }
+            let timer = self.storage_timer();
+            let result = self.storage.acquire(request).await;
+            let took = timer.stop(&self.telemetry.storage_reads_clock);
+            self.acquired(request, &result, took);
+            result
+        }
+    }
+
+    /// An acquire with its span on, or for hooks that read the pool's stats.
+    async fn acquire_observed(
+        &self,
+        request: &AcquireRequest,
+        span: tracing::Span,
+    ) -> Result<Option<Lease>> {
+        let timer = self.storage_timer();
+        let result = self.storage.acquire(request).instrument(span.clone()).await;
+        let took = timer.stop(&self.telemetry.storage_reads_clock);
+        let leased = crate::telemetry::leased(&result);
+        span.record("outcome", crate::telemetry::acquire_outcome(leased));
+        if !self.config.hooks_want_stats {
+            self.acquired(request, &result, took);
+            return result;
+        }
+        self.telemetry.with_pool(&request.pool_name, |m| {
+            m.acquire(leased, took);
+        });
+        let event = acquire_event(request, &result, took);
+        match self.emit(vec![event], result) {
+            Emitted::Done(result) => result,
+            Emitted::Reading(with_stats) => with_stats.await,
+        }
+    }
+
+    /// Counts an acquire and shows it to the hooks (none of which reads
+    /// stats: see [`Self::acquire_observed`]).
+    fn acquired(&self, request: &AcquireRequest, result: &Result<Option<Lease>>, took: Duration) {
+        let leased = crate::telemetry::leased(result);
+        self.telemetry.with_pool(&request.pool_name, |m| {
+            m.acquire(leased, took);
+        });
+        if self.config.hooks.is_empty() {
+            return;
+        }
+        let event = acquire_event(request, result, took);
+        for hook in &self.config.hooks {
+            hook(&event);
         }
     }
 

@@ -447,12 +447,28 @@ impl TryFrom<&String> for ConsumerName {
 }
 
 thread_local! {
-    /// The shared text this thread found to be a valid consumer name last.
-    /// The clone held here keeps it alive and shared, so its address is not
-    /// reused and the text cannot change (`Arc::get_mut` needs it unshared):
-    /// the same pointer is the same, valid, name.
-    static VALID_CONSUMER: std::cell::RefCell<Option<Arc<str>>> =
-        const { std::cell::RefCell::new(None) };
+    /// The address of the shared text this thread found to be a valid
+    /// consumer name last (0: none). Read by every check, so it is a plain
+    /// `Cell` with no destructor (a thread-local with one is reached through
+    /// a registration check).
+    static VALID_CONSUMER_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// That text. The clone held here keeps it alive and shared, so its
+    /// address is not reused and the text cannot change (`Arc::get_mut` needs
+    /// it unshared): the same address is the same, valid, name.
+    static VALID_CONSUMER: std::cell::RefCell<KeptName> =
+        const { std::cell::RefCell::new(KeptName { _alive: None }) };
+}
+
+/// The text kept by `VALID_CONSUMER`; its address is forgotten with it.
+struct KeptName {
+    /// Held only to keep it alive and shared.
+    _alive: Option<Arc<str>>,
+}
+
+impl Drop for KeptName {
+    fn drop(&mut self) {
+        let _ = VALID_CONSUMER_AT.try_with(|at| at.set(0));
+    }
 }
 
 /// Checks shared text without copying it; the text this thread checked last
@@ -462,11 +478,18 @@ impl TryFrom<Arc<str>> for ConsumerName {
     type Error = Error;
     #[inline]
     fn try_from(s: Arc<str>) -> Result<Self> {
-        let known = VALID_CONSUMER
-            .with(|valid| valid.borrow().as_ref().is_some_and(|v| Arc::ptr_eq(v, &s)));
-        if !known {
+        let at = Arc::as_ptr(&s) as *const u8 as usize;
+        if VALID_CONSUMER_AT.get() != at {
             validate_consumer_name(&s)?;
-            VALID_CONSUMER.with(|valid| *valid.borrow_mut() = Some(Arc::clone(&s)));
+            // Replacing the kept text forgets its address first.
+            let kept = VALID_CONSUMER.try_with(|valid| {
+                *valid.borrow_mut() = KeptName {
+                    _alive: Some(Arc::clone(&s)),
+                };
+            });
+            if kept.is_ok() {
+                VALID_CONSUMER_AT.set(at);
+            }
         }
         Ok(ConsumerName(s))
     }

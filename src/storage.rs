@@ -181,12 +181,28 @@ impl AcquireRequest {
 }
 
 thread_local! {
-    /// The filters this thread found valid last. The clone held here keeps
-    /// them alive and shared: their address is not reused, and they cannot be
-    /// changed in place (`Arc::get_mut` and `Arc::make_mut` change only an
-    /// unshared value), so the same pointer is the same, valid, filter.
-    static VALID_FILTERS: std::cell::RefCell<Option<Arc<ProxyFilters>>> =
-        const { std::cell::RefCell::new(None) };
+    /// The address of the filters this thread found valid last (0: none).
+    /// Read by every check, so it is a plain `Cell` with no destructor (a
+    /// thread-local with one is reached through a registration check).
+    static VALID_FILTERS_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Those filters. The clone held here keeps them alive and shared: their
+    /// address is not reused, and they cannot be changed in place
+    /// (`Arc::get_mut` and `Arc::make_mut` change only an unshared value), so
+    /// the same address is the same, valid, filter.
+    static VALID_FILTERS: std::cell::RefCell<KeptFilters> =
+        const { std::cell::RefCell::new(KeptFilters { _alive: None }) };
+}
+
+/// The filters kept by `VALID_FILTERS`; the address is forgotten with them.
+struct KeptFilters {
+    /// Held only to keep it alive and shared.
+    _alive: Option<Arc<ProxyFilters>>,
+}
+
+impl Drop for KeptFilters {
+    fn drop(&mut self) {
+        let _ = VALID_FILTERS_AT.try_with(|at| at.set(0));
+    }
 }
 
 /// [`ProxyFilters::validate`], skipped for the `Arc` this thread checked last
@@ -194,17 +210,20 @@ thread_local! {
 /// the same filters with every acquire).
 #[inline]
 fn validate_shared_filters(filters: &Arc<ProxyFilters>) -> Result<()> {
-    let known = VALID_FILTERS.with(|valid| {
-        valid
-            .borrow()
-            .as_ref()
-            .is_some_and(|v| Arc::ptr_eq(v, filters))
-    });
-    if known {
+    let at = Arc::as_ptr(filters) as usize;
+    if VALID_FILTERS_AT.get() == at {
         return Ok(());
     }
     filters.validate()?;
-    VALID_FILTERS.with(|valid| *valid.borrow_mut() = Some(Arc::clone(filters)));
+    // Replacing the kept filters forgets their address first.
+    let kept = VALID_FILTERS.try_with(|valid| {
+        *valid.borrow_mut() = KeptFilters {
+            _alive: Some(Arc::clone(filters)),
+        };
+    });
+    if kept.is_ok() {
+        VALID_FILTERS_AT.set(at);
+    }
     Ok(())
 }
 

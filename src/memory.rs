@@ -159,26 +159,47 @@ fn to_nanos(d: Duration) -> Nanos {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+const SECOND: Nanos = 1_000_000_000;
+const DAY: Nanos = 86_400 * SECOND;
+
+thread_local! {
+    /// When the last day converted on this thread began, and its date.
+    static LAST_DAY: std::cell::Cell<(Nanos, chrono::NaiveDate)> =
+        const { std::cell::Cell::new((Nanos::MIN, chrono::NaiveDate::MIN)) };
+}
+
 /// A storage time as callers see it. The calendar date of the last day
-/// converted on this thread is kept: turning a day number into a date is most
-/// of the cost of a conversion, and the times of one storage share their day.
+/// converted on this thread is kept with when that day began: turning a day
+/// number into a date is most of the cost of a conversion, and the times of
+/// one storage share their day, so a time of that day is its date and the
+/// time since the day began (no division by the day's length).
 #[inline]
 fn to_time(at: Nanos) -> DateTime<Utc> {
-    const SECOND: Nanos = 1_000_000_000;
-    const DAY: Nanos = 86_400 * SECOND;
-    thread_local! {
-        static LAST_DAY: std::cell::Cell<(Nanos, chrono::NaiveDate)> =
-            const { std::cell::Cell::new((Nanos::MIN, chrono::NaiveDate::MIN)) };
+    let (start, date) = LAST_DAY.get();
+    match at
+        .checked_sub(start)
+        .filter(|within| (0..DAY).contains(within))
+    {
+        Some(within) => time_of_day(date, within, at),
+        None => to_time_new_day(at),
     }
+}
+
+/// [`to_time`] of a time on another day than the last one's.
+#[cold]
+fn to_time_new_day(at: Nanos) -> DateTime<Utc> {
     let (day, within) = (at.div_euclid(DAY), at.rem_euclid(DAY));
-    let date = LAST_DAY.with(|last| match last.get() {
-        (d, date) if d == day => date,
-        _ => {
-            let date = DateTime::from_timestamp_nanos(at).date_naive();
-            last.set((day, date));
-            date
-        }
-    });
+    let date = DateTime::from_timestamp_nanos(at).date_naive();
+    // Kept unless the day began before the earliest time (its first hours).
+    if let Some(start) = day.checked_mul(DAY) {
+        LAST_DAY.set((start, date));
+    }
+    time_of_day(date, within, at)
+}
+
+/// The time `within` (in `0..DAY`) after the start of `date`, which is `at`.
+#[inline]
+fn time_of_day(date: chrono::NaiveDate, within: Nanos, at: Nanos) -> DateTime<Utc> {
     // Both within range: `within` is in 0..DAY.
     let secs = u32::try_from(within / SECOND).unwrap_or(0);
     let nanos = u32::try_from(within % SECOND).unwrap_or(0);

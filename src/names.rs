@@ -49,9 +49,26 @@ fn shown(name: &str) -> String {
     name.chars().take(80).collect()
 }
 
-/// Whether a byte may appear in a pool name.
+/// The bytes that may appear in a pool name, as bits of a mask (bit `b` for
+/// byte `b`): ASCII letters, digits, `-`, `_` and `.`.
+const POOL_NAME_BYTES: u128 = {
+    let mut mask = 0u128;
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.' {
+            mask |= 1 << b;
+        }
+        b += 1;
+    }
+    mask
+};
+
+/// Whether a byte may appear in a pool name (one shift and test of a mask:
+/// the check runs on every byte of the name a call passes as text).
+#[inline]
 fn pool_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+    b < 128 && (POOL_NAME_BYTES >> b) & 1 == 1
 }
 
 /// Checks a pool name against the rules above.

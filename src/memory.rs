@@ -403,6 +403,50 @@ impl Entry {
     }
 }
 
+/// A pool's proxies by sequence number, each in slot `seq` of a vector: a
+/// look-up is an index (it was a hash of the number and a probe, about 20
+/// instructions, three or four times a cycle). Sequence numbers are never
+/// reused, so a removed proxy leaves its slot empty (one pointer).
+#[derive(Debug, Default)]
+struct ProxyTable {
+    slots: Vec<Option<Box<Entry>>>,
+}
+
+impl ProxyTable {
+    fn get(&self, seq: &u64) -> Option<&Entry> {
+        self.slots.get(usize::try_from(*seq).ok()?)?.as_deref()
+    }
+
+    fn get_mut(&mut self, seq: &u64) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(usize::try_from(*seq).ok()?)?
+            .as_deref_mut()
+    }
+
+    /// Puts `entry` in slot `seq` (one past the last, as sequence numbers come).
+    fn insert(&mut self, seq: u64, entry: Entry) {
+        let Ok(at) = usize::try_from(seq) else {
+            return;
+        };
+        if at >= self.slots.len() {
+            self.slots.resize_with(at + 1, || None);
+        }
+        if let Some(slot) = self.slots.get_mut(at) {
+            *slot = Some(Box::new(entry));
+        }
+    }
+
+    fn remove(&mut self, seq: &u64) -> Option<Entry> {
+        let slot = self.slots.get_mut(usize::try_from(*seq).ok()?)?;
+        slot.take().map(|entry| *entry)
+    }
+
+    /// The proxies in sequence order.
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().flatten().map(|entry| &**entry)
+    }
+}
+
 /// Live leases by expiry, for reclaiming: a binary min-heap of (expiry,
 /// lease id) in a `Vec`. A lease ending otherwise than by coming up (a
 /// release, an expiry seen by a release, a renewal) is taken out when it is
@@ -549,7 +593,7 @@ struct PoolState {
     next_seq: u64,
     /// Proxies by sequence number (the order they were added), and the
     /// sequence number of each proxy id.
-    proxies: FastMap<u64, Entry>,
+    proxies: ProxyTable,
     seqs: FastMap<Uuid, u64>,
     /// Attribute value -> index id, one map per attribute, so a look-up by
     /// value neither hashes nor allocates a key of its own.
@@ -589,7 +633,7 @@ impl PoolState {
         PoolState {
             pool,
             next_seq: 0,
-            proxies: fast_map(),
+            proxies: ProxyTable::default(),
             seqs: fast_map(),
             index_ids: std::array::from_fn(|_| fast_map()),
             indexes: vec![AvailIndex::default()],
@@ -948,7 +992,7 @@ impl PoolState {
         // The first proxy in `keys` that is behind or passes `ok`.
         fn first<'a>(
             mut keys: impl Iterator<Item = &'a (u32, u64)>,
-            proxies: &FastMap<u64, Entry>,
+            proxies: &ProxyTable,
             ok: &impl Fn(&Proxy) -> bool,
         ) -> Option<((u32, u64), bool)> {
             keys.find_map(|&(key, seq)| match proxies.get(&seq) {
@@ -1348,13 +1392,8 @@ impl AdminStorage for InMemoryStorage {
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
-        let mut seqs: Vec<u64> = ps.proxies.keys().copied().collect();
-        seqs.sort_unstable();
-        Ok(seqs
-            .iter()
-            .filter_map(|seq| ps.proxies.get(seq))
-            .map(|e| e.proxy.clone())
-            .collect())
+        // In sequence order: the order they were added.
+        Ok(ps.proxies.values().map(|e| e.proxy.clone()).collect())
     }
 
     async fn ensure_consumer(&self, name: &ConsumerName) -> Result<Consumer> {

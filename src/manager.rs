@@ -88,6 +88,96 @@ impl AcquireOptions {
     }
 }
 
+/// The future of [`ProxyManager::acquire_proxy`]. Its first poll asks the
+/// storage to acquire at once ([`crate::LeaseStorage::acquire_now`]); a
+/// storage that does (the in-memory one) gives the lease straight back,
+/// with no storage future and no async block to copy it out of (about 200
+/// bytes, twice, each a stall on what was just written). Otherwise, and for
+/// a call with its span on or hooks that read stats, the call goes on in a
+/// boxed future that owns the request.
+struct Acquire<'a, S: Storage> {
+    manager: &'a ProxyManager<S>,
+    state: AcquireState<'a>,
+}
+
+enum AcquireState<'a> {
+    /// Not polled yet.
+    Start(Result<AcquireRequest>),
+    /// Waiting for the storage.
+    Waiting(std::pin::Pin<Box<dyn Future<Output = Result<Option<Lease>>> + Send + 'a>>),
+    /// Done (polled again only by mistake).
+    Done,
+}
+
+impl<'a, S: Storage> Future for Acquire<'a, S> {
+    type Output = Result<Option<Lease>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let m = this.manager;
+        let request = match &mut this.state {
+            AcquireState::Start(Ok(request)) => request,
+            AcquireState::Waiting(call) => {
+                let out = call.as_mut().poll(cx);
+                if out.is_ready() {
+                    this.state = AcquireState::Done;
+                }
+                return out;
+            }
+            AcquireState::Start(Err(_)) | AcquireState::Done => {
+                return match std::mem::replace(&mut this.state, AcquireState::Done) {
+                    AcquireState::Start(Err(e)) => Poll::Ready(Err(e)),
+                    _ => Poll::Ready(Err(crate::Error::backend(
+                        "acquire polled after it completed",
+                        None,
+                    ))),
+                };
+            }
+        };
+        let observed = {
+            let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
+            (!span.is_disabled() || m.config.hooks_want_stats).then_some(span)
+        };
+        let timer = m.storage_timer();
+        if observed.is_none() {
+            // The request is read where it is, and the storage's result is
+            // this poll's result.
+            let out = m.storage.acquire_now(request);
+            if let Poll::Ready(result) = &out {
+                let took = timer.stop(&m.telemetry.storage_reads_clock);
+                m.acquired(request, result, took);
+                this.state = AcquireState::Done;
+                return out;
+            }
+        }
+        // The rest owns the request, in a box.
+        let AcquireState::Start(Ok(request)) =
+            std::mem::replace(&mut this.state, AcquireState::Done)
+        else {
+            return Poll::Pending;
+        };
+        let mut call: std::pin::Pin<Box<dyn Future<Output = Result<Option<Lease>>> + Send + 'a>> =
+            match observed {
+                Some(span) => Box::pin(async move { m.acquire_observed(&request, span).await }),
+                None => Box::pin(async move {
+                    let result = m.storage.acquire(&request).await;
+                    let took = timer.stop(&m.telemetry.storage_reads_clock);
+                    m.acquired(&request, &result, took);
+                    result
+                }),
+            };
+        let out = call.as_mut().poll(cx);
+        if out.is_pending() {
+            this.state = AcquireState::Waiting(call);
+        }
+        out
+    }
+}
+
 /// The hooks' event for an acquire of `request` that gave `result` after `took`.
 fn acquire_event(
     request: &AcquireRequest,
@@ -392,7 +482,10 @@ impl<S: Storage> ProxyManager<S> {
         let request = pool_name
             .into_pool_name()
             .and_then(|pool| self.request(pool, options));
-        self.acquire_request(request)
+        Acquire {
+            manager: self,
+            state: AcquireState::Start(request),
+        }
     }
 
     /// One acquire of a checked request (owned, or borrowed by the retrying

@@ -139,6 +139,111 @@ impl InMemoryStorage {
         // guards consistent state.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The in-memory acquire (see [`LeaseStorage::acquire`]).
+    fn acquire_at_once(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
+        request.validate()?;
+        let duration = to_nanos(request.duration);
+        let now = self.now();
+        let mut guard = self.lock();
+        let State {
+            pools,
+            consumers,
+            consumer_list,
+            last_consumer,
+            rng,
+            ..
+        } = &mut *guard;
+        let Some(ps) = pools.get_mut(&request.pool_name) else {
+            return Err(Error::PoolNotFound {
+                name: request.pool_name.to_string(),
+            });
+        };
+        ps.pool
+            .indexes
+            .check_selector(&request.pool_name, request.selector)?;
+        let known = last_consumer
+            .as_ref()
+            .filter(|(name, _)| name.same_text(&request.consumer_name))
+            .map(|&(_, at)| at);
+        let consumer = match known {
+            Some(at) => at,
+            None => {
+                let Some(at) = consumer_at(
+                    consumers,
+                    consumer_list,
+                    &request.consumer_name,
+                    request.register_consumer,
+                )?
+                else {
+                    return Err(Error::ConsumerNotFound {
+                        name: request.consumer_name.to_string(),
+                    });
+                };
+                *last_consumer = Some((request.consumer_name.clone(), at));
+                at
+            }
+        };
+        let holder = usize::try_from(consumer)
+            .ok()
+            .and_then(|at| consumer_list.get(at))
+            .ok_or_else(|| Error::backend("registered consumer vanished", None))?;
+        ps.reclaim(now, self.grace);
+        if let Some(request_id) = &request.request_id {
+            if let Some(earlier) = ps
+                .requests
+                .get(request_id)
+                .and_then(|&id| ps.lease(id, now, consumer_list))
+            {
+                return Ok(Some(earlier));
+            }
+        }
+        let Some(seq) = ps.select(&request.filters, request.selector, rng) else {
+            return Ok(None);
+        };
+        let Some(entry) = ps.change_proxy(seq, |p| p.current_leases += 1) else {
+            return Err(Error::backend("selected proxy vanished", None));
+        };
+        let (proxy_id, endpoint) = (entry.proxy.id, Arc::clone(&entry.endpoint));
+        // Strictly increasing per pool (so per proxy), with the clock as a floor so
+        // a pool created again never reuses a token.
+        let floor = u64::try_from(now / 1_000).unwrap_or(0);
+        let expires_at = now.saturating_add(duration);
+        ps.fence = (ps.fence + 1).max(floor);
+        let id = ps.leases.next_id(rng);
+        ps.live.push(expires_at, id);
+        ps.leases.push(
+            id,
+            Record {
+                proxy_seq: seq,
+                consumer,
+                status: LeaseStatus::Active,
+                acquired_at: now,
+                expires_at,
+                released_at: 0,
+                fencing_token: ps.fence,
+            },
+        );
+        if let Some(request_id) = &request.request_id {
+            ps.requests.insert(request_id.clone(), id);
+            ps.request_of.insert(id, request_id.clone());
+        }
+        // Built last, where it is returned (not moved there).
+        Ok(Some(Lease {
+            fencing_token: ps.fence,
+            id,
+            proxy_id,
+            consumer_id: holder.id,
+            consumer_name: holder.name.clone(),
+            pool_id: ps.pool.id,
+            pool_name: ps.pool.name.clone(),
+            status: LeaseStatus::Active,
+            acquired_at: to_time(now),
+            expires_at: to_time(expires_at),
+            released_at: None,
+            proxy: endpoint,
+        }))
+    }
 }
 
 /// Sort key of a proxy in the lowest-latency order (never measured: last).
@@ -1435,107 +1540,12 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
-        request.validate()?;
-        let duration = to_nanos(request.duration);
-        let now = self.now();
-        let mut guard = self.lock();
-        let State {
-            pools,
-            consumers,
-            consumer_list,
-            last_consumer,
-            rng,
-            ..
-        } = &mut *guard;
-        let Some(ps) = pools.get_mut(&request.pool_name) else {
-            return Err(Error::PoolNotFound {
-                name: request.pool_name.to_string(),
-            });
-        };
-        ps.pool
-            .indexes
-            .check_selector(&request.pool_name, request.selector)?;
-        let known = last_consumer
-            .as_ref()
-            .filter(|(name, _)| name.same_text(&request.consumer_name))
-            .map(|&(_, at)| at);
-        let consumer = match known {
-            Some(at) => at,
-            None => {
-                let Some(at) = consumer_at(
-                    consumers,
-                    consumer_list,
-                    &request.consumer_name,
-                    request.register_consumer,
-                )?
-                else {
-                    return Err(Error::ConsumerNotFound {
-                        name: request.consumer_name.to_string(),
-                    });
-                };
-                *last_consumer = Some((request.consumer_name.clone(), at));
-                at
-            }
-        };
-        let holder = usize::try_from(consumer)
-            .ok()
-            .and_then(|at| consumer_list.get(at))
-            .ok_or_else(|| Error::backend("registered consumer vanished", None))?;
-        ps.reclaim(now, self.grace);
-        if let Some(request_id) = &request.request_id {
-            if let Some(earlier) = ps
-                .requests
-                .get(request_id)
-                .and_then(|&id| ps.lease(id, now, consumer_list))
-            {
-                return Ok(Some(earlier));
-            }
-        }
-        let Some(seq) = ps.select(&request.filters, request.selector, rng) else {
-            return Ok(None);
-        };
-        let Some(entry) = ps.change_proxy(seq, |p| p.current_leases += 1) else {
-            return Err(Error::backend("selected proxy vanished", None));
-        };
-        let (proxy_id, endpoint) = (entry.proxy.id, Arc::clone(&entry.endpoint));
-        // Strictly increasing per pool (so per proxy), with the clock as a floor so
-        // a pool created again never reuses a token.
-        let floor = u64::try_from(now / 1_000).unwrap_or(0);
-        let expires_at = now.saturating_add(duration);
-        ps.fence = (ps.fence + 1).max(floor);
-        let id = ps.leases.next_id(rng);
-        ps.live.push(expires_at, id);
-        ps.leases.push(
-            id,
-            Record {
-                proxy_seq: seq,
-                consumer,
-                status: LeaseStatus::Active,
-                acquired_at: now,
-                expires_at,
-                released_at: 0,
-                fencing_token: ps.fence,
-            },
-        );
-        if let Some(request_id) = &request.request_id {
-            ps.requests.insert(request_id.clone(), id);
-            ps.request_of.insert(id, request_id.clone());
-        }
-        // Built last, where it is returned (not moved there).
-        Ok(Some(Lease {
-            fencing_token: ps.fence,
-            id,
-            proxy_id,
-            consumer_id: holder.id,
-            consumer_name: holder.name.clone(),
-            pool_id: ps.pool.id,
-            pool_name: ps.pool.name.clone(),
-            status: LeaseStatus::Active,
-            acquired_at: to_time(now),
-            expires_at: to_time(expires_at),
-            released_at: None,
-            proxy: endpoint,
-        }))
+        self.acquire_at_once(request)
+    }
+
+    /// Never waits: the acquire is done here.
+    fn acquire_now(&self, request: &AcquireRequest) -> std::task::Poll<Result<Option<Lease>>> {
+        std::task::Poll::Ready(self.acquire_at_once(request))
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {

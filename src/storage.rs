@@ -331,6 +331,17 @@ pub trait LeaseStorage: Send + Sync + 'static {
         request: &AcquireRequest,
     ) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
+    /// [`LeaseStorage::acquire`] done at once, by a storage that never waits
+    /// (the in-memory one): `Poll::Ready` with what `acquire` would have
+    /// given, or `Poll::Pending` (the default; no waker is kept) when the
+    /// caller must await `acquire` instead. The manager tries it first, so
+    /// such a storage's usual acquire builds no future of its own and its
+    /// lease is handed straight back (in the manager's own poll result).
+    fn acquire_now(&self, request: &AcquireRequest) -> std::task::Poll<Result<Option<Lease>>> {
+        let _ = request;
+        std::task::Poll::Pending
+    }
+
     /// Releases a lease, at most once; see [`ReleaseOutcome`].
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<ReleaseOutcome>> + Send;
 

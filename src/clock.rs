@@ -66,6 +66,7 @@ thread_local! {
 /// read the counter itself (each read was about 3% of an in-memory
 /// acquire→release). Only that storage's reads count, so a call that waits
 /// meanwhile (another task, another storage) changes nothing.
+#[inline]
 pub(crate) fn watch_clock(storage: usize) {
     WATCHED.set(storage);
     WATCHED_READ.set(0);
@@ -73,6 +74,7 @@ pub(crate) fn watch_clock(storage: usize) {
 
 /// Stops watching ([`watch_clock`]): the counter value of the watched
 /// storage's first read, if it read the clock.
+#[inline]
 pub(crate) fn unwatch_clock() -> Option<u64> {
     WATCHED.set(0);
     Some(WATCHED_READ.take()).filter(|&raw| raw != 0)
@@ -80,6 +82,7 @@ pub(crate) fn unwatch_clock() -> Option<u64> {
 
 /// [`SystemClock::now_nanos`] for the storage at address `storage` (kept
 /// when it is watched; see [`watch_clock`]).
+#[inline]
 pub(crate) fn system_nanos_for(storage: usize) -> i64 {
     let raw = tsc().raw();
     if WATCHED.get() == storage {
@@ -91,6 +94,7 @@ pub(crate) fn system_nanos_for(storage: usize) -> i64 {
 }
 
 /// The wall clock at counter value `raw` (a value just read on this thread).
+#[inline]
 fn system_nanos_at(raw: u64) -> i64 {
     thread_local! {
         /// The counter and the wall clock (ns since the epoch) read together last.
@@ -123,6 +127,7 @@ fn wall_clock_nanos() -> i64 {
 
 /// The process's time-stamp counter clock (calibrated once, about a
 /// millisecond, on first use).
+#[inline]
 pub(crate) fn tsc() -> &'static quanta::Clock {
     static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
     CLOCK.get_or_init(quanta::Clock::new)

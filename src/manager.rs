@@ -119,6 +119,120 @@ impl AcquireOptions {
     }
 }
 
+/// The future of [`ProxyManager::acquire_proxy`]. Its first poll asks the
+/// storage to acquire at once ([`crate::LeaseStorage::acquire_now`]); a
+/// storage that does (the in-memory one) gives the lease straight back,
+/// with no storage future and no async block to copy it out of (about 200
+/// bytes, twice, each a stall on what was just written). Otherwise, and for
+/// a call with its span on or hooks that read stats, the call goes on in a
+/// boxed future that owns the request.
+struct Acquire<'a, S: Storage> {
+    manager: &'a ProxyManager<S>,
+    state: AcquireState<'a>,
+}
+
+enum AcquireState<'a> {
+    /// Not polled yet.
+    Start(Result<AcquireRequest>),
+    /// Waiting for the storage.
+    Waiting(std::pin::Pin<Box<dyn Future<Output = Result<Option<Lease>>> + Send + 'a>>),
+    /// Done (polled again only by mistake).
+    Done,
+}
+
+impl<'a, S: Storage> Future for Acquire<'a, S> {
+    type Output = Result<Option<Lease>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let m = this.manager;
+        let request = match &mut this.state {
+            AcquireState::Start(Ok(request)) => request,
+            AcquireState::Waiting(call) => {
+                let out = call.as_mut().poll(cx);
+                if out.is_ready() {
+                    this.state = AcquireState::Done;
+                }
+                return out;
+            }
+            AcquireState::Start(Err(_)) | AcquireState::Done => {
+                return match std::mem::replace(&mut this.state, AcquireState::Done) {
+                    AcquireState::Start(Err(e)) => Poll::Ready(Err(e)),
+                    _ => Poll::Ready(Err(crate::Error::backend(
+                        "acquire polled after it completed",
+                        None,
+                    ))),
+                };
+            }
+        };
+        let observed = {
+            let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
+            (!span.is_disabled() || m.config.hooks_want_stats).then_some(span)
+        };
+        let timer = m.storage_timer();
+        if observed.is_none() {
+            // The request is read where it is, and the storage's result is
+            // this poll's result.
+            let out = m.storage.acquire_now(request);
+            if let Poll::Ready(result) = &out {
+                let took = timer.stop(&m.telemetry.storage_reads_clock);
+                m.acquired(request, result, took);
+                this.state = AcquireState::Done;
+                return out;
+            }
+        }
+        // The rest owns the request, in a box.
+        let AcquireState::Start(Ok(request)) =
+            std::mem::replace(&mut this.state, AcquireState::Done)
+        else {
+            return Poll::Pending;
+        };
+        let mut call: std::pin::Pin<Box<dyn Future<Output = Result<Option<Lease>>> + Send + 'a>> =
+            match observed {
+                Some(span) => Box::pin(async move { m.acquire_observed(&request, span).await }),
+                None => Box::pin(async move {
+                    let result = m.storage.acquire(&request).await;
+                    let took = timer.stop(&m.telemetry.storage_reads_clock);
+                    m.acquired(&request, &result, took);
+                    result
+                }),
+            };
+        let out = call.as_mut().poll(cx);
+        if out.is_pending() {
+            this.state = AcquireState::Waiting(call);
+        }
+        out
+    }
+}
+
+/// The hooks' event for an acquire of `request` that gave `result` after `took`.
+fn acquire_event(
+    request: &AcquireRequest,
+    result: &Result<Option<Lease>>,
+    took: Duration,
+) -> LeaseEvent {
+    let outcome = match result {
+        Ok(Some(_)) => LeaseEventOutcome::Acquired,
+        Ok(None) => LeaseEventOutcome::Exhausted,
+        Err(e) => LeaseEventOutcome::Failed(e.to_string()),
+    };
+    let lease = result.as_ref().ok().and_then(Option::as_ref);
+    LeaseEvent {
+        kind: LeaseEventKind::Acquire,
+        pool: request.pool_name.clone(),
+        consumer: request.consumer_name.clone(),
+        outcome,
+        elapsed: took,
+        lease_id: lease.map(|l| l.id),
+        proxy_id: lease.map(|l| l.proxy_id),
+        pool_stats: None,
+    }
+}
+
 /// A call's result once the hooks have seen its events ([`ProxyManager::emit`]).
 enum Emitted<'a, T> {
     /// No hook asked for stats: here it is.
@@ -401,12 +515,22 @@ impl<S: Storage> ProxyManager<S> {
         let request = pool_name
             .into_pool_name()
             .and_then(|pool| self.request(pool, options));
-        self.acquire_request(request)
+        Acquire {
+            manager: self,
+            state: AcquireState::Start(request),
+        }
     }
 
     /// One acquire of a checked request (owned, or borrowed by the retrying
     /// and waiting loops), as one future: no inner future to move into it.
     /// (A block, not an `async fn`, whose arguments would be kept twice.)
+    ///
+    /// The usual call (no span on, no hook that reads stats) awaits the
+    /// storage and hands its result straight back; the metrics and any hooks
+    /// see it by reference. The lease (about 200 bytes) is then copied once on
+    /// its way out instead of three times (into the result's slot, the
+    /// block's return and the future's output), and each copy of it was a
+    /// store-forwarding stall.
     #[allow(clippy::manual_async_fn)]
     fn acquire_request<'a, R>(
         &'a self,
@@ -421,60 +545,62 @@ impl<S: Storage> ProxyManager<S> {
                 Ok(ref request) => request.borrow(),
                 Err(e) => return Err(e),
             };
-            // Everything of the call lives in this block, so the future keeps only
-            // the box of a stats-reading hook across its last await.
-            let with_stats = {
-                // A span that is on (a subscriber wants it) runs the call in a
-                // box of its own, with the span. Without one the future keeps
-                // no span and no wrapper (smaller, so cheaper to move) and
-                // the lease is not moved through them.
-                let traced = {
-                    let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
-                    (!span.is_disabled()).then(|| {
-                        Box::pin(async move {
-                            let result =
-                                self.storage.acquire(request).instrument(span.clone()).await;
-                            let leased = crate::telemetry::leased(&result);
-                            span.record("outcome", crate::telemetry::acquire_outcome(leased));
-                            result
-                        })
-                    })
-                };
-                let timer = self.storage_timer();
-                let result = match traced {
-                    None => self.storage.acquire(request).await,
-                    Some(traced) => traced.await,
-                };
-                let took = timer.stop(&self.telemetry.storage_reads_clock);
-                let leased = crate::telemetry::leased(&result);
-                self.telemetry.with_pool(&request.pool_name, |m| {
-                    m.acquire(leased, took);
-                });
-                if self.config.hooks.is_empty() {
-                    return result;
-                }
-                let outcome = match &result {
-                    Ok(Some(_)) => LeaseEventOutcome::Acquired,
-                    Ok(None) => LeaseEventOutcome::Exhausted,
-                    Err(e) => LeaseEventOutcome::Failed(e.to_string()),
-                };
-                let lease = result.as_ref().ok().and_then(Option::as_ref);
-                let event = LeaseEvent {
-                    kind: LeaseEventKind::Acquire,
-                    pool: request.pool_name.clone(),
-                    consumer: request.consumer_name.clone(),
-                    outcome,
-                    elapsed: took,
-                    lease_id: lease.map(|l| l.id),
-                    proxy_id: lease.map(|l| l.proxy_id),
-                    pool_stats: None,
-                };
-                match self.emit(vec![event], result) {
-                    Emitted::Done(result) => return result,
-                    Emitted::Reading(with_stats) => with_stats,
-                }
+            let observed = {
+                let span = tracing::debug_span!("lighthouse.acquire", pool = %request.pool_name, outcome = tracing::field::Empty);
+                (!span.is_disabled() || self.config.hooks_want_stats)
+                    .then(|| Box::pin(self.acquire_observed(request, span)))
             };
-            with_stats.await
+            if let Some(observed) = observed {
+                // In a box of its own: the usual call's future keeps no span
+                // and no stats-reading state (smaller, so cheaper to move).
+                return observed.await;
+            }
+            let timer = self.storage_timer();
+            let result = self.storage.acquire(request).await;
+            let took = timer.stop(&self.telemetry.storage_reads_clock);
+            self.acquired(request, &result, took);
+            result
+        }
+    }
+
+    /// An acquire with its span on, or for hooks that read the pool's stats.
+    async fn acquire_observed(
+        &self,
+        request: &AcquireRequest,
+        span: tracing::Span,
+    ) -> Result<Option<Lease>> {
+        let timer = self.storage_timer();
+        let result = self.storage.acquire(request).instrument(span.clone()).await;
+        let took = timer.stop(&self.telemetry.storage_reads_clock);
+        let leased = crate::telemetry::leased(&result);
+        span.record("outcome", crate::telemetry::acquire_outcome(leased));
+        if !self.config.hooks_want_stats {
+            self.acquired(request, &result, took);
+            return result;
+        }
+        self.telemetry.with_pool(&request.pool_name, |m| {
+            m.acquire(leased, took);
+        });
+        let event = acquire_event(request, &result, took);
+        match self.emit(vec![event], result) {
+            Emitted::Done(result) => result,
+            Emitted::Reading(with_stats) => with_stats.await,
+        }
+    }
+
+    /// Counts an acquire and shows it to the hooks (none of which reads
+    /// stats: see [`Self::acquire_observed`]).
+    fn acquired(&self, request: &AcquireRequest, result: &Result<Option<Lease>>, took: Duration) {
+        let leased = crate::telemetry::leased(result);
+        self.telemetry.with_pool(&request.pool_name, |m| {
+            m.acquire(leased, took);
+        });
+        if self.config.hooks.is_empty() {
+            return;
+        }
+        let event = acquire_event(request, result, took);
+        for hook in &self.config.hooks {
+            hook(&event);
         }
     }
 

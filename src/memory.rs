@@ -128,6 +128,7 @@ impl InMemoryStorage {
     /// a manager's call is kept for the manager, which times the call from
     /// it instead of reading the counter itself (see
     /// [`crate::clock::watch_clock`]).
+    #[inline]
     fn now(&self) -> Nanos {
         if self.system_clock {
             crate::clock::system_nanos_for(self as *const Self as usize)
@@ -136,10 +137,144 @@ impl InMemoryStorage {
         }
     }
 
+    #[inline]
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // No method panics half-way through a change, so a poisoned lock still
         // guards consistent state.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The in-memory acquire (see [`LeaseStorage::acquire`]).
+    fn acquire_at_once(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
+        request.validate()?;
+        let duration = to_nanos(request.duration);
+        let now = self.now();
+        let mut guard = self.lock();
+        let State {
+            pools,
+            consumers,
+            consumer_list,
+            last_consumer,
+            rng,
+            ..
+        } = &mut *guard;
+        let Some(ps) = pools.get_mut(&request.pool_name) else {
+            return Err(Error::PoolNotFound {
+                name: request.pool_name.to_string(),
+            });
+        };
+        ps.pool
+            .indexes
+            .check_selector(&request.pool_name, request.selector)?;
+        let known = last_consumer
+            .as_ref()
+            .filter(|(name, _)| name.same_text(&request.consumer_name))
+            .map(|&(_, at)| at);
+        let consumer = match known {
+            Some(at) => at,
+            None => {
+                let Some(at) = consumer_at(
+                    consumers,
+                    consumer_list,
+                    &request.consumer_name,
+                    request.register_consumer,
+                )?
+                else {
+                    return Err(Error::ConsumerNotFound {
+                        name: request.consumer_name.to_string(),
+                    });
+                };
+                *last_consumer = Some((request.consumer_name.clone(), at));
+                at
+            }
+        };
+        let holder = usize::try_from(consumer)
+            .ok()
+            .and_then(|at| consumer_list.get(at))
+            .ok_or_else(|| Error::backend("registered consumer vanished", None))?;
+        ps.reclaim(now, self.grace);
+        if let Some(request_id) = &request.request_id {
+            if let Some(earlier) = ps
+                .requests
+                .get(request_id)
+                .and_then(|&id| ps.lease(id, now, consumer_list))
+            {
+                return Ok(Some(earlier));
+            }
+        }
+        let site = request.site.as_ref();
+        let kept = request
+            .session
+            .as_ref()
+            .and_then(|s| ps.session_proxy(s, &request.filters, site, now));
+        let picked = match (kept, site) {
+            (Some(seq), _) => Some(seq),
+            (None, Some(site)) if !ps.sites.is_empty() => {
+                let sites = std::mem::take(&mut ps.sites);
+                let blocked = |id: Uuid| sites.blocks(site.as_str(), id, now);
+                let seq = ps.select(&request.filters, request.selector, rng, Some(&blocked));
+                ps.sites = sites;
+                seq
+            }
+            (None, _) => ps.select(&request.filters, request.selector, rng, None),
+        };
+        let Some(seq) = picked else {
+            return Ok(None);
+        };
+        let Some(entry) = ps.change_proxy(seq, |p| p.current_leases += 1) else {
+            return Err(Error::backend("selected proxy vanished", None));
+        };
+        let (proxy_id, endpoint) = (entry.proxy.id, Arc::clone(&entry.endpoint));
+        if let Some(rate) = ps.pool.rate_limit {
+            // It rests before its next lease (it was available: no cooldown).
+            let until = now.saturating_add(to_nanos(rate.spacing()));
+            ps.rests.insert(proxy_id, until);
+            ps.change_proxy(seq, |p| p.rest_until = Some(to_time(until)));
+            // Available, it had no entry in `cooling`: no scan for one.
+            ps.cooling.insert((until, proxy_id));
+        }
+        // Strictly increasing per pool (so per proxy), with the clock as a floor so
+        // a pool created again never reuses a token.
+        let floor = u64::try_from(now / 1_000).unwrap_or(0);
+        let expires_at = now.saturating_add(duration);
+        ps.fence = (ps.fence + 1).max(floor);
+        let id = ps.leases.next_id(rng);
+        ps.live.push(expires_at, id);
+        ps.leases.push(
+            id,
+            Record {
+                proxy_seq: seq,
+                consumer,
+                status: LeaseStatus::Active,
+                acquired_at: now,
+                expires_at,
+                released_at: 0,
+                fencing_token: ps.fence,
+            },
+        );
+        if let Some(request_id) = &request.request_id {
+            ps.requests.insert(request_id.clone(), id);
+            ps.request_of.insert(id, request_id.clone());
+        }
+        if let Some(session) = &request.session {
+            let until = now.saturating_add(to_nanos(session.ttl_for(request.duration)));
+            ps.sessions.bind(&session.id, seq, until);
+        }
+        // Built last, where it is returned (not moved there).
+        Ok(Some(Lease {
+            fencing_token: ps.fence,
+            id,
+            proxy_id,
+            consumer_id: holder.id,
+            consumer_name: holder.name.clone(),
+            pool_id: ps.pool.id,
+            pool_name: ps.pool.name.clone(),
+            status: LeaseStatus::Active,
+            acquired_at: to_time(now),
+            expires_at: to_time(expires_at),
+            released_at: None,
+            proxy: endpoint,
+        }))
     }
 }
 
@@ -161,25 +296,47 @@ fn to_nanos(d: Duration) -> Nanos {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+const SECOND: Nanos = 1_000_000_000;
+const DAY: Nanos = 86_400 * SECOND;
+
+thread_local! {
+    /// When the last day converted on this thread began, and its date.
+    static LAST_DAY: std::cell::Cell<(Nanos, chrono::NaiveDate)> =
+        const { std::cell::Cell::new((Nanos::MIN, chrono::NaiveDate::MIN)) };
+}
+
 /// A storage time as callers see it. The calendar date of the last day
-/// converted on this thread is kept: turning a day number into a date is most
-/// of the cost of a conversion, and the times of one storage share their day.
+/// converted on this thread is kept with when that day began: turning a day
+/// number into a date is most of the cost of a conversion, and the times of
+/// one storage share their day, so a time of that day is its date and the
+/// time since the day began (no division by the day's length).
+#[inline]
 fn to_time(at: Nanos) -> DateTime<Utc> {
-    const SECOND: Nanos = 1_000_000_000;
-    const DAY: Nanos = 86_400 * SECOND;
-    thread_local! {
-        static LAST_DAY: std::cell::Cell<(Nanos, chrono::NaiveDate)> =
-            const { std::cell::Cell::new((Nanos::MIN, chrono::NaiveDate::MIN)) };
+    let (start, date) = LAST_DAY.get();
+    match at
+        .checked_sub(start)
+        .filter(|within| (0..DAY).contains(within))
+    {
+        Some(within) => time_of_day(date, within, at),
+        None => to_time_new_day(at),
     }
+}
+
+/// [`to_time`] of a time on another day than the last one's.
+#[cold]
+fn to_time_new_day(at: Nanos) -> DateTime<Utc> {
     let (day, within) = (at.div_euclid(DAY), at.rem_euclid(DAY));
-    let date = LAST_DAY.with(|last| match last.get() {
-        (d, date) if d == day => date,
-        _ => {
-            let date = DateTime::from_timestamp_nanos(at).date_naive();
-            last.set((day, date));
-            date
-        }
-    });
+    let date = DateTime::from_timestamp_nanos(at).date_naive();
+    // Kept unless the day began before the earliest time (its first hours).
+    if let Some(start) = day.checked_mul(DAY) {
+        LAST_DAY.set((start, date));
+    }
+    time_of_day(date, within, at)
+}
+
+/// The time `within` (in `0..DAY`) after the start of `date`, which is `at`.
+#[inline]
+fn time_of_day(date: chrono::NaiveDate, within: Nanos, at: Nanos) -> DateTime<Utc> {
     // Both within range: `within` is in 0..DAY.
     let secs = u32::try_from(within / SECOND).unwrap_or(0);
     let nanos = u32::try_from(within % SECOND).unwrap_or(0);
@@ -193,7 +350,7 @@ fn to_time(at: Nanos) -> DateTime<Utc> {
 struct State {
     /// "Capacity may have freed" notifications, per pool name.
     freed: HashMap<PoolName, tokio::sync::broadcast::Sender<()>>,
-    pools: FastMap<PoolName, PoolState>,
+    pools: Pools,
     pool_names: FastMap<Uuid, PoolName>,
     proxy_pools: FastMap<Uuid, PoolName>,
     /// Consumers in the order they were registered (lease records refer to
@@ -211,7 +368,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             freed: HashMap::new(),
-            pools: fast_map(),
+            pools: Pools::default(),
             pool_names: fast_map(),
             proxy_pools: fast_map(),
             consumer_list: Vec::new(),
@@ -219,6 +376,77 @@ impl Default for State {
             last_consumer: None,
             rng: fastrand::Rng::new(),
         }
+    }
+}
+
+/// The pools, by name. The one found last is tried first, by comparing its
+/// name (a few words) instead of hashing it: a worker's calls go to one pool
+/// (hashing the name was about 90 instructions of each acquire and release).
+#[derive(Debug, Default)]
+struct Pools {
+    /// Pools in slots that never move (a removed pool's slot is reused).
+    slots: Vec<Option<PoolState>>,
+    by_name: FastMap<PoolName, usize>,
+    free: Vec<usize>,
+    /// The slot found last.
+    last: std::cell::Cell<usize>,
+}
+
+impl Pools {
+    /// The slot of the pool named `name`.
+    fn slot(&self, name: &PoolName) -> Option<usize> {
+        let last = self.last.get();
+        if let Some(Some(ps)) = self.slots.get(last) {
+            if ps.pool.name == *name {
+                return Some(last);
+            }
+        }
+        let at = *self.by_name.get(name)?;
+        self.last.set(at);
+        Some(at)
+    }
+
+    fn get(&self, name: &PoolName) -> Option<&PoolState> {
+        self.slots.get(self.slot(name)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, name: &PoolName) -> Option<&mut PoolState> {
+        let at = self.slot(name)?;
+        self.slots.get_mut(at)?.as_mut()
+    }
+
+    fn contains_key(&self, name: &PoolName) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Adds a pool under a name no pool has.
+    fn insert(&mut self, name: PoolName, ps: PoolState) {
+        let at = match self.free.pop() {
+            Some(at) => at,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        if let Some(slot) = self.slots.get_mut(at) {
+            *slot = Some(ps);
+            self.by_name.insert(name, at);
+        }
+    }
+
+    fn remove(&mut self, name: &PoolName) -> Option<PoolState> {
+        let at = self.by_name.remove(name)?;
+        let ps = self.slots.get_mut(at)?.take();
+        self.free.push(at);
+        ps
+    }
+
+    fn values(&self) -> impl Iterator<Item = &PoolState> {
+        self.slots.iter().flatten()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut PoolState> {
+        self.slots.iter_mut().flatten()
     }
 }
 
@@ -309,6 +537,50 @@ impl Entry {
             proxy,
             keys,
         }
+    }
+}
+
+/// A pool's proxies by sequence number, each in slot `seq` of a vector: a
+/// look-up is an index (it was a hash of the number and a probe, about 20
+/// instructions, three or four times a cycle). Sequence numbers are never
+/// reused, so a removed proxy leaves its slot empty (one pointer).
+#[derive(Debug, Default)]
+struct ProxyTable {
+    slots: Vec<Option<Box<Entry>>>,
+}
+
+impl ProxyTable {
+    fn get(&self, seq: &u64) -> Option<&Entry> {
+        self.slots.get(usize::try_from(*seq).ok()?)?.as_deref()
+    }
+
+    fn get_mut(&mut self, seq: &u64) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(usize::try_from(*seq).ok()?)?
+            .as_deref_mut()
+    }
+
+    /// Puts `entry` in slot `seq` (one past the last, as sequence numbers come).
+    fn insert(&mut self, seq: u64, entry: Entry) {
+        let Ok(at) = usize::try_from(seq) else {
+            return;
+        };
+        if at >= self.slots.len() {
+            self.slots.resize_with(at + 1, || None);
+        }
+        if let Some(slot) = self.slots.get_mut(at) {
+            *slot = Some(Box::new(entry));
+        }
+    }
+
+    fn remove(&mut self, seq: &u64) -> Option<Entry> {
+        let slot = self.slots.get_mut(usize::try_from(*seq).ok()?)?;
+        slot.take().map(|entry| *entry)
+    }
+
+    /// The proxies in sequence order.
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().flatten().map(|entry| &**entry)
     }
 }
 
@@ -458,7 +730,7 @@ struct PoolState {
     next_seq: u64,
     /// Proxies by sequence number (the order they were added), and the
     /// sequence number of each proxy id.
-    proxies: FastMap<u64, Entry>,
+    proxies: ProxyTable,
     seqs: FastMap<Uuid, u64>,
     /// Attribute value -> index id, one map per attribute, so a look-up by
     /// value neither hashes nor allocates a key of its own.
@@ -504,7 +776,7 @@ impl PoolState {
         PoolState {
             pool,
             next_seq: 0,
-            proxies: fast_map(),
+            proxies: ProxyTable::default(),
             seqs: fast_map(),
             index_ids: std::array::from_fn(|_| fast_map()),
             indexes: vec![AvailIndex::default()],
@@ -741,8 +1013,22 @@ impl PoolState {
     }
 
     /// Expires every live lease whose time has come (and lifts the cooldowns
-    /// that are over); returns how many leases.
+    /// that are over); returns how many leases. When nothing is due (most
+    /// calls) it is three comparisons, inlined into the caller.
+    #[inline]
     fn reclaim(&mut self, now: Nanos, grace: Nanos) -> u64 {
+        let due = |first: Option<Nanos>| first.is_some_and(|at| at <= now);
+        if !due(self.cooling.first().map(|&(until, _)| until))
+            && !due(self.live.first().map(|(at, _)| at))
+        {
+            self.purge(now);
+            return 0;
+        }
+        self.reclaim_due(now, grace)
+    }
+
+    /// [`Self::reclaim`] when a cooldown or a lease is due.
+    fn reclaim_due(&mut self, now: Nanos, grace: Nanos) -> u64 {
         while let Some(&(until, id)) = self.cooling.first() {
             if until > now {
                 break;
@@ -796,6 +1082,7 @@ impl PoolState {
 
     /// Drops the records whose grace is over, and their request ids, and
     /// the sessions that ended.
+    #[inline]
     fn purge(&mut self, now: Nanos) {
         self.sessions.purge(now);
         let (requests, request_of) = (&mut self.requests, &mut self.request_of);
@@ -885,7 +1172,7 @@ impl PoolState {
         // The first proxy in `keys` that is behind or passes `ok`.
         fn first<'a>(
             mut keys: impl Iterator<Item = &'a (u32, u64)>,
-            proxies: &FastMap<u64, Entry>,
+            proxies: &ProxyTable,
             ok: &impl Fn(&Proxy) -> bool,
         ) -> Option<((u32, u64), bool)> {
             keys.find_map(|&(key, seq)| match proxies.get(&seq) {
@@ -1294,13 +1581,8 @@ impl AdminStorage for InMemoryStorage {
         let mut st = self.lock();
         let ps = st.pool_mut(pool_name)?;
         ps.reclaim(now, self.grace);
-        let mut seqs: Vec<u64> = ps.proxies.keys().copied().collect();
-        seqs.sort_unstable();
-        Ok(seqs
-            .iter()
-            .filter_map(|seq| ps.proxies.get(seq))
-            .map(|e| e.proxy.clone())
-            .collect())
+        // In sequence order: the order they were added.
+        Ok(ps.proxies.values().map(|e| e.proxy.clone()).collect())
     }
 
     async fn ensure_consumer(&self, name: &ConsumerName) -> Result<Consumer> {
@@ -1342,135 +1624,12 @@ impl LeaseStorage for InMemoryStorage {
     }
 
     async fn acquire(&self, request: &AcquireRequest) -> Result<Option<Lease>> {
-        request.validate()?;
-        let duration = to_nanos(request.duration);
-        let now = self.now();
-        let mut guard = self.lock();
-        let State {
-            pools,
-            consumers,
-            consumer_list,
-            last_consumer,
-            rng,
-            ..
-        } = &mut *guard;
-        let Some(ps) = pools.get_mut(&request.pool_name) else {
-            return Err(Error::PoolNotFound {
-                name: request.pool_name.to_string(),
-            });
-        };
-        ps.pool
-            .indexes
-            .check_selector(&request.pool_name, request.selector)?;
-        let known = last_consumer
-            .as_ref()
-            .filter(|(name, _)| name.same_text(&request.consumer_name))
-            .map(|&(_, at)| at);
-        let consumer = match known {
-            Some(at) => at,
-            None => {
-                let Some(at) = consumer_at(
-                    consumers,
-                    consumer_list,
-                    &request.consumer_name,
-                    request.register_consumer,
-                )?
-                else {
-                    return Err(Error::ConsumerNotFound {
-                        name: request.consumer_name.to_string(),
-                    });
-                };
-                *last_consumer = Some((request.consumer_name.clone(), at));
-                at
-            }
-        };
-        let holder = usize::try_from(consumer)
-            .ok()
-            .and_then(|at| consumer_list.get(at))
-            .ok_or_else(|| Error::backend("registered consumer vanished", None))?;
-        ps.reclaim(now, self.grace);
-        if let Some(request_id) = &request.request_id {
-            if let Some(earlier) = ps
-                .requests
-                .get(request_id)
-                .and_then(|&id| ps.lease(id, now, consumer_list))
-            {
-                return Ok(Some(earlier));
-            }
-        }
-        let site = request.site.as_ref();
-        let kept = request
-            .session
-            .as_ref()
-            .and_then(|s| ps.session_proxy(s, &request.filters, site, now));
-        let picked = match (kept, site) {
-            (Some(seq), _) => Some(seq),
-            (None, Some(site)) if !ps.sites.is_empty() => {
-                let sites = std::mem::take(&mut ps.sites);
-                let blocked = |id: Uuid| sites.blocks(site.as_str(), id, now);
-                let seq = ps.select(&request.filters, request.selector, rng, Some(&blocked));
-                ps.sites = sites;
-                seq
-            }
-            (None, _) => ps.select(&request.filters, request.selector, rng, None),
-        };
-        let Some(seq) = picked else {
-            return Ok(None);
-        };
-        let Some(entry) = ps.change_proxy(seq, |p| p.current_leases += 1) else {
-            return Err(Error::backend("selected proxy vanished", None));
-        };
-        let (proxy_id, endpoint) = (entry.proxy.id, Arc::clone(&entry.endpoint));
-        if let Some(rate) = ps.pool.rate_limit {
-            // It rests before its next lease (it was available: no cooldown).
-            let until = now.saturating_add(to_nanos(rate.spacing()));
-            ps.rests.insert(proxy_id, until);
-            ps.change_proxy(seq, |p| p.rest_until = Some(to_time(until)));
-            // Available, it had no entry in `cooling`: no scan for one.
-            ps.cooling.insert((until, proxy_id));
-        }
-        // Strictly increasing per pool (so per proxy), with the clock as a floor so
-        // a pool created again never reuses a token.
-        let floor = u64::try_from(now / 1_000).unwrap_or(0);
-        let expires_at = now.saturating_add(duration);
-        ps.fence = (ps.fence + 1).max(floor);
-        let id = ps.leases.next_id(rng);
-        ps.live.push(expires_at, id);
-        ps.leases.push(
-            id,
-            Record {
-                proxy_seq: seq,
-                consumer,
-                status: LeaseStatus::Active,
-                acquired_at: now,
-                expires_at,
-                released_at: 0,
-                fencing_token: ps.fence,
-            },
-        );
-        if let Some(request_id) = &request.request_id {
-            ps.requests.insert(request_id.clone(), id);
-            ps.request_of.insert(id, request_id.clone());
-        }
-        if let Some(session) = &request.session {
-            let until = now.saturating_add(to_nanos(session.ttl_for(request.duration)));
-            ps.sessions.bind(&session.id, seq, until);
-        }
-        // Built last, where it is returned (not moved there).
-        Ok(Some(Lease {
-            fencing_token: ps.fence,
-            id,
-            proxy_id,
-            consumer_id: holder.id,
-            consumer_name: holder.name.clone(),
-            pool_id: ps.pool.id,
-            pool_name: ps.pool.name.clone(),
-            status: LeaseStatus::Active,
-            acquired_at: to_time(now),
-            expires_at: to_time(expires_at),
-            released_at: None,
-            proxy: endpoint,
-        }))
+        self.acquire_at_once(request)
+    }
+
+    /// Never waits: the acquire is done here.
+    fn acquire_now(&self, request: &AcquireRequest) -> std::task::Poll<Result<Option<Lease>>> {
+        std::task::Poll::Ready(self.acquire_at_once(request))
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
@@ -1575,10 +1734,10 @@ impl LeaseStorage for InMemoryStorage {
         let mut st = self.lock();
         let mut total = 0;
         let mut freed = Vec::new();
-        for (name, ps) in st.pools.iter_mut() {
+        for ps in st.pools.values_mut() {
             let n = ps.reclaim(now, self.grace);
             if n > 0 {
-                freed.push(name.clone());
+                freed.push(ps.pool.name.clone());
             }
             total += n;
         }

@@ -49,9 +49,26 @@ fn shown(name: &str) -> String {
     name.chars().take(80).collect()
 }
 
-/// Whether a byte may appear in a pool name.
+/// The bytes that may appear in a pool name, as bits of a mask (bit `b` for
+/// byte `b`): ASCII letters, digits, `-`, `_` and `.`.
+const POOL_NAME_BYTES: u128 = {
+    let mut mask = 0u128;
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.' {
+            mask |= 1 << b;
+        }
+        b += 1;
+    }
+    mask
+};
+
+/// Whether a byte may appear in a pool name (one shift and test of a mask:
+/// the check runs on every byte of the name a call passes as text).
+#[inline]
 fn pool_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+    b < 128 && (POOL_NAME_BYTES >> b) & 1 == 1
 }
 
 /// Checks a pool name against the rules above.
@@ -143,6 +160,7 @@ pub struct PoolName {
 impl PoolName {
     /// Checks `name` and keeps it. Fails with [`Error::InvalidName`] (kind
     /// `"pool"`) when it breaks the naming rules.
+    #[inline]
     pub fn new(name: &str) -> Result<PoolName> {
         // Checked and copied in one pass; the rest stays zero (equality
         // compares whole arrays). `validate_pool_name` words the error.
@@ -164,12 +182,14 @@ impl PoolName {
     }
 
     /// The name.
+    #[inline]
     pub fn as_str(&self) -> &str {
         // Always ASCII (checked when built), so always UTF-8.
         std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 
     /// The name's bytes (ASCII).
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
@@ -192,6 +212,7 @@ impl AsRef<str> for PoolName {
 /// no call to `memcmp` (comparing the whole arrays was one, twice a cycle
 /// in the in-memory storage's pool look-ups and once in the telemetry's).
 impl PartialEq for PoolName {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         let word = |b: &[u8; MAX_POOL_NAME_LEN], i: usize| {
             let mut w = [0; 8];
@@ -443,12 +464,28 @@ impl TryFrom<&String> for ConsumerName {
 }
 
 thread_local! {
-    /// The shared text this thread found to be a valid consumer name last.
-    /// The clone held here keeps it alive and shared, so its address is not
-    /// reused and the text cannot change (`Arc::get_mut` needs it unshared):
-    /// the same pointer is the same, valid, name.
-    static VALID_CONSUMER: std::cell::RefCell<Option<Arc<str>>> =
-        const { std::cell::RefCell::new(None) };
+    /// The address of the shared text this thread found to be a valid
+    /// consumer name last (0: none). Read by every check, so it is a plain
+    /// `Cell` with no destructor (a thread-local with one is reached through
+    /// a registration check).
+    static VALID_CONSUMER_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// That text. The clone held here keeps it alive and shared, so its
+    /// address is not reused and the text cannot change (`Arc::get_mut` needs
+    /// it unshared): the same address is the same, valid, name.
+    static VALID_CONSUMER: std::cell::RefCell<KeptName> =
+        const { std::cell::RefCell::new(KeptName { _alive: None }) };
+}
+
+/// The text kept by `VALID_CONSUMER`; its address is forgotten with it.
+struct KeptName {
+    /// Held only to keep it alive and shared.
+    _alive: Option<Arc<str>>,
+}
+
+impl Drop for KeptName {
+    fn drop(&mut self) {
+        let _ = VALID_CONSUMER_AT.try_with(|at| at.set(0));
+    }
 }
 
 /// Checks shared text without copying it; the text this thread checked last
@@ -456,12 +493,20 @@ thread_local! {
 /// checked again.
 impl TryFrom<Arc<str>> for ConsumerName {
     type Error = Error;
+    #[inline]
     fn try_from(s: Arc<str>) -> Result<Self> {
-        let known = VALID_CONSUMER
-            .with(|valid| valid.borrow().as_ref().is_some_and(|v| Arc::ptr_eq(v, &s)));
-        if !known {
+        let at = Arc::as_ptr(&s) as *const u8 as usize;
+        if VALID_CONSUMER_AT.get() != at {
             validate_consumer_name(&s)?;
-            VALID_CONSUMER.with(|valid| *valid.borrow_mut() = Some(Arc::clone(&s)));
+            // Replacing the kept text forgets its address first.
+            let kept = VALID_CONSUMER.try_with(|valid| {
+                *valid.borrow_mut() = KeptName {
+                    _alive: Some(Arc::clone(&s)),
+                };
+            });
+            if kept.is_ok() {
+                VALID_CONSUMER_AT.set(at);
+            }
         }
         Ok(ConsumerName(s))
     }
@@ -542,6 +587,7 @@ pub trait IntoPoolName: sealed::Sealed {
 }
 
 impl IntoPoolName for &str {
+    #[inline]
     fn into_pool_name(self) -> Result<PoolName> {
         PoolName::new(self)
     }

@@ -383,6 +383,7 @@ impl PoolIndexes {
 
     /// Fails with [`Error::InvalidArgument`] when `selector` needs an order the
     /// pool does not keep (only `lowest_latency` does: the latency order).
+    #[inline]
     pub fn check_selector(&self, pool: &PoolName, selector: SelectorStrategy) -> Result<()> {
         if selector == SelectorStrategy::LowestLatency && !self.has_order(IndexOrder::Latency) {
             return Err(Error::missing_order(pool, IndexOrder::Latency));

@@ -27,23 +27,30 @@ pub use crate::limits::{MAX_LEASE_DURATION, MIN_LEASE_DURATION};
 pub const DEFAULT_RECORD_GRACE: Duration = Duration::from_secs(60);
 
 /// Checks a lease duration: at least [`MIN_LEASE_DURATION`], at most [`MAX_LEASE_DURATION`].
+#[inline]
 pub fn validate_lease_duration(duration: Duration) -> Result<()> {
-    if duration < MIN_LEASE_DURATION {
-        return Err(Error::InvalidDuration {
-            duration,
-            reason: "a lease must last at least 1 ms".into(),
-        });
-    }
-    if duration > MAX_LEASE_DURATION {
-        return Err(Error::InvalidDuration {
-            duration,
-            reason: format!(
-                "longer than the maximum of {} s",
-                MAX_LEASE_DURATION.as_secs()
-            ),
-        });
+    if duration < MIN_LEASE_DURATION || duration > MAX_LEASE_DURATION {
+        return Err(lease_duration_error(duration));
     }
     Ok(())
+}
+
+/// Why `duration` is not a lease length (it is out of range).
+#[cold]
+fn lease_duration_error(duration: Duration) -> Error {
+    if duration < MIN_LEASE_DURATION {
+        return Error::InvalidDuration {
+            duration,
+            reason: "a lease must last at least 1 ms".into(),
+        };
+    }
+    Error::InvalidDuration {
+        duration,
+        reason: format!(
+            "longer than the maximum of {} s",
+            MAX_LEASE_DURATION.as_secs()
+        ),
+    }
 }
 
 /// One atomic acquire, as the manager hands it to a storage.
@@ -195,6 +202,10 @@ impl AcquireRequest {
     /// Filters shared by many requests (the `Arc` of the options a worker
     /// clones for every acquire) are checked once per thread, not once per
     /// call.
+    // Always: the manager and the storage each check the request of every
+    // acquire, and as a call (with the registers it saves) it was about 35
+    // instructions for a few comparisons.
+    #[inline(always)]
     pub fn validate(&self) -> Result<()> {
         validate_lease_duration(self.duration)?;
         if let Some(id) = &self.request_id {
@@ -208,29 +219,49 @@ impl AcquireRequest {
 }
 
 thread_local! {
-    /// The filters this thread found valid last. The clone held here keeps
-    /// them alive and shared: their address is not reused, and they cannot be
-    /// changed in place (`Arc::get_mut` and `Arc::make_mut` change only an
-    /// unshared value), so the same pointer is the same, valid, filter.
-    static VALID_FILTERS: std::cell::RefCell<Option<Arc<ProxyFilters>>> =
-        const { std::cell::RefCell::new(None) };
+    /// The address of the filters this thread found valid last (0: none).
+    /// Read by every check, so it is a plain `Cell` with no destructor (a
+    /// thread-local with one is reached through a registration check).
+    static VALID_FILTERS_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Those filters. The clone held here keeps them alive and shared: their
+    /// address is not reused, and they cannot be changed in place
+    /// (`Arc::get_mut` and `Arc::make_mut` change only an unshared value), so
+    /// the same address is the same, valid, filter.
+    static VALID_FILTERS: std::cell::RefCell<KeptFilters> =
+        const { std::cell::RefCell::new(KeptFilters { _alive: None }) };
+}
+
+/// The filters kept by `VALID_FILTERS`; the address is forgotten with them.
+struct KeptFilters {
+    /// Held only to keep it alive and shared.
+    _alive: Option<Arc<ProxyFilters>>,
+}
+
+impl Drop for KeptFilters {
+    fn drop(&mut self) {
+        let _ = VALID_FILTERS_AT.try_with(|at| at.set(0));
+    }
 }
 
 /// [`ProxyFilters::validate`], skipped for the `Arc` this thread checked last
 /// (the manager checks a request, then the storage does again; a worker sends
 /// the same filters with every acquire).
+#[inline]
 fn validate_shared_filters(filters: &Arc<ProxyFilters>) -> Result<()> {
-    let known = VALID_FILTERS.with(|valid| {
-        valid
-            .borrow()
-            .as_ref()
-            .is_some_and(|v| Arc::ptr_eq(v, filters))
-    });
-    if known {
+    let at = Arc::as_ptr(filters) as usize;
+    if VALID_FILTERS_AT.get() == at {
         return Ok(());
     }
     filters.validate()?;
-    VALID_FILTERS.with(|valid| *valid.borrow_mut() = Some(Arc::clone(filters)));
+    // Replacing the kept filters forgets their address first.
+    let kept = VALID_FILTERS.try_with(|valid| {
+        *valid.borrow_mut() = KeptFilters {
+            _alive: Some(Arc::clone(filters)),
+        };
+    });
+    if kept.is_ok() {
+        VALID_FILTERS_AT.set(at);
+    }
     Ok(())
 }
 
@@ -334,6 +365,17 @@ pub trait LeaseStorage: Send + Sync + 'static {
         &self,
         request: &AcquireRequest,
     ) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// [`LeaseStorage::acquire`] done at once, by a storage that never waits
+    /// (the in-memory one): `Poll::Ready` with what `acquire` would have
+    /// given, or `Poll::Pending` (the default; no waker is kept) when the
+    /// caller must await `acquire` instead. The manager tries it first, so
+    /// such a storage's usual acquire builds no future of its own and its
+    /// lease is handed straight back (in the manager's own poll result).
+    fn acquire_now(&self, request: &AcquireRequest) -> std::task::Poll<Result<Option<Lease>>> {
+        let _ = request;
+        std::task::Poll::Pending
+    }
 
     /// Releases a lease, at most once; see [`ReleaseOutcome`].
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<ReleaseOutcome>> + Send;

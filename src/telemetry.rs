@@ -25,7 +25,7 @@
 //! (so install the recorder before calls start) and reuses them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
@@ -44,11 +44,13 @@ pub(crate) struct CallTimer(u64);
 
 impl CallTimer {
     /// Starts timing.
+    #[inline]
     pub(crate) fn start() -> Self {
         CallTimer(crate::clock::tsc().raw())
     }
 
     /// The time since [`Self::start`].
+    #[inline]
     pub(crate) fn elapsed(self) -> Duration {
         let clock = crate::clock::tsc();
         clock.delta(self.0, clock.raw())
@@ -66,6 +68,7 @@ pub(crate) struct StorageTimer {
 
 impl StorageTimer {
     /// Before calling the storage at address `storage`.
+    #[inline]
     pub(crate) fn start(storage: usize, reads_clock: &AtomicBool) -> Self {
         crate::clock::watch_clock(storage);
         let start = if reads_clock.load(Ordering::Relaxed) {
@@ -78,6 +81,7 @@ impl StorageTimer {
 
     /// After the call: how long it took (from the storage's first clock read
     /// when it did not read the counter before; zero when neither).
+    #[inline]
     pub(crate) fn stop(self, reads_clock: &AtomicBool) -> Duration {
         let read = crate::clock::unwatch_clock();
         if read.is_some() != reads_clock.load(Ordering::Relaxed) {
@@ -122,6 +126,7 @@ impl PoolMetrics {
     }
 
     /// An acquire call's outcome ([`leased`]) and storage time.
+    #[inline]
     pub(crate) fn acquire(&self, leased: Option<bool>, took: Duration) {
         let i = acquire_index(leased);
         self.acquired[i].increment(1);
@@ -130,6 +135,7 @@ impl PoolMetrics {
 
     /// A release's outcome, and its storage time when it was a call of its own.
     /// (`outcome` is `None` for a failed call.)
+    #[inline]
     pub(crate) fn release(&self, outcome: Option<ReleaseOutcome>, took: Option<Duration>) {
         let i = release_index(outcome);
         self.released[i].increment(1);
@@ -173,10 +179,12 @@ const EXTEND_OUTCOMES: [&str; 3] = ["extended", "lost", "error"];
 
 /// An acquire's outcome as the metrics and spans count it: leased
 /// (`Some(true)`), none free (`Some(false)`) or failed (`None`).
+#[inline]
 pub(crate) fn leased(result: &Result<Option<Lease>, Error>) -> Option<bool> {
     result.as_ref().ok().map(Option::is_some)
 }
 
+#[inline]
 fn acquire_index(leased: Option<bool>) -> usize {
     match leased {
         Some(true) => 0,
@@ -185,6 +193,7 @@ fn acquire_index(leased: Option<bool>) -> usize {
     }
 }
 
+#[inline]
 fn release_index(outcome: Option<ReleaseOutcome>) -> usize {
     match outcome {
         Some(ReleaseOutcome::Released) => 0,
@@ -223,10 +232,22 @@ pub(crate) fn extend_outcome(result: &Result<Lease, Error>) -> &'static str {
 pub(crate) struct Telemetry {
     /// Tells this manager's handles from another's in the thread's cache.
     id: u64,
-    pools: Mutex<Vec<(PoolName, Arc<PoolMetrics>)>>,
+    /// Each pool's handles, in slots filled once, in order, and kept (at
+    /// most [`MAX_POOLS`]): a call finds its pool's handles with plain
+    /// loads, no lock and no reference count.
+    slots: Box<[OnceLock<Box<PoolSlot>>]>,
+    /// Taken to fill a slot.
+    registering: Mutex<()>,
     /// Whether the storage reads the system clock as a call starts (see
     /// [`StorageTimer`]).
     pub(crate) storage_reads_clock: AtomicBool,
+}
+
+/// A pool's name and its handles.
+#[derive(Debug)]
+struct PoolSlot {
+    pool: PoolName,
+    metrics: PoolMetrics,
 }
 
 impl Default for Telemetry {
@@ -234,20 +255,20 @@ impl Default for Telemetry {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Telemetry {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            pools: Mutex::default(),
+            slots: (0..MAX_POOLS).map(|_| OnceLock::new()).collect(),
+            registering: Mutex::default(),
             storage_reads_clock: AtomicBool::new(false),
         }
     }
 }
 
-/// A thread's cached handles: the manager's id, the pool, its handles.
-type Cached = Option<(u64, PoolName, Arc<PoolMetrics>)>;
-
 thread_local! {
-    /// The handles this thread used last (manager id, pool): a call finds them
-    /// without a lock or a reference count (with no recorder installed, those
-    /// were most of the cost of the metrics, ~15% of an in-memory cycle).
-    static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
+    /// The manager (its id) and the slot this thread's last call used: a
+    /// call to the same pool finds its handles by comparing the name there.
+    /// (The cache this replaces held the name and a shared handle in a
+    /// `RefCell`: about 80 instructions a call, with the check that the
+    /// thread-local's destructor is registered; this one has no destructor.)
+    static LAST: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((u64::MAX, 0)) };
 }
 
 /// Pools past this many are not given handles of their own (their calls go
@@ -255,37 +276,51 @@ thread_local! {
 const MAX_POOLS: usize = 256;
 
 impl Telemetry {
-    /// The handles of `pool` (registered on first use), or `None` past
-    /// [`MAX_POOLS`] pools.
-    pub(crate) fn pool(&self, pool: &PoolName) -> Option<Arc<PoolMetrics>> {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, m)) = pools.iter().find(|(name, _)| name == pool) {
-            return Some(Arc::clone(m));
+    /// The slot of `pool`'s handles (registered on first use), or `None`
+    /// past [`MAX_POOLS`] pools.
+    fn slot(&self, pool: &PoolName) -> Option<usize> {
+        let find = |pool: &PoolName| {
+            self.slots
+                .iter()
+                .map_while(OnceLock::get)
+                .position(|s| s.pool == *pool)
+        };
+        if let Some(at) = find(pool) {
+            return Some(at);
         }
-        if pools.len() >= MAX_POOLS {
-            return None;
+        // Slots fill in order, one at a time.
+        let _registering = self
+            .registering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = find(pool) {
+            return Some(at);
         }
-        let m = Arc::new(PoolMetrics::new(pool));
-        pools.push((pool.clone(), Arc::clone(&m)));
-        Some(m)
+        let at = self.slots.iter().position(|s| s.get().is_none())?;
+        let slot = Box::new(PoolSlot {
+            pool: pool.clone(),
+            metrics: PoolMetrics::new(pool),
+        });
+        self.slots.get(at)?.set(slot).ok()?;
+        Some(at)
     }
 
     /// Runs `f` with the handles of `pool` (none past [`MAX_POOLS`] pools).
+    #[inline]
     pub(crate) fn with_pool(&self, pool: &PoolName, f: impl FnOnce(&PoolMetrics)) {
-        let mut f = Some(f);
-        LAST.with(|last| {
-            if let Some((id, name, m)) = &*last.borrow() {
-                if *id == self.id && name == pool {
-                    if let Some(f) = f.take() {
-                        f(m);
-                    }
+        let (id, at) = LAST.get();
+        if id == self.id {
+            if let Some(slot) = self.slots.get(at).and_then(OnceLock::get) {
+                if slot.pool == *pool {
+                    return f(&slot.metrics);
                 }
             }
-        });
-        let Some(f) = f else { return };
-        let Some(m) = self.pool(pool) else { return };
-        f(&m);
-        LAST.with(|last| *last.borrow_mut() = Some((self.id, pool.clone(), m)));
+        }
+        let Some(at) = self.slot(pool) else { return };
+        if let Some(slot) = self.slots.get(at).and_then(OnceLock::get) {
+            f(&slot.metrics);
+        }
+        LAST.set((self.id, at));
     }
 
     /// A report of success or failure with a proxy.

@@ -214,12 +214,19 @@ impl Records {
 
     /// Drops the records gone by `now`, calling `dropped` with each id, and
     /// moves a record that would hold the ring back past `now + grace` to the
-    /// side map.
-    pub(super) fn purge(&mut self, now: Nanos, mut dropped: impl FnMut(Uuid)) {
-        let grace = self.grace;
+    /// side map. Before [`Self::idle_until`] (most calls) it is one
+    /// comparison, inlined into the caller.
+    #[inline]
+    pub(super) fn purge(&mut self, now: Nanos, dropped: impl FnMut(Uuid)) {
         if self.idle_until.is_some_and(|until| now < until) {
             return;
         }
+        self.purge_now(now, dropped);
+    }
+
+    /// [`Self::purge`] past its quick check.
+    fn purge_now(&mut self, now: Nanos, mut dropped: impl FnMut(Uuid)) {
+        let grace = self.grace;
         while let Some(front) = self.ring.front() {
             match front {
                 Some((_, r)) if r.visible(now, grace) => {

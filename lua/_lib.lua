@@ -1004,6 +1004,35 @@ function STRAIGHT.cooldown_ms(fails, base, cap, keep)
   return math.max(1, math.floor(full * keep / 1000000))
 end
 
+-- The report of report.lua and site_report.lua, ARGV[2..8]: proxy id, 'success'
+-- or 'failure', base and cap ms, millionths of the cooldown kept, failures in a
+-- row that ban (0: never), the failure's reason. Returns them, or nil and the
+-- error message (nothing is written before).
+function STRAIGHT.report_args()
+  local id, mode = ARGV[2], ARGV[3]
+  if not is_uuid(id) then return nil, 'bad proxy id' end
+  if mode ~= 'success' and mode ~= 'failure' then return nil, 'bad mode' end
+  local base = int_in(ARGV[4], 1, MAX_LEASE_MS)
+  local cap = int_in(ARGV[5], 1, MAX_LEASE_MS)
+  local keep = int_in(ARGV[6], 0, 1000000)
+  local ban_after = int_in(ARGV[7], 0, MAX_U32)
+  if not base or not cap or cap < base or not keep or not ban_after then
+    return nil, 'bad numeric argument'
+  end
+  local reason = ARGV[8]
+  if type(reason) ~= 'string' or #reason > 256 or string.find(reason, '%c') then
+    return nil, 'bad reason'
+  end
+  return { id = id, mode = mode, base = base, cap = cap, keep = keep, ban_after = ban_after,
+    reason = reason }
+end
+
+-- Whether `key` is a site's key of the pool of prefix `prefix` (`P site:<site>`).
+function STRAIGHT.site_key_ok(prefix, key)
+  local site = prefix .. K_SITE
+  return string.sub(key, 1, #site) == site and #key > #site
+end
+
 -- A site's state (`P site:<site>`, see site_report.lua) for the proxies `ms`:
 -- blocked[i] is true when proxy ms[i] rests (until after now) or is banned for
 -- the site. A hash of an earlier pool of this name blocks nothing. One HMGET.

@@ -24,20 +24,10 @@
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
 P = prefix
-local id, mode = ARGV[2], ARGV[3]
-if not is_uuid(id) then return fail('bad proxy id') end
-if mode ~= 'success' and mode ~= 'failure' then return fail('bad mode') end
-local base = int_in(ARGV[4], 1, MAX_LEASE_MS)
-local cap = int_in(ARGV[5], 1, MAX_LEASE_MS)
-local keep = int_in(ARGV[6], 0, 1000000)
-local ban_after = int_in(ARGV[7], 0, MAX_U32)
-if not base or not cap or cap < base or not keep or not ban_after then
-  return fail('bad numeric argument')
-end
-local reason = ARGV[8]
-if type(reason) ~= 'string' or #reason > 256 or string.find(reason, '%c') then
-  return fail('bad reason')
-end
+local a, bad = STRAIGHT.report_args()
+if not a then return fail(bad) end
+local id, mode, base, cap, keep, ban_after, reason = a.id, a.mode, a.base, a.cap, a.keep,
+  a.ban_after, a.reason
 
 local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until', 'cool_next',
   'banned')

@@ -13,10 +13,7 @@
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
-local site_prefix = prefix .. K_SITE
-if string.sub(KEYS[2], 1, #site_prefix) ~= site_prefix or #KEYS[2] == #site_prefix then
-  return fail('bad site key')
-end
+if not STRAIGHT.site_key_ok(prefix, KEYS[2]) then return fail('bad site key') end
 local m = redis.call('HMGET', KEYS[1], 'schema', 'id', 'removing')
 if not m[2] or m[3] then return { 'NOT_FOUND' } end
 if m[1] ~= SCHEMA then return { 'SCHEMA', m[1] or '' } end

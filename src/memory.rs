@@ -1818,8 +1818,7 @@ impl LeaseStorage for InMemoryStorage {
         reason: &str,
         policy: &crate::cooldown::CooldownPolicy,
     ) -> Result<SiteStanding> {
-        policy.validate()?;
-        crate::storage::validate_failure_reason(reason)?;
+        crate::storage::validate_failure(reason, policy)?;
         let now = self.now();
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -1856,8 +1855,7 @@ impl LeaseStorage for InMemoryStorage {
         reason: &str,
         policy: &crate::cooldown::CooldownPolicy,
     ) -> Result<Proxy> {
-        policy.validate()?;
-        crate::storage::validate_failure_reason(reason)?;
+        crate::storage::validate_failure(reason, policy)?;
         let now = self.now();
         let mut guard = self.lock();
         let st = &mut *guard;

@@ -93,6 +93,15 @@ fn no_sites() -> Error {
     )
 }
 
+/// Checks a failure report: the cooldown policy and the reason.
+pub(crate) fn validate_failure(
+    reason: &str,
+    policy: &crate::cooldown::CooldownPolicy,
+) -> Result<()> {
+    policy.validate()?;
+    validate_failure_reason(reason)
+}
+
 /// Longest failure reason accepted by [`LeaseStorage::report_failure`], in bytes.
 pub const MAX_FAILURE_REASON_LEN: usize = 256;
 

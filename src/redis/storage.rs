@@ -672,8 +672,7 @@ impl RedisStorage {
         failure: Option<(&str, &crate::cooldown::CooldownPolicy)>,
     ) -> Result<Proxy> {
         if let Some((reason, policy)) = failure {
-            policy.validate()?;
-            crate::storage::validate_failure_reason(reason)?;
+            crate::storage::validate_failure(reason, policy)?;
         }
         let failure = failure.map(|(r, p)| (r.to_string(), p.clone()));
         let (pool, reply) = self
@@ -1327,8 +1326,7 @@ impl LeaseStorage for RedisStorage {
         reason: &str,
         policy: &crate::cooldown::CooldownPolicy,
     ) -> Result<SiteStanding> {
-        policy.validate()?;
-        crate::storage::validate_failure_reason(reason)?;
+        crate::storage::validate_failure(reason, policy)?;
         self.site_report(proxy_id, site, Some((reason, policy)))
             .await
     }

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::{Op, ProxyReply};
+use super::{Call, Op, ProxyReply};
 use crate::cooldown::{CooldownPolicy, KEEP_ALL};
 use crate::error::Result;
 use crate::redis::conn::{Conn, Repeat};
@@ -11,18 +11,15 @@ use crate::redis::keys::PoolKeys;
 
 pub(crate) const OP: Op = Op::new("report", include_str!("../../../lua/report.lua"), false);
 
-/// Runs report.lua: a success (`failure` None) or a failure with its reason and
-/// the policy (already validated).
-pub(crate) async fn run(
-    conn: &mut Conn<'_>,
-    pk: &PoolKeys,
-    id: Uuid,
-    failure: Option<(&str, &CooldownPolicy)>,
-) -> Result<ProxyReply> {
+/// Appends what report.lua and site_report.lua read as ARGV[2..8]: the proxy
+/// id, 'success' or 'failure', the policy's base and cap (ms), the share of
+/// the cooldown kept, the ban threshold, the reason. The cooldown is
+/// CooldownPolicy::delay_ms(failures, keep), which the script computes with
+/// the failure count it reads; `keep` is drawn here, as the in-memory storage
+/// draws it. A success does the same however often it runs, so its call may
+/// be sent again; a failure counts, so it is not.
+pub(super) fn push_report(call: &mut Call, id: Uuid, failure: Option<(&str, &CooldownPolicy)>) {
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    // The cooldown is CooldownPolicy::delay_ms(failures, keep), which the
-    // script computes with the failure count it reads; `keep` is drawn here, as
-    // the in-memory storage draws it.
     let (mode, reason, base, cap, keep, ban) = match failure {
         None => ("success", "", 1, 1, KEEP_ALL, 0),
         Some((reason, policy)) => (
@@ -34,21 +31,30 @@ pub(crate) async fn run(
             policy.ban_after.unwrap_or(0),
         ),
     };
-    let mut call = OP.call();
-    // A success does the same however often it runs; a failure counts.
     if failure.is_none() {
         call.repeat(Repeat::Always);
     }
-    call.key(pk.meta())
-        .arg(pk.prefix())
-        .arg(id.to_string())
+    call.arg(id.to_string())
         .arg(mode)
         .arg(base)
         .arg(cap)
         .arg(keep)
         .arg(ban)
-        .arg(reason)
-        .invoke(conn)
+        .arg(reason);
+}
+
+/// Runs report.lua: a success (`failure` None) or a failure with its reason and
+/// the policy (already validated).
+pub(crate) async fn run(
+    conn: &mut Conn<'_>,
+    pk: &PoolKeys,
+    id: Uuid,
+    failure: Option<(&str, &CooldownPolicy)>,
+) -> Result<ProxyReply> {
+    let mut call = OP.call();
+    call.key(pk.meta()).arg(pk.prefix());
+    push_report(&mut call, id, failure);
+    call.invoke(conn)
         .await
         .map_err(redis_err("report script failed"))
 }

@@ -4,9 +4,9 @@ use redis::{FromRedisValue, ParsingError, Value};
 use uuid::Uuid;
 
 use super::{bad, Items, Op};
-use crate::cooldown::{CooldownPolicy, KEEP_ALL};
+use crate::cooldown::CooldownPolicy;
 use crate::error::Result;
-use crate::redis::conn::{Conn, Repeat};
+use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 use crate::site::{Site, SITE_MEMORY};
@@ -58,36 +58,12 @@ pub(crate) async fn run(
     site: &Site,
     failure: Option<(&str, &CooldownPolicy)>,
 ) -> Result<SiteReply> {
-    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    // As report.lua: the script computes CooldownPolicy::delay_ms(failures,
-    // keep) with the count it reads; `keep` is drawn here.
-    let (mode, reason, base, cap, keep, ban) = match failure {
-        None => ("success", "", 1, 1, KEEP_ALL, 0),
-        Some((reason, policy)) => (
-            "failure",
-            reason,
-            ms(policy.base),
-            ms(policy.cap),
-            policy.draw_keep(id),
-            policy.ban_after.unwrap_or(0),
-        ),
-    };
     let mut call = OP.call();
-    // A success does the same however often it runs; a failure counts.
-    if failure.is_none() {
-        call.repeat(Repeat::Always);
-    }
     call.key(pk.meta())
         .key(pk.site(site.as_str()))
-        .arg(pk.prefix())
-        .arg(id.to_string())
-        .arg(mode)
-        .arg(base)
-        .arg(cap)
-        .arg(keep)
-        .arg(ban)
-        .arg(reason)
-        .arg(ms(SITE_MEMORY))
+        .arg(pk.prefix());
+    super::report::push_report(&mut call, id, failure);
+    call.arg(u64::try_from(SITE_MEMORY.as_millis()).unwrap_or(u64::MAX))
         .invoke(conn)
         .await
         .map_err(redis_err("site report script failed"))

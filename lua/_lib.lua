@@ -13,14 +13,15 @@
 --   P proxies         hash   proxy seq -> the proxy as JSON (short keys, see _lib_proxy.lua)
 --   P ids:<xx>        hash   proxy id -> seq, 256 shards by the id's first two hex digits
 --   P idx:<o>:<tag>   zset   available proxies (active, not cooling, a free slot) by seq;
---                            <o> is load (always), seq or lat (when declared); <tag> is `all`
---                            or `<attr>=<percent-encoded value>` for each declared attribute
+--                            <o> is load (always), seq, lat or succ (when declared); <tag> is
+--                            `all` or `<attr>=<percent-encoded value>` for each declared attribute
 --   P held            hash   seq -> live leases, for proxies with leases that are NOT in the
 --                            indexes (full, inactive, cooling, banned)
 --   P live            zset   live leases `<seq>:<token>` by expiry ms
 --   P <lease-id>      string lease record, TTL expiry + grace (released: grace after release)
 --   P req:<enc id>    string lease id an idempotent acquire got, TTL as its record
 --   P cooldown        zset   cooling proxies by cooldown end ms
+--   P succ            hash   seq -> success evidence (pools that keep the succ order)
 --   P geo / P polar   geo / zset   available proxies with a location (attribute geo)
 --   P tags            set    every index tag ever used (pool removal)
 --   P freed           channel  a message when a slot frees and someone waits
@@ -301,7 +302,7 @@ local function open_pool(...)
   if not id or m[2] then return nil, 'POOL_NOT_FOUND' end
   local s = PK.pool
   if not s or PK.pool_id ~= id or not s.created then
-    local f = redis.call('HMGET', PK.meta, 'schema', 'attrs', 'orders', 'created', 'rate')
+    local f = redis.call('HMGET', PK.meta, 'schema', 'attrs', 'orders', 'created', 'rate', 'succ')
     if f[1] ~= SCHEMA then return nil, 'SCHEMA', f[1] or '' end
     read_settings(id, f[2], f[3])
     POOL.created = f[4] or '0'
@@ -309,6 +310,11 @@ local function open_pool(...)
     local leases, per = string.match(f[5] or '', '^(%d+) (%d+)$')
     -- per / leases rounded up: at most `leases` in any window of `per`.
     POOL.rate_ms = leases and math.ceil(tonumber(per) / tonumber(leases)) or nil
+    -- Success scoring (pools that keep the succ order): the half-life of a
+    -- report's weight, ms, and the exploration share of best_success, millionths.
+    local half, explore = string.match(f[6] or '', '^(%d+) (%d+)$')
+    POOL.half_life_ms = tonumber(half) or 1800000
+    POOL.explore_ppm = tonumber(explore) or 50000
     PK.pool, PK.pool_id = POOL, id
   else
     POOL = s
@@ -483,9 +489,58 @@ local function bound(st)
   if sc < TLB then TLB = sc end
 end
 
+-- The straight batch paths (STRAIGHT.release, STRAIGHT.acquire in
+-- _lib_acquire.lua) and the helpers added since: one local for all, as the
+-- chunk's 200 are spent.
+local STRAIGHT = {}
+
+-- The success order (pools that keep it, see src/success.rs): a proxy's
+-- evidence in `P succ` is `<successes> <reports> <ms of the last report>`
+-- (decayed sums, '%.17g'); its rank is the millionths its score
+-- (successes + 1) / (reports + 2) falls short of 1 (never reported: 500000),
+-- the same as src/success.rs's rank_of().
+function STRAIGHT.rank_of(v)
+  local s, n = string.match(v or '', '^(%S+) (%S+) ')
+  s, n = tonumber(s), tonumber(n)
+  if not s or not n then return 500000 end
+  local r = math.floor((1 - (s + 1) / (n + 2)) * 1000000 + 0.5)
+  if r ~= r or r < 0 then return 0 end
+  if r > 1000000 then return 1000000 end
+  return r
+end
+
+-- Counts a report into proxy `m`'s evidence in `P succ` at `now` (ms): the
+-- sums so far weigh 0.5^(age / half-life), as src/success.rs's Evidence::after
+-- (the same operations, so both storages keep the same doubles). `scoring` is
+-- the meta's `succ` ('<half-life ms> <exploration millionths>', always written
+-- with the order by pool_create.lua). HGET and HSET; returns the new evidence.
+function STRAIGHT.score_report(m, success, now, scoring)
+  local half = tonumber(string.match(scoring or '', '^(%d+) ')) or 1800000
+  local key = P .. K_SUCC
+  local s, n, t = string.match(redis.call('HGET', key, m) or '', '^(%S+) (%S+) (%d+)$')
+  s, n, t = tonumber(s), tonumber(n), tonumber(t)
+  if s and n and t then
+    local w = 0.5 ^ (math.max(0, now - t) / half)
+    s, n = s * w, n * w
+  else
+    s, n = 0, 0
+  end
+  if success then s = s + 1 end
+  local v = string.format('%.17g %.17g %d', s, n + 1, now)
+  redis.call('HSET', key, m, v)
+  return v
+end
+
+-- A proxy's score in the success order, read from `P succ` (one HGET): only
+-- when it enters the indexes, or a report moved it.
+function STRAIGHT.succ_score(st)
+  return STRAIGHT.rank_of(redis.call('HGET', P .. K_SUCC, st.m)) * LOAD_SHIFT + st.seq
+end
+
 local function score(o, st)
   if o == 'load' then return st.n * LOAD_SHIFT + st.seq end
   if o == 'seq' then return st.seq end
+  if o == 'succ' then return STRAIGHT.succ_score(st) end
   return st.info.latency * LOAD_SHIFT + st.seq
 end
 
@@ -991,9 +1046,6 @@ end
 -- SET per record, one ZADD per load key. Returns the reply, or nil, having
 -- written nothing, to leave the call to them. Leases `KEYS[3..n+2]` with
 -- tokens `ARGV[3..n+2]`.
--- The straight batch paths (STRAIGHT.release here, STRAIGHT.acquire in
--- _lib_acquire.lua): one local for both, as the chunk's 200 are nearly spent.
-local STRAIGHT = {}
 
 -- The cooldown after the `fails`-th failure in a row, ms: max(1, floor(min(cap,
 -- base * 2^(fails-1)) * keep / 10^6)), CooldownPolicy::delay_ms in

@@ -48,7 +48,7 @@ local function small_text(i)
 end
 
 local ORDER_OF = { least_used = 'load', lowest_latency = 'lat', first_available = 'seq',
-  round_robin = 'rr', random = 'rnd' }
+  round_robin = 'rr', random = 'rnd', best_success = 'succ' }
 
 -- The filter's shape: every field of the right type, nesting bounded.
 local check_filter
@@ -144,7 +144,8 @@ local function read_request(at, slot)
   if a == '\1' then return STRAIGHT.spec(at, slot) end
   if a ~= '' then return read_request_full(at, slot, ARGV) end
   local prev = slot > 1 and REQS[slot - 1]
-  if not prev or prev.reqk ~= 0 or prev.sessk ~= 0 or prev.sitek ~= 0 or prev.order == 'rnd' then
+  if not prev or prev.reqk ~= 0 or prev.sessk ~= 0 or prev.sitek ~= 0 or prev.order == 'rnd'
+    or prev.order == 'succ' then
     return nil, 'a short request block must follow one it repeats'
   end
   local c = ARGV[at + 1]
@@ -204,7 +205,8 @@ function STRAIGHT.spec(at, slot)
   for j = #A, k + 1, -1 do A[j] = nil end
   local r, nxt = read_request_full(1, slot, A)
   if not r then return nil, nxt end
-  if nxt ~= k + 1 or r.reqk ~= 0 or r.sessk ~= 0 or r.sitek ~= 0 or r.order == 'rnd' then
+  if nxt ~= k + 1 or r.reqk ~= 0 or r.sessk ~= 0 or r.sitek ~= 0 or r.order == 'rnd'
+    or r.order == 'succ' then
     return nil, 'bad request spec'
   end
   t = STRAIGHT.copy_request({ dtags = {} }, r)
@@ -255,7 +257,7 @@ read_request_full = function(at, slot, A)
   r.exact_s, r.sessk, r.sess_ms_s, r.sitek = exact, sessk, sess_ms_s, sitek
   local dtags = r.dtags
   for j = #dtags, 1, -1 do dtags[j] = nil end
-  if order == 'rnd' then
+  if order == 'rnd' or order == 'succ' then
     r.rnd = int_in(A[at + 6], 0, 2147483648)
     if not r.rnd then return nil, 'bad numeric argument' end
   end
@@ -276,6 +278,13 @@ read_request_full = function(at, slot, A)
   end
   if order == 'lat' and not HAS_ORDER.lat then
     r.noorder = 'lat'
+  elseif order == 'succ' then
+    -- The pool's exploration share of best_success goes to a random proxy.
+    if not HAS_ORDER.succ then
+      r.noorder = 'succ'
+    elseif r.rnd % 1000000 < POOL.explore_ppm then
+      order, r.selector = 'rnd', 'random'
+    end
   elseif order == 'seq' and not HAS_ORDER.seq then
     order = false
   end
@@ -576,6 +585,8 @@ local function make_general()
       return walk_rank(load, 0, nil)
     elseif sel == 'lowest_latency' then
       return walk_rank(P .. K_IDX .. 'lat:' .. tag, 0, nil)
+    elseif sel == 'best_success' then
+      return walk_rank(P .. K_IDX .. 'succ:' .. tag, 0, nil)
     elseif sel == 'first_available' then
       if HAS_ORDER.seq then return walk_rank(P .. K_IDX .. 'seq:' .. tag, 0, nil) end
       return by_seq_in_load(load, -1)
@@ -614,6 +625,7 @@ local function make_general()
     local js = redis.call('HMGET', PK.proxies, unpack(ms))
     local sc = redis.call('ZMSCORE', PK.load_all, unpack(ms))
     local blocked = site and STRAIGHT.site_blocked(site, ms, POOL_ID, NOW)
+    local succ = sel == 'best_success' and redis.call('ZMSCORE', P .. K_IDX .. 'succ:all', unpack(ms))
     local best, best_k, matched = nil, nil, {}
     for i, m in ipairs(ms) do
       if js[i] and sc[i] and not (blocked and blocked[i]) then
@@ -628,6 +640,8 @@ local function make_general()
             local l = p.latency
             if l == nil then l = LATENCY_UNKNOWN else l = math.min(math.floor(l), LATENCY_UNKNOWN - 1) end
             k = l * S + seq
+          elseif sel == 'best_success' then
+            k = succ[i] and tonumber(succ[i])
           elseif sel == 'round_robin' then
             k = seq
             if RR ~= nil and seq <= tonumber(RR) then k = seq + 9007199254740992 end

@@ -79,7 +79,7 @@ elseif mode == 'recount' then
     if not int_in(ARGV[i], 1, 9007199254740991) then return fail('bad seq') end
     seqs[#seqs + 1] = ARGV[i]
   end
-  if #seqs < 1 or #seqs > MAX_ADD then return fail('bad seq count') end
+  if #seqs < 1 or #seqs > LIMITS.MAX_ADD then return fail('bad seq count') end
   if not m then return { -1, counts, fixes } end
   read_settings(m[2], m[5], m[6])
   local actual, want = {}, {}

@@ -1,8 +1,8 @@
 -- cleanup.lua: give back the slots of one pool's due leases, in a bounded batch
 -- (and lift the cooldowns that are over, as many). Lease records are not
 -- written: an active record past its expiry reads as expired, and expires by
--- its own TTL. The batch goes in chunks of CLEANUP_CHUNK leases, and the call
--- stops after the chunk that takes it past CLEANUP_BUDGET_US of Redis's time
+-- its own TTL. The batch goes in chunks of LIMITS.CLEANUP_CHUNK leases, and the call
+-- stops after the chunk that takes it past LIMITS.CLEANUP_BUDGET_US of Redis's time
 -- (both from src/redis/keys.rs): no call blocks Redis for long, whatever the
 -- batch and however loaded the machine (then `more` says to call again).
 --
@@ -36,12 +36,12 @@ local lifted, cool_first = 0, tonumber(m[5] or '')
 if cool_first and cool_first <= now then lifted, cool_first = lift_cooldowns(now, limit) end
 local n, more, first = 0, false, nil
 repeat
-  local k, chunk_more, chunk_first = reclaim(now, math.min(CLEANUP_CHUNK, limit - n))
+  local k, chunk_more, chunk_first = reclaim(now, math.min(LIMITS.CLEANUP_CHUNK, limit - n))
   n, more, first = n + k, chunk_more, chunk_first
   flush()
   if not more or n >= limit then break end
   local _, now_us = clock()
-until now_us - start_us >= CLEANUP_BUDGET_US
+until now_us - start_us >= LIMITS.CLEANUP_BUDGET_US
 -- More cooldowns over than one call lifts are more work too.
 more = more or (cool_first ~= nil and cool_first <= now)
 local set, del = {}, {}

@@ -58,14 +58,14 @@ if m[1] == SCHEMA then
     local tags = redis.call('SPOP', P .. K_TAGS, budget)
     for _, tag in ipairs(tags) do
       redis.call('UNLINK', P .. K_IDX .. 'load:' .. tag, P .. K_IDX .. 'seq:' .. tag,
-        P .. K_IDX .. 'lat:' .. tag)
+        P .. K_IDX .. 'lat:' .. tag, P .. K_IDX .. 'succ:' .. tag)
     end
     budget = budget - #tags
   end
   if budget > 0 then
     local keys = { KEYS[1], live, P .. K_PROXIES, P .. K_HELD, P .. K_TAGS, P .. K_COOLDOWN,
       P .. K_GEO, P .. K_POLAR, P .. K_IDX .. 'load:all', P .. K_IDX .. 'seq:all',
-      P .. K_IDX .. 'lat:all' }
+      P .. K_IDX .. 'lat:all', P .. K_IDX .. 'succ:all', P .. K_SUCC }
     for i = 0, 255 do keys[#keys + 1] = P .. K_IDS .. string.format('%02x', i) end
     redis.call('UNLINK', unpack(keys))
     out[1] = 'DONE'

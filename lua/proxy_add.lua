@@ -21,7 +21,7 @@ if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match
 P = prefix
 if not is_uuid(ARGV[2]) then return fail('bad pool id') end
 local n = #ARGV - 2
-if n < 1 or n > MAX_ADD then return fail('bad proxy count') end
+if n < 1 or n > LIMITS.MAX_ADD then return fail('bad proxy count') end
 local ps, seen = {}, {}
 for i = 1, n do
   local p, err = check_proxy_json(ARGV[2 + i], false)

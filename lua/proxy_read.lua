@@ -22,7 +22,7 @@ read_settings(m[2], m[4], m[5])
 local members, cursor = {}, '0'
 if ARGV[2] == 'ids' then
   local n = #ARGV - 2
-  if n < 1 or n > MAX_ADD then return fail('bad id count') end
+  if n < 1 or n > LIMITS.MAX_ADD then return fail('bad id count') end
   local shards = {}
   for i = 3, #ARGV do
     local id = ARGV[i]

@@ -10,7 +10,8 @@
 --
 -- Calls: HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held, HSET meta
 -- (the counters `proxies`, `active` and `banned`), one ZREM per index key, HDEL
--- proxies, ids and held, HINCRBY meta pver, ZREM cooldown; with live leases,
+-- proxies, ids and held, HINCRBY meta pver, ZREM cooldown (HDEL succ in a pool
+-- that keeps the success order); with live leases,
 -- ZSCAN of the live set for its members (O(L), stopping once all are found) and
 -- one ZREM.
 
@@ -43,6 +44,7 @@ proxies_changed()
 redis.call('HDEL', P .. K_HELD, mem)
 redis.call('HDEL', ids_key(id), id)
 redis.call('ZREM', P .. K_COOLDOWN, mem)
+if HAS_ORDER.succ then redis.call('HDEL', P .. K_SUCC, mem) end
 if live_n > 0 then
   local live, cursor, gone = P .. K_LIVE, '0', {}
   repeat

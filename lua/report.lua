@@ -19,7 +19,8 @@
 -- Calls: TIME, HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held,
 -- ZADD or ZREM cooldown, one command per index key when availability changes,
 -- HSET proxies, HSET meta (the counters `active` and `banned`: a ban moves
--- both). Cost O(t log N).
+-- both); in a pool that keeps the success order, HGET and HSET succ, and HGET
+-- succ again for the index entries. Cost O(t log N).
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -30,7 +31,7 @@ local id, mode, base, cap, keep, ban_after, reason = a.id, a.mode, a.base, a.cap
   a.ban_after, a.reason
 
 local m, why, found = read_meta(KEYS[1], 'active', 'attrs', 'orders', 'wait_until', 'cool_next',
-  'banned')
+  'banned', 'succ')
 if not m then
   if why == 'SCHEMA' then return { why, found } end
   return { 'NOT_FOUND' }
@@ -89,6 +90,10 @@ else
     end
   end
 end
+-- A pool that keeps the success order counts the report into the proxy's
+-- evidence first: rewrite() below writes the proxy's index entries again, its
+-- success-order score read from there.
+if HAS_ORDER.succ then STRAIGHT.score_report(mem, mode == 'success', now, m[10]) end
 local counters = read_counters(m[4], m[9])
 st = rewrite(mem, json, counters)
 flush()

@@ -81,6 +81,7 @@ pub mod session;
 pub mod site;
 pub mod stats;
 pub mod storage;
+pub mod success;
 #[cfg(feature = "cli")]
 pub mod sweeper;
 pub mod telemetry;
@@ -114,3 +115,4 @@ pub use stats::PoolStats;
 /// The original's name for [`Storage`].
 pub use storage::Storage as IStorage;
 pub use storage::{AcquireRequest, AdminStorage, LeaseStorage, Storage};
+pub use success::{SuccessScore, SuccessScoring};

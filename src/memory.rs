@@ -14,6 +14,7 @@ use crate::filters::{FilterAttribute, ProxyFilters};
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 use crate::names::{ConsumerName, PoolName};
+use crate::pool::IndexOrder;
 use crate::pool::ProxyPool;
 use crate::proxy::{Proxy, ProxyEndpoint, ProxyStatus};
 use crate::selector::SelectorStrategy;
@@ -21,6 +22,7 @@ use crate::session::{SessionBinding, StickySession};
 use crate::site::{Site, SiteStanding};
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage, DEFAULT_RECORD_GRACE};
+use crate::success::SuccessScore;
 use records::{Nanos, Record, Records};
 
 mod records;
@@ -207,16 +209,17 @@ impl InMemoryStorage {
             .session
             .as_ref()
             .and_then(|s| ps.session_proxy(s, &request.filters, site, now));
+        let selector = ps.explore(request.selector, rng);
         let picked = match (kept, site) {
             (Some(seq), _) => Some(seq),
             (None, Some(site)) if !ps.sites.is_empty() => {
                 let sites = std::mem::take(&mut ps.sites);
                 let blocked = |id: Uuid| sites.blocks(site.as_str(), id, now);
-                let seq = ps.select(&request.filters, request.selector, rng, Some(&blocked));
+                let seq = ps.select(&request.filters, selector, rng, Some(&blocked));
                 ps.sites = sites;
                 seq
             }
-            (None, _) => ps.select(&request.filters, request.selector, rng, None),
+            (None, _) => ps.select(&request.filters, selector, rng, None),
         };
         let Some(seq) = picked else {
             return Ok(None);
@@ -482,23 +485,32 @@ struct AvailIndex {
     by_load: BTreeSet<(u32, u64)>,
     /// (latency in ms, or u64::MAX when never measured; seq)
     by_latency: BTreeSet<(u64, u64)>,
+    /// (success rank, see [`crate::success`]; seq), in pools that keep the
+    /// success order only.
+    by_success: BTreeSet<(u64, u64)>,
     dense: Vec<u64>,
     dense_pos: FastMap<u64, usize>,
 }
 
 impl AvailIndex {
-    fn insert(&mut self, seq: u64, load: u32, latency: u64) {
+    fn insert(&mut self, seq: u64, load: u32, latency: u64, success: u64) {
         self.by_seq.insert(seq);
         self.by_load.insert((load, seq));
         self.by_latency.insert((latency, seq));
+        if success != NOT_SCORED {
+            self.by_success.insert((success, seq));
+        }
         self.dense_pos.insert(seq, self.dense.len());
         self.dense.push(seq);
     }
 
-    fn remove(&mut self, seq: u64, load: u32, latency: u64) {
+    fn remove(&mut self, seq: u64, load: u32, latency: u64, success: u64) {
         self.by_seq.remove(&seq);
         self.by_load.remove(&(load, seq));
         self.by_latency.remove(&(latency, seq));
+        if success != NOT_SCORED {
+            self.by_success.remove(&(success, seq));
+        }
         if let Some(pos) = self.dense_pos.remove(&seq) {
             self.dense.swap_remove(pos);
             if let Some(&moved) = self.dense.get(pos) {
@@ -527,15 +539,22 @@ struct Entry {
     /// up-to-date key met is still the least used proxy (every key after it
     /// is at most its count).
     load_key: u32,
+    /// Its key in the success order ([`crate::success`]), or [`NOT_SCORED`]
+    /// in a pool that does not keep that order.
+    success_rank: u64,
 }
 
+/// The success rank of a proxy in a pool that keeps no success order.
+const NOT_SCORED: u64 = u64::MAX;
+
 impl Entry {
-    fn new(proxy: Proxy, keys: Vec<IndexId>) -> Self {
+    fn new(proxy: Proxy, keys: Vec<IndexId>, success_rank: u64) -> Self {
         Entry {
             endpoint: Arc::new(proxy.endpoint()),
             load_key: proxy.current_leases,
             proxy,
             keys,
+            success_rank,
         }
     }
 }
@@ -677,16 +696,19 @@ struct Standing {
     available: bool,
     leases: u32,
     latency: u64,
+    success: u64,
 }
 
 impl Standing {
-    fn of(p: &Proxy) -> Self {
+    fn of(e: &Entry) -> Self {
+        let p = &e.proxy;
         Standing {
             active: p.status == ProxyStatus::Active,
             banned: p.status == ProxyStatus::Banned,
             available: p.is_available(),
             leases: p.current_leases,
             latency: latency_key(p),
+            success: e.success_rank,
         }
     }
 }
@@ -755,6 +777,8 @@ struct PoolState {
     sites: sites::Sites,
     /// Ends of the rate-limit rests of resting proxies (see `reschedule`).
     rests: FastMap<Uuid, Nanos>,
+    /// Success evidence by seq, in pools that keep the success order.
+    success: FastMap<u64, crate::success::Evidence>,
 }
 
 /// Which index serves a filter, and whether its proxies must still be
@@ -792,6 +816,7 @@ impl PoolState {
             sessions: sessions::Sessions::default(),
             sites: sites::Sites::default(),
             rests: fast_map(),
+            success: fast_map(),
         }
     }
 
@@ -810,7 +835,7 @@ impl PoolState {
         let Some(entry) = self.proxies.get(&seq) else {
             return;
         };
-        let s = Standing::of(&entry.proxy);
+        let s = Standing::of(entry);
         let step = |v: &mut u64, yes: bool, by: u64| {
             if yes {
                 if add {
@@ -831,9 +856,9 @@ impl PoolState {
             for &key in &entry.keys {
                 if let Some(idx) = self.indexes.get_mut(key) {
                     if add {
-                        idx.insert(seq, load_key, s.latency);
+                        idx.insert(seq, load_key, s.latency, s.success);
                     } else {
-                        idx.remove(seq, load_key, s.latency);
+                        idx.remove(seq, load_key, s.latency, s.success);
                     }
                 }
             }
@@ -868,9 +893,9 @@ impl PoolState {
     /// available only its place in the by-load order moves.
     fn change_proxy(&mut self, seq: u64, f: impl FnOnce(&mut Proxy)) -> Option<&Entry> {
         let e = self.proxies.get_mut(&seq)?;
-        let before = Standing::of(&e.proxy);
+        let before = Standing::of(e);
         f(&mut e.proxy);
-        let after = Standing::of(&e.proxy);
+        let after = Standing::of(e);
         let st = &mut self.stats;
         let moved = |v: &mut u64, was: bool, now: bool| match (was, now) {
             (false, true) => *v += 1,
@@ -902,8 +927,8 @@ impl PoolState {
                     idx.by_load.remove(&(old_key, seq));
                     idx.by_load.insert((new_key, seq));
                 }
-                (true, false) => idx.remove(seq, old_key, before.latency),
-                _ => idx.insert(seq, new_key, after.latency),
+                (true, false) => idx.remove(seq, old_key, before.latency, before.success),
+                _ => idx.insert(seq, new_key, after.latency, after.success),
             }
         }
         Some(e)
@@ -979,8 +1004,47 @@ impl PoolState {
         self.next_seq += 1;
         let keys = self.intern(&proxy);
         self.seqs.insert(proxy.id, seq);
-        self.proxies.insert(seq, Entry::new(proxy, keys));
+        let rank = if self.pool.indexes.has_order(IndexOrder::Success) {
+            crate::success::rank_of(crate::success::PRIOR_SCORE)
+        } else {
+            NOT_SCORED
+        };
+        self.proxies.insert(seq, Entry::new(proxy, keys, rank));
         self.account(seq, true, true);
+    }
+
+    /// Counts a report into a proxy's success score and moves it in the
+    /// success order, in a pool that keeps it (else does nothing).
+    fn score_report(&mut self, seq: u64, success: bool, now: Nanos) {
+        if !self.pool.indexes.has_order(IndexOrder::Success) {
+            return;
+        }
+        let now_ms = now.div_euclid(1_000_000);
+        let half_life = self.pool.success_scoring.half_life_ms();
+        let e = crate::success::Evidence::after(
+            self.success.get(&seq).copied(),
+            success,
+            now_ms,
+            half_life,
+        );
+        self.success.insert(seq, e);
+        let rank = crate::success::rank_of(e.score());
+        self.account(seq, false, true);
+        if let Some(entry) = self.proxies.get_mut(&seq) {
+            entry.success_rank = rank;
+        }
+        self.account(seq, true, true);
+    }
+
+    /// `best_success` sends the pool's exploration share to a random proxy.
+    fn explore(&self, selector: SelectorStrategy, rng: &mut fastrand::Rng) -> SelectorStrategy {
+        if selector == SelectorStrategy::BestSuccess
+            && rng.u32(0..1_000_000) < self.pool.success_scoring.exploration_ppm()
+        {
+            SelectorStrategy::Random
+        } else {
+            selector
+        }
     }
 
     /// Removes a proxy with its leases and records.
@@ -988,6 +1052,7 @@ impl PoolState {
         let Some(seq) = self.seqs.remove(&id) else {
             return;
         };
+        self.success.remove(&seq);
         self.account(seq, false, true);
         self.proxies.remove(&seq);
         let gone = self.leases.ids_where(|l| l.proxy_seq == seq);
@@ -1254,6 +1319,7 @@ impl PoolState {
             SelectorStrategy::LowestLatency => {
                 idx.by_latency.iter().map(|(_, s)| *s).find(|s| ok(s))
             }
+            SelectorStrategy::BestSuccess => idx.by_success.iter().map(|(_, s)| *s).find(|s| ok(s)),
             SelectorStrategy::RoundRobin => {
                 let start = self.rr_cursor.map_or(0, |c| c.saturating_add(1));
                 idx.by_seq
@@ -1469,12 +1535,7 @@ impl AdminStorage for InMemoryStorage {
                 pool.name, ps.pool.id, pool.id
             )));
         }
-        if ps.pool.indexes != pool.indexes || ps.pool.rate_limit != pool.rate_limit {
-            return Err(Error::InvalidArgument(format!(
-                "pool {:?}: its indexes and rate limit are fixed when it is created (remove it and create it again to change them)",
-                pool.name
-            )));
-        }
+        ps.pool.check_fixed_settings(&pool)?;
         ps.pool.description = pool.description;
         Ok(ps.pool.clone())
     }
@@ -1807,6 +1868,7 @@ impl LeaseStorage for InMemoryStorage {
         });
         // A success ends a cooldown, not a rate-limit rest.
         ps.reschedule(proxy_id, None);
+        ps.score_report(seq, true, self.now());
         st.notify(&name);
         st.proxy_snapshot(proxy_id)
     }
@@ -1838,6 +1900,33 @@ impl LeaseStorage for InMemoryStorage {
         // A rest or ban lifted may serve a waiter for the site.
         st.notify(&name);
         Ok(SiteStanding::clear(proxy_id))
+    }
+
+    async fn success_scores(&self, pool_name: &PoolName) -> Result<Vec<SuccessScore>> {
+        let st = self.lock();
+        let ps = st.pools.get(pool_name).ok_or_else(|| Error::PoolNotFound {
+            name: pool_name.to_string(),
+        })?;
+        let mut out: Vec<_> = ps
+            .success
+            .iter()
+            .filter_map(|(seq, e)| {
+                let proxy = &ps.proxies.get(seq)?.proxy;
+                Some(SuccessScore {
+                    proxy_id: proxy.id,
+                    score: e.score(),
+                    successes: e.successes,
+                    reports: e.reports,
+                    updated_at: to_time(e.at_ms.saturating_mul(1_000_000)),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.proxy_id.cmp(&b.proxy_id))
+        });
+        Ok(out)
     }
 
     async fn site_standings(&self, pool_name: &PoolName, site: &Site) -> Result<Vec<SiteStanding>> {
@@ -1884,6 +1973,7 @@ impl LeaseStorage for InMemoryStorage {
             }
         });
         ps.reschedule(proxy_id, cool_until);
+        ps.score_report(seq, false, now);
         st.proxy_snapshot(proxy_id)
     }
 

@@ -48,6 +48,11 @@ pub struct ProxyPool {
     /// [`RateLimit`]); `None`: leases are limited by `max_concurrency` only.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// How the pool scores its proxies' reports and explores, for the
+    /// `best_success` selector (see [`crate::success`]); fixed when it is
+    /// created.
+    #[serde(default)]
+    pub success_scoring: crate::success::SuccessScoring,
 }
 
 /// A pool's rate limit per proxy: at most `leases` new leases of one proxy in
@@ -122,6 +127,7 @@ impl ProxyPool {
             description: None,
             indexes: PoolIndexes::default(),
             rate_limit: None,
+            success_scoring: crate::success::SuccessScoring::default(),
         };
         pool.validate()?;
         Ok(pool)
@@ -141,11 +147,36 @@ impl ProxyPool {
         self
     }
 
+    /// Sets how the pool scores and explores for `best_success` (see
+    /// [`crate::success`]).
+    #[must_use]
+    pub fn with_success_scoring(mut self, scoring: crate::success::SuccessScoring) -> Self {
+        self.success_scoring = scoring;
+        self
+    }
+
     /// Sets the indexes the pool keeps (see [`PoolIndexes`]).
     #[must_use]
     pub fn with_indexes(mut self, indexes: PoolIndexes) -> Self {
         self.indexes = indexes;
         self
+    }
+
+    /// Fails when `new` changes what is fixed at a pool's creation (its
+    /// indexes, rate limit and, when it keeps the success order, its success
+    /// scoring): what `update_pool` of every storage checks.
+    pub(crate) fn check_fixed_settings(&self, new: &ProxyPool) -> Result<()> {
+        let scoring_kept = self.indexes.has_order(IndexOrder::Success);
+        if self.indexes != new.indexes
+            || self.rate_limit != new.rate_limit
+            || (scoring_kept && self.success_scoring != new.success_scoring)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "pool {:?}: its indexes, rate limit and success scoring are fixed when it is created (remove it and create it again to change them)",
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the description and the indexes (the name was checked when it
@@ -161,6 +192,7 @@ impl ProxyPool {
         if let Some(r) = &self.rate_limit {
             r.validate()?;
         }
+        self.success_scoring.validate()?;
         self.indexes.validate()
     }
 }
@@ -255,15 +287,27 @@ pub enum IndexOrder {
     Sequence,
     /// Lowest latency first (never measured last): `lowest_latency` needs it.
     Latency,
+    /// Best success score first (see [`crate::success`]): `best_success`
+    /// needs it, and reports keep the scores only in pools that keep it.
+    Success,
 }
 
 impl IndexOrder {
-    /// `load`, `seq` or `lat`: the names in storage keys.
+    /// Every order, in the order storages record them.
+    pub const ALL: [IndexOrder; 4] = [
+        IndexOrder::Load,
+        IndexOrder::Sequence,
+        IndexOrder::Latency,
+        IndexOrder::Success,
+    ];
+
+    /// `load`, `seq`, `lat` or `succ`: the names in storage keys.
     pub fn as_str(self) -> &'static str {
         match self {
             IndexOrder::Load => "load",
             IndexOrder::Sequence => "seq",
             IndexOrder::Latency => "lat",
+            IndexOrder::Success => "succ",
         }
     }
 }
@@ -281,8 +325,9 @@ impl std::str::FromStr for IndexOrder {
             "load" => Ok(IndexOrder::Load),
             "seq" | "sequence" => Ok(IndexOrder::Sequence),
             "lat" | "latency" => Ok(IndexOrder::Latency),
+            "succ" | "success" => Ok(IndexOrder::Success),
             _ => Err(Error::InvalidArgument(format!(
-                "{s:?} is not an index order (load, seq, latency)"
+                "{s:?} is not an index order (load, seq, latency, success)"
             ))),
         }
     }
@@ -330,7 +375,11 @@ impl PoolIndexes {
     pub fn all() -> Self {
         PoolIndexes {
             attributes: IndexedAttribute::ALL.to_vec(),
-            orders: vec![IndexOrder::Sequence, IndexOrder::Latency],
+            orders: vec![
+                IndexOrder::Sequence,
+                IndexOrder::Latency,
+                IndexOrder::Success,
+            ],
         }
     }
 
@@ -382,11 +431,17 @@ impl PoolIndexes {
     }
 
     /// Fails with [`Error::InvalidArgument`] when `selector` needs an order the
-    /// pool does not keep (only `lowest_latency` does: the latency order).
+    /// pool does not keep (`lowest_latency` needs the latency order,
+    /// `best_success` the success order).
     #[inline]
     pub fn check_selector(&self, pool: &PoolName, selector: SelectorStrategy) -> Result<()> {
-        if selector == SelectorStrategy::LowestLatency && !self.has_order(IndexOrder::Latency) {
-            return Err(Error::missing_order(pool, IndexOrder::Latency));
+        let needs = match selector {
+            SelectorStrategy::LowestLatency => IndexOrder::Latency,
+            SelectorStrategy::BestSuccess => IndexOrder::Success,
+            _ => return Ok(()),
+        };
+        if !self.has_order(needs) {
+            return Err(Error::missing_order(pool, needs));
         }
         Ok(())
     }
@@ -403,7 +458,7 @@ impl PoolIndexes {
 
     /// The orders, space-separated, `load` first (as storages record them).
     pub fn orders_text(&self) -> String {
-        [IndexOrder::Load, IndexOrder::Sequence, IndexOrder::Latency]
+        IndexOrder::ALL
             .into_iter()
             .filter(|o| self.has_order(*o))
             .map(IndexOrder::as_str)
@@ -431,6 +486,7 @@ impl Error {
             IndexOrder::Load => ("load", "Load"),
             IndexOrder::Sequence => ("seq", "Sequence"),
             IndexOrder::Latency => ("latency", "Latency"),
+            IndexOrder::Success => ("success", "Success"),
         };
         Error::InvalidArgument(format!(
             "pool {pool:?} does not keep the {name} order that this selector needs: create \

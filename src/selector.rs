@@ -33,19 +33,27 @@ pub enum SelectorStrategy {
     /// The proxy with the lowest latency measured by its last health check
     /// (proxies never measured come last; ties: earliest added).
     LowestLatency,
+    /// The proxy with the best success score, an exponentially weighted
+    /// success rate of the reports about it, shared by every host (ties:
+    /// earliest added; see [`crate::success`]). Needs the pool to keep
+    /// [`crate::IndexOrder::Success`]. A small share of these acquires (the
+    /// pool's exploration) picks a random proxy instead.
+    BestSuccess,
 }
 
 impl SelectorStrategy {
     /// Every strategy.
-    pub const ALL: [SelectorStrategy; 5] = [
+    pub const ALL: [SelectorStrategy; 6] = [
         SelectorStrategy::FirstAvailable,
         SelectorStrategy::LeastUsed,
         SelectorStrategy::RoundRobin,
         SelectorStrategy::Random,
         SelectorStrategy::LowestLatency,
+        SelectorStrategy::BestSuccess,
     ];
 
-    /// `first_available`, `least_used`, `round_robin` or `random`.
+    /// `first_available`, `least_used`, `round_robin`, `random`,
+    /// `lowest_latency` or `best_success`.
     pub fn as_str(self) -> &'static str {
         match self {
             SelectorStrategy::FirstAvailable => "first_available",
@@ -53,6 +61,7 @@ impl SelectorStrategy {
             SelectorStrategy::RoundRobin => "round_robin",
             SelectorStrategy::Random => "random",
             SelectorStrategy::LowestLatency => "lowest_latency",
+            SelectorStrategy::BestSuccess => "best_success",
         }
     }
 }
@@ -72,8 +81,9 @@ impl FromStr for SelectorStrategy {
             "round_robin" => Ok(SelectorStrategy::RoundRobin),
             "random" => Ok(SelectorStrategy::Random),
             "lowest_latency" => Ok(SelectorStrategy::LowestLatency),
+            "best_success" => Ok(SelectorStrategy::BestSuccess),
             _ => Err(Error::InvalidArgument(format!(
-                "unknown selector {s:?}: use first_available, least_used, round_robin, random or lowest_latency"
+                "unknown selector {s:?}: use first_available, least_used, round_robin, random, lowest_latency or best_success"
             ))),
         }
     }

@@ -483,6 +483,18 @@ pub trait LeaseStorage: Send + Sync + 'static {
         async { Ok(Vec::new()) }
     }
 
+    /// The success scores of a pool's proxies with at least one report, best
+    /// first (see [`crate::success`]); empty for a pool that does not keep the
+    /// success order. [`Error::PoolNotFound`] for an unknown pool. The default
+    /// keeps no scores: none.
+    fn success_scores(
+        &self,
+        pool_name: &PoolName,
+    ) -> impl Future<Output = Result<Vec<crate::success::SuccessScore>>> + Send {
+        let _ = pool_name;
+        async { Ok(Vec::new()) }
+    }
+
     /// Gives back the slots of every expired lease in every pool. Returns how many
     /// leases it expired.
     fn cleanup_expired_leases(&self) -> impl Future<Output = Result<u64>> + Send;

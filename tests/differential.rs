@@ -7,8 +7,8 @@
 //! on a `RedisStorage` (a private namespace on the test Redis, see
 //! `tests/support`) side by side, and asserts after every step that both gave
 //! the same answer and hold the same state. Both get the same `ProxyPool` value
-//! (same id, same generated `PoolIndexes`: default, none, all, or default plus
-//! the latency order) and proxies with the same ids, so answers are compared by
+//! (same id, same generated `PoolIndexes`: default, none, all (with the success
+//! order, scored without exploration), or default plus the latency order) and proxies with the same ids, so answers are compared by
 //! proxy id.
 //!
 //! Operations: adding proxies (one, a batch, or a removed one again under its
@@ -16,7 +16,7 @@
 //! its status, applying a health check (status and latency), acquiring (filters:
 //! none, country in either case, city, which the pool may not index, country
 //! and source, `any_of`, `none_of`, a radius; selectors: first_available,
-//! least_used, round_robin, lowest_latency; an optional request id from a small
+//! least_used, round_robin, lowest_latency, best_success; an optional request id from a small
 //! set; an optional sticky session from a small set; a short or long lease), releasing a lease (once or twice in a row),
 //! extending one, rotating one (through `ProxyManager::rotate_proxy` or
 //! `Storage::rotate`), reporting failures and successes (a cooldown policy
@@ -74,6 +74,7 @@ use lighthouse_lease::{
     AcquireOptions, AcquireRequest, AdminStorage, Error, HealthCheckResult, InMemoryStorage,
     IndexOrder, Lease, LeaseStatus, LeaseStorage, PoolIndexes, Proxy, ProxyFilters, ProxyManager,
     ProxyPool, ProxyStatus, RateLimit, Result, Rotation, SelectorStrategy, Site, SiteStanding,
+    SuccessScoring,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -362,6 +363,7 @@ fn want() -> impl Strategy<Value = Want> {
             3 => Just(SelectorStrategy::LeastUsed),
             3 => Just(SelectorStrategy::RoundRobin),
             2 => Just(SelectorStrategy::LowestLatency),
+            2 => Just(SelectorStrategy::BestSuccess),
         ],
         proptest::option::weighted(0.3, 0..REQUEST_IDS.len()),
         proptest::option::weighted(0.3, 0..SESSIONS.len()),
@@ -553,6 +555,14 @@ impl World {
         let mut pool = ProxyPool::new(POOL).unwrap().with_indexes(indexes.build());
         if indexes == Indexes::DefaultRateLimited {
             pool = pool.with_rate_limit(RateLimit::new(1, Duration::from_secs(1)).unwrap());
+        }
+        if indexes == Indexes::All {
+            // The success order, scored alike on both: no exploration (it
+            // draws at random), and a half-life of 7 days, so that the
+            // storages' clocks (a manual one, Redis's) differ by a decay of
+            // about a millionth, below the order's resolution.
+            let week = Duration::from_secs(7 * 24 * 3600);
+            pool = pool.with_success_scoring(SuccessScoring::new(week, 0.0).unwrap());
         }
         let m = mem.create_pool(pool.clone()).await.unwrap();
         let r = red.create_pool(pool.clone()).await.unwrap();
@@ -1053,6 +1063,25 @@ impl World {
             let (vm, vr): (Vec<_>, Vec<_>) =
                 (m.iter().map(view).collect(), r.iter().map(view).collect());
             prop_assert_eq!(vm, vr, "{}: list_proxies", label);
+        }
+        let m = self.mem.success_scores(&pn(POOL)).await;
+        let r = self.red.success_scores(&pn(POOL)).await;
+        if let Some((m, r)) = same_outcome(label, m, r)? {
+            // The same proxies, with the same evidence up to the decay the
+            // clocks' difference makes (a 7-day half-life: about 1e-6).
+            let ids = |v: &[lighthouse_lease::SuccessScore]| -> Vec<_> {
+                let mut ids: Vec<_> = v.iter().map(|s| s.proxy_id).collect();
+                ids.sort();
+                ids
+            };
+            prop_assert_eq!(ids(&m), ids(&r), "{}: success_scores", label);
+            for a in &m {
+                let b = r.iter().find(|b| b.proxy_id == a.proxy_id);
+                let near = b.is_some_and(|b| {
+                    (a.successes - b.successes).abs() < 1e-3 && (a.reports - b.reports).abs() < 1e-3
+                });
+                prop_assert!(near, "{}: success evidence {:?} vs {:?}", label, a, b);
+            }
         }
         let m = self.mem.list_leases(&pn(POOL)).await;
         let r = self.red.list_leases(&pn(POOL)).await;

@@ -120,10 +120,19 @@ pub enum PoolCommand {
         /// isp, asn, geo); default: country. `none` for none.
         #[arg(long, value_delimiter = ',')]
         attributes: Option<Vec<String>>,
-        /// Orders the pool keeps besides load, comma-separated (seq, latency);
-        /// default: none. `lowest_latency` needs `latency`.
+        /// Orders the pool keeps besides load, comma-separated (seq, latency,
+        /// success); default: none. `lowest_latency` needs `latency`,
+        /// `best_success` needs `success`.
         #[arg(long, value_delimiter = ',')]
         orders: Option<Vec<String>>,
+        /// With the success order: the half-life of a report's weight in the
+        /// success score, in seconds (default 1800).
+        #[arg(long)]
+        success_half_life: Option<f64>,
+        /// With the success order: the share of `best_success` acquires that
+        /// pick a random proxy instead, 0 to 1 (default 0.05).
+        #[arg(long)]
+        exploration: Option<f64>,
         /// Rate limit per proxy, `<leases>/<seconds>`: at most that many new
         /// leases of one proxy in any window of that many seconds, fleet-wide
         /// (e.g. `10/60`: one every 6 s). Default: none.
@@ -134,6 +143,12 @@ pub enum PoolCommand {
     List,
     /// Show a pool with its stats.
     Show {
+        /// Pool name.
+        name: String,
+    },
+    /// The success scores of a pool's proxies, best first (pools that keep
+    /// the success order).
+    Scores {
         /// Pool name.
         name: String,
     },
@@ -487,8 +502,26 @@ pub async fn run<S: Storage, W: Write>(
             attributes,
             orders,
             rate_limit,
+            success_half_life,
+            exploration,
         }) => {
             let mut pool = ProxyPool::new(name.clone())?;
+            if success_half_life.is_some() || exploration.is_some() {
+                let d = crate::success::SuccessScoring::default();
+                let half = match success_half_life {
+                    Some(secs) if secs.is_finite() && *secs > 0.0 => Duration::from_secs_f64(*secs),
+                    Some(secs) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "--success-half-life must be a positive number of seconds, not {secs}"
+                        )))
+                    }
+                    None => d.half_life(),
+                };
+                pool.success_scoring = crate::success::SuccessScoring::new(
+                    half,
+                    exploration.unwrap_or(d.exploration()),
+                )?;
+            }
             if let Some(text) = rate_limit {
                 pool.rate_limit = Some(parse_rate_limit(text)?);
             }
@@ -505,6 +538,14 @@ pub async fn run<S: Storage, W: Write>(
                 for o in list.iter().filter(|o| o.trim() != "none") {
                     pool.indexes = pool.indexes.clone().order(o.parse()?);
                 }
+            }
+            if (success_half_life.is_some() || exploration.is_some())
+                && !pool.indexes.has_order(crate::pool::IndexOrder::Success)
+            {
+                return Err(Error::InvalidArgument(
+                    "--success-half-life and --exploration need the success order (--orders success)"
+                        .into(),
+                ));
             }
             let pool = s.create_pool(pool).await?;
             p.print(&pool, |w| {
@@ -562,9 +603,51 @@ pub async fn run<S: Storage, W: Write>(
                             r.spacing()
                         )?;
                     }
+                    if pool.indexes.has_order(crate::pool::IndexOrder::Success) {
+                        let sc = &pool.success_scoring;
+                        writeln!(
+                            w,
+                            "  success scoring: half-life {:?}, exploration {}",
+                            sc.half_life(),
+                            sc.exploration()
+                        )?;
+                    }
                     writeln!(w, "  {}", stats_line(&pool.name, &stats))
                 },
             )
+        }
+        Command::Pool(PoolCommand::Scores { name }) => {
+            let name = &PoolName::new(name)?;
+            let scores = s.success_scores(name).await?;
+            let proxies = s.list_proxies(name).await?;
+            let endpoint = |id: uuid::Uuid| {
+                proxies
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map_or_else(String::new, |p| format!("{}:{}", p.host, p.port))
+            };
+            p.print(&scores, |w| {
+                if scores.is_empty() {
+                    return writeln!(
+                        w,
+                        "no scores in pool {name} (none reported, or it does not keep the success order)"
+                    );
+                }
+                for sc in &scores {
+                    writeln!(
+                        w,
+                        "{} {}  score={:.3} successes={:.2} reports={:.2} last={}",
+                        sc.proxy_id,
+                        endpoint(sc.proxy_id),
+                        sc.score,
+                        sc.successes,
+                        sc.reports,
+                        sc.updated_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    )?;
+                }
+                Ok(())
+            })
         }
         Command::Pool(PoolCommand::Delete { name }) => {
             let name = &PoolName::new(name)?;

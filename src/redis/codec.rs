@@ -272,13 +272,42 @@ pub(crate) fn pool_from_hash(h: &HashMap<String, String>) -> Result<Option<Proxy
             }
         }
     };
+    let success_scoring = match h.get("succ") {
+        None => crate::success::SuccessScoring::default(),
+        Some(text) => crate::success::SuccessScoring::from_text(text)
+            .map_err(|_| corrupt(format!("pool meta succ {text:?}")))?,
+    };
     Ok(Some(ProxyPool {
         id,
         name,
         description: h.get("description").cloned(),
         indexes,
         rate_limit,
+        success_scoring,
     }))
+}
+
+/// A proxy's success score from its evidence in `P succ` (`<successes>
+/// <reports> <ms of the last report>`, see `lua/report.lua`).
+pub(crate) fn success_score(
+    proxy_id: Uuid,
+    evidence: &str,
+) -> Result<crate::success::SuccessScore> {
+    let mut it = evidence.split(' ');
+    let (Some(s), Some(n), Some(at), None) = (it.next(), it.next(), it.next(), it.next()) else {
+        return Err(corrupt(format!("success evidence {evidence:?}")));
+    };
+    let bad = || corrupt(format!("success evidence {evidence:?}"));
+    let successes: f64 = s.parse().map_err(|_| bad())?;
+    let reports: f64 = n.parse().map_err(|_| bad())?;
+    let at: i64 = at.parse().map_err(|_| bad())?;
+    Ok(crate::success::SuccessScore {
+        proxy_id,
+        score: crate::success::score_of(successes, reports),
+        successes,
+        reports,
+        updated_at: ms_to_time(at)?,
+    })
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid> {

@@ -47,7 +47,7 @@ pub const MAX_NAMESPACE_LEN: usize = 64;
 pub const SCHEMA: u32 = 2;
 
 /// Pool key suffixes: (Lua constant, suffix). The one key table of Rust and Lua.
-pub(crate) const SUFFIXES: [(&str, &str); 14] = [
+pub(crate) const SUFFIXES: [(&str, &str); 15] = [
     ("K_META", "meta"),
     ("K_PROXIES", "proxies"),
     ("K_IDS", "ids:"),
@@ -58,6 +58,7 @@ pub(crate) const SUFFIXES: [(&str, &str); 14] = [
     ("K_SESS", "sess:"),
     ("K_SITE", "site:"),
     ("K_COOLDOWN", "cooldown"),
+    ("K_SUCC", "succ"),
     ("K_GEO", "geo"),
     ("K_POLAR", "polar"),
     ("K_TAGS", "tags"),
@@ -99,10 +100,14 @@ pub(crate) fn lua_prelude() -> String {
     let _ = writeln!(out, "local LOAD_SHIFT = {LOAD_SHIFT}");
     let _ = writeln!(out, "local MAX_REQUESTS = {MAX_REQUESTS}");
     let _ = writeln!(out, "local MAX_RECLAIM = {MAX_RECLAIM}");
-    let _ = writeln!(out, "local MAX_ADD = {MAX_ADD}");
     let _ = writeln!(out, "local MAX_GRACE_MS = {MAX_GRACE_MS}");
-    let _ = writeln!(out, "local CLEANUP_BUDGET_US = {CLEANUP_BUDGET_US}");
-    let _ = writeln!(out, "local CLEANUP_CHUNK = {CLEANUP_CHUNK}");
+    // Constants one or two operations read, as fields of one table: the
+    // library's chunk may have 200 locals, and its helpers use most of them.
+    let _ = writeln!(
+        out,
+        "local LIMITS = {{ MAX_ADD = {MAX_ADD}, CLEANUP_BUDGET_US = {CLEANUP_BUDGET_US}, \
+         CLEANUP_CHUNK = {CLEANUP_CHUNK} }}"
+    );
     let _ = writeln!(out, "local MAX_U32 = {}", u32::MAX);
     let _ = writeln!(
         out,
@@ -215,6 +220,12 @@ impl PoolKeys {
     /// Proxies cooling down after a failure, scored by the end of the cooldown (ms).
     pub(crate) fn cooldown(&self) -> String {
         self.key("K_COOLDOWN")
+    }
+
+    /// Success evidence of the proxies (pools that keep the success order):
+    /// seq → `<successes> <reports> <ms of the last report>`.
+    pub(crate) fn success(&self) -> String {
+        self.key("K_SUCC")
     }
 
     /// Idempotency key of an acquire: `req:<percent-encoded request id>`.

@@ -21,6 +21,7 @@ use crate::session::{SessionBinding, StickySession};
 use crate::site::{Site, SiteStanding};
 use crate::stats::PoolStats;
 use crate::storage::{AcquireRequest, AdminStorage, LeaseStorage};
+use crate::success::SuccessScore;
 
 use super::batch::{Batcher, Exec};
 use super::codec::{self, corrupt, parse_uuid};
@@ -905,13 +906,8 @@ impl AdminStorage for RedisStorage {
     async fn update_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         pool.validate()?;
         if let Some(current) = self.get_pool(&pool.name).await? {
-            if current.id == pool.id
-                && (current.indexes != pool.indexes || current.rate_limit != pool.rate_limit)
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "pool {:?}: its indexes and rate limit are fixed when it is created (remove it and create it again to change them)",
-                    pool.name
-                )));
+            if current.id == pool.id {
+                current.check_fixed_settings(&pool)?;
             }
         }
         let pk = self.keys.pool(&pool.name);
@@ -1335,6 +1331,32 @@ impl LeaseStorage for RedisStorage {
         self.site_report(proxy_id, site, None).await
     }
 
+    async fn success_scores(&self, pool_name: &PoolName) -> Result<Vec<SuccessScore>> {
+        let pk = self.keys.pool(pool_name);
+        let mut conn = self.conn().await?;
+        match ops::success_read::run(&mut conn, &pk).await? {
+            ops::success_read::SuccessReadReply::Ok(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (json, evidence) in entries {
+                    let (proxy_id, _) = codec::endpoint_from_json(&json)?;
+                    out.push(codec::success_score(proxy_id, &evidence)?);
+                }
+                out.sort_by(|a, b| {
+                    b.score
+                        .total_cmp(&a.score)
+                        .then(a.proxy_id.cmp(&b.proxy_id))
+                });
+                Ok(out)
+            }
+            ops::success_read::SuccessReadReply::NotFound => Err(Error::PoolNotFound {
+                name: pool_name.to_string(),
+            }),
+            ops::success_read::SuccessReadReply::Schema(found) => {
+                Err(schema_error(pool_name, found))
+            }
+        }
+    }
+
     async fn site_standings(&self, pool_name: &PoolName, site: &Site) -> Result<Vec<SiteStanding>> {
         let pk = self.keys.pool(pool_name);
         let mut conn = self.conn().await?;
@@ -1574,6 +1596,7 @@ fn pool_ref(id: Uuid, name: &PoolName) -> ProxyPool {
         description: None,
         indexes: crate::pool::PoolIndexes::default(),
         rate_limit: None,
+        success_scoring: crate::success::SuccessScoring::default(),
     }
 }
 

@@ -34,14 +34,16 @@ fn cn(name: &str) -> ConsumerName {
 }
 
 /// A manager over a fresh storage with one empty pool named `latam-residential`
-/// with the default indexes and the latency order (so every selector works;
+/// with the default indexes and the latency and success orders (so every selector works;
 /// the `seq` order and most attributes are left out, so their fallbacks run).
 async fn setup<H: Harness>(h: &H) -> (ProxyManager<H::Storage>, ProxyPool) {
     setup_with(h, suite_indexes()).await
 }
 
 fn suite_indexes() -> PoolIndexes {
-    PoolIndexes::default().order(IndexOrder::Latency)
+    PoolIndexes::default()
+        .order(IndexOrder::Latency)
+        .order(IndexOrder::Success)
 }
 
 /// [`setup`] with a pool that keeps these indexes.
@@ -2074,6 +2076,186 @@ pub async fn waiting_acquires_are_served_in_fifo_order<H: Harness>(h: &H) {
         held = lease;
     }
     assert_eq!(order, ["first", "second", "third"]);
+}
+
+/// A manager with `rest(h)` cooldowns over a pool that keeps the success
+/// order with this scoring, and `n` proxies of max 1 (ids in order added).
+async fn scored<H: Harness>(
+    h: &H,
+    n: u8,
+    scoring: crate::success::SuccessScoring,
+) -> (ProxyManager<H::Storage>, Vec<Uuid>) {
+    let m = ProxyManager::builder(h.storage().await)
+        .cooldown_policy(rest(h))
+        .build();
+    let pool = ProxyPool::new(POOL)
+        .expect("valid pool name")
+        .with_indexes(suite_indexes().order(IndexOrder::Success))
+        .with_success_scoring(scoring);
+    let pool = m.storage().create_pool(pool).await.expect("create_pool");
+    let stored = m.storage().get_pool(&pn(POOL)).await.unwrap().unwrap();
+    assert_eq!(
+        stored.success_scoring, scoring,
+        "the pool keeps its scoring"
+    );
+    assert!(stored.indexes.has_order(IndexOrder::Success));
+    m.storage().ensure_consumer(&cn("worker-1")).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 1..=n {
+        ids.push(add(&m, proxy(&pool, i).max_concurrency(1)).await.id);
+    }
+    (m, ids)
+}
+
+/// Scoring that always picks the best (no exploration), whose scores do
+/// not decay within a test (a half-life of 7 days).
+fn never_explore() -> crate::success::SuccessScoring {
+    crate::success::SuccessScoring::new(Duration::from_secs(7 * 24 * 3600), 0.0)
+        .expect("good scoring")
+}
+
+async fn scores<S: Storage>(m: &ProxyManager<S>) -> Vec<crate::success::SuccessScore> {
+    m.storage()
+        .success_scores(&pn(POOL))
+        .await
+        .expect("success_scores")
+}
+
+/// `best_success` picks the available proxy with the best score,
+/// `(successes + 1) / (reports + 2)` (never reported: 1/2); a report moves a
+/// proxy in the order whether it is available, held to its limit, or
+/// cooling; `success_scores` lists the scores, best first.
+pub async fn best_success_picks_the_best_scoring_proxy<H: Harness>(h: &H) {
+    let (m, ids) = scored(h, 4, never_explore()).await;
+    let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+    m.report_success(&a).await.unwrap(); // 2/3
+    for _ in 0..3 {
+        m.report_success(&b).await.unwrap(); // 4/5
+    }
+    m.report_failure(&d, "timeout").await.unwrap(); // 1/3, cooling
+    h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
+        .await;
+    let best = || as_worker().selector(SelectorStrategy::BestSuccess);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(take_some(&m, best()).await);
+    }
+    let order: Vec<Uuid> = held.iter().map(|l| l.proxy_id).collect();
+    assert_eq!(
+        order,
+        vec![b, a, c, d],
+        "best first, never reported (c) at 1/2"
+    );
+    assert_eq!(take(&m, best()).await, None, "every proxy is full");
+    let listed = scores(&m).await;
+    let by: Vec<Uuid> = listed.iter().map(|s| s.proxy_id).collect();
+    assert_eq!(by, vec![b, a, d], "reported proxies, best first");
+    let near = |x: f64, y: f64| (x - y).abs() < 1e-4;
+    assert!(near(listed[0].score, 0.8) && near(listed[0].successes, 3.0));
+    assert!(near(listed[0].reports, 3.0));
+    assert!(near(listed[1].score, 2.0 / 3.0) && near(listed[2].score, 1.0 / 3.0));
+    for l in held {
+        m.release_proxy(&l).await.unwrap();
+    }
+    // An available proxy moves: c passes b.
+    for _ in 0..4 {
+        m.report_success(&c).await.unwrap(); // 5/6
+    }
+    let lc = take_some(&m, best()).await;
+    assert_eq!(lc.proxy_id, c, "c (5/6) passed b (4/5)");
+    let lb = take_some(&m, best()).await;
+    assert_eq!(lb.proxy_id, b);
+    // A held proxy is out of the order; reports count, and it comes back
+    // with its new score.
+    for _ in 0..4 {
+        m.report_success(&b).await.unwrap(); // 8/9
+    }
+    m.release_proxy(&lb).await.unwrap();
+    m.release_proxy(&lc).await.unwrap();
+    let lb = take_some(&m, best()).await;
+    assert_eq!(lb.proxy_id, b, "b came back at 8/9, ahead of c (5/6)");
+    // A failure cools it down, and it comes back below c.
+    m.release_proxy(&lb).await.unwrap();
+    m.report_failure(&b, "403").await.unwrap(); // 8/10
+    h.advance(m.storage(), h.short_lease() + h.short_lease() / 2)
+        .await;
+    assert_eq!(
+        take_some(&m, best()).await.proxy_id,
+        c,
+        "b (4/5) below c (5/6)"
+    );
+    assert_eq!(take_some(&m, best()).await.proxy_id, b);
+}
+
+/// A report's weight halves every half-life; scores belong to pools that
+/// keep the success order (`best_success` elsewhere is an error naming it);
+/// a removed proxy's score goes with it; the scoring is fixed at creation;
+/// an exploration share of 1 picks at random.
+pub async fn success_scores_decay_and_belong_to_the_success_order<H: Harness>(h: &H) {
+    let half = h.short_lease() * 2;
+    let scoring = crate::success::SuccessScoring::new(half, 0.0).expect("good scoring");
+    let (m, ids) = scored(h, 3, scoring).await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    m.report_success(&ids[0]).await.unwrap();
+    h.advance(m.storage(), half).await;
+    m.report_failure(&ids[0], "timeout").await.unwrap();
+    let s = scores(&m).await;
+    assert_eq!(s.len(), 1);
+    // Exactly 0.5 and 1.5 on a clock that moves by `half`; a little less
+    // where advancing sleeps (the report comes later).
+    assert!(
+        (0.3..=0.5 + 1e-9).contains(&s[0].successes),
+        "the success weighs half after a half-life: {}",
+        s[0].successes
+    );
+    assert!(
+        (1.3..=1.5 + 1e-9).contains(&s[0].reports),
+        "{}",
+        s[0].reports
+    );
+    let expect = (s[0].successes + 1.0) / (s[0].reports + 2.0);
+    assert!((s[0].score - expect).abs() < 1e-12);
+    assert!(s[0].updated_at > before);
+    assert!(m.storage().remove_proxy(ids[0]).await.unwrap());
+    assert!(scores(&m).await.is_empty(), "a removed proxy's score goes");
+    let stored = m.storage().get_pool(&pn(POOL)).await.unwrap().unwrap();
+    let mut changed = stored.clone();
+    changed.success_scoring = never_explore();
+    assert!(
+        matches!(
+            m.storage().update_pool(changed).await,
+            Err(Error::InvalidArgument(_))
+        ),
+        "the scoring is fixed when the pool is created"
+    );
+
+    // Pools without the success order keep no scores.
+    let (plain, pool) = setup_with(h, PoolIndexes::default().order(IndexOrder::Latency)).await;
+    let p = add(&plain, proxy(&pool, 1)).await;
+    plain.report_success(&p.id).await.unwrap();
+    assert!(scores(&plain).await.is_empty());
+    let err = plain
+        .acquire_proxy(POOL, as_worker().selector(SelectorStrategy::BestSuccess))
+        .await
+        .expect_err("best_success needs the success order");
+    assert!(
+        matches!(&err, Error::InvalidArgument(msg) if msg.contains("IndexOrder::Success")),
+        "{err}"
+    );
+
+    // Exploration 1: every best_success acquire picks at random.
+    let always = crate::success::SuccessScoring::new(half, 1.0).expect("good scoring");
+    let (m, ids) = scored(h, 3, always).await;
+    for _ in 0..5 {
+        m.report_success(&ids[2]).await.unwrap();
+    }
+    let mut got = HashSet::new();
+    for _ in 0..30 {
+        let l = take_some(&m, as_worker().selector(SelectorStrategy::BestSuccess)).await;
+        got.insert(l.proxy_id);
+        m.release_proxy(&l).await.unwrap();
+    }
+    assert!(got.len() >= 2, "exploring, not always the best: {got:?}");
 }
 
 /// `lowest_latency` picks the fastest proxy by its last health check; proxies

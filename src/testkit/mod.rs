@@ -131,6 +131,8 @@ macro_rules! conformance_suite {
             selector_round_robin_order,
             selector_random_spreads_and_respects_capacity,
             selector_lowest_latency_order,
+            best_success_picks_the_best_scoring_proxy,
+            success_scores_decay_and_belong_to_the_success_order,
             rotate_releases_then_acquires,
             pools_keep_their_declared_indexes,
             undeclared_indexes_select_the_same,

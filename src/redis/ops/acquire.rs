@@ -126,7 +126,7 @@ impl AcquireItem {
         if item.request_key.is_none()
             && item.session.is_none()
             && item.site_key.is_none()
-            && item.selector != "random"
+            && !item.draws()
         {
             let spec = item.spec_of();
             if spec.len() <= MAX_SPEC && seen.seen_before(&spec) {
@@ -164,10 +164,17 @@ impl AcquireItem {
         s
     }
 
+    /// Whether the request draws a random number of its own: `random` picks
+    /// with it, `best_success` decides with it whether to explore (see
+    /// [`crate::success`]).
+    fn draws(&self) -> bool {
+        self.selector == "random" || self.selector == "best_success"
+    }
+
     /// Whether the script may read this request as `prev` again with another
     /// consumer (the short block, see `read_request` in `lua/_lib_acquire.lua`):
     /// the same request in every other respect, neither with a request id, and
-    /// not random (each random request draws its own number).
+    /// drawing no number (each such request draws its own).
     fn repeats(&self, prev: &AcquireItem) -> bool {
         self.request_key.is_none()
             && prev.request_key.is_none()
@@ -175,7 +182,7 @@ impl AcquireItem {
             && prev.session.is_none()
             && self.site_key.is_none()
             && prev.site_key.is_none()
-            && self.selector != "random"
+            && !self.draws()
             && self.selector == prev.selector
             && self.duration_ms == prev.duration_ms
             && self.ttl_ms == prev.ttl_ms
@@ -220,7 +227,7 @@ impl AcquireItem {
             .arg(self.selector)
             .arg(&self.filter)
             .arg(if self.exact { "1" } else { "0" })
-            .arg(if self.selector == "random" {
+            .arg(if self.draws() {
                 fastrand::u32(..1 << 31)
             } else {
                 0

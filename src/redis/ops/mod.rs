@@ -47,6 +47,7 @@ pub(crate) mod session_read;
 pub(crate) mod site_read;
 pub(crate) mod site_report;
 pub(crate) mod stats;
+pub(crate) mod success_read;
 pub(crate) mod wait;
 
 /// One operation: its function name (without the library's prefix), its Lua
@@ -96,7 +97,7 @@ impl Op {
 }
 
 /// Every operation of the library.
-const OPS: [&Op; 21] = [
+const OPS: [&Op; 22] = [
     &acquire::OP,
     &rotate::OP,
     &release::OP,
@@ -106,6 +107,7 @@ const OPS: [&Op; 21] = [
     &session_read::OP,
     &site_report::OP,
     &site_read::OP,
+    &success_read::OP,
     &proxy_add::OP,
     &proxy_update::OP,
     &proxy_status::OP,

@@ -28,6 +28,13 @@ pub(crate) async fn run(conn: &mut Conn<'_>, pk: &PoolKeys, pool: &ProxyPool) ->
         .arg(pool.rate_limit.map_or(String::new(), |r| {
             format!("{} {}", r.leases, r.per.as_millis())
         }))
+        .arg(
+            if pool.indexes.has_order(crate::pool::IndexOrder::Success) {
+                pool.success_scoring.to_text()
+            } else {
+                String::new()
+            },
+        )
         .invoke(conn)
         .await
         .map_err(redis_err("pool create script failed"))?;

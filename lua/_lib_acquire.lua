@@ -929,6 +929,57 @@ local function serve_one(r, off)
   return t
 end
 
+-- The crawler loop's rotate when least_used gives the slot just released back
+-- to the proxy that had it (it is then the least used matching proxy, as in a
+-- pool whose proxies are evenly used): the proxy's count ends where it was, so
+-- no index is written. Reads the record, the proxy's load score and the
+-- index's first entry; when the released proxy is the pick, writes what
+-- release_one() and serve_one() would (the released record, the new record,
+-- the live set) but not the index entries they would take down and put back:
+-- GET, ZSCORE, ZRANGE, ZREM live, SET, SET, ZADD live, against 12 for the two
+-- apart. Returns the reply, or nil, having written nothing, to leave the call
+-- to them. `id` is the token of the lease to release, `key` its record.
+function STRAIGHT.rotate_same(id, key, r, created, grace)
+  if not (#id > #created or (#id == #created and id >= created)) then return nil end
+  local v = redis.call('GET', key)
+  local seq_s, at, dur, b = string.match(v or '', '^active (%d+) (%d+) (%d+) ()')
+  if not seq_s or num(at) + num(dur) <= NOW then return nil end
+  local m = seq_s
+  local json = known_json(m)
+  if not json then return nil end
+  local info = info_of(json)
+  local tag = r.dtags[1] or 'all'
+  if not info.ok or (tag ~= 'all' and not info.tagset[tag]) then return nil end
+  local mine = num(redis.call('ZSCORE', PK.load_all, m))
+  if not mine or mine < LOAD_SHIFT then return nil end
+  local n = math.floor(mine / LOAD_SHIFT)
+  if info.max ~= nil and n >= info.max then return nil end
+  local after = mine - LOAD_SHIFT -- its score once released
+  local got = redis.call('ZRANGE', STRAIGHT.index_key('load', tag), '0', '0', 'WITHSCORES')
+  if got[1] ~= m and not (num(got[2]) and num(got[2]) > after) then return nil end
+  if redis.call('ZREM', PK.live, m .. ':' .. id) ~= 1 then return nil end
+  live_gone(1)
+  if grace ~= '0' then
+    -- `active <seq> <at> <dur> <rest>` -> `released <seq> <at> <dur> <now> <rest>`
+    -- (`b`: where <rest> starts)
+    redis.call('SET', key, 'released' .. string.sub(v, 7, b - 1) .. NOW_S .. ' ' .. string.sub(v, b),
+      'PX', grace, 'GET')
+  else
+    redis.call('DEL', key)
+  end
+  FREED = FREED + 1
+  local token, tok, exp = grant(r, m, STRAIGHT.cons[1])
+  if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
+  redis.call('ZADD', PK.live, EXP_LAST_S, m .. ':' .. tok)
+  POOL.live_est = (POOL.live_est or 0) + 1
+  if EXP == nil or exp < EXP then redis.call('HSET', KEYS[1], 'exp', fmt_int(exp)) end
+  local t = reply_table(1)
+  t[1], t[2], t[3], t[4], t[5] = 'released', 'OK', token, NOW, exp
+  t[6], t[7], t[8], t[9] = num(m), json, POOL_ID, nil
+  TAKEN = TAKEN + 1
+  return t
+end
+
 -- ---------------------------------------------------------------- a batch
 -- n least_used requests for the same index (one declared tag or none), no
 -- request id, nothing due to reclaim: the usual batch of a pool of workers,

@@ -21,7 +21,8 @@
 -- SET released record, ZADD XX INCR of the released proxy's `load:all` (and a
 -- ZADD per other load key of it), ZRANGE, SET new record, ZADD per load key of
 -- the new proxy, ZADD live: 12 with one declared attribute, against 14
--- for a release and an acquire apart (HMGET proxies
+-- for a release and an acquire apart; 9 when the proxy released is the one
+-- least_used picks again (STRAIGHT.rotate_same: no index written) (HMGET proxies
 -- only for proxies whose JSON the library does not remember; HSET meta only when
 -- a hint or the token reservation moved).
 
@@ -52,6 +53,12 @@ if n == 1 then
   if nxt ~= #ARGV + 1 then return fail('bad argument count') end
   if r.fast and r.order == 'load' and r.reqk == 0 and not r.noorder
     and not (EXP and EXP <= NOW) and not (COOL_NEXT and COOL_NEXT <= NOW) then
+    local same = STRAIGHT.rotate_same(id, prefix .. id, r, CREATED or '0', ARGV[3])
+    if same then
+      OUT[1], OUT[2] = same, nil
+      finish()
+      return OUT
+    end
     local outcome, freed = release_one(id, prefix .. id, CREATED or '0', NOW, NOW_S, ARGV[3])
     if freed then FREED = FREED + 1 end
     local reply = serve_one(r, 1) or serve(r, 0, 1, 1)

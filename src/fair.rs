@@ -14,7 +14,8 @@
 //! quarter of [`WaitOptions::ticket_ttl`]). A ticket that nobody refreshed for
 //! its TTL is *lapsed*: the next attempt of any fair waiter of the pool drops
 //! it, so a waiter that died (a killed process, a lost host) holds the queue
-//! back for at most its ticket's TTL. A waiter that was only slow (a pause
+//! back for its ticket's TTL, and at most a quarter of the next waiter's TTL
+//! more (until that one attempts again). A waiter that was only slow (a pause
 //! longer than its TTL) and attempts again gets its ticket back, in its old
 //! place. A waiter that gets a lease, gives up at its timeout or is dropped
 //! leaves the queue (the last two best effort: the TTL is the bound when that
@@ -154,9 +155,13 @@ impl From<Duration> for WaitOptions {
 /// A fair waiter's place in a pool's queue, as the storage issued it
 /// ([`crate::LeaseStorage::take_ticket`]). An acquire that carries it
 /// ([`crate::AcquireRequest::ticket`]) refreshes it, and takes a proxy only
-/// while it is the head of the queue.
+/// while it is the head of the queue. Shared, not copied, when cloned: a
+/// request that carries none stays one pointer larger, no more.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct WaitTicket {
+pub struct WaitTicket(Arc<Ticket>);
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Ticket {
     pool_name: PoolName,
     number: u64,
     ttl: Duration,
@@ -166,43 +171,43 @@ impl WaitTicket {
     /// A ticket numbered `number` in `pool_name`'s queue, honoured `ttl` after
     /// each refresh. Storages make them; the manager only carries them.
     pub fn new(pool_name: PoolName, number: u64, ttl: Duration) -> Self {
-        WaitTicket {
+        WaitTicket(Arc::new(Ticket {
             pool_name,
             number,
             ttl,
-        }
+        }))
     }
 
     /// The pool whose queue it is in.
     pub fn pool_name(&self) -> &PoolName {
-        &self.pool_name
+        &self.0.pool_name
     }
 
     /// Its number: the queue is in increasing number order.
     pub fn number(&self) -> u64 {
-        self.number
+        self.0.number
     }
 
     /// How long it is honoured after each refresh.
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        self.0.ttl
     }
 
     /// Checks it against the pool of the request it rides with.
     pub(crate) fn validate_for(&self, pool_name: &PoolName) -> Result<()> {
-        if &self.pool_name != pool_name {
+        if self.pool_name() != pool_name {
             return Err(Error::InvalidArgument(format!(
                 "a wait ticket of pool {} cannot be used on pool {pool_name}",
-                self.pool_name
+                self.pool_name()
             )));
         }
-        if self.number == 0 || self.number > MAX_TICKET {
+        if self.number() == 0 || self.number() > MAX_TICKET {
             return Err(Error::InvalidArgument(format!(
                 "wait ticket number {} is out of range",
-                self.number
+                self.number()
             )));
         }
-        validate_ticket_ttl(self.ttl)
+        validate_ticket_ttl(self.ttl())
     }
 }
 

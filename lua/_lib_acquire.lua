@@ -122,7 +122,8 @@ end
 --   +8 KEYS index of its sticky session's key, or 0   +9 how long the session
 --   keeps its proxy, ms (0 without one)   +10 KEYS index of its site's key, or 0
 --   +11 KEYS index of its pool's `P tickets` when it holds a fair waiter's
---   ticket (`P tickets:until` is the key after it), or 0   +12 the ticket's
+--   ticket (`P tickets:until` is the key after it; the library sends both once
+--   per call, as KEYS[3] and KEYS[4]), or 0   +12 the ticket's
 --   number, or 0   +13 how long the ticket is honoured after this attempt, ms,
 --   or 0 (see _lib_fair.lua)
 --   +14 t, then +15.. t required tags `<attr>=<percent-encoded value>`

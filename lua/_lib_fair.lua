@@ -17,7 +17,8 @@ function STRAIGHT.ticket_ok(s)
     and string.byte(s, 1) ~= 48 and tonumber(s) <= 9007199254740991
 end
 
--- Whether KEYS[k] and KEYS[k + 1] are the queue's keys of pool P.
+-- Whether KEYS[k] and KEYS[k + 1] are the queue's keys of pool P (the
+-- library sends them as KEYS[3] and KEYS[4], once per call).
 function STRAIGHT.ticket_keys_ok(k)
   return k >= 3 and k + 1 <= #KEYS and KEYS[k] == P .. STRAIGHT.K_TICKETS
     and KEYS[k + 1] == P .. STRAIGHT.K_TICKET_ENDS

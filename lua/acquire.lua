@@ -4,9 +4,10 @@
 -- proxy that matches, count the lease and record it.
 --
 -- KEYS[1]    P meta        KEYS[2]  P live
--- KEYS[3..]  per request, in order: its request key `P req:<id>`, its sticky
---            session's key `P sess:<id>`, its site's `P site:<site>` and, for a
---            fair waiter's, its pool's `P tickets` and `P tickets:until`, each
+-- KEYS[3]    P tickets   KEYS[4]  P tickets:until   only when a request holds a
+--            fair waiter's ticket
+-- KEYS[3..]  (or KEYS[5..] after those) per request, in order: its request key `P req:<id>`, its sticky
+--            session's key `P sess:<id>` and its site's `P site:<site>`, each
 --            only when it has one (the block names their indexes)
 -- ARGV[1]  pool prefix P = `<ns>:{<pool>}:` (KEYS must be built from it)
 -- ARGV[2]  most due leases to reclaim in this call (1..MAX_RECLAIM)

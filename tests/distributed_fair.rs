@@ -499,3 +499,164 @@ async fn a_fair_attempt_costs_three_commands_and_its_grant_takes_the_ticket_out(
         .unwrap();
     assert_eq!(exists, 0, "an empty queue leaves no key");
 }
+
+/// Fair requests batched into one script call with plain ones are each served
+/// by their ticket, in the call's order: a later ticket gets nothing though a
+/// proxy is free, the head gets it, and a plain request ignores the queue. The
+/// queue's keys go once per call.
+#[tokio::test(flavor = "current_thread")]
+async fn fair_requests_in_one_batch_are_served_by_their_tickets() {
+    let server = RedisServer::spawn().unwrap();
+    let ns = support::unique_namespace();
+    let storage = std::sync::Arc::new(
+        RedisStorage::new(
+            RedisConfig::from_url(server.url())
+                .namespace(&ns)
+                .max_in_flight(1)
+                .fit_in_flight(false),
+        )
+        .unwrap(),
+    );
+    let pool = storage
+        .create_pool(ProxyPool::new(POOL).unwrap())
+        .await
+        .unwrap();
+    let proxies = (1..=3)
+        .map(|i| {
+            Proxy::builder(pool.id, format!("10.40.1.{i}"), 8000)
+                .max_concurrency(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    storage.add_proxies(proxies).await.unwrap();
+    let request = || {
+        lighthouse_lease::AcquireRequest::new(POOL, "default", Duration::from_secs(60))
+            .unwrap()
+            .registering_consumer(true)
+    };
+    let warm = storage.acquire(&request()).await.unwrap().unwrap();
+    storage.release(&warm).await.unwrap();
+    let ttl = Duration::from_secs(60);
+    let mut tickets = Vec::new();
+    for _ in 0..3 {
+        tickets.push(
+            storage
+                .take_ticket(&support::pn(POOL), ttl, ttl)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let (t1, t2, t3) = (tickets[0].clone(), tickets[1].clone(), tickets[2].clone());
+    let mut admin = support::raw_conn(&server.url()).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // Every command into the slow log, to read the calls' key counts.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(0)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // The first call goes alone; the four behind it go together, in this order.
+    let spawn = |r: lighthouse_lease::AcquireRequest| {
+        let s = std::sync::Arc::clone(&storage);
+        tokio::spawn(async move { s.acquire(&r).await.unwrap() })
+    };
+    let opener = spawn(request());
+    let third = spawn(request().with_ticket(t3.clone()));
+    let plain = spawn(request());
+    let second = spawn(request().with_ticket(t2.clone()));
+    let first = spawn(request().with_ticket(t1.clone()));
+    assert!(opener.await.unwrap().is_some());
+    assert_eq!(third.await.unwrap(), None, "not the head");
+    assert!(
+        plain.await.unwrap().is_some(),
+        "a plain request ignores the queue"
+    );
+    assert_eq!(
+        second.await.unwrap(),
+        None,
+        "not the head, though a proxy is still free"
+    );
+    let head = first
+        .await
+        .unwrap()
+        .expect("the head takes the last free proxy");
+    assert_eq!(
+        support::command_calls(&mut admin, "fcall").await,
+        2,
+        "one lone call, one batch"
+    );
+    // FCALL <function> <numkeys> ...: the batch names P meta, P live and the
+    // queue's two keys once, for its three tickets.
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let numkeys: Vec<String> = log
+        .iter()
+        .filter_map(|entry| match entry {
+            redis::Value::Array(fields) => match fields.get(3) {
+                Some(redis::Value::Array(args)) => Some(args.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .filter_map(|args| {
+            let text = |v: &redis::Value| match v {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            };
+            let name = args.get(1).map(text)?;
+            (args.first().map(text)? == "FCALL" && name.ends_with("_acquire"))
+                .then(|| args.get(2).map(text))?
+        })
+        .collect();
+    assert_eq!(numkeys.len(), 2, "{numkeys:?}");
+    assert!(
+        numkeys.contains(&"4".to_string()) && numkeys.contains(&"2".to_string()),
+        "the lone plain call names 2 keys, the batch 4: {numkeys:?}"
+    );
+    let queued: Vec<u64> = storage
+        .wait_tickets(&support::pn(POOL))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.number)
+        .collect();
+    assert_eq!(queued, [t2.number(), t3.number()]);
+    storage.release(&head).await.unwrap();
+    assert_eq!(
+        storage
+            .acquire(&request().with_ticket(t3.clone()))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(storage
+        .acquire(&request().with_ticket(t2))
+        .await
+        .unwrap()
+        .is_some());
+    // Removing the pool takes its queue's keys with it.
+    assert!(storage.remove_pool(&support::pn(POOL)).await.unwrap());
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:*tickets*"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -59,15 +59,33 @@ impl Default for SpecsSeen {
 /// character, so it cannot be read as one).
 const SPEC_MARK: &str = "\u{1}";
 
-/// A fair waiter's ticket as the script reads it: the pool's queue keys
-/// (`P tickets`, `P tickets:until`), the number, and how long it is honoured
-/// after this attempt (ms).
+/// A fair waiter's ticket as the script reads it: the number, and how long
+/// it is honoured after this attempt (ms). The pool's queue keys go once per
+/// call, as `KEYS[3]` and `KEYS[4]` (see [`push_ticket_keys`]).
 #[derive(Debug, Clone)]
 pub(crate) struct TicketItem {
-    pub(crate) queue_key: String,
-    pub(crate) ends_key: String,
     pub(crate) number: u64,
     pub(crate) ttl_ms: u64,
+}
+
+/// The `KEYS` index of the pool's `P tickets` in a call whose requests hold
+/// tickets (`P tickets:until` follows it).
+const TICKET_KEYS_AT: usize = 3;
+
+/// Adds the pool's queue keys (`P tickets`, `P tickets:until`) as `KEYS[3]`
+/// and `KEYS[4]` when one of `items` holds a ticket, after `P meta` and
+/// `P live`; returns the index of the first per-request key.
+pub(crate) fn push_ticket_keys<'a>(
+    inv: &mut super::Call,
+    pk: &PoolKeys,
+    mut items: impl Iterator<Item = &'a AcquireItem>,
+) -> usize {
+    if items.any(|it| it.ticket.is_some()) {
+        inv.key(pk.tickets()).key(pk.ticket_ends());
+        TICKET_KEYS_AT + 2
+    } else {
+        TICKET_KEYS_AT
+    }
 }
 
 /// One acquire request as the script reads it (a block of its ARGV).
@@ -135,8 +153,6 @@ impl AcquireItem {
             site_key: request.site.as_ref().map(|s| pk.site(s.as_str())),
             ticket: match &request.ticket {
                 Some(t) => Some(TicketItem {
-                    queue_key: pk.tickets(),
-                    ends_key: pk.ticket_ends(),
                     number: t.number(),
                     ttl_ms: millis(t.ttl())?,
                 }),
@@ -210,8 +226,8 @@ impl AcquireItem {
             && self.tags == prev.tags
     }
 
-    /// Appends this request's block, and its request, session, site and
-    /// ticket keys, if any, as `KEYS[next_key]` on (moving `next_key` past them). `prev` is the
+    /// Appends this request's block, and its request, session and site keys,
+    /// if any, as `KEYS[next_key]` on (moving `next_key` past them). `prev` is the
     /// request whose block the script read just before (none for the first): a
     /// request that repeats it is sent as the short block, its consumer alone;
     /// one with a spec as the spec block (mark, consumer, spec).
@@ -232,9 +248,10 @@ impl AcquireItem {
         let request_index = key_of(self.request_key.as_ref());
         let session_index = key_of(self.session.as_ref().map(|(k, _)| k));
         let site_index = key_of(self.site_key.as_ref());
-        let ticket_index = key_of(self.ticket.as_ref().map(|t| &t.queue_key));
-        // `P tickets:until`: the script reads it as the key after the queue's.
-        key_of(self.ticket.as_ref().map(|t| &t.ends_key));
+        let ticket_index = match self.ticket {
+            Some(_) => TICKET_KEYS_AT,
+            None => 0,
+        };
         if prev.is_some_and(|p| self.repeats(p)) {
             inv.arg("").arg(&self.consumer);
             return;
@@ -380,7 +397,7 @@ pub(crate) async fn run(
         .arg(reclaim)
         .arg(grace_ms)
         .arg(items.len());
-    let mut next_key = 3;
+    let mut next_key = push_ticket_keys(&mut inv, pk, items.iter());
     let mut prev = None;
     for it in items {
         it.push(&mut inv, &mut next_key, prev);

@@ -44,6 +44,10 @@
 //! - A storage that keeps no queue ([`crate::LeaseStorage::take_ticket`]'s
 //!   default) serves a fair wait as a plain one.
 //!
+//! Cost: a notification (a release, say) wakes every fair waiter of the pool,
+//! and each attempts once; only the head can be served. Plain waiters of one
+//! manager leave that to their oldest.
+//!
 //! ```
 //! use std::time::Duration;
 //! use lighthouse_lease::{AcquireOptions, WaitOptions};

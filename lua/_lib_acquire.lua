@@ -93,7 +93,8 @@ local function req_table(slot)
   if not r then
     r = { dur = 0, dur_s = '', ttl_s = '', selector = '', json = '', rnd = 0,
       reqk = 0, sessk = 0, sess_ms_s = '', sitek = 0, dtags = {}, test = false, filter = false,
-      order = false, fast = false, noorder = false, exact_s = '' }
+      order = false, fast = false, noorder = false, exact_s = '', tickk = 0, tick_s = '',
+      tick_ms = 0, tick_more = false }
     own[slot] = r
   end
   REQS[slot] = r
@@ -120,18 +121,23 @@ end
 --   +6 random 0..2^31   +7 KEYS index of its request key, or 0
 --   +8 KEYS index of its sticky session's key, or 0   +9 how long the session
 --   keeps its proxy, ms (0 without one)   +10 KEYS index of its site's key, or 0
---   +11 t, then +12.. t required tags `<attr>=<percent-encoded value>`
+--   +11 KEYS index of its pool's `P tickets` when it holds a fair waiter's
+--   ticket (`P tickets:until` is the key after it; the library sends both once
+--   per call, as KEYS[3] and KEYS[4]), or 0   +12 the ticket's
+--   number, or 0   +13 how long the ticket is honoured after this attempt, ms,
+--   or 0 (see _lib_fair.lua)
+--   +14 t, then +15.. t required tags `<attr>=<percent-encoded value>`
 -- or, for a request that asks what the one before it asked (the usual batch: a
 -- pool of workers asking the same thing) and has no request id, no session, no
--- site and another selector than random, the short block: +0 '' (no consumer name is empty),
+-- site, no ticket and another selector than random, the short block: +0 '' (no consumer name is empty),
 -- +1 consumer name. Two arguments instead of twelve: Redis parses ten fewer,
 -- FCALL interns ten fewer strings for ARGV, and the request is not checked
 -- and parsed again, only its consumer.
--- or the spec block of a request with no request id, no session, no site and
--- another selector than random: +0 '\1' (no consumer name holds a control
--- character), +1 consumer name, +2 the spec: the full block's +1..+11.. joined by
--- '\n' (the random number, the request, session and site key indexes and the
--- session's ms '0'). A spec is read and checked once
+-- or the spec block of a request with no request id, no session, no site, no
+-- ticket and another selector than random: +0 '\1' (no consumer name holds a
+-- control character), +1 consumer name, +2 the spec: the full block's +1..+14..
+-- joined by '\n' (the random number, the request, session, site and ticket key
+-- indexes, the session's ms and the ticket's fields '0'). A spec is read and checked once
 -- per pool settings and kept (POOL.specs): the usual request, the same
 -- spec call after call, costs a table look-up and its consumer's check.
 -- `slot` is the request's position (its table is reused across calls).
@@ -144,8 +150,8 @@ local function read_request(at, slot)
   if a == '\1' then return STRAIGHT.spec(at, slot) end
   if a ~= '' then return read_request_full(at, slot, ARGV) end
   local prev = slot > 1 and REQS[slot - 1]
-  if not prev or prev.reqk ~= 0 or prev.sessk ~= 0 or prev.sitek ~= 0 or prev.order == 'rnd'
-    or prev.order == 'succ' then
+  if not prev or prev.reqk ~= 0 or prev.sessk ~= 0 or prev.sitek ~= 0 or prev.tickk ~= 0
+    or prev.order == 'rnd' or prev.order == 'succ' then
     return nil, 'a short request block must follow one it repeats'
   end
   local c = ARGV[at + 1]
@@ -161,6 +167,7 @@ function STRAIGHT.copy_request(r, prev)
   r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, prev.test, prev.filter, prev.order,
     prev.fast, prev.noorder
   r.sessk, r.sess_ms_s, r.sitek = 0, '', 0
+  r.tickk, r.tick_s, r.tick_ms = 0, '', 0
   r.exact_s, r.rnd = prev.exact_s, 0
   local dtags, pt = r.dtags, prev.dtags
   if dtags ~= pt then
@@ -188,13 +195,14 @@ function STRAIGHT.spec(at, slot)
   -- Longer than any full block read_request_full() accepts (a 65,536-byte
   -- filter and 64 tags of 1,024 bytes); the library sends at most 4,096.
   if type(spec) ~= 'string' or #spec > 140000 then return nil, 'bad request spec' end
+  -- 14 fields before the tags (the consumer's included), 64 tags at most.
   -- Read once: split into a full block (after the consumer) and read that.
   local A, k, pos = STRAIGHT.spec_args, 1, 1
   A[1] = c
   while true do
     local e = string.find(spec, '\n', pos, true)
     k = k + 1
-    if k > 77 then return nil, 'bad request spec' end
+    if k > 79 then return nil, 'bad request spec' end
     if not e then
       A[k] = string.sub(spec, pos)
       break
@@ -205,8 +213,8 @@ function STRAIGHT.spec(at, slot)
   for j = #A, k + 1, -1 do A[j] = nil end
   local r, nxt = read_request_full(1, slot, A)
   if not r then return nil, nxt end
-  if nxt ~= k + 1 or r.reqk ~= 0 or r.sessk ~= 0 or r.sitek ~= 0 or r.order == 'rnd'
-    or r.order == 'succ' then
+  if nxt ~= k + 1 or r.reqk ~= 0 or r.sessk ~= 0 or r.sitek ~= 0 or r.tickk ~= 0
+    or r.order == 'rnd' or r.order == 'succ' then
     return nil, 'bad request spec'
   end
   t = STRAIGHT.copy_request({ dtags = {} }, r)
@@ -229,7 +237,7 @@ read_request_full = function(at, slot, A)
   end
   if not SMALL then small_numbers() end
   local reqk, sessk, sitek, nt = SMALL[A[at + 7]], SMALL[A[at + 8]], SMALL[A[at + 10]],
-    SMALL[A[at + 11]]
+    SMALL[A[at + 14]]
   if not reqk or not sessk or not sitek or not nt or nt > 64 or reqk > #KEYS or reqk == 1
     or reqk == 2 or sessk > #KEYS or sessk == 1 or sessk == 2 or (sessk > 0 and sessk == reqk)
     or sitek > #KEYS or sitek == 1 or sitek == 2
@@ -249,8 +257,19 @@ read_request_full = function(at, slot, A)
   elseif sess_ms_s ~= '0' then
     return nil, 'bad session ttl'
   end
+  local tickk, tick_s, tick_ms = SMALL[A[at + 11]], A[at + 12], 0
+  if not tickk then return nil, 'bad ticket' end
+  if tickk > 0 then
+    tick_ms = int_in(A[at + 13], 1, MAX_LEASE_MS)
+    if not STRAIGHT.ticket_keys_ok(tickk) or not STRAIGHT.ticket_ok(tick_s) or not tick_ms then
+      return nil, 'bad ticket'
+    end
+  elseif tick_s ~= '0' or A[at + 13] ~= '0' then
+    return nil, 'bad ticket'
+  end
   local r = req_table(slot)
   STRAIGHT.cons[slot] = c
+  r.tickk, r.tick_s, r.tick_ms = tickk, tick_s, tick_ms
   r.dur, r.dur_s, r.ttl_s, r.selector, r.json = dur, dur_s, ttl_s, sel, json
   r.rnd, r.reqk, r.test, r.filter, r.order, r.fast, r.noorder = 0, reqk, false, false, false,
     false, false
@@ -262,7 +281,7 @@ read_request_full = function(at, slot, A)
     if not r.rnd then return nil, 'bad numeric argument' end
   end
   for j = 1, nt do
-    local tag = A[at + 11 + j]
+    local tag = A[at + 14 + j]
     if not is_tag(tag) then return nil, 'bad tag' end
     if declared(tag) then r.dtags[#r.dtags + 1] = tag else r.test = true end
   end
@@ -289,9 +308,9 @@ read_request_full = function(at, slot, A)
     order = false
   end
   r.order = order
-  r.fast = not r.test and r.dtags[2] == nil and sessk == 0 and sitek == 0
+  r.fast = not r.test and r.dtags[2] == nil and sessk == 0 and sitek == 0 and tickk == 0
     and not POOL.rate_ms and (order == 'load' or order == 'lat' or order == 'seq')
-  return r, at + 12 + nt
+  return r, at + 15 + nt
 end
 
 -- Reads the pool's meta and settings; nil and a reply for every request when
@@ -786,6 +805,8 @@ local function serve(r, remaining, slot, off)
       return short(t, off, 'EXISTING', tonumber(prior))
     end
   end
+  -- A fair waiter takes a proxy only at the head of its pool's queue.
+  if r.tickk > 0 and not STRAIGHT.ticket_turn(r) then return short(t, off, 'QUEUED') end
   local st
   if r.sessk > 0 then st = STRAIGHT.session_pick(r) end
   local kept = st ~= nil
@@ -821,6 +842,7 @@ local function serve(r, remaining, slot, off)
     redis.call('SET', KEYS[r.sessk], st.m .. ' ' .. POOL_ID, 'PX', r.sess_ms_s)
   end
   if r.selector == 'round_robin' and not kept then RR, RR_S, RR_MOVED = st.seq, st.m, true end
+  if r.tickk > 0 then STRAIGHT.ticket_done(r) end
   TAKEN = TAKEN + 1
   t[off + 1], t[off + 2], t[off + 3], t[off + 4] = 'OK', token, NOW, exp
   t[off + 5], t[off + 6], t[off + 7], t[off + 8] = st.seq, st.j, POOL_ID, nil

@@ -4,7 +4,9 @@
 -- proxy that matches, count the lease and record it.
 --
 -- KEYS[1]    P meta        KEYS[2]  P live
--- KEYS[3..]  per request, in order: its request key `P req:<id>`, its sticky
+-- KEYS[3]    P tickets   KEYS[4]  P tickets:until   only when a request holds a
+--            fair waiter's ticket
+-- KEYS[3..]  (or KEYS[5..] after those) per request, in order: its request key `P req:<id>`, its sticky
 --            session's key `P sess:<id>` and its site's `P site:<site>`, each
 --            only when it has one (the block names their indexes)
 -- ARGV[1]  pool prefix P = `<ns>:{<pool>}:` (KEYS must be built from it)
@@ -13,7 +15,8 @@
 -- ARGV[4]  n, the number of requests (1..MAX_REQUESTS), then n blocks as read by
 --          read_request() in _lib_acquire.lua (consumer, duration, record TTL,
 --          selector, filter, exact flag, random, request key index, session
---          key index and ms, site key index, tags), the
+--          key index and ms, site key index, ticket key index, number and
+--          ms, tags), the
 --          spec block ('\1', consumer, those fields after the consumer joined by
 --          newlines: a request with no request id, not random) or the short
 --          block ('', consumer) of a request that repeats the one before it but
@@ -24,6 +27,7 @@
 --                            lease id is made of the token and the pool id
 --   {'EXISTING', token}      its request id already got this lease (nothing written)
 --   {'NONE'}                 no available proxy matches
+--   {'QUEUED'}               its ticket is not the head of the queue (nothing taken)
 --   {'RETRY'}                none, but due leases remain: run cleanup.lua, call again
 --   {'NO_ORDER', order}      the selector needs an order the pool does not keep
 --   {'POOL_NOT_FOUND'} / {'SCHEMA', found}   for every request
@@ -54,6 +58,12 @@
 -- reads the pool's fixed settings: one more HMGET meta). Reclaim adds
 -- ZRANGEBYSCORE, HMGET, ZMSCORE, ZREM and ZRANGE, only when the `exp` hint is
 -- due. Cost O(n log N), flat in pool size N.
+--
+-- A fair waiter's request (one with a ticket) takes the general path, and
+-- adds ZRANGEBYSCORE and ZADD of P tickets:until and ZRANGE of P tickets (its
+-- turn, see _lib_fair.lua), and when granted ZREM of each (and PUBLISH on
+-- P freed when another ticket waits): 3 when it is not its turn, 5 or 6 more
+-- when it is.
 
 reset_acquire()
 local prefix = ARGV[1]

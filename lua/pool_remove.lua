@@ -65,7 +65,8 @@ if m[1] == SCHEMA then
   if budget > 0 then
     local keys = { KEYS[1], live, P .. K_PROXIES, P .. K_HELD, P .. K_TAGS, P .. K_COOLDOWN,
       P .. K_GEO, P .. K_POLAR, P .. K_IDX .. 'load:all', P .. K_IDX .. 'seq:all',
-      P .. K_IDX .. 'lat:all', P .. K_IDX .. 'succ:all', P .. K_SUCC }
+      P .. K_IDX .. 'lat:all', P .. K_IDX .. 'succ:all', P .. K_SUCC, P .. STRAIGHT.K_TICKETS,
+      P .. STRAIGHT.K_TICKET_ENDS }
     for i = 0, 255 do keys[#keys + 1] = P .. K_IDS .. string.format('%02x', i) end
     redis.call('UNLINK', unpack(keys))
     out[1] = 'DONE'

@@ -4,7 +4,9 @@
 -- release i, then acquire i (which may get the proxy it just gave back).
 --
 -- KEYS[1]    P meta        KEYS[2]  P live
--- KEYS[3..]  per request, in order: its request key `P req:<id>`, its sticky
+-- KEYS[3]    P tickets   KEYS[4]  P tickets:until   only when a request holds a
+--            fair waiter's ticket (as acquire.lua)
+-- KEYS[3..]  (or KEYS[5..] after those) per request, in order: its request key `P req:<id>`, its sticky
 --            session's key `P sess:<id>` and its site's `P site:<site>`, each
 --            only when it has one (the block names their indexes)
 -- ARGV[1..4] as acquire.lua (prefix, reclaim limit, grace ms, n), then n blocks:

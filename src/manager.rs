@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use crate::error::Result;
+use crate::fair::WaitOptions;
 use crate::filters::ProxyFilters;
 use crate::hooks::{Hook, LeaseEvent, LeaseEventKind, LeaseEventOutcome};
 use crate::lease::{Lease, ReleaseOutcome};
@@ -486,6 +487,7 @@ impl<S: Storage> ProxyManager<S> {
             request_id: options.request_id,
             session: options.session,
             site: options.site.map(Site::new).transpose()?,
+            ticket: None,
         };
         request.validate()?;
         Ok(request)
@@ -666,8 +668,9 @@ impl<S: Storage> ProxyManager<S> {
         }
     }
 
-    /// Acquires, waiting up to `timeout` for a matching proxy to free up when
+    /// Acquires, waiting up to a timeout for a matching proxy to free up when
     /// none is free now. Returns `Ok(None)` when the timeout passes first.
+    /// `wait` is the timeout (a [`Duration`]) or [`WaitOptions`].
     ///
     /// The wait is not a poll loop: the storage notifies releases, cleanups,
     /// lifted cooldowns and new or re-activated proxies (Redis pub/sub on the
@@ -679,18 +682,21 @@ impl<S: Storage> ProxyManager<S> {
     /// Within one manager (and its clones), waiters on a pool are served in FIFO
     /// order: only the oldest one retries. Across managers and hosts there is no
     /// queue: a freed slot goes to whichever waiter's acquire reaches the storage
-    /// first (every acquire is atomic, so never to two).
+    /// first (every acquire is atomic, so never to two). A fair wait
+    /// ([`WaitOptions::fair`]) takes a ticket in the pool's queue in the storage
+    /// instead, and is served in ticket order with the fair waiters of every
+    /// host (see [`crate::fair`] for what that guarantees, and what not).
     pub async fn acquire_proxy_wait(
         &self,
         pool_name: impl IntoPoolName,
         options: AcquireOptions,
-        timeout: Duration,
+        wait: impl Into<WaitOptions>,
     ) -> Result<Option<Lease>> {
         let pool_name = pool_name.into_pool_name()?;
         let span = tracing::debug_span!("lighthouse.wait", pool = %pool_name, outcome = tracing::field::Empty);
         let started = crate::telemetry::CallTimer::start();
         let result = self
-            .wait_for_proxy(&pool_name, options, timeout)
+            .wait_for_proxy(&pool_name, options, wait.into())
             .instrument(span.clone())
             .await;
         let leased = crate::telemetry::leased(&result);
@@ -705,37 +711,70 @@ impl<S: Storage> ProxyManager<S> {
         &self,
         pool_name: &PoolName,
         options: AcquireOptions,
-        timeout: Duration,
+        wait: WaitOptions,
     ) -> Result<Option<Lease>> {
         const SAFETY_POLL: Duration = Duration::from_secs(5);
-        let request = self.request(pool_name.clone(), options)?;
+        wait.validate()?;
+        let timeout = wait.timeout;
+        let mut request = self.request(pool_name.clone(), options)?;
         let deadline = tokio::time::Instant::now() + timeout;
         // Subscribe before the first attempt, so no release in between is missed.
         let mut freed = self.storage.subscribe_freed(pool_name).await?;
-        self.storage.announce_waiter(pool_name, timeout).await?;
-        let queue = {
-            let mut waiters = self
-                .waiters
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(waiters.entry(pool_name.clone()).or_default())
+        // A fair waiter's turn comes from its ticket in the storage's queue
+        // (taking it also announces the waiter); anyone else's from this
+        // manager's queue.
+        let ticket = match wait.fair {
+            true => {
+                self.storage
+                    .take_ticket(pool_name, wait.ticket_ttl, timeout)
+                    .await?
+            }
+            false => None,
         };
-        let Ok(_turn) = tokio::time::timeout_at(deadline, queue.lock()).await else {
-            return Ok(None);
+        let _turn = match &ticket {
+            Some(_) => None,
+            None => {
+                self.storage.announce_waiter(pool_name, timeout).await?;
+                let queue = {
+                    let mut waiters = self
+                        .waiters
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    Arc::clone(waiters.entry(pool_name.clone()).or_default())
+                };
+                let Ok(turn) = tokio::time::timeout_at(deadline, queue.lock_owned()).await else {
+                    return Ok(None);
+                };
+                Some(turn)
+            }
+        };
+        let (hold, refresh) = match ticket {
+            Some(t) => {
+                request.ticket = Some(t.clone());
+                let hold = crate::fair::TicketHold::new(self.storage_arc(), t);
+                (Some(hold), wait.refresh_every())
+            }
+            None => (None, SAFETY_POLL),
         };
         loop {
             if let Some(lease) = self.acquire_request(Ok(&request)).await? {
+                if let Some(hold) = hold {
+                    hold.served();
+                }
                 return Ok(Some(lease));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
+                if let Some(hold) = hold {
+                    hold.leave().await;
+                }
                 return Ok(None);
             }
             let poll = match self.storage.next_expiry(pool_name).await? {
                 Some(d) => (d + Duration::from_millis(2)).min(SAFETY_POLL),
                 None => SAFETY_POLL,
             };
-            let wake_at = (now + poll).min(deadline);
+            let wake_at = (now + poll.min(refresh)).min(deadline);
             tokio::select! {
                 got = freed.recv() => {
                     if matches!(got, Err(tokio::sync::broadcast::error::RecvError::Closed)) {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::clock::{Clock, SystemClock};
 use crate::consumer::Consumer;
 use crate::error::{Error, LostReason, Result};
+use crate::fair::{QueuedTicket, WaitTicket};
 use crate::filters::{FilterAttribute, ProxyFilters};
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
@@ -28,6 +29,7 @@ use records::{Nanos, Record, Records};
 mod records;
 mod sessions;
 mod sites;
+mod tickets;
 
 /// A thread-safe storage that keeps everything in this process.
 ///
@@ -158,6 +160,7 @@ impl InMemoryStorage {
             consumer_list,
             last_consumer,
             rng,
+            freed,
             ..
         } = &mut *guard;
         let Some(ps) = pools.get_mut(&request.pool_name) else {
@@ -203,6 +206,17 @@ impl InMemoryStorage {
             {
                 return Ok(Some(earlier));
             }
+        }
+        // A fair waiter takes a proxy only at the head of the queue.
+        let mut queued_behind = false;
+        if let Some(ticket) = &request.ticket {
+            let (head, more) = ps
+                .tickets
+                .turn(ticket.number(), now, to_nanos(ticket.ttl()));
+            if !head {
+                return Ok(None);
+            }
+            queued_behind = more;
         }
         let site = request.site.as_ref();
         let kept = request
@@ -262,6 +276,15 @@ impl InMemoryStorage {
         if let Some(session) = &request.session {
             let until = now.saturating_add(to_nanos(session.ttl_for(request.duration)));
             ps.sessions.bind(&session.id, seq, until);
+        }
+        if let Some(ticket) = &request.ticket {
+            // Served: out of the queue; the next waiter may be served too.
+            ps.tickets.remove(ticket.number());
+            if queued_behind {
+                if let Some(tx) = freed.get(&request.pool_name) {
+                    let _ = tx.send(());
+                }
+            }
         }
         // Built last, where it is returned (not moved there).
         Ok(Some(Lease {
@@ -775,6 +798,8 @@ struct PoolState {
     sessions: sessions::Sessions,
     /// Site-scoped cooldowns and bans.
     sites: sites::Sites,
+    /// The queue of fair waiters.
+    tickets: tickets::Tickets,
     /// Ends of the rate-limit rests of resting proxies (see `reschedule`).
     rests: FastMap<Uuid, Nanos>,
     /// Success evidence by seq, in pools that keep the success order.
@@ -815,6 +840,7 @@ impl PoolState {
             plan: None,
             sessions: sessions::Sessions::default(),
             sites: sites::Sites::default(),
+            tickets: tickets::Tickets::default(),
             rests: fast_map(),
             success: fast_map(),
         }
@@ -1819,6 +1845,44 @@ impl LeaseStorage for InMemoryStorage {
             .entry(pool_name.clone())
             .or_insert_with(|| tokio::sync::broadcast::channel(16).0)
             .subscribe())
+    }
+
+    async fn take_ticket(
+        &self,
+        pool_name: &PoolName,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<WaitTicket>> {
+        crate::fair::validate_ticket_ttl(ttl)?;
+        let _ = wait;
+        let now = self.now();
+        let mut st = self.lock();
+        let number = st.pool_mut(pool_name)?.tickets.take(now, to_nanos(ttl));
+        Ok(Some(WaitTicket::new(pool_name.clone(), number, ttl)))
+    }
+
+    async fn drop_ticket(&self, ticket: &WaitTicket) -> Result<()> {
+        let mut st = self.lock();
+        let Ok(ps) = st.pool_mut(ticket.pool_name()) else {
+            return Ok(());
+        };
+        // The head gave up: the next one may be served at once.
+        if ps.tickets.remove(ticket.number()) && !ps.tickets.is_empty() {
+            st.notify(ticket.pool_name());
+        }
+        Ok(())
+    }
+
+    async fn wait_tickets(&self, pool_name: &PoolName) -> Result<Vec<QueuedTicket>> {
+        let now = self.now();
+        let st = self.lock();
+        Ok(st
+            .pool(pool_name)?
+            .tickets
+            .honoured(now)
+            .into_iter()
+            .map(|(number, until)| QueuedTicket::new(number, to_time(until)))
+            .collect())
     }
 
     async fn next_expiry(&self, pool_name: &PoolName) -> Result<Option<Duration>> {

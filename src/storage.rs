@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
+use crate::fair::{QueuedTicket, WaitTicket};
 use crate::filters::ProxyFilters;
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, ReleaseOutcome, Rotation};
@@ -84,6 +85,10 @@ pub struct AcquireRequest {
     /// The site this lease is for: proxies resting or banned for it are
     /// skipped (see [`crate::site`]).
     pub site: Option<Site>,
+    /// A fair waiter's ticket in the pool's queue: the acquire refreshes it,
+    /// and takes a proxy only while it is the head of the queue (see
+    /// [`crate::fair`]). A storage that keeps no queue ignores it.
+    pub ticket: Option<WaitTicket>,
 }
 
 /// The error of a storage that keeps no site state.
@@ -160,7 +165,15 @@ impl AcquireRequest {
             request_id: None,
             session: None,
             site: None,
+            ticket: None,
         })
+    }
+
+    /// Acquires as the holder of this wait ticket; see [`AcquireRequest::ticket`].
+    #[must_use]
+    pub fn with_ticket(mut self, ticket: WaitTicket) -> Self {
+        self.ticket = Some(ticket);
+        self
     }
 
     /// Acquires for this site; see [`AcquireRequest::site`].
@@ -222,6 +235,9 @@ impl AcquireRequest {
         }
         if let Some(session) = &self.session {
             session.validate()?;
+        }
+        if let Some(ticket) = &self.ticket {
+            ticket.validate_for(&self.pool_name)?;
         }
         validate_shared_filters(&self.filters)
     }
@@ -552,6 +568,40 @@ pub trait LeaseStorage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<std::time::Duration>>> + Send {
         let _ = pool_name;
         async { Ok(None) }
+    }
+
+    /// Takes a ticket at the end of the pool's queue of fair waiters (see
+    /// [`crate::fair`]), honoured `ttl` after each refresh, and says, as
+    /// [`LeaseStorage::announce_waiter`] does, that its holder waits up to
+    /// `wait`. [`Error::PoolNotFound`] for an unknown pool. The default keeps
+    /// no queue: `None` (the manager then waits as for a plain wait).
+    fn take_ticket(
+        &self,
+        pool_name: &PoolName,
+        ttl: std::time::Duration,
+        wait: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<WaitTicket>>> + Send {
+        let _ = (pool_name, ttl, wait);
+        async { Ok(None) }
+    }
+
+    /// Takes a ticket out of its pool's queue (its waiter gave up). A ticket no
+    /// longer queued, or of a pool that no longer exists, is no error. The
+    /// default keeps no queue: nothing to do.
+    fn drop_ticket(&self, ticket: &WaitTicket) -> impl Future<Output = Result<()>> + Send {
+        let _ = ticket;
+        async { Ok(()) }
+    }
+
+    /// The tickets of a pool's queue that are honoured now, head first.
+    /// [`Error::PoolNotFound`] for an unknown pool. The default keeps no
+    /// queue: none.
+    fn wait_tickets(
+        &self,
+        pool_name: &PoolName,
+    ) -> impl Future<Output = Result<Vec<QueuedTicket>>> + Send {
+        let _ = pool_name;
+        async { Ok(Vec::new()) }
     }
 
     /// Applies a health check: sets the proxy's status and `checked_at`.

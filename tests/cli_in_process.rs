@@ -446,3 +446,70 @@ async fn pool_create_with_a_rate_limit_rests_proxies_between_leases() {
         assert!(err.contains("rate limit"), "{bad}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_fair_wait_shows_in_tickets_and_pool_show_and_leaves_at_its_timeout() {
+    let sh = Shell::new();
+    sh.sh("pool create p1").await.unwrap();
+    sh.sh("proxy add --pool p1 --host 10.0.0.1 --port 3128 --max-concurrency 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        sh.sh("tickets --pool p1").await.unwrap().trim(),
+        "no fair waiter in pool p1"
+    );
+    let held = sh.sh("acquire --pool p1").await.unwrap();
+    assert!(held.contains("proxy http://10.0.0.1:3128"), "{held}");
+    // A fair waiter of another host (here a task of this process) waits.
+    let waiter = {
+        let m = sh.m.clone();
+        tokio::spawn(async move {
+            m.acquire_proxy_wait(
+                "p1",
+                lighthouse_lease::AcquireOptions::new(),
+                lighthouse_lease::WaitOptions::new(std::time::Duration::from_secs(30)).fair(true),
+            )
+            .await
+        })
+    };
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = sh.sh("tickets --pool p1").await.unwrap();
+        if listed.contains("ticket") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        listed.trim().starts_with("1. ticket ") && listed.contains("honoured until "),
+        "{listed}"
+    );
+    let shown = sh.sh("pool show p1").await.unwrap();
+    assert!(
+        shown.contains("fair waiters: 1 tickets queued, head #"),
+        "{shown}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&sh.sh("--json tickets --pool p1").await.unwrap()).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    assert!(v[0]["number"].as_u64().is_some() && v[0]["honoured_until"].is_string());
+    // A fair acquire from the CLI queues behind it and gives up at its timeout.
+    let err = sh
+        .sh("acquire --pool p1 --wait 1 --fair")
+        .await
+        .unwrap_err();
+    assert!(err.contains("within 1 s"), "{err}");
+    assert_eq!(
+        sh.sh("--json tickets --pool p1")
+            .await
+            .unwrap()
+            .trim()
+            .matches("number")
+            .count(),
+        1,
+        "the CLI's waiter left the queue at its timeout"
+    );
+    let err = sh.sh("acquire --pool p1 --fair").await.unwrap_err();
+    assert!(err.contains("--wait"), "--fair needs --wait: {err}");
+    waiter.abort();
+}

@@ -88,6 +88,12 @@ pub enum Command {
         #[arg(long)]
         pool: String,
     },
+    /// List the fair waiters' tickets of a pool, head first (see `--fair`).
+    Tickets {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+    },
     /// List a pool's live leases.
     Leases {
         /// The pool.
@@ -328,6 +334,13 @@ pub struct AcquireArgs {
     /// Lease for this site: skip proxies resting or banned for it.
     #[arg(long)]
     pub site: Option<String>,
+    /// Wait up to this many seconds for a proxy when none is free.
+    #[arg(long)]
+    pub wait: Option<u64>,
+    /// Wait in the pool's fleet-wide queue: served in ticket order with the
+    /// fair waiters of every host (`lighthouse tickets` shows the queue).
+    #[arg(long, requires = "wait")]
+    pub fair: bool,
 }
 
 /// `<leases>/<seconds>` (seconds may have a fraction) as a [`crate::RateLimit`].
@@ -573,15 +586,18 @@ pub async fn run<S: Storage, W: Write>(
                 name: name.to_string(),
             })?;
             let stats = s.pool_stats(name).await?;
+            let tickets = s.wait_tickets(name).await?;
             #[derive(Serialize)]
             struct Show<'a> {
                 pool: &'a ProxyPool,
                 stats: &'a PoolStats,
+                tickets: &'a [crate::fair::QueuedTicket],
             }
             p.print(
                 &Show {
                     pool: &pool,
                     stats: &stats,
+                    tickets: &tickets,
                 },
                 |w| {
                     writeln!(w, "pool {} ({})", pool.name, pool.id)?;
@@ -610,6 +626,14 @@ pub async fn run<S: Storage, W: Write>(
                             "  success scoring: half-life {:?}, exploration {}",
                             sc.half_life(),
                             sc.exploration()
+                        )?;
+                    }
+                    if let Some(head) = tickets.first() {
+                        writeln!(
+                            w,
+                            "  fair waiters: {} tickets queued, head #{}",
+                            tickets.len(),
+                            head.number
                         )?;
                     }
                     writeln!(w, "  {}", stats_line(&pool.name, &stats))
@@ -812,7 +836,15 @@ pub async fn run<S: Storage, W: Write>(
                 }
                 options = options.session(session);
             }
-            match manager.acquire_proxy(&a.pool, options).await? {
+            let got = match a.wait {
+                Some(secs) => {
+                    let wait =
+                        crate::fair::WaitOptions::new(Duration::from_secs(secs)).fair(a.fair);
+                    manager.acquire_proxy_wait(&a.pool, options, wait).await?
+                }
+                None => manager.acquire_proxy(&a.pool, options).await?,
+            };
+            match got {
                 Some(lease) => {
                     #[derive(Serialize)]
                     struct Acquired<'a> {
@@ -827,8 +859,9 @@ pub async fn run<S: Storage, W: Write>(
                     })
                 }
                 None => Err(Error::InvalidArgument(format!(
-                    "no proxy available in pool {:?} (every matching proxy is full, or none matches)",
-                    a.pool
+                    "no proxy available in pool {:?}{} (every matching proxy is full, or none matches)",
+                    a.pool,
+                    a.wait.map(|secs| format!(" within {secs} s")).unwrap_or_default()
                 ))),
             }
         }
@@ -915,6 +948,25 @@ pub async fn run<S: Storage, W: Write>(
                     writeln!(w, "session {name}: proxy {}{at} until {until}", b.proxy_id)
                 }
                 _ => writeln!(w, "session {name}: keeps no proxy"),
+            })
+        }
+        Command::Tickets { pool } => {
+            let tickets = s.wait_tickets(&PoolName::new(pool)?).await?;
+            p.print(&tickets, |w| {
+                if tickets.is_empty() {
+                    return writeln!(w, "no fair waiter in pool {pool}");
+                }
+                for (at, t) in tickets.iter().enumerate() {
+                    writeln!(
+                        w,
+                        "{:>3}. ticket {}  honoured until {}",
+                        at + 1,
+                        t.number,
+                        t.honoured_until
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    )?;
+                }
+                Ok(())
             })
         }
         Command::Leases { pool } => {

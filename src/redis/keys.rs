@@ -18,6 +18,8 @@
 //! | `<ns>:{<pool>}:sess:<id>` | string | `<seq> <pool id>`: the proxy a sticky session keeps, with a TTL |
 //! | `<ns>:{<pool>}:site:<site>` | hash | `pool` → pool id; seq → `<failures> <until-ms or ban> <reason>` for one site, with a TTL |
 //! | `<ns>:{<pool>}:cooldown` | zset | cooling proxies by cooldown end (ms) |
+//! | `<ns>:{<pool>}:tickets` | zset | fair waiters' tickets, by number (the queue, head first) |
+//! | `<ns>:{<pool>}:tickets:until` | zset | the same tickets by when each lapses unless refreshed (ms) |
 //! | `<ns>:{<pool>}:geo`, `…:polar` | geo, zset | available proxies with a location |
 //! | `<ns>:{<pool>}:tags` | set | index tags in use |
 //! | `<ns>:{<pool>}:freed` | channel | a slot freed while someone waited |
@@ -65,9 +67,16 @@ pub(crate) const SUFFIXES: [(&str, &str); 15] = [
     ("K_FREED", "freed"),
 ];
 
+/// Pool key suffixes the scripts read as fields of the library's `STRAIGHT`
+/// table instead of as locals (`STRAIGHT.K_TICKETS`): the library's chunk has
+/// spent Lua's 200 locals. (Lua constant, suffix), as [`SUFFIXES`].
+pub(crate) const FIELD_SUFFIXES: [(&str, &str); 2] =
+    [("K_TICKETS", "tickets"), ("K_TICKET_ENDS", "tickets:until")];
+
 fn suffix(name: &str) -> &'static str {
     SUFFIXES
         .iter()
+        .chain(FIELD_SUFFIXES.iter())
         .find(|(n, _)| *n == name)
         .map_or("", |(_, s)| s)
 }
@@ -114,6 +123,16 @@ pub(crate) fn lua_prelude() -> String {
         "local MAX_LEASE_MS = {}",
         MAX_LEASE_DURATION.as_millis()
     );
+    out
+}
+
+/// The Lua text that follows the shared helpers: [`FIELD_SUFFIXES`] as fields
+/// of `STRAIGHT` (which `lua/_lib.lua` makes), set once when the library loads.
+pub(crate) fn lua_fields() -> String {
+    let mut out = String::from("-- generated from src/redis/keys.rs\n");
+    for (name, suffix) in FIELD_SUFFIXES {
+        let _ = writeln!(out, "STRAIGHT.{name} = '{suffix}'");
+    }
     out
 }
 
@@ -226,6 +245,16 @@ impl PoolKeys {
     /// seq → `<successes> <reports> <ms of the last report>`.
     pub(crate) fn success(&self) -> String {
         self.key("K_SUCC")
+    }
+
+    /// The queue of fair waiters: tickets by number.
+    pub(crate) fn tickets(&self) -> String {
+        self.key("K_TICKETS")
+    }
+
+    /// The same tickets by when each lapses unless refreshed (ms).
+    pub(crate) fn ticket_ends(&self) -> String {
+        self.key("K_TICKET_ENDS")
     }
 
     /// Idempotency key of an acquire: `req:<percent-encoded request id>`.
@@ -373,5 +402,13 @@ mod tests {
             assert!(p.contains(&format!("local {name} = '{suffix}'")), "{p}");
         }
         assert!(p.contains("local MAX_LEASE_MS = 604800000"));
+        let f = lua_fields();
+        for (name, suffix) in FIELD_SUFFIXES {
+            assert!(f.contains(&format!("STRAIGHT.{name} = '{suffix}'")), "{f}");
+            assert!(!p.contains(name), "{name} is a field, not a local");
+        }
+        let k = Keys::new("lighthouse").pool("p");
+        assert_eq!(k.tickets(), "lighthouse:{p}:tickets");
+        assert_eq!(k.ticket_ends(), "lighthouse:{p}:tickets:until");
     }
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::consumer::Consumer;
 use crate::error::{BackendErrorKind, Error, LostReason, Result};
+use crate::fair::{QueuedTicket, WaitTicket};
 use crate::health::HealthCheckResult;
 use crate::lease::{Lease, LeaseStatus, ReleaseOutcome, Rotation};
 use crate::names::{validate_pool_name, ConsumerName, PoolName};
@@ -818,7 +819,7 @@ impl RedisStorage {
                 Self::lease_from_grant(&g, consumer_id, request)?,
             ))),
             acquire::AcquireReply::Existing(token) => Ok(Settled::Existing(token)),
-            acquire::AcquireReply::None => Ok(Settled::None),
+            acquire::AcquireReply::None | acquire::AcquireReply::Queued => Ok(Settled::None),
             acquire::AcquireReply::Retry => Ok(Settled::Retry),
             acquire::AcquireReply::NoOrder(order) => Err(Error::missing_order(
                 &request.pool_name,
@@ -1408,6 +1409,50 @@ impl LeaseStorage for RedisStorage {
         let pk = self.require_pool(&mut conn, pool_name).await?;
         drop(conn);
         Ok(self.notifier.subscribe(pk.freed()).await)
+    }
+
+    async fn take_ticket(
+        &self,
+        pool_name: &PoolName,
+        ttl: std::time::Duration,
+        wait: std::time::Duration,
+    ) -> Result<Option<WaitTicket>> {
+        crate::fair::validate_ticket_ttl(ttl)?;
+        let pk = self.keys.pool(pool_name);
+        let mut conn = self.conn().await?;
+        match ops::ticket::take(&mut conn, &pk, ttl, wait).await? {
+            ops::ticket::TicketReply::Ok(number) => {
+                Ok(Some(WaitTicket::new(pool_name.clone(), number, ttl)))
+            }
+            ops::ticket::TicketReply::PoolNotFound => Err(Error::PoolNotFound {
+                name: pool_name.to_string(),
+            }),
+            ops::ticket::TicketReply::Schema(found) => Err(schema_error(pool_name, found)),
+        }
+    }
+
+    async fn drop_ticket(&self, ticket: &WaitTicket) -> Result<()> {
+        let pk = self.keys.pool(ticket.pool_name());
+        let mut conn = self.conn().await?;
+        match ops::ticket::drop(&mut conn, &pk, ticket.number()).await? {
+            ops::ticket::TicketReply::Ok(_) | ops::ticket::TicketReply::PoolNotFound => Ok(()),
+            ops::ticket::TicketReply::Schema(found) => Err(schema_error(ticket.pool_name(), found)),
+        }
+    }
+
+    async fn wait_tickets(&self, pool_name: &PoolName) -> Result<Vec<QueuedTicket>> {
+        let pk = self.keys.pool(pool_name);
+        let mut conn = self.conn().await?;
+        match ops::ticket_read::run(&mut conn, &pk).await? {
+            ops::ticket_read::TicketsReply::Ok(all) => all
+                .into_iter()
+                .map(|(number, until)| Ok(QueuedTicket::new(number, codec::ms_to_time(until)?)))
+                .collect(),
+            ops::ticket_read::TicketsReply::PoolNotFound => Err(Error::PoolNotFound {
+                name: pool_name.to_string(),
+            }),
+            ops::ticket_read::TicketsReply::Schema(found) => Err(schema_error(pool_name, found)),
+        }
     }
 
     async fn announce_waiter(&self, pool_name: &PoolName, wait: std::time::Duration) -> Result<()> {

@@ -2959,3 +2959,232 @@ pub async fn rate_limit_lifts_every_rest_that_is_over<H: Harness>(h: &H) {
         .iter()
         .any(|l| l.proxy_id == got.proxy_id));
 }
+
+/// A storage-level acquire of the suite's pool as `worker-1`, holding `ticket`.
+async fn take_with_ticket<S: Storage>(
+    m: &ProxyManager<S>,
+    ticket: &crate::fair::WaitTicket,
+) -> Option<Lease> {
+    let request = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(3600))
+        .expect("valid request")
+        .with_ticket(ticket.clone());
+    m.storage()
+        .acquire(&request)
+        .await
+        .expect("acquire with a ticket")
+}
+
+/// A ticket at the end of the suite's pool's queue.
+async fn ticket<S: Storage>(m: &ProxyManager<S>, ttl: Duration) -> crate::fair::WaitTicket {
+    m.storage()
+        .take_ticket(&pn(POOL), ttl, Duration::from_secs(60))
+        .await
+        .expect("take_ticket")
+        .expect("a storage with a queue of fair waiters issues tickets")
+}
+
+/// The numbers of the tickets the pool's queue honours, head first.
+async fn queue<S: Storage>(m: &ProxyManager<S>) -> Vec<u64> {
+    m.storage()
+        .wait_tickets(&pn(POOL))
+        .await
+        .expect("wait_tickets")
+        .into_iter()
+        .map(|t| t.number)
+        .collect()
+}
+
+/// Tickets are issued in increasing order, and an acquire with a ticket takes
+/// a proxy only at the head of the queue: a later ticket gets nothing while an
+/// earlier one is honoured, though a proxy is free; the grant takes the ticket
+/// out of the queue.
+pub async fn fair_tickets_are_served_in_ticket_order<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let ttl = Duration::from_secs(60);
+    let first = ticket(&m, ttl).await;
+    let second = ticket(&m, ttl).await;
+    assert!(second.number() > first.number(), "numbers increase");
+    assert_eq!(queue(&m).await, [first.number(), second.number()]);
+    assert_eq!(
+        take_with_ticket(&m, &second).await,
+        None,
+        "not the head: nothing, though x is free"
+    );
+    assert_eq!(leases_of(&m, x.id).await, 0);
+    let a = take_with_ticket(&m, &first)
+        .await
+        .expect("the head gets the free proxy");
+    assert_eq!(a.proxy_id, x.id);
+    assert_eq!(
+        queue(&m).await,
+        [second.number()],
+        "served: out of the queue"
+    );
+    assert_eq!(take_with_ticket(&m, &second).await, None, "x is full");
+    m.release_proxy(&a).await.unwrap();
+    let b = take_with_ticket(&m, &second)
+        .await
+        .expect("now the head, x free again");
+    assert_eq!(b.proxy_id, x.id);
+    assert!(queue(&m).await.is_empty());
+    let other = pn("another-pool");
+    assert!(matches!(
+        m.storage()
+            .take_ticket(&other, ttl, Duration::from_secs(1))
+            .await,
+        Err(Error::PoolNotFound { .. })
+    ));
+    assert!(matches!(
+        m.storage().wait_tickets(&other).await,
+        Err(Error::PoolNotFound { .. })
+    ));
+}
+
+/// A ticket its waiter stops refreshing (a dead waiter) holds the queue back
+/// for its TTL, no longer: then the next attempt of a live waiter drops it. A
+/// waiter that was only slow comes back in its old place, ahead of later
+/// tickets; a dropped ticket leaves the queue.
+pub async fn lapsed_ticket_stops_blocking_after_its_ttl<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let ttl = h.short_lease() * 4;
+    let dead = ticket(&m, ttl).await;
+    let live = ticket(&m, ttl).await;
+    assert_eq!(take_with_ticket(&m, &live).await, None, "the head is live");
+    h.advance(m.storage(), ttl / 2).await;
+    assert_eq!(
+        take_with_ticket(&m, &live).await,
+        None,
+        "still within the head's TTL (this attempt refreshes the later ticket)"
+    );
+    h.advance(m.storage(), ttl / 2 + ttl / 4).await;
+    let got = take_with_ticket(&m, &live)
+        .await
+        .expect("the dead waiter's ticket lapsed: the live one is the head");
+    assert_eq!(got.proxy_id, x.id);
+    assert!(queue(&m).await.is_empty(), "the lapsed ticket was dropped");
+    let later = ticket(&m, ttl).await;
+    m.release_proxy(&got).await.unwrap();
+    let back = take_with_ticket(&m, &dead)
+        .await
+        .expect("a slow waiter's ticket is queued again in its place, ahead of later ones");
+    assert_eq!(back.proxy_id, x.id);
+    assert_eq!(queue(&m).await, [later.number()]);
+    m.storage().drop_ticket(&later).await.expect("drop_ticket");
+    assert!(
+        queue(&m).await.is_empty(),
+        "a dropped ticket leaves the queue"
+    );
+    m.storage()
+        .drop_ticket(&later)
+        .await
+        .expect("dropping it again is no error");
+}
+
+/// Acquires without a ticket do not look at the queue: a plain acquire takes
+/// a free proxy while tickets wait (the documented rule), and the waiting
+/// tickets stay queued. Bad tickets are refused before anything is written.
+pub async fn plain_acquires_do_not_wait_for_tickets<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let waiting = ticket(&m, Duration::from_secs(60)).await;
+    let plain = take_some(&m, as_worker()).await;
+    assert_eq!(plain.proxy_id, x.id, "a plain acquire ignores the queue");
+    assert_eq!(take_with_ticket(&m, &waiting).await, None, "x is full");
+    assert_eq!(
+        queue(&m).await,
+        [waiting.number()],
+        "the ticket still waits"
+    );
+    m.release_proxy(&plain).await.unwrap();
+    let too_short = m
+        .storage()
+        .take_ticket(&pn(POOL), Duration::from_millis(1), Duration::from_secs(1))
+        .await;
+    assert!(matches!(too_short, Err(Error::InvalidDuration { .. })));
+    let elsewhere = crate::fair::WaitTicket::new(
+        pn("another-pool"),
+        waiting.number(),
+        Duration::from_secs(60),
+    );
+    let request = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(60))
+        .unwrap()
+        .with_ticket(elsewhere);
+    assert!(matches!(
+        m.storage().acquire(&request).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    let too_long = m
+        .acquire_proxy_wait(
+            POOL,
+            as_worker(),
+            crate::fair::WaitOptions::new(Duration::from_millis(10))
+                .fair(true)
+                .ticket_ttl(Duration::from_secs(7200)),
+        )
+        .await;
+    assert!(matches!(too_long, Err(Error::InvalidDuration { .. })));
+    assert_eq!(leases_of(&m, x.id).await, 0, "nothing was leased");
+    assert_eq!(queue(&m).await, [waiting.number()]);
+}
+
+/// Fair waiters on two managers of one storage are served in the order they
+/// took their tickets; each leaves the queue when served, and one that gives
+/// up at its timeout leaves it too.
+pub async fn fair_waiters_across_managers_are_served_in_ticket_order<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    add(&m, proxy(&pool, 1).max_concurrency(1)).await;
+    let other = ProxyManager::from_arc(m.storage_arc());
+    let mut held = take_some(&m, as_worker().duration_seconds(3600)).await;
+    let fair = crate::fair::WaitOptions::new(Duration::from_secs(30)).fair(true);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (name, on) in [("first", &m), ("second", &other), ("third", &m)] {
+        let (on, tx) = (on.clone(), tx.clone());
+        tokio::spawn(async move {
+            let lease = on
+                .acquire_proxy_wait(POOL, as_worker().duration_seconds(3600), fair)
+                .await
+                .unwrap()
+                .expect("served before the timeout");
+            let _ = tx.send((name, lease));
+        });
+        // Let it take its ticket before the next one starts.
+        let want = match name {
+            "first" => 1,
+            "second" => 2,
+            _ => 3,
+        };
+        for _ in 0..100 {
+            if queue(&m).await.len() == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(queue(&m).await.len(), want, "{name} queued");
+    }
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        m.release_proxy(&held).await.unwrap();
+        let (name, lease) = rx.recv().await.unwrap();
+        order.push(name);
+        held = lease;
+    }
+    assert_eq!(order, ["first", "second", "third"]);
+    assert!(queue(&m).await.is_empty(), "served waiters left the queue");
+    let started = std::time::Instant::now();
+    let none = other
+        .acquire_proxy_wait(
+            POOL,
+            as_worker(),
+            crate::fair::WaitOptions::new(Duration::from_millis(300)).fair(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        queue(&m).await.is_empty(),
+        "a waiter that gave up left the queue"
+    );
+}

@@ -40,8 +40,10 @@
 //! leave out has defaults: `rotate` (release, then acquire), `subscribe_freed`
 //! (never notifies), `announce_waiter` (nothing) and `next_expiry` (none), so
 //! that waiting acquires poll every 5 s instead of waking on a release. The
-//! suite's waiting cases expect a wake-up well before that: an adapter that
-//! keeps the defaults passes the rest (`tests/minimal_adapter.rs` is one).
+//! suite's waiting cases expect a wake-up well before that, and its fair
+//! waiting cases a queue of tickets (`take_ticket`, `drop_ticket`,
+//! `wait_tickets`: see `lighthouse_lease::fair`): an adapter that keeps the
+//! defaults passes the rest (`tests/minimal_adapter.rs` is one).
 
 use std::future::Future;
 use std::time::Duration;
@@ -172,6 +174,10 @@ macro_rules! conformance_suite {
             rate_limit_rests_a_proxy_between_leases,
             rate_limit_rest_and_cooldown_end_independently,
             rate_limit_lifts_every_rest_that_is_over,
+            fair_tickets_are_served_in_ticket_order,
+            lapsed_ticket_stops_blocking_after_its_ttl,
+            plain_acquires_do_not_wait_for_tickets,
+            fair_waiters_across_managers_are_served_in_ticket_order,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

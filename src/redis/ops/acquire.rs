@@ -59,6 +59,35 @@ impl Default for SpecsSeen {
 /// character, so it cannot be read as one).
 const SPEC_MARK: &str = "\u{1}";
 
+/// A fair waiter's ticket as the script reads it: the number, and how long
+/// it is honoured after this attempt (ms). The pool's queue keys go once per
+/// call, as `KEYS[3]` and `KEYS[4]` (see [`push_ticket_keys`]).
+#[derive(Debug, Clone)]
+pub(crate) struct TicketItem {
+    pub(crate) number: u64,
+    pub(crate) ttl_ms: u64,
+}
+
+/// The `KEYS` index of the pool's `P tickets` in a call whose requests hold
+/// tickets (`P tickets:until` follows it).
+const TICKET_KEYS_AT: usize = 3;
+
+/// Adds the pool's queue keys (`P tickets`, `P tickets:until`) as `KEYS[3]`
+/// and `KEYS[4]` when one of `items` holds a ticket, after `P meta` and
+/// `P live`; returns the index of the first per-request key.
+pub(crate) fn push_ticket_keys<'a>(
+    inv: &mut super::Call,
+    pk: &PoolKeys,
+    mut items: impl Iterator<Item = &'a AcquireItem>,
+) -> usize {
+    if items.any(|it| it.ticket.is_some()) {
+        inv.key(pk.tickets()).key(pk.ticket_ends());
+        TICKET_KEYS_AT + 2
+    } else {
+        TICKET_KEYS_AT
+    }
+}
+
 /// One acquire request as the script reads it (a block of its ARGV).
 #[derive(Debug, Clone)]
 pub(crate) struct AcquireItem {
@@ -77,6 +106,8 @@ pub(crate) struct AcquireItem {
     pub(crate) session: Option<(String, u64)>,
     /// The key of the site's cooldowns and bans.
     pub(crate) site_key: Option<String>,
+    /// A fair waiter's ticket: see [`TicketItem`].
+    pub(crate) ticket: Option<TicketItem>,
     pub(crate) tags: Vec<String>,
     /// The request but for its consumer as one argument (see [`Self::spec_of`]),
     /// when it has no request id, is not random and its spec is at most
@@ -120,12 +151,20 @@ impl AcquireItem {
                 None => None,
             },
             site_key: request.site.as_ref().map(|s| pk.site(s.as_str())),
+            ticket: match &request.ticket {
+                Some(t) => Some(TicketItem {
+                    number: t.number(),
+                    ttl_ms: millis(t.ttl())?,
+                }),
+                None => None,
+            },
             tags,
             spec: None,
         };
         if item.request_key.is_none()
             && item.session.is_none()
             && item.site_key.is_none()
+            && item.ticket.is_none()
             && !item.draws()
         {
             let spec = item.spec_of();
@@ -139,7 +178,8 @@ impl AcquireItem {
     /// The spec block's second argument: the full block's fields after the
     /// consumer, joined by newlines (`duration`, `ttl`, `selector`, `filter`,
     /// `exact`, `0` (random), `0` (request key), `0` (session key), `0`
-    /// (session ms), `0` (site key), tag count, tags). None of them
+    /// (session ms), `0` (site key), `0`, `0`, `0` (ticket key, number and
+    /// ms), tag count, tags). None of them
     /// holds a newline: tags are percent-encoded and the filter JSON escapes
     /// control characters. The script parses a spec once per pool and keeps
     /// what it read, so a request costs it a table look-up instead of eight
@@ -149,7 +189,7 @@ impl AcquireItem {
         let mut s = String::with_capacity(32 + self.filter.len());
         let _ = write!(
             s,
-            "{}\n{}\n{}\n{}\n{}\n0\n0\n0\n0\n0\n{}",
+            "{}\n{}\n{}\n{}\n{}\n0\n0\n0\n0\n0\n0\n0\n0\n{}",
             self.duration_ms,
             self.ttl_ms,
             self.selector,
@@ -182,6 +222,8 @@ impl AcquireItem {
             && prev.session.is_none()
             && self.site_key.is_none()
             && prev.site_key.is_none()
+            && self.ticket.is_none()
+            && prev.ticket.is_none()
             && !self.draws()
             && self.selector == prev.selector
             && self.duration_ms == prev.duration_ms
@@ -191,8 +233,8 @@ impl AcquireItem {
             && self.tags == prev.tags
     }
 
-    /// Appends this request's block, and its request and session keys, if
-    /// any, as `KEYS[next_key]` on (moving `next_key` past them). `prev` is the
+    /// Appends this request's block, and its request, session and site keys,
+    /// if any, as `KEYS[next_key]` on (moving `next_key` past them). `prev` is the
     /// request whose block the script read just before (none for the first): a
     /// request that repeats it is sent as the short block, its consumer alone;
     /// one with a spec as the spec block (mark, consumer, spec).
@@ -213,6 +255,10 @@ impl AcquireItem {
         let request_index = key_of(self.request_key.as_ref());
         let session_index = key_of(self.session.as_ref().map(|(k, _)| k));
         let site_index = key_of(self.site_key.as_ref());
+        let ticket_index = match self.ticket {
+            Some(_) => TICKET_KEYS_AT,
+            None => 0,
+        };
         if prev.is_some_and(|p| self.repeats(p)) {
             inv.arg("").arg(&self.consumer);
             return;
@@ -236,6 +282,9 @@ impl AcquireItem {
             .arg(session_index)
             .arg(self.session.as_ref().map_or(0, |(_, ms)| *ms))
             .arg(site_index)
+            .arg(ticket_index)
+            .arg(self.ticket.as_ref().map_or(0, |t| t.number))
+            .arg(self.ticket.as_ref().map_or(0, |t| t.ttl_ms))
             .arg(self.tags.len())
             .arg(&self.tags);
     }
@@ -283,6 +332,8 @@ pub(crate) enum AcquireReply {
     Existing(u64),
     /// No available proxy matches.
     None,
+    /// The request's ticket is not the head of its pool's queue.
+    Queued,
     /// None now, but due leases wait for reclaim: run cleanup, then again.
     Retry,
     /// The selector needs an order the pool does not keep.
@@ -312,6 +363,7 @@ impl AcquireReply {
             }
             "EXISTING" => AcquireReply::Existing(it.uint()?),
             "NONE" => AcquireReply::None,
+            "QUEUED" => AcquireReply::Queued,
             "RETRY" => AcquireReply::Retry,
             "NO_ORDER" => AcquireReply::NoOrder(it.text()?),
             "POOL_NOT_FOUND" => AcquireReply::PoolNotFound,
@@ -352,7 +404,7 @@ pub(crate) async fn run(
         .arg(reclaim)
         .arg(grace_ms)
         .arg(items.len());
-    let mut next_key = 3;
+    let mut next_key = push_ticket_keys(&mut inv, pk, items.iter());
     let mut prev = None;
     for it in items {
         it.push(&mut inv, &mut next_key, prev);

@@ -48,6 +48,8 @@ pub(crate) mod site_read;
 pub(crate) mod site_report;
 pub(crate) mod stats;
 pub(crate) mod success_read;
+pub(crate) mod ticket;
+pub(crate) mod ticket_read;
 pub(crate) mod wait;
 
 /// One operation: its function name (without the library's prefix), its Lua
@@ -97,7 +99,7 @@ impl Op {
 }
 
 /// Every operation of the library.
-const OPS: [&Op; 22] = [
+const OPS: [&Op; 24] = [
     &acquire::OP,
     &rotate::OP,
     &release::OP,
@@ -120,6 +122,8 @@ const OPS: [&Op; 22] = [
     &pool_remove::OP,
     &audit::OP,
     &wait::OP,
+    &ticket::OP,
+    &ticket_read::OP,
 ];
 
 /// The library: its text, and the prefix of its function names.
@@ -137,10 +141,12 @@ pub(crate) static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
         include_str!("../../../lua/_lib.lua"),
         include_str!("../../../lua/_lib_acquire.lua"),
         include_str!("../../../lua/_lib_proxy.lua"),
+        include_str!("../../../lua/_lib_fair.lua"),
     ] {
         body.push_str(lib);
         body.push('\n');
     }
+    body.push_str(&super::keys::lua_fields());
     // One table of operations, not a local each: Lua 5.1 allows a chunk 200
     // locals, and the library's helpers use most of them.
     body.push_str("local OPS = {}\n");

@@ -61,7 +61,8 @@ pub(crate) async fn run(
         .arg(reclaim)
         .arg(grace_ms)
         .arg(items.len());
-    let mut next_key = 3;
+    let mut next_key =
+        super::acquire::push_ticket_keys(&mut inv, pk, items.iter().map(|it| &it.acquire));
     let mut prev = None;
     for it in items {
         inv.arg(it.token);

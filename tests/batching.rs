@@ -101,11 +101,7 @@ async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 }
 
 async fn reset_stats(c: &mut redis::aio::MultiplexedConnection) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(c)
-        .await
-        .unwrap();
+    support::reset_stats(c).await
 }
 
 /// Script calls (`FCALL`) since the last reset.

@@ -25,7 +25,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
     AcquireOptions, AdminStorage, LeaseStatus, LeaseStorage, Proxy, ProxyManager, ProxyPool,
     ReleaseOutcome, SelectorStrategy,
@@ -47,23 +46,7 @@ const SELECTORS: [SelectorStrategy; 4] = [
 // ---------------------------------------------------------------------------
 // Helpers shared by parent and workers.
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn storage_on(url: &str, ns: &str) -> RedisStorage {
-    RedisStorage::new(
-        RedisConfig::from_url(url)
-            .namespace(ns)
-            .pool_size(4)
-            .response_timeout(Duration::from_secs(10)),
-    )
-    .expect("valid Redis config")
-}
+use support::{runtime, storage_on};
 
 /// Keys the test writes itself (never through the library), next to the
 /// library's namespace but not inside it.

@@ -45,23 +45,7 @@ const DEAD_TTL: Duration = Duration::from_millis(1000);
 /// How long a waiter that got the slot holds it.
 const HOLD: Duration = Duration::from_millis(40);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn storage_on(url: &str, ns: &str) -> RedisStorage {
-    RedisStorage::new(
-        RedisConfig::from_url(url)
-            .namespace(ns)
-            .pool_size(4)
-            .response_timeout(Duration::from_secs(10)),
-    )
-    .expect("valid Redis config")
-}
+use support::{runtime, storage_on};
 
 fn turn_key(ns: &str) -> String {
     format!("{ns}:test:turn")
@@ -372,28 +356,10 @@ async fn a_fair_attempt_costs_three_commands_and_its_grant_takes_the_ticket_out(
         .unwrap();
     let mut admin = support::raw_conn(&server.url()).await;
     let stats = |admin: &mut redis::aio::MultiplexedConnection| {
-        let admin = admin.clone();
+        let mut admin = admin.clone();
         async move {
-            let mut admin = admin;
-            let info: String = redis::cmd("INFO")
-                .arg("commandstats")
-                .query_async(&mut admin)
-                .await
-                .unwrap();
-            let counts: BTreeMap<String, u64> = info
-                .lines()
-                .filter_map(|l| l.strip_prefix("cmdstat_"))
-                .filter_map(|l| {
-                    let (name, rest) = l.split_once(":calls=")?;
-                    Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
-                })
-                .filter(|(name, _)| !name.starts_with("config") && name != "info")
-                .collect();
-            let _: () = redis::cmd("CONFIG")
-                .arg("RESETSTAT")
-                .query_async(&mut admin)
-                .await
-                .unwrap();
+            let counts = support::commandstats(&mut admin).await;
+            support::reset_stats(&mut admin).await;
             counts
         }
     };
@@ -550,11 +516,7 @@ async fn fair_requests_in_one_batch_are_served_by_their_tickets() {
     }
     let (t1, t2, t3) = (tickets[0].clone(), tickets[1].clone(), tickets[2].clone());
     let mut admin = support::raw_conn(&server.url()).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    support::reset_stats(&mut admin).await;
     // Every command into the slow log, to read the calls' key counts.
     let _: () = redis::cmd("CONFIG")
         .arg("SET")

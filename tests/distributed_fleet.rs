@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
     AcquireOptions, AdminStorage, LeaseStorage, Proxy, ProxyManager, ProxyPool, RateLimit,
 };
@@ -31,23 +30,7 @@ const REPORT: &str = "LHW";
 const SPACING_MS: i64 = 150;
 const POOL: &str = "fleet-rate";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn storage_on(url: &str, ns: &str) -> RedisStorage {
-    RedisStorage::new(
-        RedisConfig::from_url(url)
-            .namespace(ns)
-            .pool_size(4)
-            .response_timeout(Duration::from_secs(10)),
-    )
-    .expect("valid Redis config")
-}
+use support::{runtime, storage_on};
 
 async fn redis_time_ms(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");

@@ -65,33 +65,6 @@ async fn cycle(m: &Manager, options: AcquireOptions) -> uuid::Uuid {
     lease.proxy_id
 }
 
-/// Every command Redis ran since the last reset, with its calls (scripts'
-/// own commands included).
-async fn commands(c: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| l.strip_prefix("cmdstat_"))
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(":calls=")?;
-            let calls = rest.split(',').next()?.parse().ok()?;
-            Some((name.to_string(), calls))
-        })
-        .filter(|(name, _)| !name.starts_with("config") && name != "info")
-        .collect()
-}
-
-async fn reset(c: &mut redis::aio::MultiplexedConnection) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(c)
-        .await
-        .unwrap();
-}
-
 fn table(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -107,11 +80,11 @@ async fn a_pool_using_no_fleet_feature_pays_the_same_commands_as_before() {
     let server = RedisServer::spawn().unwrap();
     let m = setup(&server, &support::unique_namespace()).await;
     let mut admin = support::raw_conn(&server.url()).await;
-    reset(&mut admin).await;
+    support::reset_stats(&mut admin).await;
     for _ in 0..10 {
         cycle(&m, AcquireOptions::new()).await;
     }
-    let per_cycle: BTreeMap<String, u64> = commands(&mut admin)
+    let per_cycle: BTreeMap<String, u64> = support::commandstats(&mut admin)
         .await
         .into_iter()
         .map(|(k, v)| {
@@ -156,9 +129,9 @@ async fn a_session_costs_its_own_acquires_two_commands_and_is_shared_by_every_ho
     b.release_proxy(&on_b).await.unwrap();
     a.release_proxy(&first).await.unwrap();
 
-    reset(&mut admin).await;
+    support::reset_stats(&mut admin).await;
     let lease = a.acquire_proxy(POOL, cart()).await.unwrap().unwrap();
-    let counts = commands(&mut admin).await;
+    let counts = support::commandstats(&mut admin).await;
     assert_eq!(lease.proxy_id, first.proxy_id);
     assert_eq!(counts.get("fcall"), Some(&1));
     assert_eq!(counts.get("get"), Some(&1), "the session's GET: {counts:?}");

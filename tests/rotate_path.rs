@@ -55,30 +55,6 @@ async fn setup(server: &RedisServer, ns: &str) -> (Manager, Vec<Proxy>) {
     (m, proxies)
 }
 
-async fn commands(c: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| l.strip_prefix("cmdstat_"))
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(":calls=")?;
-            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
-        })
-        .filter(|(name, _)| !name.starts_with("config") && name != "info")
-        .collect()
-}
-
-async fn reset(c: &mut redis::aio::MultiplexedConnection) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(c)
-        .await
-        .unwrap();
-}
-
 async fn leases_of(m: &Manager, id: uuid::Uuid) -> u32 {
     m.storage()
         .get_proxy(id)
@@ -127,7 +103,7 @@ async fn a_rotate_back_to_the_same_proxy_writes_no_index() {
         .unwrap();
     assert_eq!(lease.proxy_id, proxies[0].id);
     let before = load_scores(&mut admin, &ns).await;
-    reset(&mut admin).await;
+    support::reset_stats(&mut admin).await;
     let mut old = Vec::new();
     for _ in 0..10 {
         let r = m.rotate_proxy(&lease, AcquireOptions::new()).await.unwrap();
@@ -140,7 +116,7 @@ async fn a_rotate_back_to_the_same_proxy_writes_no_index() {
         assert!(next.fencing_token > lease.fencing_token);
         old.push(std::mem::replace(&mut lease, next));
     }
-    let per_rotate: BTreeMap<String, u64> = commands(&mut admin)
+    let per_rotate: BTreeMap<String, u64> = support::commandstats(&mut admin)
         .await
         .into_iter()
         .map(|(k, v)| {

@@ -2045,11 +2045,29 @@ pub async fn waiting_acquire_gives_up_at_its_timeout<H: Harness>(h: &H) {
     ));
 }
 
+/// Releases `held`, then each lease a waiter reports on `rx` in turn, `n`
+/// times: the waiters' names in the order they were served.
+async fn release_in_turn<S: Storage>(
+    m: &ProxyManager<S>,
+    mut held: Lease,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(&'static str, Lease)>,
+    n: usize,
+) -> Vec<&'static str> {
+    let mut order = Vec::new();
+    for _ in 0..n {
+        m.release_proxy(&held).await.unwrap();
+        let (name, lease) = rx.recv().await.unwrap();
+        order.push(name);
+        held = lease;
+    }
+    order
+}
+
 /// Waiters in one manager are served in the order they started waiting.
 pub async fn waiting_acquires_are_served_in_fifo_order<H: Harness>(h: &H) {
     let (m, pool) = setup(h).await;
     add(&m, proxy(&pool, 1).max_concurrency(1)).await;
-    let mut held = take_some(&m, as_worker().duration_seconds(3600)).await;
+    let held = take_some(&m, as_worker().duration_seconds(3600)).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for name in ["first", "second", "third"] {
         let (m, tx) = (m.clone(), tx.clone());
@@ -2068,14 +2086,10 @@ pub async fn waiting_acquires_are_served_in_fifo_order<H: Harness>(h: &H) {
         // Let it queue before the next one starts.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let mut order = Vec::new();
-    for _ in 0..3 {
-        m.release_proxy(&held).await.unwrap();
-        let (name, lease) = rx.recv().await.unwrap();
-        order.push(name);
-        held = lease;
-    }
-    assert_eq!(order, ["first", "second", "third"]);
+    assert_eq!(
+        release_in_turn(&m, held, &mut rx, 3).await,
+        ["first", "second", "third"]
+    );
 }
 
 /// A manager with `rest(h)` cooldowns over a pool that keeps the success
@@ -3136,7 +3150,7 @@ pub async fn fair_waiters_across_managers_are_served_in_ticket_order<H: Harness>
     let (m, pool) = setup(h).await;
     add(&m, proxy(&pool, 1).max_concurrency(1)).await;
     let other = ProxyManager::from_arc(m.storage_arc());
-    let mut held = take_some(&m, as_worker().duration_seconds(3600)).await;
+    let held = take_some(&m, as_worker().duration_seconds(3600)).await;
     let fair = crate::fair::WaitOptions::new(Duration::from_secs(30)).fair(true);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for (name, on) in [("first", &m), ("second", &other), ("third", &m)] {
@@ -3163,14 +3177,10 @@ pub async fn fair_waiters_across_managers_are_served_in_ticket_order<H: Harness>
         }
         assert_eq!(queue(&m).await.len(), want, "{name} queued");
     }
-    let mut order = Vec::new();
-    for _ in 0..3 {
-        m.release_proxy(&held).await.unwrap();
-        let (name, lease) = rx.recv().await.unwrap();
-        order.push(name);
-        held = lease;
-    }
-    assert_eq!(order, ["first", "second", "third"]);
+    assert_eq!(
+        release_in_turn(&m, held, &mut rx, 3).await,
+        ["first", "second", "third"]
+    );
     assert!(queue(&m).await.is_empty(), "served waiters left the queue");
     let started = std::time::Instant::now();
     let none = other

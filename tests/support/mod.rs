@@ -332,6 +332,57 @@ pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command
         .unwrap_or(0)
 }
 
+/// Every command Redis ran since the last `CONFIG RESETSTAT`, with its calls
+/// (`INFO commandstats`; scripts' own commands included, `CONFIG` and `INFO`
+/// left out).
+pub async fn commandstats(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(":calls=")?;
+            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+        })
+        .filter(|(name, _)| !name.starts_with("config") && name != "info")
+        .collect()
+}
+
+/// `CONFIG RESETSTAT`: [`commandstats`] and [`command_calls`] count from now.
+pub async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .expect("CONFIG RESETSTAT");
+}
+
+/// The runtime of a multi-process test's processes (2 workers).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A multi-process test's storage: namespace `ns` on `url`, 4 connections,
+/// a 10 s response timeout (processes start under load).
+pub fn storage_on(url: &str, ns: &str) -> lighthouse_lease::redis::RedisStorage {
+    lighthouse_lease::redis::RedisStorage::new(
+        lighthouse_lease::redis::RedisConfig::from_url(url)
+            .namespace(ns)
+            .pool_size(4)
+            .response_timeout(Duration::from_secs(10)),
+    )
+    .expect("valid Redis config")
+}
+
 /// Redis's clock, ms.
 pub async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
     let (s, us): (i64, i64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");

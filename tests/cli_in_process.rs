@@ -513,3 +513,50 @@ async fn a_fair_wait_shows_in_tickets_and_pool_show_and_leaves_at_its_timeout() 
     assert!(err.contains("--wait"), "--fair needs --wait: {err}");
     waiter.abort();
 }
+
+#[tokio::test]
+async fn pool_create_with_the_success_order_scores_and_best_success_picks_by_them() {
+    let sh = Shell::new();
+    let out = sh
+        .sh("pool create scored --orders success --success-half-life 600 --exploration 0")
+        .await
+        .unwrap();
+    assert!(out.starts_with("created pool scored"), "{out}");
+    let shown = sh.sh("pool show scored").await.unwrap();
+    assert!(
+        shown.contains("success scoring: half-life 600s, exploration 0"),
+        "{shown}"
+    );
+    for host in ["10.0.0.1", "10.0.0.2"] {
+        sh.sh(&format!(
+            "proxy add --pool scored --host {host} --port 3128"
+        ))
+        .await
+        .unwrap();
+    }
+    let none = sh.sh("pool scores scored").await.unwrap();
+    assert!(none.contains("no scores in pool scored"), "{none}");
+    let proxies = sh.m.storage().list_proxies(&pn("scored")).await.unwrap();
+    let second = proxies.iter().find(|p| p.host == "10.0.0.2").unwrap();
+    sh.m.report_success(&second.id).await.unwrap();
+    let got = sh
+        .sh("acquire --pool scored --selector best_success")
+        .await
+        .unwrap();
+    assert!(got.contains("10.0.0.2"), "the better score: {got}");
+    let scores = sh.sh("pool scores scored").await.unwrap();
+    assert!(
+        scores.contains("10.0.0.2:3128") && scores.contains("score=0.667"),
+        "{scores}"
+    );
+    let err = sh
+        .sh("pool create plain --exploration 0.1")
+        .await
+        .unwrap_err();
+    assert!(err.contains("success order"), "{err}");
+    let err = sh
+        .sh("pool create bad --orders success --exploration 2")
+        .await
+        .unwrap_err();
+    assert!(err.contains("exploration"), "{err}");
+}

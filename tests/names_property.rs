@@ -143,7 +143,18 @@ struct Contents {
 fn pool_keys(ns: &str, pool: &str, c: &Contents) -> Vec<String> {
     let p = pool_prefix(ns, pool);
     let mut keys: Vec<String> = [
-        "meta", "proxies", "live", "held", "tags", "cooldown", "freed", "geo", "polar",
+        "meta",
+        "proxies",
+        "live",
+        "held",
+        "tags",
+        "cooldown",
+        "freed",
+        "geo",
+        "polar",
+        "succ",
+        "tickets",
+        "tickets:until",
     ]
     .iter()
     .map(|s| format!("{p}{s}"))
@@ -159,7 +170,7 @@ fn pool_keys(ns: &str, pool: &str, c: &Contents) -> Vec<String> {
     keys.extend(c.leases.iter().map(|t| format!("{p}{t}")));
     keys.extend(c.requests.iter().map(|r| format!("{p}req:{}", encode(r))));
     for t in std::iter::once("all").chain(c.tags.iter().map(String::as_str)) {
-        for order in ["load", "seq", "lat"] {
+        for order in ["load", "seq", "lat", "succ"] {
             keys.push(format!("{p}idx:{order}:{t}"));
         }
     }

@@ -302,7 +302,10 @@ read_request_full = function(at, slot, A)
     if not HAS_ORDER.succ then
       r.noorder = 'succ'
     elseif r.rnd % 1000000 < POOL.explore_ppm then
-      order, r.selector = 'rnd', 'random'
+      -- The random pick's start from the number scrambled (one step of the
+      -- MINSTD generator, exact in doubles): drawn so that rnd % 10^6 fell
+      -- under the share, rnd itself would reach only part of a large index.
+      order, r.selector, r.rnd = 'rnd', 'random', (r.rnd * 48271) % 2147483647
     end
   elseif order == 'seq' and not HAS_ORDER.seq then
     order = false
@@ -802,6 +805,8 @@ local function serve(r, remaining, slot, off)
     local prior = redis.call('GET', KEYS[r.reqk])
     local rec = prior and parse_record(redis.call('GET', P .. prior))
     if rec and redis.call('HEXISTS', PK.proxies, rec.seq) == 1 then
+      -- Served by its earlier lease: a fair waiter leaves the queue.
+      if r.tickk > 0 then STRAIGHT.ticket_leave(r) end
       return short(t, off, 'EXISTING', tonumber(prior))
     end
   end

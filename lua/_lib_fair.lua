@@ -60,3 +60,12 @@ function STRAIGHT.ticket_done(r)
   redis.call('ZREM', KEYS[r.tickk + 1], r.tick_s)
   if r.tick_more then notify(WAIT_UNTIL, NOW) end
 end
+
+-- Request `r` was served without a grant (its request id's earlier lease):
+-- its ticket leaves the queue all the same, and when another waits, waiters
+-- are woken. ZREM ×2, ZCARD (and PUBLISH).
+function STRAIGHT.ticket_leave(r)
+  redis.call('ZREM', KEYS[r.tickk], r.tick_s)
+  redis.call('ZREM', KEYS[r.tickk + 1], r.tick_s)
+  if redis.call('ZCARD', KEYS[r.tickk]) > 0 then notify(WAIT_UNTIL, NOW) end
+end

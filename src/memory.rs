@@ -204,6 +204,15 @@ impl InMemoryStorage {
                 .get(request_id)
                 .and_then(|&id| ps.lease(id, now, consumer_list))
             {
+                // Served by its earlier lease: a fair waiter leaves the
+                // queue, as when it is granted one.
+                if let Some(ticket) = &request.ticket {
+                    if ps.tickets.remove(ticket.number()) && !ps.tickets.is_empty() {
+                        if let Some(tx) = freed.get(&request.pool_name) {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
                 return Ok(Some(earlier));
             }
         }
@@ -1522,6 +1531,7 @@ impl State {
 impl AdminStorage for InMemoryStorage {
     async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         pool.validate()?;
+        let pool = pool.as_stored();
         let mut st = self.lock();
         if st.pools.contains_key(&pool.name) {
             return Err(Error::PoolAlreadyExists {

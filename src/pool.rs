@@ -162,6 +162,18 @@ impl ProxyPool {
         self
     }
 
+    /// The pool as storages keep it: a pool that does not keep the success
+    /// order scores nothing, so it keeps the default [`SuccessScoring`] (what
+    /// reading it back gives on every storage).
+    ///
+    /// [`SuccessScoring`]: crate::success::SuccessScoring
+    pub(crate) fn as_stored(mut self) -> Self {
+        if !self.indexes.has_order(IndexOrder::Success) {
+            self.success_scoring = crate::success::SuccessScoring::default();
+        }
+        self
+    }
+
     /// Fails when `new` changes what is fixed at a pool's creation (its
     /// indexes, rate limit and, when it keeps the success order, its success
     /// scoring): what `update_pool` of every storage checks.

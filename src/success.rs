@@ -15,8 +15,11 @@
 //! score = (successes + 1) / (reports + 2)      (successes and reports decayed)
 //! ```
 //!
-//! The score changes only when a report comes (between reports both decayed
-//! sums shrink alike); the storage keeps it in an index of available proxies
+//! The score is worked out when a report about the proxy comes (the earlier
+//! evidence weighed by its age at that moment) and kept as it is until the
+//! next one: a proxy nobody reports about keeps the score of its last report,
+//! and the half-life decides how much a new report outweighs the older ones.
+//! The storage keeps it in an index of available proxies
 //! ordered by score, so [`crate::SelectorStrategy::BestSuccess`] picks the
 //! best-scoring available proxy that matches at O(log n), as the other
 //! selectors do (ties: earliest added). On Redis the evidence lives in one hash
@@ -187,9 +190,10 @@ pub struct SuccessScore {
     pub proxy_id: Uuid,
     /// `(successes + 1) / (reports + 2)`, between 0 and 1.
     pub score: f64,
-    /// The successes reported, each weighed by its age (see the module docs).
+    /// The successes reported, each weighed by its age at the last report
+    /// (`updated_at`; see the module docs).
     pub successes: f64,
-    /// The reports, each weighed by its age.
+    /// The reports, each weighed by its age at the last report.
     pub reports: f64,
     /// When the last report came (the storage's clock).
     pub updated_at: DateTime<Utc>,

@@ -522,7 +522,9 @@ pub async fn run<S: Storage, W: Write>(
             if success_half_life.is_some() || exploration.is_some() {
                 let d = crate::success::SuccessScoring::default();
                 let half = match success_half_life {
-                    Some(secs) if secs.is_finite() && *secs > 0.0 => Duration::from_secs_f64(*secs),
+                    Some(secs) if *secs > 0.0 && Duration::try_from_secs_f64(*secs).is_ok() => {
+                        Duration::try_from_secs_f64(*secs).unwrap_or_default()
+                    }
                     Some(secs) => {
                         return Err(Error::InvalidArgument(format!(
                             "--success-half-life must be a positive number of seconds, not {secs}"

@@ -3096,6 +3096,36 @@ pub async fn lapsed_ticket_stops_blocking_after_its_ttl<H: Harness>(h: &H) {
         .expect("dropping it again is no error");
 }
 
+/// A fair waiter whose request id already got a lease is served by it, and
+/// its ticket leaves the queue as a granted one does: the next waiter is
+/// not held back.
+pub async fn a_fair_waiter_served_by_its_request_id_leaves_the_queue<H: Harness>(h: &H) {
+    let (m, pool) = setup(h).await;
+    let x = add(&m, proxy(&pool, 1).max_concurrency(2)).await;
+    let first = take_some(&m, as_worker().request_id("crawl-7")).await;
+    assert_eq!(first.proxy_id, x.id);
+    let mine = ticket(&m, Duration::from_secs(60)).await;
+    let behind = ticket(&m, Duration::from_secs(60)).await;
+    let again = AcquireRequest::new(POOL, "worker-1", Duration::from_secs(60))
+        .unwrap()
+        .with_request_id("crawl-7")
+        .with_ticket(mine.clone());
+    let got = m.storage().acquire(&again).await.unwrap();
+    assert_eq!(got.map(|l| l.id), Some(first.id), "its earlier lease");
+    assert_eq!(
+        queue(&m).await,
+        [behind.number()],
+        "served, its ticket left the queue"
+    );
+    let next = take_with_ticket(&m, &behind).await;
+    assert_eq!(
+        next.map(|l| l.proxy_id),
+        Some(x.id),
+        "the next waiter is the head"
+    );
+    assert!(queue(&m).await.is_empty());
+}
+
 /// Acquires without a ticket do not look at the queue: a plain acquire takes
 /// a free proxy while tickets wait (the documented rule), and the waiting
 /// tickets stay queued. Bad tickets are refused before anything is written.

@@ -177,6 +177,7 @@ macro_rules! conformance_suite {
             fair_tickets_are_served_in_ticket_order,
             lapsed_ticket_stops_blocking_after_its_ttl,
             plain_acquires_do_not_wait_for_tickets,
+            a_fair_waiter_served_by_its_request_id_leaves_the_queue,
             fair_waiters_across_managers_are_served_in_ticket_order,
         );
     };

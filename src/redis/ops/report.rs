@@ -5,7 +5,7 @@ use uuid::Uuid;
 use super::{Call, Op, ProxyReply};
 use crate::cooldown::{CooldownPolicy, KEEP_ALL};
 use crate::error::Result;
-use crate::redis::conn::{Conn, Repeat};
+use crate::redis::conn::Conn;
 use crate::redis::error::redis_err;
 use crate::redis::keys::PoolKeys;
 
@@ -16,8 +16,10 @@ pub(crate) const OP: Op = Op::new("report", include_str!("../../../lua/report.lu
 /// the cooldown kept, the ban threshold, the reason. The cooldown is
 /// CooldownPolicy::delay_ms(failures, keep), which the script computes with
 /// the failure count it reads; `keep` is drawn here, as the in-memory storage
-/// draws it. A success does the same however often it runs, so its call may
-/// be sent again; a failure counts, so it is not.
+/// draws it. The call is sent again only when Redis surely did not run it: a
+/// failure counts, and so does a success in a pool that keeps the success
+/// order (its score). A site's success does the same however often it runs:
+/// site_report.rs lets its call be sent again.
 pub(super) fn push_report(call: &mut Call, id: Uuid, failure: Option<(&str, &CooldownPolicy)>) {
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let (mode, reason, base, cap, keep, ban) = match failure {
@@ -31,9 +33,6 @@ pub(super) fn push_report(call: &mut Call, id: Uuid, failure: Option<(&str, &Coo
             policy.ban_after.unwrap_or(0),
         ),
     };
-    if failure.is_none() {
-        call.repeat(Repeat::Always);
-    }
     call.arg(id.to_string())
         .arg(mode)
         .arg(base)

@@ -63,6 +63,10 @@ pub(crate) async fn run(
         .key(pk.site(site.as_str()))
         .arg(pk.prefix());
     super::report::push_report(&mut call, id, failure);
+    if failure.is_none() {
+        // A site's success does the same however often it runs.
+        call.repeat(crate::redis::conn::Repeat::Always);
+    }
     call.arg(u64::try_from(SITE_MEMORY.as_millis()).unwrap_or(u64::MAX))
         .invoke(conn)
         .await

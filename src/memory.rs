@@ -1531,7 +1531,7 @@ impl State {
 impl AdminStorage for InMemoryStorage {
     async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         pool.validate()?;
-        let pool = pool.as_stored();
+        let pool = pool.into_stored();
         let mut st = self.lock();
         if st.pools.contains_key(&pool.name) {
             return Err(Error::PoolAlreadyExists {

@@ -167,7 +167,7 @@ impl ProxyPool {
     /// reading it back gives on every storage).
     ///
     /// [`SuccessScoring`]: crate::success::SuccessScoring
-    pub(crate) fn as_stored(mut self) -> Self {
+    pub(crate) fn into_stored(mut self) -> Self {
         if !self.indexes.has_order(IndexOrder::Success) {
             self.success_scoring = crate::success::SuccessScoring::default();
         }

@@ -845,7 +845,7 @@ enum Settled {
 impl AdminStorage for RedisStorage {
     async fn create_pool(&self, pool: ProxyPool) -> Result<ProxyPool> {
         pool.validate()?;
-        let pool = pool.as_stored();
+        let pool = pool.into_stored();
         let pk = self.keys.pool(&pool.name);
         let mut conn = self.conn().await?;
         let (exists, owner): (bool, Option<String>) = redis::pipe()
@@ -915,7 +915,7 @@ impl AdminStorage for RedisStorage {
         let pk = self.keys.pool(&pool.name);
         let mut conn = self.conn().await?;
         match ops::pool_update::run(&mut conn, &pk, &pool).await? {
-            ops::pool_update::PoolUpdateReply::Ok => Ok(pool.as_stored()),
+            ops::pool_update::PoolUpdateReply::Ok => Ok(pool.into_stored()),
             ops::pool_update::PoolUpdateReply::NotFound => Err(Error::PoolNotFound {
                 name: pool.name.to_string(),
             }),

@@ -183,22 +183,8 @@ fn fair_waiters_are_served_in_ticket_order_across_processes() {
     let url = support::redis_url();
     let ns = support::unique_namespace();
     let rt = runtime();
-    let m = ProxyManager::new(storage_on(&url, &ns));
+    let m = rt.block_on(support::one_proxy_pool(storage_on(&url, &ns), POOL, 1));
     let held = rt.block_on(async {
-        let pool = m
-            .storage()
-            .create_pool(ProxyPool::new(POOL).unwrap())
-            .await
-            .unwrap();
-        m.storage()
-            .add_proxy(
-                Proxy::builder(pool.id, "10.40.0.1", 8000)
-                    .max_concurrency(1)
-                    .build()
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
         m.acquire_proxy(POOL, AcquireOptions::new().duration_seconds(600))
             .await
             .unwrap()
@@ -339,21 +325,7 @@ fn fair_waiters_are_served_in_ticket_order_across_processes() {
 async fn a_fair_attempt_costs_three_commands_and_its_grant_takes_the_ticket_out() {
     let server = RedisServer::spawn().unwrap();
     let ns = support::unique_namespace();
-    let m = ProxyManager::new(storage_on(&server.url(), &ns));
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
-    m.storage()
-        .add_proxy(
-            Proxy::builder(pool.id, "10.40.0.2", 8000)
-                .max_concurrency(1)
-                .build()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let m = support::one_proxy_pool(storage_on(&server.url(), &ns), POOL, 1).await;
     let mut admin = support::raw_conn(&server.url()).await;
     let stats = |admin: &mut redis::aio::MultiplexedConnection| {
         let mut admin = admin.clone();

@@ -210,11 +210,21 @@ pub async fn one_proxy_manager<S: lighthouse_lease::Storage>(
     storage: S,
     max: u32,
 ) -> lighthouse_lease::ProxyManager<S> {
+    one_proxy_pool(storage, "latam-residential", max).await
+}
+
+/// A manager over `storage` with pool `pool` holding one proxy of
+/// `max_concurrency` `max`.
+pub async fn one_proxy_pool<S: lighthouse_lease::Storage>(
+    storage: S,
+    pool: &str,
+    max: u32,
+) -> lighthouse_lease::ProxyManager<S> {
     use lighthouse_lease::{Proxy, ProxyManager, ProxyPool};
     let m = ProxyManager::new(storage);
     let pool = m
         .storage()
-        .create_pool(ProxyPool::new("latam-residential").unwrap())
+        .create_pool(ProxyPool::new(pool).unwrap())
         .await
         .unwrap();
     m.storage()
@@ -320,16 +330,7 @@ pub async fn lease_record_states(
 
 /// `calls` of one command in `INFO commandstats` (0 when absent).
 pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    commandstats(conn).await.get(command).copied().unwrap_or(0)
 }
 
 /// Every command Redis ran since the last `CONFIG RESETSTAT`, with its calls

@@ -351,10 +351,11 @@ impl std::str::FromStr for IndexOrder {
 ///
 /// The default is the `country` attribute and the load order, what most fleets
 /// filter and pick by. Every filter and every selector but `lowest_latency`
-/// works on any pool: a filter on an attribute the pool does not index walks the
-/// smallest index it can use in bounded batches, testing each candidate (cost
-/// grows with the number of available proxies that do not match);
-/// `lowest_latency` needs [`IndexOrder::Latency`]. Each index costs storage: in
+/// and `best_success` works on any pool: a filter on an attribute the pool does
+/// not index walks the smallest index it can use in bounded batches, testing
+/// each candidate (cost grows with the number of available proxies that do not
+/// match); `lowest_latency` needs [`IndexOrder::Latency`], `best_success`
+/// [`IndexOrder::Success`]. Each index costs storage: in
 /// Redis about 100 bytes per proxy per attribute and order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

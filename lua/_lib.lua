@@ -528,13 +528,22 @@ function STRAIGHT.score_report(m, success, now, scoring)
   if success then s = s + 1 end
   local v = string.format('%.17g %.17g %d', s, n + 1, now)
   redis.call('HSET', key, m, v)
+  -- What succ_score() reads for this proxy until the call writes again.
+  STRAIGHT.scored_m, STRAIGHT.scored_v, STRAIGHT.scored_epoch = m, v, EPOCH
   return v
 end
 
--- A proxy's score in the success order, read from `P succ` (one HGET): only
--- when it enters the indexes, or a report moved it.
+-- A proxy's score in the success order, read from `P succ` (one HGET, none
+-- for the proxy score_report() just counted): only when it enters the
+-- indexes, or a report moved it.
 function STRAIGHT.succ_score(st)
-  return STRAIGHT.rank_of(redis.call('HGET', P .. K_SUCC, st.m)) * LOAD_SHIFT + st.seq
+  local v
+  if STRAIGHT.scored_m == st.m and STRAIGHT.scored_epoch == EPOCH then
+    v = STRAIGHT.scored_v
+  else
+    v = redis.call('HGET', P .. K_SUCC, st.m)
+  end
+  return STRAIGHT.rank_of(v) * LOAD_SHIFT + st.seq
 end
 
 local function score(o, st)
@@ -1180,9 +1189,11 @@ end
 -- tables, in the common case straight (a live lease of an indexed proxy: its
 -- index scores go down by one); any other case goes through touch(),
 -- give_back() and flush(). Returns the outcome and whether a slot was freed.
-local function release_one(id, key, created, now, now_s, grace)
+-- `read`: the record as the caller already read it (false: none), or nil.
+local function release_one(id, key, created, now, now_s, grace, read)
   if not (#id > #created or (#id == #created and id >= created)) then return 'not_found', false end
-  local r = parse_record(redis.call('GET', key))
+  if read == nil then read = redis.call('GET', key) end
+  local r = parse_record(read)
   if not r then return 'not_found', false end
   local m = r.seq
   local present = false

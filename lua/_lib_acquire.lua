@@ -916,11 +916,13 @@ end
 -- written nothing, to leave it to them (no proxy, a stale or unavailable first
 -- entry, a location index to update). Its reply from t[off + 1] on (rotate.lua
 -- puts the release outcome before it).
-local function serve_one(r, off)
+-- `got`: the index's first entry with its score, when the caller read it
+-- already (rotate.lua), else nil.
+local function serve_one(r, off, got)
   if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
   local tag = r.dtags[1] or 'all'
   local key = STRAIGHT.index_key('load', tag)
-  local got = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
+  got = got or redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
   local m, sc = got[1], num(got[2])
   if not m or not sc then return nil end
   local json = known_json(m)
@@ -964,27 +966,30 @@ end
 -- release_one() and serve_one() would (the released record, the new record,
 -- the live set) but not the index entries they would take down and put back:
 -- GET, ZSCORE, ZRANGE, ZREM live, SET, SET, ZADD live, against 12 for the two
--- apart. Returns the reply, or nil, having written nothing, to leave the call
--- to them. `id` is the token of the lease to release, `key` its record.
+-- apart. Returns the reply; or nil, having written nothing, to leave the call
+-- to them, with what it read for them to use: the record (false: none; nil:
+-- not read) and the index's first entry (nil: not read; read only when the
+-- release cannot move it: the released proxy then scores above it).
+-- `id` is the token of the lease to release, `key` its record.
 function STRAIGHT.rotate_same(id, key, r, created, grace)
   if not (#id > #created or (#id == #created and id >= created)) then return nil end
   local v = redis.call('GET', key)
   local seq_s, at, dur, b = string.match(v or '', '^active (%d+) (%d+) (%d+) ()')
-  if not seq_s or num(at) + num(dur) <= NOW then return nil end
+  if not seq_s or num(at) + num(dur) <= NOW then return nil, v end
   local m = seq_s
   local json = known_json(m)
-  if not json then return nil end
+  if not json then return nil, v end
   local info = info_of(json)
   local tag = r.dtags[1] or 'all'
-  if not info.ok or (tag ~= 'all' and not info.tagset[tag]) then return nil end
+  if not info.ok or (tag ~= 'all' and not info.tagset[tag]) then return nil, v end
   local mine = num(redis.call('ZSCORE', PK.load_all, m))
-  if not mine or mine < LOAD_SHIFT then return nil end
+  if not mine or mine < LOAD_SHIFT then return nil, v end
   local n = math.floor(mine / LOAD_SHIFT)
-  if info.max ~= nil and n >= info.max then return nil end
+  if info.max ~= nil and n >= info.max then return nil, v end
   local after = mine - LOAD_SHIFT -- its score once released
   local got = redis.call('ZRANGE', STRAIGHT.index_key('load', tag), '0', '0', 'WITHSCORES')
-  if got[1] ~= m and not (num(got[2]) and num(got[2]) > after) then return nil end
-  if redis.call('ZREM', PK.live, m .. ':' .. id) ~= 1 then return nil end
+  if got[1] ~= m and not (num(got[2]) and num(got[2]) > after) then return nil, v, got end
+  if redis.call('ZREM', PK.live, m .. ':' .. id) ~= 1 then return nil, v end
   live_gone(1)
   if grace ~= '0' then
     -- `active <seq> <at> <dur> <rest>` -> `released <seq> <at> <dur> <now> <rest>`

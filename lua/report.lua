@@ -19,8 +19,8 @@
 -- Calls: TIME, HMGET meta, HGET ids, HMGET proxies, ZMSCORE load, HMGET held,
 -- ZADD or ZREM cooldown, one command per index key when availability changes,
 -- HSET proxies, HSET meta (the counters `active` and `banned`: a ban moves
--- both); in a pool that keeps the success order, HGET and HSET succ, and HGET
--- succ again for the index entries. Cost O(t log N).
+-- both); in a pool that keeps the success order, HGET and HSET succ. Cost
+-- O(t log N).
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end

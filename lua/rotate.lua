@@ -24,7 +24,9 @@
 -- ZADD per other load key of it), ZRANGE, SET new record, ZADD per load key of
 -- the new proxy, ZADD live: 12 with one declared attribute, against 14
 -- for a release and an acquire apart; 9 when the proxy released is the one
--- least_used picks again (STRAIGHT.rotate_same: no index written) (HMGET proxies
+-- least_used picks again (STRAIGHT.rotate_same: no index written); 13 when
+-- rotate_same() finds another one is (its ZSCORE more: the record and the
+-- index's first entry it read are not read again) (HMGET proxies
 -- only for proxies whose JSON the library does not remember; HSET meta only when
 -- a hint or the token reservation moved).
 
@@ -55,15 +57,17 @@ if n == 1 then
   if nxt ~= #ARGV + 1 then return fail('bad argument count') end
   if r.fast and r.order == 'load' and r.reqk == 0 and not r.noorder
     and not (EXP and EXP <= NOW) and not (COOL_NEXT and COOL_NEXT <= NOW) then
-    local same = STRAIGHT.rotate_same(id, prefix .. id, r, CREATED or '0', ARGV[3])
+    local same, record, first = STRAIGHT.rotate_same(id, prefix .. id, r, CREATED or '0', ARGV[3])
     if same then
       OUT[1], OUT[2] = same, nil
       finish()
       return OUT
     end
-    local outcome, freed = release_one(id, prefix .. id, CREATED or '0', NOW, NOW_S, ARGV[3])
+    -- What rotate_same() read is not read again.
+    local outcome, freed = release_one(id, prefix .. id, CREATED or '0', NOW, NOW_S, ARGV[3],
+      record)
     if freed then FREED = FREED + 1 end
-    local reply = serve_one(r, 1) or serve(r, 0, 1, 1)
+    local reply = serve_one(r, 1, first) or serve(r, 0, 1, 1)
     reply[1] = outcome
     OUT[1], OUT[2] = reply, nil
     finish()

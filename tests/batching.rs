@@ -26,13 +26,8 @@ type Manager = ProxyManager<RedisStorage>;
 /// A manager on a private server with `n` proxies of `max_concurrency` 1, every
 /// other one in CL (the rest in AR), with the script and consumer caches warm.
 async fn setup(server: &RedisServer, max_batch: usize, n: usize) -> Manager {
-    let config = RedisConfig::from_url(server.url())
-        .namespace(support::unique_namespace())
-        .max_batch(max_batch)
-        .max_in_flight(1)
-        // These tests count calls: slow first calls (a cold debug build, the
-        // library loading) must not earn the lanes more calls in flight.
-        .fit_in_flight(false);
+    let config =
+        support::counting_config(&server.url(), &support::unique_namespace()).max_batch(max_batch);
     let m = ProxyManager::new(RedisStorage::new(config).unwrap());
     let pool = m
         .storage()
@@ -51,11 +46,7 @@ async fn setup(server: &RedisServer, max_batch: usize, n: usize) -> Manager {
 /// A manager in namespace `ns` on a private server with an empty pool `POOL`
 /// (batches of up to 32, one call in flight per lane, not fitted to the link).
 async fn empty_pool(server: &RedisServer, ns: &str) -> (Manager, ProxyPool) {
-    let config = RedisConfig::from_url(server.url())
-        .namespace(ns)
-        .max_batch(32)
-        .max_in_flight(1)
-        .fit_in_flight(false);
+    let config = support::counting_config(&server.url(), ns).max_batch(32);
     let m = ProxyManager::new(RedisStorage::new(config).unwrap());
     let pool = m
         .storage()

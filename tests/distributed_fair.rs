@@ -238,14 +238,7 @@ fn fair_waiters_are_served_in_ticket_order_across_processes() {
             tokio::time::sleep(Duration::from_millis(10)).await;
             waited += 10;
         }
-        let queued: Vec<u64> = m
-            .storage()
-            .wait_tickets(&support::pn(POOL))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.number)
-            .collect();
+        let queued = queued(m.storage()).await;
         assert_eq!(queued.len(), total, "every ticket waits: {queued:?}");
         assert!(queued.contains(&dead_ticket));
         m.release_proxy(&held).await.unwrap();
@@ -564,13 +557,7 @@ async fn fair_requests_in_one_batch_are_served_by_their_tickets() {
         numkeys.contains(&"4".to_string()) && numkeys.contains(&"2".to_string()),
         "the lone plain call names 2 keys, the batch 4: {numkeys:?}"
     );
-    let queued: Vec<u64> = storage
-        .wait_tickets(&support::pn(POOL))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.number)
-        .collect();
+    let queued = queued(&storage).await;
     assert_eq!(queued, [t2.number(), t3.number()]);
     storage.release(&head).await.unwrap();
     assert_eq!(
@@ -593,4 +580,15 @@ async fn fair_requests_in_one_batch_are_served_by_their_tickets() {
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The numbers of the tickets the pool's queue honours, head first.
+async fn queued(storage: &RedisStorage) -> Vec<u64> {
+    storage
+        .wait_tickets(&support::pn(POOL))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.number)
+        .collect()
 }

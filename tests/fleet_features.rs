@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use lighthouse_lease::redis::{RedisConfig, RedisStorage};
+use lighthouse_lease::redis::RedisStorage;
 use lighthouse_lease::{AcquireOptions, AdminStorage, Proxy, ProxyManager, ProxyPool};
 use support::server::RedisServer;
 
@@ -21,10 +21,7 @@ type Manager = ProxyManager<RedisStorage>;
 /// (the load order, and `country`), warmed up: the library loaded, the pool's
 /// settings and the request's spec known to the script.
 async fn setup(server: &RedisServer, ns: &str) -> Manager {
-    let config = RedisConfig::from_url(server.url())
-        .namespace(ns)
-        .max_in_flight(1)
-        .fit_in_flight(false);
+    let config = support::counting_config(&server.url(), ns);
     let m = ProxyManager::new(RedisStorage::new(config).unwrap());
     let pool = match m.storage().create_pool(ProxyPool::new(POOL).unwrap()).await {
         Ok(pool) => pool,

@@ -10,7 +10,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use lighthouse_lease::redis::{RedisConfig, RedisStorage};
+use lighthouse_lease::redis::RedisStorage;
 use lighthouse_lease::{
     AcquireOptions, AdminStorage, LeaseStatus, LeaseStorage, Proxy, ProxyManager, ProxyPool,
     ReleaseOutcome, SelectorStrategy,
@@ -24,10 +24,7 @@ type Manager = ProxyManager<RedisStorage>;
 /// A manager with 8 proxies of `max_concurrency` 4 in two countries (the
 /// default indexes: load order, `country`), warmed up.
 async fn setup(server: &RedisServer, ns: &str) -> (Manager, Vec<Proxy>) {
-    let config = RedisConfig::from_url(server.url())
-        .namespace(ns)
-        .max_in_flight(1)
-        .fit_in_flight(false);
+    let config = support::counting_config(&server.url(), ns);
     let m = ProxyManager::new(RedisStorage::new(config).unwrap());
     let pool = m
         .storage()

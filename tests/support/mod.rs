@@ -363,6 +363,17 @@ pub async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
         .expect("CONFIG RESETSTAT");
 }
 
+/// A storage config for tests that count Redis calls: namespace `ns` on
+/// `url`, one call in flight per lane, not fitted to the link (slow first
+/// calls, a cold debug build or the library loading, must not earn the lanes
+/// more calls in flight).
+pub fn counting_config(url: &str, ns: &str) -> lighthouse_lease::redis::RedisConfig {
+    lighthouse_lease::redis::RedisConfig::from_url(url)
+        .namespace(ns)
+        .max_in_flight(1)
+        .fit_in_flight(false)
+}
+
 /// The runtime of a multi-process test's processes (2 workers).
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -14,7 +14,7 @@ local EXP_LAST, EXP_LAST_S -- the last expiry written, and as a string
 -- { items = {member, score, json, count, ...}, n = items used, done, i = first
 -- unseen, epoch = the EPOCH it was read in }.
 local CACHES, NCACHES = {}, 0
-local REQS, RPS, OUT = {}, {}, {} -- request and reply tables by position; the reply
+local REQS, OUT = {}, {} -- request tables by position; the reply
 local FREED, TAKEN, MORE
 
 local function reset_acquire()
@@ -707,20 +707,13 @@ local function pick_general(r)
 end
 
 -- ---------------------------------------------------------------- serving
--- The reply table of position `slot`, reused across calls.
-local function reply_table(slot)
-  local t = RPS[slot]
-  if not t then
-    t = {}
-    RPS[slot] = t
-  end
-  return t
-end
-
--- Sets a short reply: `word` (and `v`) at t[off + 1...], the rest cut off.
-local function short(t, off, word, v)
-  t[off + 1], t[off + 2], t[off + 3] = word, v, nil
-  return t
+-- A request's reply is one string (Redis turns a table into a reply at about
+-- 1,800 instructions an element, a string at about 600 whatever its length):
+-- `OK <token> <acquired ms> <expires ms> <proxy seq> <pool id> <proxy json>`
+-- (the JSON last: it holds spaces but no newline), or a word, with a value
+-- after a space for some (see acquire.lua).
+local function granted(tok, exp_s, m, json)
+  return 'OK ' .. tok .. ' ' .. NOW_S .. ' ' .. exp_s .. ' ' .. m .. ' ' .. POOL_ID .. ' ' .. json
 end
 
 -- Grants request `r` a lease on proxy `m`: the next fencing token, and the
@@ -796,9 +789,8 @@ end
 
 -- Serves one acquire request; its reply, in the reply table of `slot` from
 -- index off + 1 (rotate.lua puts the release outcome before it).
-local function serve(r, remaining, slot, off)
-  local t = reply_table(slot)
-  if r.noorder then return short(t, off, 'NO_ORDER', r.noorder) end
+local function serve(r, remaining, slot)
+  if r.noorder then return 'NO_ORDER ' .. r.noorder end
   if r.reqk > 0 then
     -- The lease this request id got, while its record lasts and its proxy is
     -- still in the pool (a lease of a removed proxy is gone: serve anew).
@@ -807,11 +799,11 @@ local function serve(r, remaining, slot, off)
     if rec and redis.call('HEXISTS', PK.proxies, rec.seq) == 1 then
       -- Served by its earlier lease: a fair waiter leaves the queue.
       if r.tickk > 0 then STRAIGHT.ticket_leave(r) end
-      return short(t, off, 'EXISTING', tonumber(prior))
+      return 'EXISTING ' .. prior
     end
   end
   -- A fair waiter takes a proxy only at the head of its pool's queue.
-  if r.tickk > 0 and not STRAIGHT.ticket_turn(r) then return short(t, off, 'QUEUED') end
+  if r.tickk > 0 and not STRAIGHT.ticket_turn(r) then return 'QUEUED' end
   local st
   if r.sessk > 0 then st = STRAIGHT.session_pick(r) end
   local kept = st ~= nil
@@ -828,13 +820,13 @@ local function serve(r, remaining, slot, off)
     st = nil
   end
   if not st then
-    if MORE then return short(t, off, 'RETRY') end
-    return short(t, off, 'NONE')
+    if MORE then return 'RETRY' end
+    return 'NONE'
   end
   st.n = st.n + 1
   st.dirty = true
   bound(st)
-  local token, tok, exp = grant(r, st.m, STRAIGHT.cons[slot])
+  local _, tok, exp = grant(r, st.m, STRAIGHT.cons[slot])
   if POOL.rate_ms then STRAIGHT.rest(st) end
   -- The expiry as a string (a number argument costs Redis a '%.17g'), once per
   -- duration in a call.
@@ -849,9 +841,7 @@ local function serve(r, remaining, slot, off)
   if r.selector == 'round_robin' and not kept then RR, RR_S, RR_MOVED = st.seq, st.m, true end
   if r.tickk > 0 then STRAIGHT.ticket_done(r) end
   TAKEN = TAKEN + 1
-  t[off + 1], t[off + 2], t[off + 3], t[off + 4] = 'OK', token, NOW, exp
-  t[off + 5], t[off + 6], t[off + 7], t[off + 8] = st.seq, st.j, POOL_ID, nil
-  return t
+  return granted(tok, EXP_LAST_S, st.m, st.j)
 end
 
 -- Writes what the call changed: indexes and counts, the live set, the meta's
@@ -914,11 +904,10 @@ end
 -- states and pending writes a batch needs (about a third of the Lua work), with
 -- what serve() and finish() would give. Returns its reply; or nil, having
 -- written nothing, to leave it to them (no proxy, a stale or unavailable first
--- entry, a location index to update). Its reply from t[off + 1] on (rotate.lua
--- puts the release outcome before it).
+-- entry, a location index to update).
 -- `got`: the index's first entry with its score, when the caller read it
 -- already (rotate.lua), else nil.
-local function serve_one(r, off, got)
+local function serve_one(r, got)
   if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
   local tag = r.dtags[1] or 'all'
   local key = STRAIGHT.index_key('load', tag)
@@ -936,7 +925,7 @@ local function serve_one(r, off, got)
   local full = info.max ~= nil and n >= info.max
   if not info.ok or (info.max ~= nil and n > info.max) or (full and info.geo) then return nil end
   local seq = num(m)
-  local token, tok, exp = grant(r, m, STRAIGHT.cons[1])
+  local _, tok, exp = grant(r, m, STRAIGHT.cons[1])
   if full then
     -- Out of every index; its count goes to `held`.
     local keys = info.keys
@@ -951,11 +940,8 @@ local function serve_one(r, off, got)
   redis.call('ZADD', PK.live, EXP_LAST_S, m .. ':' .. tok)
   POOL.live_est = (POOL.live_est or 0) + 1
   if EXP == nil or exp < EXP then redis.call('HSET', KEYS[1], 'exp', fmt_int(exp)) end
-  local t = reply_table(1)
-  t[off + 1], t[off + 2], t[off + 3], t[off + 4] = 'OK', token, NOW, exp
-  t[off + 5], t[off + 6], t[off + 7], t[off + 8] = seq, json, POOL_ID, nil
   TAKEN = TAKEN + 1
-  return t
+  return granted(tok, EXP_LAST_S, m, json)
 end
 
 -- The crawler loop's rotate when least_used gives the slot just released back
@@ -1000,16 +986,13 @@ function STRAIGHT.rotate_same(id, key, r, created, grace)
     redis.call('DEL', key)
   end
   FREED = FREED + 1
-  local token, tok, exp = grant(r, m, STRAIGHT.cons[1])
+  local _, tok, exp = grant(r, m, STRAIGHT.cons[1])
   if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
   redis.call('ZADD', PK.live, EXP_LAST_S, m .. ':' .. tok)
   POOL.live_est = (POOL.live_est or 0) + 1
   if EXP == nil or exp < EXP then redis.call('HSET', KEYS[1], 'exp', fmt_int(exp)) end
-  local t = reply_table(1)
-  t[1], t[2], t[3], t[4], t[5] = 'released', 'OK', token, NOW, exp
-  t[6], t[7], t[8], t[9] = num(m), json, POOL_ID, nil
   TAKEN = TAKEN + 1
-  return t
+  return 'released ' .. granted(tok, EXP_LAST_S, m, json)
 end
 
 -- ---------------------------------------------------------------- a batch
@@ -1102,21 +1085,18 @@ function STRAIGHT.acquire(n)
   end
   -- The writes.
   for i = 1, n do
-    local t = reply_table(i)
     local j = pick[i]
     if j == 0 then
-      OUT[i] = short(t, 0, 'NONE')
+      OUT[i] = 'NONE'
     else
       local m = cm[j]
-      local token, tok, exp = grant(REQS[i], m, cons[i])
+      local _, tok, exp = grant(REQS[i], m, cons[i])
       if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
       LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = EXP_LAST_S, m .. ':' .. tok
       LIVE_N = LIVE_N + 2
       if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
       TAKEN = TAKEN + 1
-      t[1], t[2], t[3], t[4] = 'OK', token, NOW, exp
-      t[5], t[6], t[7], t[8] = num(m), cj[j], POOL_ID, nil
-      OUT[i] = t
+      OUT[i] = granted(tok, EXP_LAST_S, m, cj[j])
     end
   end
   OUT[n + 1] = nil

@@ -22,15 +22,16 @@
 --          block ('', consumer) of a request that repeats the one before it but
 --          for its consumer
 --
--- Reply: one entry per request, in order:
---   {'OK', token, acquired_ms, expires_ms, proxy_seq, proxy_json, pool_id}: the
---                            lease id is made of the token and the pool id
---   {'EXISTING', token}      its request id already got this lease (nothing written)
---   {'NONE'}                 no available proxy matches
---   {'QUEUED'}               its ticket is not the head of the queue (nothing taken)
---   {'RETRY'}                none, but due leases remain: run cleanup.lua, call again
---   {'NO_ORDER', order}      the selector needs an order the pool does not keep
---   {'POOL_NOT_FOUND'} / {'SCHEMA', found}   for every request
+-- Reply: one entry per request, in order (an array of them; with one request,
+-- the entry alone), each entry one string:
+--   'OK <token> <acquired ms> <expires ms> <proxy seq> <pool id> <proxy json>':
+--                            the lease id is made of the token and the pool id
+--   'EXISTING <token>'       its request id already got this lease (nothing written)
+--   'NONE'                   no available proxy matches
+--   'QUEUED'                 its ticket is not the head of the queue (nothing taken)
+--   'RETRY'                  none, but due leases remain: run cleanup.lua, call again
+--   'NO_ORDER <order>'       the selector needs an order the pool does not keep
+--   'POOL_NOT_FOUND' / 'SCHEMA <found>'   for every request
 -- Errors (nothing written): bad arguments, in any request.
 --
 -- One least_used request (one declared tag or none, no request id, nothing due
@@ -77,8 +78,10 @@ if not limit or not grace or not n then return fail('bad numeric argument') end
 
 local why, found = begin(prefix)
 if why then
+  if found then why = why .. ' ' .. found end
+  if n == 1 then return why end
   local out = {}
-  for i = 1, n do out[i] = { why, found } end
+  for i = 1, n do out[i] = why end
   return out
 end
 local at = 5
@@ -92,11 +95,8 @@ if at ~= #ARGV + 1 then return fail('bad argument count') end
 if n == 1 then
   local r = REQS[1]
   if r.fast and r.order == 'load' and r.reqk == 0 then
-    local t = serve_one(r, 0)
-    if t then
-      OUT[1], OUT[2] = t, nil
-      return OUT
-    end
+    local t = serve_one(r)
+    if t then return t end
   end
 end
 if n > 1 then
@@ -104,7 +104,8 @@ if n > 1 then
   if out then return out end
 end
 reclaim_due(limit)
-for i = 1, n do OUT[i] = serve(REQS[i], n - i, i, 0) end
+for i = 1, n do OUT[i] = serve(REQS[i], n - i, i) end
 OUT[n + 1] = nil
 finish()
+if n == 1 then return OUT[1] end
 return OUT

@@ -13,10 +13,12 @@
 --   +0 the token of the lease to release (a lease of this pool), then an acquire
 --   block as acquire.lua reads it
 --
--- Reply: one entry per request, in order: {release_outcome, acquire reply...},
+-- Reply: one entry per request, in order (an array of them; with one request,
+-- the entry alone), each entry one string: '<release outcome> <acquire entry>',
 -- the outcome one of released | already_released | expired | not_found and the
--- acquire reply as acquire.lua's ({'OK', ...}, {'NONE'}, ...); or
--- {{'POOL_NOT_FOUND'}} / {{'SCHEMA', found}} for every request (nothing written).
+-- acquire entry as acquire.lua's ('OK ...', 'NONE', ...); or the acquire entry
+-- alone when nothing was released: 'NO_ORDER <order>' for that request, or
+-- 'POOL_NOT_FOUND' / 'SCHEMA <found>' for every request (nothing written).
 -- Errors (nothing written): bad arguments, in any request.
 --
 -- Calls, one request on the fast path: TIME, HMGET meta, GET record, ZREM live,
@@ -42,8 +44,10 @@ if not limit or not grace or not n then return fail('bad numeric argument') end
 
 local why, found = begin(prefix)
 if why then
+  if found then why = why .. ' ' .. found end
+  if n == 1 then return why end
   local out = {}
-  for i = 1, n do out[i] = { why, found } end
+  for i = 1, n do out[i] = why end
   return out
 end
 -- The crawler loop's call, one lease in hand and one least_used request with
@@ -59,19 +63,16 @@ if n == 1 then
     and not (EXP and EXP <= NOW) and not (COOL_NEXT and COOL_NEXT <= NOW) then
     local same, record, first = STRAIGHT.rotate_same(id, prefix .. id, r, CREATED or '0', ARGV[3])
     if same then
-      OUT[1], OUT[2] = same, nil
       finish()
-      return OUT
+      return same
     end
     -- What rotate_same() read is not read again.
     local outcome, freed = release_one(id, prefix .. id, CREATED or '0', NOW, NOW_S, ARGV[3],
       record)
     if freed then FREED = FREED + 1 end
-    local reply = serve_one(r, 1, first) or serve(r, 0, 1, 1)
-    reply[1] = outcome
-    OUT[1], OUT[2] = reply, nil
+    local reply = outcome .. ' ' .. (serve_one(r, first) or serve(r, 0, 1))
     finish()
-    return OUT
+    return reply
   end
 end
 local ids, keys, at = {}, {}, 5
@@ -101,13 +102,13 @@ for i = 1, n do
   if slot[i] then
     local outcome, freed = apply_release(slot[i], NOW, NOW_S, ARGV[3])
     if freed then FREED = FREED + 1 end
-    reply = serve(REQS[i], n - i, i, 1)
-    reply[1] = outcome
+    reply = outcome .. ' ' .. serve(REQS[i], n - i, i)
   else
-    reply = serve(REQS[i], n - i, i, 0)
+    reply = serve(REQS[i], n - i, i)
   end
   OUT[i] = reply
 end
 OUT[n + 1] = nil
 finish()
+if n == 1 then return OUT[1] end
 return OUT

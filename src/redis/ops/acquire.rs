@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redis::{FromRedisValue, ParsingError, Value};
 use uuid::Uuid;
 
-use super::{bad, Items, Op};
+use super::{bad, Op};
 use crate::error::{Error, Result};
 use crate::filters::ProxyFilters;
 use crate::redis::codec;
@@ -343,16 +343,25 @@ pub(crate) enum AcquireReply {
 }
 
 impl AcquireReply {
-    /// Reads one reply entry from `it` (the items of the entry).
-    pub(crate) fn read(it: &mut Items<'_>) -> Result<Self, ParsingError> {
-        Ok(match it.text()?.as_str() {
+    /// Reads one reply entry: a word, and after a space what goes with it
+    /// (see acquire.lua).
+    pub(crate) fn parse(entry: &str) -> Result<Self, ParsingError> {
+        const WHAT: &str = "acquire.lua";
+        let (word, rest) = entry.split_once(' ').unwrap_or((entry, ""));
+        let number = |s: &str| s.parse::<u64>().map_err(|e| bad(WHAT, e));
+        let signed = |s: &str| s.parse::<i64>().map_err(|e| bad(WHAT, e));
+        Ok(match word {
             "OK" => {
-                let token = it.uint()?;
-                let acquired_ms = it.int()?;
-                let expires_ms = it.int()?;
-                let _seq = it.uint()?;
-                let proxy_json = it.text()?;
-                let pool_id = it.uuid()?;
+                // token, acquired, expires, seq, pool id, then the JSON (which
+                // holds spaces: it is the rest).
+                let mut f = rest.splitn(6, ' ');
+                let mut field = || f.next().ok_or_else(|| bad(WHAT, "too few fields"));
+                let token = number(field()?)?;
+                let acquired_ms = signed(field()?)?;
+                let expires_ms = signed(field()?)?;
+                let _seq = number(field()?)?;
+                let pool_id = Uuid::parse_str(field()?).map_err(|e| bad(WHAT, e))?;
+                let proxy_json = field()?.to_owned();
                 AcquireReply::Granted(Granted {
                     token,
                     acquired_ms,
@@ -361,14 +370,14 @@ impl AcquireReply {
                     pool_id,
                 })
             }
-            "EXISTING" => AcquireReply::Existing(it.uint()?),
+            "EXISTING" => AcquireReply::Existing(number(rest)?),
             "NONE" => AcquireReply::None,
             "QUEUED" => AcquireReply::Queued,
             "RETRY" => AcquireReply::Retry,
-            "NO_ORDER" => AcquireReply::NoOrder(it.text()?),
+            "NO_ORDER" => AcquireReply::NoOrder(rest.to_owned()),
             "POOL_NOT_FOUND" => AcquireReply::PoolNotFound,
-            "SCHEMA" => AcquireReply::Schema(it.text().unwrap_or_default()),
-            other => return Err(bad("acquire.lua", other)),
+            "SCHEMA" => AcquireReply::Schema(rest.to_owned()),
+            other => return Err(bad(WHAT, other)),
         })
     }
 }
@@ -378,14 +387,11 @@ pub(crate) struct Replies(pub(crate) Vec<AcquireReply>);
 
 impl FromRedisValue for Replies {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let all = Items::of(&v, "acquire.lua")?;
-        let mut out = Vec::with_capacity(all.len());
-        let mut all = all;
-        while all.left() > 0 {
-            let mut one = Items::of(all.next()?, "acquire.lua")?;
-            out.push(AcquireReply::read(&mut one)?);
-        }
-        Ok(Replies(out))
+        super::entries(&v, "acquire.lua")?
+            .into_iter()
+            .map(AcquireReply::parse)
+            .collect::<Result<_, _>>()
+            .map(Replies)
     }
 }
 

@@ -281,10 +281,6 @@ impl<'a> Items<'a> {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.items.len()
-    }
-
     pub(crate) fn left(&self) -> usize {
         self.items.len().saturating_sub(self.at)
     }
@@ -329,14 +325,21 @@ impl<'a> Items<'a> {
         let what = self.what;
         Uuid::parse_str(&self.text()?).map_err(|e| bad(what, e))
     }
+}
 
-    /// The first item as a status word, without moving on.
-    pub(crate) fn peek_text(&self) -> Option<String> {
-        match self.items.get(self.at)? {
-            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
+/// The entries of a reply whose entries are strings (acquire.lua, rotate.lua):
+/// the reply itself when it is one string, else the items of its array.
+pub(crate) fn entries<'a>(v: &'a Value, what: &'static str) -> Result<Vec<&'a str>, ParsingError> {
+    fn one<'a>(v: &'a Value, what: &'static str) -> Result<&'a str, ParsingError> {
+        match v {
+            Value::BulkString(b) => std::str::from_utf8(b).map_err(|e| bad(what, e)),
+            Value::SimpleString(s) => Ok(s),
+            other => Err(bad(what, format!("{other:?} is not text"))),
         }
+    }
+    match v {
+        Value::Array(items) => items.iter().map(|i| one(i, what)).collect(),
+        other => Ok(vec![one(other, what)?]),
     }
 }
 

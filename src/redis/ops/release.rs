@@ -32,21 +32,31 @@ pub(crate) enum ReleaseReply {
     Schema(String),
 }
 
-impl FromRedisValue for ReleaseReply {
+/// The reply as sent: one outcome for every lease (a string), or an array.
+enum Sent {
+    Every(ReleaseOutcome),
+    Reply(ReleaseReply),
+}
+
+impl FromRedisValue for Sent {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        if let Value::BulkString(b) = &v {
+            let word = std::str::from_utf8(b).map_err(|e| bad("release.lua", e))?;
+            return Ok(Sent::Every(outcome(word)?));
+        }
         let mut it = Items::of(&v, "release.lua")?;
-        match it.text()?.as_str() {
+        Ok(Sent::Reply(match it.text()?.as_str() {
             "OK" => {
                 let mut out = Vec::with_capacity(it.left());
                 while it.left() > 0 {
                     out.push(outcome(&it.text()?)?);
                 }
-                Ok(ReleaseReply::Outcomes(out))
+                ReleaseReply::Outcomes(out)
             }
-            "POOL_NOT_FOUND" => Ok(ReleaseReply::PoolNotFound),
-            "SCHEMA" => Ok(ReleaseReply::Schema(it.text().unwrap_or_default())),
-            other => Err(bad("release.lua", other)),
-        }
+            "POOL_NOT_FOUND" => ReleaseReply::PoolNotFound,
+            "SCHEMA" => ReleaseReply::Schema(it.text().unwrap_or_default()),
+            other => return Err(bad("release.lua", other)),
+        }))
     }
 }
 
@@ -63,7 +73,12 @@ pub(crate) async fn run(
     for t in tokens {
         inv.key(pk.lease(*t)).arg(*t);
     }
-    inv.invoke(conn)
+    let sent: Sent = inv
+        .invoke(conn)
         .await
-        .map_err(redis_err("release script failed"))
+        .map_err(redis_err("release script failed"))?;
+    Ok(match sent {
+        Sent::Every(o) => ReleaseReply::Outcomes(vec![o; tokens.len()]),
+        Sent::Reply(r) => r,
+    })
 }

@@ -5,7 +5,7 @@ use redis::{FromRedisValue, ParsingError, Value};
 
 use super::acquire::{AcquireItem, AcquireReply};
 use super::release::outcome;
-use super::{Items, Op};
+use super::Op;
 use crate::error::Result;
 use crate::lease::ReleaseOutcome;
 use crate::redis::conn::Conn;
@@ -26,20 +26,16 @@ struct Replies(Vec<(ReleaseOutcome, AcquireReply)>);
 
 impl FromRedisValue for Replies {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let mut all = Items::of(&v, "rotate.lua")?;
-        let mut out = Vec::with_capacity(all.len());
-        while all.left() > 0 {
-            let mut one = Items::of(all.next()?, "rotate.lua")?;
-            match one.peek_text().as_deref() {
+        let mut out = Vec::new();
+        for entry in super::entries(&v, "rotate.lua")? {
+            let (word, rest) = entry.split_once(' ').unwrap_or((entry, ""));
+            match word {
                 // Nothing released: the pool is gone, of another layout, or
                 // lacks the order the selector needs.
-                Some("POOL_NOT_FOUND" | "SCHEMA" | "NO_ORDER") => {
-                    out.push((ReleaseOutcome::NotFound, AcquireReply::read(&mut one)?));
+                "POOL_NOT_FOUND" | "SCHEMA" | "NO_ORDER" => {
+                    out.push((ReleaseOutcome::NotFound, AcquireReply::parse(entry)?));
                 }
-                _ => {
-                    let o = outcome(&one.text()?)?;
-                    out.push((o, AcquireReply::read(&mut one)?));
-                }
+                _ => out.push((outcome(word)?, AcquireReply::parse(rest)?)),
             }
         }
         Ok(Replies(out))

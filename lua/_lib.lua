@@ -18,7 +18,7 @@
 --   P held            hash   seq -> live leases, for proxies with leases that are NOT in the
 --                            indexes (full, inactive, cooling, banned)
 --   P live            zset   live leases `<seq>:<token>` by expiry ms
---   P <lease-id>      string lease record, TTL expiry + grace (released: grace after release)
+--   P <lease-id>      string lease record, no TTL while live (released or reclaimed: grace)
 --   P req:<enc id>    string lease id an idempotent acquire got, TTL as its record
 --   P cooldown        zset   cooling proxies by cooldown end ms
 --   P succ            hash   seq -> success evidence (pools that keep the succ order)
@@ -825,10 +825,18 @@ local function give_back(m)
   return true
 end
 
+-- A record whose lease left the live set without being released (reclaimed,
+-- released expired, of a removed proxy) as it is, but kept only `grace` ms (a
+-- string) from now: live, a record has no TTL (see grant() in _lib_acquire.lua).
+function STRAIGHT.expire_record(key, grace)
+  if grace ~= '0' then redis.call('PEXPIRE', key, grace) else redis.call('DEL', key) end
+end
+
 -- Expires up to `limit` live leases whose time has come (their records stay as
--- they are: an active record past its expiry reads as expired). Returns how many
--- gave a slot back, whether more are due, and the earliest expiry left (or nil).
-local function reclaim(now, limit)
+-- they are, an active record past its expiry reads as expired, for `grace` ms, a
+-- string). Returns how many gave a slot back, whether more are due, and the
+-- earliest expiry left (or nil).
+local function reclaim(now, limit, grace)
   local live = PK.live
   local due = redis.call('ZRANGEBYSCORE', live, '-inf', now, 'LIMIT', 0, limit)
   if #due == 0 then
@@ -850,6 +858,10 @@ local function reclaim(now, limit)
     if of[i] and give_back(of[i]) then n = n + 1 end
   end
   live_gone(redis.call('ZREM', live, unpack(due)))
+  for i = 1, #due do
+    local tok = string.match(due[i], ':(%d+)$')
+    if tok then STRAIGHT.expire_record(P .. tok, grace) end
+  end
   local more = #due >= limit and redis.call('ZCOUNT', live, '-inf', now) > 0
   local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
   return n, more, num(first[2])
@@ -1014,7 +1026,10 @@ end
 -- kept `grace` ms (a string) after now (`now_s`), or deleted at once.
 local function end_record(r, key, present, now, now_s, grace)
   if r.state == 'released' then return 'already_released' end
-  if num(r.at) + num(r.dur) <= now then return 'expired' end
+  if num(r.at) + num(r.dur) <= now then
+    if present then STRAIGHT.expire_record(key, grace) end
+    return 'expired'
+  end
   if not present then return 'not_found' end
   if grace ~= '0' then
     redis.call('SET', key, 'released ' .. r.seq .. ' ' .. r.at .. ' ' .. r.dur .. ' ' .. now_s .. ' '
@@ -1039,7 +1054,11 @@ local function apply_release(i, now, now_s, grace)
   local r, o, freed = item.r, 'not_found', false
   if r then
     local st = T[r.seq]
-    if st and st.info then o = end_record(r, item.key, item.present, now, now_s, grace) end
+    if st and st.info then
+      o = end_record(r, item.key, item.present, now, now_s, grace)
+    elseif item.present then
+      STRAIGHT.expire_record(item.key, grace) -- a lease of a removed proxy
+    end
     if item.present then freed = give_back(r.seq) end
   end
   DONE[item.id] = o
@@ -1204,7 +1223,10 @@ local function release_one(id, key, created, now, now_s, grace, read)
     json = redis.call('HGET', PK.proxies, m)
     remember_json(m, json or nil)
   end
-  if not json then return 'not_found', false end
+  if not json then
+    if present then STRAIGHT.expire_record(key, grace) end -- a lease of a removed proxy
+    return 'not_found', false
+  end
   local info = info_of(json)
   local o = end_record(r, key, present, now, now_s, grace)
   if not present then return o, false end

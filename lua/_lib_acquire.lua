@@ -20,6 +20,7 @@ local FREED, TAKEN, MORE
 local function reset_acquire()
   RR_MOVED, EXP_MOVED, COOL_MOVED = false, false, false
   LIVE_N = 0
+  STRAIGHT.recn = 0
   if NCACHES > 1024 then CACHES, NCACHES = {}, 0 end
   FREED, TAKEN, MORE = 0, 0, false
 end
@@ -341,7 +342,7 @@ end
 -- cooldowns that are over, each only when the meta's hint says one may be due.
 local function reclaim_due(limit)
   if EXP and EXP <= NOW then
-    local n, more, first = reclaim(NOW, limit)
+    local n, more, first = reclaim(NOW, limit, ARGV[3])
     FREED, MORE = FREED + n, more
     if first ~= EXP then EXP, EXP_MOVED = first, true end
   end
@@ -731,13 +732,35 @@ local function grant(r, m, consumer)
   POOL.fence_r, POOL.fence_last = FENCE_R, FENCE
   local tok
   if token == NOW_US then tok = us_text(token, NOW_S) else tok = fmt_int(token) end
-  local tail = ''
-  if r.reqk > 0 then tail = '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1) end
-  -- GET: a SET answers a status, which Redis gives a script as a new table
-  -- ({ok = 'OK'}); with GET it answers the old value, here none (false).
-  redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
-    .. tail, 'PX', r.ttl_s, 'GET')
+  -- The record has no TTL while the lease is live (the live set holds its
+  -- expiry): it gets the grace when the lease leaves the live set (released,
+  -- reclaimed). So the records of a call go in one MSET (write_records()); a
+  -- request id's at once, for a later request of the call with the same id.
+  if r.reqk > 0 then
+    redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
+      .. '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1), 'GET')
+  else
+    local w, n = STRAIGHT.recw, STRAIGHT.recn
+    w[n + 1], w[n + 2] = P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
+    STRAIGHT.recn = n + 2
+  end
   return token, tok, NOW + r.dur
+end
+
+-- Writes the records grant() left pending: SET for one (with GET: a SET
+-- answers a status, which Redis gives a script as a new table, {ok = 'OK'};
+-- with GET it answers the old value, here none), else one MSET.
+STRAIGHT.recw, STRAIGHT.recn = {}, 0
+function STRAIGHT.write_records()
+  local n = STRAIGHT.recn
+  if n == 0 then return end
+  local w = STRAIGHT.recw
+  if n == 2 then
+    redis.call('SET', w[1], w[2], 'GET')
+  else
+    redis.call('MSET', unpack(w, 1, n))
+  end
+  STRAIGHT.recn = 0
 end
 
 -- The proxy state of the sticky session of request `r` when it can serve `r`
@@ -847,6 +870,7 @@ end
 -- Writes what the call changed: indexes and counts, the live set, the meta's
 -- fence, cursor and hints; wakes waiters when slots freed beyond those taken.
 local function finish()
+  STRAIGHT.write_records()
   flush()
   if LIVE_N > 0 then
     -- Under 129 members the live set is a listpack, where every ZADD, ZREM and
@@ -940,6 +964,7 @@ local function serve_one(r, got)
   redis.call('ZADD', PK.live, EXP_LAST_S, m .. ':' .. tok)
   POOL.live_est = (POOL.live_est or 0) + 1
   if EXP == nil or exp < EXP then redis.call('HSET', KEYS[1], 'exp', fmt_int(exp)) end
+  STRAIGHT.write_records()
   TAKEN = TAKEN + 1
   return granted(tok, EXP_LAST_S, m, json)
 end
@@ -991,6 +1016,7 @@ function STRAIGHT.rotate_same(id, key, r, created, grace)
   redis.call('ZADD', PK.live, EXP_LAST_S, m .. ':' .. tok)
   POOL.live_est = (POOL.live_est or 0) + 1
   if EXP == nil or exp < EXP then redis.call('HSET', KEYS[1], 'exp', fmt_int(exp)) end
+  STRAIGHT.write_records()
   TAKEN = TAKEN + 1
   return 'released ' .. granted(tok, EXP_LAST_S, m, json)
 end
@@ -1003,7 +1029,7 @@ end
 -- proxy taken scores higher, so no entry past them can be picked), HMGET
 -- proxies for JSONs not remembered; then per request the lowest of the next
 -- entry of the page and the proxies taken before (scored as they are now),
--- as serve() would pick; then the writes: SET per record, per proxy taken one
+-- as serve() would pick; then the writes: one MSET of the records, per proxy taken one
 -- entry in each load index (or, now full, out of every index and its count
 -- in `held`), and finish(). Returns the reply, or nil, having written nothing,
 -- to leave the call to serve() (a stale or unavailable entry, a location

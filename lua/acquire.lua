@@ -44,15 +44,18 @@
 -- A batch of least_used requests for one index (no request id, nothing due)
 -- takes the straight way too (STRAIGHT.acquire in _lib_acquire.lua): HMGET
 -- meta, TIME, one ZRANGE of the index's first n entries (HMGET proxies for
--- JSONs the library does not remember), SET per record, one ZADD per load key
--- (ZREM per index key and HSET held for proxies now full), ZADD live, HSET meta
--- when a hint moved: 6 + n with one declared attribute.
+-- JSONs the library does not remember), one MSET of the records (a live lease's
+-- record has no TTL: it gets the grace when the lease leaves the live set), one
+-- ZADD per load key (ZREM per index key and HSET held for proxies now full),
+-- ZADD live, HSET meta when a hint moved: 7 with one declared attribute,
+-- whatever n.
 --
 -- Calls, n requests on the fast path (least_used, one declared tag or none):
 -- HMGET meta, TIME, one ZRANGE per index used per page of candidates read (a
 -- page holds what the call's requests need; HMGET proxies only for proxies whose
 -- JSON the library does not remember under the meta's `pver`), per request one
--- SET record (plus GET and SET of a request key), then one ZADD per index key
+-- one SET record (MSET of them all; a request id's SET at once, plus GET and
+-- SET of its request key), then one ZADD per index key
 -- whose members moved, one ZADD live, and HSET meta only when a hint moved (or
 -- HSET fence when a token passes the reservation, about once a second): 7 with
 -- one request and one declared tag (the first call after the library loads also

@@ -1,7 +1,7 @@
 -- cleanup.lua: give back the slots of one pool's due leases, in a bounded batch
 -- (and lift the cooldowns that are over, as many). Lease records are not
--- written: an active record past its expiry reads as expired, and expires by
--- its own TTL. The batch goes in chunks of LIMITS.CLEANUP_CHUNK leases, and the call
+-- rewritten: an active record past its expiry reads as expired; each gets the
+-- record grace as its TTL (a live lease's record has none). The batch goes in chunks of LIMITS.CLEANUP_CHUNK leases, and the call
 -- stops after the chunk that takes it past LIMITS.CLEANUP_BUDGET_US of Redis's time
 -- (both from src/redis/keys.rs): no call blocks Redis for long, whatever the
 -- batch and however loaded the machine (then `more` says to call again).
@@ -9,6 +9,8 @@
 -- KEYS[1]  P meta   KEYS[2]  P live
 -- ARGV[1]  pool prefix P
 -- ARGV[2]  most leases to reclaim in this call (1..MAX_RECLAIM)
+-- ARGV[3]  record grace ms (0..MAX_GRACE_MS): a reclaimed lease's record is kept
+--          this long (to answer its release `expired`)
 --
 -- Reply: {reclaimed, more}: how many leases gave their slot back, and 1 when more
 -- due leases or cooldowns over remain (call again), else 0. {0, 0} when the pool is gone.
@@ -16,7 +18,8 @@
 -- Errors (nothing written): bad arguments.
 --
 -- Calls for each chunk of due leases: ZRANGEBYSCORE, HMGET proxies, ZMSCORE load
--- (HMGET held for those not indexed), ZREM live, ZCOUNT and ZRANGE live, one
+-- (HMGET held for those not indexed), ZREM live, PEXPIRE per record (DEL with
+-- no grace), ZCOUNT and ZRANGE live, one
 -- command per index key touched, TIME; once per call: TIME, HMGET meta, HSET
 -- meta. Cost O(b log N).
 
@@ -25,7 +28,8 @@ if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
   return fail('keys do not match the pool prefix')
 end
 local limit = int_in(ARGV[2], 1, MAX_RECLAIM)
-if not limit then return fail('bad numeric argument') end
+local grace = int_in(ARGV[3], 0, MAX_GRACE_MS)
+if not limit or not grace then return fail('bad numeric argument') end
 
 P = prefix
 local m = read_meta(KEYS[1], 'exp', 'cool_next', 'wait_until', 'attrs', 'orders')
@@ -36,7 +40,8 @@ local lifted, cool_first = 0, tonumber(m[5] or '')
 if cool_first and cool_first <= now then lifted, cool_first = lift_cooldowns(now, limit) end
 local n, more, first = 0, false, nil
 repeat
-  local k, chunk_more, chunk_first = reclaim(now, math.min(LIMITS.CLEANUP_CHUNK, limit - n))
+  local k, chunk_more, chunk_first = reclaim(now, math.min(LIMITS.CLEANUP_CHUNK, limit - n),
+    ARGV[3])
   n, more, first = n + k, chunk_more, chunk_first
   flush()
   if not more or n >= limit then break end

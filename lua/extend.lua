@@ -46,8 +46,9 @@ end
 local expires = now + duration
 redis.call('ZADD', KEYS[2], 'XX', expires, member)
 local until_s = fmt_int(expires + grace)
+-- (A live lease's record has no TTL: see grant() in _lib_acquire.lua.)
 redis.call('SET', KEYS[3], 'active ' .. r.seq .. ' ' .. r.at .. ' ' .. fmt_int(expires - at) .. ' '
-  .. r.consumer .. req_tail(r), 'PXAT', until_s)
+  .. r.consumer .. req_tail(r), 'GET')
 if r.req then
   -- Its request id answers a retry with this lease for as long as the record
   -- lasts (the key still names this lease: nobody reused the id since).

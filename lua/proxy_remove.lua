@@ -1,6 +1,6 @@
 -- proxy_remove.lua: remove a proxy from its pool and from every index. Its live
--- leases end with it: they leave the live set now (their records no longer
--- match a proxy: release says not_found; they expire by TTL).
+-- leases end with it: they leave the live set now, and their records go (a
+-- lease of a removed proxy is not found: release says not_found).
 --
 -- KEYS[1]  P meta
 -- ARGV[1]  pool prefix P    ARGV[2]  proxy id
@@ -12,8 +12,8 @@
 -- (the counters `proxies`, `active` and `banned`), one ZREM per index key, HDEL
 -- proxies, ids and held, HINCRBY meta pver, ZREM cooldown (HDEL succ in a pool
 -- that keeps the success order); with live leases,
--- ZSCAN of the live set for its members (O(L), stopping once all are found) and
--- one ZREM.
+-- ZSCAN of the live set for its members (O(L), stopping once all are found),
+-- one ZREM and one UNLINK of their records.
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) then return fail('keys do not match the pool prefix') end
@@ -52,6 +52,13 @@ if live_n > 0 then
     cursor = r[1]
     for i = 1, #r[2], 2 do gone[#gone + 1] = r[2][i] end
   until cursor == '0' or #gone >= live_n
-  if #gone > 0 then live_gone(redis.call('ZREM', live, unpack(gone))) end
+  if #gone > 0 then
+    live_gone(redis.call('ZREM', live, unpack(gone)))
+    -- Their records go too (a live lease's record has no TTL of its own): a
+    -- lease of a removed proxy is not found, whether or not its record is.
+    local recs = {}
+    for i, member in ipairs(gone) do recs[i] = P .. string.match(member, ':(%d+)$') end
+    redis.call('UNLINK', unpack(recs))
+  end
 end
 return 1

@@ -68,7 +68,7 @@ impl RedisStorage {
         }
         let pk = self.keys.pool(&pool);
         let mut conn = self.conn().await?;
-        let (reclaimed, more) = ops::cleanup::run(&mut conn, &pk, batch).await?;
+        let (reclaimed, more) = ops::cleanup::run(&mut conn, &pk, batch, self.grace_ms).await?;
         if reclaimed > 0 {
             self.replicated(&mut conn).await?;
         }

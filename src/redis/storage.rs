@@ -441,7 +441,8 @@ impl RedisStorage {
     async fn reclaim_pool(&self, conn: &mut Connection<'_>, pk: &PoolKeys) -> Result<u64> {
         let mut total = 0u64;
         loop {
-            let (n, more) = ops::cleanup::run(conn, pk, self.config.cleanup_batch).await?;
+            let (n, more) =
+                ops::cleanup::run(conn, pk, self.config.cleanup_batch, self.grace_ms).await?;
             total += n;
             if !more {
                 return Ok(total);

@@ -31,6 +31,25 @@ local NAMES, NNAMES = {}, 0
 -- (A field, not a local: the chunk's 200 locals are spent.)
 STRAIGHT.space = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
 
+-- The header argument of acquire.lua and rotate.lua, `<limit> <grace> <n>`:
+-- the reclaim limit, the record grace ms (as the string it was sent as) and
+-- the number of requests, or nil. Read once and kept: a storage sends the same
+-- few call after call (a table look-up instead of three numbers to check).
+STRAIGHT.heads, STRAIGHT.nheads = {}, 0
+function STRAIGHT.head(s)
+  local h = STRAIGHT.heads[s]
+  if h then return h[1], h[2], h[3] end
+  if type(s) ~= 'string' or #s > 64 then return nil end
+  local a, b, c = string.match(s, '^(%d+) (%d+) (%d+)$')
+  local limit, grace, n = int_in(a, 1, MAX_RECLAIM), int_in(b, 0, MAX_GRACE_MS),
+    int_in(c, 1, MAX_REQUESTS)
+  if not limit or not grace or not n then return nil end
+  if STRAIGHT.nheads >= 1024 then STRAIGHT.heads, STRAIGHT.nheads = {}, 0 end
+  STRAIGHT.heads[s] = { limit, b, n }
+  STRAIGHT.nheads = STRAIGHT.nheads + 1
+  return limit, b, n
+end
+
 -- '0'..'1100' -> the number: small arguments read by a table look-up, not
 -- tonumber (filled on first use: loading a library runs no standard library).
 local SMALL, SMALL_S
@@ -320,7 +339,7 @@ end
 -- Reads the pool's meta and settings; nil and a reply for every request when
 -- the pool cannot serve them.
 local function begin(prefix)
-  local m, why, found = open_pool('fence', 'rr', 'exp', 'cool_next', 'wait_until')
+  local m, why, found = open_pool('fence', 'exp', 'cool_next', 'wait_until')
   if not m then return why, found end
   POOL_ID = m[1]
   -- `fence` is a reservation: every token issued so far is at most it. This
@@ -329,20 +348,30 @@ local function begin(prefix)
   -- any token up to it may have been issued.
   FENCE_R = tonumber(m[4] or '0') or 0
   if POOL.fence_r == FENCE_R and POOL.fence_last then FENCE = POOL.fence_last else FENCE = FENCE_R end
-  RR = m[5] or nil -- a string: round robin reads it as a number
-  EXP = num(m[6])
-  COOL_NEXT = num(m[7])
-  WAIT_UNTIL = m[8]
+  RR, STRAIGHT.rr_unread = nil, true -- read by STRAIGHT.rr() when needed
+  EXP = num(m[5])
+  COOL_NEXT = num(m[6])
+  WAIT_UNTIL = m[7]
   CREATED = POOL.created -- a string: rotate compares it as a number
   NOW, NOW_US, NOW_S = clock()
   return nil
 end
 
+-- The round-robin cursor (`rr` in the meta: the seq last given out), a string,
+-- or nil; read when a round_robin request first needs it in a call (one HGET),
+-- so a call without one does not read it.
+function STRAIGHT.rr()
+  if STRAIGHT.rr_unread then
+    RR, STRAIGHT.rr_unread = redis.call('HGET', KEYS[1], 'rr') or nil, false
+  end
+  return RR
+end
+
 -- Gives back the capacity that time freed: due leases (a bounded batch), then
 -- cooldowns that are over, each only when the meta's hint says one may be due.
-local function reclaim_due(limit)
+local function reclaim_due(limit, grace)
   if EXP and EXP <= NOW then
-    local n, more, first = reclaim(NOW, limit, ARGV[3])
+    local n, more, first = reclaim(NOW, limit, grace)
     FREED, MORE = FREED + n, more
     if first ~= EXP then EXP, EXP_MOVED = first, true end
   end
@@ -614,7 +643,8 @@ local function make_general()
       if HAS_ORDER.seq then return walk_rank(P .. K_IDX .. 'seq:' .. tag, 0, nil) end
       return by_seq_in_load(load, -1)
     elseif sel == 'round_robin' then
-      local c = RR and tonumber(RR) or -1
+      local rr = STRAIGHT.rr()
+      local c = rr and tonumber(rr) or -1
       if HAS_ORDER.seq then
         local key = P .. K_IDX .. 'seq:' .. tag
         return walk_score(key, '(' .. fmt_int(c), '+inf') or walk_score(key, '-inf', fmt_int(c))
@@ -667,7 +697,8 @@ local function make_general()
             k = succ[i] and tonumber(succ[i])
           elseif sel == 'round_robin' then
             k = seq
-            if RR ~= nil and seq <= tonumber(RR) then k = seq + 9007199254740992 end
+            local rr = STRAIGHT.rr()
+            if rr ~= nil and seq <= tonumber(rr) then k = seq + 9007199254740992 end
           else
             matched[#matched + 1] = m
           end
@@ -861,7 +892,9 @@ local function serve(r, remaining, slot)
   if r.sessk > 0 then
     redis.call('SET', KEYS[r.sessk], st.m .. ' ' .. POOL_ID, 'PX', r.sess_ms_s)
   end
-  if r.selector == 'round_robin' and not kept then RR, RR_S, RR_MOVED = st.seq, st.m, true end
+  if r.selector == 'round_robin' and not kept then
+    RR, RR_S, RR_MOVED, STRAIGHT.rr_unread = st.seq, st.m, true, false
+  end
   if r.tickk > 0 then STRAIGHT.ticket_done(r) end
   TAKEN = TAKEN + 1
   return granted(tok, EXP_LAST_S, st.m, st.j)

@@ -10,9 +10,10 @@
 --            session's key `P sess:<id>` and its site's `P site:<site>`, each
 --            only when it has one (the block names their indexes)
 -- ARGV[1]  pool prefix P = `<ns>:{<pool>}:` (KEYS must be built from it)
--- ARGV[2]  most due leases to reclaim in this call (1..MAX_RECLAIM)
--- ARGV[3]  record grace ms (0..MAX_GRACE_MS)
--- ARGV[4]  n, the number of requests (1..MAX_REQUESTS), then n blocks as read by
+-- ARGV[2]  `<limit> <grace> <n>`: most due leases to reclaim in this call
+--          (1..MAX_RECLAIM), the record grace ms (0..MAX_GRACE_MS) and n, the
+--          number of requests (1..MAX_REQUESTS): one argument, read once and
+--          kept (see STRAIGHT.head in _lib_acquire.lua); then n blocks as read by
 --          read_request() in _lib_acquire.lua (consumer, duration, record TTL,
 --          selector, filter, exact flag, random, request key index, session
 --          key index and ms, site key index, ticket key index, number and
@@ -60,8 +61,9 @@
 -- HSET fence when a token passes the reservation, about once a second): 7 with
 -- one request and one declared tag (the first call after the library loads also
 -- reads the pool's fixed settings: one more HMGET meta). Reclaim adds
--- ZRANGEBYSCORE, HMGET, ZMSCORE, ZREM and ZRANGE, only when the `exp` hint is
--- due. Cost O(n log N), flat in pool size N.
+-- ZRANGEBYSCORE, HMGET, ZMSCORE, ZREM, PEXPIRE per record and ZRANGE, only
+-- when the `exp` hint is due. A round_robin request reads the cursor (HGET meta
+-- rr) once per call. Cost O(n log N), flat in pool size N.
 --
 -- A fair waiter's request (one with a ticket) takes the general path, and
 -- adds ZRANGEBYSCORE and ZADD of P tickets:until and ZRANGE of P tickets (its
@@ -74,10 +76,8 @@ local prefix = ARGV[1]
 if not check_meta_live(prefix) then
   return fail('keys do not match the pool prefix')
 end
-local limit = int_in(ARGV[2], 1, MAX_RECLAIM)
-local grace = int_in(ARGV[3], 0, MAX_GRACE_MS)
-local n = int_in(ARGV[4], 1, MAX_REQUESTS)
-if not limit or not grace or not n then return fail('bad numeric argument') end
+local limit, grace, n = STRAIGHT.head(ARGV[2])
+if not limit then return fail('bad numeric argument') end
 
 local why, found = begin(prefix)
 if why then
@@ -87,7 +87,7 @@ if why then
   for i = 1, n do out[i] = why end
   return out
 end
-local at = 5
+local at = 3
 for i = 1, n do
   local r, nxt = read_request(at, i)
   if not r then return fail(nxt) end
@@ -106,7 +106,7 @@ if n > 1 then
   local out = STRAIGHT.acquire(n)
   if out then return out end
 end
-reclaim_due(limit)
+reclaim_due(limit, grace)
 for i = 1, n do OUT[i] = serve(REQS[i], n - i, i) end
 OUT[n + 1] = nil
 finish()

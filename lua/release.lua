@@ -58,7 +58,7 @@ if n == 1 then
   return o
 end
 local created = POOL.created or '0'
-local out = STRAIGHT.release(n, created, now, now_s, ARGV[2])
+local out = STRAIGHT.release(n, created, now_s, ARGV[2])
 if out then
   notify(m[4], now)
   return out

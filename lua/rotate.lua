@@ -9,7 +9,7 @@
 -- KEYS[3..]  (or KEYS[5..] after those) per request, in order: its request key `P req:<id>`, its sticky
 --            session's key `P sess:<id>` and its site's `P site:<site>`, each
 --            only when it has one (the block names their indexes)
--- ARGV[1..4] as acquire.lua (prefix, reclaim limit, grace ms, n), then n blocks:
+-- ARGV[1..2] as acquire.lua (prefix; reclaim limit, grace ms and n), then n blocks:
 --   +0 the token of the lease to release (a lease of this pool), then an acquire
 --   block as acquire.lua reads it
 --
@@ -37,10 +37,8 @@ local prefix = ARGV[1]
 if not check_meta_live(prefix) then
   return fail('keys do not match the pool prefix')
 end
-local limit = int_in(ARGV[2], 1, MAX_RECLAIM)
-local grace = int_in(ARGV[3], 0, MAX_GRACE_MS)
-local n = int_in(ARGV[4], 1, MAX_REQUESTS)
-if not limit or not grace or not n then return fail('bad numeric argument') end
+local limit, grace, n = STRAIGHT.head(ARGV[2])
+if not limit then return fail('bad numeric argument') end
 
 local why, found = begin(prefix)
 if why then
@@ -54,20 +52,20 @@ end
 -- nothing due to reclaim: released and served straight (release_one, then
 -- serve_one or, when that leaves it, serve), without the tables of a batch.
 if n == 1 then
-  local id = ARGV[5]
+  local id = ARGV[3]
   if not is_token(id) then return fail('bad lease token') end
-  local r, nxt = read_request(6, 1)
+  local r, nxt = read_request(4, 1)
   if not r then return fail(nxt) end
   if nxt ~= #ARGV + 1 then return fail('bad argument count') end
   if r.fast and r.order == 'load' and r.reqk == 0 and not r.noorder
     and not (EXP and EXP <= NOW) and not (COOL_NEXT and COOL_NEXT <= NOW) then
-    local same, record, first = STRAIGHT.rotate_same(id, prefix .. id, r, CREATED or '0', ARGV[3])
+    local same, record, first = STRAIGHT.rotate_same(id, prefix .. id, r, CREATED or '0', grace)
     if same then
       finish()
       return same
     end
     -- What rotate_same() read is not read again.
-    local outcome, freed = release_one(id, prefix .. id, CREATED or '0', NOW, NOW_S, ARGV[3],
+    local outcome, freed = release_one(id, prefix .. id, CREATED or '0', NOW, NOW_S, grace,
       record)
     if freed then FREED = FREED + 1 end
     local reply = outcome .. ' ' .. (serve_one(r, first) or serve(r, 0, 1))
@@ -75,7 +73,7 @@ if n == 1 then
     return reply
   end
 end
-local ids, keys, at = {}, {}, 5
+local ids, keys, at = {}, {}, 3
 for i = 1, n do
   local id = ARGV[at]
   if not is_token(id) then return fail('bad lease token') end
@@ -95,12 +93,12 @@ for i = 1, n do
     slot[i] = #rel_ids
   end
 end
-reclaim_due(limit)
+reclaim_due(limit, grace)
 if rel_ids[1] then prepare_releases(rel_ids, rel_keys, CREATED or '0') end
 for i = 1, n do
   local reply
   if slot[i] then
-    local outcome, freed = apply_release(slot[i], NOW, NOW_S, ARGV[3])
+    local outcome, freed = apply_release(slot[i], NOW, NOW_S, grace)
     if freed then FREED = FREED + 1 end
     reply = outcome .. ' ' .. serve(REQS[i], n - i, i)
   else

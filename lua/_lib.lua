@@ -19,7 +19,8 @@
 --                            indexes (full, inactive, cooling, banned)
 --   P live            zset   live leases `<seq>:<token>` by expiry ms
 --   P <lease-id>      string lease record, no TTL while live (released or reclaimed: grace)
---   P req:<enc id>    string lease id an idempotent acquire got, TTL as its record
+--   P req:<enc id>    string lease id an idempotent acquire got, TTL duration + grace
+--                            (extend: expiry + grace)
 --   P cooldown        zset   cooling proxies by cooldown end ms
 --   P succ            hash   seq -> success evidence (pools that keep the succ order)
 --   P geo / P polar   geo / zset   available proxies with a location (attribute geo)
@@ -206,7 +207,7 @@ end
 -- `released <seq> <acquired-ms> <duration-ms> <released-ms> <consumer>`, and,
 -- for a lease acquired with a request id, a tab and the request key's suffix
 -- (`P req:<suffix>`; a consumer name holds no control character): extend.lua
--- keeps that key as long as the record. Expired is not written: an active
+-- keeps that key until the new expiry and the grace. Expired is not written: an active
 -- record past its expiry is expired. Numbers stay the strings they were read as
 -- (formatting numbers costs Redis's Lua a snprintf each).
 local function parse_record(v, into)
@@ -495,6 +496,20 @@ end
 -- _lib_acquire.lua) and the helpers added since: one local for all, as the
 -- chunk's 200 are spent.
 local STRAIGHT = {}
+
+-- A record grace argument (ms, 0..MAX_GRACE_MS) in the form SET PX and PEXPIRE
+-- take, its canonical decimal ('05' would be refused by Redis after the call
+-- wrote its first commands), or false; remembered (a storage sends one).
+STRAIGHT.graces, STRAIGHT.ngraces = {}, 0
+function STRAIGHT.grace(s)
+  local g = STRAIGHT.graces[s]
+  if g ~= nil then return g end
+  local n = int_in(s, 0, MAX_GRACE_MS)
+  g = n ~= nil and fmt_int(n)
+  if STRAIGHT.ngraces >= 64 then STRAIGHT.graces, STRAIGHT.ngraces = {}, 0 end
+  STRAIGHT.graces[s], STRAIGHT.ngraces = g, STRAIGHT.ngraces + 1
+  return g
+end
 
 -- The success order (pools that keep it, see src/success.rs): a proxy's
 -- evidence in `P succ` is `<successes> <reports> <ms of the last report>`

@@ -32,7 +32,7 @@ local NAMES, NNAMES = {}, 0
 STRAIGHT.space = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
 
 -- The header argument of acquire.lua and rotate.lua, `<limit> <grace> <n>`:
--- the reclaim limit, the record grace ms (as the string it was sent as) and
+-- the reclaim limit, the record grace ms (its canonical decimal: STRAIGHT.grace in _lib.lua) and
 -- the number of requests, or nil. Read once and kept: a storage sends the same
 -- few call after call (a table look-up instead of three numbers to check).
 STRAIGHT.heads, STRAIGHT.nheads = {}, 0
@@ -41,13 +41,13 @@ function STRAIGHT.head(s)
   if h then return h[1], h[2], h[3] end
   if type(s) ~= 'string' or #s > 64 then return nil end
   local a, b, c = string.match(s, '^(%d+) (%d+) (%d+)$')
-  local limit, grace, n = int_in(a, 1, MAX_RECLAIM), int_in(b, 0, MAX_GRACE_MS),
+  local limit, grace, n = int_in(a, 1, MAX_RECLAIM), STRAIGHT.grace(b),
     int_in(c, 1, MAX_REQUESTS)
   if not limit or not grace or not n then return nil end
   if STRAIGHT.nheads >= 1024 then STRAIGHT.heads, STRAIGHT.nheads = {}, 0 end
-  STRAIGHT.heads[s] = { limit, b, n }
+  STRAIGHT.heads[s] = { limit, grace, n }
   STRAIGHT.nheads = STRAIGHT.nheads + 1
-  return limit, b, n
+  return limit, grace, n
 end
 
 -- '0'..'1100' -> the number: small arguments read by a table look-up, not
@@ -135,7 +135,8 @@ local function consumer_ok(c)
 end
 
 -- Reads the acquire block at ARGV[at]:
---   +0 consumer name   +1 duration ms   +2 the record's TTL ms (duration + grace)
+--   +0 consumer name   +1 duration ms   +2 the request key's TTL ms (duration +
+--   grace; a live lease's record has none)
 --   +3 selector   +4 filter JSON or ''
 --   +5 '1' when the filter is exactly one exact-match attribute, else '0'
 --   +6 random 0..2^31   +7 KEYS index of its request key, or 0
@@ -765,11 +766,14 @@ local function grant(r, m, consumer)
   if token == NOW_US then tok = us_text(token, NOW_S) else tok = fmt_int(token) end
   -- The record has no TTL while the lease is live (the live set holds its
   -- expiry): it gets the grace when the lease leaves the live set (released,
-  -- reclaimed). So the records of a call go in one MSET (write_records()); a
-  -- request id's at once, for a later request of the call with the same id.
+  -- reclaimed). So the records of a call go in one MSET (write_records(), once
+  -- the live set is written). A request id's goes at once, for a later request
+  -- of the call with the same id, with the request key's TTL (duration + grace:
+  -- a record that never joins the live set, after a failed command later in
+  -- the call, still expires; an extend or a release sets its TTL anew).
   if r.reqk > 0 then
     redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
-      .. '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1), 'GET')
+      .. '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1), 'PX', r.ttl_s, 'GET')
   else
     local w, n = STRAIGHT.recw, STRAIGHT.recn
     w[n + 1], w[n + 2] = P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
@@ -841,8 +845,8 @@ function STRAIGHT.rest(st)
   if COOL_NEXT == nil or until_ms < COOL_NEXT then COOL_NEXT, COOL_MOVED = until_ms, true end
 end
 
--- Serves one acquire request; its reply, in the reply table of `slot` from
--- index off + 1 (rotate.lua puts the release outcome before it).
+-- Serves one acquire request (at position `slot`); returns its reply entry (a
+-- string: see granted()).
 local function serve(r, remaining, slot)
   if r.noorder then return 'NO_ORDER ' .. r.noorder end
   if r.reqk > 0 then
@@ -903,7 +907,6 @@ end
 -- Writes what the call changed: indexes and counts, the live set, the meta's
 -- fence, cursor and hints; wakes waiters when slots freed beyond those taken.
 local function finish()
-  STRAIGHT.write_records()
   flush()
   if LIVE_N > 0 then
     -- Under 129 members the live set is a listpack, where every ZADD, ZREM and
@@ -923,6 +926,9 @@ local function finish()
     end
     POOL.live_est = est
   end
+  -- The records after the live set: a record is never without both a TTL and
+  -- a live entry, even when a command of the call fails.
+  STRAIGHT.write_records()
   if RR_MOVED or EXP_MOVED or COOL_MOVED then STRAIGHT.write_hints() end
   if FREED > TAKEN then notify(WAIT_UNTIL, NOW) end
 end

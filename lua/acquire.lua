@@ -54,9 +54,9 @@
 -- Calls, n requests on the fast path (least_used, one declared tag or none):
 -- HMGET meta, TIME, one ZRANGE per index used per page of candidates read (a
 -- page holds what the call's requests need; HMGET proxies only for proxies whose
--- JSON the library does not remember under the meta's `pver`), per request one
--- one SET record (MSET of them all; a request id's SET at once, plus GET and
--- SET of its request key), then one ZADD per index key
+-- JSON the library does not remember under the meta's `pver`), the records (one
+-- SET, or one MSET of them all; a request id's SET at once, plus GET and SET of
+-- its request key), one ZADD per index key
 -- whose members moved, one ZADD live, and HSET meta only when a hint moved (or
 -- HSET fence when a token passes the reservation, about once a second): 7 with
 -- one request and one declared tag (the first call after the library loads also

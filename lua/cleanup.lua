@@ -28,7 +28,7 @@ if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
   return fail('keys do not match the pool prefix')
 end
 local limit = int_in(ARGV[2], 1, MAX_RECLAIM)
-local grace = int_in(ARGV[3], 0, MAX_GRACE_MS)
+local grace = STRAIGHT.grace(ARGV[3])
 if not limit or not grace then return fail('bad numeric argument') end
 
 P = prefix
@@ -41,7 +41,7 @@ if cool_first and cool_first <= now then lifted, cool_first = lift_cooldowns(now
 local n, more, first = 0, false, nil
 repeat
   local k, chunk_more, chunk_first = reclaim(now, math.min(LIMITS.CLEANUP_CHUNK, limit - n),
-    ARGV[3])
+    grace)
   n, more, first = n + k, chunk_more, chunk_first
   flush()
   if not more or n >= limit then break end

@@ -1,6 +1,7 @@
 -- extend.lua: renew a live lease: it now expires `duration` from now (Redis
--- time), in the live set, in its record and in the record's TTL (and in its
--- request key's TTL, when it was acquired with a request id).
+-- time), in the live set and in its record (which has no TTL while the lease
+-- is live), and in its request key's TTL (expiry + grace), when it was
+-- acquired with a request id.
 --
 -- KEYS[1]  P meta   KEYS[2]  P live   KEYS[3]  P <token>
 -- ARGV[1]  pool prefix P    ARGV[2]  the lease's token    ARGV[3]  duration ms (1..MAX_LEASE_MS)
@@ -50,8 +51,8 @@ local until_s = fmt_int(expires + grace)
 redis.call('SET', KEYS[3], 'active ' .. r.seq .. ' ' .. r.at .. ' ' .. fmt_int(expires - at) .. ' '
   .. r.consumer .. req_tail(r), 'GET')
 if r.req then
-  -- Its request id answers a retry with this lease for as long as the record
-  -- lasts (the key still names this lease: nobody reused the id since).
+  -- Its request id answers a retry with this lease until its new expiry and
+  -- the grace (the key still names this lease: nobody reused the id since).
   local rk = prefix .. K_REQ .. r.req
   if redis.call('GET', rk) == id then redis.call('SET', rk, id, 'PXAT', until_s) end
 end

@@ -42,7 +42,7 @@ if not check_meta_live(prefix)
   or n < 1 or n > MAX_REQUESTS or #KEYS ~= n + 2 then
   return fail('keys do not match the pool prefix')
 end
-local grace = int_in(ARGV[2], 0, MAX_GRACE_MS)
+local grace = STRAIGHT.grace(ARGV[2])
 if not grace then return fail('bad grace') end
 for i = 1, n do
   local id = ARGV[2 + i]
@@ -53,12 +53,12 @@ local m, why, found = open_pool('wait_until')
 if not m then return { why, found } end
 local now, _, now_s = clock()
 if n == 1 then
-  local o, f = release_one(ARGV[3], KEYS[3], POOL.created or '0', now, now_s, ARGV[2])
+  local o, f = release_one(ARGV[3], KEYS[3], POOL.created or '0', now, now_s, grace)
   if f then notify(m[4], now) end
   return o
 end
 local created = POOL.created or '0'
-local out = STRAIGHT.release(n, created, now_s, ARGV[2])
+local out = STRAIGHT.release(n, created, now_s, grace)
 if out then
   notify(m[4], now)
   return out
@@ -66,7 +66,7 @@ end
 local ids, keys = {}, {}
 for i = 1, n do ids[i], keys[i] = ARGV[2 + i], KEYS[2 + i] end
 prepare_releases(ids, keys, created)
-local out, freed, grace_s = { 'OK' }, 0, ARGV[2]
+local out, freed, grace_s = { 'OK' }, 0, grace
 for i = 1, n do
   local o, f = apply_release(i, now, now_s, grace_s)
   out[i + 1] = o

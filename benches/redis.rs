@@ -2524,9 +2524,11 @@ fn print_steady(s: &Steady) {
         }
     );
     let leaked = s.after.active_pttl.len() as i64 - s.before.active_pttl.len() as i64;
+    let no_ttl = s.after.active_pttl.iter().filter(|t| **t == -1).count();
     println!(
-        "  active records' PTTL: {} ({} more than before the run{})",
-        pttl_range(&s.after.active_pttl),
+        "  active records: {} without a TTL (a live lease's record has none) of {} ({} more than before the run{})",
+        no_ttl,
+        s.after.active_pttl.len(),
         leaked,
         if leaked == 0 {
             ": the standing leases only"

@@ -328,6 +328,67 @@ mod redis_specific {
         );
     }
 
+    /// With no record grace, a record goes as soon as its lease leaves the
+    /// live set: released (one lease, and a batch of them), released after its
+    /// expiry, or reclaimed by cleanup.
+    #[tokio::test]
+    async fn with_no_grace_a_record_goes_when_its_lease_leaves_the_live_set() {
+        let (s, pool, ns) = setup(support::test_config().record_grace(Duration::ZERO)).await;
+        s.add_proxy(
+            Proxy::builder(pool.id, "10.0.0.1", 8001)
+                .max_concurrency(8)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let short = AcquireRequest::new(POOL, "worker-1", Duration::from_millis(300)).unwrap();
+        let long = req();
+        let (a, b, c, d, e) = tokio::join!(
+            s.acquire(&long),
+            s.acquire(&long),
+            s.acquire(&long),
+            s.acquire(&short),
+            s.acquire(&short)
+        );
+        let [one, two, three, late, reclaimed] =
+            [a, b, c, d, e].map(|l| l.unwrap().expect("a free slot"));
+        let conn = raw().await;
+        let prefix = format!("{ns}:{{{POOL}}}:");
+        let exists = |token: u64| {
+            let mut conn = conn.clone();
+            let key = format!("{prefix}{token}");
+            async move {
+                let n: i64 = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                n == 1
+            }
+        };
+        assert_eq!(s.release(&one).await.unwrap(), ReleaseOutcome::Released);
+        assert!(!exists(one.fencing_token).await, "released alone");
+        let (r2, r3) = tokio::join!(s.release(&two), s.release(&three));
+        assert_eq!(
+            (r2.unwrap(), r3.unwrap()),
+            (ReleaseOutcome::Released, ReleaseOutcome::Released)
+        );
+        assert!(!exists(two.fencing_token).await && !exists(three.fencing_token).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(s.release(&late).await.unwrap(), ReleaseOutcome::Expired);
+        assert!(
+            !exists(late.fencing_token).await,
+            "released after its expiry"
+        );
+        assert!(
+            exists(reclaimed.fencing_token).await,
+            "still in the live set"
+        );
+        assert_eq!(s.cleanup_expired_leases().await.unwrap(), 1);
+        assert!(!exists(reclaimed.fencing_token).await, "reclaimed");
+    }
+
     #[tokio::test]
     async fn every_pool_key_carries_the_hash_tag_and_values_are_encoded() {
         let ns = support::unique_namespace();

@@ -235,8 +235,12 @@ impl RedisConfig {
         self
     }
 
-    /// How long finished lease records are kept after their expiry (default
-    /// [`DEFAULT_RECORD_GRACE`]).
+    /// How long a finished lease's record is kept (default
+    /// [`DEFAULT_RECORD_GRACE`]): a released lease's after its release, an
+    /// expired one's after it is reclaimed (by an acquire, a rotate or cleanup,
+    /// at or after its expiry), so that a late release still answers
+    /// `AlreadyReleased` or `Expired` rather than `NotFound`. A live lease's
+    /// record has no TTL. Zero deletes a record as soon as its lease ends.
     #[must_use]
     pub fn record_grace(mut self, grace: Duration) -> Self {
         self.record_grace = grace;

@@ -12,7 +12,8 @@
 #       HGET HGETALL HMGET HSET HSETNX HDEL EXISTS ZRANGE TIME (from Rust),
 #       FCALL FCALL_RO FUNCTION LOAD (the operations are a Redis Functions
 #       library, loaded again when Redis has lost it),
-#       HINCRBY HEXISTS HLEN HSCAN GET SET MGET DEL UNLINK ZADD ZREM ZRANGEBYSCORE ZSCORE
+#       HINCRBY HEXISTS HLEN HSCAN GET SET MGET MSET DEL UNLINK PTTL PEXPIRE ZADD ZREM
+#       ZRANGEBYSCORE ZSCORE
 #       ZMSCORE ZCOUNT ZCARD ZSCAN SADD SPOP GEOADD GEOSEARCH PUBLISH (run by the
 #       functions; Redis checks their commands against the calling user),
 #       SUBSCRIBE (waiting acquires), WAIT (RedisConfig::wait_for_replicas);

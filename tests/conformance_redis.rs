@@ -268,16 +268,23 @@ mod redis_specific {
             s.add_proxy(p).await.unwrap();
         }
         let short = || AcquireRequest::new(POOL, "worker-1", Duration::from_millis(300)).unwrap();
-        // Four concurrent acquires: batched into calls whose records go in one MSET.
         let (long, brief) = (req(), short());
-        let (a, b, c, d) = tokio::join!(
-            s.acquire(&long),
-            s.acquire(&brief),
-            s.acquire(&brief),
-            s.acquire(&long)
-        );
-        let [released, late, reclaimed, orphan] =
-            [a, b, c, d].map(|l| l.unwrap().expect("a free proxy"));
+        // Three concurrent acquires: batched into calls whose records go in one MSET.
+        let (a, b, c) = tokio::join!(s.acquire(&long), s.acquire(&brief), s.acquire(&brief));
+        let [released, late, reclaimed] = [a, b, c].map(|l| l.unwrap().expect("a free proxy"));
+        // A proxy of its own for the lease whose proxy is removed (least used: it
+        // gets the next lease).
+        let own = s
+            .add_proxy(
+                Proxy::builder(pool.id, "10.0.0.3", 8003)
+                    .max_concurrency(4)
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let orphan = s.acquire(&long).await.unwrap().expect("a free proxy");
+        assert_eq!(orphan.proxy_id, own.id);
         let conn = raw().await;
         let prefix = format!("{ns}:{{{POOL}}}:");
         let pttl = |token: u64| {

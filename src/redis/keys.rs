@@ -13,7 +13,7 @@
 //! | `<ns>:{<pool>}:idx:<order>:<tag>` | zset | available proxies (seq members) in an order |
 //! | `<ns>:{<pool>}:held` | hash | seq → live leases, for proxies with leases that are not indexed |
 //! | `<ns>:{<pool>}:live` | zset | live leases `<seq>:<token>` by expiry (ms) |
-//! | `<ns>:{<pool>}:<lease-id>` | string | one lease record, with a TTL |
+//! | `<ns>:{<pool>}:<lease-id>` | string | one lease record (no TTL while the lease is live; the record grace once it is not) |
 //! | `<ns>:{<pool>}:req:<id>` | string | the lease an idempotent acquire got |
 //! | `<ns>:{<pool>}:sess:<id>` | string | `<seq> <pool id>`: the proxy a sticky session keeps, with a TTL |
 //! | `<ns>:{<pool>}:site:<site>` | hash | `pool` → pool id; seq → `<failures> <until-ms or ban> <reason>` for one site, with a TTL |

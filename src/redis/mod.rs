@@ -31,9 +31,11 @@
 //!   is available (else in the `held` hash), so selection reads counts for free.
 //! - **Expiry without leaks**: each pool has a sorted set of live leases scored
 //!   by expiry; acquire, cleanup and the sweeper give back the slots of expired
-//!   ones. Lease records carry a TTL of expiry plus the record grace
-//!   ([`crate::storage::DEFAULT_RECORD_GRACE`]), and a released record is kept
-//!   only for the grace after its release.
+//!   ones. A live lease's record has no TTL (the live set holds its expiry, so a
+//!   call writes its records in one `MSET`); whatever takes a lease out of the
+//!   live set (its release, a reclaim, the removal of its proxy) gives the
+//!   record the record grace ([`crate::storage::DEFAULT_RECORD_GRACE`]) or
+//!   deletes it.
 //! - **Stats are counters and cardinalities**: proxies and active proxies are
 //!   counters in the pool's meta; available proxies, leased proxies and live
 //!   leases are read from the load index, `held` and the live set.

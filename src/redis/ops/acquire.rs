@@ -93,7 +93,8 @@ pub(crate) fn push_ticket_keys<'a>(
 pub(crate) struct AcquireItem {
     pub(crate) consumer: String,
     pub(crate) duration_ms: u64,
-    /// The record's TTL: the duration and the record grace.
+    /// The request key's TTL (and a request id's record's, until the lease is
+    /// written to the live set): the duration and the record grace.
     pub(crate) ttl_ms: u64,
     pub(crate) selector: &'static str,
     /// The filter as JSON, or empty when there is none.

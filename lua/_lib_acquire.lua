@@ -368,6 +368,25 @@ function STRAIGHT.rr()
   return RR
 end
 
+-- The opening of acquire.lua and rotate.lua: the keys and the header argument
+-- checked, the pool read (begin()). Returns the reclaim limit, the grace and n;
+-- or false and the call's reply: an error, or the pool's refusal ('POOL_NOT_FOUND'
+-- or 'SCHEMA <found>') for every request.
+function STRAIGHT.open_call()
+  reset_acquire()
+  local prefix = ARGV[1]
+  if not check_meta_live(prefix) then return false, fail('keys do not match the pool prefix') end
+  local limit, grace, n = STRAIGHT.head(ARGV[2])
+  if not limit then return false, fail('bad numeric argument') end
+  local why, found = begin(prefix)
+  if not why then return limit, grace, n end
+  if found then why = why .. ' ' .. found end
+  if n == 1 then return false, why end
+  local out = {}
+  for i = 1, n do out[i] = why end
+  return false, out
+end
+
 -- Gives back the capacity that time freed: due leases (a bounded batch), then
 -- cooldowns that are over, each only when the meta's hint says one may be due.
 local function reclaim_due(limit, grace)

@@ -13,8 +13,7 @@
 
 -- A ticket number argument: decimal, no leading zero, 1..2^53-1.
 function STRAIGHT.ticket_ok(s)
-  return type(s) == 'string' and #s <= 16 and string.find(s, '^%d+$') ~= nil
-    and string.byte(s, 1) ~= 48 and tonumber(s) <= 9007199254740991
+  return is_token(s) and string.byte(s, 1) ~= 48 and tonumber(s) <= 9007199254740991
 end
 
 -- Whether KEYS[k] and KEYS[k + 1] are the queue's keys of pool P (the

@@ -71,22 +71,8 @@
 -- P freed when another ticket waits): 3 when it is not its turn, 5 or 6 more
 -- when it is.
 
-reset_acquire()
-local prefix = ARGV[1]
-if not check_meta_live(prefix) then
-  return fail('keys do not match the pool prefix')
-end
-local limit, grace, n = STRAIGHT.head(ARGV[2])
-if not limit then return fail('bad numeric argument') end
-
-local why, found = begin(prefix)
-if why then
-  if found then why = why .. ' ' .. found end
-  if n == 1 then return why end
-  local out = {}
-  for i = 1, n do out[i] = why end
-  return out
-end
+local limit, grace, n = STRAIGHT.open_call()
+if not limit then return grace end
 local at = 3
 for i = 1, n do
   local r, nxt = read_request(at, i)

@@ -66,9 +66,9 @@ end
 local ids, keys = {}, {}
 for i = 1, n do ids[i], keys[i] = ARGV[2 + i], KEYS[2 + i] end
 prepare_releases(ids, keys, created)
-local out, freed, grace_s = { 'OK' }, 0, grace
+local out, freed = { 'OK' }, 0
 for i = 1, n do
-  local o, f = apply_release(i, now, now_s, grace_s)
+  local o, f = apply_release(i, now, now_s, grace)
   out[i + 1] = o
   if f then freed = freed + 1 end
 end

@@ -32,22 +32,9 @@
 -- only for proxies whose JSON the library does not remember; HSET meta only when
 -- a hint or the token reservation moved).
 
-reset_acquire()
-local prefix = ARGV[1]
-if not check_meta_live(prefix) then
-  return fail('keys do not match the pool prefix')
-end
-local limit, grace, n = STRAIGHT.head(ARGV[2])
-if not limit then return fail('bad numeric argument') end
-
-local why, found = begin(prefix)
-if why then
-  if found then why = why .. ' ' .. found end
-  if n == 1 then return why end
-  local out = {}
-  for i = 1, n do out[i] = why end
-  return out
-end
+local limit, grace, n = STRAIGHT.open_call()
+if not limit then return grace end
+local prefix = P
 -- The crawler loop's call, one lease in hand and one least_used request with
 -- nothing due to reclaim: released and served straight (release_one, then
 -- serve_one or, when that leaves it, serve), without the tables of a batch.

@@ -80,6 +80,15 @@ mod redis_specific {
         AcquireRequest::new(POOL, "worker-1", Duration::from_secs(60)).unwrap()
     }
 
+    /// The PTTL of the record of the lease with this token (-1: no TTL, -2: no record).
+    async fn record_pttl(ns: &str, token: u64) -> i64 {
+        redis::cmd("PTTL")
+            .arg(format!("{ns}:{{{POOL}}}:{token}"))
+            .query_async(&mut raw().await)
+            .await
+            .unwrap()
+    }
+
     async fn keys_of(ns: &str) -> Vec<String> {
         support::keys_under(ns).await
     }
@@ -285,20 +294,7 @@ mod redis_specific {
             .unwrap();
         let orphan = s.acquire(&long).await.unwrap().expect("a free proxy");
         assert_eq!(orphan.proxy_id, own.id);
-        let conn = raw().await;
-        let prefix = format!("{ns}:{{{POOL}}}:");
-        let pttl = |token: u64| {
-            let mut conn = conn.clone();
-            let key = format!("{prefix}{token}");
-            async move {
-                let ttl: i64 = redis::cmd("PTTL")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                ttl
-            }
-        };
+        let pttl = |token: u64| record_pttl(&ns, token);
         for l in [&released, &late, &reclaimed, &orphan] {
             assert_eq!(pttl(l.fencing_token).await, -1, "live: no TTL");
         }
@@ -360,20 +356,8 @@ mod redis_specific {
         );
         let [one, two, three, late, reclaimed] =
             [a, b, c, d, e].map(|l| l.unwrap().expect("a free slot"));
-        let conn = raw().await;
-        let prefix = format!("{ns}:{{{POOL}}}:");
-        let exists = |token: u64| {
-            let mut conn = conn.clone();
-            let key = format!("{prefix}{token}");
-            async move {
-                let n: i64 = redis::cmd("EXISTS")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                n == 1
-            }
-        };
+        let ns = ns.as_str();
+        let exists = |token: u64| async move { record_pttl(ns, token).await != -2 };
         assert_eq!(s.release(&one).await.unwrap(), ReleaseOutcome::Released);
         assert!(!exists(one.fencing_token).await, "released alone");
         let (r2, r3) = tokio::join!(s.release(&two), s.release(&three));

@@ -1810,6 +1810,9 @@ impl LeaseStorage for InMemoryStorage {
             .filter_map(|(_, id)| ps.lease(id, now, consumers))
             .collect();
         out.sort_by_key(|l| (l.acquired_at, l.id));
+        // A lease renewed back to an expiry it had before has two entries that
+        // both match it (the older one was left stale): list it once.
+        out.dedup_by_key(|l| l.id);
         Ok(out)
     }
 

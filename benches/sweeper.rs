@@ -23,31 +23,63 @@ use lighthouse_lease::{
 const LEASES: usize = 100_000;
 const CONCURRENCY: usize = 64;
 
-async fn slowlog_max_fcall_us(conn: &mut redis::aio::MultiplexedConnection) -> (i64, usize) {
+/// The script calls SLOWLOG logged (all over 1 ms, see below).
+struct SlowCalls {
+    /// The longest, µs.
+    max: i64,
+    /// How many.
+    n: usize,
+    /// Their median and 99th percentile, µs.
+    median: i64,
+    p99: i64,
+    /// Which call the longest was, counted from the first of the sweep (0: the first).
+    rank: usize,
+}
+
+async fn slowlog_fcalls(conn: &mut redis::aio::MultiplexedConnection) -> SlowCalls {
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(100_000)
         .query_async(conn)
         .await
         .expect("SLOWLOG GET");
-    let mut max = 0;
-    let mut n = 0;
+    // (id, µs) of each script call; SLOWLOG lists the newest first.
+    let mut calls: Vec<(i64, i64)> = Vec::new();
     for e in entries {
         let redis::Value::Array(fields) = e else {
             continue;
         };
-        let micros = match fields.get(2) {
-            Some(redis::Value::Int(us)) => *us,
-            _ => continue,
+        let (Some(redis::Value::Int(id)), Some(redis::Value::Int(micros))) =
+            (fields.first(), fields.get(2))
+        else {
+            continue;
         };
         let is_script = matches!(fields.get(3), Some(redis::Value::Array(args))
             if matches!(args.first(), Some(redis::Value::BulkString(c)) if c.eq_ignore_ascii_case(b"fcall")));
         if is_script {
-            n += 1;
-            max = max.max(micros);
+            calls.push((*id, *micros));
         }
     }
-    (max, n)
+    calls.sort_unstable();
+    let Some(&(max_id, max)) = calls.iter().max_by_key(|c| c.1) else {
+        return SlowCalls {
+            max: 0,
+            n: 0,
+            median: 0,
+            p99: 0,
+            rank: 0,
+        };
+    };
+    let rank = calls.iter().position(|c| c.0 == max_id).unwrap_or(0);
+    let mut us: Vec<i64> = calls.iter().map(|c| c.1).collect();
+    us.sort_unstable();
+    SlowCalls {
+        max,
+        n: us.len(),
+        median: us[us.len() / 2],
+        p99: us[(us.len() * 99 / 100).min(us.len() - 1)],
+        rank,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -146,15 +178,19 @@ async fn main() {
         let t = Instant::now();
         let report = sweeper.sweep_once(&rx).await.unwrap();
         let secs = t.elapsed().as_secs_f64();
-        let (slow_max, calls) = slowlog_max_fcall_us(&mut raw).await;
+        let slow = slowlog_fcalls(&mut raw).await;
         println!(
             "sweep (batch {batch}): reclaimed {} expired leases in {secs:.2} s = {:.0} leases/s; {} cleanup calls; \
-             longest call {:.1} ms (client) / {:.1} ms (SLOWLOG; {calls} script calls over 1 ms)",
+             longest call {:.1} ms (client) / {:.1} ms (SLOWLOG, call #{}; {} script calls over 1 ms, their median {:.1} ms, p99 {:.1} ms)",
             report.reclaimed,
             report.reclaimed as f64 / secs,
             report.batches,
             report.longest_batch.as_secs_f64() * 1e3,
-            slow_max as f64 / 1e3,
+            slow.max as f64 / 1e3,
+            slow.rank,
+            slow.n,
+            slow.median as f64 / 1e3,
+            slow.p99 as f64 / 1e3,
         );
         assert_eq!(
             report.reclaimed as usize, taken,

@@ -17,11 +17,13 @@
 -- Publishes on P freed when it freed anything and a waiter announced itself.
 -- Errors (nothing written): bad arguments.
 --
--- Calls for each chunk of due leases: ZRANGEBYSCORE, HMGET proxies, ZMSCORE load
--- (HMGET held for those not indexed), ZREM live, PEXPIRE per record (DEL with
--- no grace), ZCOUNT and ZRANGE live, one
--- command per index key touched, TIME; once per call: TIME, HMGET meta, HSET
--- meta. Cost O(b log N).
+-- Calls for each chunk of due leases: ZRANGEBYSCORE, ZMSCORE load (a proxy in
+-- the indexes gets its count lowered straight from it, see
+-- STRAIGHT.reclaim_indexed; for the others HMGET proxies when their JSON is not
+-- remembered, ZMSCORE load and HMGET held), ZREM live, PEXPIRE per record (DEL
+-- with no grace), ZCOUNT and ZRANGE live, one command per index key touched,
+-- TIME; once per call: TIME, HMGET meta (twice the first time this library
+-- sees the pool), HSET meta. Cost O(b log N).
 
 local prefix = ARGV[1]
 if not check_prefix(prefix, KEYS[1], K_META) or KEYS[2] ~= prefix .. K_LIVE then
@@ -31,17 +33,17 @@ local limit = int_in(ARGV[2], 1, MAX_RECLAIM)
 local grace = STRAIGHT.grace(ARGV[3])
 if not limit or not grace then return fail('bad numeric argument') end
 
-P = prefix
-local m = read_meta(KEYS[1], 'exp', 'cool_next', 'wait_until', 'attrs', 'orders')
+-- The pool's fixed settings and the proxy JSONs the library remembers (so
+-- that a reclaim reads only those it does not: see STRAIGHT.reclaim_indexed).
+local m = open_pool('exp', 'cool_next', 'wait_until')
 if not m then return { 0, 0 } end
-read_settings(m[2], m[7], m[8])
 local now, start_us = clock()
 local lifted, cool_first = 0, tonumber(m[5] or '')
 if cool_first and cool_first <= now then lifted, cool_first = lift_cooldowns(now, limit) end
 local n, more, first = 0, false, nil
 repeat
   local k, chunk_more, chunk_first = reclaim(now, math.min(LIMITS.CLEANUP_CHUNK, limit - n),
-    grace)
+    grace, true)
   n, more, first = n + k, chunk_more, chunk_first
   flush()
   if not more or n >= limit then break end

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench sweeper
+//! LIGHTHOUSE_SWEEP_BATCHES=200 cargo bench --bench sweeper   # only the default batch
 //! ```
 //!
 //! It spawns its own `redis-server` (the test harness's), never a shared one.
@@ -117,7 +118,12 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for batch in [100u32, 200, 500] {
+    // LIGHTHOUSE_SWEEP_BATCHES=200 (comma-separated) runs only those batch sizes.
+    let batches: Vec<u32> = std::env::var("LIGHTHOUSE_SWEEP_BATCHES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 200, 500]);
+    for batch in batches {
         // 100,000 leases that all expire together, after the last one is taken
         // (an acquire would otherwise reclaim the earliest ones itself).
         let lease = Duration::from_secs(12);

@@ -188,6 +188,80 @@ async fn cleanup_batches_are_bounded_and_count_each_lease_once() {
     assert!(s.cleanup_batch(POOL, 0).await.is_err());
 }
 
+/// Cleanup gives a slot back straight from the load index for a proxy that is
+/// in the indexes, and through the proxy's full state for one that is not (full,
+/// its count in `held`), also when one call's chunks meet the same proxies
+/// again: afterwards every count is what the live set says (the audit finds
+/// nothing to repair) and every proxy with a free slot is available again.
+#[tokio::test]
+async fn cleanup_frees_indexed_and_full_proxies_alike_and_leaves_no_drift() {
+    let s = support::storage();
+    let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    s.ensure_consumer(&cn("w")).await.unwrap();
+    let proxy = |host: &str, max: Option<u32>, country: &str| {
+        let b = Proxy::builder(pool.id, host, 80).country(country);
+        match max {
+            Some(m) => b.max_concurrency(m).build().unwrap(),
+            None => b.build().unwrap(),
+        }
+    };
+    let added = s
+        .add_proxies(vec![
+            proxy("10.0.0.1", Some(30), "AR"), // full after 30: `held`
+            proxy("10.0.0.2", None, "AR"),     // never full: indexed throughout
+            proxy("10.0.0.3", Some(1), "BR"),
+            proxy("10.0.0.4", Some(2), "BR"),
+        ])
+        .await
+        .unwrap();
+    // Least used first: the four take turns until each limited one is full,
+    // so the due leases of one chunk (40) mix indexed and full proxies, and
+    // the next chunk meets both kinds again.
+    for _ in 0..63 {
+        s.acquire(&req(Duration::from_millis(300)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let kept = s
+        .acquire(&req(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kept.proxy_id, added[1].id,
+        "only the unlimited proxy has room"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut total = 0;
+    loop {
+        let b = s.cleanup_batch(POOL, 100_000).await.unwrap();
+        total += b.reclaimed;
+        if !b.more {
+            break;
+        }
+    }
+    assert_eq!(total, 63, "every due lease once");
+    for (p, live) in added.iter().zip([0, 1, 0, 0]) {
+        let now = s.get_proxy(p.id).await.unwrap().unwrap();
+        assert_eq!(now.current_leases, live, "{}", p.host);
+    }
+    assert!(
+        s.audit_pool(POOL, 100).await.unwrap().is_empty(),
+        "counts and indexes agree with the live set"
+    );
+    let stats = s.pool_stats(&pn(POOL)).await.unwrap();
+    assert_eq!((stats.total_leases, stats.available_proxies), (1, 4));
+    // Each country's index has its proxies back: one acquire per free slot in BR.
+    let br = AcquireRequest::new(POOL, "w", Duration::from_secs(60))
+        .unwrap()
+        .with_filters(ProxyFilters::new().country("BR"));
+    for _ in 0..3 {
+        s.acquire(&br).await.unwrap().expect("a free BR slot");
+    }
+    assert_eq!(s.acquire(&br).await.unwrap(), None, "BR holds 3");
+}
+
 /// Index keys are made skiplists when proxies are added (in a listpack, Redis's
 /// small-set encoding, every ZADD scans and moves the whole index), and the
 /// member that converts them leaves no trace.
@@ -226,8 +300,8 @@ async fn added_proxies_land_in_skiplist_indexes_without_a_trace() {
     }
 }
 
-/// A cleanup call stops once it has spent its time budget (2.5 ms of Redis's
-/// time, checked every 50 leases), whatever the batch: 3,000 due leases take
+/// A cleanup call stops once it has spent its time budget (1 ms of Redis's
+/// time, checked every 40 leases), whatever the batch: 3,000 due leases take
 /// far longer than that to reclaim, so a batch of 100,000 comes back early,
 /// says more are due, and the calls that follow finish the work, each lease
 /// counted once.

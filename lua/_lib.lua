@@ -863,6 +863,7 @@ end
 -- given back and the seqs left for the general way (in `rest`, `nr` of them).
 function STRAIGHT.reclaim_indexed(seqs, cnt, rest)
   local nr, n = 0, 0
+  if #seqs == 0 then return 0, 0 end -- no member named a proxy (edited by hand)
   local sc = redis.call('ZMSCORE', PK.load_all, unpack(seqs))
   for i = 1, #seqs do
     local m = seqs[i]

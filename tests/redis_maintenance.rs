@@ -262,6 +262,39 @@ async fn cleanup_frees_indexed_and_full_proxies_alike_and_leaves_no_drift() {
     assert_eq!(s.acquire(&br).await.unwrap(), None, "BR holds 3");
 }
 
+/// A live-set member that names no proxy (written by hand) is taken out by
+/// cleanup without an error, and counts for nothing.
+#[tokio::test]
+async fn cleanup_takes_out_a_live_member_that_names_no_proxy() {
+    let (s, p) = setup(2).await;
+    let prefix = format!("{}:{{{POOL}}}:", s.config().get_namespace());
+    let mut c = raw().await;
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{prefix}live"))
+        .arg(1)
+        .arg("junk")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // The hint that tells cleanup a lease is due.
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}meta"))
+        .arg("exp")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let b = s.cleanup_batch(POOL, 100).await.unwrap();
+    assert_eq!((b.reclaimed, b.more), (0, false));
+    let left: u64 = redis::cmd("ZCARD")
+        .arg(format!("{prefix}live"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(s.get_proxy(p.id).await.unwrap().unwrap().current_leases, 0);
+}
+
 /// Index keys are made skiplists when proxies are added (in a listpack, Redis's
 /// small-set encoding, every ZADD scans and moves the whole index), and the
 /// member that converts them leaves no trace.

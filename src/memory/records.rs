@@ -266,7 +266,9 @@ impl Records {
     }
 
     /// Calls `change` with the record of `id` if it exists at `now`, and
-    /// keeps what it made of it (see [`Self::finished`]).
+    /// keeps what it made of it (see [`Self::finished`]). Inlined, so what
+    /// `change` leaves alone is neither decoded nor written back.
+    #[inline]
     pub(super) fn update<T>(
         &mut self,
         id: Uuid,

@@ -62,7 +62,7 @@ mod tickets;
 /// every acquire (`options.clone()`).
 ///
 /// A lease's record is kept for the record grace after it finished (see
-/// [`InMemoryStorage::with_record_grace`]), in a ring in grant order: 64
+/// [`InMemoryStorage::with_record_grace`]), in a ring in grant order: 40
 /// bytes per lease, so memory grows with the lease rate times the grace.
 ///
 /// # Time

@@ -1,9 +1,9 @@
 //! Lease records of one in-memory pool, kept in the order they were granted.
 //!
 //! A pool grants lease ids from its own sequence ([`Records::next_id`]: the
-//! sequence number in the id's first six bytes, the rest random), so a record
-//! is found by position in a ring, not by hashing, and records are appended
-//! and dropped at the ends. Released and expired records stay readable for the
+//! sequence number in the id's first six bytes, the rest derived from it and
+//! the pool's random key), so a record is found by position in a ring, not by
+//! hashing, and records are appended and dropped at the ends. Released and expired records stay readable for the
 //! grace after they finished, as on Redis, which at a high lease rate is most
 //! of the records held: in a hash map they cost about 70% of an
 //! acquire→release cycle at 32 proxies (the table outgrew the caches), in the

@@ -470,7 +470,18 @@ impl<S: Storage> ProxyManager<S> {
     /// The request for `options`, checked: where names and options enter.
     /// The options are taken apart, not copied.
     fn request(&self, pool_name: PoolName, options: AcquireOptions) -> Result<AcquireRequest> {
-        let (consumer, register) = match options.consumer {
+        // Taken apart first: each field is read where it is (a partly moved
+        // struct was copied whole).
+        let AcquireOptions {
+            consumer,
+            duration,
+            filters,
+            selector,
+            request_id,
+            session,
+            site,
+        } = options;
+        let (consumer, register) = match consumer {
             Some(name) => (
                 ConsumerName::try_from(name)?,
                 self.config.auto_register_consumers,
@@ -480,13 +491,13 @@ impl<S: Storage> ProxyManager<S> {
         let request = AcquireRequest {
             pool_name,
             consumer_name: consumer,
-            duration: options.duration.unwrap_or(self.config.default_duration),
-            filters: options.filters,
-            selector: options.selector.unwrap_or(self.config.default_selector),
+            duration: duration.unwrap_or(self.config.default_duration),
+            filters,
+            selector: selector.unwrap_or(self.config.default_selector),
             register_consumer: register,
-            request_id: options.request_id,
-            session: options.session,
-            site: options.site.map(Site::new).transpose()?,
+            request_id,
+            session,
+            site: site.map(Site::new).transpose()?,
             ticket: None,
         };
         request.validate()?;
@@ -514,9 +525,12 @@ impl<S: Storage> ProxyManager<S> {
     ) -> impl Future<Output = Result<Option<Lease>>> + Send + '_ {
         // Checked now, so the future holds only the request (not the options
         // and the name it came from): small futures are cheap to move.
-        let request = pool_name
-            .into_pool_name()
-            .and_then(|pool| self.request(pool, options));
+        // Not moved into a closure on the way to `request` (the options, 136
+        // bytes, were copied twice).
+        let request = match pool_name.into_pool_name() {
+            Ok(pool) => self.request(pool, options),
+            Err(e) => Err(e),
+        };
         Acquire {
             manager: self,
             state: AcquireState::Start(request),

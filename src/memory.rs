@@ -62,7 +62,7 @@ mod tickets;
 /// every acquire (`options.clone()`).
 ///
 /// A lease's record is kept for the record grace after it finished (see
-/// [`InMemoryStorage::with_record_grace`]), in a ring in grant order: 64
+/// [`InMemoryStorage::with_record_grace`]), in a ring in grant order: 40
 /// bytes per lease, so memory grows with the lease rate times the grace.
 ///
 /// # Time
@@ -264,7 +264,7 @@ impl InMemoryStorage {
         let floor = u64::try_from(now / 1_000).unwrap_or(0);
         let expires_at = now.saturating_add(duration);
         ps.fence = (ps.fence + 1).max(floor);
-        let id = ps.leases.next_id(rng);
+        let id = ps.leases.next_id();
         ps.live.push(expires_at, id);
         ps.leases.push(
             id,
@@ -830,7 +830,8 @@ struct FilterPlan {
 }
 
 impl PoolState {
-    fn new(pool: ProxyPool, grace: Nanos) -> Self {
+    /// A pool with no proxies; `key` (random) derives its lease ids.
+    fn new(pool: ProxyPool, grace: Nanos, key: (u64, u64)) -> Self {
         PoolState {
             pool,
             next_seq: 0,
@@ -838,7 +839,7 @@ impl PoolState {
             seqs: fast_map(),
             index_ids: std::array::from_fn(|_| fast_map()),
             indexes: vec![AvailIndex::default()],
-            leases: Records::new(grace),
+            leases: Records::new(grace, key),
             live: Expiries::default(),
             rr_cursor: None,
             stats: PoolStats::default(),
@@ -1163,10 +1164,10 @@ impl PoolState {
     /// Ends a live lease: gives its slot back and schedules the record's
     /// removal. Its expiry entry is the caller's to pop or count stale.
     fn finish(&mut self, id: Uuid, status: LeaseStatus, now: Nanos, grace: Nanos) {
-        let Some(lease) = self.leases.get_mut(id, now) else {
-            return;
-        };
-        if let Some((proxy_seq, gone_at)) = end_record(lease, status, now, grace) {
+        let ended = self
+            .leases
+            .update(id, now, |lease| end_record(lease, status, now, grace));
+        if let Some(Some((proxy_seq, gone_at))) = ended {
             self.record_ended(id, proxy_seq, gone_at);
         }
     }
@@ -1545,8 +1546,11 @@ impl AdminStorage for InMemoryStorage {
             )));
         }
         st.pool_names.insert(pool.id, pool.name.clone());
-        st.pools
-            .insert(pool.name.clone(), PoolState::new(pool.clone(), self.grace));
+        let key = (st.rng.u64(..), st.rng.u64(..));
+        st.pools.insert(
+            pool.name.clone(),
+            PoolState::new(pool.clone(), self.grace, key),
+        );
         Ok(pool)
     }
 
@@ -1737,19 +1741,25 @@ impl LeaseStorage for InMemoryStorage {
         };
         ps.purge(now);
         // One look-up of the record, to read and to end it.
-        let Some(record) = ps.leases.get_mut(lease.id, now) else {
-            return Ok(ReleaseOutcome::NotFound);
+        let grace = self.grace;
+        let ended = ps.leases.update(lease.id, now, |record| {
+            let expires_at = record.expires_at;
+            let (status, outcome) = match record.status {
+                LeaseStatus::Released => return Err(ReleaseOutcome::AlreadyReleased),
+                LeaseStatus::Expired => return Err(ReleaseOutcome::Expired),
+                LeaseStatus::Active if expires_at <= now => {
+                    (LeaseStatus::Expired, ReleaseOutcome::Expired)
+                }
+                LeaseStatus::Active => (LeaseStatus::Released, ReleaseOutcome::Released),
+            };
+            Ok((end_record(record, status, now, grace), expires_at, outcome))
+        });
+        let (ended, expires_at, outcome) = match ended {
+            None => return Ok(ReleaseOutcome::NotFound),
+            Some(Err(outcome)) => return Ok(outcome),
+            Some(Ok(ended)) => ended,
         };
-        let expires_at = record.expires_at;
-        let (status, outcome) = match record.status {
-            LeaseStatus::Released => return Ok(ReleaseOutcome::AlreadyReleased),
-            LeaseStatus::Expired => return Ok(ReleaseOutcome::Expired),
-            LeaseStatus::Active if expires_at <= now => {
-                (LeaseStatus::Expired, ReleaseOutcome::Expired)
-            }
-            LeaseStatus::Active => (LeaseStatus::Released, ReleaseOutcome::Released),
-        };
-        if let Some((proxy_seq, gone_at)) = end_record(record, status, now, self.grace) {
+        if let Some((proxy_seq, gone_at)) = ended {
             ps.record_ended(lease.id, proxy_seq, gone_at);
         }
         ps.expiry_gone(expires_at, lease.id);
@@ -1769,17 +1779,18 @@ impl LeaseStorage for InMemoryStorage {
             return Err(lost(LostReason::Unknown));
         };
         ps.reclaim(now, self.grace);
-        let Some(record) = ps.leases.get_mut(lease.id, now) else {
-            return Err(lost(LostReason::Unknown));
-        };
-        match record.status {
-            LeaseStatus::Released => return Err(lost(LostReason::Released)),
-            LeaseStatus::Expired => return Err(lost(LostReason::Expired)),
-            LeaseStatus::Active => {}
-        }
-        let old = record.expires_at;
         let new = now.saturating_add(to_nanos(duration));
-        record.expires_at = new;
+        let renewed = ps.leases.update(lease.id, now, |record| {
+            match record.status {
+                LeaseStatus::Released => return Err(lost(LostReason::Released)),
+                LeaseStatus::Expired => return Err(lost(LostReason::Expired)),
+                LeaseStatus::Active => {}
+            }
+            let old = record.expires_at;
+            record.expires_at = new;
+            Ok(old)
+        });
+        let old = renewed.ok_or_else(|| lost(LostReason::Unknown))??;
         if new != old {
             ps.expiry_gone(old, lease.id);
             ps.live.push(new, lease.id);

@@ -853,10 +853,10 @@ end
 -- they are, an active record past its expiry reads as expired, for `grace` ms, a
 -- string). Returns how many gave a slot back, whether more are due, and the
 -- earliest expiry left (or nil).
--- The straight part of a reclaim (`straight` in reclaim(), cleanup.lua only:
--- its writes must be flushed before anything reads the indexes): the proxies
--- of `seqs` (`cnt[seq]` due leases each) that no earlier chunk of the call
--- touched, whose JSON the library remembers and that are in the indexes with
+-- The straight part of a reclaim (`straight` in reclaim(): cleanup.lua and
+-- reclaim_due() in _lib_acquire.lua, each flushing its writes before anything
+-- reads the indexes): the proxies of `seqs` (`cnt[seq]` due leases each) that
+-- no earlier part of the call touched, whose JSON the library remembers and that are in the indexes with
 -- at least that many leases counted get their load scores lowered directly,
 -- one ZMSCORE for all and the ZADDs flush() sends, instead of a proxy state
 -- each (load_states/touch/plan: ~250 Lua steps a proxy). Returns the slots

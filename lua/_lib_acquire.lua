@@ -391,7 +391,10 @@ end
 -- cooldowns that are over, each only when the meta's hint says one may be due.
 local function reclaim_due(limit, grace)
   if EXP and EXP <= NOW then
-    local n, more, first = reclaim(NOW, limit, grace)
+    -- Straight for proxies in the indexes (STRAIGHT.reclaim_indexed), so its
+    -- index writes go out before a request reads an index.
+    local n, more, first = reclaim(NOW, limit, grace, true)
+    flush()
     FREED, MORE = FREED + n, more
     if first ~= EXP then EXP, EXP_MOVED = first, true end
   end

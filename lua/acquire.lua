@@ -61,8 +61,9 @@
 -- HSET fence when a token passes the reservation, about once a second): 7 with
 -- one request and one declared tag (the first call after the library loads also
 -- reads the pool's fixed settings: one more HMGET meta). Reclaim adds
--- ZRANGEBYSCORE, HMGET, ZMSCORE, ZREM, PEXPIRE per record and ZRANGE, only
--- when the `exp` hint is due. A round_robin request reads the cursor (HGET meta
+-- ZRANGEBYSCORE, ZMSCORE load:all (HMGET proxies, ZMSCORE and HMGET held only
+-- for due leases' proxies not in the indexes), ZREM, PEXPIRE per record, ZRANGE
+-- and the index writes it made, only when the `exp` hint is due. A round_robin request reads the cursor (HGET meta
 -- rr) once per call. Cost O(n log N), flat in pool size N.
 --
 -- A fair waiter's request (one with a ticket) takes the general path, and

@@ -262,6 +262,47 @@ async fn cleanup_frees_indexed_and_full_proxies_alike_and_leaves_no_drift() {
     assert_eq!(s.acquire(&br).await.unwrap(), None, "BR holds 3");
 }
 
+/// An acquire that finds due leases gives their slots back before it picks
+/// (straight from the load index for proxies in it), and picks by the counts
+/// as they are after that: here the proxy whose leases all expired, not the
+/// one whose lease lives on, though both counted two before.
+#[tokio::test]
+async fn an_acquire_reclaims_due_leases_before_it_picks_and_leaves_no_drift() {
+    let s = support::storage();
+    let pool = s.create_pool(ProxyPool::new(POOL).unwrap()).await.unwrap();
+    s.ensure_consumer(&cn("w")).await.unwrap();
+    let added = s
+        .add_proxies(vec![
+            Proxy::builder(pool.id, "10.0.0.1", 80).build().unwrap(),
+            Proxy::builder(pool.id, "10.0.0.2", 80).build().unwrap(),
+        ])
+        .await
+        .unwrap();
+    let (a, b) = (added[0].id, added[1].id);
+    let short = || req(Duration::from_millis(300));
+    // Least used first, ties by seq: a, b, then a (long), then b.
+    let mut got = Vec::new();
+    for r in [short(), short(), req(Duration::from_secs(60)), short()] {
+        got.push(s.acquire(&r).await.unwrap().unwrap().proxy_id);
+    }
+    assert_eq!(got, [a, b, a, b]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Three leases are due (a's first, both of b's): a counts 1 after the
+    // reclaim, b none, so b is the least used.
+    let next = s
+        .acquire(&req(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.proxy_id, b, "picked by the counts after the reclaim");
+    assert_eq!(s.get_proxy(a).await.unwrap().unwrap().current_leases, 1);
+    assert_eq!(s.get_proxy(b).await.unwrap().unwrap().current_leases, 1);
+    assert!(
+        s.audit_pool(POOL, 100).await.unwrap().is_empty(),
+        "counts and indexes agree with the live set"
+    );
+}
+
 /// A live-set member that names no proxy (written by hand) is taken out by
 /// cleanup without an error, and counts for nothing.
 #[tokio::test]

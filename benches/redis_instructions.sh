@@ -35,21 +35,9 @@ if [ ! -f "$PEER/node_modules/redis-semaphore/package.json" ]; then
   (cd "$PEER" && npm install --no-audit --no-fund --no-package-lock --silent)
 fi
 
-WORK="$(mktemp -d)"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
-  redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/valgrind.log" 2>&1 &
-VG=$!
-cleanup() {
-  redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || kill "$VG" 2>/dev/null || true
-  wait "$VG" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for _ in $(seq 1 100); do
-  redis-cli -p "$PORT" ping >/dev/null 2>&1 && break
-  sleep 0.2
-done
+# shellcheck source=benches/callgrind_redis.sh
+. benches/callgrind_redis.sh
+start_callgrind_redis
 export REDIS_URL="redis://127.0.0.1:$PORT" LIGHTHOUSE_NAMESPACE=lhinstr
 # Under valgrind Redis runs ~50x slower, so call latency would read as a slow
 # link and earn more, smaller batches in flight: keep the fast-link setting.

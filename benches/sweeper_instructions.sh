@@ -34,23 +34,11 @@ else
   LH="$PWD/target/release/lighthouse"
 fi
 
-WORK="$(mktemp -d)"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
-  redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/valgrind.log" 2>&1 &
-VG=$!
+# shellcheck source=benches/callgrind_redis.sh
+. benches/callgrind_redis.sh
 MON=""
-cleanup() {
-  [ -n "$MON" ] && kill "$MON" 2>/dev/null || true
-  redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || kill "$VG" 2>/dev/null || true
-  wait "$VG" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for _ in $(seq 1 100); do
-  redis-cli -p "$PORT" ping >/dev/null 2>&1 && break
-  sleep 0.2
-done
+bench_cleanup_hook() { [ -z "$MON" ] || kill "$MON" 2>/dev/null || true; }
+start_callgrind_redis
 export REDIS_URL="redis://127.0.0.1:$PORT" LIGHTHOUSE_NAMESPACE=lhsweep
 LIVE='lhsweep:{bench}:live'
 

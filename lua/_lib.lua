@@ -853,11 +853,11 @@ end
 -- they are, an active record past its expiry reads as expired, for `grace` ms, a
 -- string). Returns how many gave a slot back, whether more are due, and the
 -- earliest expiry left (or nil).
--- The straight part of a reclaim (`straight` in reclaim(): cleanup.lua and
--- reclaim_due() in _lib_acquire.lua, each flushing its writes before anything
--- reads the indexes): the proxies of `seqs` (`cnt[seq]` due leases each) that
--- no earlier part of the call touched, whose JSON the library remembers and that are in the indexes with
--- at least that many leases counted get their load scores lowered directly,
+-- The straight part of reclaim() (its writes wait in the buffers flush() sends,
+-- so its callers, cleanup.lua and reclaim_due() in _lib_acquire.lua, flush
+-- before anything reads the indexes): the proxies of `seqs` (`cnt[seq]` due
+-- leases each) that no earlier part of the call touched, whose JSON the library
+-- remembers and that are in the indexes with at least that many leases counted get their load scores lowered directly,
 -- one ZMSCORE for all and the ZADDs flush() sends, instead of a proxy state
 -- each (load_states/touch/plan: ~250 Lua steps a proxy). Returns the slots
 -- given back and the seqs left for the general way (in `rest`, `nr` of them).
@@ -887,9 +887,9 @@ end
 -- Expires up to `limit` live leases whose time has come (their records stay as
 -- they are, an active record past its expiry reads as expired, for `grace` ms, a
 -- string). Returns how many gave a slot back, whether more are due, and the
--- earliest expiry left (or nil). `straight`: the caller flushes before it reads
--- an index (see STRAIGHT.reclaim_indexed).
-local function reclaim(now, limit, grace, straight)
+-- earliest expiry left (or nil). The caller flushes before it reads an index
+-- (see STRAIGHT.reclaim_indexed).
+local function reclaim(now, limit, grace)
   local live = PK.live
   local due = redis.call('ZRANGEBYSCORE', live, '-inf', now, 'LIMIT', 0, limit)
   if #due == 0 then
@@ -910,19 +910,12 @@ local function reclaim(now, limit, grace, straight)
       end
     end
   end
-  local n = 0
-  if straight then
-    local rest = {}
-    local nr
-    n, nr = STRAIGHT.reclaim_indexed(seqs, cnt, rest)
-    if nr > 0 then
-      load_states(rest, true, nr)
-      for i = 1, #due do
-        if of[i] and T[of[i]] and give_back(of[i]) then n = n + 1 end
-      end
-    end
-  else
-    load_states(seqs, true)
+  -- Proxies in the indexes straight; the others through their states (a
+  -- proxy without one, given back straight, gives nothing back here).
+  local rest = {}
+  local n, nr = STRAIGHT.reclaim_indexed(seqs, cnt, rest)
+  if nr > 0 then
+    load_states(rest, true, nr)
     for i = 1, #due do
       if of[i] and give_back(of[i]) then n = n + 1 end
     end

@@ -393,7 +393,7 @@ local function reclaim_due(limit, grace)
   if EXP and EXP <= NOW then
     -- Straight for proxies in the indexes (STRAIGHT.reclaim_indexed), so its
     -- index writes go out before a request reads an index.
-    local n, more, first = reclaim(NOW, limit, grace, true)
+    local n, more, first = reclaim(NOW, limit, grace)
     flush()
     FREED, MORE = FREED + n, more
     if first ~= EXP then EXP, EXP_MOVED = first, true end
@@ -793,12 +793,13 @@ local function grant(r, m, consumer)
   -- of the call with the same id, with the request key's TTL (duration + grace:
   -- a record that never joins the live set, after a failed command later in
   -- the call, still expires; an extend or a release sets its TTL anew).
+  local rec = 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
   if r.reqk > 0 then
-    redis.call('SET', P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
-      .. '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1), 'PX', r.ttl_s, 'GET')
+    redis.call('SET', P .. tok, rec .. '\t' .. string.sub(KEYS[r.reqk], #PK.req + 1), 'PX',
+      r.ttl_s, 'GET')
   else
     local w, n = STRAIGHT.recw, STRAIGHT.recn
-    w[n + 1], w[n + 2] = P .. tok, 'active ' .. m .. ' ' .. NOW_S .. ' ' .. r.dur_s .. ' ' .. consumer
+    w[n + 1], w[n + 2] = P .. tok, rec
     STRAIGHT.recn = n + 2
   end
   return token, tok, NOW + r.dur

@@ -43,7 +43,7 @@ if cool_first and cool_first <= now then lifted, cool_first = lift_cooldowns(now
 local n, more, first = 0, false, nil
 repeat
   local k, chunk_more, chunk_first = reclaim(now, math.min(LIMITS.CLEANUP_CHUNK, limit - n),
-    grace, true)
+    grace)
   n, more, first = n + k, chunk_more, chunk_first
   flush()
   if not more or n >= limit then break end

@@ -72,6 +72,13 @@ pub(crate) struct TicketItem {
 /// tickets (`P tickets:until` follows it).
 const TICKET_KEYS_AT: usize = 3;
 
+/// The header argument of acquire.lua and rotate.lua (`ARGV[2]`): the most
+/// due leases to reclaim, the record grace in ms and the number of requests,
+/// as one argument (`STRAIGHT.head` in `lua/_lib_acquire.lua` reads it once).
+pub(crate) fn head(reclaim: u32, grace_ms: u64, requests: usize) -> String {
+    format!("{reclaim} {grace_ms} {requests}")
+}
+
 /// Adds the pool's queue keys (`P tickets`, `P tickets:until`) as `KEYS[3]`
 /// and `KEYS[4]` when one of `items` holds a ticket, after `P meta` and
 /// `P live`; returns the index of the first per-request key.
@@ -408,7 +415,7 @@ pub(crate) async fn run(
     inv.key(pk.meta());
     inv.key(pk.live())
         .arg(pk.prefix())
-        .arg(format!("{reclaim} {grace_ms} {}", items.len()));
+        .arg(head(reclaim, grace_ms, items.len()));
     let mut next_key = push_ticket_keys(&mut inv, pk, items.iter());
     let mut prev = None;
     for it in items {

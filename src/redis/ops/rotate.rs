@@ -54,7 +54,7 @@ pub(crate) async fn run(
     inv.key(pk.meta());
     inv.key(pk.live())
         .arg(pk.prefix())
-        .arg(format!("{reclaim} {grace_ms} {}", items.len()));
+        .arg(super::acquire::head(reclaim, grace_ms, items.len()));
     let mut next_key =
         super::acquire::push_ticket_keys(&mut inv, pk, items.iter().map(|it| &it.acquire));
     let mut prev = None;

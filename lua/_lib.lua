@@ -48,6 +48,16 @@ local function bind()
   redis, string, math, table, cjson = G.redis, G.string, G.math, G.table, G.cjson
   unpack, tonumber, tostring, type, ipairs, pairs, pcall = G.unpack, G.tonumber, G.tostring,
     G.type, G.ipairs, G.pairs, G.pcall
+  -- The collector's step multiplier, 100 instead of Lua's 200. Redis forces a
+  -- collector step every 50 script calls (LUA_GCSTEP), which starts a cycle
+  -- even with little garbage; the default multiplier then marks this library's
+  -- caches again and again. At 100 the collector still keeps pace with the
+  -- garbage it is given (Lua's manual: below 100 it may never finish a cycle):
+  -- 2.9% fewer Redis instructions per acquire->release at one caller, 1% at 64
+  -- (benches/redis_instructions.sh), for a function-engine heap of 3.4-5.1 MB
+  -- instead of 3.3-4.0 MB in a steady run. The setting is the function
+  -- engine's (every library on the server shares its Lua state).
+  G.collectgarbage('setstepmul', 100)
   BOUND = true
 end
 

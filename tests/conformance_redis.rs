@@ -135,6 +135,47 @@ mod redis_specific {
         assert_eq!(libs.len(), 1, "the library is loaded again, once");
     }
 
+    /// The library sets the function engine's collector step multiplier to 100
+    /// (Lua's default is 200) on its first call: a probe library loaded beside
+    /// it reads the setting back.
+    #[tokio::test]
+    async fn the_library_sets_the_collectors_step_multiplier() {
+        if !support::owns_server() {
+            eprintln!("skipped: loads a probe library only on a server the tests started");
+            return;
+        }
+        let (s, pool, _) = setup(support::test_config()).await;
+        s.add_proxy(Proxy::builder(pool.id, "10.0.0.1", 8001).build().unwrap())
+            .await
+            .unwrap();
+        let lease = s.acquire(&req()).await.unwrap().unwrap();
+        assert_eq!(s.release(&lease).await.unwrap(), ReleaseOutcome::Released);
+        let mut conn = raw().await;
+        let probe = "#!lua name=lhprobe_gc\n\
+            redis.register_function('lhprobe_gc', function() \
+            local was = collectgarbage('setstepmul', 100) return was end)";
+        let _: String = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(probe)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let was: i64 = redis::cmd("FCALL")
+            .arg("lhprobe_gc")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("FUNCTION")
+            .arg("DELETE")
+            .arg("lhprobe_gc")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(was, 100, "the step multiplier the library left");
+    }
+
     /// What ops see with `redis-cli`: the proxy as JSON, its seq in the ids
     /// shard, its count in the load index's score, the lease record as plain
     /// words with its TTL, the live set, the pool's meta.

@@ -6,9 +6,11 @@
 # with a site named by every acquire, and with a sticky session per caller. Instruction counts do
 # not move with the machine's load, unlike cycles/s, so this is the stable
 # companion of `cargo bench --bench redis`. It also prints the Redis commands per
-# cycle (INFO commandstats: FCALL/EVALSHA and the commands the scripts run).
+# cycle (INFO commandstats: FCALL/EVALSHA and the commands the scripts run),
+# and the layout's floor (benches/floor/floor.lua: the same commands with no
+# script logic around them, and three leaner layouts).
 #
-#   bash benches/redis_instructions.sh            # about 2 minutes
+#   bash benches/redis_instructions.sh            # about 9 minutes
 #
 # LIGHTHOUSE_INSTR_KEEP=DIR keeps each run's callgrind dump there (for
 # `callgrind_annotate DIR/lighthouse-c64.cg`: where Redis spends the instructions).
@@ -30,7 +32,7 @@ LH="$PWD/target/release/lighthouse"
 # The peer, installed the way benches/redis.rs installs it.
 PEER="$PWD/target/peer"
 mkdir -p "$PEER"
-cp benches/peer/package.json benches/peer/semaphore.js "$PEER/"
+cp benches/peer/package.json benches/peer/semaphore.js benches/floor/floor.js benches/floor/floor.lua "$PEER/"
 if [ ! -f "$PEER/node_modules/redis-semaphore/package.json" ]; then
   (cd "$PEER" && npm install --no-audit --no-fund --no-package-lock --silent)
 fi
@@ -119,6 +121,23 @@ k="$(cycles_of cycles)"
 PER[rotate]=$((n / k))
 printf '%-16s %4s %9s %16s %14s\n' "ours rotate" 1 "$k" "$n" "${PER[rotate]}"
 CALLS[rotate]="$(calls_of "$k")"
+# The layout's floor (benches/floor/floor.lua): the Redis commands a plain
+# acquire and release run on this layout (one declared attribute), with no
+# script logic around them: what a cycle costs Redis before any of the scripts'
+# own work. One request per call (the c=1 form) and 12 (the batch size `ours`
+# reaches at c=64), as the layout is and in three other layouts: no lease
+# record ('norec'), a proxy's count in one index key only ('onekey'), both ('lean').
+for v in full norec onekey lean; do
+  node "$PEER/floor.js" --port "$PORT" --setup 1
+  for b in 1 12; do
+    STEP="floor-$v-$b"
+    conc=1; [ "$b" -gt 1 ] && conc=2
+    n="$(counted node "$PEER/floor.js" --port "$PORT" --setup 0 --variant "$v" --batch "$b" --concurrency "$conc" --secs "$SECS")"
+    k="$(cycles_of cycles)"
+    PER["floor-$v-$b"]=$((n / k))
+    CALLS["floor-$v-$b"]="$(calls_of "$k")"
+  done
+done
 # What the fleet features cost when used: every acquire names a site (none of
 # its proxies blocked for it), every caller keeps its own sticky session, or
 # the pool has a rate limit and every acquire names a site.
@@ -147,6 +166,12 @@ for feature in site sessions rate_site; do
   done
 done
 echo "rotate (c=1) Redis commands per rotate: ${CALLS[rotate]}"
+for v in full norec onekey lean; do
+  for b in 1 12; do
+    c=1; [ "$b" -gt 1 ] && c=64
+    echo "floor $v, $b per call: $(python3 -c "print('%d instructions per cycle, %.2fx the semaphore at c=$c' % (${PER[floor-$v-$b]}, ${PER[floor-$v-$b]} / ${PER[sem$c]}))"); commands ${CALLS[floor-$v-$b]}"
+  done
+done
 for c in 1 64; do
   python3 -c "print('c=$c: semaphore / ours instructions per cycle = %.2f' % (${PER[sem$c]} / ${PER[ours$c]}))"
 done

@@ -2,6 +2,8 @@
 // sets up a 1,000-proxy pool, then runs acquire→release cycles of `batch`
 // leases each, `concurrency` loops at once, for a fixed time. Prints one JSON
 // line: {"cycles": leases acquired and released}. Only 127.0.0.1 is contacted.
+// benches/redis_instructions.sh copies it and floor.lua into target/peer/,
+// where the semaphore peer's `npm install` put ioredis, and runs it there.
 //
 //   node floor.js --port 6390 --setup 1                  # load it, make the pool
 //   node floor.js --port 6390 --setup 0 --variant full --batch 1 --concurrency 1 --secs 5

@@ -78,6 +78,31 @@ local turn = 0
 -- Reused argument tables (no table made per call).
 local A = { recs = {}, live = {}, all = {}, tags = {}, tagn = {}, out = {} }
 
+-- A call's index writes grouped by tag key (one ZADD per key touched, as the
+-- scripts' flush() does): tag_add() puts (score, member) under `key` and
+-- returns the number of keys so far (`nt` before it); tag_write(nt) writes them.
+local function tag_add(nt, key, score, member)
+  local t = A.tags[key]
+  if not t then
+    t = { n = 0 }
+    A.tags[key] = t
+    nt = nt + 1
+    A.tagn[nt] = key
+  end
+  t[t.n + 1], t[t.n + 2] = score, member
+  t.n = t.n + 2
+  return nt
+end
+
+local function tag_write(nt)
+  local tags, tagn = A.tags, A.tagn
+  for j = 1, nt do
+    local t = tags[tagn[j]]
+    redis.call('ZADD', tagn[j], unpack(t, 1, t.n))
+    tags[tagn[j]] = nil
+  end
+end
+
 redis.register_function('floor_acquire', function(keys, args)
   if not unpack then bind() end
   local n, variant = tonumber(args[1]), args[2]
@@ -90,7 +115,7 @@ redis.register_function('floor_acquire', function(keys, args)
   turn = turn + 1
   local got = redis.call('ZRANGE', onekey and tag_keys(keys[3])[turn % 16] or keys[3], 0, n - 1,
     'WITHSCORES')
-  local recs, live, all, tags, tagn, out = A.recs, A.live, A.all, A.tags, A.tagn, A.out
+  local recs, live, all, out = A.recs, A.live, A.all, A.out
   local k = #got / 2
   local nt = 0
   for i = 1, k do
@@ -99,16 +124,7 @@ redis.register_function('floor_acquire', function(keys, args)
     recs[2 * i - 1], recs[2 * i] = p.rec, p.active
     live[2 * i - 1], live[2 * i] = EXP, p.member
     all[2 * i - 1], all[2 * i] = p.up, m
-    local t = tags[p.tag]
-    if not t then
-      t = {}
-      tags[p.tag] = t
-      nt = nt + 1
-      tagn[nt] = p.tag
-      t.n = 0
-    end
-    t[t.n + 1], t[t.n + 2] = p.up, m
-    t.n = t.n + 2
+    nt = tag_add(nt, p.tag, p.up, m)
     out[i] = m
   end
   if not norec then
@@ -116,11 +132,7 @@ redis.register_function('floor_acquire', function(keys, args)
     else redis.call('MSET', unpack(recs, 1, 2 * k)) end
   end
   if not onekey then redis.call('ZADD', keys[3], unpack(all, 1, 2 * k)) end
-  for j = 1, nt do
-    local t = tags[tagn[j]]
-    redis.call('ZADD', tagn[j], unpack(t, 1, t.n))
-    tags[tagn[j]] = nil
-  end
+  tag_write(nt)
   redis.call('ZADD', keys[2], unpack(live, 1, 2 * k))
   for i = k + 1, #out do out[i] = nil end
   return out
@@ -153,16 +165,7 @@ redis.register_function('floor_release', function(keys, args)
     local m = args[1 + i]
     local p = strs(m, keys)
     recs[i], live[i], all[2 * i - 1], all[2 * i] = p.rec, p.member, p.down, m
-    local t = tags[p.tag]
-    if not t then
-      t = {}
-      tags[p.tag] = t
-      nt = nt + 1
-      tagn[nt] = p.tag
-      t.n = 0
-    end
-    t[t.n + 1], t[t.n + 2] = p.down, m
-    t.n = t.n + 2
+    nt = tag_add(nt, p.tag, p.down, m)
   end
   if not norec then redis.call('MGET', unpack(recs, 1, n)) end
   redis.call('ZMSCORE', keys[2], unpack(live, 1, n))
@@ -186,10 +189,6 @@ redis.register_function('floor_release', function(keys, args)
     end
   end
   if not onekey then redis.call('ZADD', keys[3], unpack(all, 1, 2 * n)) end
-  for j = 1, nt do
-    local t = tags[tagn[j]]
-    redis.call('ZADD', tagn[j], unpack(t, 1, t.n))
-    tags[tagn[j]] = nil
-  end
+  tag_write(nt)
   return n
 end)

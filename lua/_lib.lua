@@ -884,7 +884,14 @@ function STRAIGHT.reclaim_indexed(seqs, cnt, rest)
     if cur and cur >= k * LOAD_SHIFT then
       local t = score_text(cur - k * LOAD_SHIFT)
       local keys = info.load
-      for y = 1, #keys do za(keys[y], t, m) end
+      for y = 1, #keys do
+        -- za(), inlined (a Lua call costs Redis more than its body)
+        local key = keys[y]
+        if ZSEEN[key] ~= EPOCH then zkey(key) end
+        local c, a = ZAN[key], ZA[key]
+        a[c + 1], a[c + 2] = t, m
+        ZAN[key] = c + 2
+      end
       n = n + k
     else
       nr = nr + 1
@@ -906,10 +913,12 @@ local function reclaim(now, limit, grace)
     local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
     return 0, false, num(first[2])
   end
-  local seqs, cnt, of = {}, {}, {}
+  local seqs, cnt, of, toks = {}, {}, {}, {}
   for i, member in ipairs(due) do
-    local s = string.match(member, '^(%d+):')
-    of[i] = s
+    -- One anchored match for both parts (an unanchored ':(%d+)$' tries
+    -- every position of the member: callgrind, ~1,600 instructions a lease).
+    local s, tok = string.match(member, '^(%d+):(%d+)$')
+    of[i], toks[i] = s, tok
     if s then
       local c = cnt[s]
       if c then
@@ -932,7 +941,7 @@ local function reclaim(now, limit, grace)
   end
   live_gone(redis.call('ZREM', live, unpack(due)))
   for i = 1, #due do
-    local tok = string.match(due[i], ':(%d+)$')
+    local tok = toks[i]
     if tok then STRAIGHT.expire_record(P .. tok, grace) end
   end
   local more = #due >= limit and redis.call('ZCOUNT', live, '-inf', now) > 0

@@ -507,6 +507,19 @@ end
 -- chunk's 200 are spent.
 local STRAIGHT = {}
 
+-- za() of member `m` with score `s` in each of `keys` (a proxy's load keys):
+-- one Lua call a proxy instead of one a key (a call costs Redis more than
+-- za()'s body).
+function STRAIGHT.za_keys(keys, s, m)
+  for k = 1, #keys do
+    local key = keys[k]
+    if ZSEEN[key] ~= EPOCH then zkey(key) end
+    local n, a = ZAN[key], ZA[key]
+    a[n + 1], a[n + 2] = s, m
+    ZAN[key] = n + 2
+  end
+end
+
 -- A record grace argument (ms, 0..MAX_GRACE_MS) in the form SET PX and PEXPIRE
 -- take, its canonical decimal ('05' would be refused by Redis after the call
 -- wrote its first commands), or false; remembered (a storage sends one).
@@ -603,16 +616,7 @@ local function plan(st, old)
         for k = 1, #keys do zr(keys[k], m) end
         if info.geo then geo_remove(m) end
       elseif st.n ~= st.n0 then
-        -- za(), inlined: this is the line every counted lease runs.
-        local s = score_text(st.n * LOAD_SHIFT + st.seq)
-        local keys = info.load
-        for k = 1, #keys do
-          local key = keys[k]
-          if ZSEEN[key] ~= EPOCH then zkey(key) end
-          local n, a = ZAN[key], ZA[key]
-          a[n + 1], a[n + 2] = s, m
-          ZAN[key] = n + 2
-        end
+        STRAIGHT.za_keys(info.load, score_text(st.n * LOAD_SHIFT + st.seq), m)
       end
     elseif av1 then
       local keys, korder = info.keys, info.korder
@@ -882,16 +886,7 @@ function STRAIGHT.reclaim_indexed(seqs, cnt, rest)
     local k = cnt[m]
     local cur = info and info.ok and info.max ~= 1 and num(sc[i])
     if cur and cur >= k * LOAD_SHIFT then
-      local t = score_text(cur - k * LOAD_SHIFT)
-      local keys = info.load
-      for y = 1, #keys do
-        -- za(), inlined (a Lua call costs Redis more than its body)
-        local key = keys[y]
-        if ZSEEN[key] ~= EPOCH then zkey(key) end
-        local c, a = ZAN[key], ZA[key]
-        a[c + 1], a[c + 2] = t, m
-        ZAN[key] = c + 2
-      end
+      STRAIGHT.za_keys(info.load, score_text(cur - k * LOAD_SHIFT), m)
       n = n + k
     else
       nr = nr + 1
@@ -1276,16 +1271,7 @@ function STRAIGHT.release(n, created, now_s, grace)
     local m = seqs[i]
     local s = scores[m]
     if s then
-      local t = score_text(s)
-      local keys = info_of(known_json(m)).load
-      for k = 1, #keys do
-        -- za(), inlined (a Lua call costs Redis more than its body)
-        local key = keys[k]
-        if ZSEEN[key] ~= EPOCH then zkey(key) end
-        local c, a = ZAN[key], ZA[key]
-        a[c + 1], a[c + 2] = t, m
-        ZAN[key] = c + 2
-      end
+      STRAIGHT.za_keys(info_of(known_json(m)).load, score_text(s), m)
       scores[m] = nil
     end
     scores[members[i]] = nil

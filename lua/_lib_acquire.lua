@@ -1196,16 +1196,7 @@ function STRAIGHT.acquire(n)
       for y = 1, #keys do zr(keys[y], m) end
       wmap('held')[m] = cn[j]
     else
-      local s = score_text(cs[j])
-      local keys = info.load
-      for y = 1, #keys do
-        -- za(), inlined (a Lua call costs Redis more than its body)
-        local key = keys[y]
-        if ZSEEN[key] ~= EPOCH then zkey(key) end
-        local c, a = ZAN[key], ZA[key]
-        a[c + 1], a[c + 2] = s, m
-        ZAN[key] = c + 2
-      end
+      STRAIGHT.za_keys(info.load, score_text(cs[j]), m)
     end
   end
   finish()

@@ -129,10 +129,6 @@ local function clock()
   return s * 1000 + ms, s * 1000000 + us, t[1] .. PAD3[ms]
 end
 
--- `n` µs in decimal, given its ms in decimal (`ms_s`, from clock()).
-local function us_text(n, ms_s)
-  return ms_s .. PAD3[n % 1000]
-end
 
 -- A load-index score (count * 2^32 + seq) in decimal, remembered (bounded):
 -- the same few thousand scores come back call after call.
@@ -506,6 +502,8 @@ end
 -- _lib_acquire.lua) and the helpers added since: one local for all, as the
 -- chunk's 200 are spent.
 local STRAIGHT = {}
+-- The tokens of a release call, by position (release.lua fills it).
+STRAIGHT.toks = {}
 
 -- za() of member `m` with score `s` in each of `keys` (a proxy's load keys):
 -- one Lua call a proxy instead of one a key (a call costs Redis more than
@@ -762,8 +760,8 @@ end
 local SCRATCH = { want = {}, js = {}, miss = {}, at = {}, scored = {}, si = {}, av = {},
   missing = {}, mi = {}, n = {}, pr_held = {}, pr_other = {}, pr_members = {}, pr_firsts = {},
   pr_gone = {}, pr_seen = {}, rb_seq = {}, rb_member = {}, rb_rec = {}, rb_rest = {},
-  rb_score = {}, sb_m = {}, sb_s = {}, sb_j = {}, sb_n = {}, sb_info = {}, sb_pick = {},
-  sb_taken = {} }
+  rb_score = {}, rb_info = {}, sb_m = {}, sb_s = {}, sb_j = {}, sb_n = {}, sb_info = {},
+  sb_pick = {}, sb_taken = {} }
 
 local function load_states(members, leased, count)
   local S = SCRATCH
@@ -1210,12 +1208,12 @@ function STRAIGHT.site_blocked(key, ms, pool_id, now)
   return b
 end
 function STRAIGHT.release(n, created, now_s, grace)
-  local S = SCRATCH
-  local seqs, members, recs, rests, scores = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest,
-    S.rb_score
+  local S, toks = SCRATCH, STRAIGHT.toks
+  local seqs, members, recs, rests, scores, infos = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest,
+    S.rb_score, S.rb_info
   local got = redis.call('MGET', unpack(KEYS, 3, n + 2))
   for i = 1, n do
-    local tok, v = ARGV[2 + i], got[i]
+    local tok, v = toks[i], got[i]
     if not v or not (#tok > #created or (#tok == #created and tok >= created)) then return nil end
     -- `active <seq> <at> <dur> <rest>`, read by plain finds (a pattern costs
     -- Redis ~3,000 instructions here): the seq, and where <rest> starts. An
@@ -1252,6 +1250,7 @@ function STRAIGHT.release(n, created, now_s, grace)
     end
     scores[m] = cur - LOAD_SHIFT
     scores[members[i]] = false
+    infos[i] = info
   end
   if not ok then
     for i = 1, n do scores[seqs[i]], scores[members[i]] = nil, nil end
@@ -1271,7 +1270,7 @@ function STRAIGHT.release(n, created, now_s, grace)
     local m = seqs[i]
     local s = scores[m]
     if s then
-      STRAIGHT.za_keys(info_of(known_json(m)).load, score_text(s), m)
+      STRAIGHT.za_keys(infos[i].load, score_text(s), m)
       scores[m] = nil
     end
     scores[members[i]] = nil

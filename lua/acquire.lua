@@ -14,14 +14,15 @@
 --          (1..MAX_RECLAIM), the record grace ms (0..MAX_GRACE_MS) and n, the
 --          number of requests (1..MAX_REQUESTS): one argument, read once and
 --          kept (see STRAIGHT.head in _lib_acquire.lua); then n blocks as read by
---          read_request() in _lib_acquire.lua (consumer, duration, record TTL,
+--          read_request() in _lib_acquire.lua: the full block ('\2', then the
+--          consumer, duration, record TTL,
 --          selector, filter, exact flag, random, request key index, session
 --          key index and ms, site key index, ticket key index, number and
 --          ms, tags), the
 --          spec block ('\1', consumer, those fields after the consumer joined by
 --          newlines: a request with no request id, not random) or the short
---          block ('', consumer) of a request that repeats the one before it but
---          for its consumer
+--          block (the consumer alone) of a request that repeats the one before
+--          it but for its consumer
 --
 -- Reply: one entry per request, in order (an array of them; with one request,
 -- the entry alone), each entry one string:

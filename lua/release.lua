@@ -2,10 +2,11 @@
 -- sends concurrent releases of a pool as one call.
 --
 -- KEYS[1]    P meta        KEYS[2]  P live
--- KEYS[2+i]  P <token>     the record of lease i (1..n)
+-- KEYS[2+i]  P <token>     the record of lease i (n = #KEYS - 2, 1..MAX_REQUESTS):
+--                          the token is read from its key (an argument more
+--                          would cost Redis more than reading it)
 -- ARGV[1]    pool prefix P
 -- ARGV[2]    record grace ms (0..MAX_GRACE_MS): a released record is kept this long
--- ARGV[2+i]  the token of lease i (n = #ARGV - 2, 1..MAX_REQUESTS)
 --
 -- Reply: {'OK', outcome...}, one outcome per lease in order; or one outcome as
 -- a string, the outcome of every lease (Redis replies a string for about a
@@ -37,23 +38,30 @@
 -- proxy full or unknown) goes the way above, nothing written before.
 
 local prefix = ARGV[1]
-local n = #ARGV - 2
+local n = #KEYS - 2
 if not check_meta_live(prefix)
-  or n < 1 or n > MAX_REQUESTS or #KEYS ~= n + 2 then
+  or n < 1 or n > MAX_REQUESTS or #ARGV ~= 2 then
   return fail('keys do not match the pool prefix')
 end
 local grace = STRAIGHT.grace(ARGV[2])
 if not grace then return fail('bad grace') end
+-- Each record key in this pool, its token what follows the prefix. The
+-- tokens' digits are checked where a lease does not go the straight way
+-- (STRAIGHT.release finds no active record, hence no live member, for any
+-- other key: nothing written first).
+local toks, plen = STRAIGHT.toks, #prefix
 for i = 1, n do
-  local id = ARGV[2 + i]
-  if not is_token(id) or KEYS[2 + i] ~= prefix .. id then return fail('bad lease token') end
+  local key = KEYS[2 + i]
+  if string.find(key, prefix, 1, true) ~= 1 then return fail('bad lease token') end
+  toks[i] = string.sub(key, plen + 1)
 end
 
 local m, why, found = open_pool('wait_until')
 if not m then return { why, found } end
 local now, _, now_s = clock()
 if n == 1 then
-  local o, f = release_one(ARGV[3], KEYS[3], POOL.created or '0', now, now_s, grace)
+  if not is_token(toks[1]) then return fail('bad lease token') end
+  local o, f = release_one(toks[1], KEYS[3], POOL.created or '0', now, now_s, grace)
   if f then notify(m[4], now) end
   return o
 end
@@ -64,7 +72,10 @@ if out then
   return out
 end
 local ids, keys = {}, {}
-for i = 1, n do ids[i], keys[i] = ARGV[2 + i], KEYS[2 + i] end
+for i = 1, n do
+  if not is_token(toks[i]) then return fail('bad lease token') end
+  ids[i], keys[i] = toks[i], KEYS[2 + i]
+end
 prepare_releases(ids, keys, created)
 local out, freed = { 'OK' }, 0
 for i = 1, n do

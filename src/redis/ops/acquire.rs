@@ -59,6 +59,10 @@ impl Default for SpecsSeen {
 /// character, so it cannot be read as one).
 const SPEC_MARK: &str = "\u{1}";
 
+/// The first argument of a full block (as [`SPEC_MARK`]): a block that starts
+/// with neither mark is the short block, a consumer name alone.
+const FULL_MARK: &str = "\u{2}";
+
 /// A fair waiter's ticket as the script reads it: the number, and how long
 /// it is honoured after this attempt (ms). The pool's queue keys go once per
 /// call, as `KEYS[3]` and `KEYS[4]` (see [`push_ticket_keys`]).
@@ -268,14 +272,15 @@ impl AcquireItem {
             None => 0,
         };
         if prev.is_some_and(|p| self.repeats(p)) {
-            inv.arg("").arg(&self.consumer);
+            inv.arg(&self.consumer);
             return;
         }
         if let Some(spec) = &self.spec {
             inv.arg(SPEC_MARK).arg(&self.consumer).arg(spec);
             return;
         }
-        inv.arg(&self.consumer)
+        inv.arg(FULL_MARK)
+            .arg(&self.consumer)
             .arg(self.duration_ms)
             .arg(self.ttl_ms)
             .arg(self.selector)

@@ -71,7 +71,7 @@ pub(crate) async fn run(
     inv.key(pk.meta());
     inv.key(pk.live()).arg(pk.prefix()).arg(grace_ms);
     for t in tokens {
-        inv.key(pk.lease(*t)).arg(*t);
+        inv.key(pk.lease(*t));
     }
     let sent: Sent = inv
         .invoke(conn)

@@ -1126,10 +1126,10 @@ function STRAIGHT.acquire(n)
   local miss
   for j = 1, k do
     local m = got[2 * j - 1]
-    local sc = num(got[2 * j])
+    local sc = NUM[got[2 * j]] or num(got[2 * j])
     if not sc then return nil end
     cm[j], cs[j], cn[j] = m, sc, math.floor(sc / LOAD_SHIFT)
-    local json = known_json(m)
+    local json = SEQS and SEQS[m] -- known_json(m), inlined
     cj[j] = json or false
     if not json then
       miss = miss or {}
@@ -1147,7 +1147,7 @@ function STRAIGHT.acquire(n)
     end
   end
   for j = 1, k do
-    local info = info_of(cj[j])
+    local info = POOL.infos[cj[j]] or info_of(cj[j])
     if not info.ok or (info.max ~= nil and cn[j] >= info.max) then return nil end
     ci[j] = info
   end
@@ -1207,7 +1207,7 @@ function STRAIGHT.acquire(n)
       for y = 1, #keys do zr(keys[y], m) end
       wmap('held')[m] = cn[j]
     else
-      STRAIGHT.za_keys(info.load, score_text(cs[j]), m)
+      STRAIGHT.za_keys(info.load, SCS[cs[j]] or score_text(cs[j]), m)
     end
   end
   finish()

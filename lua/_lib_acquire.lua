@@ -1213,3 +1213,281 @@ function STRAIGHT.acquire(n)
   finish()
   return OUT
 end
+
+-- ---------------------------------------------------------------- a cycle
+-- cycle.lua's straight way: r releases (tokens STRAIGHT.toks[1..r], records
+-- KEYS[3..r+2]) of live, unexpired leases of indexed proxies whose JSON the
+-- library remembers, then `a` least_used requests for one index (REQS[1..a],
+-- as STRAIGHT.acquire takes them), nothing due to reclaim. The acquires see
+-- the slots the releases freed, scored as they are now; a proxy released and
+-- taken again in the call ends with the count it had, and its index entries
+-- are not written (those of the others are, once, with their final scores).
+-- Reads: MGET records, ZMSCORE live, ZMSCORE load:all (the released proxies'
+-- scores), one ZRANGE of the index's first `a` entries (HMGET proxies for JSONs
+-- not remembered); writes: ZREM live, SET per released record, the new records
+-- (MSET), ZADD per load key whose entries moved, ZADD live. Fills OUT (r
+-- outcomes, then a entries) and returns true; or returns nil, having written
+-- nothing, to leave the call to the general way.
+STRAIGHT.cy = { at = {}, orig = {}, touched = {}, elig = {}, list = {}, pg = {}, seen = {},
+  heap = {} }
+
+-- A binary heap of candidate positions (`H[1..n]`), least score `cs[j]` on
+-- top (scores differ: they end in the seq): the n-th entry moved up to its
+-- place, or the top moved down to its place.
+function STRAIGHT.heap_up(H, n, cs)
+  local i, j = n, H[n]
+  local s = cs[j]
+  while i > 1 do
+    local up = (i - i % 2) / 2
+    local q = H[up]
+    if cs[q] < s then break end
+    H[i] = q
+    i = up
+  end
+  H[i] = j
+end
+function STRAIGHT.heap_down(H, n, cs)
+  local i, j = 1, H[1]
+  local s = cs[j]
+  while true do
+    local c = 2 * i
+    if c > n then break end
+    if c < n and cs[H[c + 1]] < cs[H[c]] then c = c + 1 end
+    if cs[H[c]] > s then break end
+    H[i] = H[c]
+    i = c
+  end
+  H[i] = j
+end
+
+-- Forgets the candidates of a cycle (STRAIGHT.cy.at by member).
+function STRAIGHT.cy_clear(nc)
+  local at, cm = STRAIGHT.cy.at, SCRATCH.sb_m
+  for j = 1, nc do at[cm[j]] = nil end
+end
+
+function STRAIGHT.cycle(r, a, created, grace)
+  if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
+  local tag = REQS[1].dtags[1] or 'all'
+  for i = 1, a do
+    local q = REQS[i]
+    if not q.fast or q.order ~= 'load' or q.reqk ~= 0 or q.noorder
+      or (q.dtags[1] or 'all') ~= tag then
+      return nil
+    end
+  end
+  local S, toks, Y = SCRATCH, STRAIGHT.toks, STRAIGHT.cy
+  local seqs, members, recs, rests = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest
+  local cm, cs, cj, cn, ci, pick = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick
+  local at, orig, touched, elig, list, pg, seen, H = Y.at, Y.orig, Y.touched, Y.elig, Y.list,
+    Y.pg, Y.seen, Y.heap
+  -- The records, each active (read as STRAIGHT.release reads them).
+  local got = redis.call('MGET', unpack(KEYS, 3, r + 2))
+  for i = 1, r do
+    local tok, v = toks[i], got[i]
+    if not v or not (#tok > #created or (#tok == #created and tok >= created)) then return nil end
+    if string.byte(v, 1) ~= 97 then return nil end
+    local e1 = string.find(v, ' ', 8, true)
+    local e3 = e1 and string.find(v, ' ', e1 + 1, true)
+    e3 = e3 and string.find(v, ' ', e3 + 1, true)
+    if not e3 then return nil end
+    local seq = string.sub(v, 8, e1 - 1)
+    seqs[i], members[i], recs[i], rests[i] = seq, seq .. ':' .. tok, v, e3 + 1
+  end
+  -- Each live and not expired (its expiry as Redis writes it, compared as a
+  -- decimal string of the same length as now's).
+  local lv = redis.call('ZMSCORE', PK.live, unpack(members, 1, r))
+  for i = 1, r do
+    local e = lv[i]
+    if not e or #e ~= #NOW_S or e <= NOW_S then return nil end
+  end
+  local sc = redis.call('ZMSCORE', PK.load_all, unpack(seqs, 1, r))
+  -- Candidates 1..nc: the released proxies first (their count down by one a
+  -- lease), then the page's entries that were not released.
+  local nc, nt, ok = 0, 0, true
+  for i = 1, r do
+    local m = seqs[i]
+    if seen[members[i]] then
+      ok = false
+      break
+    end
+    seen[members[i]] = true
+    local j = at[m]
+    if not j then
+      local s = sc[i] and (NUM[sc[i]] or num(sc[i]))
+      local json = s and SEQS and SEQS[m]
+      local info = json and (POOL.infos[json] or info_of(json))
+      if not info or not info.ok then
+        ok = false
+        break
+      end
+      nc = nc + 1
+      j = nc
+      at[m], cm[j], cs[j], cn[j], cj[j], ci[j], orig[j] = j, m, s, math.floor(s / LOAD_SHIFT),
+        json, info, s
+      touched[j], elig[j] = true, tag == 'all' or info.tagset[tag] == true
+      nt = nt + 1
+      list[nt] = j
+    end
+    if cn[j] < 1 then
+      ok = false
+      break
+    end
+    cn[j], cs[j] = cn[j] - 1, cs[j] - LOAD_SHIFT
+  end
+  for i = 1, r do seen[members[i]] = nil end
+  if not ok then
+    STRAIGHT.cy_clear(nc)
+    return nil
+  end
+  local key = STRAIGHT.index_key('load', tag)
+  local page = redis.call('ZRANGE', key, '0', small_text(a - 1), 'WITHSCORES')
+  local k, miss = #page / 2, nil
+  for x = 1, k do
+    local m = page[2 * x - 1]
+    local j = at[m]
+    if not j then
+      local s = NUM[page[2 * x]] or num(page[2 * x])
+      if not s then
+        STRAIGHT.cy_clear(nc)
+        return nil
+      end
+      nc = nc + 1
+      j = nc
+      at[m], cm[j], cs[j], cn[j], orig[j] = j, m, s, math.floor(s / LOAD_SHIFT), s
+      touched[j], elig[j] = false, true
+      local json = SEQS and SEQS[m]
+      cj[j] = json or false
+      if not json then
+        miss = miss or {}
+        miss[#miss + 1] = j
+      end
+    end
+    pg[x] = j
+  end
+  if miss then
+    local mm = {}
+    for x, j in ipairs(miss) do mm[x] = cm[j] end
+    local read = redis.call('HMGET', PK.proxies, unpack(mm))
+    for x, j in ipairs(miss) do
+      if not read[x] then
+        STRAIGHT.cy_clear(nc)
+        return nil
+      end
+      cj[j] = read[x]
+      remember_json(mm[x], read[x])
+    end
+  end
+  for x = 1, k do
+    local j = pg[x]
+    if not touched[j] then
+      local info = POOL.infos[cj[j]] or info_of(cj[j])
+      if not info.ok or (info.max ~= nil and cn[j] >= info.max) then
+        STRAIGHT.cy_clear(nc)
+        return nil
+      end
+      ci[j] = info
+    end
+  end
+  -- The picks, all before any write: per request the lowest of the page's
+  -- next untouched entry and the top of the heap of touched proxies of the
+  -- index with a free slot.
+  local hn, up, down = 0, STRAIGHT.heap_up, STRAIGHT.heap_down
+  for x = 1, nt do
+    local j = list[x]
+    local mx = ci[j].max
+    if elig[j] and (mx == nil or cn[j] < mx) then
+      hn = hn + 1
+      H[hn] = j
+      up(H, hn, cs)
+    end
+  end
+  local p = 1
+  for i = 1, a do
+    while p <= k and touched[pg[p]] do p = p + 1 end
+    local best = 0
+    if p <= k then best = pg[p] end
+    if hn > 0 and (best == 0 or cs[H[1]] < cs[best]) then best = H[1] end
+    if best == 0 and k >= a then
+      -- (A full page always has a free slot for every request: not reached.)
+      STRAIGHT.cy_clear(nc)
+      return nil
+    end
+    if best > 0 then
+      local info = ci[best]
+      local c = cn[best] + 1
+      cn[best], cs[best] = c, cs[best] + LOAD_SHIFT
+      local free = info.max == nil or c < info.max
+      if info.geo and not free then
+        STRAIGHT.cy_clear(nc)
+        return nil
+      end
+      if not touched[best] then
+        touched[best] = true
+        nt = nt + 1
+        list[nt] = best
+        if free then
+          hn = hn + 1
+          H[hn] = best
+          up(H, hn, cs)
+        end
+      elseif free then
+        down(H, hn, cs) -- the top, now scored higher
+      else
+        H[1] = H[hn] -- the top, now full, out
+        hn = hn - 1
+        if hn > 0 then down(H, hn, cs) end
+      end
+    end
+    pick[i] = best
+  end
+  -- The writes. The releases: out of the live set, their records released.
+  live_gone(redis.call('ZREM', PK.live, unpack(members, 1, r)))
+  for i = 1, r do
+    local rk, v = KEYS[2 + i], recs[i]
+    if grace ~= '0' then
+      local b = rests[i]
+      redis.call('SET', rk, 'released' .. string.sub(v, 7, b - 1) .. NOW_S .. ' ' .. string.sub(v, b),
+        'PX', grace, 'GET')
+    else
+      redis.call('DEL', rk)
+    end
+    OUT[i] = 'released'
+  end
+  FREED = FREED + r
+  -- The grants.
+  local cons = STRAIGHT.cons
+  for i = 1, a do
+    local j = pick[i]
+    if j == 0 then
+      OUT[r + i] = 'NONE'
+    else
+      local m = cm[j]
+      local _, tok, exp = grant(REQS[i], m, cons[i])
+      if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
+      LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = EXP_LAST_S, m .. ':' .. tok
+      LIVE_N = LIVE_N + 2
+      if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
+      TAKEN = TAKEN + 1
+      OUT[r + i] = granted(tok, EXP_LAST_S, m, cj[j])
+    end
+  end
+  OUT[r + a + 1] = nil
+  -- The index entries of the proxies whose count the call changed.
+  for x = 1, nt do
+    local j = list[x]
+    if cs[j] ~= orig[j] then
+      local info, m = ci[j], cm[j]
+      if info.max ~= nil and cn[j] >= info.max then
+        local keys = info.keys
+        for y = 1, #keys do zr(keys[y], m) end
+        wmap('held')[m] = cn[j]
+      else
+        STRAIGHT.za_keys(info.load, SCS[cs[j]] or score_text(cs[j]), m)
+      end
+    end
+  end
+  STRAIGHT.cy_clear(nc)
+  finish()
+  return true
+end

@@ -13,7 +13,7 @@
 //! | `lighthouse_extend_total` | counter | `pool`, `outcome`: `extended`, `lost`, `error` (renewals included) |
 //! | `lighthouse_renew_lost_total` | counter | `pool`: a `RenewingLease` signalled lost |
 //! | `lighthouse_reports_total` | counter | `kind`: `success`, `failure` |
-//! | `lighthouse_redis_batch_size` | histogram | `op`: `acquire`, `release`, `rotate`: requests per script call of a `RedisStorage` (registered when the storage is made) |
+//! | `lighthouse_redis_batch_size` | histogram | `op`: `acquire`, `release`, `cycle` (releases and acquires in one call), `rotate`: requests per script call of a `RedisStorage` (registered when the storage is made) |
 //!
 //! Each of the manager's storage calls also runs in a `tracing` span at DEBUG,
 //! `lighthouse.acquire`, `lighthouse.release`, `lighthouse.rotate`,

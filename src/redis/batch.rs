@@ -1,6 +1,7 @@
-//! Natural batching: concurrent calls of one kind on one pool share script calls.
+//! Natural batching: concurrent calls on one pool share script calls.
 //!
-//! Each lane (one per operation and pool) runs at most `in_flight` script calls
+//! Each lane (per pool: one for its acquires and releases together, one for
+//! its rotates) runs at most `in_flight` script calls
 //! at once, more on a slow link (below). A call that finds a free slot and
 //! nobody queued runs at once, by itself, so a lone caller never waits. Calls that arrive while every slot is
 //! busy queue up; a slot that finishes takes the next batch (up to `max` calls,
@@ -93,6 +94,24 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// in flight when calls take long (see the module's doc).
     #[cfg(test)]
     pub(crate) fn new(max: usize, in_flight: usize, fit_link: bool, exec: Exec<T, R>) -> Arc<Self> {
+        Arc::new(Self::build(
+            max,
+            in_flight,
+            fit_link,
+            exec,
+            metrics::Histogram::noop(),
+        ))
+    }
+
+    /// A batcher whose `exec` records the batch sizes itself (a lane that
+    /// carries several operations: the acquires and releases of a pool, whose
+    /// calls are of the script the batch needs).
+    pub(crate) fn unnamed(
+        max: usize,
+        in_flight: usize,
+        fit_link: bool,
+        exec: Exec<T, R>,
+    ) -> Arc<Self> {
         Arc::new(Self::build(
             max,
             in_flight,

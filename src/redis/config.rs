@@ -50,12 +50,13 @@ impl RedisConfig {
     pub const DEFAULT_RECLAIM_BATCH: u32 = 64;
     /// Expired leases a cleanup script call handles by default.
     pub const DEFAULT_CLEANUP_BATCH: u32 = 200;
-    /// Concurrent acquires (or releases) of one pool sent as one script call, at
+    /// Concurrent acquires and releases of one pool sent as one script call, at
     /// most, by default.
     pub const DEFAULT_MAX_BATCH: usize = 32;
     /// The largest [`RedisConfig::max_batch`] (the scripts' own limit is 1,000).
     pub const MAX_BATCH_LIMIT: usize = 256;
-    /// Script calls of one kind on one pool in flight at once, by default.
+    /// Script calls of a pool's acquires and releases (and, apart, of its
+    /// rotates) in flight at once, by default.
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
 
     /// Settings for this URL (`redis://[user:password@]host:port[/db]`, or
@@ -247,13 +248,17 @@ impl RedisConfig {
         self
     }
 
-    /// How many concurrent acquires (and, apart, releases) of one pool may share
-    /// one script call (default 32, at most 256; 1 sends each call by itself).
+    /// How many concurrent acquires and releases (and, apart, rotates) of one
+    /// pool may share one script call (default 32, at most 256; 1 sends each
+    /// call by itself).
     ///
     /// A call that finds a free slot ([`RedisConfig::max_in_flight`]) and no
     /// queue on its pool goes out at once, alone. Calls that arrive while every
     /// slot is busy wait and then go together, in arrival order, each seeing the
-    /// counts the ones before it left. Under load this divides Redis's fixed cost per script call (the
+    /// counts the ones before it left; when releases and acquires wait
+    /// together, the releases go first (`lua/cycle.lua`), so the acquires see
+    /// the slots they freed, and a proxy given back and taken again in the call
+    /// keeps its index entries. Under load this divides Redis's fixed cost per script call (the
     /// clock, the pool's metadata, the reclaim check, the round trip) among
     /// them. A call cancelled while it waits is left out and writes nothing; a
     /// batch that has left completes for everyone still listening.
@@ -270,8 +275,9 @@ impl RedisConfig {
         self
     }
 
-    /// How many script calls of one kind (acquire, release, rotate) on one pool
-    /// may be in flight at once on a fast link (default 2, at least 1). Calls
+    /// How many script calls of one pool's acquires and releases (and, apart,
+    /// of its rotates) may be in flight at once on a fast link (default 2, at
+    /// least 1). Calls
     /// that find every slot busy queue and go in the next batch; with several
     /// batches in flight, a link with a round-trip time R carries up to
     /// `max_in_flight × max_batch / R` calls per second instead of

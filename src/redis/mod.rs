@@ -17,10 +17,14 @@
 //!   `cool_next` hint says something may be due), picks an available proxy from
 //!   an index, counts the lease and writes its record, in one script: no two
 //!   callers anywhere can both take a proxy's last slot.
-//! - **Batching**: concurrent acquires of one pool (and, apart, releases and
+//! - **Batching**: concurrent acquires and releases of one pool (and, apart,
 //!   rotates) that find every slot busy go together in one script call, up to
 //!   [`RedisConfig::max_batch`], with up to [`RedisConfig::max_in_flight`] calls
-//!   in flight; each request is served in arrival order exactly as if alone.
+//!   in flight; each request is served in arrival order exactly as if alone,
+//!   except that the releases of a call go before its acquires
+//!   (`lua/cycle.lua`): an acquire may get a slot given back a moment after it
+//!   asked, and a proxy given back and taken again in the call keeps its
+//!   index entries.
 //!   The writes of a call are aggregated: one `ZADD` per index, one for the live
 //!   set, one meta `HSET`, whatever the number of requests.
 //! - **Indexes**: a pool declares which attributes (`country`, `source`, `city`,

@@ -30,6 +30,7 @@ use super::config::RedisConfig;
 use super::conn::{Conn as Connection, Connections, Dialer, Repeat};
 use super::error::redis_err;
 use super::keys::{self, Keys, PoolKeys, MAX_ADD, SCHEMA};
+use super::ops::cycle::{self, CycleItem, CycleOut, CycleReply};
 use super::ops::{self, acquire, lease_read, proxy_read, release, rotate, ProxyReply};
 
 /// Commands per pipeline when reading many hashes.
@@ -48,9 +49,10 @@ pub struct RedisStorage {
     conns: Arc<Connections>,
     /// Concurrent acquires, rotates and releases, batched per pool (see
     /// [`RedisConfig::max_batch`] and [`RedisConfig::max_in_flight`]).
-    acquires: Arc<Batcher<acquire::AcquireItem, acquire::AcquireReply>>,
+    /// A pool's acquires and releases share a lane: a batch of both kinds is
+    /// one cycle.lua call (see [`cycle_exec`]).
+    cycles: Arc<Batcher<CycleItem, Result<CycleOut>>>,
     rotates: Arc<Batcher<rotate::RotateItem, (ReleaseOutcome, acquire::AcquireReply)>>,
-    releases: Arc<Batcher<u64, ReleaseOutcome>>,
     pub(super) keys: Keys,
     pub(super) config: RedisConfig,
     pub(super) grace_ms: u64,
@@ -112,32 +114,6 @@ fn schema_error(pool: &str, found: String) -> Error {
     }
 }
 
-/// Runs one batch of acquires on one pool: one acquire.lua call.
-fn acquire_exec(
-    conns: Arc<Connections>,
-    keys: Keys,
-    config: &RedisConfig,
-    grace_ms: u64,
-) -> Exec<acquire::AcquireItem, acquire::AcquireReply> {
-    let reclaim = config.reclaim_batch;
-    let wait = config.wait_replicas;
-    Arc::new(move |pool: String, items: Vec<acquire::AcquireItem>| {
-        let conns = Arc::clone(&conns);
-        let pk = keys.pool(&pool);
-        Box::pin(async move {
-            let mut conn = conns.get().await?;
-            let replies = acquire::run(&mut conn, &pk, reclaim, grace_ms, &items).await?;
-            if replies
-                .iter()
-                .any(|r| matches!(r, acquire::AcquireReply::Granted(_)))
-            {
-                wait_for_replicas(&mut conn, wait).await?;
-            }
-            Ok(replies)
-        })
-    })
-}
-
 /// Runs one batch of rotates on one pool: one rotate.lua call.
 fn rotate_exec(
     conns: Arc<Connections>,
@@ -163,36 +139,137 @@ fn rotate_exec(
     })
 }
 
-/// Runs one batch of releases on one pool: one release.lua call.
-fn release_exec(
+/// `lighthouse_redis_batch_size{op}`: the requests of each script call a
+/// pool's lane of acquires and releases makes, by the script it runs.
+struct CycleSizes {
+    acquire: metrics::Histogram,
+    release: metrics::Histogram,
+    cycle: metrics::Histogram,
+}
+
+/// Runs one batch of a pool's acquires and releases, in one script call:
+/// acquire.lua for acquires alone, release.lua for releases alone, and for
+/// both cycle.lua (the releases first, then the acquires). When an acquire
+/// names a key of its own (a request id, a session, a site, a ticket), the
+/// releases go first by release.lua and the acquires then by acquire.lua.
+fn cycle_exec(
     conns: Arc<Connections>,
     keys: Keys,
     config: &RedisConfig,
     grace_ms: u64,
-) -> Exec<u64, ReleaseOutcome> {
+) -> Exec<CycleItem, Result<CycleOut>> {
+    let reclaim = config.reclaim_batch;
     let wait = config.wait_replicas;
-    Arc::new(move |pool: String, ids: Vec<u64>| {
+    let sizes = Arc::new(CycleSizes {
+        acquire: metrics::histogram!("lighthouse_redis_batch_size", "op" => "acquire"),
+        release: metrics::histogram!("lighthouse_redis_batch_size", "op" => "release"),
+        cycle: metrics::histogram!("lighthouse_redis_batch_size", "op" => "cycle"),
+    });
+    Arc::new(move |pool: String, items: Vec<CycleItem>| {
         let conns = Arc::clone(&conns);
         let pk = keys.pool(&pool);
+        let sizes = Arc::clone(&sizes);
         Box::pin(async move {
-            let mut conn = conns.get().await?;
-            match release::run(&mut conn, &pk, grace_ms, &ids).await? {
-                release::ReleaseReply::Outcomes(out) => {
-                    if out
-                        .iter()
-                        .any(|o| matches!(o, ReleaseOutcome::Released | ReleaseOutcome::Expired))
-                    {
-                        wait_for_replicas(&mut conn, wait).await?;
-                    }
-                    Ok(out)
+            let mut tokens = Vec::new();
+            let mut acquires = Vec::new();
+            for it in &items {
+                match it {
+                    CycleItem::Release(t) => tokens.push(*t),
+                    CycleItem::Acquire(a) => acquires.push(a),
                 }
-                release::ReleaseReply::PoolNotFound => {
-                    Ok(vec![ReleaseOutcome::NotFound; ids.len()])
-                }
-                release::ReleaseReply::Schema(found) => Err(schema_error(&pool, found)),
             }
+            let mut conn = conns.get().await?;
+            let (released, got) = if acquires.is_empty() {
+                sizes.release.record(tokens.len() as f64);
+                let out = run_releases(&mut conn, &pk, &pool, grace_ms, &tokens).await?;
+                (out.into_iter().map(Ok).collect(), Vec::new())
+            } else if tokens.is_empty() {
+                sizes.acquire.record(acquires.len() as f64);
+                let got = acquire::run(&mut conn, &pk, reclaim, grace_ms, &acquires).await?;
+                (Vec::new(), got.into_iter().map(Ok).collect())
+            } else if acquires.iter().all(|a| a.fits_cycle()) {
+                sizes.cycle.record((tokens.len() + acquires.len()) as f64);
+                match cycle::run(&mut conn, &pk, reclaim, grace_ms, &tokens, &acquires).await {
+                    Ok(CycleReply::Done(out, got)) => (
+                        out.into_iter().map(Ok).collect(),
+                        got.into_iter().map(Ok).collect(),
+                    ),
+                    Ok(CycleReply::PoolNotFound) => (
+                        tokens
+                            .iter()
+                            .map(|_| Ok(ReleaseOutcome::NotFound))
+                            .collect(),
+                        acquires
+                            .iter()
+                            .map(|_| Ok(acquire::AcquireReply::PoolNotFound))
+                            .collect(),
+                    ),
+                    Ok(CycleReply::Schema(found)) => return Err(schema_error(&pool, found)),
+                    // The call may have run: the acquires get the error (an
+                    // acquire without a request id is not sent again), the
+                    // releases, which may go again, go again by release.lua.
+                    Err(e) if e.backend_kind() == Some(BackendErrorKind::Connection) => {
+                        let mut conn = conns.get().await?;
+                        let out = run_releases(&mut conn, &pk, &pool, grace_ms, &tokens).await;
+                        let released = match out {
+                            Ok(out) => out.into_iter().map(Ok).collect(),
+                            Err(e2) => tokens.iter().map(|_| Err(e2.clone())).collect(),
+                        };
+                        (released, acquires.iter().map(|_| Err(e.clone())).collect())
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                sizes.release.record(tokens.len() as f64);
+                sizes.acquire.record(acquires.len() as f64);
+                let out = run_releases(&mut conn, &pk, &pool, grace_ms, &tokens).await?;
+                let got = acquire::run(&mut conn, &pk, reclaim, grace_ms, &acquires).await?;
+                (
+                    out.into_iter().map(Ok).collect(),
+                    got.into_iter().map(Ok).collect(),
+                )
+            };
+            let wrote = released.iter().any(|o: &Result<ReleaseOutcome>| {
+                matches!(o, Ok(ReleaseOutcome::Released | ReleaseOutcome::Expired))
+            }) || got
+                .iter()
+                .any(|r| matches!(r, Ok(acquire::AcquireReply::Granted(_))));
+            if wrote {
+                wait_for_replicas(&mut conn, wait).await?;
+            }
+            // Each reply to its request, in the batch's order.
+            let mut released = released.into_iter();
+            let mut got = got.into_iter();
+            let mut out = Vec::with_capacity(items.len());
+            for it in &items {
+                let reply = match it {
+                    CycleItem::Release(_) => released.next().map(|r| r.map(CycleOut::Release)),
+                    CycleItem::Acquire(_) => got.next().map(|r| r.map(CycleOut::Acquire)),
+                };
+                out.push(
+                    reply.unwrap_or_else(|| {
+                        Err(Error::backend("batched call: too few replies", None))
+                    }),
+                );
+            }
+            Ok(out)
         })
     })
+}
+
+/// One release.lua call for these leases (their tokens): their outcomes.
+async fn run_releases(
+    conn: &mut Connection<'_>,
+    pk: &PoolKeys,
+    pool: &str,
+    grace_ms: u64,
+    tokens: &[u64],
+) -> Result<Vec<ReleaseOutcome>> {
+    match release::run(conn, pk, grace_ms, tokens).await? {
+        release::ReleaseReply::Outcomes(out) => Ok(out),
+        release::ReleaseReply::PoolNotFound => Ok(vec![ReleaseOutcome::NotFound; tokens.len()]),
+        release::ReleaseReply::Schema(found) => Err(schema_error(pool, found)),
+    }
 }
 
 /// The connection info of a URL, with `TCP_NODELAY` on. redis-rs leaves Nagle's
@@ -209,6 +286,18 @@ fn connection_info(url: &str) -> Result<redis::ConnectionInfo> {
 }
 
 impl RedisStorage {
+    /// Sends one acquire through its pool's lane of acquires and releases.
+    async fn submit_acquire(
+        &self,
+        pool: &str,
+        item: acquire::AcquireItem,
+    ) -> Result<acquire::AcquireReply> {
+        match self.cycles.submit(pool, CycleItem::Acquire(item)).await?? {
+            CycleOut::Acquire(reply) => Ok(reply),
+            CycleOut::Release(_) => Err(Error::backend("batched acquire: a release's reply", None)),
+        }
+    }
+
     /// A storage with these settings. Connections are opened lazily, on first use.
     ///
     /// Fails with [`Error::InvalidArgument`] for a bad namespace or pool size, and
@@ -260,12 +349,11 @@ impl RedisStorage {
         let (batch, in_flight) = (config.max_batch, config.max_in_flight);
         Ok(RedisStorage {
             notifier: super::notify::Notifier::new(client),
-            acquires: Batcher::named(
-                "acquire",
+            cycles: Batcher::unnamed(
                 batch,
                 in_flight,
                 config.fit_in_flight,
-                acquire_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
+                cycle_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             rotates: Batcher::named(
                 "rotate",
@@ -273,13 +361,6 @@ impl RedisStorage {
                 in_flight,
                 config.fit_in_flight,
                 rotate_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
-            ),
-            releases: Batcher::named(
-                "release",
-                batch,
-                in_flight,
-                config.fit_in_flight,
-                release_exec(Arc::clone(&conns), keys.clone(), &config, grace_ms),
             ),
             conns,
             keys,
@@ -1135,7 +1216,7 @@ impl LeaseStorage for RedisStorage {
         // RETRY means "nothing free yet, but more expired leases wait": reclaim
         // them all in bounded batches and try again.
         for _ in 0..4 {
-            let reply = match self.acquires.submit(&request.pool_name, item.clone()).await {
+            let reply = match self.submit_acquire(&request.pool_name, item.clone()).await {
                 // A request id makes this acquire safe to send again, but its
                 // batch may have held requests without one, and such a batch is
                 // not sent again once it may have run: send this one again (once,
@@ -1145,8 +1226,7 @@ impl LeaseStorage for RedisStorage {
                         && e.backend_kind() == Some(BackendErrorKind::Connection)
                         && started.elapsed() < self.repeat_for() =>
                 {
-                    self.acquires
-                        .submit(&request.pool_name, item.clone())
+                    self.submit_acquire(&request.pool_name, item.clone())
                         .await?
                 }
                 other => other?,
@@ -1237,7 +1317,16 @@ impl LeaseStorage for RedisStorage {
         if validate_pool_name(&lease.pool_name).is_err() {
             return Ok(ReleaseOutcome::NotFound);
         }
-        self.releases.submit(&lease.pool_name, token).await
+        match self
+            .cycles
+            .submit(&lease.pool_name, CycleItem::Release(token))
+            .await??
+        {
+            CycleOut::Release(outcome) => Ok(outcome),
+            CycleOut::Acquire(_) => {
+                Err(Error::backend("batched release: an acquire's reply", None))
+            }
+        }
     }
 
     async fn get_lease(&self, pool_name: &PoolName, lease_id: Uuid) -> Result<Option<Lease>> {

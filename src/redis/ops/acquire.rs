@@ -414,15 +414,15 @@ pub(crate) async fn run(
     pk: &PoolKeys,
     reclaim: u32,
     grace_ms: u64,
-    items: &[AcquireItem],
+    items: &[&AcquireItem],
 ) -> Result<Vec<AcquireReply>> {
     let mut inv = OP.call();
     inv.key(pk.meta());
     inv.key(pk.live())
         .arg(pk.prefix())
         .arg(head(reclaim, grace_ms, items.len()));
-    let mut next_key = push_ticket_keys(&mut inv, pk, items.iter());
-    let mut prev = None;
+    let mut next_key = push_ticket_keys(&mut inv, pk, items.iter().copied());
+    let mut prev: Option<&AcquireItem> = None;
     for it in items {
         it.push(&mut inv, &mut next_key, prev);
         prev = Some(it);

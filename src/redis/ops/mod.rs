@@ -30,6 +30,7 @@ use super::conn::{Conn, Repeat};
 pub(crate) mod acquire;
 pub(crate) mod audit;
 pub(crate) mod cleanup;
+pub(crate) mod cycle;
 pub(crate) mod extend;
 pub(crate) mod lease_read;
 pub(crate) mod pool_create;
@@ -99,8 +100,9 @@ impl Op {
 }
 
 /// Every operation of the library.
-const OPS: [&Op; 24] = [
+const OPS: [&Op; 25] = [
     &acquire::OP,
+    &cycle::OP,
     &rotate::OP,
     &release::OP,
     &extend::OP,

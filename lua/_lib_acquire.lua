@@ -1223,13 +1223,12 @@ end
 -- taken again in the call ends with the count it had, and its index entries
 -- are not written (those of the others are, once, with their final scores).
 -- Reads: MGET records, ZMSCORE live, ZMSCORE load:all (the released proxies'
--- scores), one ZRANGE of the index's first `a` entries (HMGET proxies for JSONs
--- not remembered); writes: ZREM live, SET per released record, the new records
+-- scores), one ZRANGE of the index's first `a` entries (HGET proxies for a JSON
+-- not remembered, of an entry the walk reaches); writes: ZREM live, SET per released record, the new records
 -- (MSET), ZADD per load key whose entries moved, ZADD live. Fills OUT (r
 -- outcomes, then a entries) and returns true; or returns nil, having written
 -- nothing, to leave the call to the general way.
-STRAIGHT.cy = { at = {}, orig = {}, touched = {}, elig = {}, list = {}, pg = {}, seen = {},
-  heap = {} }
+STRAIGHT.cy = { at = {}, orig = {}, touched = {}, elig = {}, list = {}, seen = {}, heap = {} }
 
 -- A binary heap of candidate positions (`H[1..n]`), least score `cs[j]` on
 -- top (scores differ: they end in the seq): the n-th entry moved up to its
@@ -1279,8 +1278,8 @@ function STRAIGHT.cycle(r, a, created, grace)
   local S, toks, Y = SCRATCH, STRAIGHT.toks, STRAIGHT.cy
   local seqs, members, recs, rests = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest
   local cm, cs, cj, cn, ci, pick = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick
-  local at, orig, touched, elig, list, pg, seen, H = Y.at, Y.orig, Y.touched, Y.elig, Y.list,
-    Y.pg, Y.seen, Y.heap
+  local at, orig, touched, elig, list, seen, H = Y.at, Y.orig, Y.touched, Y.elig, Y.list,
+    Y.seen, Y.heap
   -- The records, each active (read as STRAIGHT.release reads them).
   local got = redis.call('MGET', unpack(KEYS, 3, r + 2))
   for i = 1, r do
@@ -1342,56 +1341,11 @@ function STRAIGHT.cycle(r, a, created, grace)
   end
   local key = STRAIGHT.index_key('load', tag)
   local page = redis.call('ZRANGE', key, '0', small_text(a - 1), 'WITHSCORES')
-  local k, miss = #page / 2, nil
-  for x = 1, k do
-    local m = page[2 * x - 1]
-    local j = at[m]
-    if not j then
-      local s = NUM[page[2 * x]] or num(page[2 * x])
-      if not s then
-        STRAIGHT.cy_clear(nc)
-        return nil
-      end
-      nc = nc + 1
-      j = nc
-      at[m], cm[j], cs[j], cn[j], orig[j] = j, m, s, math.floor(s / LOAD_SHIFT), s
-      touched[j], elig[j] = false, true
-      local json = SEQS and SEQS[m]
-      cj[j] = json or false
-      if not json then
-        miss = miss or {}
-        miss[#miss + 1] = j
-      end
-    end
-    pg[x] = j
-  end
-  if miss then
-    local mm = {}
-    for x, j in ipairs(miss) do mm[x] = cm[j] end
-    local read = redis.call('HMGET', PK.proxies, unpack(mm))
-    for x, j in ipairs(miss) do
-      if not read[x] then
-        STRAIGHT.cy_clear(nc)
-        return nil
-      end
-      cj[j] = read[x]
-      remember_json(mm[x], read[x])
-    end
-  end
-  for x = 1, k do
-    local j = pg[x]
-    if not touched[j] then
-      local info = POOL.infos[cj[j]] or info_of(cj[j])
-      if not info.ok or (info.max ~= nil and cn[j] >= info.max) then
-        STRAIGHT.cy_clear(nc)
-        return nil
-      end
-      ci[j] = info
-    end
-  end
+  local k = #page / 2
   -- The picks, all before any write: per request the lowest of the page's
-  -- next untouched entry and the top of the heap of touched proxies of the
-  -- index with a free slot.
+  -- next entry that the call did not touch (made a candidate only when the
+  -- walk reaches it: most calls take back what they gave) and the top of the
+  -- heap of touched proxies of the index with a free slot.
   local hn, up, down = 0, STRAIGHT.heap_up, STRAIGHT.heap_down
   for x = 1, nt do
     local j = list[x]
@@ -1402,11 +1356,32 @@ function STRAIGHT.cycle(r, a, created, grace)
       up(H, hn, cs)
     end
   end
-  local p = 1
+  local p, pj = 1, nil -- the page's next entry, and its candidate once made
   for i = 1, a do
-    while p <= k and touched[pg[p]] do p = p + 1 end
-    local best = 0
-    if p <= k then best = pg[p] end
+    while not pj and p <= k do
+      local m = page[2 * p - 1]
+      if at[m] then
+        p = p + 1 -- released in this call: in the heap
+      else
+        local s = NUM[page[2 * p]] or num(page[2 * p])
+        local json = SEQS and SEQS[m]
+        if s and not json then
+          json = redis.call('HGET', PK.proxies, m)
+          if json then remember_json(m, json) end
+        end
+        local info = json and (POOL.infos[json] or info_of(json))
+        local c = s and math.floor(s / LOAD_SHIFT)
+        if not info or not info.ok or (info.max ~= nil and c >= info.max) then
+          STRAIGHT.cy_clear(nc)
+          return nil
+        end
+        nc = nc + 1
+        pj = nc
+        at[m], cm[pj], cs[pj], cn[pj], orig[pj], cj[pj], ci[pj] = pj, m, s, c, s, json, info
+        touched[pj], elig[pj] = false, true
+      end
+    end
+    local best = pj or 0
     if hn > 0 and (best == 0 or cs[H[1]] < cs[best]) then best = H[1] end
     if best == 0 and k >= a then
       -- (A full page always has a free slot for every request: not reached.)
@@ -1422,7 +1397,8 @@ function STRAIGHT.cycle(r, a, created, grace)
         STRAIGHT.cy_clear(nc)
         return nil
       end
-      if not touched[best] then
+      if best == pj then
+        pj, p = nil, p + 1
         touched[best] = true
         nt = nt + 1
         list[nt] = best

@@ -1207,10 +1207,28 @@ function STRAIGHT.site_blocked(key, ms, pool_id, now)
   end
   return b
 end
-function STRAIGHT.release(n, created, now_s, grace)
+-- The tokens of the record keys KEYS[3..n+2] (release.lua, cycle.lua): each
+-- key of the pool `prefix`, its token what follows the prefix, into
+-- STRAIGHT.toks; false when a key is not of the pool.
+function STRAIGHT.key_tokens(prefix, n)
+  local toks, plen = STRAIGHT.toks, #prefix
+  for i = 1, n do
+    local key = KEYS[2 + i]
+    if string.find(key, prefix, 1, true) ~= 1 then return false end
+    toks[i] = string.sub(key, plen + 1)
+  end
+  return toks
+end
+
+-- The leases of tokens STRAIGHT.toks[1..n] (records KEYS[3..n+2]) as the
+-- straight release ways take them (STRAIGHT.release, STRAIGHT.cycle): each
+-- an active record, of a token not older than the pool (`created`), live and
+-- not expired at `now_s`. Fills SCRATCH.rb_seq, rb_member (live-set member),
+-- rb_rec (record) and rb_rest (where its <rest> starts) and returns true, or
+-- returns nil (the general way answers them).
+function STRAIGHT.read_releases(n, created, now_s)
   local S, toks = SCRATCH, STRAIGHT.toks
-  local seqs, members, recs, rests, scores, infos = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest,
-    S.rb_score, S.rb_info
+  local seqs, members, recs, rests = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest
   local got = redis.call('MGET', unpack(KEYS, 3, n + 2))
   for i = 1, n do
     local tok, v = toks[i], got[i]
@@ -1234,6 +1252,27 @@ function STRAIGHT.release(n, created, now_s, grace)
     local e = live[i]
     if not e or #e ~= #now_s or e <= now_s then return nil end
   end
+  return true
+end
+
+-- Writes the released record of lease i read by STRAIGHT.read_releases(), kept
+-- `grace` ms (a string; '0': deleted): `active <seq> <at> <dur> <rest>` ->
+-- `released <seq> <at> <dur> <now> <rest>`.
+function STRAIGHT.write_released(i, grace, now_s)
+  local key, v = KEYS[2 + i], SCRATCH.rb_rec[i]
+  if grace ~= '0' then
+    local b = SCRATCH.rb_rest[i] -- where <rest> starts
+    redis.call('SET', key, 'released' .. string.sub(v, 7, b - 1) .. now_s .. ' ' .. string.sub(v, b),
+      'PX', grace, 'GET')
+  else
+    redis.call('DEL', key)
+  end
+end
+
+function STRAIGHT.release(n, created, now_s, grace)
+  if not STRAIGHT.read_releases(n, created, now_s) then return nil end
+  local S = SCRATCH
+  local seqs, members, scores, infos = S.rb_seq, S.rb_member, S.rb_score, S.rb_info
   local sc = redis.call('ZMSCORE', PK.load_all, unpack(seqs, 1, n))
   -- The new scores, a lease at a time (a proxy may come twice): scores[m] is
   -- its score now; a token twice is a lease twice in the live set's answer,
@@ -1260,15 +1299,7 @@ function STRAIGHT.release(n, created, now_s, grace)
   end
   live_gone(redis.call('ZREM', PK.live, unpack(members, 1, n)))
   for i = 1, n do
-    local key, v = KEYS[2 + i], recs[i]
-    if grace ~= '0' then
-      -- `active <seq> <at> <dur> <rest>` -> `released <seq> <at> <dur> <now> <rest>`
-      local b = rests[i] -- where <rest> starts
-      redis.call('SET', key, 'released' .. string.sub(v, 7, b - 1) .. now_s .. ' ' .. string.sub(v, b),
-        'PX', grace, 'GET')
-    else
-      redis.call('DEL', key)
-    end
+    STRAIGHT.write_released(i, grace, now_s)
     local m = seqs[i]
     local s = scores[m]
     if s then

@@ -1107,7 +1107,48 @@ end
 -- in `held`), and finish(). Returns the reply, or nil, having written nothing,
 -- to leave the call to serve() (a stale or unavailable entry, a location
 -- index to update).
-function STRAIGHT.acquire(n)
+-- The grants of the straight ways: request i of REQS[1..n] gets a lease on
+-- the candidate SCRATCH.sb_pick[i] (0: none; its member in sb_m, its JSON in
+-- sb_j), its reply entry in OUT[at + i]; the records wait for
+-- write_records(), the live-set entries for finish().
+function STRAIGHT.grant_picks(n, at)
+  local S, cons = SCRATCH, STRAIGHT.cons
+  local pick, cm, cj = S.sb_pick, S.sb_m, S.sb_j
+  for i = 1, n do
+    local j = pick[i]
+    if j == 0 then
+      OUT[at + i] = 'NONE'
+    else
+      local m = cm[j]
+      local _, tok, exp = grant(REQS[i], m, cons[i])
+      if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
+      LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = EXP_LAST_S, m .. ':' .. tok
+      LIVE_N = LIVE_N + 2
+      if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
+      TAKEN = TAKEN + 1
+      OUT[at + i] = granted(tok, EXP_LAST_S, m, cj[j])
+    end
+  end
+  OUT[at + n + 1] = nil
+end
+
+-- The index entries of indexed proxy `m` (parsed JSON `info`) with `n` live
+-- leases and load score `s` (the straight ways' writes): out of every index
+-- and its count in `held` when it is now full, else its load keys at `s`.
+function STRAIGHT.index_count(info, m, n, s)
+  if info.max ~= nil and n >= info.max then
+    local keys = info.keys
+    for y = 1, #keys do zr(keys[y], m) end
+    wmap('held')[m] = n
+  else
+    STRAIGHT.za_keys(info.load, SCS[s] or score_text(s), m)
+  end
+end
+
+-- The index requests REQS[1..n] all take straight (least_used, one declared
+-- tag or none, no request id, an order the pool keeps; nothing due to
+-- reclaim): its tag ('all' for none), or nil.
+function STRAIGHT.one_index(n)
   if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
   local tag = REQS[1].dtags[1] or 'all'
   for i = 1, n do
@@ -1117,10 +1158,16 @@ function STRAIGHT.acquire(n)
       return nil
     end
   end
+  return tag
+end
+
+function STRAIGHT.acquire(n)
+  local tag = STRAIGHT.one_index(n)
+  if not tag then return nil end
   local key = STRAIGHT.index_key('load', tag)
   local got = redis.call('ZRANGE', key, '0', small_text(n - 1), 'WITHSCORES')
   local k = #got / 2
-  local S, cons = SCRATCH, STRAIGHT.cons
+  local S = SCRATCH
   local cm, cs, cj, cn, ci, pick, taken = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick,
     S.sb_taken
   local miss
@@ -1183,32 +1230,10 @@ function STRAIGHT.acquire(n)
     pick[i] = best
   end
   -- The writes.
-  for i = 1, n do
-    local j = pick[i]
-    if j == 0 then
-      OUT[i] = 'NONE'
-    else
-      local m = cm[j]
-      local _, tok, exp = grant(REQS[i], m, cons[i])
-      if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
-      LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = EXP_LAST_S, m .. ':' .. tok
-      LIVE_N = LIVE_N + 2
-      if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
-      TAKEN = TAKEN + 1
-      OUT[i] = granted(tok, EXP_LAST_S, m, cj[j])
-    end
-  end
-  OUT[n + 1] = nil
+  STRAIGHT.grant_picks(n, 0)
   for x = 1, nt do
     local j = taken[x]
-    local info, m = ci[j], cm[j]
-    if info.max ~= nil and cn[j] >= info.max then
-      local keys = info.keys
-      for y = 1, #keys do zr(keys[y], m) end
-      wmap('held')[m] = cn[j]
-    else
-      STRAIGHT.za_keys(info.load, SCS[cs[j]] or score_text(cs[j]), m)
-    end
+    STRAIGHT.index_count(ci[j], cm[j], cn[j], cs[j])
   end
   finish()
   return OUT
@@ -1266,40 +1291,13 @@ function STRAIGHT.cy_clear(nc)
 end
 
 function STRAIGHT.cycle(r, a, created, grace)
-  if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
-  local tag = REQS[1].dtags[1] or 'all'
-  for i = 1, a do
-    local q = REQS[i]
-    if not q.fast or q.order ~= 'load' or q.reqk ~= 0 or q.noorder
-      or (q.dtags[1] or 'all') ~= tag then
-      return nil
-    end
-  end
-  local S, toks, Y = SCRATCH, STRAIGHT.toks, STRAIGHT.cy
-  local seqs, members, recs, rests = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest
+  local tag = STRAIGHT.one_index(a)
+  if not tag or not STRAIGHT.read_releases(r, created, NOW_S) then return nil end
+  local S, Y = SCRATCH, STRAIGHT.cy
+  local seqs, members = S.rb_seq, S.rb_member
   local cm, cs, cj, cn, ci, pick = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick
   local at, orig, touched, elig, list, seen, H = Y.at, Y.orig, Y.touched, Y.elig, Y.list,
     Y.seen, Y.heap
-  -- The records, each active (read as STRAIGHT.release reads them).
-  local got = redis.call('MGET', unpack(KEYS, 3, r + 2))
-  for i = 1, r do
-    local tok, v = toks[i], got[i]
-    if not v or not (#tok > #created or (#tok == #created and tok >= created)) then return nil end
-    if string.byte(v, 1) ~= 97 then return nil end
-    local e1 = string.find(v, ' ', 8, true)
-    local e3 = e1 and string.find(v, ' ', e1 + 1, true)
-    e3 = e3 and string.find(v, ' ', e3 + 1, true)
-    if not e3 then return nil end
-    local seq = string.sub(v, 8, e1 - 1)
-    seqs[i], members[i], recs[i], rests[i] = seq, seq .. ':' .. tok, v, e3 + 1
-  end
-  -- Each live and not expired (its expiry as Redis writes it, compared as a
-  -- decimal string of the same length as now's).
-  local lv = redis.call('ZMSCORE', PK.live, unpack(members, 1, r))
-  for i = 1, r do
-    local e = lv[i]
-    if not e or #e ~= #NOW_S or e <= NOW_S then return nil end
-  end
   local sc = redis.call('ZMSCORE', PK.load_all, unpack(seqs, 1, r))
   -- Candidates 1..nc: the released proxies first (their count down by one a
   -- lease), then the page's entries that were not released.
@@ -1420,48 +1418,15 @@ function STRAIGHT.cycle(r, a, created, grace)
   -- The writes. The releases: out of the live set, their records released.
   live_gone(redis.call('ZREM', PK.live, unpack(members, 1, r)))
   for i = 1, r do
-    local rk, v = KEYS[2 + i], recs[i]
-    if grace ~= '0' then
-      local b = rests[i]
-      redis.call('SET', rk, 'released' .. string.sub(v, 7, b - 1) .. NOW_S .. ' ' .. string.sub(v, b),
-        'PX', grace, 'GET')
-    else
-      redis.call('DEL', rk)
-    end
+    STRAIGHT.write_released(i, grace, NOW_S)
     OUT[i] = 'released'
   end
   FREED = FREED + r
-  -- The grants.
-  local cons = STRAIGHT.cons
-  for i = 1, a do
-    local j = pick[i]
-    if j == 0 then
-      OUT[r + i] = 'NONE'
-    else
-      local m = cm[j]
-      local _, tok, exp = grant(REQS[i], m, cons[i])
-      if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
-      LIVE_ADD[LIVE_N + 1], LIVE_ADD[LIVE_N + 2] = EXP_LAST_S, m .. ':' .. tok
-      LIVE_N = LIVE_N + 2
-      if EXP == nil or exp < EXP then EXP, EXP_MOVED = exp, true end
-      TAKEN = TAKEN + 1
-      OUT[r + i] = granted(tok, EXP_LAST_S, m, cj[j])
-    end
-  end
-  OUT[r + a + 1] = nil
+  STRAIGHT.grant_picks(a, r)
   -- The index entries of the proxies whose count the call changed.
   for x = 1, nt do
     local j = list[x]
-    if cs[j] ~= orig[j] then
-      local info, m = ci[j], cm[j]
-      if info.max ~= nil and cn[j] >= info.max then
-        local keys = info.keys
-        for y = 1, #keys do zr(keys[y], m) end
-        wmap('held')[m] = cn[j]
-      else
-        STRAIGHT.za_keys(info.load, SCS[cs[j]] or score_text(cs[j]), m)
-      end
-    end
+    if cs[j] ~= orig[j] then STRAIGHT.index_count(ci[j], cm[j], cn[j], cs[j]) end
   end
   STRAIGHT.cy_clear(nc)
   finish()

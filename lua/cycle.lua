@@ -42,12 +42,8 @@ end
 local prefix = P
 local r = #KEYS - 2
 if r < 1 or r > MAX_REQUESTS then return fail('bad key count') end
-local toks, plen = STRAIGHT.toks, #prefix
-for i = 1, r do
-  local key = KEYS[2 + i]
-  if string.find(key, prefix, 1, true) ~= 1 then return fail('bad lease token') end
-  toks[i] = string.sub(key, plen + 1)
-end
+local toks = STRAIGHT.key_tokens(prefix, r)
+if not toks then return fail('bad lease token') end
 local at = 3
 for i = 1, a do
   local q, nxt = read_request(at, i)

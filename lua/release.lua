@@ -49,12 +49,8 @@ if not grace then return fail('bad grace') end
 -- tokens' digits are checked where a lease does not go the straight way
 -- (STRAIGHT.release finds no active record, hence no live member, for any
 -- other key: nothing written first).
-local toks, plen = STRAIGHT.toks, #prefix
-for i = 1, n do
-  local key = KEYS[2 + i]
-  if string.find(key, prefix, 1, true) ~= 1 then return fail('bad lease token') end
-  toks[i] = string.sub(key, plen + 1)
-end
+local toks = STRAIGHT.key_tokens(prefix, n)
+if not toks then return fail('bad lease token') end
 
 local m, why, found = open_pool('wait_until')
 if not m then return { why, found } end

@@ -48,6 +48,25 @@ async fn setup(server: &RedisServer, n: usize) -> (Manager, Vec<Proxy>) {
     (m, proxies)
 }
 
+/// The live leases a proxy counts.
+async fn leases_of(m: &Manager, p: &Proxy) -> u32 {
+    m.storage()
+        .get_proxy(p.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .current_leases
+}
+
+/// The pool's live leases.
+async fn total_leases(m: &Manager) -> u64 {
+    m.storage()
+        .pool_stats(&pn(POOL))
+        .await
+        .unwrap()
+        .total_leases
+}
+
 async fn acquire(m: &Manager, options: AcquireOptions) -> Lease {
     m.acquire_proxy(POOL, options)
         .await
@@ -95,26 +114,9 @@ async fn a_proxy_given_back_and_taken_again_in_one_call_keeps_its_index_entries(
     // adds the new lease to the live set (one ZADD) and writes no index
     // entry: proxy 0's count ends where it was.
     assert_eq!(stats.get("zadd"), Some(&2), "{stats:?}");
-    let pool = m.storage().pool_stats(&pn(POOL)).await.unwrap();
-    assert_eq!(pool.total_leases, 1);
-    assert_eq!(
-        m.storage()
-            .get_proxy(proxies[0].id)
-            .await
-            .unwrap()
-            .unwrap()
-            .current_leases,
-        1
-    );
-    assert_eq!(
-        m.storage()
-            .get_proxy(proxies[1].id)
-            .await
-            .unwrap()
-            .unwrap()
-            .current_leases,
-        0
-    );
+    assert_eq!(total_leases(&m).await, 1);
+    assert_eq!(leases_of(&m, &proxies[0]).await, 1);
+    assert_eq!(leases_of(&m, &proxies[1]).await, 0);
     // Everything holds: the lease releases once, the pool empties.
     assert_eq!(
         m.release_proxy(&next).await.unwrap(),
@@ -144,8 +146,7 @@ async fn an_acquire_in_a_call_of_both_sees_the_slot_its_releases_freed_and_other
     assert_eq!(released, ReleaseOutcome::Released);
     assert_eq!(next.as_ref().map(|l| l.proxy_id), Some(proxies[0].id));
     for (p, want) in proxies.iter().zip([1, 1, 0]) {
-        let got = m.storage().get_proxy(p.id).await.unwrap().unwrap();
-        assert_eq!(got.current_leases, want, "{}", got.host);
+        assert_eq!(leases_of(&m, p).await, want, "{}", p.host);
     }
     // The next least_used acquire finds proxy 2 (its index entry was written).
     let l4 = acquire(&m, AcquireOptions::new()).await;
@@ -158,14 +159,7 @@ async fn an_acquire_in_a_call_of_both_sees_the_slot_its_releases_freed_and_other
     for l in [l2, next.unwrap(), l4] {
         assert_eq!(m.release_proxy(&l).await.unwrap(), ReleaseOutcome::Released);
     }
-    assert_eq!(
-        m.storage()
-            .pool_stats(&pn(POOL))
-            .await
-            .unwrap()
-            .total_leases,
-        0
-    );
+    assert_eq!(total_leases(&m).await, 0);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -192,22 +186,11 @@ async fn a_call_of_both_that_is_not_straight_goes_the_general_way() {
         2,
         "one lone release, one call of both"
     );
-    let pool = m.storage().pool_stats(&pn(POOL)).await.unwrap();
-    assert_eq!(pool.total_leases, 1);
-    let held: u32 = {
-        let mut n = 0;
-        for p in &proxies {
-            n += m
-                .storage()
-                .get_proxy(p.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .current_leases;
-        }
-        n
-    };
-    assert_eq!(held, 1);
+    assert_eq!(total_leases(&m).await, 1);
+    assert_eq!(
+        leases_of(&m, &proxies[0]).await + leases_of(&m, &proxies[1]).await,
+        1
+    );
     assert_eq!(
         m.release_proxy(&next.unwrap()).await.unwrap(),
         ReleaseOutcome::Released

@@ -91,27 +91,10 @@ pub(crate) struct Batcher<T, R> {
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Batches of at most `max` items (at least 1), at most `in_flight` (at
     /// least one) at once per lane, each run by `exec`; with `fit_link`, more
-    /// in flight when calls take long (see the module's doc).
-    #[cfg(test)]
+    /// in flight when calls take long (see the module's doc). It records no
+    /// batch sizes: `exec` may, by the script each call runs (a lane that
+    /// carries several operations, the acquires and releases of a pool).
     pub(crate) fn new(max: usize, in_flight: usize, fit_link: bool, exec: Exec<T, R>) -> Arc<Self> {
-        Arc::new(Self::build(
-            max,
-            in_flight,
-            fit_link,
-            exec,
-            metrics::Histogram::noop(),
-        ))
-    }
-
-    /// A batcher whose `exec` records the batch sizes itself (a lane that
-    /// carries several operations: the acquires and releases of a pool, whose
-    /// calls are of the script the batch needs).
-    pub(crate) fn unnamed(
-        max: usize,
-        in_flight: usize,
-        fit_link: bool,
-        exec: Exec<T, R>,
-    ) -> Arc<Self> {
         Arc::new(Self::build(
             max,
             in_flight,

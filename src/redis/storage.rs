@@ -349,7 +349,7 @@ impl RedisStorage {
         let (batch, in_flight) = (config.max_batch, config.max_in_flight);
         Ok(RedisStorage {
             notifier: super::notify::Notifier::new(client),
-            cycles: Batcher::unnamed(
+            cycles: Batcher::new(
                 batch,
                 in_flight,
                 config.fit_in_flight,

@@ -189,7 +189,8 @@ fn cycle_exec(
                 (Vec::new(), got.into_iter().map(Ok).collect())
             } else if acquires.iter().all(|a| a.fits_cycle()) {
                 sizes.cycle.record((tokens.len() + acquires.len()) as f64);
-                match cycle::run(&mut conn, &pk, reclaim, grace_ms, &tokens, &acquires).await {
+                let reply = cycle::run(&mut conn, &pk, reclaim, grace_ms, &tokens, &acquires).await;
+                match reply {
                     Ok(CycleReply::Done(out, got)) => (
                         out.into_iter().map(Ok).collect(),
                         got.into_iter().map(Ok).collect(),
@@ -209,7 +210,7 @@ fn cycle_exec(
                     // acquire without a request id is not sent again), the
                     // releases, which may go again, go again by release.lua.
                     Err(e) if e.backend_kind() == Some(BackendErrorKind::Connection) => {
-                        let mut conn = conns.get().await?;
+                        conn = conns.get().await?;
                         let out = run_releases(&mut conn, &pk, &pool, grace_ms, &tokens).await;
                         let released = match out {
                             Ok(out) => out.into_iter().map(Ok).collect(),

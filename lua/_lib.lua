@@ -1255,18 +1255,28 @@ function STRAIGHT.read_releases(n, created, now_s)
   return true
 end
 
--- Writes the released record of lease i read by STRAIGHT.read_releases(), kept
--- `grace` ms (a string; '0': deleted): `active <seq> <at> <dur> <rest>` ->
--- `released <seq> <at> <dur> <now> <rest>`.
-function STRAIGHT.write_released(i, grace, now_s)
-  local key, v = KEYS[2 + i], SCRATCH.rb_rec[i]
+-- Writes at `key` the released form of active record `v` (its <rest> starting
+-- at `b`), kept `grace` ms (a string; '0': deleted) from `now_s`:
+-- `active <seq> <at> <dur> <rest>` -> `released <seq> <at> <dur> <now> <rest>`.
+function STRAIGHT.write_released(key, v, b, grace, now_s)
   if grace ~= '0' then
-    local b = SCRATCH.rb_rest[i] -- where <rest> starts
     redis.call('SET', key, 'released' .. string.sub(v, 7, b - 1) .. now_s .. ' ' .. string.sub(v, b),
       'PX', grace, 'GET')
   else
     redis.call('DEL', key)
   end
+end
+
+-- The tokens STRAIGHT.toks[1..n] and their record keys KEYS[3..n+2] as the
+-- general release way takes them (prepare_releases), or nil when a token is
+-- not digits (release.lua, cycle.lua).
+function STRAIGHT.release_keys(n)
+  local toks, ids, keys = STRAIGHT.toks, {}, {}
+  for i = 1, n do
+    if not is_token(toks[i]) then return nil end
+    ids[i], keys[i] = toks[i], KEYS[2 + i]
+  end
+  return ids, keys
 end
 
 function STRAIGHT.release(n, created, now_s, grace)
@@ -1299,7 +1309,7 @@ function STRAIGHT.release(n, created, now_s, grace)
   end
   live_gone(redis.call('ZREM', PK.live, unpack(members, 1, n)))
   for i = 1, n do
-    STRAIGHT.write_released(i, grace, now_s)
+    STRAIGHT.write_released(KEYS[2 + i], S.rb_rec[i], S.rb_rest[i], grace, now_s)
     local m = seqs[i]
     local s = scores[m]
     if s then

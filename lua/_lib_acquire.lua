@@ -1075,14 +1075,7 @@ function STRAIGHT.rotate_same(id, key, r, created, grace)
   if got[1] ~= m and not (num(got[2]) and num(got[2]) > after) then return nil, v, got end
   if redis.call('ZREM', PK.live, m .. ':' .. id) ~= 1 then return nil, v end
   live_gone(1)
-  if grace ~= '0' then
-    -- `active <seq> <at> <dur> <rest>` -> `released <seq> <at> <dur> <now> <rest>`
-    -- (`b`: where <rest> starts)
-    redis.call('SET', key, 'released' .. string.sub(v, 7, b - 1) .. NOW_S .. ' ' .. string.sub(v, b),
-      'PX', grace, 'GET')
-  else
-    redis.call('DEL', key)
-  end
+  STRAIGHT.write_released(key, v, b, grace, NOW_S) -- (`b`: where <rest> starts)
   FREED = FREED + 1
   local _, tok, exp = grant(r, m, STRAIGHT.cons[1])
   if exp ~= EXP_LAST then EXP_LAST, EXP_LAST_S = exp, fmt_int(exp) end
@@ -1418,7 +1411,7 @@ function STRAIGHT.cycle(r, a, created, grace)
   -- The writes. The releases: out of the live set, their records released.
   live_gone(redis.call('ZREM', PK.live, unpack(members, 1, r)))
   for i = 1, r do
-    STRAIGHT.write_released(i, grace, NOW_S)
+    STRAIGHT.write_released(KEYS[2 + i], S.rb_rec[i], S.rb_rest[i], grace, NOW_S)
     OUT[i] = 'released'
   end
   FREED = FREED + r

@@ -58,11 +58,8 @@ local created = CREATED or '0'
 if STRAIGHT.cycle(r, a, created, grace) then return OUT end
 
 -- The general way.
-local ids, keys = {}, {}
-for i = 1, r do
-  if not is_token(toks[i]) then return fail('bad lease token') end
-  ids[i], keys[i] = toks[i], KEYS[2 + i]
-end
+local ids, keys = STRAIGHT.release_keys(r)
+if not ids then return fail('bad lease token') end
 reclaim_due(limit, grace)
 prepare_releases(ids, keys, created)
 for i = 1, r do

@@ -67,11 +67,8 @@ if out then
   notify(m[4], now)
   return out
 end
-local ids, keys = {}, {}
-for i = 1, n do
-  if not is_token(toks[i]) then return fail('bad lease token') end
-  ids[i], keys[i] = toks[i], KEYS[2 + i]
-end
+local ids, keys = STRAIGHT.release_keys(n)
+if not ids then return fail('bad lease token') end
 prepare_releases(ids, keys, created)
 local out, freed = { 'OK' }, 0
 for i = 1, n do

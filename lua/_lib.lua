@@ -1220,16 +1220,22 @@ function STRAIGHT.key_tokens(prefix, n)
   return toks
 end
 
--- The leases of tokens STRAIGHT.toks[1..n] (records KEYS[3..n+2]) as the
+-- The leases of tokens STRAIGHT.toks[1..n] (records KEYS[3..n+2], or
+-- rkeys[1..n] when given: rotate.lua's, built from its tokens) as the
 -- straight release ways take them (STRAIGHT.release, STRAIGHT.cycle): each
 -- an active record, of a token not older than the pool (`created`), live and
 -- not expired at `now_s`. Fills SCRATCH.rb_seq, rb_member (live-set member),
 -- rb_rec (record) and rb_rest (where its <rest> starts) and returns true, or
 -- returns nil (the general way answers them).
-function STRAIGHT.read_releases(n, created, now_s)
+function STRAIGHT.read_releases(n, created, now_s, rkeys)
   local S, toks = SCRATCH, STRAIGHT.toks
   local seqs, members, recs, rests = S.rb_seq, S.rb_member, S.rb_rec, S.rb_rest
-  local got = redis.call('MGET', unpack(KEYS, 3, n + 2))
+  local got
+  if rkeys then
+    got = redis.call('MGET', unpack(rkeys, 1, n))
+  else
+    got = redis.call('MGET', unpack(KEYS, 3, n + 2))
+  end
   for i = 1, n do
     local tok, v = toks[i], got[i]
     if not v or not (#tok > #created or (#tok == #created and tok >= created)) then return nil end

@@ -1246,6 +1246,10 @@ end
 -- (MSET), ZADD per load key whose entries moved, ZADD live. Fills OUT (r
 -- outcomes, then a entries) and returns true; or returns nil, having written
 -- nothing, to leave the call to the general way.
+-- rotate.lua's batches take it too (`rkeys`: the records' keys, r = a): then
+-- release i is applied just before acquire i, as rotate i alone would (a
+-- released proxy is a candidate from the start at the count it has then, and
+-- its count goes down by one a lease only when its rotate comes).
 STRAIGHT.cy = { at = {}, orig = {}, touched = {}, elig = {}, list = {}, seen = {}, heap = {} }
 
 -- A binary heap of candidate positions (`H[1..n]`), least score `cs[j]` on
@@ -1283,9 +1287,9 @@ function STRAIGHT.cy_clear(nc)
   for j = 1, nc do at[cm[j]] = nil end
 end
 
-function STRAIGHT.cycle(r, a, created, grace)
+function STRAIGHT.cycle(r, a, created, grace, rkeys)
   local tag = STRAIGHT.one_index(a)
-  if not tag or not STRAIGHT.read_releases(r, created, NOW_S) then return nil end
+  if not tag or not STRAIGHT.read_releases(r, created, NOW_S, rkeys) then return nil end
   local S, Y = SCRATCH, STRAIGHT.cy
   local seqs, members = S.rb_seq, S.rb_member
   local cm, cs, cj, cn, ci, pick = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick
@@ -1330,6 +1334,13 @@ function STRAIGHT.cycle(r, a, created, grace)
     STRAIGHT.cy_clear(nc)
     return nil
   end
+  if rkeys then
+    -- A rotate's release counts when its turn comes (above: only checked).
+    for i = 1, r do
+      local j = at[seqs[i]]
+      cn[j], cs[j] = cn[j] + 1, cs[j] + LOAD_SHIFT
+    end
+  end
   local key = STRAIGHT.index_key('load', tag)
   local page = redis.call('ZRANGE', key, '0', small_text(a - 1), 'WITHSCORES')
   local k = #page / 2
@@ -1349,6 +1360,26 @@ function STRAIGHT.cycle(r, a, created, grace)
   end
   local p, pj = 1, nil -- the page's next entry, and its candidate once made
   for i = 1, a do
+    if rkeys then
+      -- Rotate i's release: its proxy's score down, moved up in the heap (or
+      -- into it, from full).
+      local j = at[seqs[i]]
+      cn[j], cs[j] = cn[j] - 1, cs[j] - LOAD_SHIFT
+      if elig[j] then
+        local h = 0
+        for x = 1, hn do
+          if H[x] == j then
+            h = x
+            break
+          end
+        end
+        if h == 0 then
+          hn = hn + 1
+          H[hn], h = j, hn
+        end
+        up(H, h, cs)
+      end
+    end
     while not pj and p <= k do
       local m = page[2 * p - 1]
       if at[m] then
@@ -1411,7 +1442,8 @@ function STRAIGHT.cycle(r, a, created, grace)
   -- The writes. The releases: out of the live set, their records released.
   live_gone(redis.call('ZREM', PK.live, unpack(members, 1, r)))
   for i = 1, r do
-    STRAIGHT.write_released(KEYS[2 + i], S.rb_rec[i], S.rb_rest[i], grace, NOW_S)
+    STRAIGHT.write_released(rkeys and rkeys[i] or KEYS[2 + i], S.rb_rec[i], S.rb_rest[i], grace,
+      NOW_S)
     OUT[i] = 'released'
   end
   FREED = FREED + r

@@ -31,6 +31,14 @@
 -- index's first entry it read are not read again) (HMGET proxies
 -- only for proxies whose JSON the library does not remember; HSET meta only when
 -- a hint or the token reservation moved).
+--
+-- Calls, n requests on the fast path (live leases of indexed proxies,
+-- least_used for one index, nothing due: STRAIGHT.cycle, each release applied
+-- just before its acquire): HMGET meta, TIME, MGET records, ZMSCORE live,
+-- ZMSCORE load:all, ZRANGE of the index's first n entries, ZREM live, SET per
+-- released record, one ZADD per load key whose entries moved, ZADD live, MSET
+-- of the new records: 10 + n with one declared attribute when every proxy
+-- taken was one given back.
 
 local limit, grace, n = STRAIGHT.open_call()
 if not limit then return grace end
@@ -70,6 +78,20 @@ for i = 1, n do
   at = nxt
 end
 if at ~= #ARGV + 1 then return fail('bad argument count') end
+
+-- The fleet's batch: live leases of indexed proxies given back, least_used
+-- requests for one index, nothing due (STRAIGHT.cycle, each release just
+-- before its acquire).
+if n > 1 then
+  local toks = STRAIGHT.toks
+  for i = 1, n do toks[i] = ids[i] end
+  if STRAIGHT.cycle(n, n, CREATED or '0', grace, keys) then
+    for i = 1, n do
+      OUT[i], OUT[n + i] = 'released ' .. OUT[n + i], nil
+    end
+    return OUT
+  end
+end
 
 -- A request whose selector needs an order the pool does not keep is refused
 -- before its lease is touched: nothing of it is released.

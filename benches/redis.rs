@@ -24,8 +24,10 @@
 //! baselines run in `LIGHTHOUSE_BENCH_ROUNDS` (default 3) interleaved rounds
 //! (baselines after ours, then before, ...); each ratio is taken within a round,
 //! and the table shows medians (this machine is shared, and single runs drift by
-//! tens of percent). `LIGHTHOUSE_BENCH_SIZES=1000` and
-//! `LIGHTHOUSE_BENCH_BASELINES=0` narrow a quick tuning run. `CONFIG RESETSTAT`
+//! tens of percent). `LIGHTHOUSE_BENCH_SIZES=1000`,
+//! `LIGHTHOUSE_BENCH_KINDS=slow-link` (or `cycle`, `rotate`: the cases of
+//! those kinds only) and `LIGHTHOUSE_BENCH_BASELINES=0` narrow a quick tuning
+//! run. `CONFIG RESETSTAT`
 //! before each case and `INFO commandstats` after it give Redis's own time per
 //! script call (acquire and release averaged); a last step splits it into
 //! acquire, release and rotate. Results also go to `target/bench-redis.json`.
@@ -198,6 +200,15 @@ fn env_rtt() -> Duration {
 
 /// `LIGHTHOUSE_BENCH_STEADY` (default 20000): the steady run's cycles; zero
 /// turns it off.
+/// `LIGHTHOUSE_BENCH_KINDS` (comma-separated: `cycle`, `rotate`,
+/// `slow-link`): only the cases of those kinds run (a quick tuning run); unset,
+/// all of them.
+fn env_kinds() -> Option<Vec<String>> {
+    std::env::var("LIGHTHOUSE_BENCH_KINDS")
+        .ok()
+        .map(|v| v.split(',').map(|k| k.trim().to_string()).collect())
+}
+
 fn env_steady() -> usize {
     std::env::var("LIGHTHOUSE_BENCH_STEADY")
         .ok()
@@ -583,6 +594,9 @@ fn run(server: &server::RedisServer, timing: Timing) -> Result<(), BoxError> {
             concurrency: slow_link_concurrency(),
             kind: CaseKind::SlowLink,
         });
+    }
+    if let Some(kinds) = env_kinds() {
+        cases.retain(|c| kinds.iter().any(|k| k == c.kind.label()));
     }
     // ------------------------------------------------------------ rounds
     // Each round runs every case of ours and both baselines, the order swapped

@@ -10,7 +10,7 @@
 # and the layout's floor (benches/floor/floor.lua: the same commands with no
 # script logic around them, and three leaner layouts).
 #
-#   bash benches/redis_instructions.sh            # about 9 minutes
+#   bash benches/redis_instructions.sh            # about 10 minutes
 #
 # LIGHTHOUSE_INSTR_KEEP=DIR keeps each run's callgrind dump there (for
 # `callgrind_annotate DIR/lighthouse-c64.cg`: where Redis spends the instructions).
@@ -113,14 +113,21 @@ for c in 1 64; do
   printf '%-16s %4s %9s %16s %14s\n' redis-semaphore "$c" "$k" "$n" "${PER[sem$c]}"
   CALLS["sem$c"]="$(calls_of "$k")"
 done
-# The crawler loop of rotate_proxy (release and acquire in one call) at c=1,
-# held against the semaphore's acquire→release cycle as `cargo bench` does.
+# The crawler loop of rotate_proxy (release and acquire in one call) at c=1
+# and c=64, held against the semaphore's acquire→release cycle as `cargo
+# bench` does.
 STEP="rotate"
 n="$(counted "$LH" --json bench --pool bench --concurrency 1 --duration "$SECS" --rotate)"
 k="$(cycles_of cycles)"
 PER[rotate]=$((n / k))
 printf '%-16s %4s %9s %16s %14s\n' "ours rotate" 1 "$k" "$n" "${PER[rotate]}"
 CALLS[rotate]="$(calls_of "$k")"
+STEP="rotate-c64"
+n="$(counted "$LH" --json bench --pool bench --concurrency 64 --duration "$SECS" --rotate)"
+k="$(cycles_of cycles)"
+PER[rotate64]=$((n / k))
+printf '%-16s %4s %9s %16s %14s\n' "ours rotate" 64 "$k" "$n" "${PER[rotate64]}"
+CALLS[rotate64]="$(calls_of "$k")"
 # The layout's floor (benches/floor/floor.lua): the Redis commands a plain
 # acquire and release run on this layout (one declared attribute), with no
 # script logic around them: what a cycle costs Redis before any of the scripts'
@@ -166,6 +173,7 @@ for feature in site sessions rate_site; do
   done
 done
 echo "rotate (c=1) Redis commands per rotate: ${CALLS[rotate]}"
+echo "rotate (c=64) Redis commands per rotate: ${CALLS[rotate64]}"
 for v in full norec onekey lean; do
   for b in 1 12; do
     c=1; [ "$b" -gt 1 ] && c=64
@@ -176,3 +184,4 @@ for c in 1 64; do
   python3 -c "print('c=$c: semaphore / ours instructions per cycle = %.2f' % (${PER[sem$c]} / ${PER[ours$c]}))"
 done
 python3 -c "print('c=1 rotate: semaphore cycle / ours rotate instructions = %.2f' % (${PER[sem1]} / ${PER[rotate]}))"
+python3 -c "print('c=64 rotate: semaphore cycle / ours rotate instructions = %.2f' % (${PER[sem64]} / ${PER[rotate64]}))"

@@ -23,14 +23,9 @@ for tool in redis-server redis-cli node npm python3; do
   command -v "$tool" >/dev/null || { echo "redis_cpu: $tool is not on PATH" >&2; exit 1; }
 done
 
-cargo build --release --quiet --bin lighthouse
-LH="$PWD/target/release/lighthouse"
-PEER="$PWD/target/peer"
-mkdir -p "$PEER"
-cp benches/peer/package.json benches/peer/semaphore.js benches/floor/floor.js benches/floor/floor.lua "$PEER/"
-if [ ! -f "$PEER/node_modules/redis-semaphore/package.json" ]; then
-  (cd "$PEER" && npm install --no-audit --no-fund --no-package-lock --silent)
-fi
+# shellcheck source=benches/bench_pool.sh
+. benches/bench_pool.sh
+install_peer
 
 WORK="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -46,15 +41,7 @@ for _ in $(seq 1 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sl
 export REDIS_URL="redis://127.0.0.1:$PORT" LIGHTHOUSE_NAMESPACE=lhcpu
 
 # A 1,000-proxy pool, 16 countries, max_concurrency 4 (as benches/redis.rs).
-python3 - "$WORK/proxies.csv" <<'PY'
-import csv, sys
-countries = "AR BR CL CO PE MX UY PY BO EC VE CR PA GT HN SV".split()
-with open(sys.argv[1], "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["host", "port", "protocol", "max_concurrency", "country"])
-    for i in range(1000):
-        w.writerow([f"10.0.{i >> 8}.{i & 255}", 8080, "http", 4, countries[i % 16]])
-PY
+bench_csv "$WORK/proxies.csv"
 "$LH" pool create bench >/dev/null
 "$LH" proxy import --pool bench "$WORK/proxies.csv" >/dev/null
 node "$PEER/floor.js" --port "$PORT" --setup 1

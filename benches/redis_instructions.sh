@@ -26,16 +26,9 @@ for tool in valgrind callgrind_control redis-server redis-cli node npm python3; 
   command -v "$tool" >/dev/null || { echo "redis_instructions: $tool is not on PATH" >&2; exit 1; }
 done
 
-cargo build --release --quiet --bin lighthouse
-LH="$PWD/target/release/lighthouse"
-
-# The peer, installed the way benches/redis.rs installs it.
-PEER="$PWD/target/peer"
-mkdir -p "$PEER"
-cp benches/peer/package.json benches/peer/semaphore.js benches/floor/floor.js benches/floor/floor.lua "$PEER/"
-if [ ! -f "$PEER/node_modules/redis-semaphore/package.json" ]; then
-  (cd "$PEER" && npm install --no-audit --no-fund --no-package-lock --silent)
-fi
+# shellcheck source=benches/bench_pool.sh
+. benches/bench_pool.sh
+install_peer
 
 # shellcheck source=benches/callgrind_redis.sh
 . benches/callgrind_redis.sh
@@ -46,15 +39,7 @@ export REDIS_URL="redis://127.0.0.1:$PORT" LIGHTHOUSE_NAMESPACE=lhinstr
 export LIGHTHOUSE_FIT_IN_FLIGHT=0
 
 # A 1,000-proxy pool, 16 countries, max_concurrency 4 (as benches/redis.rs).
-python3 - "$WORK/proxies.csv" <<'PY'
-import csv, sys
-countries = "AR BR CL CO PE MX UY PY BO EC VE CR PA GT HN SV".split()
-with open(sys.argv[1], "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["host", "port", "protocol", "max_concurrency", "country"])
-    for i in range(1000):
-        w.writerow([f"10.0.{i >> 8}.{i & 255}", 8080, "http", 4, countries[i % 16]])
-PY
+bench_csv "$WORK/proxies.csv"
 "$LH" pool create bench >/dev/null
 "$LH" proxy import --pool bench "$WORK/proxies.csv" >/dev/null
 # The same proxies in a pool with a rate limit of one lease per proxy per ms
@@ -116,18 +101,15 @@ done
 # The crawler loop of rotate_proxy (release and acquire in one call) at c=1
 # and c=64, held against the semaphore's acquire→release cycle as `cargo
 # bench` does.
-STEP="rotate"
-n="$(counted "$LH" --json bench --pool bench --concurrency 1 --duration "$SECS" --rotate)"
-k="$(cycles_of cycles)"
-PER[rotate]=$((n / k))
-printf '%-16s %4s %9s %16s %14s\n' "ours rotate" 1 "$k" "$n" "${PER[rotate]}"
-CALLS[rotate]="$(calls_of "$k")"
-STEP="rotate-c64"
-n="$(counted "$LH" --json bench --pool bench --concurrency 64 --duration "$SECS" --rotate)"
-k="$(cycles_of cycles)"
-PER[rotate64]=$((n / k))
-printf '%-16s %4s %9s %16s %14s\n' "ours rotate" 64 "$k" "$n" "${PER[rotate64]}"
-CALLS[rotate64]="$(calls_of "$k")"
+for c in 1 64; do
+  STEP="rotate-c$c"
+  r="rotate$c"
+  n="$(counted "$LH" --json bench --pool bench --concurrency "$c" --duration "$SECS" --rotate)"
+  k="$(cycles_of cycles)"
+  PER[$r]=$((n / k))
+  printf '%-16s %4s %9s %16s %14s\n' "ours rotate" "$c" "$k" "$n" "${PER[$r]}"
+  CALLS[$r]="$(calls_of "$k")"
+done
 # The layout's floor (benches/floor/floor.lua): the Redis commands a plain
 # acquire and release run on this layout (one declared attribute), with no
 # script logic around them: what a cycle costs Redis before any of the scripts'
@@ -172,7 +154,7 @@ for feature in site sessions rate_site; do
     echo "c=$c with $feature: Redis commands per cycle ${CALLS[$feature$c]}; instructions $(python3 -c "print('%.2f' % (${PER[$feature$c]} / ${PER[ours$c]}))")x the plain cycle's"
   done
 done
-echo "rotate (c=1) Redis commands per rotate: ${CALLS[rotate]}"
+echo "rotate (c=1) Redis commands per rotate: ${CALLS[rotate1]}"
 echo "rotate (c=64) Redis commands per rotate: ${CALLS[rotate64]}"
 for v in full norec onekey lean; do
   for b in 1 12; do
@@ -183,5 +165,5 @@ done
 for c in 1 64; do
   python3 -c "print('c=$c: semaphore / ours instructions per cycle = %.2f' % (${PER[sem$c]} / ${PER[ours$c]}))"
 done
-python3 -c "print('c=1 rotate: semaphore cycle / ours rotate instructions = %.2f' % (${PER[sem1]} / ${PER[rotate]}))"
+python3 -c "print('c=1 rotate: semaphore cycle / ours rotate instructions = %.2f' % (${PER[sem1]} / ${PER[rotate1]}))"
 python3 -c "print('c=64 rotate: semaphore cycle / ours rotate instructions = %.2f' % (${PER[sem64]} / ${PER[rotate64]}))"

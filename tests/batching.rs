@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use lighthouse_lease::redis::{RedisConfig, RedisStorage};
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyBuilder, ProxyFilters,
-    ProxyManager, ProxyPool, ReleaseOutcome, SelectorStrategy,
+    AcquireOptions, AdminStorage, Lease, LeaseStorage, ProxyFilters, ProxyManager, ProxyPool,
+    ReleaseOutcome, SelectorStrategy,
 };
 use support::server::RedisServer;
 use tokio::task::JoinSet;
@@ -28,13 +28,8 @@ type Manager = ProxyManager<RedisStorage>;
 async fn setup(server: &RedisServer, max_batch: usize, n: usize) -> Manager {
     let config =
         support::counting_config(&server.url(), &support::unique_namespace()).max_batch(max_batch);
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
-    add_proxies(&m, &pool, 1, n, |i, b| {
+    let (m, pool) = support::manager_with_pool(config, POOL).await;
+    support::add_proxies(m.storage(), &pool, 1, n, |i, b| {
         b.max_concurrency(1)
             .country(if i % 2 == 0 { "CL" } else { "AR" })
     })
@@ -47,33 +42,8 @@ async fn setup(server: &RedisServer, max_batch: usize, n: usize) -> Manager {
 /// (batches of up to 32, one call in flight per lane, not fitted to the link).
 async fn empty_pool(server: &RedisServer, ns: &str) -> (Manager, ProxyPool) {
     let config = support::counting_config(&server.url(), ns).max_batch(32);
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
+    let (m, pool) = support::manager_with_pool(config, POOL).await;
     (m, pool)
-}
-
-/// Adds `n` proxies `10.<net>.0.<i>` to `pool`, each builder finished by
-/// `shape(i, builder)`; returns them as added.
-async fn add_proxies(
-    m: &Manager,
-    pool: &ProxyPool,
-    net: u8,
-    n: usize,
-    shape: impl Fn(usize, ProxyBuilder) -> ProxyBuilder,
-) -> Vec<Proxy> {
-    let proxies: Vec<Proxy> = (0..n)
-        .map(|i| {
-            shape(i, Proxy::builder(pool.id, format!("10.{net}.0.{i}"), 8080))
-                .build()
-                .unwrap()
-        })
-        .collect();
-    m.storage().add_proxies(proxies.clone()).await.unwrap();
-    proxies
 }
 
 /// One acquire and its release: the library loads on the first call (one
@@ -362,7 +332,7 @@ async fn request_specs_kept_by_the_script_serve_each_call_its_own_options() {
             .unwrap();
         // Eight in AR, then four in CL: unfiltered requests take AR proxies
         // first (least used, then the lowest sequence number).
-        add_proxies(&m, &pool, 2, 12, |i, b| {
+        support::add_proxies(m.storage(), &pool, 2, 12, |i, b| {
             b.max_concurrency(1)
                 .country(if i >= 8 { "CL" } else { "AR" })
         })
@@ -536,7 +506,7 @@ async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
     let server = RedisServer::spawn().unwrap();
     let ns = support::unique_namespace();
     let (m, pool) = empty_pool(&server, &ns).await;
-    add_proxies(&m, &pool, 3, 2, |_, b| b.max_concurrency(4)).await;
+    support::add_proxies(m.storage(), &pool, 3, 2, |_, b| b.max_concurrency(4)).await;
     let mut admin = admin(&server).await;
     for round in 0..3 {
         let leases = acquire_all(&m, 6).await;
@@ -589,7 +559,7 @@ async fn a_batch_of_releases_counts_each_lease_of_a_proxy() {
 async fn a_batch_of_acquires_counts_each_lease_of_a_proxy() {
     let server = RedisServer::spawn().unwrap();
     let (m, pool) = empty_pool(&server, &support::unique_namespace()).await;
-    add_proxies(&m, &pool, 4, 2, |_, b| b.max_concurrency(4)).await;
+    support::add_proxies(m.storage(), &pool, 4, 2, |_, b| b.max_concurrency(4)).await;
     warm(&m).await;
     let mut admin = admin(&server).await;
     for round in 0..3 {
@@ -637,7 +607,7 @@ async fn random_batches_keep_every_count_exact() {
     let server = RedisServer::spawn().unwrap();
     let (m, pool) = empty_pool(&server, &support::unique_namespace()).await;
     let mut rng = fastrand::Rng::with_seed(0x5eed_1ea5e);
-    let proxies = add_proxies(&m, &pool, 5, 12, |i, b| {
+    let proxies = support::add_proxies(m.storage(), &pool, 5, 12, |i, b| {
         b.max_concurrency(1 + (i % 4) as u32)
             .country(if i % 3 == 0 { "CL" } else { "AR" })
     })
@@ -747,13 +717,8 @@ async fn two_batches_may_be_in_flight_at_once() {
         .max_batch(32)
         .max_in_flight(2)
         .fit_in_flight(false);
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
-    add_proxies(&m, &pool, 2, 40, |_, b| b.max_concurrency(1)).await;
+    let (m, pool) = support::manager_with_pool(config, POOL).await;
+    support::add_proxies(m.storage(), &pool, 2, 40, |_, b| b.max_concurrency(1)).await;
     warm(&m).await;
     let mut admin = admin(&server).await;
     reset_stats(&mut admin).await;

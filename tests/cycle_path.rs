@@ -11,8 +11,7 @@ use support::pn;
 
 use lighthouse_lease::redis::RedisStorage;
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyManager, ProxyPool,
-    ReleaseOutcome, SelectorStrategy,
+    AcquireOptions, Lease, LeaseStorage, Proxy, ProxyManager, ReleaseOutcome, SelectorStrategy,
 };
 use support::server::RedisServer;
 
@@ -24,21 +23,8 @@ type Manager = ProxyManager<RedisStorage>;
 /// `max_concurrency` 1 and no country, warmed up (the library loaded).
 async fn setup(server: &RedisServer, n: usize) -> (Manager, Vec<Proxy>) {
     let config = support::counting_config(&server.url(), &support::unique_namespace());
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
-    let proxies: Vec<Proxy> = (0..n)
-        .map(|i| {
-            Proxy::builder(pool.id, format!("10.9.0.{i}"), 8080)
-                .max_concurrency(1)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let proxies = m.storage().add_proxies(proxies).await.unwrap();
+    let (m, pool) = support::manager_with_pool(config, POOL).await;
+    let proxies = support::add_proxies(m.storage(), &pool, 9, n, |_, b| b.max_concurrency(1)).await;
     let l = m
         .acquire_proxy(POOL, AcquireOptions::new())
         .await
@@ -46,16 +32,6 @@ async fn setup(server: &RedisServer, n: usize) -> (Manager, Vec<Proxy>) {
         .unwrap();
     m.release_proxy(&l).await.unwrap();
     (m, proxies)
-}
-
-/// The live leases a proxy counts.
-async fn leases_of(m: &Manager, p: &Proxy) -> u32 {
-    m.storage()
-        .get_proxy(p.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .current_leases
 }
 
 /// The pool's live leases.
@@ -115,8 +91,8 @@ async fn a_proxy_given_back_and_taken_again_in_one_call_keeps_its_index_entries(
     // entry: proxy 0's count ends where it was.
     assert_eq!(stats.get("zadd"), Some(&2), "{stats:?}");
     assert_eq!(total_leases(&m).await, 1);
-    assert_eq!(leases_of(&m, &proxies[0]).await, 1);
-    assert_eq!(leases_of(&m, &proxies[1]).await, 0);
+    assert_eq!(support::leases_of(m.storage(), proxies[0].id).await, 1);
+    assert_eq!(support::leases_of(m.storage(), proxies[1].id).await, 0);
     // Everything holds: the lease releases once, the pool empties.
     assert_eq!(
         m.release_proxy(&next).await.unwrap(),
@@ -146,7 +122,12 @@ async fn an_acquire_in_a_call_of_both_sees_the_slot_its_releases_freed_and_other
     assert_eq!(released, ReleaseOutcome::Released);
     assert_eq!(next.as_ref().map(|l| l.proxy_id), Some(proxies[0].id));
     for (p, want) in proxies.iter().zip([1, 1, 0]) {
-        assert_eq!(leases_of(&m, p).await, want, "{}", p.host);
+        assert_eq!(
+            support::leases_of(m.storage(), p.id).await,
+            want,
+            "{}",
+            p.host
+        );
     }
     // The next least_used acquire finds proxy 2 (its index entry was written).
     let l4 = acquire(&m, AcquireOptions::new()).await;
@@ -188,7 +169,8 @@ async fn a_call_of_both_that_is_not_straight_goes_the_general_way() {
     );
     assert_eq!(total_leases(&m).await, 1);
     assert_eq!(
-        leases_of(&m, &proxies[0]).await + leases_of(&m, &proxies[1]).await,
+        support::leases_of(m.storage(), proxies[0].id).await
+            + support::leases_of(m.storage(), proxies[1].id).await,
         1
     );
     assert_eq!(

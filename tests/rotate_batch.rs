@@ -14,8 +14,7 @@ mod support;
 
 use lighthouse_lease::redis::RedisStorage;
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyManager, ProxyPool,
-    ReleaseOutcome,
+    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyManager, ReleaseOutcome,
 };
 use support::server::RedisServer;
 
@@ -29,21 +28,8 @@ type Manager = ProxyManager<RedisStorage>;
 /// gives back a slot of one to the general way.)
 async fn setup(server: &RedisServer, n: usize) -> (Manager, Vec<Proxy>) {
     let config = support::counting_config(&server.url(), &support::unique_namespace());
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
-    let proxies: Vec<Proxy> = (0..n)
-        .map(|i| {
-            Proxy::builder(pool.id, format!("10.8.0.{i}"), 8080)
-                .max_concurrency(2)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let proxies = m.storage().add_proxies(proxies).await.unwrap();
+    let (m, pool) = support::manager_with_pool(config, POOL).await;
+    let proxies = support::add_proxies(m.storage(), &pool, 8, n, |_, b| b.max_concurrency(2)).await;
     let l = acquire(&m).await;
     let r = m.rotate_proxy(&l, AcquireOptions::new()).await.unwrap();
     m.release_proxy(&r.next.unwrap()).await.unwrap();
@@ -55,15 +41,6 @@ async fn acquire(m: &Manager) -> Lease {
         .await
         .unwrap()
         .expect("a free proxy")
-}
-
-async fn leases_of(m: &Manager, p: &Proxy) -> u32 {
-    m.storage()
-        .get_proxy(p.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .current_leases
 }
 
 /// Rotates `first` alone (it takes the lane's one slot) and, queued behind
@@ -136,7 +113,7 @@ async fn a_batch_of_rotates_releases_each_lease_just_before_its_acquire() {
     assert_eq!(stats.get("zadd"), Some(&2), "{stats:?}");
     assert_eq!(stats.get("zmscore"), Some(&2), "{stats:?}");
     for p in &proxies {
-        assert_eq!(leases_of(&m, p).await, 1, "{}", p.host);
+        assert_eq!(support::leases_of(m.storage(), p.id).await, 1, "{}", p.host);
     }
     // The index entries are right: four more acquires fill the pool in
     // sequence order, then none is left.
@@ -200,7 +177,7 @@ async fn a_rotate_batch_moves_the_counts_of_proxies_it_does_not_take_again() {
     let total: u32 = {
         let mut t = 0;
         for p in &proxies {
-            t += leases_of(&m, p).await;
+            t += support::leases_of(m.storage(), p.id).await;
         }
         t
     };
@@ -223,25 +200,14 @@ fn concurrent_rotates_keep_every_count() {
     const ROUNDS: usize = 80;
     let server = RedisServer::spawn().unwrap();
     support::runtime().block_on(async {
-        let m = ProxyManager::new(support::storage_on(
-            &server.url(),
-            &support::unique_namespace(),
-        ));
-        let pool = m
-            .storage()
-            .create_pool(ProxyPool::new(POOL).unwrap())
-            .await
-            .unwrap();
-        let proxies: Vec<Proxy> = (0..24)
-            .map(|i| {
-                Proxy::builder(pool.id, format!("10.8.1.{i}"), 8080)
-                    .max_concurrency(3)
-                    .country(["AR", "CL"][i % 2])
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let proxies = m.storage().add_proxies(proxies).await.unwrap();
+        let config = lighthouse_lease::redis::RedisConfig::from_url(server.url())
+            .namespace(support::unique_namespace())
+            .pool_size(4);
+        let (m, pool) = support::manager_with_pool(config, POOL).await;
+        let proxies = support::add_proxies(m.storage(), &pool, 9, 24, |i, b| {
+            b.max_concurrency(3).country(["AR", "CL"][i % 2])
+        })
+        .await;
         let tasks: Vec<_> = (0..TASKS)
             .map(|_| {
                 let m = m.clone();

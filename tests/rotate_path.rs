@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use lighthouse_lease::redis::RedisStorage;
 use lighthouse_lease::{
-    AcquireOptions, AdminStorage, LeaseStatus, LeaseStorage, Proxy, ProxyManager, ProxyPool,
-    ReleaseOutcome, SelectorStrategy,
+    AcquireOptions, LeaseStatus, LeaseStorage, Proxy, ProxyManager, ReleaseOutcome,
+    SelectorStrategy,
 };
 use support::server::RedisServer;
 
@@ -25,22 +25,11 @@ type Manager = ProxyManager<RedisStorage>;
 /// default indexes: load order, `country`), warmed up.
 async fn setup(server: &RedisServer, ns: &str) -> (Manager, Vec<Proxy>) {
     let config = support::counting_config(&server.url(), ns);
-    let m = ProxyManager::new(RedisStorage::new(config).unwrap());
-    let pool = m
-        .storage()
-        .create_pool(ProxyPool::new(POOL).unwrap())
-        .await
-        .unwrap();
-    let proxies: Vec<Proxy> = (0..8)
-        .map(|i| {
-            Proxy::builder(pool.id, format!("10.7.0.{i}"), 8080)
-                .max_concurrency(4)
-                .country(["AR", "CL"][i % 2])
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let proxies = m.storage().add_proxies(proxies).await.unwrap();
+    let (m, pool) = support::manager_with_pool(config, POOL).await;
+    let proxies = support::add_proxies(m.storage(), &pool, 7, 8, |i, b| {
+        b.max_concurrency(4).country(["AR", "CL"][i % 2])
+    })
+    .await;
     for _ in 0..3 {
         let l = m
             .acquire_proxy(POOL, AcquireOptions::new())
@@ -50,15 +39,6 @@ async fn setup(server: &RedisServer, ns: &str) -> (Manager, Vec<Proxy>) {
         m.release_proxy(&l).await.unwrap();
     }
     (m, proxies)
-}
-
-async fn leases_of(m: &Manager, id: uuid::Uuid) -> u32 {
-    m.storage()
-        .get_proxy(id)
-        .await
-        .unwrap()
-        .unwrap()
-        .current_leases
 }
 
 /// The index entries of every proxy (`load:all` and its country's key), as
@@ -138,7 +118,7 @@ async fn a_rotate_back_to_the_same_proxy_writes_no_index() {
     assert_eq!(per_rotate, want, "one rotate back to the same proxy");
     // The state is what a release and an acquire leave.
     assert_eq!(load_scores(&mut admin, &ns).await, before, "no index moved");
-    assert_eq!(leases_of(&m, proxies[0].id).await, 1);
+    assert_eq!(support::leases_of(m.storage(), proxies[0].id).await, 1);
     let live = m.storage().list_leases(&support::pn(POOL)).await.unwrap();
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].id, lease.id);
@@ -159,7 +139,7 @@ async fn a_rotate_back_to_the_same_proxy_writes_no_index() {
         m.release_proxy(&lease).await.unwrap(),
         ReleaseOutcome::Released
     );
-    assert_eq!(leases_of(&m, proxies[0].id).await, 0);
+    assert_eq!(support::leases_of(m.storage(), proxies[0].id).await, 0);
     let stats = m.storage().pool_stats(&support::pn(POOL)).await.unwrap();
     assert_eq!(stats.total_leases, 0);
 }
@@ -177,13 +157,13 @@ async fn a_rotate_to_another_proxy_moves_both_counts() {
     assert_eq!(r.released, ReleaseOutcome::Released);
     let next = r.next.expect("a proxy");
     assert_eq!(next.proxy_id, proxies[1].id);
-    assert_eq!(leases_of(&m, proxies[0].id).await, 1);
-    assert_eq!(leases_of(&m, proxies[1].id).await, 1);
+    assert_eq!(support::leases_of(m.storage(), proxies[0].id).await, 1);
+    assert_eq!(support::leases_of(m.storage(), proxies[1].id).await, 1);
     // With a country filter the released proxy must match: proxy 0 (AR)
     // is not CL, so a CL rotate goes to a CL proxy (3, the least used).
     let cl = AcquireOptions::new().filters(lighthouse_lease::ProxyFilters::new().country("CL"));
     let r = m.rotate_proxy(&b, cl).await.unwrap();
     assert_eq!(r.released, ReleaseOutcome::Released);
     assert_eq!(r.next.expect("a CL proxy").proxy_id, proxies[3].id);
-    assert_eq!(leases_of(&m, proxies[0].id).await, 0);
+    assert_eq!(support::leases_of(m.storage(), proxies[0].id).await, 0);
 }

@@ -239,6 +239,54 @@ pub async fn one_proxy_pool<S: lighthouse_lease::Storage>(
     m
 }
 
+/// A manager over a `RedisStorage` made from `config`, and its new pool `pool`.
+pub async fn manager_with_pool(
+    config: RedisConfig,
+    pool: &str,
+) -> (
+    lighthouse_lease::ProxyManager<RedisStorage>,
+    lighthouse_lease::ProxyPool,
+) {
+    use lighthouse_lease::AdminStorage;
+    let m = lighthouse_lease::ProxyManager::new(RedisStorage::new(config).unwrap());
+    let pool = m
+        .storage()
+        .create_pool(lighthouse_lease::ProxyPool::new(pool).unwrap())
+        .await
+        .unwrap();
+    (m, pool)
+}
+
+/// The live leases proxy `id` counts, as `storage` reports it.
+pub async fn leases_of<S: lighthouse_lease::AdminStorage>(storage: &S, id: uuid::Uuid) -> u32 {
+    storage
+        .get_proxy(id)
+        .await
+        .unwrap()
+        .expect("the proxy exists")
+        .current_leases
+}
+
+/// Adds `n` proxies to `pool` on `storage`: proxy `i` at `10.<net>.<i / 256>.<i
+/// % 256>:8080`, shaped by `shape(i, builder)`. Returns them as added.
+pub async fn add_proxies<S: lighthouse_lease::AdminStorage>(
+    storage: &S,
+    pool: &lighthouse_lease::ProxyPool,
+    net: u8,
+    n: usize,
+    shape: impl Fn(usize, lighthouse_lease::ProxyBuilder) -> lighthouse_lease::ProxyBuilder,
+) -> Vec<lighthouse_lease::Proxy> {
+    let proxies = (0..n)
+        .map(|i| {
+            let host = format!("10.{net}.{}.{}", i / 256, i % 256);
+            shape(i, lighthouse_lease::Proxy::builder(pool.id, host, 8080))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    storage.add_proxies(proxies).await.unwrap()
+}
+
 /// A plain connection to the Redis at `url`, for raw commands the library does
 /// not offer (inspecting keys, injecting faults).
 pub async fn raw_conn(url: &str) -> redis::aio::MultiplexedConnection {

@@ -1250,7 +1250,8 @@ end
 -- release i is applied just before acquire i, as rotate i alone would (a
 -- released proxy is a candidate from the start at the count it has then, and
 -- its count goes down by one a lease only when its rotate comes).
-STRAIGHT.cy = { at = {}, orig = {}, touched = {}, elig = {}, list = {}, seen = {}, heap = {} }
+STRAIGHT.cy = { at = {}, orig = {}, grp = {}, list = {}, seen = {}, gtag = {}, gn = {},
+  reqg = {}, gof = {}, pages = {}, gk = {}, gp = {}, gpj = {}, heaps = {}, ghn = {} }
 
 -- A binary heap of candidate positions (`H[1..n]`), least score `cs[j]` on
 -- top (scores differ: they end in the seq): the n-th entry moved up to its
@@ -1287,17 +1288,56 @@ function STRAIGHT.cy_clear(nc)
   for j = 1, nc do at[cm[j]] = nil end
 end
 
+-- The index groups of requests REQS[1..n] for the straight way of a mixed
+-- call: every request least_used, no request id, an order the pool keeps,
+-- nothing due; and either one index for all, or indexes of one attribute
+-- with distinct values (`country=AR`, `country=CL`: no proxy is in two of
+-- them, so requests of different groups never compete for a proxy). Fills
+-- STRAIGHT.cy.gtag[g] (the tag of group g), gn[g] (its requests) and
+-- reqg[i] (request i's group) and returns the number of groups, or nil.
+function STRAIGHT.index_groups(n)
+  if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
+  local Y = STRAIGHT.cy
+  local gtag, gn, reqg, gof = Y.gtag, Y.gn, Y.reqg, Y.gof
+  local ng, attr, ok = 0, nil, true
+  for i = 1, n do
+    local r = REQS[i]
+    if not r.fast or r.order ~= 'load' or r.reqk ~= 0 or r.noorder then
+      ok = false
+      break
+    end
+    local tag = r.dtags[1] or 'all'
+    local g = gof[tag]
+    if not g then
+      local a_ = tag ~= 'all' and string.match(tag, '^([a-z]+)=')
+      if ng > 0 and (not a_ or a_ ~= attr) then
+        ok = false
+        break
+      end
+      attr = a_
+      ng = ng + 1
+      g = ng
+      gof[tag], gtag[g], gn[g] = g, tag, 0
+    end
+    gn[g] = gn[g] + 1
+    reqg[i] = g
+  end
+  for g = 1, ng do gof[gtag[g]] = nil end
+  return ok and ng or nil
+end
+
 function STRAIGHT.cycle(r, a, created, grace, rkeys)
-  local tag = STRAIGHT.one_index(a)
-  if not tag or not STRAIGHT.read_releases(r, created, NOW_S, rkeys) then return nil end
+  local G = STRAIGHT.index_groups(a)
+  if not G or not STRAIGHT.read_releases(r, created, NOW_S, rkeys) then return nil end
   local S, Y = SCRATCH, STRAIGHT.cy
   local seqs, members = S.rb_seq, S.rb_member
   local cm, cs, cj, cn, ci, pick = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick
-  local at, orig, touched, elig, list, seen, H = Y.at, Y.orig, Y.touched, Y.elig, Y.list,
-    Y.seen, Y.heap
+  local at, orig, grp, list, seen = Y.at, Y.orig, Y.grp, Y.list, Y.seen
+  local gtag, gn, reqg = Y.gtag, Y.gn, Y.reqg
   local sc = redis.call('ZMSCORE', PK.load_all, unpack(seqs, 1, r))
   -- Candidates 1..nc: the released proxies first (their count down by one a
-  -- lease), then the page's entries that were not released.
+  -- lease), then the pages' entries that were not released. grp[j]: the
+  -- group whose index holds candidate j (0: none of the call's).
   local nc, nt, ok = 0, 0, true
   for i = 1, r do
     local m = seqs[i]
@@ -1319,7 +1359,15 @@ function STRAIGHT.cycle(r, a, created, grace, rkeys)
       j = nc
       at[m], cm[j], cs[j], cn[j], cj[j], ci[j], orig[j] = j, m, s, math.floor(s / LOAD_SHIFT),
         json, info, s
-      touched[j], elig[j] = true, tag == 'all' or info.tagset[tag] == true
+      local g = 0
+      for x = 1, G do
+        local t = gtag[x]
+        if t == 'all' or info.tagset[t] == true then
+          g = x
+          break
+        end
+      end
+      grp[j] = g
       nt = nt + 1
       list[nt] = j
     end
@@ -1341,32 +1389,40 @@ function STRAIGHT.cycle(r, a, created, grace, rkeys)
       cn[j], cs[j] = cn[j] + 1, cs[j] + LOAD_SHIFT
     end
   end
-  local key = STRAIGHT.index_key('load', tag)
-  local page = redis.call('ZRANGE', key, '0', small_text(a - 1), 'WITHSCORES')
-  local k = #page / 2
-  -- The picks, all before any write: per request the lowest of the page's
-  -- next entry that the call did not touch (made a candidate only when the
-  -- walk reaches it: most calls take back what they gave) and the top of the
-  -- heap of touched proxies of the index with a free slot.
-  local hn, up, down = 0, STRAIGHT.heap_up, STRAIGHT.heap_down
+  -- Per group: its page (the index's first entries, as many as its
+  -- requests), the page's next entry and its candidate once made, and a
+  -- binary heap of the touched candidates of its index with a free slot.
+  local pages, gk, gp, gpj, heaps, ghn = Y.pages, Y.gk, Y.gp, Y.gpj, Y.heaps, Y.ghn
+  for g = 1, G do
+    local page = redis.call('ZRANGE', STRAIGHT.index_key('load', gtag[g]), '0',
+      small_text(gn[g] - 1), 'WITHSCORES')
+    pages[g], gk[g], gp[g], gpj[g], ghn[g] = page, #page / 2, 1, false, 0
+    if not heaps[g] then heaps[g] = {} end
+  end
+  local up, down = STRAIGHT.heap_up, STRAIGHT.heap_down
   for x = 1, nt do
     local j = list[x]
-    local mx = ci[j].max
-    if elig[j] and (mx == nil or cn[j] < mx) then
-      hn = hn + 1
+    local g, mx = grp[j], ci[j].max
+    if g > 0 and (mx == nil or cn[j] < mx) then
+      local H, hn = heaps[g], ghn[g] + 1
       H[hn] = j
       up(H, hn, cs)
+      ghn[g] = hn
     end
   end
-  local p, pj = 1, nil -- the page's next entry, and its candidate once made
+  -- The picks, all before any write, in arrival order: per request the lowest
+  -- of its group's page's next entry that the call did not touch (made a
+  -- candidate only when the walk reaches it: most calls take back what they
+  -- gave) and the top of its group's heap.
   for i = 1, a do
     if rkeys then
-      -- Rotate i's release: its proxy's score down, moved up in the heap (or
-      -- into it, from full).
+      -- Rotate i's release: its proxy's score down, moved up in its group's
+      -- heap (or into it, from full).
       local j = at[seqs[i]]
       cn[j], cs[j] = cn[j] - 1, cs[j] - LOAD_SHIFT
-      if elig[j] then
-        local h = 0
+      local g = grp[j]
+      if g > 0 then
+        local H, hn, h = heaps[g], ghn[g], 0
         for x = 1, hn do
           if H[x] == j then
             h = x
@@ -1375,11 +1431,13 @@ function STRAIGHT.cycle(r, a, created, grace, rkeys)
         end
         if h == 0 then
           hn = hn + 1
-          H[hn], h = j, hn
+          H[hn], h, ghn[g] = j, hn, hn
         end
         up(H, h, cs)
       end
     end
+    local g = reqg[i]
+    local page, k, p, pj, H, hn = pages[g], gk[g], gp[g], gpj[g], heaps[g], ghn[g]
     while not pj and p <= k do
       local m = page[2 * p - 1]
       if at[m] then
@@ -1399,13 +1457,13 @@ function STRAIGHT.cycle(r, a, created, grace, rkeys)
         end
         nc = nc + 1
         pj = nc
-        at[m], cm[pj], cs[pj], cn[pj], orig[pj], cj[pj], ci[pj] = pj, m, s, c, s, json, info
-        touched[pj], elig[pj] = false, true
+        at[m], cm[pj], cs[pj], cn[pj], orig[pj], cj[pj], ci[pj], grp[pj] = pj, m, s, c, s, json,
+          info, g
       end
     end
     local best = pj or 0
     if hn > 0 and (best == 0 or cs[H[1]] < cs[best]) then best = H[1] end
-    if best == 0 and k >= a then
+    if best == 0 and k >= gn[g] then
       -- (A full page always has a free slot for every request: not reached.)
       STRAIGHT.cy_clear(nc)
       return nil
@@ -1420,8 +1478,7 @@ function STRAIGHT.cycle(r, a, created, grace, rkeys)
         return nil
       end
       if best == pj then
-        pj, p = nil, p + 1
-        touched[best] = true
+        pj, p = false, p + 1
         nt = nt + 1
         list[nt] = best
         if free then
@@ -1437,6 +1494,7 @@ function STRAIGHT.cycle(r, a, created, grace, rkeys)
         if hn > 0 then down(H, hn, cs) end
       end
     end
+    gp[g], gpj[g], ghn[g] = p, pj, hn
     pick[i] = best
   end
   -- The writes. The releases: out of the live set, their records released.

@@ -22,10 +22,12 @@
 -- Errors (nothing written): bad arguments.
 --
 -- Calls, the usual call (releases of live leases of indexed proxies, then
--- least_used acquires for one index, nothing due: STRAIGHT.cycle in
+-- least_used acquires for one index, or for indexes of one attribute with
+-- distinct values such as several countries, nothing due: STRAIGHT.cycle in
 -- _lib_acquire.lua): HMGET meta, TIME, MGET records, ZMSCORE live, ZMSCORE
--- load:all, ZRANGE of the index's first a entries (HGET proxies only for
--- a JSON the library does not remember), ZREM live, SET per released record,
+-- load:all, ZRANGE of each index's first entries, as many as its requests
+-- (HGET proxies only for a JSON the library does not remember), ZREM live,
+-- SET per released record,
 -- one ZADD per load key whose entries moved (none for a proxy released and
 -- taken again: its count ends where it was), ZADD live, MSET of the new
 -- records: 10 + r with one declared attribute when every proxy taken was one

@@ -33,9 +33,10 @@
 -- a hint or the token reservation moved).
 --
 -- Calls, n requests on the fast path (live leases of indexed proxies,
--- least_used for one index, nothing due: STRAIGHT.cycle, each release applied
--- just before its acquire): HMGET meta, TIME, MGET records, ZMSCORE live,
--- ZMSCORE load:all, ZRANGE of the index's first n entries, ZREM live, SET per
+-- least_used for one index or for indexes of one attribute with distinct
+-- values, nothing due: STRAIGHT.cycle, each release applied just before its
+-- acquire): HMGET meta, TIME, MGET records, ZMSCORE live, ZMSCORE load:all,
+-- ZRANGE of each index's first entries (as many as its requests), ZREM live, SET per
 -- released record, one ZADD per load key whose entries moved, ZADD live, MSET
 -- of the new records: 10 + n with one declared attribute when every proxy
 -- taken was one given back.

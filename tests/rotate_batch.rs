@@ -256,3 +256,97 @@ fn concurrent_rotates_keep_every_count() {
         assert_eq!(stats.total_leases, 0);
     });
 }
+
+/// Callers with different `country` filters share a pool's calls: a batch of
+/// requests for several countries (one attribute, so no proxy is in two of
+/// their indexes) takes the straight way too, one page and one heap per
+/// country. Half the callers rotate, half acquire and release. Every lease is
+/// on a proxy of its caller's country, every proxy counts exactly the leases
+/// its holders hold, within its limit, and the audit finds nothing to repair.
+#[test]
+fn callers_of_several_countries_keep_every_count() {
+    const TASKS: usize = 24;
+    const ROUNDS: usize = 60;
+    const COUNTRIES: [&str; 3] = ["AR", "CL", "UY"];
+    let server = RedisServer::spawn().unwrap();
+    support::runtime().block_on(async {
+        let config = lighthouse_lease::redis::RedisConfig::from_url(server.url())
+            .namespace(support::unique_namespace())
+            .pool_size(4);
+        let (m, pool) = support::manager_with_pool(config, POOL).await;
+        let proxies = support::add_proxies(m.storage(), &pool, 10, 30, |i, b| {
+            b.max_concurrency(2).country(COUNTRIES[i % 3])
+        })
+        .await;
+        let country_of = |id: uuid::Uuid| {
+            let i = proxies
+                .iter()
+                .position(|p| p.id == id)
+                .expect("a proxy of the pool");
+            COUNTRIES[i % 3]
+        };
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let country = COUNTRIES[t % 3];
+                    let options = || {
+                        AcquireOptions::new()
+                            .filters(lighthouse_lease::ProxyFilters::new().country(country))
+                    };
+                    let mut got = Vec::new();
+                    let mut held = m.acquire_proxy(POOL, options()).await.unwrap();
+                    for _ in 0..ROUNDS {
+                        held = match held {
+                            Some(l) if t % 2 == 0 => {
+                                got.push(l.proxy_id);
+                                let r = m.rotate_proxy(&l, options()).await.unwrap();
+                                assert_eq!(r.released, ReleaseOutcome::Released);
+                                r.next
+                            }
+                            Some(l) => {
+                                got.push(l.proxy_id);
+                                let o = m.release_proxy(&l).await.unwrap();
+                                assert_eq!(o, ReleaseOutcome::Released);
+                                m.acquire_proxy(POOL, options()).await.unwrap()
+                            }
+                            None => m.acquire_proxy(POOL, options()).await.unwrap(),
+                        };
+                    }
+                    (country, got, held)
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for t in tasks {
+            let (country, got, last) = t.await.unwrap();
+            for id in got.iter().chain(last.iter().map(|l| &l.proxy_id)) {
+                assert_eq!(
+                    country_of(*id),
+                    country,
+                    "a lease on a proxy of another country"
+                );
+            }
+            held.extend(last);
+        }
+        // 20 slots a country for 8 callers each: every caller holds one.
+        assert_eq!(held.len(), TASKS);
+        for p in &proxies {
+            let want = held.iter().filter(|l| l.proxy_id == p.id).count() as u32;
+            assert_eq!(
+                support::leases_of(m.storage(), p.id).await,
+                want,
+                "{}",
+                p.host
+            );
+            assert!(want <= 2, "{} over its limit", p.host);
+        }
+        let fixes = m.storage().audit_pool(POOL, 100).await.unwrap();
+        assert!(fixes.is_empty(), "{fixes:?}");
+        for l in &held {
+            assert_eq!(m.release_proxy(l).await.unwrap(), ReleaseOutcome::Released);
+        }
+        let stats = m.storage().pool_stats(&support::pn(POOL)).await.unwrap();
+        assert_eq!(stats.total_leases, 0);
+    });
+}

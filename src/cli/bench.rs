@@ -42,6 +42,12 @@ pub struct BenchArgs {
     /// sessions cost.
     #[arg(long)]
     pub sessions: bool,
+    /// Caller i filters by the i-th of these countries, in turn
+    /// (comma-separated, e.g. `AR,CL,UY`): a fleet whose workers ask for
+    /// different countries of one pool. A temporary pool's proxies get these
+    /// countries in turn too.
+    #[arg(long, value_delimiter = ',')]
+    pub countries: Vec<String>,
 }
 
 /// What a bench run measured.
@@ -113,15 +119,16 @@ pub async fn run<S: Storage>(
                 .await?;
             let mut batch = Vec::with_capacity(1000);
             for i in 0..args.proxies {
-                batch.push(
-                    Proxy::builder(
-                        pool.id,
-                        format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
-                        8080,
-                    )
-                    .max_concurrency(4)
-                    .build()?,
-                );
+                let mut proxy = Proxy::builder(
+                    pool.id,
+                    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+                    8080,
+                )
+                .max_concurrency(4);
+                if !args.countries.is_empty() {
+                    proxy = proxy.country(args.countries[i % args.countries.len()].clone());
+                }
+                batch.push(proxy.build()?);
                 if batch.len() == 1000 {
                     manager
                         .storage()
@@ -169,6 +176,10 @@ async fn load<S: Storage>(
         let mut options = AcquireOptions::new().consumer(format!("bench-{i}"));
         if let Some(site) = &args.site {
             options = options.site(site.clone());
+        }
+        if !args.countries.is_empty() {
+            let country = &args.countries[i % args.countries.len()];
+            options = options.filters(crate::filters::ProxyFilters::new().country(country.clone()));
         }
         if args.sessions {
             options = options.session(format!("bench-session-{i}"));

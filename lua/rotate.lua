@@ -81,8 +81,9 @@ end
 if at ~= #ARGV + 1 then return fail('bad argument count') end
 
 -- The fleet's batch: live leases of indexed proxies given back, least_used
--- requests for one index, nothing due (STRAIGHT.cycle, each release just
--- before its acquire).
+-- requests for one index or for indexes of one attribute (several
+-- countries), nothing due (STRAIGHT.cycle, each release just before its
+-- acquire).
 if n > 1 then
   local toks = STRAIGHT.toks
   for i = 1, n do toks[i] = ids[i] end

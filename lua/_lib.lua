@@ -498,7 +498,7 @@ local function bound(st)
   if sc < TLB then TLB = sc end
 end
 
--- The straight batch paths (STRAIGHT.release, STRAIGHT.acquire in
+-- The straight batch paths (STRAIGHT.release, STRAIGHT.cycle in
 -- _lib_acquire.lua) and the helpers added since: one local for all, as the
 -- chunk's 200 are spent.
 local STRAIGHT = {}

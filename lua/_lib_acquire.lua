@@ -1138,105 +1138,12 @@ function STRAIGHT.index_count(info, m, n, s)
   end
 end
 
--- The index requests REQS[1..n] all take straight (least_used, one declared
--- tag or none, no request id, an order the pool keeps; nothing due to
--- reclaim): its tag ('all' for none), or nil.
-function STRAIGHT.one_index(n)
-  if (EXP and EXP <= NOW) or (COOL_NEXT and COOL_NEXT <= NOW) then return nil end
-  local tag = REQS[1].dtags[1] or 'all'
-  for i = 1, n do
-    local r = REQS[i]
-    if not r.fast or r.order ~= 'load' or r.reqk ~= 0 or r.noorder
-      or (r.dtags[1] or 'all') ~= tag then
-      return nil
-    end
-  end
-  return tag
-end
-
-function STRAIGHT.acquire(n)
-  local tag = STRAIGHT.one_index(n)
-  if not tag then return nil end
-  local key = STRAIGHT.index_key('load', tag)
-  local got = redis.call('ZRANGE', key, '0', small_text(n - 1), 'WITHSCORES')
-  local k = #got / 2
-  local S = SCRATCH
-  local cm, cs, cj, cn, ci, pick, taken = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick,
-    S.sb_taken
-  local miss
-  for j = 1, k do
-    local m = got[2 * j - 1]
-    local sc = NUM[got[2 * j]] or num(got[2 * j])
-    if not sc then return nil end
-    cm[j], cs[j], cn[j] = m, sc, math.floor(sc / LOAD_SHIFT)
-    local json = SEQS and SEQS[m] -- known_json(m), inlined
-    cj[j] = json or false
-    if not json then
-      miss = miss or {}
-      miss[#miss + 1] = j
-    end
-  end
-  if miss then
-    local mm = {}
-    for x, j in ipairs(miss) do mm[x] = cm[j] end
-    local read = redis.call('HMGET', PK.proxies, unpack(mm))
-    for x, j in ipairs(miss) do
-      if not read[x] then return nil end
-      cj[j] = read[x]
-      remember_json(mm[x], read[x])
-    end
-  end
-  for j = 1, k do
-    local info = POOL.infos[cj[j]] or info_of(cj[j])
-    if not info.ok or (info.max ~= nil and cn[j] >= info.max) then return nil end
-    ci[j] = info
-  end
-  -- The picks (page positions, 0: none), all before any write. `low` is the
-  -- taken proxy with a free slot that scores lowest now (nil: none), found
-  -- again by a walk over them only when it is picked itself (its score rises)
-  -- or is full: with many proxies the next page entry wins and that is rare.
-  local nt, p, low = 0, 1, nil
-  for i = 1, n do
-    local best = 0
-    if p <= k then best = p end
-    if low and (best == 0 or cs[low] < cs[best]) then best = low end
-    if best > 0 then
-      local info = ci[best]
-      local c = cn[best] + 1
-      cn[best], cs[best] = c, cs[best] + LOAD_SHIFT
-      local free = info.max == nil or c < info.max
-      if info.geo and not free then return nil end
-      if best == p then
-        p = p + 1
-        nt = nt + 1
-        taken[nt] = best
-        if free and (not low or cs[best] < cs[low]) then low = best end
-      else
-        low = nil
-        for x = 1, nt do
-          local j = taken[x]
-          local mx = ci[j].max
-          if (mx == nil or cn[j] < mx) and (not low or cs[j] < cs[low]) then low = j end
-        end
-      end
-    end
-    pick[i] = best
-  end
-  -- The writes.
-  STRAIGHT.grant_picks(n, 0)
-  for x = 1, nt do
-    local j = taken[x]
-    STRAIGHT.index_count(ci[j], cm[j], cn[j], cs[j])
-  end
-  finish()
-  return OUT
-end
-
 -- ---------------------------------------------------------------- a cycle
 -- cycle.lua's straight way: r releases (tokens STRAIGHT.toks[1..r], records
--- KEYS[3..r+2]) of live, unexpired leases of indexed proxies whose JSON the
--- library remembers, then `a` least_used requests for one index (REQS[1..a],
--- as STRAIGHT.acquire takes them), nothing due to reclaim. The acquires see
+-- KEYS[3..r+2]; none for acquire.lua's batches) of live, unexpired leases of
+-- indexed proxies whose JSON the library remembers, then `a` least_used
+-- requests for one index or for several of one attribute (REQS[1..a], see
+-- STRAIGHT.index_groups), nothing due to reclaim. The acquires see
 -- the slots the releases freed, scored as they are now; a proxy released and
 -- taken again in the call ends with the count it had, and its index entries
 -- are not written (those of the others are, once, with their final scores).
@@ -1328,13 +1235,15 @@ end
 
 function STRAIGHT.cycle(r, a, created, grace, rkeys)
   local G = STRAIGHT.index_groups(a)
-  if not G or not STRAIGHT.read_releases(r, created, NOW_S, rkeys) then return nil end
+  if not G or (r > 0 and not STRAIGHT.read_releases(r, created, NOW_S, rkeys)) then
+    return nil
+  end
   local S, Y = SCRATCH, STRAIGHT.cy
   local seqs, members = S.rb_seq, S.rb_member
   local cm, cs, cj, cn, ci, pick = S.sb_m, S.sb_s, S.sb_j, S.sb_n, S.sb_info, S.sb_pick
   local at, orig, grp, list, seen = Y.at, Y.orig, Y.grp, Y.list, Y.seen
   local gtag, gn, reqg = Y.gtag, Y.gn, Y.reqg
-  local sc = redis.call('ZMSCORE', PK.load_all, unpack(seqs, 1, r))
+  local sc = r > 0 and redis.call('ZMSCORE', PK.load_all, unpack(seqs, 1, r))
   -- Candidates 1..nc: the released proxies first (their count down by one a
   -- lease), then the pages' entries that were not released. grp[j]: the
   -- group whose index holds candidate j (0: none of the call's).
@@ -1498,7 +1407,7 @@ function STRAIGHT.cycle(r, a, created, grace, rkeys)
     pick[i] = best
   end
   -- The writes. The releases: out of the live set, their records released.
-  live_gone(redis.call('ZREM', PK.live, unpack(members, 1, r)))
+  if r > 0 then live_gone(redis.call('ZREM', PK.live, unpack(members, 1, r))) end
   for i = 1, r do
     STRAIGHT.write_released(rkeys and rkeys[i] or KEYS[2 + i], S.rb_rec[i], S.rb_rest[i], grace,
       NOW_S)

@@ -43,14 +43,15 @@
 -- index key and HSET held, when it is now full), ZADD live: 7 with one declared
 -- attribute.
 --
--- A batch of least_used requests for one index (no request id, nothing due)
--- takes the straight way too (STRAIGHT.acquire in _lib_acquire.lua): HMGET
--- meta, TIME, one ZRANGE of the index's first n entries (HMGET proxies for
--- JSONs the library does not remember), one MSET of the records (a live lease's
--- record has no TTL: it gets the grace when the lease leaves the live set), one
--- ZADD per load key (ZREM per index key and HSET held for proxies now full),
--- ZADD live, HSET meta when a hint moved: 7 with one declared attribute,
--- whatever n.
+-- A batch of least_used requests for one index, or for several of one
+-- attribute (several countries), no request id, nothing due, takes the
+-- straight way too (STRAIGHT.cycle in _lib_acquire.lua, with no releases):
+-- HMGET meta, TIME, one ZRANGE of each index's first entries, as many as its
+-- requests (HGET proxies for a JSON the library does not remember), one MSET
+-- of the records (a live lease's record has no TTL: it gets the grace when the
+-- lease leaves the live set), one ZADD per load key (ZREM per index key and
+-- HSET held for proxies now full), ZADD live, HSET meta when a hint moved: 7
+-- with one declared attribute and one index, whatever n.
 --
 -- Calls, n requests on the fast path (least_used, one declared tag or none):
 -- HMGET meta, TIME, one ZRANGE per index used per page of candidates read (a
@@ -90,10 +91,7 @@ if n == 1 then
     if t then return t end
   end
 end
-if n > 1 then
-  local out = STRAIGHT.acquire(n)
-  if out then return out end
-end
+if n > 1 and STRAIGHT.cycle(0, n, CREATED or '0', grace) then return OUT end
 reclaim_due(limit, grace)
 for i = 1, n do OUT[i] = serve(REQS[i], n - i, i) end
 OUT[n + 1] = nil

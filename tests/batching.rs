@@ -234,6 +234,67 @@ async fn each_request_of_a_batch_is_served_its_own_way() {
     );
 }
 
+/// A batch of acquires for several countries (one attribute, so no proxy is
+/// in two of their indexes) is one call that serves each request from its own
+/// country's index, least used first, in arrival order.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_of_acquires_for_several_countries_serves_each_from_its_own() {
+    let server = RedisServer::spawn().unwrap();
+    // Proxies 0, 2, 4, 6 in CL; 1, 3, 5, 7 in AR; one slot each.
+    let m = setup(&server, 32, 8).await;
+    let proxies = m.storage().list_proxies(&pn(POOL)).await.unwrap();
+    let seq_of = |id: uuid::Uuid| proxies.iter().position(|p| p.id == id).unwrap();
+    let mut admin = admin(&server).await;
+    reset_stats(&mut admin).await;
+    // The lone first call (unfiltered: proxy 0), then CL, AR, CL, AR in one
+    // batch behind it.
+    let spawn = |country: Option<&'static str>| {
+        let m = m.clone();
+        tokio::spawn(async move {
+            let mut o = AcquireOptions::new();
+            if let Some(c) = country {
+                o = o.filters(ProxyFilters::new().country(c));
+            }
+            m.acquire_proxy(POOL, o)
+                .await
+                .unwrap()
+                .expect("a free proxy")
+        })
+    };
+    let opener = spawn(None);
+    let queued: Vec<_> = ["CL", "AR", "CL", "AR"]
+        .into_iter()
+        .map(|c| spawn(Some(c)))
+        .collect();
+    assert_eq!(seq_of(opener.await.unwrap().proxy_id), 0);
+    let mut got = Vec::new();
+    for t in queued {
+        got.push(seq_of(t.await.unwrap().proxy_id));
+    }
+    assert_eq!(
+        got,
+        [2, 1, 4, 3],
+        "each from its country, lowest sequence first"
+    );
+    assert_eq!(fcall_calls(&mut admin).await, 2, "one lone call, one batch");
+    // The straight way read the JSONs it did not remember yet (proxies 1-4;
+    // the warm-up read proxy 0's) with one HGET each as its walk reached them,
+    // where the general way reads a request's candidates with one HMGET.
+    let stats = support::commandstats(&mut admin).await;
+    assert_eq!(stats.get("hget"), Some(&4), "{stats:?}");
+    for p in &proxies {
+        let want = u32::from([0, 1, 2, 3, 4].contains(&seq_of(p.id)));
+        assert_eq!(
+            support::leases_of(m.storage(), p.id).await,
+            want,
+            "{}",
+            p.host
+        );
+    }
+    let fixes = m.storage().audit_pool(POOL, 100).await.unwrap();
+    assert!(fixes.is_empty(), "{fixes:?}");
+}
+
 /// A request like the one before it in a batch is not parsed again (the
 /// script shares the previous one's table): each still gets its own options, whether
 /// it repeats its neighbour, differs from it in one option only (its consumer,

@@ -13,9 +13,7 @@
 mod support;
 
 use lighthouse_lease::redis::RedisStorage;
-use lighthouse_lease::{
-    AcquireOptions, AdminStorage, Lease, LeaseStorage, Proxy, ProxyManager, ReleaseOutcome,
-};
+use lighthouse_lease::{AcquireOptions, Lease, LeaseStorage, Proxy, ProxyManager, ReleaseOutcome};
 use support::server::RedisServer;
 
 const POOL: &str = "rotate-batch-pool";
@@ -69,6 +67,37 @@ async fn rotates_behind(
         out.push((r.released, r.next));
     }
     out
+}
+
+/// The storage settings of the concurrent runs (a fleet's: calls fitted to
+/// the link, 4 connections) in a fresh namespace.
+fn fleet_config(server: &RedisServer) -> lighthouse_lease::redis::RedisConfig {
+    lighthouse_lease::redis::RedisConfig::from_url(server.url())
+        .namespace(support::unique_namespace())
+        .pool_size(4)
+}
+
+/// After a concurrent run: every proxy counts exactly the leases in `held`
+/// on it, at most `max`; the audit finds nothing to repair; each lease then
+/// releases once and the pool is empty.
+async fn check_and_release(m: &Manager, proxies: &[Proxy], held: &[Lease], max: u32) {
+    for p in proxies {
+        let want = held.iter().filter(|l| l.proxy_id == p.id).count() as u32;
+        assert_eq!(
+            support::leases_of(m.storage(), p.id).await,
+            want,
+            "{}",
+            p.host
+        );
+        assert!(want <= max, "{} over its limit", p.host);
+    }
+    let fixes = m.storage().audit_pool(POOL, 100).await.unwrap();
+    assert!(fixes.is_empty(), "{fixes:?}");
+    for l in held {
+        assert_eq!(m.release_proxy(l).await.unwrap(), ReleaseOutcome::Released);
+    }
+    let stats = m.storage().pool_stats(&support::pn(POOL)).await.unwrap();
+    assert_eq!(stats.total_leases, 0);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -200,10 +229,7 @@ fn concurrent_rotates_keep_every_count() {
     const ROUNDS: usize = 80;
     let server = RedisServer::spawn().unwrap();
     support::runtime().block_on(async {
-        let config = lighthouse_lease::redis::RedisConfig::from_url(server.url())
-            .namespace(support::unique_namespace())
-            .pool_size(4);
-        let (m, pool) = support::manager_with_pool(config, POOL).await;
+        let (m, pool) = support::manager_with_pool(fleet_config(&server), POOL).await;
         let proxies = support::add_proxies(m.storage(), &pool, 9, 24, |i, b| {
             b.max_concurrency(3).country(["AR", "CL"][i % 2])
         })
@@ -241,19 +267,7 @@ fn concurrent_rotates_keep_every_count() {
         }
         // 36 slots in `CL` for 24 callers: each holds a lease at the end.
         assert_eq!(held.len(), TASKS);
-        for p in &proxies {
-            let want = held.iter().filter(|l| l.proxy_id == p.id).count() as u32;
-            let got = m.storage().get_proxy(p.id).await.unwrap().unwrap();
-            assert_eq!(got.current_leases, want, "{}", p.host);
-            assert!(want <= 3, "{} over its limit", p.host);
-        }
-        let fixes = m.storage().audit_pool(POOL, 100).await.unwrap();
-        assert!(fixes.is_empty(), "{fixes:?}");
-        for l in &held {
-            assert_eq!(m.release_proxy(l).await.unwrap(), ReleaseOutcome::Released);
-        }
-        let stats = m.storage().pool_stats(&support::pn(POOL)).await.unwrap();
-        assert_eq!(stats.total_leases, 0);
+        check_and_release(&m, &proxies, &held, 3).await;
     });
 }
 
@@ -270,10 +284,7 @@ fn callers_of_several_countries_keep_every_count() {
     const COUNTRIES: [&str; 3] = ["AR", "CL", "UY"];
     let server = RedisServer::spawn().unwrap();
     support::runtime().block_on(async {
-        let config = lighthouse_lease::redis::RedisConfig::from_url(server.url())
-            .namespace(support::unique_namespace())
-            .pool_size(4);
-        let (m, pool) = support::manager_with_pool(config, POOL).await;
+        let (m, pool) = support::manager_with_pool(fleet_config(&server), POOL).await;
         let proxies = support::add_proxies(m.storage(), &pool, 10, 30, |i, b| {
             b.max_concurrency(2).country(COUNTRIES[i % 3])
         })
@@ -331,22 +342,6 @@ fn callers_of_several_countries_keep_every_count() {
         }
         // 20 slots a country for 8 callers each: every caller holds one.
         assert_eq!(held.len(), TASKS);
-        for p in &proxies {
-            let want = held.iter().filter(|l| l.proxy_id == p.id).count() as u32;
-            assert_eq!(
-                support::leases_of(m.storage(), p.id).await,
-                want,
-                "{}",
-                p.host
-            );
-            assert!(want <= 2, "{} over its limit", p.host);
-        }
-        let fixes = m.storage().audit_pool(POOL, 100).await.unwrap();
-        assert!(fixes.is_empty(), "{fixes:?}");
-        for l in &held {
-            assert_eq!(m.release_proxy(l).await.unwrap(), ReleaseOutcome::Released);
-        }
-        let stats = m.storage().pool_stats(&support::pn(POOL)).await.unwrap();
-        assert_eq!(stats.total_leases, 0);
+        check_and_release(&m, &proxies, &held, 2).await;
     });
 }

@@ -69,7 +69,9 @@ if n == 1 then
     return reply
   end
 end
-local ids, keys, at = {}, {}, 3
+-- The tokens go where the straight way reads them (STRAIGHT.toks, as
+-- key_tokens() leaves them for release.lua and cycle.lua).
+local ids, keys, at = STRAIGHT.toks, {}, 3
 for i = 1, n do
   local id = ARGV[at]
   if not is_token(id) then return fail('bad lease token') end
@@ -85,8 +87,6 @@ if at ~= #ARGV + 1 then return fail('bad argument count') end
 -- countries), nothing due (STRAIGHT.cycle, each release just before its
 -- acquire).
 if n > 1 then
-  local toks = STRAIGHT.toks
-  for i = 1, n do toks[i] = ids[i] end
   if STRAIGHT.cycle(n, n, CREATED or '0', grace, keys) then
     for i = 1, n do
       OUT[i], OUT[n + i] = 'released ' .. OUT[n + i], nil

@@ -50,6 +50,13 @@ pub struct BenchArgs {
     pub countries: Vec<String>,
 }
 
+impl BenchArgs {
+    /// The country of caller (or temporary proxy) `i` under `--countries`.
+    fn country_of(&self, i: usize) -> Option<&String> {
+        (!self.countries.is_empty()).then(|| &self.countries[i % self.countries.len()])
+    }
+}
+
 /// What a bench run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -125,8 +132,8 @@ pub async fn run<S: Storage>(
                     8080,
                 )
                 .max_concurrency(4);
-                if !args.countries.is_empty() {
-                    proxy = proxy.country(args.countries[i % args.countries.len()].clone());
+                if let Some(country) = args.country_of(i) {
+                    proxy = proxy.country(country.clone());
                 }
                 batch.push(proxy.build()?);
                 if batch.len() == 1000 {
@@ -177,8 +184,7 @@ async fn load<S: Storage>(
         if let Some(site) = &args.site {
             options = options.site(site.clone());
         }
-        if !args.countries.is_empty() {
-            let country = &args.countries[i % args.countries.len()];
+        if let Some(country) = args.country_of(i) {
             options = options.filters(crate::filters::ProxyFilters::new().country(country.clone()));
         }
         if args.sessions {
